@@ -1,0 +1,308 @@
+//! The change model and the connector traits of lakeshore.
+//!
+//! This crate owns the vocabulary every connector speaks and does no I/O:
+//! - [`ChangeBatch`]: an Arrow batch in a table's schema plus one [`Op`] per row;
+//! - [`SourceEvent`]: the ordered stream a [`Source`] produces (data and control events);
+//! - [`SourcePosition`]: an opaque, serialisable, totally ordered resume token;
+//! - [`Source`] and [`Sink`] / [`TableWriter`]: the two-phase contract the engine drives.
+//!
+//! The engine depends on this crate; connectors depend on nothing else of lakeshore.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use serde::{Deserialize, Serialize};
+
+mod error;
+pub use error::{Error, ErrorKind, Result};
+
+/// What happened to one row.
+///
+/// The sink folds these per primary key (upsert mode) or writes the after-images
+/// (append mode). `UpdateBefore` and `Delete` are identified by their key columns only;
+/// their other columns may be null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Op {
+    /// A new row. In upsert mode a row already written for the same key within the
+    /// open checkpoint is replaced; rows committed earlier are not looked up (sources
+    /// emit `Insert` only for keys they know to be new, e.g. snapshot rows).
+    Insert = 0,
+    /// The old image of an updated row: removes the live row with this key.
+    UpdateBefore = 1,
+    /// The new image of an updated row: replaces the live row with this key, if any.
+    UpdateAfter = 2,
+    /// Removes the live row with this key.
+    Delete = 3,
+}
+
+impl Op {
+    /// True for operations that remove the current row of the key.
+    pub fn removes(self) -> bool {
+        matches!(self, Op::UpdateBefore | Op::Delete)
+    }
+}
+
+/// A source's resume token: opaque to the engine, ordered and serialisable.
+///
+/// Sources encode their own notion (binlog file+pos or GTID set, LSN, Kafka offsets,
+/// generator sequence) into the JSON value; the engine stores it in checkpoint records
+/// and Iceberg snapshot summaries and hands it back on restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourcePosition(pub serde_json::Value);
+
+impl SourcePosition {
+    /// A position made of a single sequence number (generators, single-partition logs).
+    pub fn sequence(n: u64) -> Self {
+        SourcePosition(serde_json::json!({ "seq": n }))
+    }
+
+    /// The sequence number of a position made by [`SourcePosition::sequence`].
+    pub fn as_sequence(&self) -> Option<u64> {
+        self.0.get("seq").and_then(|v| v.as_u64())
+    }
+
+    /// Compact JSON, as stored in the snapshot summary `lakeshore.source-position`.
+    pub fn to_json_string(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+impl fmt::Display for SourcePosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl PartialOrd for SourcePosition {
+    /// Sequence positions compare by number; other encodings are compared by the source
+    /// that made them, so the engine never needs to order them itself.
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match (self.as_sequence(), other.as_sequence()) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ if self == other => Some(Ordering::Equal),
+            _ => None,
+        }
+    }
+}
+
+/// The shape of one source table, declared before its first batch.
+#[derive(Debug, Clone)]
+pub struct TableSchema {
+    /// Source-qualified name (`db.table`, `schema.table`, or a generator table name).
+    pub name: String,
+    /// Arrow schema of the rows; fields are nullable unless the source guarantees values.
+    pub schema: SchemaRef,
+    /// Primary-key column names, in key order; empty for keyless (append-only) tables.
+    pub key: Vec<String>,
+}
+
+/// A batch of changes to one table, columnar from the reader on.
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    /// Source-qualified table name, as in [`TableSchema::name`].
+    pub table: Arc<str>,
+    /// The rows, in the table's schema.
+    pub rows: RecordBatch,
+    /// One operation per row; empty means every row is an [`Op::Insert`].
+    pub ops: Arc<[Op]>,
+}
+
+impl ChangeBatch {
+    /// A batch of inserts.
+    pub fn inserts(table: Arc<str>, rows: RecordBatch) -> Self {
+        ChangeBatch {
+            table,
+            rows,
+            ops: Arc::from(Vec::new()),
+        }
+    }
+
+    /// The operation of row `i`.
+    pub fn op(&self, i: usize) -> Op {
+        self.ops.get(i).copied().unwrap_or(Op::Insert)
+    }
+
+    /// True when every row is an insert.
+    pub fn is_insert_only(&self) -> bool {
+        self.ops.iter().all(|op| *op == Op::Insert)
+    }
+
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.rows.num_rows()
+    }
+}
+
+/// One item of a source's ordered output stream.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// Data for one table.
+    Batch(ChangeBatch),
+    /// Every event before this one is covered by checkpoint `id`, whose resume position
+    /// is `position`. Emitted by the source only at a consistent point (never inside a
+    /// source transaction), after [`Source::request_barrier`].
+    Barrier {
+        /// Checkpoint id asked for by the engine.
+        id: u64,
+        /// Where to resume so that nothing before the barrier is read again.
+        position: SourcePosition,
+    },
+    /// The schema of a table changed; later batches of the table use the new schema.
+    SchemaChange(TableSchema),
+    /// A table's snapshot phase started.
+    SnapshotStarted(String),
+    /// A table's snapshot phase finished; changes follow.
+    SnapshotDone(String),
+    /// Event time has progressed to this many microseconds since the epoch.
+    Watermark(i64),
+}
+
+/// A source of changes.
+///
+/// Guarantees the engine relies on:
+/// - **Ordered:** events come out in source order; a [`SourceEvent::Barrier`] separates
+///   everything before its position from everything after.
+/// - **Replayable:** opened at a position taken from one of its barriers, the source
+///   produces exactly the events that followed that barrier, in the same order.
+/// - **Consistent barriers:** a barrier is emitted only between source transactions.
+///
+/// What the engine guarantees back: [`Source::ack`] is called only after every event up
+/// to that position is durable and visible in the lake, so the source may release
+/// upstream resources (replication slot WAL, broker offsets) up to it.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// The tables this source will produce, known before the first event.
+    fn tables(&self) -> Vec<TableSchema>;
+
+    /// The next event, or `None` when a bounded source is exhausted. Must be cancel-safe
+    /// enough to be called again after an error was returned only if the error is
+    /// retryable.
+    async fn next_event(&mut self) -> Result<Option<SourceEvent>>;
+
+    /// Ask for `Barrier { id, .. }` at the next consistent point. A source that is always
+    /// consistent between events emits it as the very next event.
+    fn request_barrier(&mut self, id: u64);
+
+    /// Everything up to `position` is committed in the lake.
+    async fn ack(&mut self, position: &SourcePosition) -> Result<()>;
+
+    /// Total number of events for a bounded source, for progress reporting.
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Everything a sink needs to know about one table it will write.
+#[derive(Debug, Clone)]
+pub struct TableTarget {
+    /// The source table's schema and key.
+    pub source: TableSchema,
+    /// Name of the table in the lake (without namespace).
+    pub name: String,
+    /// Partition transforms as written in the pipeline file, e.g. `day(created_at)`.
+    pub partitioning: Vec<String>,
+}
+
+/// Files of one table for one checkpoint, durable but not yet visible.
+///
+/// The payload is sink-specific and must be serialisable: the engine writes it into the
+/// checkpoint record so that recovery can commit it without the writer that made it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingCommit {
+    /// Lake table name.
+    pub table: String,
+    /// Checkpoint this commit belongs to.
+    pub checkpoint_id: u64,
+    /// Rows added by this commit (data rows; deletes are not counted).
+    pub added_rows: u64,
+    /// Sink-specific description of the files.
+    pub payload: serde_json::Value,
+}
+
+/// What identifies a commit in the lake, written into its metadata.
+#[derive(Debug, Clone)]
+pub struct CommitContext {
+    /// Pipeline name (`lakeshore.pipeline`).
+    pub pipeline: String,
+    /// Checkpoint id (`lakeshore.checkpoint-id`).
+    pub checkpoint_id: u64,
+    /// Source position of the checkpoint (`lakeshore.source-position`).
+    pub position: SourcePosition,
+}
+
+/// A two-phase transactional sink.
+///
+/// Guarantees the engine relies on:
+/// - [`TableWriter::prepare`] returns only when the checkpoint's files are durable;
+///   nothing is visible to readers yet.
+/// - [`Sink::commit`] is **idempotent**: committing a checkpoint that is already in the
+///   table is a no-op that returns `Ok(false)`. Recovery relies on this to re-commit the
+///   pending files of the last checkpoint record after a crash.
+/// - Commits of one table happen in checkpoint order; a commit never becomes visible
+///   partially.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Create the table if it does not exist (an existing table is appended to, never
+    /// recreated) and return a writer for it.
+    async fn open_table(&self, target: &TableTarget) -> Result<Box<dyn TableWriter>>;
+
+    /// Make the pending files visible in one atomic commit per table. Returns `false`
+    /// when the table already holds this pipeline's checkpoint (nothing was done).
+    async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool>;
+
+    /// The newest checkpoint id of `pipeline` committed to `table`, if any.
+    async fn last_committed(&self, table: &str, pipeline: &str) -> Result<Option<u64>>;
+}
+
+/// Writes one table's changes between two checkpoints.
+#[async_trait::async_trait]
+pub trait TableWriter: Send {
+    /// Buffer or write a batch.
+    async fn write(&mut self, batch: ChangeBatch) -> Result<()>;
+
+    /// Close the open files of checkpoint `checkpoint_id` and describe them. The engine
+    /// calls it only after the previous checkpoint's commit is visible, so writers that
+    /// look up committed rows see everything before this checkpoint.
+    async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit>;
+
+    /// Called once the checkpoint's commit is visible, so the writer may rely on it.
+    fn committed(&mut self, _checkpoint_id: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_positions_order_by_number() {
+        let a = SourcePosition::sequence(9);
+        let b = SourcePosition::sequence(10);
+        assert!(a < b);
+        assert_eq!(a.as_sequence(), Some(9));
+        let json = serde_json::to_string(&b).unwrap();
+        let back: SourcePosition = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn opaque_positions_are_unordered_unless_equal() {
+        let a = SourcePosition(serde_json::json!({"lsn": "0/16B3748"}));
+        let b = SourcePosition(serde_json::json!({"lsn": "0/16B3750"}));
+        assert_eq!(a.partial_cmp(&a.clone()), Some(Ordering::Equal));
+        assert_eq!(a.partial_cmp(&b), None);
+    }
+
+    #[test]
+    fn missing_ops_mean_inserts() {
+        let schema = Arc::new(arrow_schema::Schema::empty());
+        let batch = ChangeBatch::inserts("t".into(), RecordBatch::new_empty(schema));
+        assert_eq!(batch.op(5), Op::Insert);
+        assert!(batch.is_insert_only());
+        assert!(Op::Delete.removes() && Op::UpdateBefore.removes());
+        assert!(!Op::UpdateAfter.removes());
+    }
+}

@@ -1,0 +1,128 @@
+//! The catalog: iceberg-rust's SQL catalog (SQLite file or PostgreSQL) for loading and
+//! creating tables, plus our own connection to the same database for the
+//! compare-and-swap that lands a hand-built snapshot (iceberg-rust keeps its pool
+//! private and cannot commit delete files; see `commit`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::{Catalog, CatalogBuilder, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use lakeshore_api::{Error, ErrorKind, Result};
+use sqlx::AnyPool;
+
+/// Where the catalog lives.
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// Catalog name as recorded in `iceberg_tables.catalog_name` (readers must use the same).
+    pub name: String,
+    /// `sqlite:///abs/path/catalog.db` or `postgres://user:pass@host/db`.
+    pub uri: String,
+    /// Warehouse root: an absolute local path (or `file://` URL).
+    pub warehouse: String,
+}
+
+/// An open catalog.
+pub struct CatalogHandle {
+    catalog: Arc<SqlCatalog>,
+    pool: AnyPool,
+    name: String,
+}
+
+fn is_sqlite(uri: &str) -> bool {
+    uri.starts_with("sqlite:")
+}
+
+impl CatalogHandle {
+    /// Connect, creating the SQLite file and the catalog tables when missing.
+    pub async fn open(cfg: &CatalogConfig) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let uri = if is_sqlite(&cfg.uri) && !cfg.uri.contains("mode=") {
+            let sep = if cfg.uri.contains('?') { '&' } else { '?' };
+            format!("{}{sep}mode=rwc", cfg.uri)
+        } else {
+            cfg.uri.clone()
+        };
+        let style = if is_sqlite(&uri) {
+            SqlBindStyle::QMark
+        } else {
+            SqlBindStyle::DollarNumeric
+        };
+        let props = HashMap::from([
+            ("uri".to_string(), uri.clone()),
+            ("warehouse".to_string(), cfg.warehouse.clone()),
+            ("sql_bind_style".to_string(), style.to_string()),
+        ]);
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "cannot open the Iceberg SQL catalog at {} ({e}); check [sink.catalog] uri",
+                    redact(&cfg.uri)
+                ),
+            )
+        };
+        let catalog = SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(cfg.name.clone(), props)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&uri)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok(CatalogHandle {
+            catalog: Arc::new(catalog),
+            pool,
+            name: cfg.name.clone(),
+        })
+    }
+
+    /// The iceberg-rust catalog.
+    pub fn catalog(&self) -> &dyn Catalog {
+        self.catalog.as_ref()
+    }
+
+    /// Point the table at `new` if it still points at `expected`. `false` means another
+    /// writer committed first.
+    pub async fn swap_metadata(&self, ident: &TableIdent, expected: &str, new: &str) -> Result<bool> {
+        let sql = "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+                   WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
+                   AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6";
+        let result = sqlx::query(sql)
+            .bind(new)
+            .bind(expected)
+            .bind(&self.name)
+            .bind(ident.namespace().join("."))
+            .bind(ident.name())
+            .bind(expected)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Transient, format!("table {ident}: catalog update failed")).with_source(e))?;
+        Ok(result.rows_affected() == 1)
+    }
+}
+
+/// A URI with any password replaced by `***`, for messages and logs.
+pub fn redact(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => uri.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("sqlite:///tmp/c.db"), "sqlite:///tmp/c.db");
+    }
+}

@@ -1,0 +1,352 @@
+//! The row-delta commit: one Iceberg snapshot that adds data files and position-delete
+//! files together, landed with optimistic concurrency.
+//!
+//! iceberg-rust 0.10 cannot commit delete files (its `Transaction` offers only fast
+//! append, and `TableCommit` cannot be built outside the crate), so this module builds the
+//! snapshot from public parts — manifests, manifest list, snapshot, table metadata — and
+//! lands it with a compare-and-swap on the SQL catalog's `metadata_location`.
+//!
+//! Invariants:
+//! - **Idempotent:** before every attempt the table history is searched for this
+//!   pipeline's checkpoint id; if it is there, nothing is done.
+//! - **No dangling deletes:** position deletes that point into files committed before
+//!   this checkpoint are valid only while those files are live. If a concurrent commit
+//!   since the lookup's base snapshot removed one of them, the commit fails with
+//!   [`ErrorKind::Conflict`] so that the caller redoes the lookup.
+//! - **No lost foreign commits:** every attempt starts from the freshly loaded table and
+//!   carries all of its manifests.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use iceberg::spec::{
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType,
+    ManifestListWriter, ManifestStatus, ManifestWriterBuilder, Operation, Snapshot,
+    SnapshotSummaryCollector, Summary, TableMetadata,
+};
+use iceberg::table::Table;
+use std::str::FromStr;
+
+use iceberg::{MetadataLocation, TableIdent};
+use lakeshore_api::{CommitContext, Error, ErrorKind, Result};
+
+use crate::catalog::CatalogHandle;
+use crate::error::{ice, internal};
+
+/// Snapshot summary keys written by lakeshore.
+pub const PIPELINE_KEY: &str = "lakeshore.pipeline";
+/// Checkpoint id of the commit.
+pub const CHECKPOINT_KEY: &str = "lakeshore.checkpoint-id";
+/// Source position of the checkpoint.
+pub const POSITION_KEY: &str = "lakeshore.source-position";
+
+/// The files of one commit.
+#[derive(Debug, Default, Clone)]
+pub struct RowDelta {
+    /// New data files, each with its partition spec id.
+    pub data_files: Vec<(DataFile, i32)>,
+    /// New position-delete files, each with its partition spec id.
+    pub delete_files: Vec<(DataFile, i32)>,
+    /// Data files committed before this checkpoint that the position deletes point to.
+    pub referenced_files: Vec<String>,
+    /// The snapshot the position lookup read; `None` when nothing was looked up.
+    pub lookup_base: Option<i64>,
+}
+
+impl RowDelta {
+    /// True when there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.data_files.is_empty() && self.delete_files.is_empty()
+    }
+}
+
+/// The newest checkpoint id of `pipeline` in the table's main-branch history.
+pub fn last_checkpoint(table: &Table, pipeline: &str) -> Option<u64> {
+    let md = table.metadata_ref();
+    let current = md.current_snapshot_id()?;
+    iceberg::util::snapshot::ancestors_of(&md, current).find_map(|s| {
+        let props = &s.summary().additional_properties;
+        if props.get(PIPELINE_KEY).map(String::as_str) == Some(pipeline) {
+            props.get(CHECKPOINT_KEY).and_then(|c| c.parse().ok())
+        } else {
+            None
+        }
+    })
+}
+
+/// Commit `delta` for checkpoint `ctx`. Returns `false` when the table already holds
+/// this checkpoint (or a later one) of the pipeline, or when there is nothing to commit.
+pub async fn commit_row_delta(
+    catalog: &CatalogHandle,
+    ident: &TableIdent,
+    delta: &RowDelta,
+    ctx: &CommitContext,
+) -> Result<bool> {
+    if delta.is_empty() {
+        return Ok(false);
+    }
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 0.. {
+        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        if let Some(done) = last_checkpoint(&table, &ctx.pipeline)
+            && done >= ctx.checkpoint_id
+        {
+            return Ok(false);
+        }
+        validate_referenced_files(&table, delta).await?;
+        let staged = stage(&table, delta, ctx, attempt).await?;
+        if catalog
+            .swap_metadata(ident, table.metadata_location_result().map_err(ice)?, &staged.location)
+            .await?
+        {
+            return Ok(true);
+        }
+        // Lost the race: remove what this attempt wrote, then retry on the fresh table.
+        staged.discard(table.file_io()).await;
+        if attempt >= 20 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("table {ident}: gave up after {attempt} commit conflicts"),
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    unreachable!("the retry loop returns")
+}
+
+/// Fail with a conflict when a data file our position deletes point into was removed
+/// since the lookup's base snapshot.
+async fn validate_referenced_files(table: &Table, delta: &RowDelta) -> Result<()> {
+    let (Some(base), false) = (delta.lookup_base, delta.referenced_files.is_empty()) else {
+        return Ok(());
+    };
+    let md = table.metadata_ref();
+    let Some(current) = md.current_snapshot_id() else {
+        return Err(dangling(table, "the table has no snapshot any more"));
+    };
+    if current == base {
+        return Ok(());
+    }
+    let referenced: HashSet<&str> = delta.referenced_files.iter().map(String::as_str).collect();
+    let mut saw_base = false;
+    for snap in iceberg::util::snapshot::ancestors_of(&md, current) {
+        if snap.snapshot_id() == base {
+            saw_base = true;
+            break;
+        }
+        let list = table.manifest_list_reader(&snap).load().await.map_err(ice)?;
+        for manifest in list.entries() {
+            if manifest.added_snapshot_id != snap.snapshot_id()
+                || manifest.content != ManifestContentType::Data
+            {
+                continue;
+            }
+            let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
+            for entry in m.entries() {
+                if entry.status() == ManifestStatus::Deleted
+                    && referenced.contains(entry.data_file().file_path())
+                {
+                    return Err(dangling(table, entry.data_file().file_path()));
+                }
+            }
+        }
+    }
+    if !saw_base {
+        return Err(dangling(table, "the lookup's base snapshot is no longer an ancestor"));
+    }
+    Ok(())
+}
+
+fn dangling(table: &Table, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        format!(
+            "table {}: a concurrent commit removed data that this checkpoint's position deletes point to ({what}); the keys must be looked up again",
+            table.identifier()
+        ),
+    )
+}
+
+/// What one attempt wrote before the swap.
+struct Staged {
+    location: String,
+    files: Vec<String>,
+}
+
+impl Staged {
+    async fn discard(self, file_io: &iceberg::io::FileIO) {
+        for f in self.files.iter().chain(std::iter::once(&self.location)) {
+            if let Err(e) = file_io.delete(f).await {
+                tracing::debug!(file = %f, error = %e, "could not remove a file of a failed commit attempt");
+            }
+        }
+    }
+}
+
+fn new_snapshot_id(md: &TableMetadata) -> i64 {
+    loop {
+        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((hi ^ lo) & (i64::MAX as u64)) as i64;
+        if id != 0 && md.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+/// Write manifests, manifest list and metadata file for `delta` on top of `table`.
+async fn stage(table: &Table, delta: &RowDelta, ctx: &CommitContext, attempt: u32) -> Result<Staged> {
+    let md = table.metadata();
+    let file_io = table.file_io();
+    let schema = md.current_schema().clone();
+    let snapshot_id = new_snapshot_id(md);
+    let commit_uuid = uuid::Uuid::new_v4();
+    let seq = md.next_sequence_number();
+    let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+    let mut written = Vec::new();
+
+    // One manifest per (content, spec id).
+    let mut groups: HashMap<(bool, i32), Vec<DataFile>> = HashMap::new();
+    for (f, spec) in &delta.data_files {
+        groups.entry((false, *spec)).or_default().push(f.clone());
+    }
+    for (f, spec) in &delta.delete_files {
+        groups.entry((true, *spec)).or_default().push(f.clone());
+    }
+    let mut collector = SnapshotSummaryCollector::default();
+    let mut new_manifests = Vec::new();
+    for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {
+        let spec = md
+            .partition_spec_by_id(spec_id)
+            .ok_or_else(|| internal(format!("partition spec {spec_id} is not in the table")))?;
+        let path = format!("{meta_dir}/{commit_uuid}-m{n}.avro");
+        let output = file_io.new_output(&path).map_err(ice)?;
+        let builder =
+            ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.as_ref().clone());
+        let mut writer = if deletes {
+            builder.build_v2_deletes()
+        } else {
+            builder.build_v2_data()
+        };
+        for f in files {
+            collector.add_file(&f, schema.clone(), spec.clone());
+            writer.add_file(f, -1).map_err(ice)?;
+        }
+        new_manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+        written.push(path);
+    }
+
+    // Carry every manifest of the parent.
+    let parent = md.current_snapshot().cloned();
+    let mut manifests = Vec::new();
+    if let Some(parent) = &parent {
+        let list = table.manifest_list_reader(parent).load().await.map_err(ice)?;
+        manifests.extend(list.consume_entries());
+    }
+    manifests.extend(new_manifests);
+    let list_path = format!("{meta_dir}/snap-{snapshot_id}-{attempt}-{commit_uuid}.avro");
+    let list_out = file_io.new_output(&list_path).map_err(ice)?;
+    let mut list = ManifestListWriter::v2(
+        list_out.writer().await.map_err(ice)?,
+        snapshot_id,
+        parent.as_ref().map(|p| p.snapshot_id()),
+        seq,
+    );
+    list.add_manifests(manifests.into_iter()).map_err(ice)?;
+    list.close().await.map_err(ice)?;
+    written.push(list_path.clone());
+
+    let operation = match (delta.data_files.is_empty(), delta.delete_files.is_empty()) {
+        (false, true) => Operation::Append,
+        (true, false) => Operation::Delete,
+        _ => Operation::Overwrite,
+    };
+    let mut props = collector.build();
+    add_totals(&mut props, parent.as_ref().map(|p| p.summary()));
+    props.insert(PIPELINE_KEY.into(), ctx.pipeline.clone());
+    props.insert(CHECKPOINT_KEY.into(), ctx.checkpoint_id.to_string());
+    props.insert(POSITION_KEY.into(), ctx.position.to_json_string());
+
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+        .max(md.last_updated_ms());
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent.as_ref().map(|p| p.snapshot_id()))
+        .with_sequence_number(seq)
+        .with_timestamp_ms(now_ms)
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation,
+            additional_properties: props,
+        })
+        .with_schema_id(schema.schema_id())
+        .build();
+
+    let current_location = table.metadata_location_result().map_err(ice)?;
+    let new_md = md
+        .clone()
+        .into_builder(Some(current_location.to_string()))
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)
+        .map_err(ice)?
+        .build()
+        .map_err(ice)?
+        .metadata;
+    let next = MetadataLocation::from_str(current_location)
+        .map_err(ice)?
+        .with_next_version()
+        .with_new_metadata(&new_md);
+    new_md.write_to(file_io, &next).await.map_err(ice)?;
+    let location = next.to_string();
+    debug_assert_eq!(new_md.format_version(), FormatVersion::V2);
+    Ok(Staged {
+        location,
+        files: written,
+    })
+}
+
+/// The `total-*` summary keys: the parent's totals plus this commit's additions.
+fn add_totals(props: &mut HashMap<String, String>, parent: Option<&Summary>) {
+    let get = |map: &HashMap<String, String>, k: &str| -> u64 {
+        map.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    for (total, added) in [
+        ("total-data-files", "added-data-files"),
+        ("total-delete-files", "added-delete-files"),
+        ("total-records", "added-records"),
+        ("total-files-size", "added-files-size"),
+        ("total-position-deletes", "added-position-deletes"),
+        ("total-equality-deletes", "added-equality-deletes"),
+    ] {
+        let before = parent.map(|p| get(&p.additional_properties, total)).unwrap_or(0);
+        let value = before + get(props, added);
+        props.insert(total.to_string(), value.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_continue_from_the_parent() {
+        let parent = Summary {
+            operation: Operation::Append,
+            additional_properties: HashMap::from([
+                ("total-records".to_string(), "10".to_string()),
+                ("total-data-files".to_string(), "2".to_string()),
+            ]),
+        };
+        let mut props = HashMap::from([
+            ("added-records".to_string(), "5".to_string()),
+            ("added-position-deletes".to_string(), "3".to_string()),
+        ]);
+        add_totals(&mut props, Some(&parent));
+        assert_eq!(props["total-records"], "15");
+        assert_eq!(props["total-data-files"], "2");
+        assert_eq!(props["total-position-deletes"], "3");
+        assert_eq!(props["total-equality-deletes"], "0");
+    }
+}

@@ -1,0 +1,27 @@
+//! Conversions from iceberg-rust and parquet errors to the connector error.
+
+use lakeshore_api::{Error, ErrorKind};
+
+/// An iceberg-rust error, kept retryable when iceberg says so.
+pub fn ice(e: iceberg::Error) -> Error {
+    let kind = if e.retryable() {
+        ErrorKind::Transient
+    } else {
+        match e.kind() {
+            iceberg::ErrorKind::CatalogCommitConflicts => ErrorKind::Conflict,
+            iceberg::ErrorKind::FeatureUnsupported => ErrorKind::Unsupported,
+            _ => ErrorKind::Transient,
+        }
+    };
+    Error::new(kind, "iceberg").with_source(e)
+}
+
+/// A bug or an impossible state.
+pub fn internal(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Internal, msg)
+}
+
+/// A parquet or arrow error while reading the table's own files.
+pub fn io(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Transient, what.to_string()).with_source(e)
+}

@@ -1,0 +1,270 @@
+//! Key → (data file, position) lookup over the committed table, for upserts.
+//!
+//! Chosen approach (see ARCHITECTURE.md, "Upserts without equality deletes"): scan the
+//! key columns of candidate data files, pruned by partition-independent min/max key
+//! statistics, then drop positions already removed by live position-delete files of the
+//! same partition. Memory is one Parquet batch of key columns plus the looked-up keys;
+//! nothing grows with the table.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_row::RowConverter;
+use futures::TryStreamExt;
+use iceberg::arrow::ArrowFileReader;
+use iceberg::io::FileIO;
+use iceberg::metadata_columns::RESERVED_FIELD_ID_DELETE_FILE_PATH;
+use iceberg::spec::{DataContentType, Datum, ManifestStatus, PrimitiveLiteral, Struct};
+use iceberg::table::Table;
+use lakeshore_api::Result;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+
+use crate::error::{ice, internal, io};
+
+/// A live committed row found for a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LiveRow {
+    /// Data file path.
+    pub path: Arc<str>,
+    /// Row position in the file.
+    pub pos: i64,
+    /// The data file's partition.
+    pub partition: Struct,
+    /// The data file's partition spec id.
+    pub spec_id: i32,
+}
+
+/// What to look up: encoded keys (arrow-row format of the key columns).
+pub struct KeyQuery<'a> {
+    /// Encoded keys.
+    pub keys: &'a HashSet<Box<[u8]>>,
+    /// Encoder of the key columns, in key order.
+    pub converter: &'a RowConverter,
+    /// Key column names, in key order.
+    pub columns: &'a [String],
+    /// Field id of the first key column (for min/max pruning).
+    pub first_key_field: i32,
+    /// Integer keys, sorted, when the key is a single integer column (enables pruning).
+    pub int_keys: Option<Vec<i64>>,
+}
+
+struct Candidate {
+    path: Arc<str>,
+    partition: Struct,
+    spec_id: i32,
+}
+
+struct DeleteFile {
+    path: String,
+    partition: Struct,
+    spec_id: i32,
+    lower: Option<Datum>,
+    upper: Option<Datum>,
+}
+
+fn as_i64(d: &Datum) -> Option<i64> {
+    match d.literal() {
+        PrimitiveLiteral::Long(v) => Some(*v),
+        PrimitiveLiteral::Int(v) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+fn may_contain(sorted: &[i64], lower: Option<i64>, upper: Option<i64>) -> bool {
+    let (Some(lo), Some(hi)) = (lower, upper) else {
+        return true;
+    };
+    let i = sorted.partition_point(|k| *k < lo);
+    i < sorted.len() && sorted[i] <= hi
+}
+
+/// Find the live rows of `query.keys` in the table's current snapshot.
+pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<LiveRow>> {
+    let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
+        return Ok(Vec::new());
+    };
+    if query.keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let file_io = table.file_io();
+    let list = table.manifest_list_reader(&snapshot).load().await.map_err(ice)?;
+    let mut candidates = Vec::new();
+    let mut delete_files = Vec::new();
+    for manifest in list.entries() {
+        let m = manifest.load_manifest(file_io).await.map_err(ice)?;
+        for entry in m.entries() {
+            if entry.status() == ManifestStatus::Deleted {
+                continue;
+            }
+            let f = entry.data_file();
+            match f.content_type() {
+                DataContentType::Data => {
+                    if let Some(keys) = &query.int_keys {
+                        let lo = f.lower_bounds().get(&query.first_key_field).and_then(as_i64);
+                        let hi = f.upper_bounds().get(&query.first_key_field).and_then(as_i64);
+                        if !may_contain(keys, lo, hi) {
+                            continue;
+                        }
+                    }
+                    candidates.push(Candidate {
+                        path: Arc::from(f.file_path()),
+                        partition: f.partition().clone(),
+                        spec_id: manifest.partition_spec_id,
+                    });
+                }
+                DataContentType::PositionDeletes => delete_files.push(DeleteFile {
+                    path: f.file_path().to_string(),
+                    partition: f.partition().clone(),
+                    spec_id: manifest.partition_spec_id,
+                    lower: f.lower_bounds().get(&RESERVED_FIELD_ID_DELETE_FILE_PATH).cloned(),
+                    upper: f.upper_bounds().get(&RESERVED_FIELD_ID_DELETE_FILE_PATH).cloned(),
+                }),
+                // Equality deletes are never written by lakeshore; a foreign writer's are
+                // not applied here (documented limitation).
+                DataContentType::EqualityDeletes => {}
+            }
+        }
+    }
+
+    let mut found = Vec::new();
+    for c in &candidates {
+        for pos in scan_keys(file_io, &c.path, query).await? {
+            found.push(LiveRow {
+                path: c.path.clone(),
+                pos,
+                partition: c.partition.clone(),
+                spec_id: c.spec_id,
+            });
+        }
+    }
+    if found.is_empty() {
+        return Ok(found);
+    }
+    let deleted = deleted_positions(file_io, &found, &delete_files).await?;
+    found.retain(|r| !deleted.contains(&(r.path.clone(), r.pos)));
+    Ok(found)
+}
+
+/// Positions of `path` whose key is among the looked-up keys.
+async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result<Vec<i64>> {
+    let input = file_io.new_input(path).map_err(ice)?;
+    let meta = input.metadata().await.map_err(ice)?;
+    let reader = ArrowFileReader::new(meta, input.reader().await.map_err(ice)?);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| io(path, e))?;
+    let arrow_schema = builder.schema().clone();
+    let mut leaves = Vec::new();
+    for name in query.columns {
+        let idx = arrow_schema
+            .index_of(name)
+            .map_err(|_| internal(format!("{path}: key column {name} is missing")))?;
+        leaves.push(idx);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), leaves.iter().copied());
+    let mut stream = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| io(path, e))?;
+    let mut positions = Vec::new();
+    let mut offset = 0i64;
+    while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
+        let columns: Vec<_> = query
+            .columns
+            .iter()
+            .map(|n| batch.column_by_name(n).cloned())
+            .collect::<Option<_>>()
+            .ok_or_else(|| internal(format!("{path}: key column missing from batch")))?;
+        let rows = query
+            .converter
+            .convert_columns(&columns)
+            .map_err(|e| io(path, e))?;
+        for (i, row) in rows.iter().enumerate() {
+            if query.keys.contains(row.as_ref()) {
+                positions.push(offset + i as i64);
+            }
+        }
+        offset += batch.num_rows() as i64;
+    }
+    Ok(positions)
+}
+
+/// Positions of the found rows' files that live position deletes already remove.
+async fn deleted_positions(
+    file_io: &FileIO,
+    found: &[LiveRow],
+    delete_files: &[DeleteFile],
+) -> Result<HashSet<(Arc<str>, i64)>> {
+    let mut paths: HashMap<&str, Arc<str>> = HashMap::new();
+    let mut partitions: HashSet<(i32, &Struct)> = HashSet::new();
+    for r in found {
+        paths.insert(&r.path, r.path.clone());
+        partitions.insert((r.spec_id, &r.partition));
+    }
+    let mut deleted = HashSet::new();
+    for d in delete_files {
+        if !partitions.contains(&(d.spec_id, &d.partition)) {
+            continue;
+        }
+        let in_bounds = |p: &str| {
+            let s = |d: &Option<Datum>| match d.as_ref().map(|d| d.literal()) {
+                Some(PrimitiveLiteral::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            s(&d.lower).is_none_or(|lo| p >= lo.as_str()) && s(&d.upper).is_none_or(|hi| p <= hi.as_str())
+        };
+        if !paths.keys().any(|p| in_bounds(p)) {
+            continue;
+        }
+        let input = file_io.new_input(&d.path).map_err(ice)?;
+        let meta = input.metadata().await.map_err(ice)?;
+        let reader = ArrowFileReader::new(meta, input.reader().await.map_err(ice)?);
+        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| io(&d.path, e))?
+            .build()
+            .map_err(|e| io(&d.path, e))?;
+        while let Some(batch) = stream.try_next().await.map_err(|e| io(&d.path, e))? {
+            collect_deletes(&batch, &paths, &mut deleted)?;
+        }
+    }
+    Ok(deleted)
+}
+
+fn collect_deletes(
+    batch: &RecordBatch,
+    paths: &HashMap<&str, Arc<str>>,
+    out: &mut HashSet<(Arc<str>, i64)>,
+) -> Result<()> {
+    let file_paths = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| internal("position delete file_path is not a string column"))?;
+    let pos = batch.column(1).as_primitive::<Int64Type>();
+    for i in 0..batch.num_rows() {
+        if let Some(p) = paths.get(file_paths.value(i)) {
+            out.insert((p.clone(), pos.value(i)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_needs_a_key_inside_the_bounds() {
+        let keys = [3, 10, 42];
+        assert!(may_contain(&keys, Some(0), Some(3)));
+        assert!(may_contain(&keys, Some(11), Some(42)));
+        assert!(!may_contain(&keys, Some(11), Some(41)));
+        assert!(!may_contain(&keys, Some(43), Some(100)));
+        assert!(may_contain(&keys, None, Some(1)));
+    }
+}

@@ -1,0 +1,223 @@
+//! Mapping source tables to Iceberg: Arrow schema → Iceberg schema with field ids and
+//! identifier fields, partition expressions (`day(created_at)`, `bucket[16](id)`) →
+//! partition specs, and re-stamping batches with the table's field ids.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
+use iceberg::spec::{
+    NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
+};
+use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
+
+/// The Iceberg type of an Arrow column, or an error naming the table and column.
+fn iceberg_type(table: &str, column: &str, dt: &DataType) -> Result<Type> {
+    let p = match dt {
+        DataType::Boolean => PrimitiveType::Boolean,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => PrimitiveType::Int,
+        DataType::UInt8 | DataType::UInt16 => PrimitiveType::Int,
+        DataType::Int64 | DataType::UInt32 => PrimitiveType::Long,
+        DataType::Float32 => PrimitiveType::Float,
+        DataType::Float64 => PrimitiveType::Double,
+        DataType::Decimal128(p, s) if *s >= 0 => PrimitiveType::Decimal {
+            precision: *p as u32,
+            scale: *s as u32,
+        },
+        DataType::Utf8 | DataType::LargeUtf8 => PrimitiveType::String,
+        DataType::Binary | DataType::LargeBinary => PrimitiveType::Binary,
+        DataType::Date32 => PrimitiveType::Date,
+        DataType::Time64(TimeUnit::Microsecond) => PrimitiveType::Time,
+        DataType::Timestamp(TimeUnit::Microsecond, None) => PrimitiveType::Timestamp,
+        DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => PrimitiveType::Timestamptz,
+        other => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {table}, column {column}: Arrow type {other} has no Iceberg mapping in lakeshore yet"
+                ),
+            ));
+        }
+    };
+    Ok(Type::Primitive(p))
+}
+
+/// A fresh Iceberg schema for a source table: field ids 1..n in column order, key
+/// columns as required identifier fields.
+pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
+    let mut fields = Vec::new();
+    let mut identifiers = Vec::new();
+    for (i, f) in table.schema.fields().iter().enumerate() {
+        let id = i as i32 + 1;
+        let ty = iceberg_type(&table.name, f.name(), f.data_type())?;
+        let is_key = table.key.iter().any(|k| k == f.name());
+        if is_key {
+            identifiers.push(id);
+        }
+        let required = is_key || !f.is_nullable();
+        fields.push(Arc::new(NestedField::new(id, f.name(), ty, required)));
+    }
+    for k in &table.key {
+        if table.schema.field_with_name(k).is_err() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("table {}: key column {k} is not a column of the table", table.name),
+            ));
+        }
+    }
+    Schema::builder()
+        .with_fields(fields)
+        .with_identifier_field_ids(identifiers)
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("table {}: invalid schema", table.name)).with_source(e))
+}
+
+/// One parsed partition expression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionExpr {
+    /// Source column.
+    pub column: String,
+    /// Iceberg transform.
+    pub transform: Transform,
+}
+
+/// Parse `identity(c)`, `c`, `year|month|day|hour(c)`, `bucket[N](c)`, `truncate[W](c)`.
+pub fn parse_partition_expr(expr: &str) -> std::result::Result<PartitionExpr, String> {
+    let expr = expr.trim();
+    let hint = "write a column name or one of identity(col), year(col), month(col), day(col), hour(col), bucket[N](col), truncate[W](col)";
+    let Some(open) = expr.find('(') else {
+        if expr.chars().all(|c| c.is_alphanumeric() || c == '_') && !expr.is_empty() {
+            return Ok(PartitionExpr {
+                column: expr.to_string(),
+                transform: Transform::Identity,
+            });
+        }
+        return Err(format!("cannot read partition expression `{expr}`: {hint}"));
+    };
+    let Some(column) = expr[open + 1..].strip_suffix(')') else {
+        return Err(format!("partition expression `{expr}` lacks a closing `)`: {hint}"));
+    };
+    let name = &expr[..open];
+    let transform = match name {
+        "identity" | "year" | "month" | "day" | "hour" => Transform::from_str(name),
+        _ if name.starts_with("bucket[") || name.starts_with("truncate[") => {
+            Transform::from_str(name)
+        }
+        _ => return Err(format!("unknown partition transform `{name}` in `{expr}`: {hint}")),
+    }
+    .map_err(|_| format!("cannot read partition transform `{name}` in `{expr}`: {hint}"))?;
+    if matches!(transform, Transform::Bucket(0) | Transform::Truncate(0)) {
+        return Err(format!("`{expr}`: the width must be positive"));
+    }
+    Ok(PartitionExpr {
+        column: column.trim().to_string(),
+        transform,
+    })
+}
+
+fn transform_suffix(t: &Transform) -> String {
+    match t {
+        Transform::Identity => String::new(),
+        Transform::Bucket(n) => format!("_bucket_{n}"),
+        Transform::Truncate(w) => format!("_trunc_{w}"),
+        other => format!("_{other}"),
+    }
+}
+
+/// The partition spec for `exprs` over `schema`.
+pub fn partition_spec(table: &str, schema: &Schema, exprs: &[String]) -> Result<UnboundPartitionSpec> {
+    let mut builder = UnboundPartitionSpec::builder();
+    for expr in exprs {
+        let p = parse_partition_expr(expr).map_err(|e| Error::new(ErrorKind::Config, format!("table {table}: {e}")))?;
+        let field = schema.field_by_name(&p.column).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("table {table}: partition column {} is not a column of the table", p.column),
+            )
+        })?;
+        let name = format!("{}{}", p.column, transform_suffix(&p.transform));
+        builder = builder
+            .add_partition_field(field.id, name, p.transform)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("table {table}: partition `{expr}`")).with_source(e))?;
+    }
+    Ok(builder.build())
+}
+
+/// Re-stamp a batch with the table's Arrow schema (field ids in metadata, table
+/// nullability), matching columns by name. Fails with the table and column when a
+/// column is missing or of another type.
+pub fn conform(table: &str, target: &ArrowSchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(c) => c.clone(),
+            None => arrow_array::new_null_array(field.data_type(), batch.num_rows()),
+        };
+        if column.data_type() != field.data_type() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {table}, column {}: source type {} does not match the lake table's {}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ),
+            ));
+        }
+        columns.push(column);
+    }
+    RecordBatch::try_new(target.clone(), columns).map_err(|e| {
+        Error::new(ErrorKind::Unsupported, format!("table {table}: rows do not fit the lake table's schema")).with_source(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_schema::{Field, Schema as ArrowSchema};
+
+    #[test]
+    fn parses_every_transform() {
+        let cases = [
+            ("status", Transform::Identity),
+            ("identity(status)", Transform::Identity),
+            ("day(created_at)", Transform::Day),
+            ("hour(created_at)", Transform::Hour),
+            ("bucket[16](customer_id)", Transform::Bucket(16)),
+            ("truncate[4](status)", Transform::Truncate(4)),
+        ];
+        for (text, t) in cases {
+            assert_eq!(parse_partition_expr(text).unwrap().transform, t, "{text}");
+        }
+        assert!(parse_partition_expr("weekday(x)").unwrap_err().contains("unknown partition transform"));
+        assert!(parse_partition_expr("day(x").unwrap_err().contains("closing"));
+        assert!(parse_partition_expr("bucket[0](x)").is_err());
+    }
+
+    #[test]
+    fn keys_become_required_identifier_fields() {
+        let table = TableSchema {
+            name: "t".into(),
+            schema: Arc::new(ArrowSchema::new(vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("v", DataType::Utf8, true),
+            ])),
+            key: vec!["id".into()],
+        };
+        let schema = to_iceberg_schema(&table).unwrap();
+        assert_eq!(schema.identifier_field_ids().collect::<Vec<_>>(), vec![1]);
+        assert!(schema.field_by_id(1).unwrap().required);
+        assert!(!schema.field_by_id(2).unwrap().required);
+        let spec = partition_spec("t", &schema, &["bucket[4](id)".into()]).unwrap();
+        assert_eq!(spec.fields()[0].name, "id_bucket_4");
+        let err = partition_spec("t", &schema, &["day(nope)".into()]).unwrap_err();
+        assert!(err.to_string().contains("partition column nope"));
+    }
+
+    #[test]
+    fn unsupported_types_name_table_and_column() {
+        let err = iceberg_type("db.t", "c", &DataType::Duration(TimeUnit::Second)).unwrap_err();
+        assert!(err.to_string().starts_with("table db.t, column c:"));
+    }
+}

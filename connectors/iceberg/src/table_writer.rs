@@ -1,0 +1,362 @@
+//! The two table writers: [`AppendWriter`] (data files only) and [`UpsertWriter`]
+//! (data files plus position deletes, never equality deletes).
+//!
+//! Upsert bookkeeping per open checkpoint:
+//! - `index`: every key touched in this checkpoint → where its live row is (or that it is
+//!   deleted), so a change to a row written in this checkpoint becomes a position delete
+//!   into our own new file;
+//! - `lookup`: keys whose *committed* row must go; at `prepare` they are looked up over
+//!   the committed table (see `lookup`) and become position deletes into older files.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_row::{RowConverter, SortField};
+use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef};
+use arrow_select::filter::filter_record_batch;
+use iceberg::spec::{DataFile, FormatVersion, Struct, deserialize_data_file_from_json, serialize_data_file_to_json};
+use iceberg::table::Table;
+use iceberg::TableIdent;
+use lakeshore_api::{ChangeBatch, Op, PendingCommit, Result, TableWriter};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::CatalogHandle;
+use crate::commit::RowDelta;
+use crate::error::{ice, internal};
+use crate::lookup::{KeyQuery, find_live_rows};
+use crate::position_delete::{PartitionDeletes, write_position_deletes};
+use crate::schema::conform;
+use crate::writer::{FileSettings, PartitionedWriter, RowLocation};
+
+/// What a table writer needs to know about its table.
+pub struct TableContext {
+    /// Catalog identifier.
+    pub ident: TableIdent,
+    /// File settings (schema, spec, storage, Parquet properties).
+    pub files: FileSettings,
+    /// The table's Arrow schema with field ids.
+    pub arrow_schema: ArrowSchemaRef,
+    /// Primary-key columns (empty for append-only).
+    pub key: Vec<String>,
+}
+
+/// A serialised file of a pending commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileEntry {
+    spec_id: i32,
+    file: serde_json::Value,
+}
+
+/// The payload of a [`PendingCommit`] of this sink.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Payload {
+    data: Vec<FileEntry>,
+    deletes: Vec<FileEntry>,
+    referenced: Vec<String>,
+    lookup_base: Option<i64>,
+}
+
+fn encode(table: &Table, files: &[(DataFile, i32)]) -> Result<Vec<FileEntry>> {
+    let md = table.metadata();
+    files
+        .iter()
+        .map(|(f, spec_id)| {
+            let spec = md
+                .partition_spec_by_id(*spec_id)
+                .ok_or_else(|| internal(format!("unknown partition spec {spec_id}")))?;
+            let ptype = spec.partition_type(md.current_schema()).map_err(ice)?;
+            let json = serialize_data_file_to_json(f.clone(), &ptype, FormatVersion::V2).map_err(ice)?;
+            Ok(FileEntry {
+                spec_id: *spec_id,
+                file: serde_json::from_str(&json).map_err(|e| internal(e.to_string()))?,
+            })
+        })
+        .collect()
+}
+
+fn decode(table: &Table, entries: &[FileEntry]) -> Result<Vec<(DataFile, i32)>> {
+    let md = table.metadata();
+    entries
+        .iter()
+        .map(|e| {
+            let spec = md
+                .partition_spec_by_id(e.spec_id)
+                .ok_or_else(|| internal(format!("unknown partition spec {}", e.spec_id)))?;
+            let ptype = spec.partition_type(md.current_schema()).map_err(ice)?;
+            let f = deserialize_data_file_from_json(&e.file.to_string(), e.spec_id, &ptype, md.current_schema())
+                .map_err(ice)?;
+            Ok((f, e.spec_id))
+        })
+        .collect()
+}
+
+/// Turn a pending commit back into a row delta against `table`.
+pub fn delta_from_pending(table: &Table, pending: &PendingCommit) -> Result<RowDelta> {
+    let p: Payload = serde_json::from_value(pending.payload.clone())
+        .map_err(|e| internal(format!("unreadable pending commit for {}: {e}", pending.table)))?;
+    Ok(RowDelta {
+        data_files: decode(table, &p.data)?,
+        delete_files: decode(table, &p.deletes)?,
+        referenced_files: p.referenced,
+        lookup_base: p.lookup_base,
+    })
+}
+
+fn pending(table: &Table, name: &str, checkpoint_id: u64, added_rows: u64, delta: &RowDelta) -> Result<PendingCommit> {
+    let payload = Payload {
+        data: encode(table, &delta.data_files)?,
+        deletes: encode(table, &delta.delete_files)?,
+        referenced: delta.referenced_files.clone(),
+        lookup_base: delta.lookup_base,
+    };
+    Ok(PendingCommit {
+        table: name.to_string(),
+        checkpoint_id,
+        added_rows,
+        payload: serde_json::to_value(payload).map_err(|e| internal(e.to_string()))?,
+    })
+}
+
+/// Rows of `batch` that carry an after-image (inserts and update-afters).
+fn after_images(batch: &ChangeBatch) -> Result<RecordBatch> {
+    if batch.is_insert_only() {
+        return Ok(batch.rows.clone());
+    }
+    let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(!batch.op(i).removes())).collect();
+    filter_record_batch(&batch.rows, &keep).map_err(|e| internal(e.to_string()))
+}
+
+/// Append mode: every insert and update-after becomes a data row; removals are ignored.
+pub struct AppendWriter {
+    ctx: TableContext,
+    table: Table,
+    name: String,
+    data: PartitionedWriter,
+    rows: u64,
+}
+
+impl AppendWriter {
+    /// A writer for the table.
+    pub fn new(ctx: TableContext, table: Table, name: String) -> Result<Self> {
+        let data = PartitionedWriter::new(ctx.files.clone())?;
+        Ok(AppendWriter { ctx, table, name, data, rows: 0 })
+    }
+}
+
+#[async_trait::async_trait]
+impl TableWriter for AppendWriter {
+    async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
+        let rows = conform(&self.name, &self.ctx.arrow_schema, &after_images(&batch)?)?;
+        self.rows += rows.num_rows() as u64;
+        self.data.write(&rows, None).await
+    }
+
+    async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
+        let (files, _) = self.data.close().await?;
+        let spec_id = self.ctx.files.spec.spec_id();
+        let delta = RowDelta {
+            data_files: files.into_iter().map(|f| (f, spec_id)).collect(),
+            ..Default::default()
+        };
+        let rows = std::mem::take(&mut self.rows);
+        pending(&self.table, self.ctx.ident.name(), checkpoint_id, rows, &delta)
+    }
+}
+
+/// State of a key within the open checkpoint.
+#[derive(Debug, Clone, Copy)]
+enum KeyState {
+    Live(RowLocation),
+    Deleted,
+}
+
+/// Upsert mode: a live row per key; changes become position deletes.
+pub struct UpsertWriter {
+    ctx: TableContext,
+    catalog: Arc<CatalogHandle>,
+    table: Table,
+    name: String,
+    data: PartitionedWriter,
+    converter: RowConverter,
+    key_indices: Vec<usize>,
+    index: HashMap<Box<[u8]>, KeyState>,
+    own_deletes: Vec<RowLocation>,
+    lookup: HashSet<Box<[u8]>>,
+    rows: u64,
+    locations: Vec<RowLocation>,
+}
+
+impl UpsertWriter {
+    /// A writer for the table; `ctx.key` must not be empty.
+    pub fn new(ctx: TableContext, catalog: Arc<CatalogHandle>, table: Table, name: String) -> Result<Self> {
+        let mut key_indices = Vec::new();
+        let mut fields = Vec::new();
+        for k in &ctx.key {
+            let i = ctx
+                .arrow_schema
+                .index_of(k)
+                .map_err(|_| internal(format!("table {name}: key column {k} missing")))?;
+            key_indices.push(i);
+            fields.push(SortField::new(ctx.arrow_schema.field(i).data_type().clone()));
+        }
+        let converter = RowConverter::new(fields).map_err(|e| internal(e.to_string()))?;
+        let data = PartitionedWriter::new(ctx.files.clone())?;
+        Ok(UpsertWriter {
+            ctx,
+            catalog,
+            table,
+            name,
+            data,
+            converter,
+            key_indices,
+            index: HashMap::new(),
+            own_deletes: Vec::new(),
+            lookup: HashSet::new(),
+            rows: 0,
+            locations: Vec::new(),
+        })
+    }
+
+    fn int_keys(&self) -> Option<Vec<i64>> {
+        if self.key_indices.len() != 1
+            || self.ctx.arrow_schema.field(self.key_indices[0]).data_type() != &DataType::Int64
+        {
+            return None;
+        }
+        let parser = self.converter.parser();
+        let rows: Vec<_> = self.lookup.iter().map(|k| parser.parse(k)).collect();
+        let arrays = self.converter.convert_rows(rows).ok()?;
+        let mut keys: Vec<i64> = arrays[0].as_primitive::<Int64Type>().values().to_vec();
+        keys.sort_unstable();
+        Some(keys)
+    }
+
+    async fn committed_deletes(&mut self) -> Result<(Vec<crate::lookup::LiveRow>, Option<i64>)> {
+        if self.lookup.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        self.table = self.catalog.catalog().load_table(&self.ctx.ident).await.map_err(ice)?;
+        let base = self.table.metadata().current_snapshot_id();
+        let first_key_field = self
+            .ctx
+            .files
+            .schema
+            .field_id_by_name(&self.ctx.key[0])
+            .ok_or_else(|| internal("key field id"))?;
+        let query = KeyQuery {
+            keys: &self.lookup,
+            converter: &self.converter,
+            columns: &self.ctx.key,
+            first_key_field,
+            int_keys: self.int_keys(),
+        };
+        let live = find_live_rows(&self.table, &query).await?;
+        Ok((live, base))
+    }
+}
+
+#[async_trait::async_trait]
+impl TableWriter for UpsertWriter {
+    async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
+        let rows = conform(&self.name, &self.ctx.arrow_schema, &batch.rows)?;
+        let key_columns: Vec<_> = self.key_indices.iter().map(|i| rows.column(*i).clone()).collect();
+        let keys = self
+            .converter
+            .convert_columns(&key_columns)
+            .map_err(|e| internal(e.to_string()))?;
+        let written = if batch.is_insert_only() {
+            rows
+        } else {
+            let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(!batch.op(i).removes())).collect();
+            filter_record_batch(&rows, &keep).map_err(|e| internal(e.to_string()))?
+        };
+        self.rows += written.num_rows() as u64;
+        self.locations.clear();
+        self.data.write(&written, Some(&mut self.locations)).await?;
+        let mut next_location = self.locations.iter();
+        for (i, key) in keys.iter().enumerate() {
+            let op = batch.op(i);
+            let previous = self.index.get(key.as_ref()).copied();
+            match previous {
+                Some(KeyState::Live(loc)) => self.own_deletes.push(loc),
+                Some(KeyState::Deleted) => {}
+                // A key first seen as an insert is new by the source's contract; every
+                // other first sight may replace a committed row.
+                None if op != Op::Insert => {
+                    self.lookup.insert(key.as_ref().into());
+                }
+                None => {}
+            }
+            let state = if op.removes() {
+                KeyState::Deleted
+            } else {
+                let loc = next_location
+                    .next()
+                    .ok_or_else(|| internal("fewer written rows than after-images"))?;
+                KeyState::Live(*loc)
+            };
+            match self.index.get_mut(key.as_ref()) {
+                Some(s) => *s = state,
+                None => {
+                    self.index.insert(key.as_ref().into(), state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
+        let (files, infos) = self.data.close().await?;
+        let (live, lookup_base) = self.committed_deletes().await?;
+        let spec_id = self.ctx.files.spec.spec_id();
+        let mut groups: HashMap<(i32, Struct), PartitionDeletes> = HashMap::new();
+        let mut add = |spec: i32, partition: &Struct, path: Arc<str>, pos: i64| {
+            let entry = groups.entry((spec, partition.clone())).or_default();
+            entry.entry(path).or_default().push(pos);
+        };
+        let paths: Vec<Arc<str>> = infos.iter().map(|f| Arc::from(f.path.as_str())).collect();
+        for loc in self.own_deletes.drain(..) {
+            let info = &infos[loc.file as usize];
+            add(spec_id, &info.partition, paths[loc.file as usize].clone(), loc.pos as i64);
+        }
+        let mut referenced: Vec<String> = live.iter().map(|r| r.path.to_string()).collect();
+        referenced.sort();
+        referenced.dedup();
+        for r in live {
+            add(r.spec_id, &r.partition, r.path, r.pos);
+        }
+        let mut delete_files = Vec::new();
+        for ((spec, partition), deletes) in groups {
+            let spec_ref = self
+                .table
+                .metadata()
+                .partition_spec_by_id(spec)
+                .cloned()
+                .ok_or_else(|| internal(format!("unknown partition spec {spec}")))?;
+            let f = write_position_deletes(
+                &self.ctx.files.file_io,
+                &self.ctx.files.locations,
+                &self.ctx.files.schema,
+                &spec_ref,
+                partition,
+                deletes,
+                &self.ctx.files.props,
+            )
+            .await?;
+            delete_files.push((f, spec));
+        }
+        self.index.clear();
+        self.lookup.clear();
+        let delta = RowDelta {
+            data_files: files.into_iter().map(|f| (f, spec_id)).collect(),
+            delete_files,
+            referenced_files: referenced,
+            lookup_base,
+        };
+        let rows = std::mem::take(&mut self.rows);
+        pending(&self.table, self.ctx.ident.name(), checkpoint_id, rows, &delta)
+    }
+}

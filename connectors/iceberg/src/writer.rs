@@ -1,0 +1,285 @@
+//! Partitioned, rolling Parquet data-file writer that knows where every row lands.
+//!
+//! A layer over iceberg-rust's `ParquetWriter` (which computes the file statistics): rows
+//! are grouped by partition with iceberg's `PartitionValueCalculator`, each partition has
+//! one open file, a file is closed when it reaches `target_file_size`, and every written
+//! row's (file, position) can be reported back — the upsert writer needs that to express
+//! later changes of the row as position deletes.
+
+use std::collections::HashMap;
+
+
+use arrow_array::{Array, ArrayRef, RecordBatch, StructArray, UInt32Array};
+use arrow_row::{OwnedRow, RowConverter, SortField};
+use arrow_select::take::take_record_batch;
+use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
+use iceberg::io::FileIO;
+use iceberg::spec::{
+    DataContentType, DataFile, Literal, PartitionKey, PartitionSpecRef, SchemaRef, Struct,
+    StructType,
+};
+use iceberg::writer::CurrentFileStatus;
+use iceberg::writer::file_writer::location_generator::{DefaultLocationGenerator, LocationGenerator};
+use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriter, ParquetWriterBuilder};
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{ice, internal};
+use lakeshore_api::Result;
+
+/// Index of a file written in the open checkpoint (into [`FileSet`]).
+pub type FileId = u32;
+
+/// Where a written row is: file and zero-based row position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLocation {
+    /// The file.
+    pub file: FileId,
+    /// Row position within the file.
+    pub pos: u64,
+}
+
+/// Settings shared by every file a table writer makes.
+#[derive(Clone)]
+pub struct FileSettings {
+    /// Table schema (with field ids).
+    pub schema: SchemaRef,
+    /// Default partition spec.
+    pub spec: PartitionSpecRef,
+    /// Storage of the table.
+    pub file_io: FileIO,
+    /// Where data files go.
+    pub locations: DefaultLocationGenerator,
+    /// Parquet settings.
+    pub props: WriterProperties,
+    /// Roll to a new file past this many bytes.
+    pub target_file_size: usize,
+}
+
+/// A data file of the open checkpoint: its path and partition, known before it is closed.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// Full path.
+    pub path: String,
+    /// Partition value.
+    pub partition: Struct,
+}
+
+struct OpenFile {
+    id: FileId,
+    writer: ParquetWriter,
+}
+
+/// Writes one table's rows into partitioned, rolling data files.
+pub struct PartitionedWriter {
+    settings: FileSettings,
+    calculator: Option<PartitionValueCalculator>,
+    partition_type: StructType,
+    converter: Option<RowConverter>,
+    open: HashMap<OwnedRow, OpenFile>,
+    unpartitioned: Option<OpenFile>,
+    /// Every file of the checkpoint, by [`FileId`].
+    files: Vec<FileInfo>,
+    closed: Vec<DataFile>,
+    run_id: uuid::Uuid,
+    counter: u64,
+}
+
+impl PartitionedWriter {
+    /// A writer for `settings`; file names start with a fresh UUID so no two runs collide.
+    pub fn new(settings: FileSettings) -> Result<Self> {
+        let partition_type = settings.spec.partition_type(&settings.schema).map_err(ice)?;
+        let (calculator, converter) = if settings.spec.is_unpartitioned() {
+            (None, None)
+        } else {
+            let calc =
+                PartitionValueCalculator::try_new(&settings.spec, &settings.schema).map_err(ice)?;
+            let arrow_schema::DataType::Struct(fields) = calc.partition_arrow_type() else {
+                return Err(internal("partition values are not a struct"));
+            };
+            let sort_fields = fields
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect();
+            let conv = RowConverter::new(sort_fields).map_err(|e| internal(e.to_string()))?;
+            (Some(calc), Some(conv))
+        };
+        Ok(PartitionedWriter {
+            settings,
+            calculator,
+            partition_type,
+            converter,
+            open: HashMap::new(),
+            unpartitioned: None,
+            files: Vec::new(),
+            closed: Vec::new(),
+            run_id: uuid::Uuid::new_v4(),
+            counter: 0,
+        })
+    }
+
+    /// The files of the open checkpoint so far.
+    pub fn files(&self) -> &[FileInfo] {
+        &self.files
+    }
+
+    async fn new_file(&mut self, partition: Option<PartitionKey>) -> Result<OpenFile> {
+        self.counter += 1;
+        let name = format!("{}-{:05}.parquet", self.run_id, self.counter);
+        let path = self
+            .settings
+            .locations
+            .generate_location(partition.as_ref(), &name);
+        let output = self.settings.file_io.new_output(&path).map_err(ice)?;
+        let builder =
+            ParquetWriterBuilder::new(self.settings.props.clone(), self.settings.schema.clone());
+        let writer = builder.build(output).await.map_err(ice)?;
+        let id = self.files.len() as FileId;
+        self.files.push(FileInfo {
+            path,
+            partition: partition.map(|p| p.data().clone()).unwrap_or_else(Struct::empty),
+        });
+        Ok(OpenFile { id, writer })
+    }
+
+    async fn finish(&mut self, file: OpenFile) -> Result<()> {
+        let info = &self.files[file.id as usize];
+        for mut builder in file.writer.close().await.map_err(ice)? {
+            builder
+                .content(DataContentType::Data)
+                .partition(info.partition.clone())
+                .partition_spec_id(self.settings.spec.spec_id());
+            self.closed
+                .push(builder.build().map_err(|e| internal(e.to_string()))?);
+        }
+        Ok(())
+    }
+
+    /// Write `batch`. With `locations`, append the (file, position) of every row, in row
+    /// order.
+    pub async fn write(
+        &mut self,
+        batch: &RecordBatch,
+        mut locations: Option<&mut Vec<RowLocation>>,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let (Some(calc), Some(conv)) = (&self.calculator, &self.converter) else {
+            let file = match self.unpartitioned.take() {
+                Some(f) => f,
+                None => self.new_file(None).await?,
+            };
+            return self.write_group(file, None, batch, locations).await;
+        };
+        let values = calc.calculate(batch).map_err(ice)?;
+        let values_struct = values
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| internal("partition values are not a struct array"))?;
+        let rows = conv
+            .convert_columns(values_struct.columns())
+            .map_err(|e| internal(e.to_string()))?;
+        // Group row indices by partition, keeping first-seen order.
+        let mut groups: Vec<(OwnedRow, Vec<u32>)> = Vec::new();
+        let mut group_of: HashMap<arrow_row::Row<'_>, usize> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let g = *group_of.entry(row).or_insert_with(|| {
+                groups.push((row.owned(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i as u32);
+        }
+        if let Some(locs) = locations.as_deref_mut() {
+            locs.resize(locs.len() + batch.num_rows(), RowLocation { file: 0, pos: 0 });
+        }
+        let base = locations.as_deref().map(|l| l.len() - batch.num_rows());
+        for (key, indices) in groups {
+            let first = indices[0] as usize;
+            let part = if indices.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                let idx = UInt32Array::from(indices.clone());
+                take_record_batch(batch, &idx).map_err(|e| internal(e.to_string()))?
+            };
+            let file = match self.open.remove(&key) {
+                Some(f) => f,
+                None => {
+                    let data = self.partition_struct(&values, first)?;
+                    let pk = PartitionKey::new(
+                        self.settings.spec.as_ref().clone(),
+                        self.settings.schema.clone(),
+                        data,
+                    );
+                    self.new_file(Some(pk)).await?
+                }
+            };
+            let mut group_locs = locations.as_ref().map(|_| Vec::with_capacity(indices.len()));
+            self.write_group(file, Some(key), &part, group_locs.as_mut())
+                .await?;
+            if let (Some(locs), Some(group_locs), Some(base)) =
+                (locations.as_deref_mut(), group_locs, base)
+            {
+                for (i, loc) in indices.iter().zip(group_locs) {
+                    locs[base + *i as usize] = loc;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn partition_struct(&self, values: &ArrayRef, row: usize) -> Result<Struct> {
+        let one = values.slice(row, 1);
+        match arrow_struct_to_literal(&one, &self.partition_type)
+            .map_err(ice)?
+            .pop()
+            .flatten()
+        {
+            Some(Literal::Struct(s)) => Ok(s),
+            _ => Err(internal("partition value is not a struct")),
+        }
+    }
+
+    async fn write_group(
+        &mut self,
+        mut file: OpenFile,
+        key: Option<OwnedRow>,
+        batch: &RecordBatch,
+        locations: Option<&mut Vec<RowLocation>>,
+    ) -> Result<()> {
+        let start = file.writer.current_row_num() as u64;
+        file.writer.write(batch).await.map_err(ice)?;
+        if let Some(locs) = locations {
+            let id = file.id;
+            locs.extend((0..batch.num_rows() as u64).map(|i| RowLocation {
+                file: id,
+                pos: start + i,
+            }));
+        }
+        if file.writer.current_written_size() >= self.settings.target_file_size {
+            self.finish(file).await?;
+        } else {
+            match key {
+                Some(k) => {
+                    self.open.insert(k, file);
+                }
+                None => self.unpartitioned = Some(file),
+            }
+        }
+        Ok(())
+    }
+
+    /// Close every open file; returns the checkpoint's data files and the per-[`FileId`]
+    /// infos, and starts a fresh checkpoint.
+    pub async fn close(&mut self) -> Result<(Vec<DataFile>, Vec<FileInfo>)> {
+        let open: Vec<OpenFile> = self
+            .open
+            .drain()
+            .map(|(_, f)| f)
+            .chain(self.unpartitioned.take())
+            .collect();
+        for file in open {
+            self.finish(file).await?;
+        }
+        Ok((std::mem::take(&mut self.closed), std::mem::take(&mut self.files)))
+    }
+}
