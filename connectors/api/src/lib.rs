@@ -178,13 +178,14 @@ pub trait Source: Send {
     /// The tables this source will produce, known before the first event.
     fn tables(&self) -> Vec<TableSchema>;
 
-    /// The next event, or `None` when a bounded source is exhausted. Must be cancel-safe
-    /// enough to be called again after an error was returned only if the error is
-    /// retryable.
+    /// The next event, or `None` when a bounded source is exhausted. The engine handles
+    /// barrier requests and acks between calls, so an unbounded source must return at
+    /// least every few seconds (a heartbeat or watermark event when idle).
     async fn next_event(&mut self) -> Result<Option<SourceEvent>>;
 
     /// Ask for `Barrier { id, .. }` at the next consistent point. A source that is always
-    /// consistent between events emits it as the very next event.
+    /// consistent between events emits it as the very next event. An exhausted bounded
+    /// source still emits a requested barrier (its final position) before `None`.
     fn request_barrier(&mut self, id: u64);
 
     /// Everything up to `position` is committed in the lake.
@@ -192,6 +193,11 @@ pub trait Source: Send {
 
     /// Total number of events for a bounded source, for progress reporting.
     fn size_hint(&self) -> Option<u64> {
+        None
+    }
+
+    /// Events produced so far (in the unit of [`Source::size_hint`]), for progress.
+    fn progress(&self) -> Option<u64> {
         None
     }
 }

@@ -193,6 +193,10 @@ impl Source for DatagenSource {
     fn size_hint(&self) -> Option<u64> {
         self.opts.events
     }
+
+    fn progress(&self) -> Option<u64> {
+        Some(self.next)
+    }
 }
 
 #[cfg(test)]

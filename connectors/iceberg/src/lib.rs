@@ -63,8 +63,8 @@ pub struct IcebergOptions {
     pub catalog: CatalogConfig,
     /// Namespace of every table (dotted for nested namespaces).
     pub namespace: String,
-    /// Append or upsert.
-    pub mode: WriteMode,
+    /// Append or upsert; `None` = upsert for tables with a primary key, else append.
+    pub mode: Option<WriteMode>,
     /// Roll data files at this size in bytes.
     pub target_file_size: u64,
     /// Parquet codec.
@@ -163,7 +163,12 @@ impl Sink for IcebergSink {
             key: target.source.key.clone(),
         };
         let name = format!("{}.{}", self.opts.namespace, target.name);
-        match self.opts.mode {
+        let mode = self.opts.mode.unwrap_or(if ctx.key.is_empty() {
+            WriteMode::Append
+        } else {
+            WriteMode::Upsert
+        });
+        match mode {
             WriteMode::Append => Ok(Box::new(AppendWriter::new(ctx, table, name)?)),
             WriteMode::Upsert if ctx.key.is_empty() => Err(Error::new(
                 ErrorKind::Config,

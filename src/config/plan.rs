@@ -1,0 +1,449 @@
+//! The validated plan: what a pipeline will run, with every default filled in and every
+//! path made absolute. Nothing here touches the network or the disk beyond reading the
+//! pipeline file; `validate` and `run` share it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lakeshore_api::TableSchema;
+use lakeshore_datagen::{DatagenOptions, DatagenSource, Profile};
+use lakeshore_iceberg::schema::parse_partition_expr;
+use lakeshore_iceberg::{CatalogConfig, Codec, IcebergOptions, WriteMode};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::raw::{self, DatagenProfile, RawPipeline, SinkMode};
+use super::{ConfigError, SourceText};
+
+/// A pipeline, ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Pipeline name.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Checkpoint store URL (`file:///...` or `s3://...`).
+    pub state_url: String,
+    /// The source.
+    pub source: SourcePlan,
+    /// The sink.
+    pub sink: SinkPlan,
+    /// Source table → lake table.
+    pub routes: Vec<RoutePlan>,
+}
+
+/// A validated source.
+#[derive(Debug, Clone)]
+pub enum SourcePlan {
+    /// The generator.
+    Datagen(DatagenOptions),
+}
+
+impl SourcePlan {
+    /// Total events of a bounded source, when known.
+    pub fn size_hint(&self) -> Option<u64> {
+        match self {
+            SourcePlan::Datagen(o) => o.events,
+        }
+    }
+
+    /// Tables the source produces, when known without connecting.
+    pub fn known_tables(&self) -> Option<Vec<TableSchema>> {
+        match self {
+            SourcePlan::Datagen(o) => Some(DatagenSource::schemas(o.profile)),
+        }
+    }
+}
+
+/// A validated sink.
+#[derive(Debug, Clone)]
+pub enum SinkPlan {
+    /// Iceberg tables.
+    Iceberg {
+        /// Sink options.
+        options: IcebergOptions,
+        /// Partition expressions per lake table.
+        partitioning: BTreeMap<String, Vec<String>>,
+    },
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct RoutePlan {
+    /// Glob over source table names.
+    pub from: String,
+    /// Lake table name.
+    pub to: String,
+}
+
+impl Plan {
+    /// The lake table a source table lands in: the first matching route, else the
+    /// source name without its database/schema prefix.
+    pub fn target_table(&self, source_table: &str) -> String {
+        for r in &self.routes {
+            if glob_match(&r.from, source_table) {
+                return r.to.clone();
+            }
+        }
+        source_table.rsplit('.').next().unwrap_or(source_table).to_string()
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[derive(Deserialize)]
+struct Typed {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    pipeline: Option<toml::Value>,
+    source: Option<Spanned<Typed>>,
+    sink: Option<Spanned<Typed>>,
+}
+
+const SOURCE_TYPES: &str = "\"datagen\"";
+const SINK_TYPES: &str = "\"iceberg\"";
+
+/// Suggest the closest known name for an unknown field in a serde message.
+fn with_hint(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.trim_end().to_string();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(field, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 2);
+    let list = known.join(", ");
+    match best {
+        Some((_, k)) => format!("unknown field `{field}`; did you mean `{k}`? (known: {list})"),
+        None => format!("unknown field `{field}` (known: {list})"),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn toml_error(src: &SourceText<'_>, e: toml::de::Error) -> ConfigError {
+    src.error(e.span(), with_hint(e.message()))
+}
+
+/// Parse and validate a pipeline file's text.
+pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
+    let probe: Probe = toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
+    if probe.pipeline.is_none() {
+        return Err(src.error(None, "missing [pipeline] section; add one with at least `name = \"...\"`"));
+    }
+    let source = probe
+        .source
+        .ok_or_else(|| src.error(None, format!("missing [source] section; add one with `type = ` {SOURCE_TYPES}")))?;
+    let sink = probe
+        .sink
+        .ok_or_else(|| src.error(None, format!("missing [sink] section; add one with `type = ` {SINK_TYPES}")))?;
+    let source_type = source.get_ref().kind.clone().ok_or_else(|| {
+        src.error(Some(source.span()), format!("[source] needs `type`; this build supports {SOURCE_TYPES}"))
+    })?;
+    let sink_type = sink.get_ref().kind.clone().ok_or_else(|| {
+        src.error(Some(sink.span()), format!("[sink] needs `type`; this build supports {SINK_TYPES}"))
+    })?;
+    match (source_type.get_ref().as_str(), sink_type.get_ref().as_str()) {
+        ("datagen", "iceberg") => {
+            let raw: RawPipeline<raw::DatagenSection, raw::IcebergSection> =
+                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
+            build(src, raw)
+        }
+        ("datagen", other) => Err(src.error(
+            Some(sink_type.span()),
+            format!("unknown sink type \"{other}\"; this build supports {SINK_TYPES}"),
+        )),
+        (other, _) => Err(src.error(
+            Some(source_type.span()),
+            format!("unknown source type \"{other}\"; this build supports {SOURCE_TYPES}"),
+        )),
+    }
+}
+
+fn absolute(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn build(src: &SourceText<'_>, raw: RawPipeline<raw::DatagenSection, raw::IcebergSection>) -> Result<Plan, ConfigError> {
+    let p = &raw.pipeline;
+    let name = p.name.get_ref().clone();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(src.error(
+            Some(p.name.span()),
+            format!("pipeline name \"{name}\" may hold only letters, digits, `-` and `_`"),
+        ));
+    }
+    let checkpoint_interval = match &p.checkpoint_interval {
+        None => Duration::from_secs(10),
+        Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
+            return Err(src.error(Some(d.span()), "checkpoint_interval must be at least \"100ms\""));
+        }
+        Some(d) => d.get_ref().0,
+    };
+
+    let source = datagen(src, &raw.source)?;
+    let (sink, warehouse) = iceberg(src, &raw.sink)?;
+    let state_url = match &p.state {
+        Some(s) => location_url(&s.0),
+        None => {
+            let parent = warehouse.parent().unwrap_or(&warehouse).join("state");
+            format!("file://{}", parent.display())
+        }
+    };
+    let routes = raw
+        .route
+        .iter()
+        .map(|r| RoutePlan {
+            from: r.from.get_ref().clone(),
+            to: r.to.get_ref().clone(),
+        })
+        .collect();
+    let plan = Plan {
+        name,
+        file: src.file.to_path_buf(),
+        checkpoint_interval,
+        state_url,
+        source,
+        sink,
+        routes,
+    };
+    check_tables(src, &plan, &raw.sink)?;
+    Ok(plan)
+}
+
+fn location_url(s: &str) -> String {
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("file://{}", absolute(s).display())
+    }
+}
+
+fn datagen(src: &SourceText<'_>, s: &raw::DatagenSection) -> Result<SourcePlan, ConfigError> {
+    let batch_events = match &s.batch_events {
+        Some(b) if *b.get_ref() == 0 => {
+            return Err(src.error(Some(b.span()), "batch_events must be at least 1"));
+        }
+        Some(b) => *b.get_ref(),
+        None => 8192,
+    };
+    Ok(SourcePlan::Datagen(DatagenOptions {
+        profile: match s.profile {
+            DatagenProfile::Nexmark => Profile::Nexmark,
+            DatagenProfile::Orders => Profile::Orders,
+        },
+        events: s.events,
+        rate: s.rate,
+        seed: s.seed,
+        batch_events,
+        initial_rows: s.initial_rows,
+    }))
+}
+
+fn codec(src: &SourceText<'_>, c: &Option<Spanned<String>>) -> Result<Codec, ConfigError> {
+    let Some(c) = c else { return Ok(Codec::Zstd(1)) };
+    let text = c.get_ref().trim();
+    let bad = || {
+        src.error(
+            Some(c.span()),
+            format!("unknown compression \"{text}\"; write \"zstd\", \"zstd(N)\" with N in 1..=22, \"snappy\" or \"none\""),
+        )
+    };
+    match text {
+        "zstd" => Ok(Codec::Zstd(1)),
+        "snappy" => Ok(Codec::Snappy),
+        "none" | "uncompressed" => Ok(Codec::Uncompressed),
+        t => {
+            let level = t
+                .strip_prefix("zstd(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| (1..=22).contains(n))
+                .ok_or_else(bad)?;
+            Ok(Codec::Zstd(level))
+        }
+    }
+}
+
+fn iceberg(src: &SourceText<'_>, s: &raw::IcebergSection) -> Result<(SinkPlan, PathBuf), ConfigError> {
+    let cat = &s.catalog;
+    if cat.kind.get_ref() != "sql" {
+        return Err(src.error(
+            Some(cat.kind.span()),
+            format!("unknown catalog type \"{}\"; this build supports \"sql\" (SQLite or PostgreSQL)", cat.kind.get_ref()),
+        ));
+    }
+    let uri = &cat.uri.0;
+    let uri = if let Some(path) = uri.strip_prefix("sqlite://") {
+        let (path, query) = path.split_once('?').map(|(p, q)| (p, Some(q))).unwrap_or((path, None));
+        let abs = absolute(path);
+        match query {
+            Some(q) => format!("sqlite://{}?{q}", abs.display()),
+            None => format!("sqlite://{}", abs.display()),
+        }
+    } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+        uri.clone()
+    } else {
+        return Err(src.error(
+            None,
+            "[sink.catalog] uri must start with sqlite:// (e.g. \"sqlite://lake/catalog.db\") or postgres://",
+        ));
+    };
+    let warehouse_text = cat.warehouse.0.strip_prefix("file://").unwrap_or(&cat.warehouse.0);
+    if warehouse_text.contains("://") {
+        return Err(src.error(
+            None,
+            "[sink.catalog] warehouse must be a local directory or file:// URL in this build",
+        ));
+    }
+    let warehouse = absolute(warehouse_text);
+    let namespace = s.namespace.get_ref();
+    if namespace.is_empty() || namespace.split('.').any(|p| p.is_empty()) {
+        return Err(src.error(Some(s.namespace.span()), "namespace must be a non-empty name such as \"shop\""));
+    }
+    let target_file_size = match &s.target_file_size {
+        Some(t) if t.get_ref().0 < 1 << 20 => {
+            return Err(src.error(Some(t.span()), "target_file_size must be at least \"1MiB\""));
+        }
+        Some(t) => t.get_ref().0,
+        None => 128 << 20,
+    };
+    let row_group_rows = match &s.row_group_rows {
+        Some(r) if *r.get_ref() < 1024 => {
+            return Err(src.error(Some(r.span()), "row_group_rows must be at least 1024"));
+        }
+        Some(r) => *r.get_ref() as usize,
+        None => 128 * 1024,
+    };
+    let mut partitioning = BTreeMap::new();
+    for (table, exprs) in &s.partitioning {
+        let mut list = Vec::new();
+        for e in exprs {
+            parse_partition_expr(e.get_ref()).map_err(|m| src.error(Some(e.span()), m))?;
+            list.push(e.get_ref().clone());
+        }
+        partitioning.insert(table.clone(), list);
+    }
+    let options = IcebergOptions {
+        catalog: CatalogConfig {
+            name: cat.name.clone().unwrap_or_else(|| "lakeshore".into()),
+            uri,
+            warehouse: warehouse.display().to_string(),
+        },
+        namespace: namespace.clone(),
+        target_file_size,
+        codec: codec(src, &s.compression)?,
+        row_group_rows,
+        mode: s.mode.map(|m| match m {
+            SinkMode::Append => WriteMode::Append,
+            SinkMode::Upsert => WriteMode::Upsert,
+        }),
+    };
+    Ok((SinkPlan::Iceberg { options, partitioning }, warehouse))
+}
+
+/// Checks that need the source's tables: partition columns exist, upsert tables have keys.
+fn check_tables(src: &SourceText<'_>, plan: &Plan, sink: &raw::IcebergSection) -> Result<(), ConfigError> {
+    let Some(tables) = plan.source.known_tables() else { return Ok(()) };
+    let SinkPlan::Iceberg { options, .. } = &plan.sink;
+    let mode = &options.mode;
+    let by_target: BTreeMap<String, &TableSchema> =
+        tables.iter().map(|t| (plan.target_table(&t.name), t)).collect();
+    for (table, exprs) in &sink.partitioning {
+        let Some(schema) = by_target.get(table) else {
+            let known: Vec<&str> = by_target.keys().map(String::as_str).collect();
+            return Err(src.error(
+                exprs.first().map(|e| e.span()),
+                format!("[sink.partitioning] names table `{table}`, which the source does not produce (tables: {})", known.join(", ")),
+            ));
+        };
+        for e in exprs {
+            let Ok(p) = parse_partition_expr(e.get_ref()) else { continue };
+            if schema.schema.field_with_name(&p.column).is_err() {
+                let cols: Vec<&str> = schema.schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(src.error(
+                    Some(e.span()),
+                    format!("table `{table}` has no column `{}` (columns: {})", p.column, cols.join(", ")),
+                ));
+            }
+        }
+    }
+    if *mode == Some(WriteMode::Upsert) {
+        for (target, t) in &by_target {
+            if t.key.is_empty() {
+                return Err(src.error(
+                    None,
+                    format!("mode = \"upsert\" needs a primary key, and table `{target}` has none; use mode = \"append\""),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_sharded_tables() {
+        assert!(glob_match("shop.orders_*", "shop.orders_07"));
+        assert!(!glob_match("shop.orders_*", "shop.order_items"));
+        assert!(glob_match("*.a*c", "db.abbc"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+
+    #[test]
+    fn unknown_fields_get_a_suggestion() {
+        let m = with_hint("unknown field `evnts`, expected one of `type`, `events`, `rate`");
+        assert_eq!(m, "unknown field `evnts`; did you mean `events`? (known: type, events, rate)");
+    }
+}

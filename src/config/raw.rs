@@ -1,0 +1,143 @@
+//! What the user writes: the pipeline file, field by field.
+//!
+//! These structs are the reference documentation of the pipeline file: every field has a
+//! doc comment, and `docs/config.md` is generated from this file by a test
+//! (`config::docs::config_reference_is_up_to_date`). Unknown fields are rejected.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{ByteSize, EnvString, HumanDuration};
+
+/// A whole pipeline file, generic over the source and sink sections (chosen by their
+/// `type`, so that unknown keys are reported at their own line).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline<S, K> {
+    /// `[pipeline]`: name and checkpointing.
+    pub pipeline: PipelineSection,
+    /// `[source]`: where changes come from.
+    pub source: S,
+    /// `[sink]`: where they land.
+    pub sink: K,
+    /// `[[route]]`: optional renames, e.g. to merge sharded tables into one.
+    #[serde(default)]
+    pub route: Vec<Route>,
+}
+
+/// `[pipeline]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Name of the pipeline; identifies its checkpoints and its commits in the lake
+    /// (`lakeshore.pipeline`). Letters, digits, `-` and `_`.
+    pub name: Spanned<String>,
+    /// How often a checkpoint commits to the lake, e.g. `"10s"`. Default `"10s"`.
+    pub checkpoint_interval: Option<Spanned<HumanDuration>>,
+    /// Where checkpoint records live: a directory path or `file://` / `s3://` URL.
+    /// Default: `state/` next to the Iceberg warehouse directory.
+    pub state: Option<EnvString>,
+}
+
+/// `[[route]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Source table name or glob (`*` matches any run of characters).
+    pub from: Spanned<String>,
+    /// Lake table name (without namespace).
+    pub to: Spanned<String>,
+}
+
+/// `[source]` with `type = "datagen"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatagenSection {
+    /// `"datagen"`.
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
+    pub kind: String,
+    /// Data set: `"nexmark"` (tables person, auction, bid) or `"orders"` (table orders,
+    /// keyed by order_id, with inserts, updates and deletes).
+    pub profile: DatagenProfile,
+    /// Number of events; omit for an unbounded stream.
+    pub events: Option<u64>,
+    /// Events per second; 0 (default) = as fast as possible.
+    #[serde(default)]
+    pub rate: u64,
+    /// Seed of every random choice. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// Events per generated batch. Default 8192.
+    pub batch_events: Option<Spanned<u64>>,
+    /// `orders` only: the first `initial_rows` events are inserts. Default 0.
+    #[serde(default)]
+    pub initial_rows: u64,
+}
+
+/// Data sets of the generator.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DatagenProfile {
+    /// Nexmark persons, auctions and bids.
+    Nexmark,
+    /// Keyed orders.
+    Orders,
+}
+
+/// `[sink]` with `type = "iceberg"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergSection {
+    /// `"iceberg"`.
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
+    pub kind: String,
+    /// The catalog, e.g. `{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }`.
+    pub catalog: CatalogSection,
+    /// Namespace of the tables (dots separate levels).
+    pub namespace: Spanned<String>,
+    /// `"append"` (data files only) or `"upsert"` (one row per primary key; updates and
+    /// deletes become position deletes). Default `"upsert"` for keyed tables.
+    pub mode: Option<SinkMode>,
+    /// Roll data files at this size, e.g. `"128MiB"`. Default `"128MiB"`.
+    pub target_file_size: Option<Spanned<ByteSize>>,
+    /// Parquet codec: `"zstd"`, `"zstd(N)"`, `"snappy"` or `"none"`. Default `"zstd(1)"`.
+    pub compression: Option<Spanned<String>>,
+    /// Rows per Parquet row group. Default 131072.
+    pub row_group_rows: Option<Spanned<u64>>,
+    /// Partition transforms per lake table, e.g. `orders = ["day(created_at)"]`.
+    /// Transforms: a column name (identity), `identity(c)`, `year(c)`, `month(c)`,
+    /// `day(c)`, `hour(c)`, `bucket[N](c)`, `truncate[W](c)`.
+    #[serde(default)]
+    pub partitioning: BTreeMap<String, Vec<Spanned<String>>>,
+}
+
+/// How rows land in Iceberg.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkMode {
+    /// Data files only.
+    Append,
+    /// One live row per primary key.
+    Upsert,
+}
+
+/// `[sink.catalog]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSection {
+    /// `"sql"` (SQLite file or PostgreSQL database).
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    /// `sqlite://path/catalog.db` (relative paths are resolved against the working
+    /// directory) or `postgres://user:${PASSWORD}@host:5432/db`.
+    pub uri: EnvString,
+    /// Warehouse directory (relative to the working directory) or `file://` URL.
+    pub warehouse: EnvString,
+    /// Catalog name recorded with every table; readers must use the same. Default
+    /// `"lakeshore"`.
+    pub name: Option<String>,
+}

@@ -1,0 +1,353 @@
+//! The engine: source → router → one writer task per lake table → committer, with
+//! checkpoint barriers and the two-phase commit and recovery protocol.
+//!
+//! Exactly-once, in order:
+//! 1. every `checkpoint_interval` the engine asks the source for a barrier; the source
+//!    emits `Barrier(n, P(n))` at a consistent point;
+//! 2. each writer, on `Barrier(n)`, closes its files → `PendingCommit(table, n)`;
+//! 3. the committer writes the checkpoint record {n, P(n), pending} create-if-absent;
+//! 4. it commits every table (snapshot summary carries pipeline, n and P(n));
+//! 5. only then the source is told `ack(P(n))`.
+//!
+//! Recovery: load the newest record, re-commit its pending files (commits are
+//! idempotent), reopen the source at its position. Files written after the last record
+//! are never referenced and are left for orphan cleanup.
+//!
+//! Channels are bounded, so a slow sink slows the source; a barrier waits behind at most
+//! `CHANNEL_DEPTH` batches per writer, so a checkpoint finishes in bounded time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lakeshore_api::{
+    ChangeBatch, CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, Source,
+    SourceEvent, SourcePosition, TableTarget, TableWriter,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub mod state;
+
+use state::{CheckpointRecord, StateStore};
+
+/// Batches queued per writer before the source waits.
+const CHANNEL_DEPTH: usize = 4;
+
+/// What the engine needs from a plan, independent of connector types.
+pub struct PipelineSpec {
+    /// Pipeline name.
+    pub name: String,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Source table → lake table.
+    pub route: Box<dyn Fn(&str) -> String + Send + Sync>,
+    /// Partition expressions per lake table.
+    pub partitioning: BTreeMap<String, Vec<String>>,
+}
+
+/// Progress callbacks for a terminal bar or log lines.
+pub trait Observer: Send + Sync {
+    /// Called after rows were routed; `events` is the source's progress, if it knows it.
+    fn rows(&self, _total_rows: u64, _events: Option<u64>) {}
+    /// Called after each committed checkpoint.
+    fn checkpoint(&self, _id: u64, _total_rows: u64, _took: Duration) {}
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// The checkpoint the run resumed from.
+    pub resumed_from: Option<u64>,
+    /// The last committed checkpoint.
+    pub last_checkpoint: Option<u64>,
+    /// Rows written per lake table by this run.
+    pub rows: BTreeMap<String, u64>,
+}
+
+enum WriterMsg {
+    Batch(ChangeBatch),
+    Barrier(u64),
+}
+
+enum CommitterMsg {
+    Started { id: u64, position: SourcePosition, at: Instant },
+    Prepared(PendingCommit),
+}
+
+struct Writer {
+    tx: mpsc::Sender<WriterMsg>,
+    task: JoinHandle<Result<()>>,
+}
+
+/// Open the sink's tables, recover, and run the source to its end (bounded) or until
+/// `shutdown` turns true; the last checkpoint is committed before returning.
+pub async fn run(
+    spec: PipelineSpec,
+    open_source: impl FnOnce(Option<&SourcePosition>) -> Result<Box<dyn Source>>,
+    sink: Arc<dyn Sink>,
+    store: StateStore,
+    observer: Arc<dyn Observer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunSummary> {
+    let spec = Arc::new(spec);
+    let last = store.latest().await?;
+    let mut summary = RunSummary::default();
+    if let Some(rec) = &last {
+        let ctx = context(&spec.name, rec.id, &rec.position);
+        for p in &rec.pending {
+            let committed = sink.commit(p, &ctx).await?;
+            if committed {
+                tracing::info!(pipeline = %spec.name, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
+            }
+        }
+        summary.resumed_from = Some(rec.id);
+        summary.last_checkpoint = Some(rec.id);
+        tracing::info!(pipeline = %spec.name, checkpoint = rec.id, position = %rec.position, "resuming");
+    }
+    let mut source = open_source(last.as_ref().map(|r| &r.position))?;
+    let first_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
+
+    // Writers, one per lake table.
+    let (committed_tx, committed_rx) = watch::channel(first_id - 1);
+    let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+    let mut writers: Vec<Writer> = Vec::new();
+    let mut targets: Vec<String> = Vec::new();
+    let mut route: HashMap<String, usize> = HashMap::new();
+    for table in source.tables() {
+        let target = (spec.route)(&table.name);
+        let idx = match targets.iter().position(|t| *t == target) {
+            Some(i) => i,
+            None => {
+                let writer = sink
+                    .open_table(&TableTarget {
+                        source: table.clone(),
+                        name: target.clone(),
+                        partitioning: spec.partitioning.get(&target).cloned().unwrap_or_default(),
+                    })
+                    .await?;
+                let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+                let task = tokio::spawn(writer_task(writer, rx, commit_tx.clone(), committed_rx.clone()));
+                writers.push(Writer { tx, task });
+                targets.push(target.clone());
+                targets.len() - 1
+            }
+        };
+        route.insert(table.name.clone(), idx);
+    }
+    let to_committer = commit_tx;
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let committer = tokio::spawn(committer_task(
+        spec.clone(),
+        sink.clone(),
+        store,
+        writers.len(),
+        commit_rx,
+        committed_tx,
+        ack_tx,
+        observer.clone(),
+    ));
+
+    let mut rows_per_writer = vec![0u64; writers.len()];
+    let mut total_rows = 0u64;
+    let mut next_id = first_id;
+    let mut in_flight: Option<u64> = None;
+    let mut final_id: Option<u64> = None;
+    let mut last_barrier = Instant::now();
+    let mut requested_at = Instant::now();
+    let outcome: Result<()> = async {
+        loop {
+            while let Ok((id, position)) = ack_rx.try_recv() {
+                source.ack(&position).await?;
+                summary.last_checkpoint = Some(id);
+                if in_flight == Some(id) {
+                    in_flight = None;
+                }
+            }
+            let stopping = *shutdown.borrow_and_update();
+            if final_id.is_none() && stopping {
+                final_id = Some(next_id);
+                source.request_barrier(next_id);
+                requested_at = Instant::now();
+                next_id += 1;
+            } else if final_id.is_none()
+                && in_flight.is_none()
+                && last_barrier.elapsed() >= spec.checkpoint_interval
+            {
+                in_flight = Some(next_id);
+                source.request_barrier(next_id);
+                requested_at = Instant::now();
+                next_id += 1;
+            }
+            match source.next_event().await? {
+                Some(SourceEvent::Batch(batch)) => {
+                    let Some(&w) = route.get(batch.table.as_ref()) else {
+                        return Err(Error::new(
+                            ErrorKind::Internal,
+                            format!("source produced rows for undeclared table {}", batch.table),
+                        ));
+                    };
+                    let n = batch.num_rows() as u64;
+                    rows_per_writer[w] += n;
+                    total_rows += n;
+                    if writers[w].tx.send(WriterMsg::Batch(batch)).await.is_err() {
+                        return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
+                    }
+                    observer.rows(total_rows, source.progress());
+                }
+                Some(SourceEvent::Barrier { id, position }) => {
+                    last_barrier = Instant::now();
+                    let msg = CommitterMsg::Started { id, position, at: requested_at };
+                    for w in &writers {
+                        if w.tx.send(WriterMsg::Barrier(id)).await.is_err() {
+                            return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
+                        }
+                    }
+                    if in_flight.is_none() && final_id != Some(id) {
+                        in_flight = Some(id);
+                    }
+                    if to_committer.send(msg).is_err() {
+                        return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
+                    }
+                    if final_id == Some(id) {
+                        return Ok(());
+                    }
+                }
+                Some(SourceEvent::SchemaChange(t)) => {
+                    tracing::warn!(pipeline = %spec.name, table = %t.name, "schema change ignored: schema evolution is not implemented yet");
+                }
+                Some(_) => {}
+                None => {
+                    if final_id.is_none() {
+                        final_id = Some(next_id);
+                        source.request_barrier(next_id);
+                        requested_at = Instant::now();
+                        next_id += 1;
+                    } else {
+                        return Err(Error::new(
+                            ErrorKind::Internal,
+                            "the source ended without emitting the final barrier",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    // Close the writers: they finish the final checkpoint (if any) and stop.
+    let mut first_error = outcome.err();
+    drop(to_committer);
+    for w in writers {
+        drop(w.tx);
+        match w.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(Error::new(ErrorKind::Internal, format!("writer task: {e}")))),
+        }
+    }
+    match committer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => first_error = Some(e),
+        Err(e) => first_error = first_error.or(Some(Error::new(ErrorKind::Internal, format!("committer task: {e}")))),
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    while let Ok((id, position)) = ack_rx.try_recv() {
+        source.ack(&position).await?;
+        summary.last_checkpoint = Some(id);
+    }
+    summary.rows = targets.into_iter().zip(rows_per_writer).collect();
+    Ok(summary)
+}
+
+fn context(pipeline: &str, id: u64, position: &SourcePosition) -> CommitContext {
+    CommitContext {
+        pipeline: pipeline.to_string(),
+        checkpoint_id: id,
+        position: position.clone(),
+    }
+}
+
+async fn writer_task(
+    mut writer: Box<dyn TableWriter>,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    done: mpsc::UnboundedSender<CommitterMsg>,
+    mut committed: watch::Receiver<u64>,
+) -> Result<()> {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            WriterMsg::Batch(b) => writer.write(b).await?,
+            WriterMsg::Barrier(id) => {
+                // Lookups of committed rows must see every earlier checkpoint.
+                committed
+                    .wait_for(|c| *c + 1 >= id)
+                    .await
+                    .map_err(|_| Error::new(ErrorKind::Internal, "the committer stopped"))?;
+                let pending = writer.prepare(id).await?;
+                if done.send(CommitterMsg::Prepared(pending)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn committer_task(
+    spec: Arc<PipelineSpec>,
+    sink: Arc<dyn Sink>,
+    store: StateStore,
+    writers: usize,
+    mut inbox: mpsc::UnboundedReceiver<CommitterMsg>,
+    committed: watch::Sender<u64>,
+    ack: mpsc::UnboundedSender<(u64, SourcePosition)>,
+    observer: Arc<dyn Observer>,
+) -> Result<()> {
+    let mut started: BTreeMap<u64, (SourcePosition, Instant)> = BTreeMap::new();
+    let mut prepared: BTreeMap<u64, Vec<PendingCommit>> = BTreeMap::new();
+    let mut total_rows = 0u64;
+    while let Some(msg) = inbox.recv().await {
+        match msg {
+            CommitterMsg::Started { id, position, at } => {
+                started.insert(id, (position, at));
+            }
+            CommitterMsg::Prepared(p) => prepared.entry(p.checkpoint_id).or_default().push(p),
+        }
+        // Commit every complete checkpoint, in order.
+        while let Some((&id, _)) = started.first_key_value() {
+            if prepared.get(&id).map(Vec::len).unwrap_or(0) < writers {
+                break;
+            }
+            let (position, at) = started.remove(&id).expect("first key exists");
+            let pending = prepared.remove(&id).unwrap_or_default();
+            let record = CheckpointRecord {
+                pipeline: spec.name.clone(),
+                id,
+                position: position.clone(),
+                pending: pending.clone(),
+                created_at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            };
+            store.write(&record).await?;
+            let ctx = context(&spec.name, id, &position);
+            for p in &pending {
+                sink.commit(p, &ctx).await?;
+                total_rows += p.added_rows;
+            }
+            let took = at.elapsed();
+            metrics::histogram!("lakeshore_engine_checkpoint_duration_seconds", "pipeline" => spec.name.clone())
+                .record(took.as_secs_f64());
+            metrics::gauge!("lakeshore_engine_last_checkpoint_id", "pipeline" => spec.name.clone()).set(id as f64);
+            observer.checkpoint(id, total_rows, took);
+            tracing::debug!(pipeline = %spec.name, checkpoint = id, ms = took.as_millis() as u64, "checkpoint committed");
+            committed.send_replace(id);
+            let _ = ack.send((id, position));
+            store.prune().await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Wiring a validated plan to connectors (by `type`) and to the engine; the progress
+//! display for `backfill`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lakeshore_api::{Result, Sink, Source, SourcePosition};
+use lakeshore_datagen::DatagenSource;
+use lakeshore_iceberg::IcebergSink;
+use tokio::sync::watch;
+
+use crate::config::Plan;
+use crate::config::plan::{SinkPlan, SourcePlan};
+use crate::engine::state::StateStore;
+use crate::engine::{self, Observer, PipelineSpec, RunSummary};
+
+/// Open the source of `plan` at `position`.
+pub fn open_source(plan: &Plan, position: Option<&SourcePosition>) -> Result<Box<dyn Source>> {
+    match &plan.source {
+        SourcePlan::Datagen(o) => Ok(Box::new(DatagenSource::open(o.clone(), position)?)),
+    }
+}
+
+/// Connect the sink of `plan`.
+pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
+    match &plan.sink {
+        SinkPlan::Iceberg { options, .. } => {
+            if let Some(path) = options.catalog.uri.strip_prefix("sqlite://") {
+                let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
+                if let Some(dir) = file.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        lakeshore_api::Error::new(
+                            lakeshore_api::ErrorKind::Config,
+                            format!("cannot create {}; check [sink.catalog] uri", dir.display()),
+                        )
+                        .with_source(e)
+                    })?;
+                }
+            }
+            std::fs::create_dir_all(&options.catalog.warehouse).map_err(|e| {
+                lakeshore_api::Error::new(
+                    lakeshore_api::ErrorKind::Config,
+                    format!("cannot create the warehouse {}; check [sink.catalog] warehouse", options.catalog.warehouse),
+                )
+                .with_source(e)
+            })?;
+            Ok(Arc::new(IcebergSink::connect(options.clone()).await?))
+        }
+    }
+}
+
+/// Run `plan` to the end of its source, or until `shutdown`.
+pub async fn run(plan: &Plan, observer: Arc<dyn Observer>, shutdown: watch::Receiver<bool>) -> Result<RunSummary> {
+    tracing::info!(pipeline = %plan.name, file = %plan.file.display(), "starting");
+    let store = StateStore::open(&plan.state_url, &plan.name)?;
+    let sink = open_sink(plan).await?;
+    let route_plan = plan.clone();
+    let SinkPlan::Iceberg { partitioning, .. } = &plan.sink;
+    let spec = PipelineSpec {
+        name: plan.name.clone(),
+        checkpoint_interval: plan.checkpoint_interval,
+        route: Box::new(move |t| route_plan.target_table(t)),
+        partitioning: partitioning.clone(),
+    };
+    engine::run(spec, |p| open_source(plan, p), sink, store, observer, shutdown).await
+}
+
+/// Progress on a terminal (bar with rows, rows/s and ETA) or as log lines.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    pipeline: String,
+    started: Instant,
+    rows: AtomicU64,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, log lines otherwise.
+    pub fn new(pipeline: &str, total_events: Option<u64>) -> Self {
+        let target = ProgressDrawTarget::stderr_with_hz(4);
+        let bar = (!target.is_hidden()).then(|| {
+            let bar = ProgressBar::with_draw_target(total_events, target);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(pipeline.to_string());
+            bar
+        });
+        Progress {
+            bar,
+            pipeline: pipeline.to_string(),
+            started: Instant::now(),
+            rows: AtomicU64::new(0),
+        }
+    }
+
+    fn rate(&self, rows: u64) -> f64 {
+        rows as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+
+    /// Remove the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn rows(&self, total_rows: u64, events: Option<u64>) {
+        self.rows.store(total_rows, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            if let Some(e) = events {
+                bar.set_position(e);
+            }
+            bar.set_message(format!("{total_rows} rows, {:.0} rows/s", self.rate(total_rows)));
+        }
+    }
+
+    fn checkpoint(&self, id: u64, total_rows: u64, took: Duration) {
+        if self.bar.is_none() {
+            let rows = self.rows.load(Ordering::Relaxed);
+            tracing::info!(
+                pipeline = %self.pipeline,
+                checkpoint = id,
+                committed_rows = total_rows,
+                rows_per_s = self.rate(rows) as u64,
+                checkpoint_ms = took.as_millis() as u64,
+                "checkpoint committed"
+            );
+        }
+    }
+}
