@@ -17,7 +17,10 @@ use arrow_array::{BooleanArray, RecordBatch};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef};
 use arrow_select::filter::filter_record_batch;
-use iceberg::spec::{DataFile, FormatVersion, Struct, deserialize_data_file_from_json, serialize_data_file_to_json};
+use iceberg::spec::{
+    DataFile, DataFileBuilder, FormatVersion, Literal, Struct, Type, deserialize_data_file_from_json,
+    serialize_data_file_to_json,
+};
 use iceberg::table::Table;
 use iceberg::TableIdent;
 use lakeshore_api::{ChangeBatch, Op, PendingCommit, Result, TableWriter};
@@ -43,11 +46,43 @@ pub struct TableContext {
     pub key: Vec<String>,
 }
 
-/// A serialised file of a pending commit.
+/// A serialised file of a pending commit. The partition is stored separately in the
+/// spec's single-value JSON form: iceberg-rust's `DataFile` JSON turns `date` partition
+/// values into longs on the way back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FileEntry {
     spec_id: i32,
     file: serde_json::Value,
+    partition: serde_json::Value,
+}
+
+/// `f` with its partition replaced (the rest copied field by field).
+fn with_partition(f: DataFile, partition: Struct, spec_id: i32) -> Result<DataFile> {
+    let mut b = DataFileBuilder::default();
+    b.content(f.content_type())
+        .file_path(f.file_path().to_string())
+        .file_format(f.file_format())
+        .partition(partition)
+        .record_count(f.record_count())
+        .file_size_in_bytes(f.file_size_in_bytes())
+        .column_sizes(f.column_sizes().clone())
+        .value_counts(f.value_counts().clone())
+        .null_value_counts(f.null_value_counts().clone())
+        .nan_value_counts(f.nan_value_counts().clone())
+        .lower_bounds(f.lower_bounds().clone())
+        .upper_bounds(f.upper_bounds().clone())
+        .key_metadata(f.key_metadata().map(<[u8]>::to_vec))
+        .split_offsets(f.split_offsets().map(<[i64]>::to_vec))
+        .equality_ids(f.equality_ids())
+        .first_row_id(f.first_row_id())
+        .partition_spec_id(spec_id)
+        .referenced_data_file(f.referenced_data_file())
+        .content_offset(f.content_offset())
+        .content_size_in_bytes(f.content_size_in_bytes());
+    if let Some(order) = f.sort_order_id() {
+        b.sort_order_id(order);
+    }
+    b.build().map_err(|e| internal(e.to_string()))
 }
 
 /// The payload of a [`PendingCommit`] of this sink.
@@ -69,9 +104,13 @@ fn encode(table: &Table, files: &[(DataFile, i32)]) -> Result<Vec<FileEntry>> {
                 .ok_or_else(|| internal(format!("unknown partition spec {spec_id}")))?;
             let ptype = spec.partition_type(md.current_schema()).map_err(ice)?;
             let json = serialize_data_file_to_json(f.clone(), &ptype, FormatVersion::V2).map_err(ice)?;
+            let partition = Literal::Struct(f.partition().clone())
+                .try_into_json(&Type::Struct(ptype))
+                .map_err(ice)?;
             Ok(FileEntry {
                 spec_id: *spec_id,
                 file: serde_json::from_str(&json).map_err(|e| internal(e.to_string()))?,
+                partition,
             })
         })
         .collect()
@@ -88,7 +127,11 @@ fn decode(table: &Table, entries: &[FileEntry]) -> Result<Vec<(DataFile, i32)>> 
             let ptype = spec.partition_type(md.current_schema()).map_err(ice)?;
             let f = deserialize_data_file_from_json(&e.file.to_string(), e.spec_id, &ptype, md.current_schema())
                 .map_err(ice)?;
-            Ok((f, e.spec_id))
+            let partition = match Literal::try_from_json(e.partition.clone(), &Type::Struct(ptype)).map_err(ice)? {
+                Some(Literal::Struct(s)) => s,
+                _ => return Err(internal(format!("pending file {} has no partition", f.file_path()))),
+            };
+            Ok((with_partition(f, partition, e.spec_id)?, e.spec_id))
         })
         .collect()
 }
