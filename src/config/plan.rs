@@ -175,10 +175,10 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
     }
     let source = probe
         .source
-        .ok_or_else(|| src.error(None, format!("missing [source] section; add one with `type = ` {SOURCE_TYPES}")))?;
+        .ok_or_else(|| src.error(None, format!("missing [source] section; add one with type = {SOURCE_TYPES}")))?;
     let sink = probe
         .sink
-        .ok_or_else(|| src.error(None, format!("missing [sink] section; add one with `type = ` {SINK_TYPES}")))?;
+        .ok_or_else(|| src.error(None, format!("missing [sink] section; add one with type = {SINK_TYPES}")))?;
     let source_type = source.get_ref().kind.clone().ok_or_else(|| {
         src.error(Some(source.span()), format!("[source] needs `type`; this build supports {SOURCE_TYPES}"))
     })?;
@@ -381,7 +381,7 @@ fn iceberg(src: &SourceText<'_>, s: &raw::IcebergSection) -> Result<(SinkPlan, P
         target_file_size,
         codec: codec(src, &s.compression)?,
         row_group_rows,
-        mode: s.mode.map(|m| match m {
+        mode: s.mode.as_ref().map(|m| match m.get_ref() {
             SinkMode::Append => WriteMode::Append,
             SinkMode::Upsert => WriteMode::Upsert,
         }),
@@ -419,7 +419,7 @@ fn check_tables(src: &SourceText<'_>, plan: &Plan, sink: &raw::IcebergSection) -
         for (target, t) in &by_target {
             if t.key.is_empty() {
                 return Err(src.error(
-                    None,
+                    sink.mode.as_ref().map(|m| m.span()),
                     format!("mode = \"upsert\" needs a primary key, and table `{target}` has none; use mode = \"append\""),
                 ));
             }

@@ -101,7 +101,7 @@ pub struct IcebergSection {
     pub namespace: Spanned<String>,
     /// `"append"` (data files only) or `"upsert"` (one row per primary key; updates and
     /// deletes become position deletes). Default `"upsert"` for keyed tables.
-    pub mode: Option<SinkMode>,
+    pub mode: Option<Spanned<SinkMode>>,
     /// Roll data files at this size, e.g. `"128MiB"`. Default `"128MiB"`.
     pub target_file_size: Option<Spanned<ByteSize>>,
     /// Parquet codec: `"zstd"`, `"zstd(N)"`, `"snappy"` or `"none"`. Default `"zstd(1)"`.

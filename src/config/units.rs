@@ -54,9 +54,24 @@ impl<'de> Deserialize<'de> for EnvString {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
+/// A string or a number, for values that need a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WithUnit {
+    Number(u64),
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
+        let raw = match WithUnit::deserialize(d)? {
+            WithUnit::Text(t) => t,
+            WithUnit::Number(n) => {
+                return Err(serde::de::Error::custom(format!(
+                    "a duration needs a unit: write \"{n}s\" or \"{n}ms\""
+                )));
+            }
+        };
         humantime::parse_duration(&raw)
             .map(HumanDuration)
             .map_err(|e| {
@@ -98,15 +113,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => parse_size(&t).map(ByteSize).map_err(serde::de::Error::custom),
+        match WithUnit::deserialize(d)? {
+            WithUnit::Number(n) => Ok(ByteSize(n)),
+            WithUnit::Text(t) => parse_size(&t).map(ByteSize).map_err(serde::de::Error::custom),
         }
     }
 }
