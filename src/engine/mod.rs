@@ -261,6 +261,21 @@ pub async fn run(
     Ok(summary)
 }
 
+/// Crash tests set `LAKESHORE_TEST_COMMIT_PAUSE_MS` to widen the window between the
+/// checkpoint record and the table commits, so that random kills land inside it.
+async fn test_pause() {
+    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("LAKESHORE_TEST_COMMIT_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(p) = pause {
+        tokio::time::sleep(*p).await;
+    }
+}
+
 fn context(pipeline: &str, id: u64, position: &SourcePosition) -> CommitContext {
     CommitContext {
         pipeline: pipeline.to_string(),
@@ -335,6 +350,7 @@ async fn committer_task(
             store.write(&record).await?;
             let ctx = context(&spec.name, id, &position);
             for p in &pending {
+                test_pause().await;
                 sink.commit(p, &ctx).await?;
                 total_rows += p.added_rows;
             }

@@ -1,0 +1,119 @@
+"""Shared helpers: the lakeshore binary, pipeline files in a temporary directory, and the
+independent readers (DuckDB, pyiceberg) from integration/lake.py."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import lake  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("LAKESHORE_BIN") or str(
+    Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "lakeshore"
+)
+
+
+class Pipeline:
+    """A pipeline file in its own directory, with the lake next to it."""
+
+    def __init__(self, workdir: Path, name: str, source: dict, sink: dict, partitioning=None, interval="200ms"):
+        self.dir = workdir
+        self.name = name
+        self.file = workdir / f"{name}.toml"
+        self.catalog_db = workdir / "lake" / "catalog.db"
+        self.warehouse = workdir / "lake" / "warehouse"
+        lines = ["[pipeline]", f'name = "{name}"', f'checkpoint_interval = "{interval}"', "", "[source]"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in source.items()]
+        lines += ["", "[sink]", 'type = "iceberg"',
+                  'catalog = { type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }']
+        lines += [f"{k} = {toml_value(v)}" for k, v in sink.items()]
+        if partitioning:
+            lines += ["", "[sink.partitioning]"]
+            lines += [f"{t} = {toml_value(v)}" for t, v in partitioning.items()]
+        self.file.write_text("\n".join(lines) + "\n")
+        self.namespace = sink["namespace"]
+
+    def start(self, env=None):
+        return subprocess.Popen(
+            [BIN, "backfill", str(self.file)], cwd=self.dir,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def backfill(self, env=None):
+        p = self.start(env)
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, f"backfill failed ({p.returncode}):\n{err}"
+        return out, err
+
+    def expected(self):
+        out = self.dir / "expected"
+        subprocess.run([BIN, "expected", str(self.file), "--out", str(out)], cwd=self.dir, check=True,
+                       capture_output=True)
+        return out
+
+    def table(self, name):
+        return f"{self.namespace}.{name}"
+
+
+def toml_value(v):
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return str(v)
+
+
+@pytest.fixture
+def duck():
+    return lake.duck()
+
+
+def table_digest(con, relation, columns):
+    """(count, order-independent checksum) of a relation, computed by DuckDB."""
+    cols = ", ".join(columns)
+    return con.execute(f"select count(*), coalesce(sum(hash({cols})), 0) from {relation}").fetchone()
+
+
+def assert_same_rows(con, pipeline: Pipeline, table: str, expected_parquet: Path, columns):
+    """The lake table (DuckDB's iceberg_scan) holds exactly the rows of the expected file."""
+    lake_rel = lake.scan(pipeline.catalog_db, pipeline.table(table))
+    exp_rel = f"read_parquet('{expected_parquet}')"
+    got = table_digest(con, lake_rel, columns)
+    want = table_digest(con, exp_rel, columns)
+    cols = ", ".join(columns)
+    missing = con.execute(f"select count(*) from (select {cols} from {exp_rel} except all select {cols} from {lake_rel})").fetchone()[0]
+    extra = con.execute(f"select count(*) from (select {cols} from {lake_rel} except all select {cols} from {exp_rel})").fetchone()[0]
+    assert (missing, extra) == (0, 0), f"{table}: {missing} rows missing, {extra} rows extra; lake {got}, expected {want}"
+    assert got == want
+    return got
+
+
+def run_with_crashes(pipeline: Pipeline, kills: int, window=(0.3, 1.5), env=None, seed=None):
+    """Start the backfill, kill -9 it at random moments `kills` times, then let it finish.
+    Returns the stderr of every attempt."""
+    rng = random.Random(seed)
+    logs = []
+    done = 0
+    while True:
+        p = pipeline.start(env)
+        if done < kills:
+            time.sleep(rng.uniform(*window))
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                done += 1
+            _, err = p.communicate(timeout=60)
+            logs.append(err)
+            if p.returncode == 0 and done < kills:
+                raise AssertionError("the run finished before all kills landed; slow the generator down")
+            continue
+        _, err = p.communicate(timeout=600)
+        logs.append(err)
+        assert p.returncode == 0, f"final run failed:\n{err}"
+        return logs
