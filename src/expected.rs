@@ -15,9 +15,9 @@ use crate::config::plan::SourcePlan;
 /// Write `<out>/<lake table>.parquet` for every table of the plan's generator.
 pub fn write(plan: &Plan, out: &Path) -> anyhow::Result<()> {
     let SourcePlan::Datagen(o) = &plan.source;
-    let events = o
-        .events
-        .ok_or_else(|| anyhow::anyhow!("the generator is unbounded (no `events`); nothing to expect"))?;
+    let events = o.events.ok_or_else(|| {
+        anyhow::anyhow!("the generator is unbounded (no `events`); nothing to expect")
+    })?;
     std::fs::create_dir_all(out)?;
     let tables: Vec<(&str, RecordBatch)> = match o.profile {
         Profile::Nexmark => {

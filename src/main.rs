@@ -156,18 +156,28 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             progress.finish();
             let summary = result?;
             let rows: u64 = summary.rows.values().sum();
-            let tables: Vec<String> = summary.rows.iter().map(|(t, n)| format!("{t}={n}")).collect();
+            let tables: Vec<String> = summary
+                .rows
+                .iter()
+                .map(|(t, n)| format!("{t}={n}"))
+                .collect();
             println!(
                 "backfill {} complete: checkpoint {}, {rows} rows written by this run ({})",
                 plan.name,
-                summary.last_checkpoint.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+                summary
+                    .last_checkpoint
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "none".into()),
                 tables.join(", ")
             );
             Ok(())
         }
         Command::Run { paths } => {
             let files = config::pipeline_files(&paths)?;
-            let plans = files.iter().map(|f| config::load(f)).collect::<Result<Vec<_>, _>>()?;
+            let plans = files
+                .iter()
+                .map(|f| config::load(f))
+                .collect::<Result<Vec<_>, _>>()?;
             let shutdown = shutdown_signal();
             let mut tasks = Vec::new();
             for plan in plans {
@@ -181,7 +191,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             let mut failure = None;
             for t in tasks {
                 match t.await {
-                    Ok((name, Ok(s))) => tracing::info!(pipeline = %name, checkpoint = ?s.last_checkpoint, "stopped"),
+                    Ok((name, Ok(s))) => {
+                        tracing::info!(pipeline = %name, checkpoint = ?s.last_checkpoint, "stopped")
+                    }
                     Ok((name, Err(e))) => {
                         tracing::error!(pipeline = %name, error = %e, "pipeline failed");
                         failure = Some(Failure::from(e));
@@ -191,7 +203,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             }
             failure.map_or(Ok(()), Err)
         }
-        Command::Expected { pipeline: file, out } => {
+        Command::Expected {
+            pipeline: file,
+            out,
+        } => {
             let plan = config::load(&file)?;
             expected::write(&plan, &out).map_err(|e| Failure::Runtime(e.to_string()))
         }

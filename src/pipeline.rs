@@ -42,7 +42,10 @@ pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
             std::fs::create_dir_all(&options.catalog.warehouse).map_err(|e| {
                 lakeshore_api::Error::new(
                     lakeshore_api::ErrorKind::Config,
-                    format!("cannot create the warehouse {}; check [sink.catalog] warehouse", options.catalog.warehouse),
+                    format!(
+                        "cannot create the warehouse {}; check [sink.catalog] warehouse",
+                        options.catalog.warehouse
+                    ),
                 )
                 .with_source(e)
             })?;
@@ -52,7 +55,11 @@ pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
 }
 
 /// Run `plan` to the end of its source, or until `shutdown`.
-pub async fn run(plan: &Plan, observer: Arc<dyn Observer>, shutdown: watch::Receiver<bool>) -> Result<RunSummary> {
+pub async fn run(
+    plan: &Plan,
+    observer: Arc<dyn Observer>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunSummary> {
     tracing::info!(pipeline = %plan.name, file = %plan.file.display(), "starting");
     let store = StateStore::open(&plan.state_url, &plan.name)?;
     let sink = open_sink(plan).await?;
@@ -64,7 +71,15 @@ pub async fn run(plan: &Plan, observer: Arc<dyn Observer>, shutdown: watch::Rece
         route: Box::new(move |t| route_plan.target_table(t)),
         partitioning: partitioning.clone(),
     };
-    engine::run(spec, |p| open_source(plan, p), sink, store, observer, shutdown).await
+    engine::run(
+        spec,
+        |p| open_source(plan, p),
+        sink,
+        store,
+        observer,
+        shutdown,
+    )
+    .await
 }
 
 /// Progress on a terminal (bar with rows, rows/s and ETA) or as log lines.
@@ -117,7 +132,10 @@ impl Observer for Progress {
             if let Some(e) = events {
                 bar.set_position(e);
             }
-            bar.set_message(format!("{total_rows} rows, {:.0} rows/s", self.rate(total_rows)));
+            bar.set_message(format!(
+                "{total_rows} rows, {:.0} rows/s",
+                self.rate(total_rows)
+            ));
         }
     }
 

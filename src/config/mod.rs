@@ -29,7 +29,9 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.location {
-            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -147,7 +149,10 @@ mod tests {
                 .unwrap_or(&shown)
                 .trim_start();
             assert_eq!(without_file, expected, "{}", f.display());
-            assert!(!shown.contains("hunter2"), "a secret reached the message: {shown}");
+            assert!(
+                !shown.contains("hunter2"),
+                "a secret reached the message: {shown}"
+            );
         }
     }
 }

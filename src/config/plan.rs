@@ -88,7 +88,11 @@ impl Plan {
                 return r.to.clone();
             }
         }
-        source_table.rsplit('.').next().unwrap_or(source_table).to_string()
+        source_table
+            .rsplit('.')
+            .next()
+            .unwrap_or(source_table)
+            .to_string()
     }
 }
 
@@ -171,19 +175,34 @@ fn toml_error(src: &SourceText<'_>, e: toml::de::Error) -> ConfigError {
 pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
     let probe: Probe = toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
     if probe.pipeline.is_none() {
-        return Err(src.error(None, "missing [pipeline] section; add one with at least `name = \"...\"`"));
+        return Err(src.error(
+            None,
+            "missing [pipeline] section; add one with at least `name = \"...\"`",
+        ));
     }
-    let source = probe
-        .source
-        .ok_or_else(|| src.error(None, format!("missing [source] section; add one with type = {SOURCE_TYPES}")))?;
-    let sink = probe
-        .sink
-        .ok_or_else(|| src.error(None, format!("missing [sink] section; add one with type = {SINK_TYPES}")))?;
+    let source = probe.source.ok_or_else(|| {
+        src.error(
+            None,
+            format!("missing [source] section; add one with type = {SOURCE_TYPES}"),
+        )
+    })?;
+    let sink = probe.sink.ok_or_else(|| {
+        src.error(
+            None,
+            format!("missing [sink] section; add one with type = {SINK_TYPES}"),
+        )
+    })?;
     let source_type = source.get_ref().kind.clone().ok_or_else(|| {
-        src.error(Some(source.span()), format!("[source] needs `type`; this build supports {SOURCE_TYPES}"))
+        src.error(
+            Some(source.span()),
+            format!("[source] needs `type`; this build supports {SOURCE_TYPES}"),
+        )
     })?;
     let sink_type = sink.get_ref().kind.clone().ok_or_else(|| {
-        src.error(Some(sink.span()), format!("[sink] needs `type`; this build supports {SINK_TYPES}"))
+        src.error(
+            Some(sink.span()),
+            format!("[sink] needs `type`; this build supports {SINK_TYPES}"),
+        )
     })?;
     match (source_type.get_ref().as_str(), sink_type.get_ref().as_str()) {
         ("datagen", "iceberg") => {
@@ -207,14 +226,23 @@ fn absolute(path: &str) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
-fn build(src: &SourceText<'_>, raw: RawPipeline<raw::DatagenSection, raw::IcebergSection>) -> Result<Plan, ConfigError> {
+fn build(
+    src: &SourceText<'_>,
+    raw: RawPipeline<raw::DatagenSection, raw::IcebergSection>,
+) -> Result<Plan, ConfigError> {
     let p = &raw.pipeline;
     let name = p.name.get_ref().clone();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(src.error(
             Some(p.name.span()),
             format!("pipeline name \"{name}\" may hold only letters, digits, `-` and `_`"),
@@ -223,7 +251,10 @@ fn build(src: &SourceText<'_>, raw: RawPipeline<raw::DatagenSection, raw::Iceber
     let checkpoint_interval = match &p.checkpoint_interval {
         None => Duration::from_secs(10),
         Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
-            return Err(src.error(Some(d.span()), "checkpoint_interval must be at least \"100ms\""));
+            return Err(src.error(
+                Some(d.span()),
+                "checkpoint_interval must be at least \"100ms\"",
+            ));
         }
         Some(d) => d.get_ref().0,
     };
@@ -288,7 +319,9 @@ fn datagen(src: &SourceText<'_>, s: &raw::DatagenSection) -> Result<SourcePlan, 
 }
 
 fn codec(src: &SourceText<'_>, c: &Option<Spanned<String>>) -> Result<Codec, ConfigError> {
-    let Some(c) = c else { return Ok(Codec::Zstd(1)) };
+    let Some(c) = c else {
+        return Ok(Codec::Zstd(1));
+    };
     let text = c.get_ref().trim();
     let bad = || {
         src.error(
@@ -312,17 +345,26 @@ fn codec(src: &SourceText<'_>, c: &Option<Spanned<String>>) -> Result<Codec, Con
     }
 }
 
-fn iceberg(src: &SourceText<'_>, s: &raw::IcebergSection) -> Result<(SinkPlan, PathBuf), ConfigError> {
+fn iceberg(
+    src: &SourceText<'_>,
+    s: &raw::IcebergSection,
+) -> Result<(SinkPlan, PathBuf), ConfigError> {
     let cat = &s.catalog;
     if cat.kind.get_ref() != "sql" {
         return Err(src.error(
             Some(cat.kind.span()),
-            format!("unknown catalog type \"{}\"; this build supports \"sql\" (SQLite or PostgreSQL)", cat.kind.get_ref()),
+            format!(
+                "unknown catalog type \"{}\"; this build supports \"sql\" (SQLite or PostgreSQL)",
+                cat.kind.get_ref()
+            ),
         ));
     }
     let uri = &cat.uri.0;
     let uri = if let Some(path) = uri.strip_prefix("sqlite://") {
-        let (path, query) = path.split_once('?').map(|(p, q)| (p, Some(q))).unwrap_or((path, None));
+        let (path, query) = path
+            .split_once('?')
+            .map(|(p, q)| (p, Some(q)))
+            .unwrap_or((path, None));
         let abs = absolute(path);
         match query {
             Some(q) => format!("sqlite://{}?{q}", abs.display()),
@@ -336,7 +378,11 @@ fn iceberg(src: &SourceText<'_>, s: &raw::IcebergSection) -> Result<(SinkPlan, P
             "[sink.catalog] uri must start with sqlite:// (e.g. \"sqlite://lake/catalog.db\") or postgres://",
         ));
     };
-    let warehouse_text = cat.warehouse.0.strip_prefix("file://").unwrap_or(&cat.warehouse.0);
+    let warehouse_text = cat
+        .warehouse
+        .0
+        .strip_prefix("file://")
+        .unwrap_or(&cat.warehouse.0);
     if warehouse_text.contains("://") {
         return Err(src.error(
             None,
@@ -346,7 +392,10 @@ fn iceberg(src: &SourceText<'_>, s: &raw::IcebergSection) -> Result<(SinkPlan, P
     let warehouse = absolute(warehouse_text);
     let namespace = s.namespace.get_ref();
     if namespace.is_empty() || namespace.split('.').any(|p| p.is_empty()) {
-        return Err(src.error(Some(s.namespace.span()), "namespace must be a non-empty name such as \"shop\""));
+        return Err(src.error(
+            Some(s.namespace.span()),
+            "namespace must be a non-empty name such as \"shop\"",
+        ));
     }
     let target_file_size = match &s.target_file_size {
         Some(t) if t.get_ref().0 < 1 << 20 => {
@@ -386,16 +435,30 @@ fn iceberg(src: &SourceText<'_>, s: &raw::IcebergSection) -> Result<(SinkPlan, P
             SinkMode::Upsert => WriteMode::Upsert,
         }),
     };
-    Ok((SinkPlan::Iceberg { options, partitioning }, warehouse))
+    Ok((
+        SinkPlan::Iceberg {
+            options,
+            partitioning,
+        },
+        warehouse,
+    ))
 }
 
 /// Checks that need the source's tables: partition columns exist, upsert tables have keys.
-fn check_tables(src: &SourceText<'_>, plan: &Plan, sink: &raw::IcebergSection) -> Result<(), ConfigError> {
-    let Some(tables) = plan.source.known_tables() else { return Ok(()) };
+fn check_tables(
+    src: &SourceText<'_>,
+    plan: &Plan,
+    sink: &raw::IcebergSection,
+) -> Result<(), ConfigError> {
+    let Some(tables) = plan.source.known_tables() else {
+        return Ok(());
+    };
     let SinkPlan::Iceberg { options, .. } = &plan.sink;
     let mode = &options.mode;
-    let by_target: BTreeMap<String, &TableSchema> =
-        tables.iter().map(|t| (plan.target_table(&t.name), t)).collect();
+    let by_target: BTreeMap<String, &TableSchema> = tables
+        .iter()
+        .map(|t| (plan.target_table(&t.name), t))
+        .collect();
     for (table, exprs) in &sink.partitioning {
         let Some(schema) = by_target.get(table) else {
             let known: Vec<&str> = by_target.keys().map(String::as_str).collect();
@@ -405,12 +468,23 @@ fn check_tables(src: &SourceText<'_>, plan: &Plan, sink: &raw::IcebergSection) -
             ));
         };
         for e in exprs {
-            let Ok(p) = parse_partition_expr(e.get_ref()) else { continue };
+            let Ok(p) = parse_partition_expr(e.get_ref()) else {
+                continue;
+            };
             if schema.schema.field_with_name(&p.column).is_err() {
-                let cols: Vec<&str> = schema.schema.fields().iter().map(|f| f.name().as_str()).collect();
+                let cols: Vec<&str> = schema
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
                 return Err(src.error(
                     Some(e.span()),
-                    format!("table `{table}` has no column `{}` (columns: {})", p.column, cols.join(", ")),
+                    format!(
+                        "table `{table}` has no column `{}` (columns: {})",
+                        p.column,
+                        cols.join(", ")
+                    ),
                 ));
             }
         }
@@ -444,6 +518,9 @@ mod tests {
     #[test]
     fn unknown_fields_get_a_suggestion() {
         let m = with_hint("unknown field `evnts`, expected one of `type`, `events`, `rate`");
-        assert_eq!(m, "unknown field `evnts`; did you mean `events`? (known: type, events, rate)");
+        assert_eq!(
+            m,
+            "unknown field `evnts`; did you mean `events`? (known: type, events, rate)"
+        );
     }
 }

@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::units::{ByteSize, EnvString, HumanDuration};
 
-/// A whole pipeline file, generic over the source and sink sections (chosen by their
-/// `type`, so that unknown keys are reported at their own line).
+/// A pipeline file. The source and sink sections are chosen by their `type`, so that
+/// unknown keys are reported at their own line.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline<S, K> {

@@ -108,14 +108,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ));
         }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size `{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match WithUnit::deserialize(d)? {
             WithUnit::Number(n) => Ok(ByteSize(n)),
-            WithUnit::Text(t) => parse_size(&t).map(ByteSize).map_err(serde::de::Error::custom),
+            WithUnit::Text(t) => parse_size(&t)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -127,11 +130,22 @@ mod tests {
     #[test]
     fn expands_environment_references() {
         let env = |n: &str| (n == "PW").then(|| "s3cret".to_string());
-        assert_eq!(expand_env("pg://u:${PW}@h", env).unwrap(), "pg://u:s3cret@h");
+        assert_eq!(
+            expand_env("pg://u:${PW}@h", env).unwrap(),
+            "pg://u:s3cret@h"
+        );
         assert_eq!(expand_env("plain", env).unwrap(), "plain");
-        assert!(expand_env("${NOPE}", env).unwrap_err().contains("NOPE is not set"));
+        assert!(
+            expand_env("${NOPE}", env)
+                .unwrap_err()
+                .contains("NOPE is not set")
+        );
         assert!(expand_env("${PW", env).unwrap_err().contains("closing"));
-        assert!(format!("{:?}", EnvString("s3cret".into())).find("s3cret").is_none());
+        assert!(
+            format!("{:?}", EnvString("s3cret".into()))
+                .find("s3cret")
+                .is_none()
+        );
     }
 
     #[test]
@@ -139,7 +153,11 @@ mod tests {
         assert_eq!(parse_size("128MiB").unwrap(), 128 << 20);
         assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
         assert_eq!(parse_size("42").unwrap(), 42);
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
         assert!(parse_size("MiB").is_err());
     }
 }

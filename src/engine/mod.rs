@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lakeshore_api::{
-    ChangeBatch, CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, Source,
-    SourceEvent, SourcePosition, TableTarget, TableWriter,
+    ChangeBatch, CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, Source, SourceEvent,
+    SourcePosition, TableTarget, TableWriter,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -71,7 +71,11 @@ enum WriterMsg {
 }
 
 enum CommitterMsg {
-    Started { id: u64, position: SourcePosition, at: Instant },
+    Started {
+        id: u64,
+        position: SourcePosition,
+        at: Instant,
+    },
     Prepared(PendingCommit),
 }
 
@@ -127,7 +131,12 @@ pub async fn run(
                     })
                     .await?;
                 let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-                let task = tokio::spawn(writer_task(writer, rx, commit_tx.clone(), committed_rx.clone()));
+                let task = tokio::spawn(writer_task(
+                    writer,
+                    rx,
+                    commit_tx.clone(),
+                    committed_rx.clone(),
+                ));
                 writers.push(Writer { tx, task });
                 targets.push(target.clone());
                 targets.len() - 1
@@ -242,13 +251,23 @@ pub async fn run(
         match w.task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(e) => first_error = first_error.or(Some(Error::new(ErrorKind::Internal, format!("writer task: {e}")))),
+            Err(e) => {
+                first_error = first_error.or(Some(Error::new(
+                    ErrorKind::Internal,
+                    format!("writer task: {e}"),
+                )))
+            }
         }
     }
     match committer.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => first_error = Some(e),
-        Err(e) => first_error = first_error.or(Some(Error::new(ErrorKind::Internal, format!("committer task: {e}")))),
+        Err(e) => {
+            first_error = first_error.or(Some(Error::new(
+                ErrorKind::Internal,
+                format!("committer task: {e}"),
+            )))
+        }
     }
     if let Some(e) = first_error {
         return Err(e);
@@ -357,7 +376,8 @@ async fn committer_task(
             let took = at.elapsed();
             metrics::histogram!("lakeshore_engine_checkpoint_duration_seconds", "pipeline" => spec.name.clone())
                 .record(took.as_secs_f64());
-            metrics::gauge!("lakeshore_engine_last_checkpoint_id", "pipeline" => spec.name.clone()).set(id as f64);
+            metrics::gauge!("lakeshore_engine_last_checkpoint_id", "pipeline" => spec.name.clone())
+                .set(id as f64);
             observer.checkpoint(id, total_rows, took);
             tracing::debug!(pipeline = %spec.name, checkpoint = id, ms = took.as_millis() as u64, "checkpoint committed");
             committed.send_replace(id);

@@ -44,17 +44,32 @@ impl StateStore {
     /// Open the store at `url` for `pipeline`.
     pub fn open(url: &str, pipeline: &str) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("state location {url} is not a URL; check [pipeline] state")).with_source(e)
+            Error::new(
+                ErrorKind::Config,
+                format!("state location {url} is not a URL; check [pipeline] state"),
+            )
+            .with_source(e)
         })?;
         if parsed.scheme() == "file" {
             std::fs::create_dir_all(parsed.path()).map_err(|e| {
-                Error::new(ErrorKind::Config, format!("cannot create the state directory {}; check [pipeline] state", parsed.path()))
-                    .with_source(e)
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "cannot create the state directory {}; check [pipeline] state",
+                        parsed.path()
+                    ),
+                )
+                .with_source(e)
             })?;
         }
-        let (store, base) = object_store::parse_url_opts(&parsed, std::env::vars()).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("unsupported state location {url}; check [pipeline] state")).with_source(e)
-        })?;
+        let (store, base) =
+            object_store::parse_url_opts(&parsed, std::env::vars()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("unsupported state location {url}; check [pipeline] state"),
+                )
+                .with_source(e)
+            })?;
         Ok(StateStore {
             store: Arc::from(store),
             prefix: base.clone().join(pipeline).join("checkpoints"),
@@ -94,19 +109,28 @@ impl StateStore {
             .await
             .map_err(|e| store_error("reading a checkpoint", e))?;
         let record = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::new(ErrorKind::Internal, format!("checkpoint record {id} is unreadable")).with_source(e)
+            Error::new(
+                ErrorKind::Internal,
+                format!("checkpoint record {id} is unreadable"),
+            )
+            .with_source(e)
         })?;
         Ok(Some(record))
     }
 
     /// Write `record`; fails with [`ErrorKind::Fenced`] if it already exists.
     pub async fn write(&self, record: &CheckpointRecord) -> Result<()> {
-        let body = serde_json::to_vec(record).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let body = serde_json::to_vec(record)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self.store.put_opts(&self.path_of(record.id), PutPayload::from(body), opts).await {
+        match self
+            .store
+            .put_opts(&self.path_of(record.id), PutPayload::from(body), opts)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => Err(Error::new(
                 ErrorKind::Fenced,
@@ -158,7 +182,10 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Fenced);
         store.prune().await.unwrap();
         assert_eq!(store.ids().await.unwrap(), vec![3, 4, 5]);
-        assert_eq!(store.latest().await.unwrap().unwrap().position, SourcePosition::sequence(50));
+        assert_eq!(
+            store.latest().await.unwrap().unwrap().position,
+            SourcePosition::sequence(50)
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

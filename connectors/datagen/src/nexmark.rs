@@ -87,9 +87,8 @@ pub fn expected_counts(n: u64) -> (u64, u64, u64) {
 }
 
 fn last_base0_person_id(n: u64) -> u64 {
-    let epoch = n / PROPORTION_DENOMINATOR;
-    let offset = (n % PROPORTION_DENOMINATOR).min(PERSON_PROPORTION - 1);
-    epoch * PERSON_PROPORTION + offset
+    // With one person per epoch the offset within the epoch is always 0.
+    n / PROPORTION_DENOMINATOR * PERSON_PROPORTION
 }
 
 fn last_base0_auction_id(n: u64) -> u64 {
@@ -255,7 +254,8 @@ pub fn generate(seed: u64, start: u64, end: u64) -> NexmarkBatches {
                 text.push_str(LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize]);
                 p.name.append_value(&text);
                 rng.push_word(&mut text, 7);
-                p.email.append_value(format!("{}@{}.com", &text[text.len() - 7..], id));
+                p.email
+                    .append_value(format!("{}@{}.com", &text[text.len() - 7..], id));
                 p.card.append_value(format!(
                     "{:04} {:04} {:04} {:04}",
                     rng.below(10_000),

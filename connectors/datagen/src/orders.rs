@@ -65,9 +65,7 @@ pub fn event(cfg: &OrdersConfig, n: u64) -> OrderEvent {
     let roll = rng.below(100);
     let mut pick = Rng::for_event(cfg.seed ^ 0x5eed, n);
     // Half of all events are inserts, so 64 tries fail with probability 2^-64.
-    let target = (0..64)
-        .map(|_| pick.below(n))
-        .find(|&j| is_insert(cfg, j));
+    let target = (0..64).map(|_| pick.below(n)).find(|&j| is_insert(cfg, j));
     match target {
         None => OrderEvent::Insert,
         Some(target) if roll < 80 => OrderEvent::Update {
@@ -131,7 +129,11 @@ fn after_image(cfg: &OrdersConfig, n: u64, ev: OrderEvent) -> Option<Order> {
             updated_at: time(n),
         }),
         OrderEvent::Update { target, new_key } => Some(Order {
-            order_id: if new_key { n as i64 + 1 } else { target as i64 + 1 },
+            order_id: if new_key {
+                n as i64 + 1
+            } else {
+                target as i64 + 1
+            },
             customer_id,
             status: STATUSES[1 + rng.below(STATUSES.len() as u64 - 1) as usize],
             amount_cents,

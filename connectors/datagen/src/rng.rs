@@ -55,8 +55,14 @@ mod tests {
     fn same_event_same_values() {
         let a: Vec<u64> = (0..4).map(|_| Rng::for_event(1, 5).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(Rng::for_event(1, 5).next_u64(), Rng::for_event(1, 6).next_u64());
-        assert_ne!(Rng::for_event(1, 5).next_u64(), Rng::for_event(2, 5).next_u64());
+        assert_ne!(
+            Rng::for_event(1, 5).next_u64(),
+            Rng::for_event(1, 6).next_u64()
+        );
+        assert_ne!(
+            Rng::for_event(1, 5).next_u64(),
+            Rng::for_event(2, 5).next_u64()
+        );
     }
 
     #[test]

@@ -87,7 +87,12 @@ impl CatalogHandle {
 
     /// Point the table at `new` if it still points at `expected`. `false` means another
     /// writer committed first.
-    pub async fn swap_metadata(&self, ident: &TableIdent, expected: &str, new: &str) -> Result<bool> {
+    pub async fn swap_metadata(
+        &self,
+        ident: &TableIdent,
+        expected: &str,
+        new: &str,
+    ) -> Result<bool> {
         let sql = "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
                    WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
                    AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6";
@@ -100,7 +105,13 @@ impl CatalogHandle {
             .bind(expected)
             .execute(&self.pool)
             .await
-            .map_err(|e| Error::new(ErrorKind::Transient, format!("table {ident}: catalog update failed")).with_source(e))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Transient,
+                    format!("table {ident}: catalog update failed"),
+                )
+                .with_source(e)
+            })?;
         Ok(result.rows_affected() == 1)
     }
 }
@@ -122,7 +133,10 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("sqlite:///tmp/c.db"), "sqlite:///tmp/c.db");
     }
 }

@@ -20,9 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use iceberg::spec::{
-    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType,
-    ManifestListWriter, ManifestStatus, ManifestWriterBuilder, Operation, Snapshot,
-    SnapshotSummaryCollector, Summary, TableMetadata,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestListWriter, ManifestStatus,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
 };
 use iceberg::table::Table;
 use std::str::FromStr;
@@ -96,7 +95,11 @@ pub async fn commit_row_delta(
         validate_referenced_files(&table, delta).await?;
         let staged = stage(&table, delta, ctx, attempt).await?;
         if catalog
-            .swap_metadata(ident, table.metadata_location_result().map_err(ice)?, &staged.location)
+            .swap_metadata(
+                ident,
+                table.metadata_location_result().map_err(ice)?,
+                &staged.location,
+            )
             .await?
         {
             return Ok(true);
@@ -135,7 +138,11 @@ async fn validate_referenced_files(table: &Table, delta: &RowDelta) -> Result<()
             saw_base = true;
             break;
         }
-        let list = table.manifest_list_reader(&snap).load().await.map_err(ice)?;
+        let list = table
+            .manifest_list_reader(&snap)
+            .load()
+            .await
+            .map_err(ice)?;
         for manifest in list.entries() {
             if manifest.added_snapshot_id != snap.snapshot_id()
                 || manifest.content != ManifestContentType::Data
@@ -153,7 +160,10 @@ async fn validate_referenced_files(table: &Table, delta: &RowDelta) -> Result<()
         }
     }
     if !saw_base {
-        return Err(dangling(table, "the lookup's base snapshot is no longer an ancestor"));
+        return Err(dangling(
+            table,
+            "the lookup's base snapshot is no longer an ancestor",
+        ));
     }
     Ok(())
 }
@@ -195,7 +205,12 @@ fn new_snapshot_id(md: &TableMetadata) -> i64 {
 }
 
 /// Write manifests, manifest list and metadata file for `delta` on top of `table`.
-async fn stage(table: &Table, delta: &RowDelta, ctx: &CommitContext, attempt: u32) -> Result<Staged> {
+async fn stage(
+    table: &Table,
+    delta: &RowDelta,
+    ctx: &CommitContext,
+    attempt: u32,
+) -> Result<Staged> {
     let md = table.metadata();
     let file_io = table.file_io();
     let schema = md.current_schema().clone();
@@ -221,8 +236,12 @@ async fn stage(table: &Table, delta: &RowDelta, ctx: &CommitContext, attempt: u3
             .ok_or_else(|| internal(format!("partition spec {spec_id} is not in the table")))?;
         let path = format!("{meta_dir}/{commit_uuid}-m{n}.avro");
         let output = file_io.new_output(&path).map_err(ice)?;
-        let builder =
-            ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.as_ref().clone());
+        let builder = ManifestWriterBuilder::new(
+            output,
+            Some(snapshot_id),
+            schema.clone(),
+            spec.as_ref().clone(),
+        );
         let mut writer = if deletes {
             builder.build_v2_deletes()
         } else {
@@ -240,7 +259,11 @@ async fn stage(table: &Table, delta: &RowDelta, ctx: &CommitContext, attempt: u3
     let parent = md.current_snapshot().cloned();
     let mut manifests = Vec::new();
     if let Some(parent) = &parent {
-        let list = table.manifest_list_reader(parent).load().await.map_err(ice)?;
+        let list = table
+            .manifest_list_reader(parent)
+            .load()
+            .await
+            .map_err(ice)?;
         manifests.extend(list.consume_entries());
     }
     manifests.extend(new_manifests);
@@ -320,7 +343,9 @@ fn add_totals(props: &mut HashMap<String, String>, parent: Option<&Summary>) {
         ("total-position-deletes", "added-position-deletes"),
         ("total-equality-deletes", "added-equality-deletes"),
     ] {
-        let before = parent.map(|p| get(&p.additional_properties, total)).unwrap_or(0);
+        let before = parent
+            .map(|p| get(&p.additional_properties, total))
+            .unwrap_or(0);
         let value = before + get(props, added);
         props.insert(total.to_string(), value.to_string());
     }

@@ -98,7 +98,12 @@ impl IcebergSink {
     pub async fn connect(opts: IcebergOptions) -> Result<Self> {
         let catalog = Arc::new(CatalogHandle::open(&opts.catalog).await?);
         let namespace = NamespaceIdent::from_strs(opts.namespace.split('.')).map_err(ice)?;
-        if !catalog.catalog().namespace_exists(&namespace).await.map_err(ice)? {
+        if !catalog
+            .catalog()
+            .namespace_exists(&namespace)
+            .await
+            .map_err(ice)?
+        {
             catalog
                 .catalog()
                 .create_namespace(&namespace, Default::default())
@@ -188,17 +193,33 @@ impl Sink for IcebergSink {
 
     async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool> {
         let ident = self.ident(&pending.table);
-        let table = self.catalog.catalog().load_table(&ident).await.map_err(ice)?;
+        let table = self
+            .catalog
+            .catalog()
+            .load_table(&ident)
+            .await
+            .map_err(ice)?;
         let delta = delta_from_pending(&table, pending)?;
         commit::commit_row_delta(&self.catalog, &ident, &delta, ctx).await
     }
 
     async fn last_committed(&self, table: &str, pipeline: &str) -> Result<Option<u64>> {
         let ident = self.ident(table);
-        if !self.catalog.catalog().table_exists(&ident).await.map_err(ice)? {
+        if !self
+            .catalog
+            .catalog()
+            .table_exists(&ident)
+            .await
+            .map_err(ice)?
+        {
             return Ok(None);
         }
-        let table = self.catalog.catalog().load_table(&ident).await.map_err(ice)?;
+        let table = self
+            .catalog
+            .catalog()
+            .load_table(&ident)
+            .await
+            .map_err(ice)?;
         Ok(commit::last_checkpoint(&table, pipeline))
     }
 }

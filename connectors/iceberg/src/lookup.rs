@@ -9,9 +9,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
+use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_row::RowConverter;
 use futures::TryStreamExt;
 use iceberg::arrow::ArrowFileReader;
@@ -90,7 +90,11 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
         return Ok(Vec::new());
     }
     let file_io = table.file_io();
-    let list = table.manifest_list_reader(&snapshot).load().await.map_err(ice)?;
+    let list = table
+        .manifest_list_reader(&snapshot)
+        .load()
+        .await
+        .map_err(ice)?;
     let mut candidates = Vec::new();
     let mut delete_files = Vec::new();
     for manifest in list.entries() {
@@ -103,8 +107,14 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
             match f.content_type() {
                 DataContentType::Data => {
                     if let Some(keys) = &query.int_keys {
-                        let lo = f.lower_bounds().get(&query.first_key_field).and_then(as_i64);
-                        let hi = f.upper_bounds().get(&query.first_key_field).and_then(as_i64);
+                        let lo = f
+                            .lower_bounds()
+                            .get(&query.first_key_field)
+                            .and_then(as_i64);
+                        let hi = f
+                            .upper_bounds()
+                            .get(&query.first_key_field)
+                            .and_then(as_i64);
                         if !may_contain(keys, lo, hi) {
                             continue;
                         }
@@ -119,8 +129,14 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
                     path: f.file_path().to_string(),
                     partition: f.partition().clone(),
                     spec_id: manifest.partition_spec_id,
-                    lower: f.lower_bounds().get(&RESERVED_FIELD_ID_DELETE_FILE_PATH).cloned(),
-                    upper: f.upper_bounds().get(&RESERVED_FIELD_ID_DELETE_FILE_PATH).cloned(),
+                    lower: f
+                        .lower_bounds()
+                        .get(&RESERVED_FIELD_ID_DELETE_FILE_PATH)
+                        .cloned(),
+                    upper: f
+                        .upper_bounds()
+                        .get(&RESERVED_FIELD_ID_DELETE_FILE_PATH)
+                        .cloned(),
                 }),
                 // Equality deletes are never written by lakeshore; a foreign writer's are
                 // not applied here (documented limitation).
@@ -215,7 +231,8 @@ async fn deleted_positions(
                 Some(PrimitiveLiteral::String(s)) => Some(s.clone()),
                 _ => None,
             };
-            s(&d.lower).is_none_or(|lo| p >= lo.as_str()) && s(&d.upper).is_none_or(|hi| p <= hi.as_str())
+            s(&d.lower).is_none_or(|lo| p >= lo.as_str())
+                && s(&d.upper).is_none_or(|hi| p <= hi.as_str())
         };
         if !paths.keys().any(|p| in_bounds(p)) {
             continue;

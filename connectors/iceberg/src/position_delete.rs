@@ -8,8 +8,12 @@ use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::FileIO;
 use iceberg::metadata_columns::{delete_file_path_field, delete_file_pos_field};
-use iceberg::spec::{DataContentType, DataFile, PartitionKey, PartitionSpecRef, Schema, SchemaRef, Struct};
-use iceberg::writer::file_writer::location_generator::{DefaultLocationGenerator, LocationGenerator};
+use iceberg::spec::{
+    DataContentType, DataFile, PartitionKey, PartitionSpecRef, Schema, SchemaRef, Struct,
+};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultLocationGenerator, LocationGenerator,
+};
 use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
 use parquet::file::properties::WriterProperties;
 
@@ -21,7 +25,10 @@ pub type PartitionDeletes = BTreeMap<Arc<str>, Vec<i64>>;
 
 fn delete_schema() -> Result<Schema> {
     Schema::builder()
-        .with_fields([delete_file_path_field().clone(), delete_file_pos_field().clone()])
+        .with_fields([
+            delete_file_path_field().clone(),
+            delete_file_pos_field().clone(),
+        ])
         .build()
         .map_err(ice)
 }
@@ -54,16 +61,26 @@ pub async fn write_position_deletes(
         _ => None,
     };
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(paths.iter().map(|p| p.as_ref()))),
+        Arc::new(StringArray::from_iter_values(
+            paths.iter().map(|p| p.as_ref()),
+        )),
         Arc::new(Int64Array::from(positions)),
     ];
     let batch = RecordBatch::try_new(arrow_schema, columns).map_err(|e| internal(e.to_string()))?;
-    let key = PartitionKey::new(spec.as_ref().clone(), table_schema.clone(), partition.clone());
+    let key = PartitionKey::new(
+        spec.as_ref().clone(),
+        table_schema.clone(),
+        partition.clone(),
+    );
     let key = (!spec.is_unpartitioned()).then_some(key);
     let name = format!("{}-deletes.parquet", uuid::Uuid::new_v4());
     let path = locations.generate_location(key.as_ref(), &name);
     // Full (untruncated) file_path bounds let readers skip delete files by path.
-    let props = props.clone().into_builder().set_statistics_truncate_length(None).build();
+    let props = props
+        .clone()
+        .into_builder()
+        .set_statistics_truncate_length(None)
+        .build();
     let mut writer = ParquetWriterBuilder::new(props, schema)
         .build(file_io.new_output(&path).map_err(ice)?)
         .await

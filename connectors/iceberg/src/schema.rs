@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
-use iceberg::spec::{
-    NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
-};
+use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
 use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
 
 /// The Iceberg type of an Arrow column, or an error naming the table and column.
@@ -62,7 +60,10 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         if table.schema.field_with_name(k).is_err() {
             return Err(Error::new(
                 ErrorKind::Config,
-                format!("table {}: key column {k} is not a column of the table", table.name),
+                format!(
+                    "table {}: key column {k} is not a column of the table",
+                    table.name
+                ),
             ));
         }
     }
@@ -70,7 +71,13 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         .with_fields(fields)
         .with_identifier_field_ids(identifiers)
         .build()
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("table {}: invalid schema", table.name)).with_source(e))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("table {}: invalid schema", table.name),
+            )
+            .with_source(e)
+        })
 }
 
 /// One parsed partition expression.
@@ -96,7 +103,9 @@ pub fn parse_partition_expr(expr: &str) -> std::result::Result<PartitionExpr, St
         return Err(format!("cannot read partition expression `{expr}`: {hint}"));
     };
     let Some(column) = expr[open + 1..].strip_suffix(')') else {
-        return Err(format!("partition expression `{expr}` lacks a closing `)`: {hint}"));
+        return Err(format!(
+            "partition expression `{expr}` lacks a closing `)`: {hint}"
+        ));
     };
     let name = &expr[..open];
     let transform = match name {
@@ -104,7 +113,11 @@ pub fn parse_partition_expr(expr: &str) -> std::result::Result<PartitionExpr, St
         _ if name.starts_with("bucket[") || name.starts_with("truncate[") => {
             Transform::from_str(name)
         }
-        _ => return Err(format!("unknown partition transform `{name}` in `{expr}`: {hint}")),
+        _ => {
+            return Err(format!(
+                "unknown partition transform `{name}` in `{expr}`: {hint}"
+            ));
+        }
     }
     .map_err(|_| format!("cannot read partition transform `{name}` in `{expr}`: {hint}"))?;
     if matches!(transform, Transform::Bucket(0) | Transform::Truncate(0)) {
@@ -126,20 +139,34 @@ fn transform_suffix(t: &Transform) -> String {
 }
 
 /// The partition spec for `exprs` over `schema`.
-pub fn partition_spec(table: &str, schema: &Schema, exprs: &[String]) -> Result<UnboundPartitionSpec> {
+pub fn partition_spec(
+    table: &str,
+    schema: &Schema,
+    exprs: &[String],
+) -> Result<UnboundPartitionSpec> {
     let mut builder = UnboundPartitionSpec::builder();
     for expr in exprs {
-        let p = parse_partition_expr(expr).map_err(|e| Error::new(ErrorKind::Config, format!("table {table}: {e}")))?;
+        let p = parse_partition_expr(expr)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("table {table}: {e}")))?;
         let field = schema.field_by_name(&p.column).ok_or_else(|| {
             Error::new(
                 ErrorKind::Config,
-                format!("table {table}: partition column {} is not a column of the table", p.column),
+                format!(
+                    "table {table}: partition column {} is not a column of the table",
+                    p.column
+                ),
             )
         })?;
         let name = format!("{}{}", p.column, transform_suffix(&p.transform));
         builder = builder
             .add_partition_field(field.id, name, p.transform)
-            .map_err(|e| Error::new(ErrorKind::Config, format!("table {table}: partition `{expr}`")).with_source(e))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("table {table}: partition `{expr}`"),
+                )
+                .with_source(e)
+            })?;
     }
     Ok(builder.build())
 }
@@ -168,7 +195,11 @@ pub fn conform(table: &str, target: &ArrowSchemaRef, batch: &RecordBatch) -> Res
         columns.push(column);
     }
     RecordBatch::try_new(target.clone(), columns).map_err(|e| {
-        Error::new(ErrorKind::Unsupported, format!("table {table}: rows do not fit the lake table's schema")).with_source(e)
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("table {table}: rows do not fit the lake table's schema"),
+        )
+        .with_source(e)
     })
 }
 
@@ -190,8 +221,16 @@ mod tests {
         for (text, t) in cases {
             assert_eq!(parse_partition_expr(text).unwrap().transform, t, "{text}");
         }
-        assert!(parse_partition_expr("weekday(x)").unwrap_err().contains("unknown partition transform"));
-        assert!(parse_partition_expr("day(x").unwrap_err().contains("closing"));
+        assert!(
+            parse_partition_expr("weekday(x)")
+                .unwrap_err()
+                .contains("unknown partition transform")
+        );
+        assert!(
+            parse_partition_expr("day(x")
+                .unwrap_err()
+                .contains("closing")
+        );
         assert!(parse_partition_expr("bucket[0](x)").is_err());
     }
 

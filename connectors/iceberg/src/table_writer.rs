@@ -17,12 +17,12 @@ use arrow_array::{BooleanArray, RecordBatch};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef};
 use arrow_select::filter::filter_record_batch;
+use iceberg::TableIdent;
 use iceberg::spec::{
-    DataFile, DataFileBuilder, FormatVersion, Literal, Struct, Type, deserialize_data_file_from_json,
-    serialize_data_file_to_json,
+    DataFile, DataFileBuilder, FormatVersion, Literal, Struct, Type,
+    deserialize_data_file_from_json, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
-use iceberg::TableIdent;
 use lakeshore_api::{ChangeBatch, Op, PendingCommit, Result, TableWriter};
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +103,8 @@ fn encode(table: &Table, files: &[(DataFile, i32)]) -> Result<Vec<FileEntry>> {
                 .partition_spec_by_id(*spec_id)
                 .ok_or_else(|| internal(format!("unknown partition spec {spec_id}")))?;
             let ptype = spec.partition_type(md.current_schema()).map_err(ice)?;
-            let json = serialize_data_file_to_json(f.clone(), &ptype, FormatVersion::V2).map_err(ice)?;
+            let json =
+                serialize_data_file_to_json(f.clone(), &ptype, FormatVersion::V2).map_err(ice)?;
             let partition = Literal::Struct(f.partition().clone())
                 .try_into_json(&Type::Struct(ptype))
                 .map_err(ice)?;
@@ -125,11 +126,23 @@ fn decode(table: &Table, entries: &[FileEntry]) -> Result<Vec<(DataFile, i32)>> 
                 .partition_spec_by_id(e.spec_id)
                 .ok_or_else(|| internal(format!("unknown partition spec {}", e.spec_id)))?;
             let ptype = spec.partition_type(md.current_schema()).map_err(ice)?;
-            let f = deserialize_data_file_from_json(&e.file.to_string(), e.spec_id, &ptype, md.current_schema())
-                .map_err(ice)?;
-            let partition = match Literal::try_from_json(e.partition.clone(), &Type::Struct(ptype)).map_err(ice)? {
+            let f = deserialize_data_file_from_json(
+                &e.file.to_string(),
+                e.spec_id,
+                &ptype,
+                md.current_schema(),
+            )
+            .map_err(ice)?;
+            let partition = match Literal::try_from_json(e.partition.clone(), &Type::Struct(ptype))
+                .map_err(ice)?
+            {
                 Some(Literal::Struct(s)) => s,
-                _ => return Err(internal(format!("pending file {} has no partition", f.file_path()))),
+                _ => {
+                    return Err(internal(format!(
+                        "pending file {} has no partition",
+                        f.file_path()
+                    )));
+                }
             };
             Ok((with_partition(f, partition, e.spec_id)?, e.spec_id))
         })
@@ -138,8 +151,12 @@ fn decode(table: &Table, entries: &[FileEntry]) -> Result<Vec<(DataFile, i32)>> 
 
 /// Turn a pending commit back into a row delta against `table`.
 pub fn delta_from_pending(table: &Table, pending: &PendingCommit) -> Result<RowDelta> {
-    let p: Payload = serde_json::from_value(pending.payload.clone())
-        .map_err(|e| internal(format!("unreadable pending commit for {}: {e}", pending.table)))?;
+    let p: Payload = serde_json::from_value(pending.payload.clone()).map_err(|e| {
+        internal(format!(
+            "unreadable pending commit for {}: {e}",
+            pending.table
+        ))
+    })?;
     Ok(RowDelta {
         data_files: decode(table, &p.data)?,
         delete_files: decode(table, &p.deletes)?,
@@ -148,7 +165,13 @@ pub fn delta_from_pending(table: &Table, pending: &PendingCommit) -> Result<RowD
     })
 }
 
-fn pending(table: &Table, name: &str, checkpoint_id: u64, added_rows: u64, delta: &RowDelta) -> Result<PendingCommit> {
+fn pending(
+    table: &Table,
+    name: &str,
+    checkpoint_id: u64,
+    added_rows: u64,
+    delta: &RowDelta,
+) -> Result<PendingCommit> {
     let payload = Payload {
         data: encode(table, &delta.data_files)?,
         deletes: encode(table, &delta.delete_files)?,
@@ -168,7 +191,9 @@ fn after_images(batch: &ChangeBatch) -> Result<RecordBatch> {
     if batch.is_insert_only() {
         return Ok(batch.rows.clone());
     }
-    let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(!batch.op(i).removes())).collect();
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|i| Some(!batch.op(i).removes()))
+        .collect();
     filter_record_batch(&batch.rows, &keep).map_err(|e| internal(e.to_string()))
 }
 
@@ -185,7 +210,13 @@ impl AppendWriter {
     /// A writer for the table.
     pub fn new(ctx: TableContext, table: Table, name: String) -> Result<Self> {
         let data = PartitionedWriter::new(ctx.files.clone())?;
-        Ok(AppendWriter { ctx, table, name, data, rows: 0 })
+        Ok(AppendWriter {
+            ctx,
+            table,
+            name,
+            data,
+            rows: 0,
+        })
     }
 }
 
@@ -205,7 +236,13 @@ impl TableWriter for AppendWriter {
             ..Default::default()
         };
         let rows = std::mem::take(&mut self.rows);
-        pending(&self.table, self.ctx.ident.name(), checkpoint_id, rows, &delta)
+        pending(
+            &self.table,
+            self.ctx.ident.name(),
+            checkpoint_id,
+            rows,
+            &delta,
+        )
     }
 }
 
@@ -234,7 +271,12 @@ pub struct UpsertWriter {
 
 impl UpsertWriter {
     /// A writer for the table; `ctx.key` must not be empty.
-    pub fn new(ctx: TableContext, catalog: Arc<CatalogHandle>, table: Table, name: String) -> Result<Self> {
+    pub fn new(
+        ctx: TableContext,
+        catalog: Arc<CatalogHandle>,
+        table: Table,
+        name: String,
+    ) -> Result<Self> {
         let mut key_indices = Vec::new();
         let mut fields = Vec::new();
         for k in &ctx.key {
@@ -243,7 +285,9 @@ impl UpsertWriter {
                 .index_of(k)
                 .map_err(|_| internal(format!("table {name}: key column {k} missing")))?;
             key_indices.push(i);
-            fields.push(SortField::new(ctx.arrow_schema.field(i).data_type().clone()));
+            fields.push(SortField::new(
+                ctx.arrow_schema.field(i).data_type().clone(),
+            ));
         }
         let converter = RowConverter::new(fields).map_err(|e| internal(e.to_string()))?;
         let data = PartitionedWriter::new(ctx.files.clone())?;
@@ -281,7 +325,12 @@ impl UpsertWriter {
         if self.lookup.is_empty() {
             return Ok((Vec::new(), None));
         }
-        self.table = self.catalog.catalog().load_table(&self.ctx.ident).await.map_err(ice)?;
+        self.table = self
+            .catalog
+            .catalog()
+            .load_table(&self.ctx.ident)
+            .await
+            .map_err(ice)?;
         let base = self.table.metadata().current_snapshot_id();
         let first_key_field = self
             .ctx
@@ -305,7 +354,11 @@ impl UpsertWriter {
 impl TableWriter for UpsertWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
         let rows = conform(&self.name, &self.ctx.arrow_schema, &batch.rows)?;
-        let key_columns: Vec<_> = self.key_indices.iter().map(|i| rows.column(*i).clone()).collect();
+        let key_columns: Vec<_> = self
+            .key_indices
+            .iter()
+            .map(|i| rows.column(*i).clone())
+            .collect();
         let keys = self
             .converter
             .convert_columns(&key_columns)
@@ -313,7 +366,9 @@ impl TableWriter for UpsertWriter {
         let written = if batch.is_insert_only() {
             rows
         } else {
-            let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(!batch.op(i).removes())).collect();
+            let keep: BooleanArray = (0..batch.num_rows())
+                .map(|i| Some(!batch.op(i).removes()))
+                .collect();
             filter_record_batch(&rows, &keep).map_err(|e| internal(e.to_string()))?
         };
         self.rows += written.num_rows() as u64;
@@ -363,7 +418,12 @@ impl TableWriter for UpsertWriter {
         let paths: Vec<Arc<str>> = infos.iter().map(|f| Arc::from(f.path.as_str())).collect();
         for loc in self.own_deletes.drain(..) {
             let info = &infos[loc.file as usize];
-            add(spec_id, &info.partition, paths[loc.file as usize].clone(), loc.pos as i64);
+            add(
+                spec_id,
+                &info.partition,
+                paths[loc.file as usize].clone(),
+                loc.pos as i64,
+            );
         }
         let mut referenced: Vec<String> = live.iter().map(|r| r.path.to_string()).collect();
         referenced.sort();
@@ -400,6 +460,12 @@ impl TableWriter for UpsertWriter {
             lookup_base,
         };
         let rows = std::mem::take(&mut self.rows);
-        pending(&self.table, self.ctx.ident.name(), checkpoint_id, rows, &delta)
+        pending(
+            &self.table,
+            self.ctx.ident.name(),
+            checkpoint_id,
+            rows,
+            &delta,
+        )
     }
 }

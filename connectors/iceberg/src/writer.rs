@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-
 use arrow_array::{Array, ArrayRef, RecordBatch, StructArray, UInt32Array};
 use arrow_row::{OwnedRow, RowConverter, SortField};
 use arrow_select::take::take_record_batch;
@@ -19,8 +18,12 @@ use iceberg::spec::{
     StructType,
 };
 use iceberg::writer::CurrentFileStatus;
-use iceberg::writer::file_writer::location_generator::{DefaultLocationGenerator, LocationGenerator};
-use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriter, ParquetWriterBuilder};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultLocationGenerator, LocationGenerator,
+};
+use iceberg::writer::file_writer::{
+    FileWriter, FileWriterBuilder, ParquetWriter, ParquetWriterBuilder,
+};
 use parquet::file::properties::WriterProperties;
 
 use crate::error::{ice, internal};
@@ -87,7 +90,10 @@ pub struct PartitionedWriter {
 impl PartitionedWriter {
     /// A writer for `settings`; file names start with a fresh UUID so no two runs collide.
     pub fn new(settings: FileSettings) -> Result<Self> {
-        let partition_type = settings.spec.partition_type(&settings.schema).map_err(ice)?;
+        let partition_type = settings
+            .spec
+            .partition_type(&settings.schema)
+            .map_err(ice)?;
         let (calculator, converter) = if settings.spec.is_unpartitioned() {
             (None, None)
         } else {
@@ -136,7 +142,9 @@ impl PartitionedWriter {
         let id = self.files.len() as FileId;
         self.files.push(FileInfo {
             path,
-            partition: partition.map(|p| p.data().clone()).unwrap_or_else(Struct::empty),
+            partition: partition
+                .map(|p| p.data().clone())
+                .unwrap_or_else(Struct::empty),
         });
         Ok(OpenFile { id, writer })
     }
@@ -190,7 +198,10 @@ impl PartitionedWriter {
             groups[g].1.push(i as u32);
         }
         if let Some(locs) = locations.as_deref_mut() {
-            locs.resize(locs.len() + batch.num_rows(), RowLocation { file: 0, pos: 0 });
+            locs.resize(
+                locs.len() + batch.num_rows(),
+                RowLocation { file: 0, pos: 0 },
+            );
         }
         let base = locations.as_deref().map(|l| l.len() - batch.num_rows());
         for (key, indices) in groups {
@@ -213,7 +224,9 @@ impl PartitionedWriter {
                     self.new_file(Some(pk)).await?
                 }
             };
-            let mut group_locs = locations.as_ref().map(|_| Vec::with_capacity(indices.len()));
+            let mut group_locs = locations
+                .as_ref()
+                .map(|_| Vec::with_capacity(indices.len()));
             self.write_group(file, Some(key), &part, group_locs.as_mut())
                 .await?;
             if let (Some(locs), Some(group_locs), Some(base)) =
@@ -280,6 +293,9 @@ impl PartitionedWriter {
         for file in open {
             self.finish(file).await?;
         }
-        Ok((std::mem::take(&mut self.closed), std::mem::take(&mut self.files)))
+        Ok((
+            std::mem::take(&mut self.closed),
+            std::mem::take(&mut self.files),
+        ))
     }
 }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The test entry point (README's second command; .ci/run calls it).
+# Installs what it needs on a fresh machine, reusing caches under ~/.cache/lakeshore:
+#   - the Python venv with DuckDB (+ iceberg/avro extensions), pyiceberg and pytest;
+#   - the Cargo target directory.
+# Then: cargo fmt/clippy checks, the Rust tests, and the integration tests that check
+# the lake with readers we did not write.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+VENV=$CACHE/venv
+mkdir -p "$CACHE"
+
+step() { printf '\n== %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+if ! command -v cc >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  step "installing build tools and python3-venv (apt)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends build-essential pkg-config python3-venv
+fi
+
+step "python venv ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.requirements.sha"
+want=$(sha256sum integration/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r integration/requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "cargo build --release"
+cargo build --release --workspace
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --release --workspace
+else
+  cargo test --release --workspace
+fi
+
+step "integration tests (DuckDB + pyiceberg against the source's own state)"
+export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
+cd "$ROOT/integration"
+"$VENV/bin/python" -m pytest -q -ra tests "$@"
