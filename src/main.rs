@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use lakeshore_api::ErrorKind;
 use tokio::sync::watch;
 
+mod bench;
 mod config;
 mod engine;
 mod expected;
@@ -41,6 +42,15 @@ enum Command {
         /// Pipeline files or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Measure the raw Parquet write limit of a generator pipeline (for benchmarks).
+    #[command(hide = true)]
+    BenchRaw {
+        /// The pipeline file (a datagen source).
+        pipeline: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write what a generator pipeline's tables must hold after it ran (for tests).
     #[command(hide = true)]
@@ -202,6 +212,17 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 }
             }
             failure.map_or(Ok(()), Err)
+        }
+        Command::BenchRaw {
+            pipeline: file,
+            out,
+        } => {
+            let plan = config::load(&file)?;
+            let (rows, secs) = bench::raw_parquet(&plan, &out)
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+            println!("{{\"rows\": {rows}, \"seconds\": {secs:.3}}}");
+            Ok(())
         }
         Command::Expected {
             pipeline: file,

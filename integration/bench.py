@@ -1,0 +1,123 @@
+"""Benchmarks (not tests): lakeshore vs the raw Parquet write limit in the same run.
+
+For each workload it runs, on the same machine and the same generated Arrow batches:
+  - `lakeshore bench-raw`: batches straight to Parquet, same codec and row groups, no engine;
+  - `lakeshore backfill`: the whole pipeline into Iceberg with checkpoints;
+and prints rows/s, the ratio to the limit, and peak RSS of each. For the upsert table it
+also prints the DuckDB full-scan time divided by the scan time of the same final rows
+written once as plain data (the read-cost ratio).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lake  # noqa: E402
+
+BIN = os.environ["LAKESHORE_BIN"]
+
+
+def run(args, cwd):
+    """Run a command; return (wall seconds, peak RSS MiB, stdout)."""
+    start = time.perf_counter()
+    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = p.stdout.read()
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{args} failed:\n{err}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def pipeline(path: Path, name, source, sink_extra=""):
+    path.write_text(f"""[pipeline]
+name = "{name}"
+checkpoint_interval = "10s"
+
+[source]
+type = "datagen"
+{source}
+
+[sink]
+type = "iceberg"
+catalog = {{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }}
+{sink_extra}
+""")
+    return path
+
+
+def measure(workdir: Path, name, source, sink_extra):
+    d = workdir / name
+    d.mkdir()
+    f = pipeline(d / "p.toml", name, source, sink_extra)
+    raw_wall, raw_rss, out = run([BIN, "bench-raw", str(f), "--out", str(d / "raw")], d)
+    raw = json.loads(out)
+    rows = raw["rows"]
+    raw_rate = rows / raw["seconds"]
+    wall, rss, _ = run([BIN, "backfill", str(f)], d)
+    rate = rows / wall
+    print(f"{name:<28} rows {rows:>10,}  lakeshore {rate:>12,.0f} rows/s  raw parquet {raw_rate:>12,.0f} rows/s  "
+          f"ratio {rate / raw_rate:5.2f}  peak RSS lakeshore {rss:6.1f} MiB, raw {raw_rss:6.1f} MiB", flush=True)
+    shutil.rmtree(d / "raw")
+    return d, f, {"rows": rows, "rate": rate, "raw_rate": raw_rate, "ratio": rate / raw_rate, "rss_mib": rss}
+
+
+def scan_seconds(con, relation, repeat=3):
+    best = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        con.execute(f"select count(*), sum(amount_cents), sum(hash(status)), max(updated_at) from {relation}").fetchall()
+        s = time.perf_counter() - t
+        best = s if best is None else min(best, s)
+    return best
+
+
+def read_cost(d: Path, f: Path):
+    exp = d / "expected"
+    subprocess.run([BIN, "expected", str(f), "--out", str(exp)], check=True, capture_output=True)
+    import pyarrow.parquet as pq
+
+    plain = pq.read_table(exp / "orders.parquet")
+    cat = lake.pyiceberg_table(d / "lake" / "catalog.db", d / "lake" / "warehouse", "shop.orders").catalog
+    cat.create_namespace_if_not_exists("plain")
+    t = cat.create_table("plain.orders", schema=plain.schema)
+    t.append(plain)
+    con = lake.duck()
+    upsert = scan_seconds(con, lake.scan(d / "lake" / "catalog.db", "shop.orders"))
+    once = scan_seconds(con, lake.scan(d / "lake" / "catalog.db", "plain.orders"))
+    meta = con.execute(f"select content, count(*), sum(record_count) from iceberg_metadata('{lake.metadata_location(d / 'lake' / 'catalog.db', 'shop.orders')}') group by all order by 1").fetchall()
+    print(f"{'orders upsert read cost':<28} DuckDB full scan {upsert * 1000:.0f} ms vs {once * 1000:.0f} ms written once "
+          f"(ratio {upsert / once:.2f}); files by content: {meta}", flush=True)
+    return upsert / once
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000000,10000000", help="Nexmark event counts")
+    ap.add_argument("--orders", default="1000000", help="orders initial rows (the same number of changes follows)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lakeshore-bench-"))
+    print(f"machine: {os.cpu_count()} cores; workdir {work}")
+    try:
+        for n in [int(x) for x in args.sizes.split(",")]:
+            measure(work, f"nexmark-append-{n // 1_000_000}M" if n >= 1_000_000 else f"nexmark-append-{n}",
+                    f'profile = "nexmark"\nevents = {n}\nseed = 1',
+                    'namespace = "nexmark"\nmode = "append"')
+        for n in [int(x) for x in args.orders.split(",")]:
+            d, f, _ = measure(work, f"orders-upsert-{n // 1000}k+{n // 1000}k",
+                              f'profile = "orders"\ninitial_rows = {n}\nevents = {2 * n}\nseed = 1',
+                              'namespace = "shop"\nmode = "upsert"')
+            read_cost(d, f)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmarks (not part of the tests). Prints rows/s, the ratio to the raw Parquet write
+# limit measured in the same run, peak RSS, and the upsert read-cost ratio.
+#   integration/bench.sh [--sizes 1000000,10000000] [--orders 1000000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+VENV=$CACHE/venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q -r integration/requirements.txt
+fi
+cargo build --release -q
+export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
+exec "$VENV/bin/python" integration/bench.py "$@"
