@@ -92,7 +92,7 @@ def read_cost(d: Path, f: Path):
     con = lake.duck()
     upsert = scan_seconds(con, lake.scan(d / "lake" / "catalog.db", "shop.orders"))
     once = scan_seconds(con, lake.scan(d / "lake" / "catalog.db", "plain.orders"))
-    meta = con.execute(f"select content, count(*), sum(record_count) from iceberg_metadata('{lake.metadata_location(d / 'lake' / 'catalog.db', 'shop.orders')}') group by all order by 1").fetchall()
+    meta = con.execute(f"select manifest_content, count(*), sum(record_count) from iceberg_metadata('{lake.metadata_location(d / 'lake' / 'catalog.db', 'shop.orders')}') group by all order by 1").fetchall()
     print(f"{'orders upsert read cost':<28} DuckDB full scan {upsert * 1000:.0f} ms vs {once * 1000:.0f} ms written once "
           f"(ratio {upsert / once:.2f}); files by content: {meta}", flush=True)
     return upsert / once
@@ -111,7 +111,7 @@ def main():
                     f'profile = "nexmark"\nevents = {n}\nseed = 1',
                     'namespace = "nexmark"\nmode = "append"')
         for n in [int(x) for x in args.orders.split(",")]:
-            d, f, _ = measure(work, f"orders-upsert-{n // 1000}k+{n // 1000}k",
+            d, f, _ = measure(work, f"orders-upsert-{n // 1000}k-plus-{n // 1000}k",
                               f'profile = "orders"\ninitial_rows = {n}\nevents = {2 * n}\nseed = 1',
                               'namespace = "shop"\nmode = "upsert"')
             read_cost(d, f)

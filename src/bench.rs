@@ -16,7 +16,7 @@ use crate::config::plan::SinkPlan;
 /// Write every batch of the plan's source to `<out>/<table>.parquet`; returns (rows, seconds).
 pub async fn raw_parquet(plan: &Plan, out: &Path) -> anyhow::Result<(u64, f64)> {
     let SinkPlan::Iceberg { options, .. } = &plan.sink;
-    let props = lakeshore_iceberg::writer_properties(options.codec, options.row_group_rows);
+    let props = lakeshore_iceberg::writer_properties(options.codec, options.row_group_bytes);
     std::fs::create_dir_all(out)?;
     let mut source = crate::pipeline::open_source(plan, None)?;
     let mut writers: HashMap<String, ArrowWriter<File>> = HashMap::new();

@@ -404,12 +404,12 @@ fn iceberg(
         Some(t) => t.get_ref().0,
         None => 128 << 20,
     };
-    let row_group_rows = match &s.row_group_rows {
-        Some(r) if *r.get_ref() < 1024 => {
-            return Err(src.error(Some(r.span()), "row_group_rows must be at least 1024"));
+    let row_group_bytes = match &s.row_group_size {
+        Some(r) if r.get_ref().0 < 64 << 10 => {
+            return Err(src.error(Some(r.span()), "row_group_size must be at least \"64KiB\""));
         }
-        Some(r) => *r.get_ref() as usize,
-        None => 128 * 1024,
+        Some(r) => r.get_ref().0 as usize,
+        None => 4 << 20,
     };
     let mut partitioning = BTreeMap::new();
     for (table, exprs) in &s.partitioning {
@@ -429,7 +429,7 @@ fn iceberg(
         namespace: namespace.clone(),
         target_file_size,
         codec: codec(src, &s.compression)?,
-        row_group_rows,
+        row_group_bytes,
         mode: s.mode.as_ref().map(|m| match m.get_ref() {
             SinkMode::Append => WriteMode::Append,
             SinkMode::Upsert => WriteMode::Upsert,

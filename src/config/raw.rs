@@ -106,8 +106,9 @@ pub struct IcebergSection {
     pub target_file_size: Option<Spanned<ByteSize>>,
     /// Parquet codec: `"zstd"`, `"zstd(N)"`, `"snappy"` or `"none"`. Default `"zstd(1)"`.
     pub compression: Option<Spanned<String>>,
-    /// Rows per Parquet row group. Default 131072.
-    pub row_group_rows: Option<Spanned<u64>>,
+    /// Close a Parquet row group at this encoded size, e.g. `"4MiB"` (the default); each
+    /// open data file buffers about this much.
+    pub row_group_size: Option<Spanned<ByteSize>>,
     /// Partition transforms per lake table, e.g. `orders = ["day(created_at)"]`.
     /// Transforms: a column name (identity), `identity(c)`, `year(c)`, `month(c)`,
     /// `day(c)`, `hour(c)`, `bucket[N](c)`, `truncate[W](c)`.

@@ -69,12 +69,13 @@ pub struct IcebergOptions {
     pub target_file_size: u64,
     /// Parquet codec.
     pub codec: Codec,
-    /// Rows per Parquet row group.
-    pub row_group_rows: usize,
+    /// Close a Parquet row group past this many encoded bytes.
+    pub row_group_bytes: usize,
 }
 
-/// Parquet writer properties for `codec` and `row_group_rows`.
-pub fn writer_properties(codec: Codec, row_group_rows: usize) -> WriterProperties {
+/// Parquet writer properties for `codec` and `row_group_bytes`. Row groups are bounded in
+/// bytes (not rows), so a writer's buffer is the same size for narrow and wide tables.
+pub fn writer_properties(codec: Codec, row_group_bytes: usize) -> WriterProperties {
     let compression = match codec {
         Codec::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default()),
         Codec::Snappy => Compression::SNAPPY,
@@ -82,7 +83,8 @@ pub fn writer_properties(codec: Codec, row_group_rows: usize) -> WriterPropertie
     };
     WriterProperties::builder()
         .set_compression(compression)
-        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_max_row_group_bytes(Some(row_group_bytes))
         .build()
 }
 
@@ -158,7 +160,7 @@ impl Sink for IcebergSink {
             spec,
             file_io: table.file_io().clone(),
             locations: DefaultLocationGenerator::new(md).map_err(ice)?,
-            props: writer_properties(self.opts.codec, self.opts.row_group_rows),
+            props: writer_properties(self.opts.codec, self.opts.row_group_bytes),
             target_file_size: self.opts.target_file_size as usize,
         };
         let ctx = TableContext {

@@ -37,10 +37,14 @@ pub struct LiveRow {
     pub spec_id: i32,
 }
 
-/// What to look up: encoded keys (arrow-row format of the key columns).
+/// An encoded key (arrow-row format of the key columns); keys up to 16 bytes, such as
+/// any integer key, live inline without a heap allocation.
+pub type Key = smallvec::SmallVec<[u8; 16]>;
+
+/// What to look up: encoded keys.
 pub struct KeyQuery<'a> {
     /// Encoded keys.
-    pub keys: &'a HashSet<Box<[u8]>>,
+    pub keys: &'a HashSet<Key>,
     /// Encoder of the key columns, in key order.
     pub converter: &'a RowConverter,
     /// Key column names, in key order.
@@ -164,14 +168,22 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
     Ok(found)
 }
 
-/// Positions of `path` whose key is among the looked-up keys.
-async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result<Vec<i64>> {
+/// A Parquet reader over one of the table's files.
+pub async fn open_parquet(
+    file_io: &FileIO,
+    path: &str,
+) -> Result<ParquetRecordBatchStreamBuilder<ArrowFileReader>> {
     let input = file_io.new_input(path).map_err(ice)?;
     let meta = input.metadata().await.map_err(ice)?;
     let reader = ArrowFileReader::new(meta, input.reader().await.map_err(ice)?);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+    ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| io(path, e))?;
+        .map_err(|e| io(path, e))
+}
+
+/// Positions of `path` whose key is among the looked-up keys.
+async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result<Vec<i64>> {
+    let builder = open_parquet(file_io, path).await?;
     let arrow_schema = builder.schema().clone();
     let mut leaves = Vec::new();
     for name in query.columns {
@@ -237,12 +249,8 @@ async fn deleted_positions(
         if !paths.keys().any(|p| in_bounds(p)) {
             continue;
         }
-        let input = file_io.new_input(&d.path).map_err(ice)?;
-        let meta = input.metadata().await.map_err(ice)?;
-        let reader = ArrowFileReader::new(meta, input.reader().await.map_err(ice)?);
-        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| io(&d.path, e))?
+        let mut stream = open_parquet(file_io, &d.path)
+            .await?
             .build()
             .map_err(|e| io(&d.path, e))?;
         while let Some(batch) = stream.try_next().await.map_err(|e| io(&d.path, e))? {

@@ -17,22 +17,25 @@ use arrow_array::{BooleanArray, RecordBatch};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef};
 use arrow_select::filter::filter_record_batch;
+use futures::TryStreamExt;
 use iceberg::TableIdent;
+use iceberg::spec::DataContentType;
 use iceberg::spec::{
     DataFile, DataFileBuilder, FormatVersion, Literal, Struct, Type,
     deserialize_data_file_from_json, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
+use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
 use lakeshore_api::{ChangeBatch, Op, PendingCommit, Result, TableWriter};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::CatalogHandle;
 use crate::commit::RowDelta;
-use crate::error::{ice, internal};
-use crate::lookup::{KeyQuery, find_live_rows};
+use crate::error::{ice, internal, io};
+use crate::lookup::{Key, KeyQuery, find_live_rows, open_parquet};
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::conform;
-use crate::writer::{FileSettings, PartitionedWriter, RowLocation};
+use crate::writer::{FileInfo, FileSettings, PartitionedWriter, RowLocation};
 
 /// What a table writer needs to know about its table.
 pub struct TableContext {
@@ -262,9 +265,9 @@ pub struct UpsertWriter {
     data: PartitionedWriter,
     converter: RowConverter,
     key_indices: Vec<usize>,
-    index: HashMap<Box<[u8]>, KeyState>,
+    index: HashMap<Key, KeyState>,
     own_deletes: Vec<RowLocation>,
-    lookup: HashSet<Box<[u8]>>,
+    lookup: HashSet<Key>,
     rows: u64,
     locations: Vec<RowLocation>,
 }
@@ -350,6 +353,121 @@ impl UpsertWriter {
     }
 }
 
+/// Rewrite a data file of the open checkpoint when at least this fraction of its rows
+/// died within the checkpoint; below it, position deletes are cheaper than the rewrite.
+const REWRITE_DEAD_FRACTION: f64 = 0.05;
+
+impl UpsertWriter {
+    /// Rows that were written and removed within this checkpoint need never be visible:
+    /// files of the open checkpoint with enough of them are rewritten without them (they
+    /// are not committed yet, so nobody else can see or reference them), and their
+    /// position deletes are dropped. This keeps hot keys that change many times per
+    /// checkpoint from bloating the table and its read cost.
+    async fn drop_dead_rows(
+        &mut self,
+        files: Vec<DataFile>,
+        infos: &[FileInfo],
+    ) -> Result<Vec<DataFile>> {
+        if self.own_deletes.is_empty() {
+            return Ok(files);
+        }
+        let mut dead: HashMap<&str, Vec<u64>> = HashMap::new();
+        for loc in &self.own_deletes {
+            dead.entry(infos[loc.file as usize].path.as_str())
+                .or_default()
+                .push(loc.pos);
+        }
+        let mut rewritten: HashSet<String> = HashSet::new();
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let Some(positions) = dead.get_mut(f.file_path()) else {
+                out.push(f);
+                continue;
+            };
+            if (positions.len() as f64) < REWRITE_DEAD_FRACTION * f.record_count() as f64 {
+                out.push(f);
+                continue;
+            }
+            positions.sort_unstable();
+            positions.dedup();
+            let partition = f.partition().clone();
+            if let Some(new) = rewrite_without(
+                &self.ctx.files,
+                &self.ctx.arrow_schema,
+                &f,
+                positions,
+                partition,
+            )
+            .await?
+            {
+                out.push(new);
+            }
+            self.ctx
+                .files
+                .file_io
+                .delete(f.file_path())
+                .await
+                .map_err(ice)?;
+            rewritten.insert(f.file_path().to_string());
+        }
+        self.own_deletes
+            .retain(|loc| !rewritten.contains(&infos[loc.file as usize].path));
+        Ok(out)
+    }
+}
+
+/// A copy of `f` without the rows at `dead` (sorted); `None` when no row is left.
+async fn rewrite_without(
+    files: &FileSettings,
+    arrow_schema: &ArrowSchemaRef,
+    f: &DataFile,
+    dead: &[u64],
+    partition: Struct,
+) -> Result<Option<DataFile>> {
+    let path = f.file_path();
+    let mut stream = open_parquet(&files.file_io, path)
+        .await?
+        .build()
+        .map_err(|e| io(path, e))?;
+    let (dir, _) = path.rsplit_once('/').unwrap_or(("", path));
+    let new_path = format!("{dir}/{}-c.parquet", uuid::Uuid::new_v4());
+    let output = files.file_io.new_output(&new_path).map_err(ice)?;
+    let mut writer = ParquetWriterBuilder::new(files.props.clone(), files.schema.clone())
+        .build(output)
+        .await
+        .map_err(ice)?;
+    let mut offset = 0u64;
+    let mut next_dead = dead.iter().peekable();
+    while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
+        let n = batch.num_rows() as u64;
+        let keep: BooleanArray = (offset..offset + n)
+            .map(|pos| {
+                let is_dead = next_dead.peek().is_some_and(|d| **d == pos);
+                if is_dead {
+                    next_dead.next();
+                }
+                Some(!is_dead)
+            })
+            .collect();
+        offset += n;
+        let kept = filter_record_batch(&batch, &keep).map_err(|e| internal(e.to_string()))?;
+        let kept = RecordBatch::try_new(arrow_schema.clone(), kept.columns().to_vec())
+            .map_err(|e| internal(e.to_string()))?;
+        writer.write(&kept).await.map_err(ice)?;
+    }
+    let Some(mut builder) = writer.close().await.map_err(ice)?.pop() else {
+        return Ok(None);
+    };
+    builder
+        .content(DataContentType::Data)
+        .partition(partition)
+        .partition_spec_id(files.spec.spec_id());
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| internal(e.to_string()))
+}
+
 #[async_trait::async_trait]
 impl TableWriter for UpsertWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
@@ -384,7 +502,7 @@ impl TableWriter for UpsertWriter {
                 // A key first seen as an insert is new by the source's contract; every
                 // other first sight may replace a committed row.
                 None if op != Op::Insert => {
-                    self.lookup.insert(key.as_ref().into());
+                    self.lookup.insert(Key::from_slice(key.as_ref()));
                 }
                 None => {}
             }
@@ -399,7 +517,7 @@ impl TableWriter for UpsertWriter {
             match self.index.get_mut(key.as_ref()) {
                 Some(s) => *s = state,
                 None => {
-                    self.index.insert(key.as_ref().into(), state);
+                    self.index.insert(Key::from_slice(key.as_ref()), state);
                 }
             }
         }
@@ -408,6 +526,7 @@ impl TableWriter for UpsertWriter {
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
         let (files, infos) = self.data.close().await?;
+        let files = self.drop_dead_rows(files, &infos).await?;
         let (live, lookup_base) = self.committed_deletes().await?;
         let spec_id = self.ctx.files.spec.spec_id();
         let mut groups: HashMap<(i32, Struct), PartitionDeletes> = HashMap::new();
