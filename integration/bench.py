@@ -36,10 +36,10 @@ def run(args, cwd):
     return wall, usage.ru_maxrss / 1024, out
 
 
-def pipeline(path: Path, name, source, sink_extra=""):
+def pipeline(path: Path, name, source, sink_extra="", interval="10s"):
     path.write_text(f"""[pipeline]
 name = "{name}"
-checkpoint_interval = "10s"
+checkpoint_interval = "{interval}"
 
 [source]
 type = "datagen"
@@ -53,10 +53,10 @@ catalog = {{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/w
     return path
 
 
-def measure(workdir: Path, name, source, sink_extra):
+def measure(workdir: Path, name, source, sink_extra, interval="10s"):
     d = workdir / name
     d.mkdir()
-    f = pipeline(d / "p.toml", name, source, sink_extra)
+    f = pipeline(d / "p.toml", name, source, sink_extra, interval)
     raw_wall, raw_rss, out = run([BIN, "bench-raw", str(f), "--out", str(d / "raw")], d)
     raw = json.loads(out)
     rows = raw["rows"]
@@ -111,10 +111,13 @@ def main():
                     f'profile = "nexmark"\nevents = {n}\nseed = 1',
                     'namespace = "nexmark"\nmode = "append"')
         for n in [int(x) for x in args.orders.split(",")]:
-            d, f, _ = measure(work, f"orders-upsert-{n // 1000}k-plus-{n // 1000}k",
-                              f'profile = "orders"\ninitial_rows = {n}\nevents = {2 * n}\nseed = 1',
-                              'namespace = "shop"\nmode = "upsert"')
-            read_cost(d, f)
+            # As fast as possible (the changes land in one or two checkpoints), then paced so
+            # that the changes spread over many 1 s checkpoints and update committed rows.
+            for label, interval, rate in (("", "10s", 0), ("-paced-1s", "1s", n // 5)):
+                d, f, _ = measure(work, f"orders-upsert-{n // 1000}k-plus-{n // 1000}k{label}",
+                                  f'profile = "orders"\ninitial_rows = {n}\nevents = {2 * n}\nseed = 1\nrate = {rate}',
+                                  'namespace = "shop"\nmode = "upsert"', interval)
+                read_cost(d, f)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

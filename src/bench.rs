@@ -18,7 +18,11 @@ pub async fn raw_parquet(plan: &Plan, out: &Path) -> anyhow::Result<(u64, f64)> 
     let SinkPlan::Iceberg { options, .. } = &plan.sink;
     let props = lakeshore_iceberg::writer_properties(options.codec, options.row_group_bytes);
     std::fs::create_dir_all(out)?;
-    let mut source = crate::pipeline::open_source(plan, None)?;
+    // The limit is measured unpaced, whatever `rate` the pipeline sets.
+    let mut plan = plan.clone();
+    let crate::config::plan::SourcePlan::Datagen(opts) = &mut plan.source;
+    opts.rate = 0;
+    let mut source = crate::pipeline::open_source(&plan, None)?;
     let mut writers: HashMap<String, ArrowWriter<File>> = HashMap::new();
     let started = Instant::now();
     let mut rows = 0u64;

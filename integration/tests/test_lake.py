@@ -191,3 +191,28 @@ def test_unreachable_catalog_is_a_config_error(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "check [sink.catalog] uri" in r.stderr
     assert "s3cret" not in r.stderr
+
+
+def test_run_stops_on_sigterm_with_a_final_checkpoint(tmp_path, duck):
+    """`lakeshore run` on an unbounded generator: SIGTERM takes a final checkpoint, exits 0,
+    and the lake holds exactly the events up to the committed source position."""
+    import json
+    import signal
+
+    source = {"type": "datagen", "profile": "orders", "initial_rows": 5_000, "seed": 33, "rate": 20_000,
+              "batch_events": 500}
+    p = Pipeline(tmp_path, "forever", source, {"namespace": "shop", "mode": "upsert"}, interval="300ms")
+    proc = subprocess.Popen([BIN, "run", str(p.file)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
+    position = json.loads(table.current_snapshot().summary["lakeshore.source-position"])["seq"]
+    assert position > 10_000, position
+    # The same generator, bounded at the committed position, is what the lake must hold.
+    bounded = Pipeline(tmp_path / "bounded", "forever", {**source, "events": position},
+                       {"namespace": "shop", "mode": "upsert"}) if (tmp_path / "bounded").mkdir() is None else None
+    exp = bounded.expected()
+    assert_same_rows(duck, p, "orders", exp / "orders.parquet", ORDER_COLUMNS)

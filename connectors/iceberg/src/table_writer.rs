@@ -8,6 +8,7 @@
 //! - `lookup`: keys whose *committed* row must go; at `prepare` they are looked up over
 //!   the committed table (see `lookup`) and become position deletes into older files.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -495,17 +496,6 @@ impl TableWriter for UpsertWriter {
         let mut next_location = self.locations.iter();
         for (i, key) in keys.iter().enumerate() {
             let op = batch.op(i);
-            let previous = self.index.get(key.as_ref()).copied();
-            match previous {
-                Some(KeyState::Live(loc)) => self.own_deletes.push(loc),
-                Some(KeyState::Deleted) => {}
-                // A key first seen as an insert is new by the source's contract; every
-                // other first sight may replace a committed row.
-                None if op != Op::Insert => {
-                    self.lookup.insert(Key::from_slice(key.as_ref()));
-                }
-                None => {}
-            }
             let state = if op.removes() {
                 KeyState::Deleted
             } else {
@@ -514,10 +504,19 @@ impl TableWriter for UpsertWriter {
                     .ok_or_else(|| internal("fewer written rows than after-images"))?;
                 KeyState::Live(*loc)
             };
-            match self.index.get_mut(key.as_ref()) {
-                Some(s) => *s = state,
-                None => {
-                    self.index.insert(Key::from_slice(key.as_ref()), state);
+            match self.index.entry(Key::from_slice(key.as_ref())) {
+                Entry::Occupied(mut e) => {
+                    if let KeyState::Live(loc) = e.insert(state) {
+                        self.own_deletes.push(loc);
+                    }
+                }
+                Entry::Vacant(e) => {
+                    // A key first seen as an insert is new by the source's contract;
+                    // every other first sight may replace a committed row.
+                    if op != Op::Insert {
+                        self.lookup.insert(e.key().clone());
+                    }
+                    e.insert(state);
                 }
             }
         }
