@@ -15,7 +15,7 @@ import lake  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("LAKESHORE_BIN") or str(
-    Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "lakeshore"
+    Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "lakeshore" / "target")) / "release" / "lakeshore"
 )
 
 

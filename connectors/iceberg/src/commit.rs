@@ -11,8 +11,8 @@
 //!   pipeline's checkpoint id; if it is there, nothing is done.
 //! - **No dangling deletes:** position deletes that point into files committed before
 //!   this checkpoint are valid only while those files are live. If a concurrent commit
-//!   since the lookup's base snapshot removed one of them, the commit fails with
-//!   [`ErrorKind::Conflict`] so that the caller redoes the lookup.
+//!   since the lookup's base snapshot removed one of them, the attempt returns
+//!   [`CommitOutcome::StaleLookup`] and the caller looks the keys up again.
 //! - **No lost foreign commits:** every attempt starts from the freshly loaded table and
 //!   carries all of its manifests.
 
@@ -44,8 +44,10 @@ pub const POSITION_KEY: &str = "lakeshore.source-position";
 pub struct RowDelta {
     /// New data files, each with its partition spec id.
     pub data_files: Vec<(DataFile, i32)>,
-    /// New position-delete files, each with its partition spec id.
+    /// New position-delete files into this commit's own data files.
     pub delete_files: Vec<(DataFile, i32)>,
+    /// New position-delete files into committed data files (from a key lookup).
+    pub lookup_delete_files: Vec<(DataFile, i32)>,
     /// Data files committed before this checkpoint that the position deletes point to.
     pub referenced_files: Vec<String>,
     /// The snapshot the position lookup read; `None` when nothing was looked up.
@@ -55,7 +57,13 @@ pub struct RowDelta {
 impl RowDelta {
     /// True when there is nothing to commit.
     pub fn is_empty(&self) -> bool {
-        self.data_files.is_empty() && self.delete_files.is_empty()
+        self.data_files.is_empty()
+            && self.delete_files.is_empty()
+            && self.lookup_delete_files.is_empty()
+    }
+
+    fn all_deletes(&self) -> impl Iterator<Item = &(DataFile, i32)> {
+        self.delete_files.iter().chain(&self.lookup_delete_files)
     }
 }
 
@@ -73,16 +81,28 @@ pub fn last_checkpoint(table: &Table, pipeline: &str) -> Option<u64> {
     })
 }
 
-/// Commit `delta` for checkpoint `ctx`. Returns `false` when the table already holds
-/// this checkpoint (or a later one) of the pipeline, or when there is nothing to commit.
+/// How a commit attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The snapshot is in the table.
+    Committed,
+    /// The table already holds this checkpoint (or a later one), or there was nothing to
+    /// commit.
+    AlreadyThere,
+    /// A commit since the lookup removed a data file that the lookup deletes point to:
+    /// look the keys up again and retry.
+    StaleLookup,
+}
+
+/// Commit `delta` for checkpoint `ctx`.
 pub async fn commit_row_delta(
     catalog: &CatalogHandle,
     ident: &TableIdent,
     delta: &RowDelta,
     ctx: &CommitContext,
-) -> Result<bool> {
+) -> Result<CommitOutcome> {
     if delta.is_empty() {
-        return Ok(false);
+        return Ok(CommitOutcome::AlreadyThere);
     }
     let mut backoff = Duration::from_millis(50);
     for attempt in 0.. {
@@ -90,9 +110,12 @@ pub async fn commit_row_delta(
         if let Some(done) = last_checkpoint(&table, &ctx.pipeline)
             && done >= ctx.checkpoint_id
         {
-            return Ok(false);
+            return Ok(CommitOutcome::AlreadyThere);
         }
-        validate_referenced_files(&table, delta).await?;
+        if let Some(removed) = removed_referenced_file(&table, delta).await? {
+            tracing::warn!(table = %ident, file = %removed, "a concurrent commit removed a data file this checkpoint deletes from");
+            return Ok(CommitOutcome::StaleLookup);
+        }
         let staged = stage(&table, delta, ctx, attempt).await?;
         if catalog
             .swap_metadata(
@@ -102,7 +125,7 @@ pub async fn commit_row_delta(
             )
             .await?
         {
-            return Ok(true);
+            return Ok(CommitOutcome::Committed);
         }
         // Lost the race: remove what this attempt wrote, then retry on the fresh table.
         staged.discard(table.file_io()).await;
@@ -118,18 +141,18 @@ pub async fn commit_row_delta(
     unreachable!("the retry loop returns")
 }
 
-/// Fail with a conflict when a data file our position deletes point into was removed
-/// since the lookup's base snapshot.
-async fn validate_referenced_files(table: &Table, delta: &RowDelta) -> Result<()> {
+/// A data file that our lookup deletes point into and that a commit since the lookup's
+/// base snapshot removed (or a reason the base cannot be checked), if any.
+async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Option<String>> {
     let (Some(base), false) = (delta.lookup_base, delta.referenced_files.is_empty()) else {
-        return Ok(());
+        return Ok(None);
     };
     let md = table.metadata_ref();
     let Some(current) = md.current_snapshot_id() else {
-        return Err(dangling(table, "the table has no snapshot any more"));
+        return Ok(Some("the table has no snapshot any more".into()));
     };
     if current == base {
-        return Ok(());
+        return Ok(None);
     }
     let referenced: HashSet<&str> = delta.referenced_files.iter().map(String::as_str).collect();
     let mut saw_base = false;
@@ -154,28 +177,17 @@ async fn validate_referenced_files(table: &Table, delta: &RowDelta) -> Result<()
                 if entry.status() == ManifestStatus::Deleted
                     && referenced.contains(entry.data_file().file_path())
                 {
-                    return Err(dangling(table, entry.data_file().file_path()));
+                    return Ok(Some(entry.data_file().file_path().to_string()));
                 }
             }
         }
     }
     if !saw_base {
-        return Err(dangling(
-            table,
-            "the lookup's base snapshot is no longer an ancestor",
+        return Ok(Some(
+            "the lookup's base snapshot is no longer an ancestor".into(),
         ));
     }
-    Ok(())
-}
-
-fn dangling(table: &Table, what: &str) -> Error {
-    Error::new(
-        ErrorKind::Conflict,
-        format!(
-            "table {}: a concurrent commit removed data that this checkpoint's position deletes point to ({what}); the keys must be looked up again",
-            table.identifier()
-        ),
-    )
+    Ok(None)
 }
 
 /// What one attempt wrote before the swap.
@@ -225,7 +237,7 @@ async fn stage(
     for (f, spec) in &delta.data_files {
         groups.entry((false, *spec)).or_default().push(f.clone());
     }
-    for (f, spec) in &delta.delete_files {
+    for (f, spec) in delta.all_deletes() {
         groups.entry((true, *spec)).or_default().push(f.clone());
     }
     let mut collector = SnapshotSummaryCollector::default();
@@ -279,7 +291,8 @@ async fn stage(
     list.close().await.map_err(ice)?;
     written.push(list_path.clone());
 
-    let operation = match (delta.data_files.is_empty(), delta.delete_files.is_empty()) {
+    let no_deletes = delta.all_deletes().next().is_none();
+    let operation = match (delta.data_files.is_empty(), no_deletes) {
         (false, true) => Operation::Append,
         (true, false) => Operation::Delete,
         _ => Operation::Overwrite,

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::PartitionSpec;
 use iceberg::writer::file_writer::location_generator::DefaultLocationGenerator;
@@ -28,12 +29,15 @@ pub mod lookup;
 pub mod position_delete;
 pub mod schema;
 pub mod table_writer;
+pub mod upsert;
 pub mod writer;
 
 pub use catalog::{CatalogConfig, CatalogHandle};
 
+use crate::commit::CommitOutcome;
 use crate::error::ice;
-use crate::table_writer::{AppendWriter, TableContext, UpsertWriter, delta_from_pending};
+use crate::table_writer::{AppendWriter, TableContext, decode_pending};
+use crate::upsert::UpsertWriter;
 use crate::writer::FileSettings;
 
 /// How changes land in a table.
@@ -123,6 +127,26 @@ impl IcebergSink {
         TableIdent::new(self.namespace.clone(), table.to_string())
     }
 
+    /// How this sink writes files of `table`, and the table's Arrow schema (with ids).
+    fn file_settings(
+        &self,
+        table: &iceberg::table::Table,
+    ) -> Result<(FileSettings, ArrowSchemaRef)> {
+        let md = table.metadata();
+        let schema = md.current_schema().clone();
+        let spec: Arc<PartitionSpec> = md.default_partition_spec().clone();
+        let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice)?);
+        let files = FileSettings {
+            schema,
+            spec,
+            file_io: table.file_io().clone(),
+            locations: DefaultLocationGenerator::new(md).map_err(ice)?,
+            props: writer_properties(self.opts.codec, self.opts.row_group_bytes),
+            target_file_size: self.opts.target_file_size as usize,
+        };
+        Ok((files, arrow_schema))
+    }
+
     async fn load_or_create(&self, target: &TableTarget) -> Result<iceberg::table::Table> {
         let ident = self.ident(&target.name);
         let cat = self.catalog.catalog();
@@ -151,18 +175,7 @@ impl IcebergSink {
 impl Sink for IcebergSink {
     async fn open_table(&self, target: &TableTarget) -> Result<Box<dyn TableWriter>> {
         let table = self.load_or_create(target).await?;
-        let md = table.metadata();
-        let schema = md.current_schema().clone();
-        let spec: Arc<PartitionSpec> = md.default_partition_spec().clone();
-        let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice)?);
-        let files = FileSettings {
-            schema: schema.clone(),
-            spec,
-            file_io: table.file_io().clone(),
-            locations: DefaultLocationGenerator::new(md).map_err(ice)?,
-            props: writer_properties(self.opts.codec, self.opts.row_group_bytes),
-            target_file_size: self.opts.target_file_size as usize,
-        };
+        let (files, arrow_schema) = self.file_settings(&table)?;
         let ctx = TableContext {
             ident: self.ident(&target.name),
             files,
@@ -201,8 +214,51 @@ impl Sink for IcebergSink {
             .load_table(&ident)
             .await
             .map_err(ice)?;
-        let delta = delta_from_pending(&table, pending)?;
-        commit::commit_row_delta(&self.catalog, &ident, &delta, ctx).await
+        let mut decoded = decode_pending(&table, pending)?;
+        for _ in 0..10 {
+            let outcome =
+                commit::commit_row_delta(&self.catalog, &ident, &decoded.delta, ctx).await?;
+            if outcome != CommitOutcome::StaleLookup
+                && let Some(keys_file) = &decoded.keys_file
+            {
+                // Only a commit that has not landed can need the keys again.
+                let _ = table.file_io().delete(keys_file).await;
+            }
+            match outcome {
+                CommitOutcome::Committed => return Ok(true),
+                CommitOutcome::AlreadyThere => return Ok(false),
+                CommitOutcome::StaleLookup => {
+                    let Some(keys_file) = &decoded.keys_file else {
+                        return Err(Error::new(
+                            ErrorKind::Internal,
+                            format!(
+                                "table {ident}: position deletes went stale and no keys file was kept"
+                            ),
+                        ));
+                    };
+                    let table = self
+                        .catalog
+                        .catalog()
+                        .load_table(&ident)
+                        .await
+                        .map_err(ice)?;
+                    let (files, arrow_schema) = self.file_settings(&table)?;
+                    let fresh =
+                        upsert::relookup(&table, &files, &arrow_schema, &decoded.key, keys_file)
+                            .await?;
+                    tracing::info!(table = %ident, checkpoint = ctx.checkpoint_id, "looked the checkpoint's keys up again");
+                    decoded.delta.lookup_delete_files = fresh.files;
+                    decoded.delta.referenced_files = fresh.referenced;
+                    decoded.delta.lookup_base = fresh.base;
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "table {ident}: concurrent commits kept removing the files this checkpoint deletes from"
+            ),
+        ))
     }
 
     async fn last_committed(&self, table: &str, pipeline: &str) -> Result<Option<u64>> {

@@ -1,0 +1,521 @@
+//! Upsert mode: one live row per primary key; every update and delete becomes a
+//! **position delete**, never an equality delete.
+//!
+//! Bookkeeping per open checkpoint:
+//! - `index`: every key touched in this checkpoint → where its live row is (or that it is
+//!   deleted), so a change to a row written in this checkpoint becomes a position delete
+//!   into our own new file (or the row is dropped before commit, see `drop_dead_rows`);
+//! - `lookup`: keys whose *committed* row must go; at `prepare` they are looked up over
+//!   the committed table ([`committed_deletes`]) and become position deletes into older
+//!   files. The keys are also written to a small keys file, so that the commit can look
+//!   them up again if a concurrent commit removed a file those deletes point to.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_row::{RowConverter, Rows, SortField};
+use arrow_schema::{DataType, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
+use arrow_select::filter::filter_record_batch;
+use futures::TryStreamExt;
+use iceberg::spec::{DataContentType, DataFile, Struct};
+use iceberg::table::Table;
+use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
+use lakeshore_api::{ChangeBatch, Op, PendingCommit, Result, TableWriter};
+use parquet::arrow::ArrowWriter;
+
+use crate::catalog::CatalogHandle;
+use crate::commit::RowDelta;
+use crate::error::{ice, internal, io};
+use crate::lookup::{Key, KeyQuery, find_live_rows, open_parquet};
+use crate::position_delete::{PartitionDeletes, write_position_deletes};
+use crate::schema::conform;
+use crate::table_writer::{TableContext, pending};
+use crate::writer::{FileInfo, FileSettings, PartitionedWriter, RowLocation};
+
+/// Encodes a table's primary-key columns into comparable byte keys.
+pub struct KeyCodec {
+    converter: RowConverter,
+    columns: Vec<String>,
+    indices: Vec<usize>,
+    schema: ArrowSchemaRef,
+    first_field_id: i32,
+}
+
+impl KeyCodec {
+    /// The codec for `key` columns of a table with `files.schema` / `arrow_schema`.
+    pub fn new(
+        files: &FileSettings,
+        arrow_schema: &ArrowSchemaRef,
+        key: &[String],
+    ) -> Result<Self> {
+        let mut indices = Vec::new();
+        let mut fields = Vec::new();
+        for k in key {
+            let i = arrow_schema
+                .index_of(k)
+                .map_err(|_| internal(format!("key column {k} is not in the table")))?;
+            indices.push(i);
+            fields.push(arrow_schema.field(i).clone());
+        }
+        let first = key.first().ok_or_else(|| internal("empty key"))?;
+        let first_field_id = files
+            .schema
+            .field_id_by_name(first)
+            .ok_or_else(|| internal(format!("key column {first} has no field id")))?;
+        let sort_fields = fields
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(KeyCodec {
+            converter: RowConverter::new(sort_fields).map_err(|e| internal(e.to_string()))?,
+            columns: key.to_vec(),
+            indices,
+            schema: Arc::new(ArrowSchema::new(fields)),
+            first_field_id,
+        })
+    }
+
+    /// Encode the key columns of `rows` (in the table's schema).
+    pub fn encode(&self, rows: &RecordBatch) -> Result<Rows> {
+        let columns: Vec<ArrayRef> = self
+            .indices
+            .iter()
+            .map(|i| rows.column(*i).clone())
+            .collect();
+        self.converter
+            .convert_columns(&columns)
+            .map_err(|e| internal(e.to_string()))
+    }
+
+    fn decode(&self, keys: &HashSet<Key>) -> Result<RecordBatch> {
+        let parser = self.converter.parser();
+        let rows: Vec<_> = keys.iter().map(|k| parser.parse(k)).collect();
+        let arrays = self
+            .converter
+            .convert_rows(rows)
+            .map_err(|e| internal(e.to_string()))?;
+        RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| internal(e.to_string()))
+    }
+
+    /// The lookup query for `keys`; single integer keys get min/max pruning.
+    fn query<'a>(&'a self, keys: &'a HashSet<Key>) -> Result<KeyQuery<'a>> {
+        let int_keys =
+            if self.indices.len() == 1 && self.schema.field(0).data_type() == &DataType::Int64 {
+                let batch = self.decode(keys)?;
+                let mut v: Vec<i64> = batch
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec();
+                v.sort_unstable();
+                Some(v)
+            } else {
+                None
+            };
+        Ok(KeyQuery {
+            keys,
+            converter: &self.converter,
+            columns: &self.columns,
+            first_key_field: self.first_field_id,
+            int_keys,
+        })
+    }
+
+    /// Store `keys` as a Parquet file of the key columns at `path`.
+    async fn write_keys(
+        &self,
+        files: &FileSettings,
+        path: &str,
+        keys: &HashSet<Key>,
+    ) -> Result<()> {
+        let batch = self.decode(keys)?;
+        let mut buf = Vec::new();
+        let mut w =
+            ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| io(path, e))?;
+        w.write(&batch).map_err(|e| io(path, e))?;
+        w.close().map_err(|e| io(path, e))?;
+        let out = files.file_io.new_output(path).map_err(ice)?;
+        out.write(buf.into()).await.map_err(ice)
+    }
+
+    /// Read keys written by [`KeyCodec::write_keys`].
+    async fn read_keys(&self, files: &FileSettings, path: &str) -> Result<HashSet<Key>> {
+        let mut stream = open_parquet(&files.file_io, path)
+            .await?
+            .build()
+            .map_err(|e| io(path, e))?;
+        let mut keys = HashSet::new();
+        while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
+            let rows = self
+                .converter
+                .convert_columns(batch.columns())
+                .map_err(|e| io(path, e))?;
+            keys.extend(rows.iter().map(|r| Key::from_slice(r.as_ref())));
+        }
+        Ok(keys)
+    }
+}
+
+/// Position deletes for the committed rows of some keys.
+#[derive(Default)]
+pub struct LookupDeletes {
+    /// The delete files, with their spec ids.
+    pub files: Vec<(DataFile, i32)>,
+    /// Committed data files they point into.
+    pub referenced: Vec<String>,
+    /// The snapshot the lookup read.
+    pub base: Option<i64>,
+}
+
+/// Group `(spec, partition, path, pos)` deletes by partition and write one file each.
+async fn write_delete_groups(
+    table: &Table,
+    files: &FileSettings,
+    deletes: impl IntoIterator<Item = (i32, Struct, Arc<str>, i64)>,
+) -> Result<Vec<(DataFile, i32)>> {
+    let mut groups: HashMap<(i32, Struct), PartitionDeletes> = HashMap::new();
+    for (spec, partition, path, pos) in deletes {
+        groups
+            .entry((spec, partition))
+            .or_default()
+            .entry(path)
+            .or_default()
+            .push(pos);
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for ((spec, partition), deletes) in groups {
+        let spec_ref = table
+            .metadata()
+            .partition_spec_by_id(spec)
+            .cloned()
+            .ok_or_else(|| internal(format!("unknown partition spec {spec}")))?;
+        let f = write_position_deletes(
+            &files.file_io,
+            &files.locations,
+            &files.schema,
+            &spec_ref,
+            partition,
+            deletes,
+            &files.props,
+        )
+        .await?;
+        out.push((f, spec));
+    }
+    Ok(out)
+}
+
+/// Look `keys` up in `table`'s current snapshot and write position deletes for them.
+pub async fn committed_deletes(
+    table: &Table,
+    files: &FileSettings,
+    codec: &KeyCodec,
+    keys: &HashSet<Key>,
+) -> Result<LookupDeletes> {
+    if keys.is_empty() {
+        return Ok(LookupDeletes::default());
+    }
+    let base = table.metadata().current_snapshot_id();
+    let live = find_live_rows(table, &codec.query(keys)?).await?;
+    let mut referenced: Vec<String> = live.iter().map(|r| r.path.to_string()).collect();
+    referenced.sort();
+    referenced.dedup();
+    let files = write_delete_groups(
+        table,
+        files,
+        live.into_iter()
+            .map(|r| (r.spec_id, r.partition, r.path, r.pos)),
+    )
+    .await?;
+    Ok(LookupDeletes {
+        files,
+        referenced,
+        base,
+    })
+}
+
+/// Redo the committed-row lookup of a pending upsert commit against `table` (after a
+/// concurrent commit removed files its deletes pointed to).
+pub async fn relookup(
+    table: &Table,
+    files: &FileSettings,
+    arrow_schema: &ArrowSchemaRef,
+    key: &[String],
+    keys_file: &str,
+) -> Result<LookupDeletes> {
+    let codec = KeyCodec::new(files, arrow_schema, key)?;
+    let keys = codec.read_keys(files, keys_file).await?;
+    committed_deletes(table, files, &codec, &keys).await
+}
+
+/// State of a key within the open checkpoint.
+#[derive(Debug, Clone, Copy)]
+enum KeyState {
+    Live(RowLocation),
+    Deleted,
+}
+
+/// Rewrite a data file of the open checkpoint when at least this fraction of its rows
+/// died within the checkpoint; below it, position deletes are cheaper than the rewrite.
+const REWRITE_DEAD_FRACTION: f64 = 0.05;
+
+/// Upsert mode: a live row per key; changes become position deletes.
+pub struct UpsertWriter {
+    ctx: TableContext,
+    catalog: Arc<CatalogHandle>,
+    table: Table,
+    name: String,
+    data: PartitionedWriter,
+    codec: KeyCodec,
+    index: HashMap<Key, KeyState>,
+    own_deletes: Vec<RowLocation>,
+    lookup: HashSet<Key>,
+    rows: u64,
+    locations: Vec<RowLocation>,
+}
+
+impl UpsertWriter {
+    /// A writer for the table; `ctx.key` must not be empty.
+    pub fn new(
+        ctx: TableContext,
+        catalog: Arc<CatalogHandle>,
+        table: Table,
+        name: String,
+    ) -> Result<Self> {
+        let codec = KeyCodec::new(&ctx.files, &ctx.arrow_schema, &ctx.key)?;
+        let data = PartitionedWriter::new(ctx.files.clone())?;
+        Ok(UpsertWriter {
+            ctx,
+            catalog,
+            table,
+            name,
+            data,
+            codec,
+            index: HashMap::new(),
+            own_deletes: Vec::new(),
+            lookup: HashSet::new(),
+            rows: 0,
+            locations: Vec::new(),
+        })
+    }
+
+    /// Rows that were written and removed within this checkpoint need never be visible:
+    /// files of the open checkpoint with enough of them are rewritten without them (they
+    /// are not committed yet, so nobody else can see or reference them), and their
+    /// position deletes are dropped. This keeps hot keys that change many times per
+    /// checkpoint from bloating the table and its read cost.
+    async fn drop_dead_rows(
+        &mut self,
+        files: Vec<DataFile>,
+        infos: &[FileInfo],
+    ) -> Result<Vec<DataFile>> {
+        if self.own_deletes.is_empty() {
+            return Ok(files);
+        }
+        let mut dead: HashMap<&str, Vec<u64>> = HashMap::new();
+        for loc in &self.own_deletes {
+            dead.entry(infos[loc.file as usize].path.as_str())
+                .or_default()
+                .push(loc.pos);
+        }
+        let mut rewritten: HashSet<String> = HashSet::new();
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let Some(positions) = dead.get_mut(f.file_path()) else {
+                out.push(f);
+                continue;
+            };
+            if (positions.len() as f64) < REWRITE_DEAD_FRACTION * f.record_count() as f64 {
+                out.push(f);
+                continue;
+            }
+            positions.sort_unstable();
+            positions.dedup();
+            let partition = f.partition().clone();
+            if let Some(new) = rewrite_without(
+                &self.ctx.files,
+                &self.ctx.arrow_schema,
+                &f,
+                positions,
+                partition,
+            )
+            .await?
+            {
+                out.push(new);
+            }
+            self.ctx
+                .files
+                .file_io
+                .delete(f.file_path())
+                .await
+                .map_err(ice)?;
+            rewritten.insert(f.file_path().to_string());
+        }
+        self.own_deletes
+            .retain(|loc| !rewritten.contains(&infos[loc.file as usize].path));
+        Ok(out)
+    }
+}
+
+/// A copy of `f` without the rows at `dead` (sorted); `None` when no row is left.
+async fn rewrite_without(
+    files: &FileSettings,
+    arrow_schema: &ArrowSchemaRef,
+    f: &DataFile,
+    dead: &[u64],
+    partition: Struct,
+) -> Result<Option<DataFile>> {
+    let path = f.file_path();
+    let mut stream = open_parquet(&files.file_io, path)
+        .await?
+        .build()
+        .map_err(|e| io(path, e))?;
+    let (dir, _) = path.rsplit_once('/').unwrap_or(("", path));
+    let new_path = format!("{dir}/{}-c.parquet", uuid::Uuid::new_v4());
+    let output = files.file_io.new_output(&new_path).map_err(ice)?;
+    let mut writer = ParquetWriterBuilder::new(files.props.clone(), files.schema.clone())
+        .build(output)
+        .await
+        .map_err(ice)?;
+    let mut offset = 0u64;
+    let mut next_dead = dead.iter().peekable();
+    while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
+        let n = batch.num_rows() as u64;
+        let keep: BooleanArray = (offset..offset + n)
+            .map(|pos| {
+                let is_dead = next_dead.peek().is_some_and(|d| **d == pos);
+                if is_dead {
+                    next_dead.next();
+                }
+                Some(!is_dead)
+            })
+            .collect();
+        offset += n;
+        let kept = filter_record_batch(&batch, &keep).map_err(|e| internal(e.to_string()))?;
+        let kept = RecordBatch::try_new(arrow_schema.clone(), kept.columns().to_vec())
+            .map_err(|e| internal(e.to_string()))?;
+        writer.write(&kept).await.map_err(ice)?;
+    }
+    let Some(mut builder) = writer.close().await.map_err(ice)?.pop() else {
+        return Ok(None);
+    };
+    builder
+        .content(DataContentType::Data)
+        .partition(partition)
+        .partition_spec_id(files.spec.spec_id());
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| internal(e.to_string()))
+}
+
+#[async_trait::async_trait]
+impl TableWriter for UpsertWriter {
+    async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
+        let rows = conform(&self.name, &self.ctx.arrow_schema, &batch.rows)?;
+        let keys = self.codec.encode(&rows)?;
+        let written = if batch.is_insert_only() {
+            rows
+        } else {
+            let keep: BooleanArray = (0..batch.num_rows())
+                .map(|i| Some(!batch.op(i).removes()))
+                .collect();
+            filter_record_batch(&rows, &keep).map_err(|e| internal(e.to_string()))?
+        };
+        self.rows += written.num_rows() as u64;
+        self.locations.clear();
+        self.data.write(&written, Some(&mut self.locations)).await?;
+        let mut next_location = self.locations.iter();
+        for (i, key) in keys.iter().enumerate() {
+            let op = batch.op(i);
+            let state = if op.removes() {
+                KeyState::Deleted
+            } else {
+                let loc = next_location
+                    .next()
+                    .ok_or_else(|| internal("fewer written rows than after-images"))?;
+                KeyState::Live(*loc)
+            };
+            match self.index.entry(Key::from_slice(key.as_ref())) {
+                Entry::Occupied(mut e) => {
+                    if let KeyState::Live(loc) = e.insert(state) {
+                        self.own_deletes.push(loc);
+                    }
+                }
+                Entry::Vacant(e) => {
+                    // A key first seen as an insert is new by the source's contract;
+                    // every other first sight may replace a committed row.
+                    if op != Op::Insert {
+                        self.lookup.insert(e.key().clone());
+                    }
+                    e.insert(state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
+        let (files, infos) = self.data.close().await?;
+        let files = self.drop_dead_rows(files, &infos).await?;
+        let spec_id = self.ctx.files.spec.spec_id();
+        let own = self.own_deletes.drain(..).map(|loc| {
+            let info = &infos[loc.file as usize];
+            (
+                spec_id,
+                info.partition.clone(),
+                Arc::from(info.path.as_str()),
+                loc.pos as i64,
+            )
+        });
+        let own_deletes =
+            write_delete_groups(&self.table, &self.ctx.files, own.collect::<Vec<_>>()).await?;
+        let mut keys_file = None;
+        let mut looked_up = LookupDeletes::default();
+        if !self.lookup.is_empty() {
+            // Every earlier checkpoint is committed (the engine waits for it): look up
+            // the committed rows in the table as it is now.
+            self.table = self
+                .catalog
+                .catalog()
+                .load_table(&self.ctx.ident)
+                .await
+                .map_err(ice)?;
+            looked_up =
+                committed_deletes(&self.table, &self.ctx.files, &self.codec, &self.lookup).await?;
+            if !looked_up.files.is_empty() {
+                let path = format!(
+                    "{}/metadata/lakeshore-keys-{}.parquet",
+                    self.table.metadata().location().trim_end_matches('/'),
+                    uuid::Uuid::new_v4()
+                );
+                self.codec
+                    .write_keys(&self.ctx.files, &path, &self.lookup)
+                    .await?;
+                keys_file = Some(path);
+            }
+        }
+        self.index.clear();
+        self.lookup.clear();
+        let delta = RowDelta {
+            data_files: files.into_iter().map(|f| (f, spec_id)).collect(),
+            delete_files: own_deletes,
+            lookup_delete_files: looked_up.files,
+            referenced_files: looked_up.referenced,
+            lookup_base: looked_up.base,
+        };
+        let rows = std::mem::take(&mut self.rows);
+        pending(
+            &self.table,
+            self.ctx.ident.name(),
+            checkpoint_id,
+            rows,
+            &delta,
+            &self.ctx.key,
+            keys_file,
+        )
+    }
+}
