@@ -123,6 +123,10 @@ impl IcebergSink {
         })
     }
 
+    async fn load(&self, ident: &TableIdent) -> Result<iceberg::table::Table> {
+        self.catalog.catalog().load_table(ident).await.map_err(ice)
+    }
+
     fn ident(&self, table: &str) -> TableIdent {
         TableIdent::new(self.namespace.clone(), table.to_string())
     }
@@ -208,12 +212,7 @@ impl Sink for IcebergSink {
 
     async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool> {
         let ident = self.ident(&pending.table);
-        let table = self
-            .catalog
-            .catalog()
-            .load_table(&ident)
-            .await
-            .map_err(ice)?;
+        let table = self.load(&ident).await?;
         let mut decoded = decode_pending(&table, pending)?;
         for _ in 0..10 {
             let outcome =
@@ -236,12 +235,7 @@ impl Sink for IcebergSink {
                             ),
                         ));
                     };
-                    let table = self
-                        .catalog
-                        .catalog()
-                        .load_table(&ident)
-                        .await
-                        .map_err(ice)?;
+                    let table = self.load(&ident).await?;
                     let (files, arrow_schema) = self.file_settings(&table)?;
                     let fresh =
                         upsert::relookup(&table, &files, &arrow_schema, &decoded.key, keys_file)
@@ -272,12 +266,7 @@ impl Sink for IcebergSink {
         {
             return Ok(None);
         }
-        let table = self
-            .catalog
-            .catalog()
-            .load_table(&ident)
-            .await
-            .map_err(ice)?;
+        let table = self.load(&ident).await?;
         Ok(commit::last_checkpoint(&table, pipeline))
     }
 }

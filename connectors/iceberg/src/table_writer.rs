@@ -173,8 +173,30 @@ pub fn decode_pending(table: &Table, pending: &PendingCommit) -> Result<DecodedP
     })
 }
 
+impl TableContext {
+    /// Describe `delta` as the pending commit of `checkpoint_id` for this table.
+    pub fn pending(
+        &self,
+        table: &Table,
+        checkpoint_id: u64,
+        added_rows: u64,
+        delta: &RowDelta,
+        keys_file: Option<String>,
+    ) -> Result<PendingCommit> {
+        pending(
+            table,
+            self.ident.name(),
+            checkpoint_id,
+            added_rows,
+            delta,
+            &self.key,
+            keys_file,
+        )
+    }
+}
+
 /// Describe `delta` as the pending commit of `checkpoint_id`.
-pub fn pending(
+fn pending(
     table: &Table,
     name: &str,
     checkpoint_id: u64,
@@ -250,14 +272,7 @@ impl TableWriter for AppendWriter {
             ..Default::default()
         };
         let rows = std::mem::take(&mut self.rows);
-        pending(
-            &self.table,
-            self.ctx.ident.name(),
-            checkpoint_id,
-            rows,
-            &delta,
-            &[],
-            None,
-        )
+        self.ctx
+            .pending(&self.table, checkpoint_id, rows, &delta, None)
     }
 }

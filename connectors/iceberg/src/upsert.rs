@@ -33,7 +33,7 @@ use crate::error::{ice, internal, io};
 use crate::lookup::{Key, KeyQuery, find_live_rows, open_parquet};
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::conform;
-use crate::table_writer::{TableContext, pending};
+use crate::table_writer::TableContext;
 use crate::writer::{FileInfo, FileSettings, PartitionedWriter, RowLocation};
 
 /// Encodes a table's primary-key columns into comparable byte keys.
@@ -508,14 +508,7 @@ impl TableWriter for UpsertWriter {
             lookup_base: looked_up.base,
         };
         let rows = std::mem::take(&mut self.rows);
-        pending(
-            &self.table,
-            self.ctx.ident.name(),
-            checkpoint_id,
-            rows,
-            &delta,
-            &self.ctx.key,
-            keys_file,
-        )
+        self.ctx
+            .pending(&self.table, checkpoint_id, rows, &delta, keys_file)
     }
 }
