@@ -223,7 +223,7 @@ fn pending(
 }
 
 /// Rows of `batch` that carry an after-image (inserts and update-afters).
-fn after_images(batch: &ChangeBatch) -> Result<RecordBatch> {
+pub(crate) fn after_images(batch: &ChangeBatch) -> Result<RecordBatch> {
     if batch.is_insert_only() {
         return Ok(batch.rows.clone());
     }

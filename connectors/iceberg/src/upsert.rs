@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use iceberg::spec::{DataContentType, DataFile, Struct};
 use iceberg::table::Table;
 use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
-use lakeshore_api::{ChangeBatch, Op, PendingCommit, Result, TableWriter};
+use lakeshore_api::{ChangeBatch, Error, ErrorKind, Op, PendingCommit, Result, TableWriter};
 use parquet::arrow::ArrowWriter;
 
 use crate::catalog::CatalogHandle;
@@ -33,14 +33,13 @@ use crate::error::{ice, internal, io};
 use crate::lookup::{Key, KeyQuery, find_live_rows, open_parquet};
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::conform;
-use crate::table_writer::TableContext;
+use crate::table_writer::{TableContext, after_images};
 use crate::writer::{FileInfo, FileSettings, PartitionedWriter, RowLocation};
 
 /// Encodes a table's primary-key columns into comparable byte keys.
 pub struct KeyCodec {
     converter: RowConverter,
     columns: Vec<String>,
-    indices: Vec<usize>,
     schema: ArrowSchemaRef,
     first_field_id: i32,
 }
@@ -52,13 +51,11 @@ impl KeyCodec {
         arrow_schema: &ArrowSchemaRef,
         key: &[String],
     ) -> Result<Self> {
-        let mut indices = Vec::new();
         let mut fields = Vec::new();
         for k in key {
             let i = arrow_schema
                 .index_of(k)
                 .map_err(|_| internal(format!("key column {k} is not in the table")))?;
-            indices.push(i);
             fields.push(arrow_schema.field(i).clone());
         }
         let first = key.first().ok_or_else(|| internal("empty key"))?;
@@ -73,22 +70,33 @@ impl KeyCodec {
         Ok(KeyCodec {
             converter: RowConverter::new(sort_fields).map_err(|e| internal(e.to_string()))?,
             columns: key.to_vec(),
-            indices,
             schema: Arc::new(ArrowSchema::new(fields)),
             first_field_id,
         })
     }
 
-    /// Encode the key columns of `rows` (in the table's schema).
-    pub fn encode(&self, rows: &RecordBatch) -> Result<Rows> {
-        let columns: Vec<ArrayRef> = self
-            .indices
+    /// Encode the key columns of `rows`, found by name (the rows may be a source batch
+    /// whose other columns do not fit the table, e.g. key-only before-images).
+    pub fn encode(&self, table: &str, rows: &RecordBatch) -> Result<Rows> {
+        let columns = self
+            .columns
             .iter()
-            .map(|i| rows.column(*i).clone())
-            .collect();
-        self.converter
-            .convert_columns(&columns)
-            .map_err(|e| internal(e.to_string()))
+            .map(|name| {
+                rows.column_by_name(name).cloned().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Unsupported,
+                        format!("table {table}: rows lack key column {name}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        self.converter.convert_columns(&columns).map_err(|e| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("table {table}: key columns do not match the lake table"),
+            )
+            .with_source(e)
+        })
     }
 
     fn decode(&self, keys: &HashSet<Key>) -> Result<RecordBatch> {
@@ -104,7 +112,7 @@ impl KeyCodec {
     /// The lookup query for `keys`; single integer keys get min/max pruning.
     fn query<'a>(&'a self, keys: &'a HashSet<Key>) -> Result<KeyQuery<'a>> {
         let int_keys =
-            if self.indices.len() == 1 && self.schema.field(0).data_type() == &DataType::Int64 {
+            if self.columns.len() == 1 && self.schema.field(0).data_type() == &DataType::Int64 {
                 let batch = self.decode(keys)?;
                 let mut v: Vec<i64> = batch
                     .column(0)
@@ -415,16 +423,9 @@ async fn rewrite_without(
 #[async_trait::async_trait]
 impl TableWriter for UpsertWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
-        let rows = conform(&self.name, &self.ctx.arrow_schema, &batch.rows)?;
-        let keys = self.codec.encode(&rows)?;
-        let written = if batch.is_insert_only() {
-            rows
-        } else {
-            let keep: BooleanArray = (0..batch.num_rows())
-                .map(|i| Some(!batch.op(i).removes()))
-                .collect();
-            filter_record_batch(&rows, &keep).map_err(|e| internal(e.to_string()))?
-        };
+        let keys = self.codec.encode(&self.name, &batch.rows)?;
+        // Only after-images are written; removals are identified by their key alone.
+        let written = conform(&self.name, &self.ctx.arrow_schema, &after_images(&batch)?)?;
         self.rows += written.num_rows() as u64;
         self.locations.clear();
         self.data.write(&written, Some(&mut self.locations)).await?;
