@@ -132,8 +132,17 @@ struct Probe {
 const SOURCE_TYPES: &str = "\"datagen\"";
 const SINK_TYPES: &str = "\"iceberg\"";
 
-/// Suggest the closest known name for an unknown field in a serde message.
+/// Suggest the closest known name for an unknown field in a serde message, or what to
+/// add for a missing one.
 fn with_hint(message: &str) -> String {
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        return format!(
+            "missing field `{field}`: add `{field} = ...` to this section (every key is described in docs/config.md)"
+        );
+    }
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.trim_end().to_string();
     };
