@@ -12,8 +12,8 @@ use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 use lakeshore_api::{Error, ErrorKind, Result};
 use sqlx::AnyPool;
 
-/// Where the catalog lives.
-#[derive(Debug, Clone)]
+/// Where the catalog lives. Its `Debug` hides any password in the URI.
+#[derive(Clone)]
 pub struct CatalogConfig {
     /// Catalog name as recorded in `iceberg_tables.catalog_name` (readers must use the same).
     pub name: String,
@@ -21,6 +21,16 @@ pub struct CatalogConfig {
     pub uri: String,
     /// Warehouse root: an absolute local path (or `file://` URL).
     pub warehouse: String,
+}
+
+impl std::fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("name", &self.name)
+            .field("uri", &redact(&self.uri))
+            .field("warehouse", &self.warehouse)
+            .finish()
+    }
 }
 
 /// An open catalog.
@@ -133,6 +143,12 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
+        let cfg = CatalogConfig {
+            name: "c".into(),
+            uri: "postgres://u:secret@h/db".into(),
+            warehouse: "/w".into(),
+        };
+        assert!(!format!("{cfg:?}").contains("secret"));
         assert_eq!(
             redact("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_array::{Array, StringArray};
 use arrow_row::RowConverter;
 use futures::TryStreamExt;
 use iceberg::arrow::ArrowFileReader;
@@ -221,16 +221,19 @@ async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result
     Ok(positions)
 }
 
-/// Positions of the found rows' files that live position deletes already remove.
+/// The found rows that live position deletes already remove. Only the found positions
+/// are kept in memory while the delete files stream past, so memory is bounded by the
+/// checkpoint's keys, not by the table's delete history.
 async fn deleted_positions(
     file_io: &FileIO,
     found: &[LiveRow],
     delete_files: &[DeleteFile],
 ) -> Result<HashSet<(Arc<str>, i64)>> {
-    let mut paths: HashMap<&str, Arc<str>> = HashMap::new();
+    // Found positions per data file path.
+    let mut wanted: HashMap<&str, HashSet<i64>> = HashMap::new();
     let mut partitions: HashSet<(i32, &Struct)> = HashSet::new();
     for r in found {
-        paths.insert(&r.path, r.path.clone());
+        wanted.entry(&r.path).or_default().insert(r.pos);
         partitions.insert((r.spec_id, &r.partition));
     }
     let mut deleted = HashSet::new();
@@ -238,15 +241,15 @@ async fn deleted_positions(
         if !partitions.contains(&(d.spec_id, &d.partition)) {
             continue;
         }
-        let in_bounds = |p: &str| {
-            let s = |d: &Option<Datum>| match d.as_ref().map(|d| d.literal()) {
-                Some(PrimitiveLiteral::String(s)) => Some(s.clone()),
-                _ => None,
-            };
-            s(&d.lower).is_none_or(|lo| p >= lo.as_str())
-                && s(&d.upper).is_none_or(|hi| p <= hi.as_str())
+        let bound = |d: &Option<Datum>| match d.as_ref().map(|d| d.literal()) {
+            Some(PrimitiveLiteral::String(s)) => Some(s.clone()),
+            _ => None,
         };
-        if !paths.keys().any(|p| in_bounds(p)) {
+        let (lower, upper) = (bound(&d.lower), bound(&d.upper));
+        let in_bounds = |p: &str| {
+            lower.as_deref().is_none_or(|lo| p >= lo) && upper.as_deref().is_none_or(|hi| p <= hi)
+        };
+        if !wanted.keys().any(|p| in_bounds(p)) {
             continue;
         }
         let mut stream = open_parquet(file_io, &d.path)
@@ -254,29 +257,22 @@ async fn deleted_positions(
             .build()
             .map_err(|e| io(&d.path, e))?;
         while let Some(batch) = stream.try_next().await.map_err(|e| io(&d.path, e))? {
-            collect_deletes(&batch, &paths, &mut deleted)?;
+            let file_paths = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| internal("position delete file_path is not a string column"))?;
+            let pos = batch.column(1).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                if let Some(positions) = wanted.get(file_paths.value(i))
+                    && positions.contains(&pos.value(i))
+                {
+                    deleted.insert((Arc::from(file_paths.value(i)), pos.value(i)));
+                }
+            }
         }
     }
     Ok(deleted)
-}
-
-fn collect_deletes(
-    batch: &RecordBatch,
-    paths: &HashMap<&str, Arc<str>>,
-    out: &mut HashSet<(Arc<str>, i64)>,
-) -> Result<()> {
-    let file_paths = batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| internal("position delete file_path is not a string column"))?;
-    let pos = batch.column(1).as_primitive::<Int64Type>();
-    for i in 0..batch.num_rows() {
-        if let Some(p) = paths.get(file_paths.value(i)) {
-            out.insert((p.clone(), pos.value(i)));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
