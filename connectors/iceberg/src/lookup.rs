@@ -41,10 +41,14 @@ pub struct LiveRow {
 /// any integer key, live inline without a heap allocation.
 pub type Key = smallvec::SmallVec<[u8; 16]>;
 
+/// A set of keys, hashed with a fast seeded hash (keys are hashed once per row written
+/// and once per row scanned in a lookup).
+pub type KeySet = foldhash::HashSet<Key>;
+
 /// What to look up: encoded keys.
 pub struct KeyQuery<'a> {
     /// Encoded keys.
-    pub keys: &'a HashSet<Key>,
+    pub keys: &'a KeySet,
     /// Encoder of the key columns, in key order.
     pub converter: &'a RowConverter,
     /// Key column names, in key order.
@@ -93,6 +97,7 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
     if query.keys.is_empty() {
         return Ok(Vec::new());
     }
+    let started = std::time::Instant::now();
     let file_io = table.file_io();
     let list = table
         .manifest_list_reader(&snapshot)
@@ -149,6 +154,7 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
         }
     }
 
+    let planned = started.elapsed();
     let mut found = Vec::new();
     for c in &candidates {
         for pos in scan_keys(file_io, &c.path, query).await? {
@@ -160,11 +166,21 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
             });
         }
     }
-    if found.is_empty() {
-        return Ok(found);
+    let scanned = started.elapsed();
+    if !found.is_empty() {
+        let deleted = deleted_positions(file_io, &found, &delete_files).await?;
+        found.retain(|r| !deleted.contains(&(r.path.clone(), r.pos)));
     }
-    let deleted = deleted_positions(file_io, &found, &delete_files).await?;
-    found.retain(|r| !deleted.contains(&(r.path.clone(), r.pos)));
+    tracing::debug!(
+        keys = query.keys.len(),
+        candidates = candidates.len(),
+        delete_files = delete_files.len(),
+        found = found.len(),
+        plan_ms = planned.as_millis() as u64,
+        scan_ms = (scanned - planned).as_millis() as u64,
+        deletes_ms = (started.elapsed() - scanned).as_millis() as u64,
+        "key lookup"
+    );
     Ok(found)
 }
 

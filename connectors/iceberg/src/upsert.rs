@@ -30,7 +30,7 @@ use parquet::arrow::ArrowWriter;
 use crate::catalog::CatalogHandle;
 use crate::commit::RowDelta;
 use crate::error::{ice, internal, io};
-use crate::lookup::{Key, KeyQuery, find_live_rows, open_parquet};
+use crate::lookup::{Key, KeyQuery, KeySet, find_live_rows, open_parquet};
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::conform;
 use crate::table_writer::{TableContext, after_images};
@@ -99,7 +99,7 @@ impl KeyCodec {
         })
     }
 
-    fn decode(&self, keys: &HashSet<Key>) -> Result<RecordBatch> {
+    fn decode(&self, keys: &KeySet) -> Result<RecordBatch> {
         let parser = self.converter.parser();
         let rows: Vec<_> = keys.iter().map(|k| parser.parse(k)).collect();
         let arrays = self
@@ -110,7 +110,7 @@ impl KeyCodec {
     }
 
     /// The lookup query for `keys`; single integer keys get min/max pruning.
-    fn query<'a>(&'a self, keys: &'a HashSet<Key>) -> Result<KeyQuery<'a>> {
+    fn query<'a>(&'a self, keys: &'a KeySet) -> Result<KeyQuery<'a>> {
         let int_keys =
             if self.columns.len() == 1 && self.schema.field(0).data_type() == &DataType::Int64 {
                 let batch = self.decode(keys)?;
@@ -134,12 +134,7 @@ impl KeyCodec {
     }
 
     /// Store `keys` as a Parquet file of the key columns at `path`.
-    async fn write_keys(
-        &self,
-        files: &FileSettings,
-        path: &str,
-        keys: &HashSet<Key>,
-    ) -> Result<()> {
+    async fn write_keys(&self, files: &FileSettings, path: &str, keys: &KeySet) -> Result<()> {
         let batch = self.decode(keys)?;
         let mut buf = Vec::new();
         let mut w =
@@ -151,12 +146,12 @@ impl KeyCodec {
     }
 
     /// Read keys written by [`KeyCodec::write_keys`].
-    async fn read_keys(&self, files: &FileSettings, path: &str) -> Result<HashSet<Key>> {
+    async fn read_keys(&self, files: &FileSettings, path: &str) -> Result<KeySet> {
         let mut stream = open_parquet(&files.file_io, path)
             .await?
             .build()
             .map_err(|e| io(path, e))?;
-        let mut keys = HashSet::new();
+        let mut keys = KeySet::default();
         while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
             let rows = self
                 .converter
@@ -221,7 +216,7 @@ pub async fn committed_deletes(
     table: &Table,
     files: &FileSettings,
     codec: &KeyCodec,
-    keys: &HashSet<Key>,
+    keys: &KeySet,
 ) -> Result<LookupDeletes> {
     if keys.is_empty() {
         return Ok(LookupDeletes::default());
@@ -278,9 +273,9 @@ pub struct UpsertWriter {
     name: String,
     data: PartitionedWriter,
     codec: KeyCodec,
-    index: HashMap<Key, KeyState>,
+    index: foldhash::HashMap<Key, KeyState>,
     own_deletes: Vec<RowLocation>,
-    lookup: HashSet<Key>,
+    lookup: KeySet,
     rows: u64,
     locations: Vec<RowLocation>,
 }
@@ -302,9 +297,9 @@ impl UpsertWriter {
             name,
             data,
             codec,
-            index: HashMap::new(),
+            index: Default::default(),
             own_deletes: Vec::new(),
-            lookup: HashSet::new(),
+            lookup: KeySet::default(),
             rows: 0,
             locations: Vec::new(),
         })
