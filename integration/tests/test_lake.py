@@ -257,3 +257,22 @@ def test_foreign_rewrite_forces_a_new_lookup_not_a_dangling_delete(tmp_path, duc
     assert relookups >= 1, "no commit had to look its keys up again; the test did not exercise the race"
     exp = p.expected()
     assert_same_rows(duck, p, "orders", exp / "orders.parquet", ORDER_COLUMNS)
+
+
+def test_a_second_copy_is_fenced_off(tmp_path, duck):
+    """Two copies of one pipeline race for the same checkpoint records: one stops with
+    exit code 1 and says why, the other finishes, and nothing is committed twice."""
+    p = Pipeline(tmp_path, "twice",
+                 {"type": "datagen", "profile": "orders", "events": 40_000, "initial_rows": 5_000, "seed": 8,
+                  "rate": 20_000, "batch_events": 500},
+                 {"namespace": "shop", "mode": "upsert"}, interval="300ms")
+    first, second = p.start(), p.start()
+    results = [(proc.wait(timeout=300), proc.communicate()[1]) for proc in (first, second)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    loser = next(err for code, err in results if code == 1)
+    assert "written by another running copy" in loser, loser
+    # Re-running completes whatever the loser's last run left, then the lake is exact.
+    p.backfill()
+    exp = p.expected()
+    assert_same_rows(duck, p, "orders", exp / "orders.parquet", ORDER_COLUMNS)

@@ -104,17 +104,13 @@ impl IcebergSink {
     pub async fn connect(opts: IcebergOptions) -> Result<Self> {
         let catalog = Arc::new(CatalogHandle::open(&opts.catalog).await?);
         let namespace = NamespaceIdent::from_strs(opts.namespace.split('.')).map_err(ice)?;
-        if !catalog
-            .catalog()
-            .namespace_exists(&namespace)
-            .await
-            .map_err(ice)?
+        let cat = catalog.catalog();
+        if !cat.namespace_exists(&namespace).await.map_err(ice)?
+            && let Err(e) = cat.create_namespace(&namespace, Default::default()).await
+            // Another pipeline (or copy) may have created it meanwhile.
+            && !cat.namespace_exists(&namespace).await.map_err(ice)?
         {
-            catalog
-                .catalog()
-                .create_namespace(&namespace, Default::default())
-                .await
-                .map_err(ice)?;
+            return Err(ice(e));
         }
         Ok(IcebergSink {
             catalog,
