@@ -100,7 +100,7 @@ pub async fn run(
     if let Some(rec) = &last {
         let ctx = context(&spec.name, rec.id, &rec.position);
         for p in &rec.pending {
-            let committed = sink.commit(p, &ctx).await?;
+            let committed = commit_with_retry(sink.as_ref(), p, &ctx).await?;
             if committed {
                 tracing::info!(pipeline = %spec.name, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
             }
@@ -280,6 +280,27 @@ pub async fn run(
     Ok(summary)
 }
 
+/// Commit one table, retrying errors the sink marks retryable (a busy catalog database,
+/// a storage hiccup). Commits are idempotent, so a retry after an unknown outcome is safe.
+async fn commit_with_retry(
+    sink: &dyn Sink,
+    pending: &PendingCommit,
+    ctx: &CommitContext,
+) -> Result<bool> {
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1.. {
+        match sink.commit(pending, ctx).await {
+            Err(e) if e.is_retryable() && attempt < 8 => {
+                tracing::warn!(table = %pending.table, checkpoint = ctx.checkpoint_id, attempt, error = %e, "commit failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// Crash tests set `LAKESHORE_TEST_COMMIT_PAUSE_MS` to widen the window between the
 /// checkpoint record and the table commits, so that random kills land inside it.
 async fn test_pause() {
@@ -370,7 +391,7 @@ async fn committer_task(
             let ctx = context(&spec.name, id, &position);
             for p in &pending {
                 test_pause().await;
-                sink.commit(p, &ctx).await?;
+                commit_with_retry(sink.as_ref(), p, &ctx).await?;
                 total_rows += p.added_rows;
             }
             let took = at.elapsed();

@@ -4,13 +4,17 @@ use lakeshore_api::{Error, ErrorKind};
 
 /// An iceberg-rust error, kept retryable when iceberg says so.
 pub fn ice(e: iceberg::Error) -> Error {
+    use iceberg::ErrorKind as K;
     let kind = if e.retryable() {
         ErrorKind::Transient
     } else {
         match e.kind() {
-            iceberg::ErrorKind::CatalogCommitConflicts => ErrorKind::Conflict,
-            iceberg::ErrorKind::FeatureUnsupported => ErrorKind::Unsupported,
-            _ => ErrorKind::Transient,
+            K::CatalogCommitConflicts => ErrorKind::Conflict,
+            K::FeatureUnsupported => ErrorKind::Unsupported,
+            // I/O and catalog database failures surface as `Unexpected`.
+            K::Unexpected => ErrorKind::Transient,
+            K::NamespaceNotFound | K::TableNotFound => ErrorKind::Config,
+            _ => ErrorKind::Internal,
         }
     };
     Error::new(kind, "iceberg").with_source(e)
