@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use lakeshore_api::{
     ChangeBatch, CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, Source, SourceEvent,
-    SourcePosition, TableTarget, TableWriter,
+    SourcePosition, TableSchema, TableTarget, TableWriter,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -98,16 +98,9 @@ pub async fn run(
     let last = store.latest().await?;
     let mut summary = RunSummary::default();
     if let Some(rec) = &last {
-        let ctx = context(&spec.name, rec.id, &rec.position);
-        for p in &rec.pending {
-            let committed = commit_with_retry(sink.as_ref(), p, &ctx).await?;
-            if committed {
-                tracing::info!(pipeline = %spec.name, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
-            }
-        }
+        recover(&spec.name, rec, sink.as_ref()).await?;
         summary.resumed_from = Some(rec.id);
         summary.last_checkpoint = Some(rec.id);
-        tracing::info!(pipeline = %spec.name, checkpoint = rec.id, position = %rec.position, "resuming");
     }
     let mut source = open_source(last.as_ref().map(|r| &r.position))?;
     let first_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
@@ -115,35 +108,14 @@ pub async fn run(
     // Writers, one per lake table.
     let (committed_tx, committed_rx) = watch::channel(first_id - 1);
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-    let mut writers: Vec<Writer> = Vec::new();
-    let mut targets: Vec<String> = Vec::new();
-    let mut route: HashMap<String, usize> = HashMap::new();
-    for table in source.tables() {
-        let target = (spec.route)(&table.name);
-        let idx = match targets.iter().position(|t| *t == target) {
-            Some(i) => i,
-            None => {
-                let writer = sink
-                    .open_table(&TableTarget {
-                        source: table.clone(),
-                        name: target.clone(),
-                        partitioning: spec.partitioning.get(&target).cloned().unwrap_or_default(),
-                    })
-                    .await?;
-                let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-                let task = tokio::spawn(writer_task(
-                    writer,
-                    rx,
-                    commit_tx.clone(),
-                    committed_rx.clone(),
-                ));
-                writers.push(Writer { tx, task });
-                targets.push(target.clone());
-                targets.len() - 1
-            }
-        };
-        route.insert(table.name.clone(), idx);
-    }
+    let (writers, targets, route) = open_writers(
+        &spec,
+        source.tables(),
+        sink.as_ref(),
+        &commit_tx,
+        &committed_rx,
+    )
+    .await?;
     let to_committer = commit_tx;
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
     let committer = tokio::spawn(committer_task(
@@ -278,6 +250,59 @@ pub async fn run(
     }
     summary.rows = targets.into_iter().zip(rows_per_writer).collect();
     Ok(summary)
+}
+
+/// Finish the newest checkpoint record: commit its pending files (idempotent).
+async fn recover(pipeline: &str, rec: &CheckpointRecord, sink: &dyn Sink) -> Result<()> {
+    let ctx = context(pipeline, rec.id, &rec.position);
+    for p in &rec.pending {
+        if commit_with_retry(sink, p, &ctx).await? {
+            tracing::info!(pipeline, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
+        }
+    }
+    tracing::info!(pipeline, checkpoint = rec.id, position = %rec.position, "resuming");
+    Ok(())
+}
+
+/// One writer task per lake table (several source tables may route to one); returns the
+/// writers, their lake table names, and source table → writer index.
+async fn open_writers(
+    spec: &PipelineSpec,
+    tables: Vec<TableSchema>,
+    sink: &dyn Sink,
+    to_committer: &mpsc::UnboundedSender<CommitterMsg>,
+    committed: &watch::Receiver<u64>,
+) -> Result<(Vec<Writer>, Vec<String>, HashMap<String, usize>)> {
+    let mut writers: Vec<Writer> = Vec::new();
+    let mut targets: Vec<String> = Vec::new();
+    let mut route: HashMap<String, usize> = HashMap::new();
+    for table in tables {
+        let target = (spec.route)(&table.name);
+        let idx = match targets.iter().position(|t| *t == target) {
+            Some(i) => i,
+            None => {
+                let writer = sink
+                    .open_table(&TableTarget {
+                        source: table.clone(),
+                        name: target.clone(),
+                        partitioning: spec.partitioning.get(&target).cloned().unwrap_or_default(),
+                    })
+                    .await?;
+                let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+                let task = tokio::spawn(writer_task(
+                    writer,
+                    rx,
+                    to_committer.clone(),
+                    committed.clone(),
+                ));
+                writers.push(Writer { tx, task });
+                targets.push(target);
+                targets.len() - 1
+            }
+        };
+        route.insert(table.name, idx);
+    }
+    Ok((writers, targets, route))
 }
 
 /// Commit one table, retrying errors the sink marks retryable (a busy catalog database,
