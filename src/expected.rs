@@ -28,6 +28,7 @@ pub fn write(plan: &Plan, out: &Path) -> anyhow::Result<()> {
             let cfg = orders::OrdersConfig {
                 seed: o.seed,
                 initial_rows: o.initial_rows,
+                note_from: o.add_column_at,
             };
             vec![("orders", orders::fold_batch(&cfg, events))]
         }

@@ -276,3 +276,21 @@ def test_a_second_copy_is_fenced_off(tmp_path, duck):
     p.backfill()
     exp = p.expected()
     assert_same_rows(duck, p, "orders", exp / "orders.parquet", ORDER_COLUMNS)
+
+
+def test_added_source_column_lands_in_the_lake_across_crashes(tmp_path, duck):
+    """The generator adds a column `note` half-way (a schema change); the lake table gains
+    it (older rows read null), under kill -9 as well, and equals the folded source."""
+    p = Pipeline(tmp_path, "evolving",
+                 {"type": "datagen", "profile": "orders", "events": 90_000, "initial_rows": 10_000, "seed": 13,
+                  "rate": 20_000, "batch_events": 500, "add_column_at": 45_000},
+                 {"namespace": "shop", "mode": "upsert"}, partitioning={"orders": ["status"]}, interval="250ms")
+    logs = run_with_crashes(p, kills=3, window=(0.8, 2.0), seed="evolve")
+    assert any("adding columns" in log for log in logs), "no run added the column"
+    exp = p.expected()
+    got = assert_same_rows(duck, p, "orders", exp / "orders.parquet", ORDER_COLUMNS + ["note"])
+    rel = lake.scan(p.catalog_db, "shop.orders")
+    with_note = duck.execute(f"select count(*) from {rel} where note is not null").fetchone()[0]
+    assert 0 < with_note < got[0]
+    schema = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders").schema()
+    assert schema.find_field("note").field_type.__class__.__name__ == "StringType"

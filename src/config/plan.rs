@@ -53,7 +53,7 @@ impl SourcePlan {
     /// Tables the source produces, when known without connecting.
     pub fn known_tables(&self) -> Option<Vec<TableSchema>> {
         match self {
-            SourcePlan::Datagen(o) => Some(DatagenSource::schemas(o.profile)),
+            SourcePlan::Datagen(o) => Some(DatagenSource::schemas(o)),
         }
     }
 }
@@ -307,6 +307,12 @@ fn location_url(s: &str) -> String {
 }
 
 fn datagen(src: &SourceText<'_>, s: &raw::DatagenSection) -> Result<SourcePlan, ConfigError> {
+    if let (Some(at), DatagenProfile::Nexmark) = (&s.add_column_at, s.profile) {
+        return Err(src.error(
+            Some(at.span()),
+            "add_column_at works with profile = \"orders\" only",
+        ));
+    }
     let batch_events = match &s.batch_events {
         Some(b) if *b.get_ref() == 0 => {
             return Err(src.error(Some(b.span()), "batch_events must be at least 1"));
@@ -324,6 +330,7 @@ fn datagen(src: &SourceText<'_>, s: &raw::DatagenSection) -> Result<SourcePlan, 
         seed: s.seed,
         batch_events,
         initial_rows: s.initial_rows,
+        add_column_at: s.add_column_at.as_ref().map(|a| *a.get_ref()),
     }))
 }
 

@@ -75,6 +75,9 @@ pub struct DatagenSection {
     /// `orders` only: the first `initial_rows` events are inserts. Default 0.
     #[serde(default)]
     pub initial_rows: u64,
+    /// `orders` only: from this event on, rows carry a new column `note` (a schema
+    /// change, to exercise schema evolution).
+    pub add_column_at: Option<Spanned<u64>>,
 }
 
 /// Data sets of the generator.

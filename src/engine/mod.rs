@@ -67,6 +67,7 @@ pub struct RunSummary {
 
 enum WriterMsg {
     Batch(ChangeBatch),
+    Evolve(TableSchema),
     Barrier(u64),
 }
 
@@ -178,7 +179,11 @@ pub async fn run(
                 }
                 Some(SourceEvent::Barrier { id, position }) => {
                     last_barrier = Instant::now();
-                    let msg = CommitterMsg::Started { id, position, at: requested_at };
+                    let msg = CommitterMsg::Started {
+                        id,
+                        position,
+                        at: requested_at,
+                    };
                     for w in &writers {
                         if w.tx.send(WriterMsg::Barrier(id)).await.is_err() {
                             return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
@@ -195,7 +200,19 @@ pub async fn run(
                     }
                 }
                 Some(SourceEvent::SchemaChange(t)) => {
-                    tracing::warn!(pipeline = %spec.name, table = %t.name, "schema change ignored: schema evolution is not implemented yet");
+                    let Some(&w) = route.get(&t.name) else {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "table {} appeared while running; restart the pipeline to add it",
+                                t.name
+                            ),
+                        ));
+                    };
+                    tracing::info!(pipeline = %spec.name, table = %t.name, "schema change");
+                    if writers[w].tx.send(WriterMsg::Evolve(t)).await.is_err() {
+                        return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
+                    }
                 }
                 Some(_) => {}
                 None => {
@@ -358,6 +375,7 @@ async fn writer_task(
     while let Some(msg) = rx.recv().await {
         match msg {
             WriterMsg::Batch(b) => writer.write(b).await?,
+            WriterMsg::Evolve(schema) => writer.evolve(&schema).await?,
             WriterMsg::Barrier(id) => {
                 // Lookups of committed rows must see every earlier checkpoint.
                 committed

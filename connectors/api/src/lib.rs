@@ -275,8 +275,19 @@ pub trait TableWriter: Send {
     /// look up committed rows see everything before this checkpoint.
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit>;
 
-    /// Called once the checkpoint's commit is visible, so the writer may rely on it.
-    fn committed(&mut self, _checkpoint_id: u64) {}
+    /// The source table's schema changed; later batches use `schema`. Writers add new
+    /// columns to the lake table (existing rows read them as null), keep dropped ones
+    /// (null from then on), and refuse other changes with an error that names the table
+    /// and the column.
+    async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "table {}: this sink does not support schema changes",
+                schema.name
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]

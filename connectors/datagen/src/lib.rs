@@ -43,12 +43,16 @@ pub struct DatagenOptions {
     pub batch_events: u64,
     /// `orders` only: the first `initial_rows` events are inserts.
     pub initial_rows: u64,
+    /// `orders` only: from this event on, rows carry a new column `note`.
+    pub add_column_at: Option<u64>,
 }
 
 /// The generator source.
 pub struct DatagenSource {
     opts: DatagenOptions,
     next: u64,
+    /// The schema change is still to be announced (the run started before it).
+    schema_change_due: bool,
     ready: VecDeque<SourceEvent>,
     barrier: Option<u64>,
     /// Rate limiting: when event `paced_from` was due.
@@ -69,9 +73,11 @@ impl DatagenSource {
                 )
             })?,
         };
+        let schema_change_due = opts.add_column_at.is_some_and(|at| next < at);
         Ok(DatagenSource {
             opts,
             next,
+            schema_change_due,
             ready: VecDeque::new(),
             barrier: None,
             started: Instant::now(),
@@ -79,23 +85,36 @@ impl DatagenSource {
         })
     }
 
-    /// Table schemas of a profile.
-    pub fn schemas(profile: Profile) -> Vec<TableSchema> {
-        match profile {
+    /// Table schemas of the generator once every schema change happened.
+    pub fn schemas(opts: &DatagenOptions) -> Vec<TableSchema> {
+        Self::schemas_at(opts, u64::MAX)
+    }
+
+    /// Table schemas at event `n`.
+    fn schemas_at(opts: &DatagenOptions, n: u64) -> Vec<TableSchema> {
+        match opts.profile {
             Profile::Nexmark => vec![
                 table("person", nexmark::person_schema(), &["id"]),
                 table("auction", nexmark::auction_schema(), &["id"]),
                 table("bid", nexmark::bid_schema(), &[]),
             ],
-            Profile::Orders => vec![table("orders", orders::schema(), &["order_id"])],
+            Profile::Orders => {
+                let note = Self::orders_config_of(opts).has_note(n);
+                vec![table("orders", orders::schema(note), &["order_id"])]
+            }
+        }
+    }
+
+    fn orders_config_of(opts: &DatagenOptions) -> orders::OrdersConfig {
+        orders::OrdersConfig {
+            seed: opts.seed,
+            initial_rows: opts.initial_rows,
+            note_from: opts.add_column_at,
         }
     }
 
     fn orders_config(&self) -> orders::OrdersConfig {
-        orders::OrdersConfig {
-            seed: self.opts.seed,
-            initial_rows: self.opts.initial_rows,
-        }
+        Self::orders_config_of(&self.opts)
     }
 
     async fn pace(&mut self, end: u64) {
@@ -111,7 +130,11 @@ impl DatagenSource {
         if self.opts.rate > 0 {
             size = size.min((self.opts.rate / 10).max(1));
         }
-        let end = self.next + size;
+        let mut end = self.next + size;
+        // A chunk never straddles the schema change.
+        if let Some(at) = self.opts.add_column_at.filter(|at| self.next < *at) {
+            end = end.min(at);
+        }
         match self.opts.events {
             Some(total) if self.next >= total => None,
             Some(total) => Some(end.min(total)),
@@ -131,7 +154,7 @@ fn table(name: &str, schema: arrow_schema::SchemaRef, key: &[&str]) -> TableSche
 #[async_trait::async_trait]
 impl Source for DatagenSource {
     fn tables(&self) -> Vec<TableSchema> {
-        Self::schemas(self.opts.profile)
+        Self::schemas_at(&self.opts, self.next)
     }
 
     async fn next_event(&mut self) -> Result<Option<SourceEvent>> {
@@ -147,6 +170,13 @@ impl Source for DatagenSource {
         let Some(end) = self.chunk_end() else {
             return Ok(None);
         };
+        if self.schema_change_due && self.opts.add_column_at == Some(self.next) {
+            self.schema_change_due = false;
+            let changed = Self::schemas_at(&self.opts, self.next);
+            self.ready
+                .extend(changed.into_iter().map(SourceEvent::SchemaChange));
+            return Ok(self.ready.pop_front());
+        }
         self.pace(end).await;
         let (start, name) = (self.next, |s: &str| -> Arc<str> { Arc::from(s) });
         match self.opts.profile {
@@ -211,6 +241,7 @@ mod tests {
             seed: 3,
             batch_events: 100,
             initial_rows: 10,
+            add_column_at: None,
         }
     }
 

@@ -50,6 +50,15 @@ pub struct OrdersConfig {
     pub seed: u64,
     /// The first `initial_rows` events are inserts (a table's initial load).
     pub initial_rows: u64,
+    /// From this event on, rows carry a new column `note` (a schema change).
+    pub note_from: Option<u64>,
+}
+
+impl OrdersConfig {
+    /// Whether rows written by event `n` carry the `note` column.
+    pub fn has_note(&self, n: u64) -> bool {
+        self.note_from.is_some_and(|from| n >= from)
+    }
 }
 
 fn is_insert(cfg: &OrdersConfig, n: u64) -> bool {
@@ -80,17 +89,22 @@ pub fn event(cfg: &OrdersConfig, n: u64) -> OrderEvent {
     }
 }
 
-/// Schema of the `orders` table; `order_id` is the primary key.
-pub fn schema() -> SchemaRef {
+/// Schema of the `orders` table; `order_id` is the primary key. With `note`, the
+/// column added by the schema change.
+pub fn schema(note: bool) -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("order_id", DataType::Int64, false),
         Field::new("customer_id", DataType::Int64, true),
         Field::new("status", DataType::Utf8, true),
         Field::new("amount_cents", DataType::Int64, true),
         Field::new("created_at", ts.clone(), true),
         Field::new("updated_at", ts, true),
-    ]))
+    ];
+    if note {
+        fields.push(Field::new("note", DataType::Utf8, true));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// One row's values (after-image).
@@ -108,6 +122,8 @@ pub struct Order {
     pub created_at: i64,
     /// Time of the last change.
     pub updated_at: i64,
+    /// Set by changes after the schema change.
+    pub note: Option<String>,
 }
 
 fn time(n: u64) -> i64 {
@@ -119,6 +135,7 @@ fn after_image(cfg: &OrdersConfig, n: u64, ev: OrderEvent) -> Option<Order> {
     let mut rng = Rng::for_event(cfg.seed ^ 0xa11ce, n);
     let customer_id = rng.below(CUSTOMERS) as i64;
     let amount_cents = 100 + rng.below(100_000) as i64;
+    let note = cfg.has_note(n).then(|| format!("note-{n}"));
     match ev {
         OrderEvent::Insert => Some(Order {
             order_id: n as i64 + 1,
@@ -127,6 +144,7 @@ fn after_image(cfg: &OrdersConfig, n: u64, ev: OrderEvent) -> Option<Order> {
             amount_cents,
             created_at: time(n),
             updated_at: time(n),
+            note,
         }),
         OrderEvent::Update { target, new_key } => Some(Order {
             order_id: if new_key {
@@ -139,14 +157,16 @@ fn after_image(cfg: &OrdersConfig, n: u64, ev: OrderEvent) -> Option<Order> {
             amount_cents,
             created_at: time(target),
             updated_at: time(n),
+            note,
         }),
         OrderEvent::Delete { .. } => None,
     }
 }
 
-/// The rows and operations of events `[start, end)`.
+/// The rows and operations of events `[start, end)`; the range must not straddle the
+/// schema change (`note_from`).
 pub fn generate(cfg: &OrdersConfig, start: u64, end: u64) -> (RecordBatch, Vec<Op>) {
-    let mut rows = OrderColumns::default();
+    let mut rows = OrderColumns::new(cfg.has_note(start));
     let mut ops = Vec::with_capacity((end - start) as usize * 3 / 2);
     for n in start..end {
         let ev = event(cfg, n);
@@ -190,14 +210,13 @@ pub fn fold(cfg: &OrdersConfig, end: u64) -> BTreeMap<i64, Order> {
 
 /// The folded state as one batch in the table's schema, ordered by key.
 pub fn fold_batch(cfg: &OrdersConfig, end: u64) -> RecordBatch {
-    let mut rows = OrderColumns::default();
+    let mut rows = OrderColumns::new(end > 0 && cfg.has_note(end - 1));
     for order in fold(cfg, end).values() {
         rows.push(Some(order));
     }
     rows.finish()
 }
 
-#[derive(Default)]
 struct OrderColumns {
     order_id: Int64Builder,
     customer_id: Int64Builder,
@@ -205,9 +224,22 @@ struct OrderColumns {
     amount: Int64Builder,
     created_at: TimestampMicrosecondBuilder,
     updated_at: TimestampMicrosecondBuilder,
+    note: Option<StringBuilder>,
 }
 
 impl OrderColumns {
+    fn new(note: bool) -> Self {
+        OrderColumns {
+            order_id: Int64Builder::new(),
+            customer_id: Int64Builder::new(),
+            status: StringBuilder::new(),
+            amount: Int64Builder::new(),
+            created_at: TimestampMicrosecondBuilder::new(),
+            updated_at: TimestampMicrosecondBuilder::new(),
+            note: note.then(StringBuilder::new),
+        }
+    }
+
     fn push(&mut self, order: Option<&Order>) {
         let Some(o) = order else { return };
         self.order_id.append_value(o.order_id);
@@ -216,6 +248,9 @@ impl OrderColumns {
         self.amount.append_value(o.amount_cents);
         self.created_at.append_value(o.created_at);
         self.updated_at.append_value(o.updated_at);
+        if let Some(note) = &mut self.note {
+            note.append_option(o.note.as_deref());
+        }
     }
 
     /// A before-image or delete row: only the key is known to a history-free generator.
@@ -226,10 +261,13 @@ impl OrderColumns {
         self.amount.append_null();
         self.created_at.append_null();
         self.updated_at.append_null();
+        if let Some(note) = &mut self.note {
+            note.append_null();
+        }
     }
 
     fn finish(mut self) -> RecordBatch {
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.order_id.finish()),
             Arc::new(self.customer_id.finish()),
             Arc::new(self.status.finish()),
@@ -237,7 +275,11 @@ impl OrderColumns {
             Arc::new(self.created_at.finish().with_timezone("+00:00")),
             Arc::new(self.updated_at.finish().with_timezone("+00:00")),
         ];
-        RecordBatch::try_new(schema(), columns).expect("order columns match the orders schema")
+        let note = self.note.is_some();
+        if let Some(mut n) = self.note {
+            columns.push(Arc::new(n.finish()));
+        }
+        RecordBatch::try_new(schema(note), columns).expect("order columns match the orders schema")
     }
 }
 
@@ -248,6 +290,7 @@ mod tests {
     const CFG: OrdersConfig = OrdersConfig {
         seed: 11,
         initial_rows: 100,
+        note_from: None,
     };
 
     #[test]
@@ -265,6 +308,23 @@ mod tests {
                 assert_eq!(event(&CFG, *target), OrderEvent::Insert);
             }
         }
+    }
+
+    #[test]
+    fn the_schema_change_adds_a_note_column() {
+        let cfg = OrdersConfig {
+            note_from: Some(500),
+            ..CFG
+        };
+        assert_eq!(generate(&cfg, 0, 500).0.num_columns(), 6);
+        let (after, _) = generate(&cfg, 500, 600);
+        assert_eq!(after.num_columns(), 7);
+        assert_eq!(fold_batch(&cfg, 400).num_columns(), 6);
+        let folded = fold(&cfg, 1000);
+        assert!(
+            folded.values().any(|o| o.note.is_some()) && folded.values().any(|o| o.note.is_none())
+        );
+        assert_eq!(fold_batch(&cfg, 1000).num_columns(), 7);
     }
 
     #[test]

@@ -174,14 +174,18 @@ impl IcebergSink {
 #[async_trait::async_trait]
 impl Sink for IcebergSink {
     async fn open_table(&self, target: &TableTarget) -> Result<Box<dyn TableWriter>> {
-        let table = self.load_or_create(target).await?;
+        let mut table = self.load_or_create(target).await?;
         let (files, arrow_schema) = self.file_settings(&table)?;
-        let ctx = TableContext {
+        let mut ctx = TableContext {
             ident: self.ident(&target.name),
             files,
             arrow_schema,
             key: target.source.key.clone(),
         };
+        // A source that restarts with columns the table lacks (a schema change whose
+        // commit was interrupted) brings the table up to date first.
+        ctx.evolve(&self.catalog, &mut table, None, &target.source)
+            .await?;
         let name = format!("{}.{}", self.opts.namespace, target.name);
         let mode = self.opts.mode.unwrap_or(if ctx.key.is_empty() {
             WriteMode::Append
@@ -189,7 +193,12 @@ impl Sink for IcebergSink {
             WriteMode::Upsert
         });
         match mode {
-            WriteMode::Append => Ok(Box::new(AppendWriter::new(ctx, table, name)?)),
+            WriteMode::Append => Ok(Box::new(AppendWriter::new(
+                ctx,
+                self.catalog.clone(),
+                table,
+                name,
+            )?)),
             WriteMode::Upsert if ctx.key.is_empty() => Err(Error::new(
                 ErrorKind::Config,
                 format!(

@@ -80,6 +80,33 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         })
 }
 
+/// Columns of `source` that the lake table `current` lacks, with their Iceberg types.
+/// A column present on both sides with a different type is an error naming the table and
+/// the column (iceberg-rust 0.10 cannot promote types yet).
+pub fn added_columns(current: &Schema, source: &TableSchema) -> Result<Vec<(String, Type)>> {
+    let mut added = Vec::new();
+    for f in source.schema.fields() {
+        let ty = iceberg_type(&source.name, f.name(), f.data_type())?;
+        match current.field_by_name(f.name()) {
+            None => added.push((f.name().clone(), ty)),
+            Some(existing) if *existing.field_type != ty => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "table {}, column {}: type change from {} to {} is not supported; recreate the table or keep the old type",
+                        source.name,
+                        f.name(),
+                        existing.field_type,
+                        ty
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(added)
+}
+
 /// One parsed partition expression.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionExpr {
@@ -252,6 +279,44 @@ mod tests {
         assert_eq!(spec.fields()[0].name, "id_bucket_4");
         let err = partition_spec("t", &schema, &["day(nope)".into()]).unwrap_err();
         assert!(err.to_string().contains("partition column nope"));
+    }
+
+    #[test]
+    fn new_columns_are_found_and_type_changes_refused() {
+        let old = TableSchema {
+            name: "db.t".into(),
+            schema: Arc::new(ArrowSchema::new(vec![Field::new(
+                "id",
+                DataType::Int64,
+                false,
+            )])),
+            key: vec!["id".into()],
+        };
+        let current = to_iceberg_schema(&old).unwrap();
+        let wider = TableSchema {
+            schema: Arc::new(ArrowSchema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("note", DataType::Utf8, true),
+            ])),
+            ..old.clone()
+        };
+        let added = added_columns(&current, &wider).unwrap();
+        assert_eq!(added.len(), 1);
+        assert_eq!(added[0].0, "note");
+        assert!(added_columns(&current, &old).unwrap().is_empty());
+        let retyped = TableSchema {
+            schema: Arc::new(ArrowSchema::new(vec![Field::new(
+                "id",
+                DataType::Utf8,
+                false,
+            )])),
+            ..old
+        };
+        let err = added_columns(&current, &retyped).unwrap_err().to_string();
+        assert!(
+            err.starts_with("table db.t, column id: type change"),
+            "{err}"
+        );
     }
 
     #[test]

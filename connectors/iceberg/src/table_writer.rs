@@ -1,20 +1,27 @@
 //! What the table writers share — the table context and the serialised pending commit —
 //! and the [`AppendWriter`] (data files only). The upsert writer lives in `upsert`.
 
+use std::sync::Arc;
+
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use arrow_select::filter::filter_record_batch;
 use iceberg::TableIdent;
+use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
     DataFile, DataFileBuilder, FormatVersion, Literal, Struct, Type,
     deserialize_data_file_from_json, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
-use lakeshore_api::{ChangeBatch, PendingCommit, Result, TableWriter};
+use iceberg::transaction::AddColumn;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use lakeshore_api::{ChangeBatch, PendingCommit, Result, TableSchema, TableWriter};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::CatalogHandle;
 use crate::commit::RowDelta;
 use crate::error::{ice, internal};
+use crate::schema::added_columns;
 use crate::schema::conform;
 use crate::writer::{FileSettings, PartitionedWriter};
 
@@ -174,6 +181,51 @@ pub fn decode_pending(table: &Table, pending: &PendingCommit) -> Result<DecodedP
 }
 
 impl TableContext {
+    /// Bring the lake table up to `source`'s columns (adding the missing ones in a
+    /// metadata-only commit) and switch this context — and `data`, the writer of the
+    /// open checkpoint, if any — to the table's new schema. Idempotent: replaying the
+    /// change after a crash finds the columns already there.
+    pub async fn evolve(
+        &mut self,
+        catalog: &CatalogHandle,
+        table: &mut Table,
+        data: Option<&mut PartitionedWriter>,
+        source: &TableSchema,
+    ) -> Result<()> {
+        let fresh = catalog
+            .catalog()
+            .load_table(&self.ident)
+            .await
+            .map_err(ice)?;
+        let added = added_columns(fresh.metadata().current_schema(), source)?;
+        let evolved = if added.is_empty() {
+            fresh
+        } else {
+            let mut update = Transaction::new(&fresh).update_schema();
+            for (name, ty) in &added {
+                update = update.add_column(AddColumn::optional(name, ty.clone()));
+            }
+            let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::info!(table = %self.ident, columns = ?names, "adding columns");
+            update
+                .apply(Transaction::new(&fresh))
+                .map_err(ice)?
+                .commit(catalog.catalog())
+                .await
+                .map_err(ice)?
+        };
+        let schema = evolved.metadata().current_schema().clone();
+        if schema.schema_id() != self.files.schema.schema_id() {
+            self.arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice)?);
+            self.files.schema = schema;
+            if let Some(data) = data {
+                data.change_schema(self.files.clone()).await?;
+            }
+        }
+        *table = evolved;
+        Ok(())
+    }
+
     /// Describe `delta` as the pending commit of `checkpoint_id` for this table.
     pub fn pending(
         &self,
@@ -236,6 +288,7 @@ pub(crate) fn after_images(batch: &ChangeBatch) -> Result<RecordBatch> {
 /// Append mode: every insert and update-after becomes a data row; removals are ignored.
 pub struct AppendWriter {
     ctx: TableContext,
+    catalog: Arc<CatalogHandle>,
     table: Table,
     name: String,
     data: PartitionedWriter,
@@ -244,10 +297,16 @@ pub struct AppendWriter {
 
 impl AppendWriter {
     /// A writer for the table.
-    pub fn new(ctx: TableContext, table: Table, name: String) -> Result<Self> {
+    pub fn new(
+        ctx: TableContext,
+        catalog: Arc<CatalogHandle>,
+        table: Table,
+        name: String,
+    ) -> Result<Self> {
         let data = PartitionedWriter::new(ctx.files.clone())?;
         Ok(AppendWriter {
             ctx,
+            catalog,
             table,
             name,
             data,
@@ -274,5 +333,10 @@ impl TableWriter for AppendWriter {
         let rows = std::mem::take(&mut self.rows);
         self.ctx
             .pending(&self.table, checkpoint_id, rows, &delta, None)
+    }
+
+    async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
+        let (table, data) = (&mut self.table, Some(&mut self.data));
+        self.ctx.evolve(&self.catalog, table, data, schema).await
     }
 }

@@ -24,7 +24,9 @@ use futures::TryStreamExt;
 use iceberg::spec::{DataContentType, DataFile, Struct};
 use iceberg::table::Table;
 use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
-use lakeshore_api::{ChangeBatch, Error, ErrorKind, Op, PendingCommit, Result, TableWriter};
+use lakeshore_api::{
+    ChangeBatch, Error, ErrorKind, Op, PendingCommit, Result, TableSchema, TableWriter,
+};
 use parquet::arrow::ArrowWriter;
 
 use crate::catalog::CatalogHandle;
@@ -506,5 +508,10 @@ impl TableWriter for UpsertWriter {
         let rows = std::mem::take(&mut self.rows);
         self.ctx
             .pending(&self.table, checkpoint_id, rows, &delta, keys_file)
+    }
+
+    async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
+        let (table, data) = (&mut self.table, Some(&mut self.data));
+        self.ctx.evolve(&self.catalog, table, data, schema).await
     }
 }

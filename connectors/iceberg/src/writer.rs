@@ -90,6 +90,42 @@ pub struct PartitionedWriter {
 impl PartitionedWriter {
     /// A writer for `settings`; file names start with a fresh UUID so no two runs collide.
     pub fn new(settings: FileSettings) -> Result<Self> {
+        let (partition_type, calculator, converter) = Self::partitioning(&settings)?;
+        Ok(PartitionedWriter {
+            settings,
+            calculator,
+            partition_type,
+            converter,
+            open: HashMap::new(),
+            unpartitioned: None,
+            files: Vec::new(),
+            closed: Vec::new(),
+            run_id: uuid::Uuid::new_v4(),
+            counter: 0,
+        })
+    }
+
+    /// Switch to a new table schema: open files are finished with the old one (readers
+    /// resolve columns by field id) and stay part of the open checkpoint, with their
+    /// row positions.
+    pub async fn change_schema(&mut self, settings: FileSettings) -> Result<()> {
+        self.finish_open().await?;
+        let (partition_type, calculator, converter) = Self::partitioning(&settings)?;
+        self.settings = settings;
+        self.partition_type = partition_type;
+        self.calculator = calculator;
+        self.converter = converter;
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn partitioning(
+        settings: &FileSettings,
+    ) -> Result<(
+        StructType,
+        Option<PartitionValueCalculator>,
+        Option<RowConverter>,
+    )> {
         let partition_type = settings
             .spec
             .partition_type(&settings.schema)
@@ -109,18 +145,7 @@ impl PartitionedWriter {
             let conv = RowConverter::new(sort_fields).map_err(|e| internal(e.to_string()))?;
             (Some(calc), Some(conv))
         };
-        Ok(PartitionedWriter {
-            settings,
-            calculator,
-            partition_type,
-            converter,
-            open: HashMap::new(),
-            unpartitioned: None,
-            files: Vec::new(),
-            closed: Vec::new(),
-            run_id: uuid::Uuid::new_v4(),
-            counter: 0,
-        })
+        Ok((partition_type, calculator, converter))
     }
 
     /// The files of the open checkpoint so far.
@@ -147,6 +172,19 @@ impl PartitionedWriter {
                 .unwrap_or_else(Struct::empty),
         });
         Ok(OpenFile { id, writer })
+    }
+
+    async fn finish_open(&mut self) -> Result<()> {
+        let open: Vec<OpenFile> = self
+            .open
+            .drain()
+            .map(|(_, f)| f)
+            .chain(self.unpartitioned.take())
+            .collect();
+        for file in open {
+            self.finish(file).await?;
+        }
+        Ok(())
     }
 
     async fn finish(&mut self, file: OpenFile) -> Result<()> {
@@ -284,15 +322,7 @@ impl PartitionedWriter {
     /// Close every open file; returns the checkpoint's data files and the per-[`FileId`]
     /// infos, and starts a fresh checkpoint.
     pub async fn close(&mut self) -> Result<(Vec<DataFile>, Vec<FileInfo>)> {
-        let open: Vec<OpenFile> = self
-            .open
-            .drain()
-            .map(|(_, f)| f)
-            .chain(self.unpartitioned.take())
-            .collect();
-        for file in open {
-            self.finish(file).await?;
-        }
+        self.finish_open().await?;
         Ok((
             std::mem::take(&mut self.closed),
             std::mem::take(&mut self.files),
