@@ -57,6 +57,8 @@ pub struct KeyQuery<'a> {
     pub first_key_field: i32,
     /// Integer keys, sorted, when the key is a single integer column (enables pruning).
     pub int_keys: Option<Vec<i64>>,
+    /// The same integer keys as a set, to test scanned values without re-encoding them.
+    pub int_set: Option<foldhash::HashSet<i64>>,
 }
 
 struct Candidate {
@@ -223,13 +225,24 @@ async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result
             .map(|n| batch.column_by_name(n).cloned())
             .collect::<Option<_>>()
             .ok_or_else(|| internal(format!("{path}: key column missing from batch")))?;
-        let rows = query
-            .converter
-            .convert_columns(&columns)
-            .map_err(|e| io(path, e))?;
-        for (i, row) in rows.iter().enumerate() {
-            if query.keys.contains(row.as_ref()) {
-                positions.push(offset + i as i64);
+        match (&query.int_set, columns[0].as_primitive_opt::<Int64Type>()) {
+            (Some(set), Some(values)) if values.null_count() == 0 => {
+                for (i, v) in values.values().iter().enumerate() {
+                    if set.contains(v) {
+                        positions.push(offset + i as i64);
+                    }
+                }
+            }
+            _ => {
+                let rows = query
+                    .converter
+                    .convert_columns(&columns)
+                    .map_err(|e| io(path, e))?;
+                for (i, row) in rows.iter().enumerate() {
+                    if query.keys.contains(row.as_ref()) {
+                        positions.push(offset + i as i64);
+                    }
+                }
             }
         }
         offset += batch.num_rows() as i64;
@@ -279,11 +292,22 @@ async fn deleted_positions(
                 .downcast_ref::<StringArray>()
                 .ok_or_else(|| internal("position delete file_path is not a string column"))?;
             let pos = batch.column(1).as_primitive::<Int64Type>();
+            // Delete files are sorted by path: look each run of one path up once.
+            let mut current: Option<(&str, Option<&HashSet<i64>>)> = None;
             for i in 0..batch.num_rows() {
-                if let Some(positions) = wanted.get(file_paths.value(i))
+                let path = file_paths.value(i);
+                let positions = match current {
+                    Some((p, positions)) if p == path => positions,
+                    _ => {
+                        let positions = wanted.get(path);
+                        current = Some((path, positions));
+                        positions
+                    }
+                };
+                if let Some(positions) = positions
                     && positions.contains(&pos.value(i))
                 {
-                    deleted.insert((Arc::from(file_paths.value(i)), pos.value(i)));
+                    deleted.insert((Arc::from(path), pos.value(i)));
                 }
             }
         }

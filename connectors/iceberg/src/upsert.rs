@@ -126,12 +126,14 @@ impl KeyCodec {
             } else {
                 None
             };
+        let int_set = int_keys.as_ref().map(|v| v.iter().copied().collect());
         Ok(KeyQuery {
             keys,
             converter: &self.converter,
             columns: &self.columns,
             first_key_field: self.first_field_id,
             int_keys,
+            int_set,
         })
     }
 
