@@ -78,11 +78,11 @@ def test_orders_upsert_equals_folded_source(tmp_path, duck, seed, interval, spec
 @pytest.mark.parametrize("profile", ["nexmark", "orders"])
 def test_kill_nine_loses_and_duplicates_nothing(tmp_path, duck, profile):
     if profile == "nexmark":
-        source = {"type": "datagen", "profile": "nexmark", "events": 300_000, "seed": 9, "rate": 40_000,
+        source = {"type": "datagen", "profile": "nexmark", "events": 400_000, "seed": 9, "rate": 40_000,
                   "batch_events": 1000}
         sink, spec = {"namespace": "nexmark", "mode": "append"}, {"bid": ["bucket[4](auction)"]}
     else:
-        source = {"type": "datagen", "profile": "orders", "events": 240_000, "initial_rows": 20_000, "seed": 9,
+        source = {"type": "datagen", "profile": "orders", "events": 320_000, "initial_rows": 20_000, "seed": 9,
                   "rate": 30_000, "batch_events": 1000}
         sink, spec = {"namespace": "shop", "mode": "upsert"}, {"orders": ["status"]}
     p = Pipeline(tmp_path, f"crash-{profile}", source, sink, partitioning=spec, interval="300ms")
@@ -103,7 +103,7 @@ def test_kill_nine_loses_and_duplicates_nothing(tmp_path, duck, profile):
 
 def test_foreign_commits_between_checkpoints_are_kept(tmp_path, duck):
     p = Pipeline(tmp_path, "shared",
-                 {"type": "datagen", "profile": "orders", "events": 90_000, "initial_rows": 10_000, "seed": 21,
+                 {"type": "datagen", "profile": "orders", "events": 150_000, "initial_rows": 10_000, "seed": 21,
                   "rate": 30_000, "batch_events": 1000},
                  {"namespace": "shop", "mode": "upsert"}, interval="200ms")
     proc = p.start()
@@ -223,7 +223,7 @@ def test_foreign_rewrite_forces_a_new_lookup_not_a_dangling_delete(tmp_path, duc
     rows) lands while lakeshore holds position deletes into the old files: the commit must
     look its keys up again in the new files; the final table still equals the source."""
     p = Pipeline(tmp_path, "rewritten",
-                 {"type": "datagen", "profile": "orders", "events": 60_000, "initial_rows": 5_000, "seed": 44,
+                 {"type": "datagen", "profile": "orders", "events": 90_000, "initial_rows": 5_000, "seed": 44,
                   "rate": 12_000, "batch_events": 500},
                  {"namespace": "shop", "mode": "upsert"}, interval="300ms")
     # The pause sits between the checkpoint record and the table commit, after the lookup.
@@ -282,7 +282,7 @@ def test_added_source_column_lands_in_the_lake_across_crashes(tmp_path, duck):
     """The generator adds a column `note` half-way (a schema change); the lake table gains
     it (older rows read null), under kill -9 as well, and equals the folded source."""
     p = Pipeline(tmp_path, "evolving",
-                 {"type": "datagen", "profile": "orders", "events": 90_000, "initial_rows": 10_000, "seed": 13,
+                 {"type": "datagen", "profile": "orders", "events": 150_000, "initial_rows": 10_000, "seed": 13,
                   "rate": 20_000, "batch_events": 500, "add_column_at": 45_000},
                  {"namespace": "shop", "mode": "upsert"}, partitioning={"orders": ["status"]}, interval="250ms")
     logs = run_with_crashes(p, kills=3, window=(0.8, 2.0), seed="evolve")
