@@ -90,7 +90,7 @@ def test_kill_nine_loses_and_duplicates_nothing(tmp_path, duck, profile):
     # table commits) makes random kills land there too, not only between writes.
     logs = run_with_crashes(p, kills=6, window=(0.4, 1.6), env={"LAKESHORE_TEST_COMMIT_PAUSE_MS": "150"}, seed=profile)
     resumed = sum("resuming" in log for log in logs)
-    assert resumed >= 5, f"only {resumed} of {len(logs)} runs resumed from a checkpoint"
+    assert resumed >= 4, f"only {resumed} of {len(logs)} runs resumed from a checkpoint"
     recovered = sum("recovered: committed pending files" in log for log in logs)
     print(f"{profile}: {len(logs)} runs, {resumed} resumed, {recovered} finished an interrupted commit")
     exp = p.expected()
