@@ -36,7 +36,7 @@ pub use catalog::{CatalogConfig, CatalogHandle};
 
 use crate::commit::CommitOutcome;
 use crate::error::ice;
-use crate::table_writer::{AppendWriter, TableContext, decode_pending};
+use crate::table_writer::{AppendWriter, OpenTable, TableContext, decode_pending};
 use crate::upsert::UpsertWriter;
 use crate::writer::FileSettings;
 
@@ -192,27 +192,20 @@ impl Sink for IcebergSink {
         } else {
             WriteMode::Upsert
         });
-        match mode {
-            WriteMode::Append => Ok(Box::new(AppendWriter::new(
-                ctx,
-                self.catalog.clone(),
-                table,
-                name,
-            )?)),
-            WriteMode::Upsert if ctx.key.is_empty() => Err(Error::new(
+        if mode == WriteMode::Upsert && ctx.key.is_empty() {
+            return Err(Error::new(
                 ErrorKind::Config,
                 format!(
                     "table {}: mode = \"upsert\" needs a primary key, and the source declares none; use mode = \"append\"",
                     target.source.name
                 ),
-            )),
-            WriteMode::Upsert => Ok(Box::new(UpsertWriter::new(
-                ctx,
-                self.catalog.clone(),
-                table,
-                name,
-            )?)),
+            ));
         }
+        let open = OpenTable::new(ctx, self.catalog.clone(), table, name)?;
+        Ok(match mode {
+            WriteMode::Append => Box::new(AppendWriter::new(open)),
+            WriteMode::Upsert => Box::new(UpsertWriter::new(open)?),
+        })
     }
 
     async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool> {

@@ -285,18 +285,25 @@ pub(crate) fn after_images(batch: &ChangeBatch) -> Result<RecordBatch> {
     filter_record_batch(&batch.rows, &keep).map_err(|e| internal(e.to_string()))
 }
 
-/// Append mode: every insert and update-after becomes a data row; removals are ignored.
-pub struct AppendWriter {
-    ctx: TableContext,
-    catalog: Arc<CatalogHandle>,
-    table: Table,
-    name: String,
-    data: PartitionedWriter,
-    rows: u64,
+/// What both writers hold: the table, how to write it, and the open checkpoint's data
+/// files.
+pub struct OpenTable {
+    /// The table's context.
+    pub ctx: TableContext,
+    /// The catalog, for schema changes and lookups.
+    pub catalog: Arc<CatalogHandle>,
+    /// The table as last loaded.
+    pub table: Table,
+    /// `namespace.table`, for messages.
+    pub name: String,
+    /// Data files of the open checkpoint.
+    pub data: PartitionedWriter,
+    /// Data rows written in the open checkpoint.
+    pub rows: u64,
 }
 
-impl AppendWriter {
-    /// A writer for the table.
+impl OpenTable {
+    /// Start writing `table`.
     pub fn new(
         ctx: TableContext,
         catalog: Arc<CatalogHandle>,
@@ -304,7 +311,7 @@ impl AppendWriter {
         name: String,
     ) -> Result<Self> {
         let data = PartitionedWriter::new(ctx.files.clone())?;
-        Ok(AppendWriter {
+        Ok(OpenTable {
             ctx,
             catalog,
             table,
@@ -313,30 +320,57 @@ impl AppendWriter {
             rows: 0,
         })
     }
+
+    /// Apply a source schema change (see [`TableContext::evolve`]).
+    pub async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
+        let (table, data) = (&mut self.table, Some(&mut self.data));
+        self.ctx.evolve(&self.catalog, table, data, schema).await
+    }
+
+    /// Describe `delta` as checkpoint `checkpoint_id` and start counting rows afresh.
+    pub fn pending(
+        &mut self,
+        checkpoint_id: u64,
+        delta: &RowDelta,
+        keys_file: Option<String>,
+    ) -> Result<PendingCommit> {
+        let rows = std::mem::take(&mut self.rows);
+        self.ctx
+            .pending(&self.table, checkpoint_id, rows, delta, keys_file)
+    }
+}
+
+/// Append mode: every insert and update-after becomes a data row; removals are ignored.
+pub struct AppendWriter(OpenTable);
+
+impl AppendWriter {
+    /// A writer for the table.
+    pub fn new(table: OpenTable) -> Self {
+        AppendWriter(table)
+    }
 }
 
 #[async_trait::async_trait]
 impl TableWriter for AppendWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
-        let rows = conform(&self.name, &self.ctx.arrow_schema, &after_images(&batch)?)?;
-        self.rows += rows.num_rows() as u64;
-        self.data.write(&rows, None).await
+        let t = &mut self.0;
+        let rows = conform(&t.name, &t.ctx.arrow_schema, &after_images(&batch)?)?;
+        t.rows += rows.num_rows() as u64;
+        t.data.write(&rows, None).await
     }
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
-        let (files, _) = self.data.close().await?;
-        let spec_id = self.ctx.files.spec.spec_id();
+        let t = &mut self.0;
+        let (files, _) = t.data.close().await?;
+        let spec_id = t.ctx.files.spec.spec_id();
         let delta = RowDelta {
             data_files: files.into_iter().map(|f| (f, spec_id)).collect(),
             ..Default::default()
         };
-        let rows = std::mem::take(&mut self.rows);
-        self.ctx
-            .pending(&self.table, checkpoint_id, rows, &delta, None)
+        t.pending(checkpoint_id, &delta, None)
     }
 
     async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
-        let (table, data) = (&mut self.table, Some(&mut self.data));
-        self.ctx.evolve(&self.catalog, table, data, schema).await
+        self.0.evolve(schema).await
     }
 }

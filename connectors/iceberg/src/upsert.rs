@@ -29,14 +29,13 @@ use lakeshore_api::{
 };
 use parquet::arrow::ArrowWriter;
 
-use crate::catalog::CatalogHandle;
 use crate::commit::RowDelta;
 use crate::error::{ice, internal, io};
 use crate::lookup::{Key, KeyQuery, KeySet, find_live_rows, open_parquet};
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::conform;
-use crate::table_writer::{TableContext, after_images};
-use crate::writer::{FileInfo, FileSettings, PartitionedWriter, RowLocation};
+use crate::table_writer::{OpenTable, after_images};
+use crate::writer::{FileInfo, FileSettings, RowLocation};
 
 /// Encodes a table's primary-key columns into comparable byte keys.
 pub struct KeyCodec {
@@ -271,40 +270,24 @@ const REWRITE_DEAD_FRACTION: f64 = 0.05;
 
 /// Upsert mode: a live row per key; changes become position deletes.
 pub struct UpsertWriter {
-    ctx: TableContext,
-    catalog: Arc<CatalogHandle>,
-    table: Table,
-    name: String,
-    data: PartitionedWriter,
+    t: OpenTable,
     codec: KeyCodec,
     index: foldhash::HashMap<Key, KeyState>,
     own_deletes: Vec<RowLocation>,
     lookup: KeySet,
-    rows: u64,
     locations: Vec<RowLocation>,
 }
 
 impl UpsertWriter {
-    /// A writer for the table; `ctx.key` must not be empty.
-    pub fn new(
-        ctx: TableContext,
-        catalog: Arc<CatalogHandle>,
-        table: Table,
-        name: String,
-    ) -> Result<Self> {
-        let codec = KeyCodec::new(&ctx.files, &ctx.arrow_schema, &ctx.key)?;
-        let data = PartitionedWriter::new(ctx.files.clone())?;
+    /// A writer for the table; its key must not be empty.
+    pub fn new(t: OpenTable) -> Result<Self> {
+        let codec = KeyCodec::new(&t.ctx.files, &t.ctx.arrow_schema, &t.ctx.key)?;
         Ok(UpsertWriter {
-            ctx,
-            catalog,
-            table,
-            name,
-            data,
+            t,
             codec,
             index: Default::default(),
             own_deletes: Vec::new(),
             lookup: KeySet::default(),
-            rows: 0,
             locations: Vec::new(),
         })
     }
@@ -343,8 +326,8 @@ impl UpsertWriter {
             positions.dedup();
             let partition = f.partition().clone();
             if let Some(new) = rewrite_without(
-                &self.ctx.files,
-                &self.ctx.arrow_schema,
+                &self.t.ctx.files,
+                &self.t.ctx.arrow_schema,
                 &f,
                 positions,
                 partition,
@@ -353,7 +336,8 @@ impl UpsertWriter {
             {
                 out.push(new);
             }
-            self.ctx
+            self.t
+                .ctx
                 .files
                 .file_io
                 .delete(f.file_path())
@@ -422,12 +406,19 @@ async fn rewrite_without(
 #[async_trait::async_trait]
 impl TableWriter for UpsertWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
-        let keys = self.codec.encode(&self.name, &batch.rows)?;
+        let keys = self.codec.encode(&self.t.name, &batch.rows)?;
         // Only after-images are written; removals are identified by their key alone.
-        let written = conform(&self.name, &self.ctx.arrow_schema, &after_images(&batch)?)?;
-        self.rows += written.num_rows() as u64;
+        let written = conform(
+            &self.t.name,
+            &self.t.ctx.arrow_schema,
+            &after_images(&batch)?,
+        )?;
+        self.t.rows += written.num_rows() as u64;
         self.locations.clear();
-        self.data.write(&written, Some(&mut self.locations)).await?;
+        self.t
+            .data
+            .write(&written, Some(&mut self.locations))
+            .await?;
         let mut next_location = self.locations.iter();
         for (i, key) in keys.iter().enumerate() {
             let op = batch.op(i);
@@ -459,9 +450,9 @@ impl TableWriter for UpsertWriter {
     }
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
-        let (files, infos) = self.data.close().await?;
+        let (files, infos) = self.t.data.close().await?;
         let files = self.drop_dead_rows(files, &infos).await?;
-        let spec_id = self.ctx.files.spec.spec_id();
+        let spec_id = self.t.ctx.files.spec.spec_id();
         let own = self.own_deletes.drain(..).map(|loc| {
             let info = &infos[loc.file as usize];
             (
@@ -472,28 +463,30 @@ impl TableWriter for UpsertWriter {
             )
         });
         let own_deletes =
-            write_delete_groups(&self.table, &self.ctx.files, own.collect::<Vec<_>>()).await?;
+            write_delete_groups(&self.t.table, &self.t.ctx.files, own.collect::<Vec<_>>()).await?;
         let mut keys_file = None;
         let mut looked_up = LookupDeletes::default();
         if !self.lookup.is_empty() {
             // Every earlier checkpoint is committed (the engine waits for it): look up
             // the committed rows in the table as it is now.
-            self.table = self
+            self.t.table = self
+                .t
                 .catalog
                 .catalog()
-                .load_table(&self.ctx.ident)
+                .load_table(&self.t.ctx.ident)
                 .await
                 .map_err(ice)?;
             looked_up =
-                committed_deletes(&self.table, &self.ctx.files, &self.codec, &self.lookup).await?;
+                committed_deletes(&self.t.table, &self.t.ctx.files, &self.codec, &self.lookup)
+                    .await?;
             if !looked_up.files.is_empty() {
                 let path = format!(
                     "{}/metadata/lakeshore-keys-{}.parquet",
-                    self.table.metadata().location().trim_end_matches('/'),
+                    self.t.table.metadata().location().trim_end_matches('/'),
                     uuid::Uuid::new_v4()
                 );
                 self.codec
-                    .write_keys(&self.ctx.files, &path, &self.lookup)
+                    .write_keys(&self.t.ctx.files, &path, &self.lookup)
                     .await?;
                 keys_file = Some(path);
             }
@@ -507,13 +500,10 @@ impl TableWriter for UpsertWriter {
             referenced_files: looked_up.referenced,
             lookup_base: looked_up.base,
         };
-        let rows = std::mem::take(&mut self.rows);
-        self.ctx
-            .pending(&self.table, checkpoint_id, rows, &delta, keys_file)
+        self.t.pending(checkpoint_id, &delta, keys_file)
     }
 
     async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
-        let (table, data) = (&mut self.table, Some(&mut self.data));
-        self.ctx.evolve(&self.catalog, table, data, schema).await
+        self.t.evolve(schema).await
     }
 }
