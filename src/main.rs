@@ -171,14 +171,18 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 .iter()
                 .map(|(t, n)| format!("{t}={n}"))
                 .collect();
+            let resumed = summary
+                .resumed_from
+                .map(|c| format!(", resumed from checkpoint {c}"))
+                .unwrap_or_default();
             println!(
-                "backfill {} complete: checkpoint {}, {rows} rows written by this run ({})",
+                "backfill {} complete: checkpoint {}, {rows} rows written by this run ({}){resumed}",
                 plan.name,
                 summary
                     .last_checkpoint
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "none".into()),
-                tables.join(", ")
+                tables.join(", "),
             );
             Ok(())
         }

@@ -259,9 +259,6 @@ pub trait Sink: Send + Sync {
     /// Make the pending files visible in one atomic commit per table. Returns `false`
     /// when the table already holds this pipeline's checkpoint (nothing was done).
     async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool>;
-
-    /// The newest checkpoint id of `pipeline` committed to `table`, if any.
-    async fn last_committed(&self, table: &str, pipeline: &str) -> Result<Option<u64>>;
 }
 
 /// Writes one table's changes between two checkpoints.

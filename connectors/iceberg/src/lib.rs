@@ -252,19 +252,4 @@ impl Sink for IcebergSink {
             ),
         ))
     }
-
-    async fn last_committed(&self, table: &str, pipeline: &str) -> Result<Option<u64>> {
-        let ident = self.ident(table);
-        if !self
-            .catalog
-            .catalog()
-            .table_exists(&ident)
-            .await
-            .map_err(ice)?
-        {
-            return Ok(None);
-        }
-        let table = self.load(&ident).await?;
-        Ok(commit::last_checkpoint(&table, pipeline))
-    }
 }

@@ -148,11 +148,6 @@ impl PartitionedWriter {
         Ok((partition_type, calculator, converter))
     }
 
-    /// The files of the open checkpoint so far.
-    pub fn files(&self) -> &[FileInfo] {
-        &self.files
-    }
-
     async fn new_file(&mut self, partition: Option<PartitionKey>) -> Result<OpenFile> {
         self.counter += 1;
         let name = format!("{}-{:05}.parquet", self.run_id, self.counter);
