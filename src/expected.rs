@@ -14,7 +14,11 @@ use crate::config::plan::SourcePlan;
 
 /// Write `<out>/<lake table>.parquet` for every table of the plan's generator.
 pub fn write(plan: &Plan, out: &Path) -> anyhow::Result<()> {
-    let SourcePlan::Datagen(o) = &plan.source;
+    let SourcePlan::Datagen(o) = &plan.source else {
+        anyhow::bail!(
+            "only generator pipelines have an expected state; compare with the source itself"
+        );
+    };
     let events = o.events.ok_or_else(|| {
         anyhow::anyhow!("the generator is unbounded (no `events`); nothing to expect")
     })?;

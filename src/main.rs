@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pg_walstream=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -162,7 +162,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             let plan = config::load(&file)?;
             let total = plan.source.size_hint();
             let progress = Arc::new(pipeline::Progress::new(&plan.name, total));
-            let result = pipeline::run(&plan, progress.clone(), shutdown_signal()).await;
+            let result = pipeline::run(&plan, true, progress.clone(), shutdown_signal()).await;
             progress.finish();
             let summary = result?;
             let rows: u64 = summary.rows.values().sum();
@@ -198,7 +198,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 let shutdown = shutdown.clone();
                 tasks.push(tokio::spawn(async move {
                     let progress = Arc::new(pipeline::Progress::new(&plan.name, None));
-                    let result = pipeline::run(&plan, progress, shutdown).await;
+                    let result = pipeline::run(&plan, false, progress, shutdown).await;
                     (plan.name, result)
                 }));
             }

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lakeshore_api::{Result, Sink, Source, SourcePosition};
 use lakeshore_datagen::DatagenSource;
 use lakeshore_iceberg::IcebergSink;
+use lakeshore_postgres::PostgresSource;
 use tokio::sync::watch;
 
 use crate::config::Plan;
@@ -16,10 +17,18 @@ use crate::config::plan::{SinkPlan, SourcePlan};
 use crate::engine::state::StateStore;
 use crate::engine::{self, Observer, PipelineSpec, RunSummary};
 
-/// Open the source of `plan` at `position`.
-pub fn open_source(plan: &Plan, position: Option<&SourcePosition>) -> Result<Box<dyn Source>> {
+/// Open the source of `plan` at `position`. `bounded` (`backfill`): sources that could
+/// run forever stop once they have caught up with what existed when they started.
+pub async fn open_source(
+    plan: &Plan,
+    position: Option<&SourcePosition>,
+    bounded: bool,
+) -> Result<Box<dyn Source>> {
     match &plan.source {
         SourcePlan::Datagen(o) => Ok(Box::new(DatagenSource::open(o.clone(), position)?)),
+        SourcePlan::Postgres(o) => Ok(Box::new(
+            PostgresSource::open(o.clone(), position, bounded).await?,
+        )),
     }
 }
 
@@ -57,6 +66,7 @@ pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
 /// Run `plan` to the end of its source, or until `shutdown`.
 pub async fn run(
     plan: &Plan,
+    bounded: bool,
     observer: Arc<dyn Observer>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunSummary> {
@@ -73,7 +83,7 @@ pub async fn run(
     };
     engine::run(
         spec,
-        |p| open_source(plan, p),
+        async |p: Option<SourcePosition>| open_source(plan, p.as_ref(), bounded).await,
         sink,
         store,
         observer,

@@ -10,6 +10,7 @@ use lakeshore_api::TableSchema;
 use lakeshore_datagen::{DatagenOptions, DatagenSource, Profile};
 use lakeshore_iceberg::schema::parse_partition_expr;
 use lakeshore_iceberg::{CatalogConfig, Codec, IcebergOptions, WriteMode};
+use lakeshore_postgres::{PostgresOptions, Startup};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -40,6 +41,8 @@ pub struct Plan {
 pub enum SourcePlan {
     /// The generator.
     Datagen(DatagenOptions),
+    /// PostgreSQL.
+    Postgres(PostgresOptions),
 }
 
 impl SourcePlan {
@@ -47,6 +50,7 @@ impl SourcePlan {
     pub fn size_hint(&self) -> Option<u64> {
         match self {
             SourcePlan::Datagen(o) => o.events,
+            SourcePlan::Postgres(_) => None,
         }
     }
 
@@ -54,6 +58,7 @@ impl SourcePlan {
     pub fn known_tables(&self) -> Option<Vec<TableSchema>> {
         match self {
             SourcePlan::Datagen(o) => Some(DatagenSource::schemas(o)),
+            SourcePlan::Postgres(_) => None,
         }
     }
 }
@@ -129,7 +134,7 @@ struct Probe {
     sink: Option<Spanned<Typed>>,
 }
 
-const SOURCE_TYPES: &str = "\"datagen\"";
+const SOURCE_TYPES: &str = "\"datagen\", \"postgres\"";
 const SINK_TYPES: &str = "\"iceberg\"";
 
 /// Suggest the closest known name for an unknown field in a serde message, or what to
@@ -217,9 +222,16 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
         ("datagen", "iceberg") => {
             let raw: RawPipeline<raw::DatagenSection, raw::IcebergSection> =
                 toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
-            build(src, raw)
+            let source = datagen(src, &raw.source)?;
+            build(src, raw, source)
         }
-        ("datagen", other) => Err(src.error(
+        ("postgres", "iceberg") => {
+            let raw: RawPipeline<raw::PostgresSection, raw::IcebergSection> =
+                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
+            let source = postgres(src, &raw.source, raw.pipeline.name.get_ref())?;
+            build(src, raw, source)
+        }
+        ("datagen" | "postgres", other) => Err(src.error(
             Some(sink_type.span()),
             format!("unknown sink type \"{other}\"; this build supports {SINK_TYPES}"),
         )),
@@ -241,9 +253,10 @@ fn absolute(path: &str) -> PathBuf {
     }
 }
 
-fn build(
+fn build<S>(
     src: &SourceText<'_>,
-    raw: RawPipeline<raw::DatagenSection, raw::IcebergSection>,
+    raw: RawPipeline<S, raw::IcebergSection>,
+    source: SourcePlan,
 ) -> Result<Plan, ConfigError> {
     let p = &raw.pipeline;
     let name = p.name.get_ref().clone();
@@ -268,7 +281,6 @@ fn build(
         Some(d) => d.get_ref().0,
     };
 
-    let source = datagen(src, &raw.source)?;
     let (sink, warehouse) = iceberg(src, &raw.sink)?;
     let state_url = match &p.state {
         Some(s) => location_url(&s.0),
@@ -304,6 +316,73 @@ fn location_url(s: &str) -> String {
     } else {
         format!("file://{}", absolute(s).display())
     }
+}
+
+fn postgres(
+    src: &SourceText<'_>,
+    s: &raw::PostgresSection,
+    pipeline: &str,
+) -> Result<SourcePlan, ConfigError> {
+    if s.tables.is_empty() {
+        return Err(src.error(
+            None,
+            "[source] tables is empty; list tables as \"schema.table\", e.g. tables = [\"public.orders\"]",
+        ));
+    }
+    for t in &s.tables {
+        if !t.get_ref().contains('.') {
+            return Err(src.error(
+                Some(t.span()),
+                format!(
+                    "table \"{}\" needs its schema: write \"public.{}\"",
+                    t.get_ref(),
+                    t.get_ref()
+                ),
+            ));
+        }
+    }
+    let default_name = format!("lakeshore_{}", pipeline.replace('-', "_").to_lowercase());
+    let ident = |v: &Option<Spanned<String>>, what: &str| -> Result<String, ConfigError> {
+        let Some(v) = v else {
+            return Ok(default_name.clone());
+        };
+        let name = v.get_ref();
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(src.error(
+                Some(v.span()),
+                format!(
+                    "{what} \"{name}\" may hold only lowercase letters, digits and `_` (at most 63)"
+                ),
+            ));
+        }
+        Ok(name.clone())
+    };
+    let chunk_size = match &s.chunk_size {
+        Some(c) if *c.get_ref() < 100 => {
+            return Err(src.error(Some(c.span()), "chunk_size must be at least 100"));
+        }
+        Some(c) => *c.get_ref() as usize,
+        None => 20_000,
+    };
+    Ok(SourcePlan::Postgres(PostgresOptions {
+        url: s.url.0.clone(),
+        tables: s.tables.iter().map(|t| t.get_ref().clone()).collect(),
+        publication: ident(&s.publication, "publication")?,
+        slot: ident(&s.slot, "slot")?,
+        startup: match s.startup.unwrap_or(raw::PostgresStartup::Snapshot) {
+            raw::PostgresStartup::Snapshot => Startup::Snapshot,
+            raw::PostgresStartup::Latest => Startup::Latest,
+            raw::PostgresStartup::SnapshotOnly => Startup::SnapshotOnly,
+        },
+        chunk_size,
+        batch_rows: 8192,
+        key_columns: s.key_columns.clone(),
+    }))
 }
 
 fn datagen(src: &SourceText<'_>, s: &raw::DatagenSection) -> Result<SourcePlan, ConfigError> {

@@ -80,6 +80,50 @@ pub struct DatagenSection {
     pub add_column_at: Option<Spanned<u64>>,
 }
 
+/// `[source]` with `type = "postgres"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    /// `"postgres"`.
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
+    pub kind: String,
+    /// Connection URL, e.g. `"postgres://app:${PGPASSWORD}@db:5432/shop"`. The user needs
+    /// the REPLICATION attribute (unless `startup = "snapshot-only"`) and SELECT on the
+    /// tables. The password never appears in logs or messages.
+    pub url: EnvString,
+    /// Tables to replicate as `schema.table`; `*` matches any run of characters, e.g.
+    /// `["public.orders", "shop.*"]`.
+    pub tables: Vec<Spanned<String>>,
+    /// Publication name; created for the tables if absent, extended if it lacks some.
+    /// Default `lakeshore_<pipeline name>`.
+    pub publication: Option<Spanned<String>>,
+    /// Logical replication slot name; created if absent, reused if present, never
+    /// dropped by lakeshore. Default `lakeshore_<pipeline name>`.
+    pub slot: Option<Spanned<String>>,
+    /// `"snapshot"` (default: every table, then the change stream), `"latest"` (changes
+    /// from now on only) or `"snapshot-only"` (no slot; stops after the snapshot).
+    pub startup: Option<PostgresStartup>,
+    /// Rows per snapshot chunk (one short read transaction each). Default 20000.
+    pub chunk_size: Option<Spanned<u64>>,
+    /// Key columns of tables without a primary key, e.g. `{ "public.events" = ["id"] }`;
+    /// such tables also need `REPLICA IDENTITY FULL`.
+    #[serde(default)]
+    pub key_columns: BTreeMap<String, Vec<String>>,
+}
+
+/// Where a PostgreSQL source starts.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresStartup {
+    /// Snapshot, then follow the WAL.
+    Snapshot,
+    /// Follow the WAL from now.
+    Latest,
+    /// Snapshot only.
+    SnapshotOnly,
+}
+
 /// Data sets of the generator.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -89,7 +89,7 @@ struct Writer {
 /// `shutdown` turns true; the last checkpoint is committed before returning.
 pub async fn run(
     spec: PipelineSpec,
-    open_source: impl FnOnce(Option<&SourcePosition>) -> Result<Box<dyn Source>>,
+    open_source: impl AsyncFnOnce(Option<SourcePosition>) -> Result<Box<dyn Source>>,
     sink: Arc<dyn Sink>,
     store: StateStore,
     observer: Arc<dyn Observer>,
@@ -103,7 +103,7 @@ pub async fn run(
         summary.resumed_from = Some(rec.id);
         summary.last_checkpoint = Some(rec.id);
     }
-    let mut source = open_source(last.as_ref().map(|r| &r.position))?;
+    let mut source = open_source(last.as_ref().map(|r| r.position.clone())).await?;
     let first_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
 
     // Writers, one per lake table.
@@ -239,7 +239,15 @@ pub async fn run(
         drop(w.tx);
         match w.task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            // The writer's own error explains a "writer stopped" seen by the loop.
+            Ok(Err(e)) => {
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f| f.kind() == ErrorKind::Internal)
+                {
+                    first_error = Some(e);
+                }
+            }
             Err(e) => {
                 first_error = first_error.or(Some(Error::new(
                     ErrorKind::Internal,

@@ -1,0 +1,297 @@
+//! Which tables the pipeline reads, their columns, keys and replica identity.
+
+use std::sync::Arc;
+
+use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
+use tokio_postgres::Client;
+
+use crate::types::{self, Kind};
+
+/// How a key column orders, so that chunk bounds compare the same in Rust as in SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// Integers: compared as numbers.
+    Int,
+    /// Strings compared byte by byte; SQL uses `COLLATE "C"` to agree.
+    Bytes,
+    /// Byte-ordered types whose text form sorts like their bytes (uuid, bytea hex).
+    BytesNoCollate,
+}
+
+/// One source table.
+#[derive(Debug, Clone)]
+pub struct PgTable {
+    /// `schema.table` as the user names it.
+    pub name: String,
+    pub schema_name: String,
+    pub table_name: String,
+    /// Columns in attribute order.
+    pub columns: Vec<PgColumn>,
+    /// Indexes into `columns` of the key columns, in key order.
+    pub key: Vec<usize>,
+    /// `d` default, `f` full, `i` index, `n` nothing.
+    pub replica_identity: char,
+    pub schema: TableSchema,
+}
+
+/// One column.
+#[derive(Debug, Clone)]
+pub struct PgColumn {
+    pub name: String,
+    /// PostgreSQL's type name (`format_type`), for messages.
+    pub type_name: String,
+    pub kind: Kind,
+    /// Set for key columns.
+    pub order: Option<KeyOrder>,
+}
+
+impl PgTable {
+    /// `"schema"."table"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.schema_name),
+            quote_ident(&self.table_name)
+        )
+    }
+
+    /// The column kinds, in order.
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.columns.iter().map(|c| c.kind).collect()
+    }
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'value'` with embedded quotes doubled (standard_conforming_strings is on since 9.1).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Glob match with `*` (any run of characters).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::new(ErrorKind::Transient, format!("PostgreSQL: {what}")).with_source(e)
+}
+
+/// Find the tables matching `patterns` (`schema.table`, `*` globs) and describe them.
+/// `key_columns` gives keys for tables without a primary key (`schema.table` → columns).
+pub async fn discover(
+    client: &Client,
+    patterns: &[String],
+    key_columns: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<Vec<PgTable>> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname, c.relname, c.relreplident::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg_toast%' \
+             ORDER BY 2, 3",
+            &[],
+        )
+        .await
+        .map_err(pg_err("listing tables"))?;
+    let mut tables = Vec::new();
+    for pattern in patterns {
+        let before = tables.len();
+        for row in &rows {
+            let oid: u32 = row.get(0);
+            let schema_name: String = row.get(1);
+            let table_name: String = row.get(2);
+            let name = format!("{schema_name}.{table_name}");
+            if !glob_match(pattern, &name) || tables.iter().any(|t: &PgTable| t.name == name) {
+                continue;
+            }
+            let ident: String = row.get(3);
+            let table = describe(
+                client,
+                oid,
+                name,
+                schema_name,
+                table_name,
+                ident.chars().next().unwrap_or('d'),
+                key_columns,
+            )
+            .await?;
+            tables.push(table);
+        }
+        if tables.len() == before {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "no table matches {pattern:?} in the database; check [source] tables \
+                     (names are schema.table, e.g. \"public.orders\" or \"public.*\")"
+                ),
+            ));
+        }
+    }
+    Ok(tables)
+}
+
+async fn describe(
+    client: &Client,
+    oid: u32,
+    name: String,
+    schema_name: String,
+    table_name: String,
+    replica_identity: char,
+    key_columns: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<PgTable> {
+    let cols = client
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), \
+                    coalesce(bt.typname, t.typname)::text, t.typcategory::text, \
+                    CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
+                    (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
+                    coalesce(bt.typcategory, t.typcategory)::text \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(pg_err("reading columns"))?;
+    let mut columns = Vec::new();
+    for c in &cols {
+        let col_name: String = c.get(0);
+        let type_name: String = c.get(1);
+        let base: String = c.get(2);
+        let typmod: i32 = c.get(4);
+        let is_array: bool = c.get(5);
+        let category: String = c.get(6);
+        let kind = types::kind_of(&base, &category, typmod, is_array).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {name}, column {col_name}: type {type_name} is not supported; \
+                     exclude the table or cast the column in a view"
+                ),
+            )
+        })?;
+        columns.push(PgColumn {
+            name: col_name,
+            type_name,
+            kind,
+            order: None,
+        });
+    }
+    let pk = client
+        .query(
+            "SELECT a.attname FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(pg_err("reading the primary key"))?;
+    let mut key_names: Vec<String> = pk.iter().map(|r| r.get(0)).collect();
+    if let Some(explicit) = key_columns.get(&name) {
+        key_names = explicit.clone();
+    }
+    if key_names.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "table {name} has no primary key; add one, or name the key in [source] \
+                 key_columns = {{ \"{name}\" = [\"col\", ...] }} (then the table also needs \
+                 ALTER TABLE {} REPLICA IDENTITY FULL)",
+                quote_ident(&schema_name) + "." + &quote_ident(&table_name)
+            ),
+        ));
+    }
+    if pk.is_empty() && replica_identity != 'f' {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "table {name} has no primary key, so its updates and deletes do not carry \
+                 the key columns; run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                quote_ident(&schema_name),
+                quote_ident(&table_name)
+            ),
+        ));
+    }
+    if replica_identity == 'n' {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "table {name} has REPLICA IDENTITY NOTHING, so updates and deletes cannot be \
+                 replicated; run ALTER TABLE {}.{} REPLICA IDENTITY DEFAULT",
+                quote_ident(&schema_name),
+                quote_ident(&table_name)
+            ),
+        ));
+    }
+    let mut key = Vec::new();
+    for k in &key_names {
+        let i = columns.iter().position(|c| &c.name == k).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("table {name} has no column {k:?}; check [source] key_columns"),
+            )
+        })?;
+        let base = &cols[i].get::<_, String>(2);
+        let order = match (columns[i].kind, base.as_str()) {
+            (Kind::Int16 | Kind::Int32 | Kind::Int64, _) => KeyOrder::Int,
+            (Kind::Text, "text" | "varchar" | "bpchar" | "name") => KeyOrder::Bytes,
+            (Kind::Text, "uuid") | (Kind::Bytea, _) => KeyOrder::BytesNoCollate,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "table {name}, key column {k}: snapshot chunks need an integer, text, \
+                         uuid or bytea key, not {}",
+                        columns[i].type_name
+                    ),
+                ));
+            }
+        };
+        columns[i].order = Some(order);
+        key.push(i);
+    }
+    let pairs: Vec<(String, Kind)> = columns.iter().map(|c| (c.name.clone(), c.kind)).collect();
+    let schema = TableSchema {
+        name: name.clone(),
+        schema: types::arrow_schema(&pairs, &key_names),
+        key: key_names,
+    };
+    let _ = Arc::clone(&schema.schema);
+    Ok(PgTable {
+        name,
+        schema_name,
+        table_name,
+        columns,
+        key,
+        replica_identity,
+        schema,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_and_quoting() {
+        assert!(glob_match("public.*", "public.orders"));
+        assert!(glob_match("*.orders", "shop.orders"));
+        assert!(!glob_match("public.o*s", "public.orderz"));
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("o'neil"), "'o''neil'");
+    }
+}

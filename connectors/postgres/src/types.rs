@@ -1,0 +1,487 @@
+//! PostgreSQL types → Arrow, and their text representation → Arrow arrays.
+//!
+//! Snapshot (`COPY ... TO STDOUT`) and stream (pgoutput) both deliver values in PostgreSQL's
+//! text format, so one decoder serves both and a row reads the same whichever way it came.
+//! Sessions run with `TimeZone=UTC`, `DateStyle=ISO`, `IntervalStyle=iso_8601` and
+//! `extra_float_digits=3`, which fixes the formats parsed here.
+//!
+//! Mapping (types without an exact Iceberg counterpart become strings, as documented in
+//! `docs/sources/postgres.md`):
+//! smallint/integer → int, bigint → long, real → float, double → double, boolean,
+//! numeric(p,s) with p ≤ 38 → decimal(p,s), unbounded numeric → string, text/varchar/char/
+//! name/citext → string, bytea → binary, date, time → time, timestamp → timestamp,
+//! timestamptz → timestamptz (UTC), uuid/json/jsonb/interval/inet/cidr/macaddr/money/
+//! timetz/xml/bit/varbit/enums/arrays → string in PostgreSQL's text form (arrays as
+//! `{a,b}`, interval as ISO 8601). Anything else is refused with the table and column.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
+    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use lakeshore_api::{Error, ErrorKind, Result};
+
+/// How one column is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Decimal(u8, i8),
+    Text,
+    Bytea,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+}
+
+impl Kind {
+    /// The Arrow type of the column.
+    pub fn data_type(self) -> DataType {
+        match self {
+            Kind::Bool => DataType::Boolean,
+            Kind::Int16 => DataType::Int16,
+            Kind::Int32 => DataType::Int32,
+            Kind::Int64 => DataType::Int64,
+            Kind::Float32 => DataType::Float32,
+            Kind::Float64 => DataType::Float64,
+            Kind::Decimal(p, s) => DataType::Decimal128(p, s),
+            Kind::Text => DataType::Utf8,
+            Kind::Bytea => DataType::Binary,
+            Kind::Date => DataType::Date32,
+            Kind::Time => DataType::Time64(TimeUnit::Microsecond),
+            Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            Kind::Timestamptz => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+        }
+    }
+}
+
+/// Map a column's type, given `format_type()` output, its base type name, category and
+/// numeric typmod. `None` = not supported.
+pub fn kind_of(base: &str, category: &str, typmod: i32, is_array: bool) -> Option<Kind> {
+    if is_array {
+        return Some(Kind::Text);
+    }
+    Some(match base {
+        "bool" => Kind::Bool,
+        "int2" => Kind::Int16,
+        "int4" | "oid" => Kind::Int32,
+        "int8" => Kind::Int64,
+        "float4" => Kind::Float32,
+        "float8" => Kind::Float64,
+        "numeric" => {
+            // typmod = ((precision << 16) | scale) + 4, or -1 when unbounded.
+            if typmod < 4 {
+                Kind::Text
+            } else {
+                let p = ((typmod - 4) >> 16) & 0xffff;
+                let s = (typmod - 4) & 0xffff;
+                if (1..=38).contains(&p) && s <= p {
+                    Kind::Decimal(p as u8, s as i8)
+                } else {
+                    Kind::Text
+                }
+            }
+        }
+        "text" | "varchar" | "bpchar" | "name" | "citext" | "char" => Kind::Text,
+        "bytea" => Kind::Bytea,
+        "date" => Kind::Date,
+        "time" => Kind::Time,
+        "timestamp" => Kind::Timestamp,
+        "timestamptz" => Kind::Timestamptz,
+        "uuid" | "json" | "jsonb" | "interval" | "inet" | "cidr" | "macaddr" | "macaddr8"
+        | "money" | "timetz" | "xml" | "bit" | "varbit" => Kind::Text,
+        _ if category == "E" => Kind::Text,
+        _ => return None,
+    })
+}
+
+/// Appends text values of one column to an Arrow builder.
+pub enum ColumnBuilder {
+    Bool(BooleanBuilder),
+    Int16(Int16Builder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float32(Float32Builder),
+    Float64(Float64Builder),
+    Decimal(Decimal128Builder, i8),
+    Text(StringBuilder),
+    Bytea(BinaryBuilder),
+    Date(Date32Builder),
+    Time(Time64MicrosecondBuilder),
+    Timestamp(TimestampMicrosecondBuilder, bool),
+}
+
+impl ColumnBuilder {
+    /// A builder for `kind` with room for `capacity` rows.
+    pub fn new(kind: Kind, capacity: usize) -> Self {
+        match kind {
+            Kind::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(capacity)),
+            Kind::Int16 => ColumnBuilder::Int16(Int16Builder::with_capacity(capacity)),
+            Kind::Int32 => ColumnBuilder::Int32(Int32Builder::with_capacity(capacity)),
+            Kind::Int64 => ColumnBuilder::Int64(Int64Builder::with_capacity(capacity)),
+            Kind::Float32 => ColumnBuilder::Float32(Float32Builder::with_capacity(capacity)),
+            Kind::Float64 => ColumnBuilder::Float64(Float64Builder::with_capacity(capacity)),
+            Kind::Decimal(p, s) => ColumnBuilder::Decimal(
+                Decimal128Builder::with_capacity(capacity)
+                    .with_precision_and_scale(p, s)
+                    .expect("precision checked by kind_of"),
+                s,
+            ),
+            Kind::Text => {
+                ColumnBuilder::Text(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
+            Kind::Bytea => {
+                ColumnBuilder::Bytea(BinaryBuilder::with_capacity(capacity, capacity * 16))
+            }
+            Kind::Date => ColumnBuilder::Date(Date32Builder::with_capacity(capacity)),
+            Kind::Time => ColumnBuilder::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
+            Kind::Timestamp => ColumnBuilder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(capacity),
+                false,
+            ),
+            Kind::Timestamptz => ColumnBuilder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("+00:00"),
+                true,
+            ),
+        }
+    }
+
+    /// Append a null.
+    pub fn append_null(&mut self) {
+        match self {
+            ColumnBuilder::Bool(b) => b.append_null(),
+            ColumnBuilder::Int16(b) => b.append_null(),
+            ColumnBuilder::Int32(b) => b.append_null(),
+            ColumnBuilder::Int64(b) => b.append_null(),
+            ColumnBuilder::Float32(b) => b.append_null(),
+            ColumnBuilder::Float64(b) => b.append_null(),
+            ColumnBuilder::Decimal(b, _) => b.append_null(),
+            ColumnBuilder::Text(b) => b.append_null(),
+            ColumnBuilder::Bytea(b) => b.append_null(),
+            ColumnBuilder::Date(b) => b.append_null(),
+            ColumnBuilder::Time(b) => b.append_null(),
+            ColumnBuilder::Timestamp(b, _) => b.append_null(),
+        }
+    }
+
+    /// Append a value in PostgreSQL's text format. The error says what could not be read;
+    /// the caller adds table and column.
+    pub fn append_text(&mut self, v: &str) -> Result<(), String> {
+        let bad = || format!("cannot read {v:?}");
+        match self {
+            ColumnBuilder::Bool(b) => b.append_value(match v {
+                "t" => true,
+                "f" => false,
+                _ => return Err(bad()),
+            }),
+            ColumnBuilder::Int16(b) => b.append_value(v.parse().map_err(|_| bad())?),
+            ColumnBuilder::Int32(b) => b.append_value(v.parse().map_err(|_| bad())?),
+            ColumnBuilder::Int64(b) => b.append_value(v.parse().map_err(|_| bad())?),
+            ColumnBuilder::Float32(b) => b.append_value(parse_float(v).ok_or_else(bad)? as f32),
+            ColumnBuilder::Float64(b) => b.append_value(parse_float(v).ok_or_else(bad)?),
+            ColumnBuilder::Decimal(b, s) => b.append_value(parse_decimal(v, *s).ok_or_else(|| {
+                format!("cannot read {v:?} as a decimal (NaN and infinity have no decimal form)")
+            })?),
+            ColumnBuilder::Text(b) => b.append_value(v),
+            ColumnBuilder::Bytea(b) => b.append_value(parse_bytea(v).ok_or_else(bad)?),
+            ColumnBuilder::Date(b) => b.append_value(parse_date(v).ok_or_else(|| {
+                format!("cannot read {v:?} as a date (infinite dates have no Iceberg form)")
+            })?),
+            ColumnBuilder::Time(b) => b.append_value(parse_time(v).ok_or_else(bad)?),
+            ColumnBuilder::Timestamp(b, tz) => {
+                b.append_value(parse_timestamp(v, *tz).ok_or_else(|| {
+                    format!(
+                        "cannot read {v:?} as a timestamp (infinite timestamps have no Iceberg form)"
+                    )
+                })?)
+            }
+        }
+        Ok(())
+    }
+
+    /// The finished array.
+    pub fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int16(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Float32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Float64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Decimal(b, _) => Arc::new(b.finish()),
+            ColumnBuilder::Text(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bytea(b) => Arc::new(b.finish()),
+            ColumnBuilder::Date(b) => Arc::new(b.finish()),
+            ColumnBuilder::Time(b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(b, _) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builders for every column of a table; rows go in as text values.
+pub struct RowsBuilder {
+    schema: SchemaRef,
+    columns: Vec<ColumnBuilder>,
+    kinds: Vec<Kind>,
+    rows: usize,
+}
+
+impl RowsBuilder {
+    /// Builders for `kinds`, producing batches of `schema`.
+    pub fn new(schema: SchemaRef, kinds: &[Kind], capacity: usize) -> Self {
+        RowsBuilder {
+            schema,
+            columns: kinds
+                .iter()
+                .map(|k| ColumnBuilder::new(*k, capacity))
+                .collect(),
+            kinds: kinds.to_vec(),
+            rows: 0,
+        }
+    }
+
+    /// Column `i`'s builder.
+    pub fn column(&mut self, i: usize) -> &mut ColumnBuilder {
+        &mut self.columns[i]
+    }
+
+    /// Count a finished row.
+    pub fn end_row(&mut self) {
+        self.rows += 1;
+    }
+
+    /// Rows appended since the last [`RowsBuilder::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when no row is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The buffered rows as a batch; the builders start over.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let arrays = self.columns.iter_mut().map(|c| c.finish()).collect();
+        self.rows = 0;
+        RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|e| Error::new(ErrorKind::Internal, "building a batch").with_source(e))
+    }
+
+    /// The column kinds.
+    pub fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+}
+
+/// An Arrow schema for columns `(name, kind)`; key columns are not nullable.
+pub fn arrow_schema(columns: &[(String, Kind)], key: &[String]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, kind)| Field::new(name, kind.data_type(), !key.contains(name)))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn parse_float(v: &str) -> Option<f64> {
+    match v {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => v.parse().ok(),
+    }
+}
+
+/// `-123.45` at scale `s` → unscaled i128. Extra fraction digits are an error (PostgreSQL
+/// already rounded to the column's scale, so they never occur for typed columns).
+fn parse_decimal(v: &str, s: i8) -> Option<i128> {
+    let (neg, digits) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty() || frac.len() > s as usize {
+        return None;
+    }
+    let mut n: i128 = 0;
+    for c in int.bytes().chain(frac.bytes()) {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add((c - b'0') as i128)?;
+    }
+    for _ in frac.len()..s as usize {
+        n = n.checked_mul(10)?;
+    }
+    Some(if neg { -n } else { n })
+}
+
+/// `\x0a1b` (hex output, the default since PostgreSQL 9.0).
+fn parse_bytea(v: &str) -> Option<Vec<u8>> {
+    let hex = v.strip_prefix("\\x")?.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    hex.chunks(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
+}
+
+/// Days from 1970-01-01 to the proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// `YYYY-MM-DD`, optionally followed by ` BC`.
+fn parse_date_days(v: &str) -> Option<i64> {
+    let (v, bc) = match v.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (v, false),
+    };
+    let mut parts = v.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if bc { 1 - y } else { y };
+    Some(days_from_civil(y, m, d))
+}
+
+fn parse_date(v: &str) -> Option<i32> {
+    parse_date_days(v)?.try_into().ok()
+}
+
+/// `HH:MM:SS[.ffffff]` → microseconds.
+fn parse_time(v: &str) -> Option<i64> {
+    let mut parts = v.splitn(3, ':');
+    let h: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let sec = parts.next()?;
+    let (s, frac) = sec.split_once('.').unwrap_or((sec, ""));
+    let s: i64 = s.parse().ok()?;
+    if frac.len() > 6 || !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut us: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
+    for _ in frac.len()..6 {
+        us *= 10;
+    }
+    Some(((h * 60 + m) * 60 + s) * 1_000_000 + us)
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]` → microseconds since the epoch (UTC for
+/// timestamptz, whose text carries the session's zone offset, UTC here).
+fn parse_timestamp(v: &str, tz: bool) -> Option<i64> {
+    let (v, bc) = match v.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (v, false),
+    };
+    let (date, rest) = v.split_once(' ')?;
+    let (time, offset_secs) = if tz {
+        let at = rest.rfind(['+', '-'])?;
+        let (time, off) = rest.split_at(at);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let mut secs = 0i64;
+        for (i, part) in off[1..].split(':').enumerate() {
+            let n: i64 = part.parse().ok()?;
+            secs += n * [3600, 60, 1].get(i)?;
+        }
+        (time, sign * secs)
+    } else {
+        (rest, 0)
+    };
+    let days = parse_date_days(&if bc {
+        format!("{date} BC")
+    } else {
+        date.to_string()
+    })?;
+    let us = parse_time(time)?;
+    Some(days * 86_400_000_000 + us - offset_secs * 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_scale_and_sign() {
+        assert_eq!(parse_decimal("123.45", 2), Some(12345));
+        assert_eq!(parse_decimal("-0.5", 2), Some(-50));
+        assert_eq!(parse_decimal("7", 3), Some(7000));
+        assert_eq!(parse_decimal("1.234", 2), None);
+        assert_eq!(parse_decimal("NaN", 2), None);
+    }
+
+    #[test]
+    fn dates_times_timestamps() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2000-03-01"), Some(11017));
+        assert_eq!(parse_date("1969-12-31"), Some(-1));
+        assert_eq!(parse_date("infinity"), None);
+        assert_eq!(parse_time("01:02:03.5"), Some(3_723_500_000));
+        assert_eq!(
+            parse_timestamp("2024-02-29 12:00:00.000001", false),
+            Some(1_709_208_000_000_001)
+        );
+        assert_eq!(
+            parse_timestamp("2024-02-29 12:00:00+00", true),
+            Some(1_709_208_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2024-02-29 14:30:00+02:30", true),
+            Some(1_709_208_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2024-02-29 09:00:00-03", true),
+            Some(1_709_208_000_000_000)
+        );
+        assert_eq!(parse_date("0001-01-01 BC"), parse_date("0000-01-01"));
+    }
+
+    #[test]
+    fn bytea_hex() {
+        assert_eq!(parse_bytea("\\x00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(parse_bytea("\\x0"), None);
+    }
+
+    #[test]
+    fn numeric_typmods() {
+        let typmod = ((12 << 16) | 2) + 4;
+        assert_eq!(
+            kind_of("numeric", "N", typmod, false),
+            Some(Kind::Decimal(12, 2))
+        );
+        assert_eq!(kind_of("numeric", "N", -1, false), Some(Kind::Text));
+        assert_eq!(kind_of("int4", "N", -1, true), Some(Kind::Text));
+        assert_eq!(kind_of("mood", "E", -1, false), Some(Kind::Text));
+        assert_eq!(kind_of("point", "G", -1, false), None);
+    }
+}

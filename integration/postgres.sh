@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A throw-away PostgreSQL 15 for the tests and benchmarks (never the system instance).
+#   integration/postgres.sh install        apt packages, if missing
+#   integration/postgres.sh start DIR PORT  initdb + start under DIR on 127.0.0.1:PORT
+#   integration/postgres.sh stop DIR        stop the server started under DIR
+#   integration/postgres.sh restart DIR     stop then start again (same data)
+# Runs as root (the server itself runs as the `postgres` user, since initdb refuses root).
+set -euo pipefail
+BIN=/usr/lib/postgresql/15/bin
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_start() {
+  local dir=$1 port
+  port=$(cat "$dir/port")
+  as_postgres "$BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c wal_level=${LAKESHORE_PG_WAL_LEVEL:-logical} \
+        -c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off \
+        -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB \
+        -c max_connections=200 -c wal_sender_timeout=30s" start >/dev/null
+}
+
+case "${1:-}" in
+  install)
+    if [ ! -x "$BIN/initdb" ] || [ ! -f /usr/include/postgresql/libpq-fe.h ]; then
+      if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+      $SUDO apt-get update -qq
+      $SUDO apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15 libpq-dev
+    fi
+    ;;
+  start)
+    dir=$2 port=$3
+    mkdir -p "$dir"
+    echo "$port" > "$dir/port"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
+    as_postgres "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
+    pg_start "$dir"
+    ;;
+  stop)
+    as_postgres "$BIN/pg_ctl" -D "$2/data" -m immediate -w stop >/dev/null 2>&1 || true
+    ;;
+  restart)
+    as_postgres "$BIN/pg_ctl" -D "$2/data" -m fast -w stop >/dev/null
+    pg_start "$2"
+    ;;
+  *)
+    sed -n '2,7p' "$0" >&2
+    exit 2
+    ;;
+esac
