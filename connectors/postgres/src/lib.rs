@@ -222,6 +222,9 @@ pub struct PostgresSource {
     by_name: HashMap<String, usize>,
     /// Column index by name, per table.
     columns: Vec<HashMap<String, usize>>,
+    /// Per table and column: present in the stream's current relation (dropped columns
+    /// read as null from then on).
+    live: Vec<Vec<bool>>,
     position: Position,
     stream: Option<Stream>,
     /// Xids whose changes were dropped as not-yet-read, per table, since its last chunk.
@@ -294,7 +297,9 @@ impl PostgresSource {
             })
             .collect();
         let n = tables.len();
+        let live = tables.iter().map(|t| vec![true; t.columns.len()]).collect();
         Ok(PostgresSource {
+            live,
             opts,
             bounded: bounded || !streaming,
             client,
@@ -481,7 +486,7 @@ impl PostgresSource {
         }
         for (i, col) in table.columns.iter().enumerate() {
             let value = if !seen[i] {
-                if key_only || op.removes() {
+                if key_only || op.removes() || !self.live[t][i] {
                     None
                 } else {
                     match base.and_then(|b| b.get(&col.name)) {
@@ -607,7 +612,11 @@ impl PostgresSource {
                     }
                 }
                 if self.passes(t, &new_key, xid) {
-                    self.push_row(t, Op::UpdateAfter, &new_data, old_data.as_ref(), false)?;
+                    let base = match self.unchanged_columns(t, &new_data, old_data.as_ref()) {
+                        missing if missing.is_empty() => old_data,
+                        missing => Some(self.current_values(t, &new_key, &missing).await?),
+                    };
+                    self.push_row(t, Op::UpdateAfter, &new_data, base.as_ref(), false)?;
                 }
             }
             EventType::Delete {
@@ -646,24 +655,153 @@ impl PostgresSource {
                 let Some(t) = self.table_index(&namespace, &relation_name) else {
                     return Ok(());
                 };
-                let unknown: Vec<String> = columns
-                    .iter()
-                    .filter(|c| !self.columns[t].contains_key(c.name.as_ref()))
-                    .map(|c| c.name.to_string())
-                    .collect();
-                if !unknown.is_empty() {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "table {}: new columns {unknown:?} appeared; adding columns is not \
-                             replicated yet",
-                            self.tables[t].name
-                        ),
-                    ));
-                }
+                self.on_relation(t, &columns).await?;
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Columns of the current relation that an update's new image left out (unchanged
+    /// TOAST values) and its old image (REPLICA IDENTITY FULL) does not carry either.
+    fn unchanged_columns(&self, t: usize, new: &RowData, old: Option<&RowData>) -> Vec<usize> {
+        self.tables[t]
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                self.live[t][*i]
+                    && new.get(&c.name).is_none()
+                    && old.is_none_or(|o| o.get(&c.name).is_none())
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The current values of `columns` for `key`, read from the table. Used for unchanged
+    /// TOAST values under REPLICA IDENTITY DEFAULT: a later change of such a column carries
+    /// its new value, so the lake converges to the source (a checkpoint in between may show
+    /// a value newer than the update's own). REPLICA IDENTITY FULL avoids the query.
+    async fn current_values(&self, t: usize, key: &[String], columns: &[usize]) -> Result<RowData> {
+        let table = &self.tables[t];
+        let select: Vec<String> = columns
+            .iter()
+            .map(|&i| format!("{}::text", quote_ident(&table.columns[i].name)))
+            .collect();
+        let filter: Vec<String> = table
+            .key
+            .iter()
+            .zip(key)
+            .map(|(&k, v)| {
+                format!(
+                    "{} = {}",
+                    quote_ident(&table.columns[k].name),
+                    discover::quote_literal(v)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            select.join(", "),
+            table.quoted(),
+            filter.join(" AND ")
+        );
+        let messages = self
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| pg_error("reading unchanged TOAST values", e))?;
+        let mut data = RowData::with_capacity(columns.len());
+        let row = messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        });
+        for (j, &i) in columns.iter().enumerate() {
+            let value = match row.and_then(|r| r.get(j)) {
+                Some(v) => ColumnValue::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
+                None => ColumnValue::Null,
+            };
+            data.push(Arc::from(table.columns[i].name.as_str()), value);
+        }
+        Ok(data)
+    }
+
+    /// A Relation message: the stream's view of the table's columns from here on. New
+    /// columns are added to the lake table (a schema change after the rows before it);
+    /// dropped ones stay in the lake and read as null; a changed type is refused.
+    async fn on_relation(
+        &mut self,
+        t: usize,
+        columns: &[pg_walstream::RelationColumn],
+    ) -> Result<()> {
+        let mut added = Vec::new();
+        for c in columns {
+            let kind = type_kind(&self.client, c.type_id, c.type_modifier).await;
+            let name = c.name.to_string();
+            match self.columns[t].get(&name) {
+                Some(&i) => {
+                    let col = &self.tables[t].columns[i];
+                    if kind.is_some_and(|k| k != col.kind) {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "table {}, column {name}: its type changed (was {}); lakeshore \
+                                 replicates added and dropped columns only. Re-snapshot the \
+                                 table with a new pipeline name",
+                                self.tables[t].name, col.type_name
+                            ),
+                        ));
+                    }
+                }
+                None => {
+                    let kind = kind.ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "table {}, column {name}: added with a type lakeshore does not \
+                                 map (type oid {})",
+                                self.tables[t].name, c.type_id
+                            ),
+                        )
+                    })?;
+                    added.push(discover::PgColumn {
+                        name,
+                        type_name: format!("oid {}", c.type_id),
+                        kind,
+                        order: None,
+                    });
+                }
+            }
+        }
+        let present: std::collections::HashSet<&str> =
+            columns.iter().map(|c| c.name.as_ref()).collect();
+        if added.is_empty() {
+            for (i, col) in self.tables[t].columns.iter().enumerate() {
+                self.live[t][i] = present.contains(col.name.as_str());
+            }
+            return Ok(());
+        }
+        // Rows buffered so far have the old shape.
+        self.flush_table(t)?;
+        let table = &mut self.tables[t];
+        for col in added {
+            tracing::info!(table = %table.name, column = %col.name, "column added");
+            self.columns[t].insert(col.name.clone(), table.columns.len());
+            table.columns.push(col);
+        }
+        self.live[t] = table
+            .columns
+            .iter()
+            .map(|c| present.contains(c.name.as_str()))
+            .collect();
+        let pairs: Vec<(String, types::Kind)> = table
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.kind))
+            .collect();
+        table.schema.schema = types::arrow_schema(&pairs, &table.schema.key);
+        self.out
+            .push_back(SourceEvent::SchemaChange(table.schema.clone()));
         Ok(())
     }
 
@@ -814,6 +952,29 @@ fn parse_lsn(s: &str) -> Result<u64> {
     let hi = u64::from_str_radix(hi, 16).map_err(|_| Error::new(ErrorKind::Internal, "bad LSN"))?;
     let lo = u64::from_str_radix(lo, 16).map_err(|_| Error::new(ErrorKind::Internal, "bad LSN"))?;
     Ok(hi << 32 | lo)
+}
+
+/// The kind of a column of type `oid` with modifier `typmod`; `None` when unmapped or the
+/// catalog cannot be read.
+async fn type_kind(client: &Client, oid: u32, typmod: i32) -> Option<types::Kind> {
+    let row = client
+        .query_opt(
+            "SELECT coalesce(bt.typname, t.typname)::text, \
+                    coalesce(bt.typcategory, t.typcategory)::text, \
+                    (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
+                    CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE $2 END \
+             FROM pg_type t LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+             WHERE t.oid = $1",
+            &[&oid, &typmod],
+        )
+        .await
+        .ok()??;
+    types::kind_of(
+        &row.get::<_, String>(0),
+        &row.get::<_, String>(1),
+        row.get(3),
+        row.get(2),
+    )
 }
 
 async fn current_wal_lsn(client: &Client) -> Result<u64> {
