@@ -36,6 +36,15 @@ case "${1:-}" in
     echo "$port" > "$dir/port"
     if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
     as_postgres "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
+    # The superuser `postgres` logs in without a password; every other role needs its
+    # password (so tests can check what a wrong one does).
+    cat > "$dir/data/pg_hba.conf" <<EOF
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host replication postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+EOF
     pg_start "$dir"
     ;;
   stop)

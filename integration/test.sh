@@ -26,6 +26,9 @@ if ! command -v cc >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/nu
   $SUDO apt-get install -y -qq --no-install-recommends build-essential pkg-config python3-venv
 fi
 
+step "PostgreSQL 15 and libpq (apt, if missing)"
+integration/postgres.sh install
+
 step "python venv ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"

@@ -68,6 +68,40 @@ pub async fn run(
     plan: &Plan,
     bounded: bool,
     observer: Arc<dyn Observer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunSummary> {
+    // `run` outlives servers that restart: a retryable failure (a connection lost, a
+    // server briefly down) restarts the pipeline from its last checkpoint after a pause
+    // that doubles up to a minute. `backfill` reports the first failure.
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        match run_once(plan, bounded, observer.clone(), shutdown.clone()).await {
+            Err(e) if !bounded && e.is_retryable() && !*shutdown.borrow() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    pause = Duration::from_secs(1);
+                }
+                tracing::warn!(
+                    pipeline = %plan.name,
+                    error = %e,
+                    retry_in_s = pause.as_secs(),
+                    "pipeline failed; restarting from its last checkpoint"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn run_once(
+    plan: &Plan,
+    bounded: bool,
+    observer: Arc<dyn Observer>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunSummary> {
     tracing::info!(pipeline = %plan.name, file = %plan.file.display(), "starting");

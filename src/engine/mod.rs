@@ -273,6 +273,7 @@ pub async fn run(
         source.ack(&position).await?;
         summary.last_checkpoint = Some(id);
     }
+    source.close().await?;
     summary.rows = targets.into_iter().zip(rows_per_writer).collect();
     Ok(summary)
 }

@@ -191,6 +191,11 @@ pub trait Source: Send {
     /// Everything up to `position` is committed in the lake.
     async fn ack(&mut self, position: &SourcePosition) -> Result<()>;
 
+    /// The engine is done with the source; every ack has been delivered. Sources release
+    /// their connections here and make sure the last acked position reached upstream.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Total number of events for a bounded source, for progress reporting.
     fn size_hint(&self) -> Option<u64> {
         None

@@ -32,7 +32,7 @@ use lakeshore_api::{
 };
 use pg_walstream::{
     CancellationToken, ChangeEvent, ColumnValue, EventType, LogicalReplicationStream,
-    ReplicationStreamConfig, RowData, SharedLsnFeedback, StreamingMode,
+    ReplicaIdentity, ReplicationStreamConfig, RowData, SharedLsnFeedback, StreamingMode,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -134,20 +134,23 @@ pub async fn connect(url: &str) -> Result<Client> {
 
 fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
     let target = redact(url);
-    let text = e.to_string();
-    let db = e.as_db_error();
-    let hint = match db.map(|d| d.code().code()) {
+    let hint = match e.as_db_error().map(|d| d.code().code()) {
         Some("28P01") | Some("28000") => {
             "PostgreSQL refused the login; check the user and password in [source] url"
         }
         Some("3D000") => "the database does not exist; check the database name in [source] url",
-        _ if text.contains("refused")
-            || text.contains("timed out")
-            || text.contains("error connecting") =>
-        {
-            "cannot reach PostgreSQL; check host and port in [source] url and that the server is running"
+        Some(_) => "PostgreSQL refused the connection; check [source] url",
+        None => {
+            // No answer from the server: it may be down for a moment (`run` retries).
+            return Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "cannot reach PostgreSQL ({target}); check host and port in [source] url \
+                     and that the server is running"
+                ),
+            )
+            .with_source(e);
         }
-        _ => "cannot connect to PostgreSQL; check [source] url",
     };
     Error::new(ErrorKind::Config, format!("{hint} ({target})")).with_source(e)
 }
@@ -205,6 +208,9 @@ struct Stream {
     rx: mpsc::Receiver<std::result::Result<ChangeEvent, String>>,
     feedback: Arc<SharedLsnFeedback>,
     cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Highest LSN acked.
+    acked: u64,
 }
 
 impl Drop for Stream {
@@ -598,6 +604,7 @@ impl PostgresSource {
                 table,
                 old_data,
                 new_data,
+                replica_identity,
                 ..
             } => {
                 let Some(t) = self.table_index(&schema, &table) else {
@@ -612,8 +619,13 @@ impl PostgresSource {
                     }
                 }
                 if self.passes(t, &new_key, xid) {
-                    let base = match self.unchanged_columns(t, &new_data, old_data.as_ref()) {
-                        missing if missing.is_empty() => old_data,
+                    // Only a full old image ('O', REPLICA IDENTITY FULL) has values; a
+                    // key image ('K') carries nulls for the columns outside the key.
+                    let full_old = old_data
+                        .as_ref()
+                        .filter(|_| matches!(replica_identity, ReplicaIdentity::Full));
+                    let base = match self.unchanged_columns(t, &new_data, full_old) {
+                        missing if missing.is_empty() => full_old.cloned(),
                         missing => Some(self.current_values(t, &new_key, &missing).await?),
                     };
                     self.push_row(t, Op::UpdateAfter, &new_data, base.as_ref(), false)?;
@@ -716,6 +728,7 @@ impl PostgresSource {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
             _ => None,
         });
+        tracing::debug!(table = %table.name, ?key, found = row.is_some(), "read unchanged TOAST values");
         for (j, &i) in columns.iter().enumerate() {
             let value = match row.and_then(|r| r.get(j)) {
                 Some(v) => ColumnValue::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
@@ -932,10 +945,37 @@ impl Source for PostgresSource {
     }
 
     async fn ack(&mut self, position: &SourcePosition) -> Result<()> {
-        if let (Some(stream), Some(lsn)) = (&self.stream, position.0.get("lsn"))
+        if let (Some(stream), Some(lsn)) = (&mut self.stream, position.0.get("lsn"))
             && let Some(lsn) = lsn.as_u64().filter(|l| *l > 0)
         {
             stream.feedback.update_applied_lsn(lsn);
+            stream.acked = stream.acked.max(lsn);
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        let Some(mut stream) = self.stream.take() else {
+            return Ok(());
+        };
+        stream.cancel.cancel();
+        if let Some(task) = stream.task.take() {
+            let _ = task.await;
+        }
+        // The stream may have ended before its last feedback went out: move the slot's
+        // confirmed position to the last ack directly (the slot is free again now).
+        if stream.acked > 0 {
+            let lsn = format!("{:X}/{:X}", stream.acked >> 32, stream.acked & 0xffff_ffff);
+            if let Err(e) = self
+                .client
+                .query_one(
+                    "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)::text",
+                    &[&self.opts.slot, &lsn],
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "advancing the slot on close");
+            }
         }
         Ok(())
     }
@@ -1182,7 +1222,7 @@ async fn start_stream(opts: &PostgresOptions, lsn: u64) -> Result<Stream> {
     let cancel = CancellationToken::new();
     let (tx, rx) = mpsc::channel(8192);
     let token = cancel.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             match stream.next_event(&token).await {
                 Ok(ev) => {
@@ -1204,6 +1244,8 @@ async fn start_stream(opts: &PostgresOptions, lsn: u64) -> Result<Stream> {
         rx,
         feedback,
         cancel,
+        task: Some(task),
+        acked: lsn,
     })
 }
 

@@ -17,9 +17,9 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
-    Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
-    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder, Int16Builder,
+    Int32Builder, Int64Builder, LargeBinaryBuilder, StringBuilder, Time64MicrosecondBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -55,7 +55,7 @@ impl Kind {
             Kind::Float64 => DataType::Float64,
             Kind::Decimal(p, s) => DataType::Decimal128(p, s),
             Kind::Text => DataType::Utf8,
-            Kind::Bytea => DataType::Binary,
+            Kind::Bytea => DataType::LargeBinary,
             Kind::Date => DataType::Date32,
             Kind::Time => DataType::Time64(TimeUnit::Microsecond),
             Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -72,7 +72,7 @@ pub fn kind_of(base: &str, category: &str, typmod: i32, is_array: bool) -> Optio
     }
     Some(match base {
         "bool" => Kind::Bool,
-        "int2" => Kind::Int16,
+        "int2" => Kind::Int32,
         "int4" | "oid" => Kind::Int32,
         "int8" => Kind::Int64,
         "float4" => Kind::Float32,
@@ -114,7 +114,7 @@ pub enum ColumnBuilder {
     Float64(Float64Builder),
     Decimal(Decimal128Builder, i8),
     Text(StringBuilder),
-    Bytea(BinaryBuilder),
+    Bytea(LargeBinaryBuilder),
     Date(Date32Builder),
     Time(Time64MicrosecondBuilder),
     Timestamp(TimestampMicrosecondBuilder, bool),
@@ -140,7 +140,7 @@ impl ColumnBuilder {
                 ColumnBuilder::Text(StringBuilder::with_capacity(capacity, capacity * 16))
             }
             Kind::Bytea => {
-                ColumnBuilder::Bytea(BinaryBuilder::with_capacity(capacity, capacity * 16))
+                ColumnBuilder::Bytea(LargeBinaryBuilder::with_capacity(capacity, capacity * 16))
             }
             Kind::Date => ColumnBuilder::Date(Date32Builder::with_capacity(capacity)),
             Kind::Time => ColumnBuilder::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
@@ -186,7 +186,12 @@ impl ColumnBuilder {
             ColumnBuilder::Int16(b) => b.append_value(v.parse().map_err(|_| bad())?),
             ColumnBuilder::Int32(b) => b.append_value(v.parse().map_err(|_| bad())?),
             ColumnBuilder::Int64(b) => b.append_value(v.parse().map_err(|_| bad())?),
-            ColumnBuilder::Float32(b) => b.append_value(parse_float(v).ok_or_else(bad)? as f32),
+            ColumnBuilder::Float32(b) => b.append_value(match v {
+                "NaN" => f32::NAN,
+                "Infinity" => f32::INFINITY,
+                "-Infinity" => f32::NEG_INFINITY,
+                _ => v.parse().map_err(|_| bad())?,
+            }),
             ColumnBuilder::Float64(b) => b.append_value(parse_float(v).ok_or_else(bad)?),
             ColumnBuilder::Decimal(b, s) => b.append_value(parse_decimal(v, *s).ok_or_else(|| {
                 format!("cannot read {v:?} as a decimal (NaN and infinity have no decimal form)")
