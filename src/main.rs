@@ -42,6 +42,10 @@ enum Command {
         /// Pipeline files or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also connect to each source and check its server set-up (privileges, WAL
+        /// settings, tables and keys, publication and slot), saying what to change.
+        #[arg(long)]
+        connect: bool,
     },
     /// Measure the raw Parquet write limit of a generator pipeline (for benchmarks).
     #[command(hide = true)]
@@ -143,12 +147,24 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 
 async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Validate { paths } => {
+        Command::Validate { paths, connect } => {
             let files = config::pipeline_files(&paths)?;
             let mut failed = Vec::new();
             for f in &files {
                 match config::load(f) {
-                    Ok(plan) => println!("ok: {} (pipeline {})", f.display(), plan.name),
+                    Ok(plan) => {
+                        println!("ok: {} (pipeline {})", f.display(), plan.name);
+                        if connect {
+                            match pipeline::check_source(&plan).await {
+                                Ok(lines) => {
+                                    for l in lines {
+                                        println!("  {l}");
+                                    }
+                                }
+                                Err(e) => failed.push(format!("{}: {e}", f.display())),
+                            }
+                        }
+                    }
                     Err(e) => failed.push(e.to_string()),
                 }
             }

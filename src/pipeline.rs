@@ -32,6 +32,14 @@ pub async fn open_source(
     }
 }
 
+/// `validate --connect`: check the source's server without changing anything.
+pub async fn check_source(plan: &Plan) -> Result<Vec<String>> {
+    match &plan.source {
+        SourcePlan::Datagen(_) => Ok(vec!["generator source: nothing to connect to".into()]),
+        SourcePlan::Postgres(o) => lakeshore_postgres::check(o).await,
+    }
+}
+
 /// Connect the sink of `plan`.
 pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
     match &plan.sink {

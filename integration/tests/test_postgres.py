@@ -266,12 +266,34 @@ def test_server_restart_during_streaming_and_slot_reuse(tmp_path, postgres, duck
 
 
 def validate_error(pipeline):
+    """The message of `backfill`, which must equal the one `validate --connect` gives."""
     import subprocess
     from conftest import BIN
     r = subprocess.run([BIN, "backfill", str(pipeline.file)], cwd=pipeline.dir, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0
+    v = subprocess.run([BIN, "validate", "--connect", str(pipeline.file)], cwd=pipeline.dir, capture_output=True,
+                       text=True, timeout=60)
+    assert v.returncode == 2, v
+    last = r.stderr.strip().splitlines()[-1].removeprefix("error: ")
+    assert last in v.stderr, (last, v.stderr)
     return r.stderr
+
+
+def test_validate_connect_reports_the_setup(tmp_path, postgres):
+    import subprocess
+    from conftest import BIN
+    db = postgres.create_db("valid")
+    postgres.execute("CREATE TABLE t (id int primary key, v text)", db)
+    p = pg_pipeline(tmp_path, "valid", postgres, db, ["public.t"])
+    r = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=p.dir, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for line in ["wal_level=logical", "table public.t: 2 columns, key (id), replica identity default",
+                 "publication lakeshore_valid does not exist; lakeshore will create it",
+                 "slot lakeshore_valid does not exist; lakeshore will create it"]:
+        assert line in r.stdout, r.stdout
+    # validate changes nothing.
+    assert postgres.execute("select count(*) from pg_replication_slots where slot_name = 'lakeshore_valid'")[0][0] == 0
 
 
 def test_bad_setups_say_what_to_change(tmp_path, postgres):

@@ -105,6 +105,11 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// How often lag is measured and, on a quiet stream, a heartbeat is written.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Retained WAL above which a warning is logged.
+const SLOT_WARN_BYTES: u64 = 1 << 30;
+
 /// Session settings that fix the text formats `types` parses.
 const SESSION_OPTIONS: &str =
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3";
@@ -234,7 +239,7 @@ pub struct PostgresSource {
     position: Position,
     stream: Option<Stream>,
     /// Xids whose changes were dropped as not-yet-read, per table, since its last chunk.
-    dropped: Vec<Vec<u32>>,
+    dropped: Vec<std::collections::HashSet<u32>>,
     xid: Option<u32>,
     pending: Vec<Option<Pending>>,
     out: VecDeque<SourceEvent>,
@@ -246,6 +251,11 @@ pub struct PostgresSource {
     /// Stream events handled since the last chunk, so a busy stream cannot starve the
     /// snapshot.
     since_chunk: usize,
+    /// When the last stream event arrived and when lag was last measured.
+    last_event: std::time::Instant,
+    last_status: std::time::Instant,
+    /// Commit time of the last source transaction read, for the lag in seconds.
+    last_commit: Option<std::time::SystemTime>,
 }
 
 impl PostgresSource {
@@ -314,7 +324,7 @@ impl PostgresSource {
             columns,
             position,
             stream,
-            dropped: vec![Vec::new(); n],
+            dropped: vec![Default::default(); n],
             xid: None,
             pending: (0..n).map(|_| None).collect(),
             out: VecDeque::new(),
@@ -323,6 +333,9 @@ impl PostgresSource {
             finished: false,
             snapshot_rows: 0,
             since_chunk: 0,
+            last_event: std::time::Instant::now(),
+            last_status: std::time::Instant::now(),
+            last_commit: None,
         })
     }
 
@@ -401,7 +414,12 @@ impl PostgresSource {
                 b,
             )));
         }
+        metrics::counter!("lakeshore_postgres_snapshot_rows_total", "table" => table.name.clone())
+            .increment(read.rows as u64);
         if progress == Progress::Done {
+            tracing::info!(table = %table.name, "snapshot complete");
+            metrics::gauge!("lakeshore_postgres_snapshot_done", "table" => table.name.clone())
+                .set(1.0);
             self.out
                 .push_back(SourceEvent::SnapshotDone(table.name.clone()));
         }
@@ -418,9 +436,7 @@ impl PostgresSource {
             None => false,
         };
         if !read {
-            if !self.dropped[t].contains(&xid) {
-                self.dropped[t].push(xid);
-            }
+            self.dropped[t].insert(xid);
             return false;
         }
         !self.position.windows.iter().any(|w| {
@@ -570,7 +586,12 @@ impl PostgresSource {
     async fn on_event(&mut self, ev: ChangeEvent) -> Result<()> {
         match ev.event_type {
             EventType::Begin { transaction_id, .. } => self.xid = Some(transaction_id),
-            EventType::Commit { end_lsn, .. } => {
+            EventType::Commit {
+                end_lsn,
+                commit_timestamp,
+                ..
+            } => {
+                self.last_commit = Some(commit_timestamp.into());
                 self.xid = None;
                 self.position.lsn = end_lsn.0;
                 self.passed(end_lsn.0);
@@ -840,6 +861,50 @@ impl PostgresSource {
         Ok(false)
     }
 
+    /// Publish replication lag and retained WAL; when the stream has been quiet, write a
+    /// heartbeat message so the position (and, after the next commit, the slot) moves past
+    /// WAL written for other tables or databases.
+    async fn status(&mut self) -> Result<()> {
+        self.last_status = std::time::Instant::now();
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_current_wal_lsn()::text, \
+                        (SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&self.opts.slot],
+            )
+            .await
+            .map_err(|e| pg_error("reading the WAL position", e))?;
+        let current = parse_lsn(&row.get::<_, String>(0))?;
+        let lag = current.saturating_sub(self.position.lsn);
+        metrics::gauge!("lakeshore_postgres_replication_lag_bytes", "slot" => self.opts.slot.clone())
+            .set(lag as f64);
+        let seconds = match (lag, self.last_commit) {
+            (0, _) | (_, None) => 0.0,
+            (_, Some(at)) => at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        };
+        metrics::gauge!("lakeshore_postgres_replication_lag_seconds", "slot" => self.opts.slot.clone())
+            .set(seconds);
+        if let Some(restart) = row.get::<_, Option<String>>(1) {
+            let retained = current.saturating_sub(parse_lsn(&restart)?);
+            metrics::gauge!("lakeshore_postgres_slot_retained_wal_bytes", "slot" => self.opts.slot.clone())
+                .set(retained as f64);
+            if retained > SLOT_WARN_BYTES {
+                tracing::warn!(slot = %self.opts.slot, retained_bytes = retained, "replication slot retains much WAL; is the pipeline keeping up?");
+            }
+        }
+        if self.xid.is_none() && self.last_event.elapsed() >= STATUS_INTERVAL && lag > 0 {
+            self.client
+                .query_one(
+                    "SELECT pg_logical_emit_message(false, 'lakeshore', 'heartbeat')::text",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error("writing a heartbeat", e))?;
+        }
+        Ok(())
+    }
+
     async fn write_end_marker(&mut self) -> Result<()> {
         let row = self
             .client
@@ -906,6 +971,9 @@ impl Source for PostgresSource {
                     }
                 }
             }
+            if self.stream.is_some() && self.last_status.elapsed() >= STATUS_INTERVAL {
+                self.status().await?;
+            }
             let Some(stream) = self.stream.as_mut() else {
                 self.finished = true;
                 continue;
@@ -913,6 +981,7 @@ impl Source for PostgresSource {
             match tokio::time::timeout(Duration::from_millis(200), stream.rx.recv()).await {
                 Ok(Some(Ok(ev))) => {
                     self.since_chunk += 1;
+                    self.last_event = std::time::Instant::now();
                     self.on_event(ev).await?
                 }
                 Ok(Some(Err(message))) => {
@@ -1023,6 +1092,134 @@ async fn current_wal_lsn(client: &Client) -> Result<u64> {
         .await
         .map_err(|e| pg_error("pg_current_wal_lsn()", e))?;
     parse_lsn(&row.get::<_, String>(0))
+}
+
+/// `lakeshore validate --connect`: everything [`PostgresSource::open`] would check or set
+/// up, without changing anything. Returns one line per finding; the first problem is an
+/// error that says what to change.
+pub async fn check(opts: &PostgresOptions) -> Result<Vec<String>> {
+    let client = connect(&opts.url).await?;
+    let mut report = vec![format!("connected to {}", redact(&opts.url))];
+    let streaming = opts.startup != Startup::SnapshotOnly;
+    if streaming {
+        check_server(&client).await?;
+        report.push("wal_level=logical; the user may start replication".into());
+    }
+    let tables = discover::discover(&client, &opts.tables, &opts.key_columns).await?;
+    for t in &tables {
+        let key: Vec<&str> = t.key.iter().map(|&k| t.columns[k].name.as_str()).collect();
+        report.push(format!(
+            "table {}: {} columns, key ({}), replica identity {}",
+            t.name,
+            t.columns.len(),
+            key.join(", "),
+            match t.replica_identity {
+                'f' => "full",
+                'i' => "index",
+                _ => "default",
+            }
+        ));
+    }
+    if !streaming {
+        return Ok(report);
+    }
+    let publication = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&opts.publication],
+        )
+        .await
+        .map_err(|e| pg_error("reading publications", e))?;
+    report.push(match publication {
+        None => format!(
+            "publication {} does not exist; lakeshore will create it (needs ownership of the tables)",
+            opts.publication
+        ),
+        Some(row) if row.get::<_, bool>(0) => {
+            format!("publication {} covers all tables", opts.publication)
+        }
+        Some(_) => {
+            let rows = client
+                .query(
+                    "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+                     WHERE pubname = $1",
+                    &[&opts.publication],
+                )
+                .await
+                .map_err(|e| pg_error("reading publication tables", e))?;
+            let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let missing: Vec<&str> = tables
+                .iter()
+                .filter(|t| !have.contains(&t.name))
+                .map(|t| t.name.as_str())
+                .collect();
+            if missing.is_empty() {
+                format!("publication {} covers the tables", opts.publication)
+            } else {
+                format!(
+                    "publication {} lacks {}; lakeshore will add them",
+                    opts.publication,
+                    missing.join(", ")
+                )
+            }
+        }
+    });
+    let slot = client
+        .query_opt(
+            "SELECT plugin, database = current_database(), active, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&opts.slot],
+        )
+        .await
+        .map_err(|e| pg_error("reading replication slots", e))?;
+    match slot {
+        Some(r) => {
+            let plugin: Option<String> = r.get(0);
+            let same_db: Option<bool> = r.get(1);
+            if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "replication slot {} exists but is not a pgoutput slot of this \
+                         database; choose another [source] slot name",
+                        opts.slot
+                    ),
+                ));
+            }
+            let active: bool = r.get(2);
+            let retained: Option<i64> = r.get(3);
+            report.push(format!(
+                "slot {} exists{}, retains {} MiB of WAL",
+                opts.slot,
+                if active { " and is in use" } else { "" },
+                retained.unwrap_or(0) >> 20
+            ));
+        }
+        None => {
+            let free = client
+                .query_one(
+                    "SELECT current_setting('max_replication_slots')::int - \
+                            (SELECT count(*) FROM pg_replication_slots)::int",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error("counting replication slots", e))?
+                .get::<_, i32>(0);
+            if free <= 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "no free replication slot: raise max_replication_slots (needs a restart) \
+                     or drop an unused slot",
+                ));
+            }
+            report.push(format!(
+                "slot {} does not exist; lakeshore will create it ({free} free)",
+                opts.slot
+            ));
+        }
+    }
+    Ok(report)
 }
 
 /// `wal_level = logical` and the REPLICATION attribute.
@@ -1220,7 +1417,7 @@ async fn start_stream(opts: &PostgresOptions, lsn: u64) -> Result<Stream> {
         })?;
     let feedback = stream.shared_lsn_feedback.clone();
     let cancel = CancellationToken::new();
-    let (tx, rx) = mpsc::channel(8192);
+    let (tx, rx) = mpsc::channel(1024);
     let token = cancel.clone();
     let task = tokio::spawn(async move {
         loop {
