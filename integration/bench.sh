@@ -2,6 +2,7 @@
 # Benchmarks (not part of the tests). Prints rows/s, the ratio to the raw Parquet write
 # limit measured in the same run, peak RSS, and the upsert read-cost ratio.
 #   integration/bench.sh [--sizes 1000000,10000000] [--orders 1000000]
+#   integration/bench.sh postgres [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -11,6 +12,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q -r integration/requirements.txt
 fi
+integration/postgres.sh install
+"$VENV/bin/pip" install -q -r integration/requirements.txt
 cargo build --release -q
 export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
+if [ "${1:-}" = postgres ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_postgres.py "$@"
+fi
 exec "$VENV/bin/python" integration/bench.py "$@"

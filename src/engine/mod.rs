@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lakeshore_api::{
@@ -109,12 +110,15 @@ pub async fn run(
     // Writers, one per lake table.
     let (committed_tx, committed_rx) = watch::channel(first_id - 1);
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+    // Set by a writer whose checkpoint state outgrew its budget.
+    let pressure = Arc::new(AtomicBool::new(false));
     let (writers, targets, route) = open_writers(
         &spec,
         source.tables(),
         sink.as_ref(),
         &commit_tx,
         &committed_rx,
+        &pressure,
     )
     .await?;
     let to_committer = commit_tx;
@@ -154,7 +158,8 @@ pub async fn run(
                 next_id += 1;
             } else if final_id.is_none()
                 && in_flight.is_none()
-                && last_barrier.elapsed() >= spec.checkpoint_interval
+                && (last_barrier.elapsed() >= spec.checkpoint_interval
+                    || pressure.swap(false, Ordering::Relaxed))
             {
                 in_flight = Some(next_id);
                 source.request_barrier(next_id);
@@ -298,6 +303,7 @@ async fn open_writers(
     sink: &dyn Sink,
     to_committer: &mpsc::UnboundedSender<CommitterMsg>,
     committed: &watch::Receiver<u64>,
+    pressure: &Arc<AtomicBool>,
 ) -> Result<(Vec<Writer>, Vec<String>, HashMap<String, usize>)> {
     let mut writers: Vec<Writer> = Vec::new();
     let mut targets: Vec<String> = Vec::new();
@@ -320,6 +326,7 @@ async fn open_writers(
                     rx,
                     to_committer.clone(),
                     committed.clone(),
+                    pressure.clone(),
                 ));
                 writers.push(Writer { tx, task });
                 targets.push(target);
@@ -380,10 +387,16 @@ async fn writer_task(
     mut rx: mpsc::Receiver<WriterMsg>,
     done: mpsc::UnboundedSender<CommitterMsg>,
     mut committed: watch::Receiver<u64>,
+    pressure: Arc<AtomicBool>,
 ) -> Result<()> {
     while let Some(msg) = rx.recv().await {
         match msg {
-            WriterMsg::Batch(b) => writer.write(b).await?,
+            WriterMsg::Batch(b) => {
+                writer.write(b).await?;
+                if writer.wants_checkpoint() {
+                    pressure.store(true, Ordering::Relaxed);
+                }
+            }
             WriterMsg::Evolve(schema) => writer.evolve(&schema).await?,
             WriterMsg::Barrier(id) => {
                 // Lookups of committed rows must see every earlier checkpoint.

@@ -277,6 +277,13 @@ pub trait TableWriter: Send {
     /// look up committed rows see everything before this checkpoint.
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit>;
 
+    /// True when the writer holds so much state for the open checkpoint (e.g. an index of
+    /// the keys it wrote) that the engine should checkpoint now rather than at the next
+    /// interval. Keeps memory bounded when rows arrive faster than the interval drains
+    /// them, e.g. during a snapshot.
+    fn wants_checkpoint(&self) -> bool {
+        false
+    }
     /// The source table's schema changed; later batches use `schema`. Writers add new
     /// columns to the lake table (existing rows read them as null), keep dropped ones
     /// (null from then on), and refuse other changes with an error that names the table

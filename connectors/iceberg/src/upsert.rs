@@ -268,6 +268,11 @@ enum KeyState {
 /// died within the checkpoint; below it, position deletes are cheaper than the rewrite.
 const REWRITE_DEAD_FRACTION: f64 = 0.05;
 
+/// Keys the open checkpoint may index before the writer asks for an early checkpoint
+/// (about 100 bytes each): bounds memory when rows arrive faster than the checkpoint
+/// interval drains them, e.g. during a snapshot.
+const MAX_INDEXED_KEYS: usize = 256 * 1024;
+
 /// Upsert mode: a live row per key; changes become position deletes.
 pub struct UpsertWriter {
     t: OpenTable,
@@ -447,6 +452,10 @@ impl TableWriter for UpsertWriter {
             }
         }
         Ok(())
+    }
+
+    fn wants_checkpoint(&self) -> bool {
+        self.index.len() >= MAX_INDEXED_KEYS
     }
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {

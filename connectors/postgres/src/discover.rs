@@ -31,6 +31,8 @@ pub struct PgTable {
     pub key: Vec<usize>,
     /// `d` default, `f` full, `i` index, `n` nothing.
     pub replica_identity: char,
+    /// A partitioned table (its partitions' changes are published under its name).
+    pub partitioned: bool,
     pub schema: TableSchema,
 }
 
@@ -96,7 +98,7 @@ pub async fn discover(
 ) -> Result<Vec<PgTable>> {
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname, c.relname, c.relreplident::text \
+            "SELECT c.oid, n.nspname, c.relname, c.relreplident::text, c.relkind = 'p' \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -118,7 +120,8 @@ pub async fn discover(
                 continue;
             }
             let ident: String = row.get(3);
-            let table = describe(
+            let partitioned: bool = row.get(4);
+            let mut table = describe(
                 client,
                 oid,
                 name,
@@ -128,6 +131,7 @@ pub async fn discover(
                 key_columns,
             )
             .await?;
+            table.partitioned = partitioned;
             tables.push(table);
         }
         if tables.len() == before {
@@ -158,7 +162,7 @@ async fn describe(
                     coalesce(bt.typname, t.typname)::text, t.typcategory::text, \
                     CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
                     (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
-                    coalesce(bt.typcategory, t.typcategory)::text \
+                    coalesce(bt.typcategory, t.typcategory)::text, a.attnotnull \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
@@ -226,6 +230,17 @@ async fn describe(
             ),
         ));
     }
+    if replica_identity == 'i' {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "table {name} has REPLICA IDENTITY USING INDEX, whose old images need not carry \
+                 the pipeline's key; run ALTER TABLE {}.{} REPLICA IDENTITY DEFAULT (or FULL)",
+                quote_ident(&schema_name),
+                quote_ident(&table_name)
+            ),
+        ));
+    }
     if replica_identity == 'n' {
         return Err(Error::new(
             ErrorKind::Config,
@@ -261,6 +276,18 @@ async fn describe(
                 ));
             }
         };
+        if pk.is_empty() && !cols[i].get::<_, bool>(7) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "table {name}, key column {k} may be null; key_columns must be NOT NULL \
+                     (and unique): ALTER TABLE {}.{} ALTER COLUMN {} SET NOT NULL",
+                    quote_ident(&schema_name),
+                    quote_ident(&table_name),
+                    quote_ident(k)
+                ),
+            ));
+        }
         columns[i].order = Some(order);
         key.push(i);
     }
@@ -278,6 +305,7 @@ async fn describe(
         columns,
         key,
         replica_identity,
+        partitioned: false,
         schema,
     })
 }

@@ -224,11 +224,24 @@ impl Drop for Stream {
     }
 }
 
+/// The next chunk of a table, read on a second connection while the current one is
+/// written. It is used only if the stream delivered nothing since that the read missed
+/// (the same check as for any chunk), else read again; on a quiet source it overlaps the
+/// server's work with ours.
+struct Prefetch {
+    table: usize,
+    after: Option<Key>,
+    task: tokio::task::JoinHandle<(Client, Result<snapshot::ChunkRead>)>,
+}
+
 /// The PostgreSQL source.
 pub struct PostgresSource {
     opts: PostgresOptions,
     bounded: bool,
     client: Client,
+    /// Second connection for [`Prefetch`] (while no prefetch holds it).
+    reader: Option<Client>,
+    prefetch: Option<Prefetch>,
     tables: Vec<PgTable>,
     by_name: HashMap<String, usize>,
     /// Column index by name, per table.
@@ -284,6 +297,20 @@ impl PostgresSource {
             })?,
             None => Position::default(),
         };
+        for t in &tables {
+            if let Some(Progress::After(k)) = position.tables.get(&t.name)
+                && k.len() != t.key.len()
+            {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the key of {} changed since its snapshot began; start over with a new \
+                         pipeline name",
+                        t.name
+                    ),
+                ));
+            }
+        }
         let fresh = position.lsn == 0 && position.tables.is_empty();
         if fresh && opts.startup == Startup::Latest {
             for t in &tables {
@@ -314,8 +341,17 @@ impl PostgresSource {
             .collect();
         let n = tables.len();
         let live = tables.iter().map(|t| vec![true; t.columns.len()]).collect();
+        let reader = if position.tables.values().all(|p| *p == Progress::Done)
+            && position.tables.len() == tables.len()
+        {
+            None
+        } else {
+            Some(connect(&opts.url).await?)
+        };
         Ok(PostgresSource {
             live,
+            reader,
+            prefetch: None,
             opts,
             bounded: bounded || !streaming,
             client,
@@ -360,15 +396,35 @@ impl PostgresSource {
                 .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
         }
         let mut attempt = 0;
+        let mut prefetched = match self.prefetch.take() {
+            Some(p) => {
+                let (client, read) = p
+                    .task
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Internal, format!("chunk reader: {e}")))?;
+                self.reader = Some(client);
+                match read {
+                    Ok(read) if p.table == t && p.after == after => Some(read),
+                    Ok(_) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
         let read = loop {
-            let read = snapshot::read_chunk(
-                &mut self.client,
-                &table,
-                after.as_deref(),
-                self.opts.chunk_size,
-                self.opts.batch_rows,
-            )
-            .await?;
+            let read = match prefetched.take() {
+                Some(read) => read,
+                None => {
+                    snapshot::read_chunk(
+                        &mut self.client,
+                        &table,
+                        after.as_deref(),
+                        self.opts.chunk_size,
+                        self.opts.batch_rows,
+                    )
+                    .await?
+                }
+            };
             // Every transaction dropped as not-yet-read must be in this read.
             if self.dropped[t].iter().all(|x| read.visibility.sees(*x)) {
                 break read;
@@ -422,6 +478,23 @@ impl PostgresSource {
                 .set(1.0);
             self.out
                 .push_back(SourceEvent::SnapshotDone(table.name.clone()));
+        }
+        // Read the table's next chunk while this one is written (see `Prefetch`).
+        if let (Progress::After(last), Some(client)) = (&progress, self.reader.take()) {
+            let (table, after) = (self.tables[t].clone(), Some(last.clone()));
+            let (limit, batch_rows) = (self.opts.chunk_size, self.opts.batch_rows);
+            let task = tokio::spawn(async move {
+                let mut client = client;
+                let read =
+                    snapshot::read_chunk(&mut client, &table, after.as_deref(), limit, batch_rows)
+                        .await;
+                (client, read)
+            });
+            self.prefetch = Some(Prefetch {
+                table: t,
+                after: Some(last.clone()),
+                task,
+            });
         }
         self.position.tables.insert(table.name.clone(), progress);
         Ok(())
@@ -787,6 +860,9 @@ impl PostgresSource {
                         ));
                     }
                 }
+                None if !column_exists(&self.client, &self.tables[t], &name).await? => {
+                    // Dropped again since: an old Relation message replayed after a restart.
+                }
                 None => {
                     let kind = kind.ok_or_else(|| {
                         Error::new(
@@ -849,7 +925,9 @@ impl PostgresSource {
 
     /// Emit the requested barrier if we are between transactions.
     fn maybe_barrier(&mut self) -> Result<bool> {
-        if self.xid.is_some() {
+        // Not inside a source transaction, and not while changes were dropped for keys
+        // that the next chunk must read: a restart from here would not replay them.
+        if self.xid.is_some() || self.dropped.iter().any(|d| !d.is_empty()) {
             return Ok(false);
         }
         if let Some(id) = self.barrier.take() {
@@ -1063,6 +1141,19 @@ fn parse_lsn(s: &str) -> Result<u64> {
     Ok(hi << 32 | lo)
 }
 
+/// Whether `table` has the column `name` now.
+async fn column_exists(client: &Client, table: &PgTable, name: &str) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = $2 \
+             AND NOT attisdropped",
+            &[&table.quoted(), &name],
+        )
+        .await
+        .map_err(|e| pg_error("reading the columns", e))?;
+    Ok(row.is_some())
+}
+
 /// The kind of a column of type `oid` with modifier `typmod`; `None` when unmapped or the
 /// catalog cannot be read.
 async fn type_kind(client: &Client, oid: u32, typmod: i32) -> Option<types::Kind> {
@@ -1088,9 +1179,9 @@ async fn type_kind(client: &Client, oid: u32, typmod: i32) -> Option<types::Kind
 
 async fn current_wal_lsn(client: &Client) -> Result<u64> {
     let row = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
-        .map_err(|e| pg_error("pg_current_wal_lsn()", e))?;
+        .map_err(|e| pg_error("pg_current_wal_insert_lsn()", e))?;
     parse_lsn(&row.get::<_, String>(0))
 }
 
@@ -1272,17 +1363,41 @@ async fn check_server(client: &Client) -> Result<()> {
 async fn ensure_publication(client: &Client, name: &str, tables: &[PgTable]) -> Result<()> {
     let exists = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot, pubinsert AND pubupdate AND pubdelete \
+             FROM pg_publication WHERE pubname = $1",
             &[&name],
         )
         .await
         .map_err(|e| pg_error("reading publications", e))?;
+    if let Some(row) = &exists {
+        // Partitions' changes must come under the partitioned table's name.
+        if tables.iter().any(|t| t.partitioned) && !row.get::<_, bool>(1) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "publication {name} reports partitions' changes under the partitions' \
+                     names; run ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                    quote_ident(name)
+                ),
+            ));
+        }
+        if !row.get::<_, bool>(2) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "publication {name} does not publish every insert, update and delete; run \
+                     ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                    quote_ident(name)
+                ),
+            ));
+        }
+    }
     let list = |ts: &[&PgTable]| ts.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
     match exists {
         None => {
             let all: Vec<&PgTable> = tables.iter().collect();
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
                 quote_ident(name),
                 list(&all)
             );

@@ -67,10 +67,14 @@ impl Visibility {
 
 /// A 32-bit xid as a 64-bit one, in the epoch of `reference` (a recent 64-bit xid).
 fn widen_xid(xid: u32, reference: u64) -> u64 {
+    // The 64-bit xid with these low bits nearest to `reference` (xids in use are within
+    // 2^31 of each other).
     let epoch = reference >> 32;
     let candidate = (epoch << 32) | xid as u64;
-    if candidate > reference + (1 << 31) && epoch > 0 {
+    if candidate > reference.saturating_add(1 << 31) && epoch > 0 {
         candidate - (1 << 32)
+    } else if candidate.saturating_add(1 << 31) < reference {
+        candidate + (1 << 32)
     } else {
         candidate
     }
@@ -140,6 +144,27 @@ pub async fn read_chunk(
         .await
         .map_err(pg("pg_current_snapshot()"))?
         .get(0);
+    // The chunk selects the columns known when the pipeline started; a column added or
+    // dropped since would be read wrongly, so start over (the restart sees the new shape).
+    let now: Vec<String> = tx
+        .query_one(
+            "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(pg("reading the columns"))?
+        .get(0);
+    if now.len() != table.columns.len() || now.iter().zip(&table.columns).any(|(a, c)| *a != c.name)
+    {
+        return Err(Error::new(
+            ErrorKind::Transient,
+            format!(
+                "the columns of {} changed during its snapshot; restarting to read the new ones",
+                table.name
+            ),
+        ));
+    }
     let visibility = Visibility::parse(&snap).ok_or_else(|| {
         Error::new(
             ErrorKind::Internal,
@@ -339,6 +364,10 @@ mod tests {
         assert!(wrapped.sees(u32::MAX - 1));
         assert!(wrapped.sees(3)); // 4294967299 in the next epoch
         assert!(!wrapped.sees(4));
+        // A snapshot just before the epoch ends; xid 3 of the next epoch started later.
+        let before = Visibility::parse("4294967280:4294967291:").unwrap();
+        assert!(!before.sees(3));
+        assert!(before.sees(u32::MAX - 20));
         assert_eq!(Visibility::parse("5:5:").unwrap().xip, Vec::<u64>::new());
     }
 }

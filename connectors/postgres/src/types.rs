@@ -73,7 +73,8 @@ pub fn kind_of(base: &str, category: &str, typmod: i32, is_array: bool) -> Optio
     Some(match base {
         "bool" => Kind::Bool,
         "int2" => Kind::Int32,
-        "int4" | "oid" => Kind::Int32,
+        "int4" => Kind::Int32,
+        "oid" => Kind::Int64,
         "int8" => Kind::Int64,
         "float4" => Kind::Float32,
         "float8" => Kind::Float64,

@@ -1,0 +1,203 @@
+"""PostgreSQL benchmark (not a test): lakeshore vs the server's own limits, same run.
+
+1. Snapshot of a 1M-row table (bigint key, int, varchar, numeric(12,2), text, two
+   timestamps): `lakeshore backfill` rows/s vs `COPY ... TO STDOUT (FORMAT binary)` into
+   /dev/null by psql.
+2. CDC: 100k changes (70% update, 20% insert, 10% delete, transactions of 100) written while
+   lakeshore is stopped, then read back: lakeshore changes/s vs `pg_recvlogical` (pgoutput,
+   same publication) reading the same WAL from its own slot.
+3. Freshness at a steady 5k changes/s with `lakeshore run`: for each source transaction,
+   the time from its commit to the first Iceberg snapshot whose source position covers it
+   (snapshot timestamps and `lakeshore.source-position` from the table metadata).
+Peak RSS is the child's ru_maxrss.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lake  # noqa: E402
+from pgserver import PgServer  # noqa: E402
+
+BIN = os.environ["LAKESHORE_BIN"]
+PGBIN = "/usr/lib/postgresql/15/bin"
+
+
+def timed(args):
+    start = time.perf_counter()
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{args} failed:\n{r.stderr}")
+    return time.perf_counter() - start
+
+
+def rss_of(args, cwd):
+    """(wall, peak RSS MiB, stderr) of a child."""
+    start = time.perf_counter()
+    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{args} failed:\n{err}")
+    return wall, usage.ru_maxrss / 1024, err
+
+
+def write_pipeline(d: Path, name, url, interval="10s"):
+    f = d / "p.toml"
+    f.write_text(f"""[pipeline]
+name = "{name}"
+checkpoint_interval = "{interval}"
+
+[source]
+type = "postgres"
+url = "{url}"
+tables = ["public.bench"]
+
+[sink]
+type = "iceberg"
+catalog = {{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }}
+namespace = "pg"
+""")
+    return f
+
+
+def changes(conn, rng, next_id, n, txn=100):
+    """`n` changes in transactions of `txn`: 70% update, 20% insert, 10% delete."""
+    cur = conn.cursor()
+    done = 0
+    while done < n:
+        with conn.transaction():
+            for _ in range(txn):
+                r = rng.random()
+                if r < 0.7:
+                    cur.execute("update bench set n = n + 1, amount = amount + 0.01, updated_at = now() where id = %s",
+                                (rng.randrange(1, next_id),))
+                elif r < 0.9:
+                    cur.execute("insert into bench values (%s, 1, 'new', 1.00, 'inserted', now(), now())", (next_id,))
+                    next_id += 1
+                else:
+                    cur.execute("delete from bench where id = %s", (rng.randrange(1, next_id),))
+                done += 1
+    return next_id
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--changes", type=int, default=100_000)
+    ap.add_argument("--fresh-seconds", type=int, default=20)
+    ap.add_argument("--fresh-rate", type=int, default=5000)
+    args = ap.parse_args()
+    import psycopg
+
+    server = PgServer()
+    work = Path(tempfile.mkdtemp(prefix="lakeshore-pgbench-"))
+    print(f"machine: {os.cpu_count()} cores; workdir {work}", flush=True)
+    try:
+        db = server.create_db("bench")
+        with server.connect(db) as c:
+            c.execute("""create table bench (id bigint primary key, n int, name varchar(40), amount numeric(12,2),
+                         note text, created_at timestamp, updated_at timestamptz)""")
+            c.execute(f"""insert into bench select g, g % 1000, 'name ' || g, (g % 100000) / 100.0,
+                          md5(g::text) || ' ' || repeat('x', g % 40), '2024-01-01'::timestamp + g * interval '1 s',
+                          now() from generate_series(1, {args.rows}) g""")
+            c.execute("vacuum analyze bench")
+
+        # 1. Snapshot vs binary COPY.
+        copy_wall = timed([f"{PGBIN}/psql", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
+                                 "-d", db, "-c", "\\copy bench to '/dev/null' with (format binary)"])
+        d = work / "snap"
+        d.mkdir()
+        f = write_pipeline(d, "bench", server.url(db))
+        wall, rss, _ = rss_of([BIN, "backfill", str(f)], d)
+        n = args.rows
+        print(f"{'postgres-snapshot-' + str(n // 1000) + 'k':<32} rows {n:>10,}  lakeshore {n / wall:>10,.0f} rows/s  "
+              f"binary COPY {n / copy_wall:>10,.0f} rows/s  ratio {copy_wall / wall:5.2f}  peak RSS {rss:6.1f} MiB",
+              flush=True)
+
+        # 2. CDC backlog vs pg_recvlogical on its own slot over the same WAL.
+        server.execute("select pg_create_logical_replication_slot('raw_reader', 'pgoutput')", db)
+        rng = random.Random(1)
+        with server.connect(db) as c:
+            changes(c, rng, args.rows + 1, args.changes)
+        end_lsn = server.execute("select pg_current_wal_lsn()::text", db)[0][0]
+        raw_wall = timed([f"{PGBIN}/pg_recvlogical", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
+                                "-d", db, "--slot", "raw_reader", "--start", "--endpos", end_lsn,
+                                "-o", "proto_version=1", "-o", "publication_names=lakeshore_bench",
+                                "-f", "/dev/null", "--no-loop"])
+        server.execute("select pg_drop_replication_slot('raw_reader')", db)
+        wall, rss, _ = rss_of([BIN, "backfill", str(f)], d)
+        m = args.changes
+        print(f"{'postgres-cdc-' + str(m // 1000) + 'k':<32} chg  {m:>10,}  lakeshore {m / wall:>10,.0f} chg/s   "
+              f"pg_recvlogical {m / raw_wall:>10,.0f} chg/s  ratio {raw_wall / wall:5.2f}  peak RSS {rss:6.1f} MiB",
+              flush=True)
+        lake_n = lake.sql(lake.duck(), d / "lake" / "catalog.db", "select count(*) from {pg.bench}")[0][0]
+        src_n = server.execute("select count(*) from bench", db)[0][0]
+        assert lake_n == src_n, (lake_n, src_n)
+
+        # 3. Freshness at a steady rate.
+        interval = 1
+        f2 = write_pipeline(d, "bench", server.url(db), interval=f"{interval}s")
+        run = subprocess.Popen([BIN, "run", str(f2)], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+        time.sleep(2)
+        commits = []  # (commit wall time, LSN after commit)
+        txn = 100
+        per_s = args.fresh_rate // txn
+        next_id = args.rows + args.changes + 1_000_000
+        with server.connect(db) as c, server.connect(db) as probe:
+            start = time.time()
+            for i in range(per_s * args.fresh_seconds):
+                due = start + i / per_s
+                if due > time.time():
+                    time.sleep(due - time.time())
+                next_id = changes(c, rng, next_id, txn, txn)
+                t = time.time()
+                # At or past the transaction's commit record, so a snapshot covering this
+                # position holds the transaction (slightly pessimistic).
+                lsn = probe.execute("select pg_current_wal_lsn()::text").fetchone()[0]
+                commits.append((t, lsn))
+        time.sleep(interval + 3)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+        achieved = len(commits) * txn / (commits[-1][0] - commits[0][0])
+        table = lake.pyiceberg_table(d / "lake" / "catalog.db", d / "lake" / "warehouse", "pg.bench")
+        snaps = []
+        for s in table.metadata.snapshots:
+            pos = (s.summary.additional_properties or {}).get("lakeshore.source-position") if s.summary else None
+            if pos:
+                snaps.append((s.timestamp_ms / 1000, json.loads(pos)["lsn"]))
+        snaps.sort()
+
+        def lsn_int(text):
+            hi, lo = text.split("/")
+            return int(hi, 16) << 32 | int(lo, 16)
+
+        delays = []
+        for t, lsn in commits:
+            v = next((ts for ts, pos in snaps if pos >= lsn_int(lsn) - 0), None)
+            if v is not None:
+                delays.append(v - t)
+        delays.sort()
+        p50 = delays[len(delays) // 2]
+        p99 = delays[int(len(delays) * 0.99)]
+        print(f"{'postgres-freshness':<32} {achieved:,.0f} chg/s for {args.fresh_seconds} s, checkpoint {interval} s: "
+              f"commit → visible p50 {p50:.2f} s, p99 {p99:.2f} s ({len(delays)}/{len(commits)} transactions seen)",
+              flush=True)
+    finally:
+        server.stop()
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A throw-away PostgreSQL 15 (integration/postgres.sh) for tests and benchmarks."""
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PgServer:
+    """A throw-away PostgreSQL 15 (integration/postgres.sh) on a free loopback port."""
+
+    SCRIPT = str(ROOT / "integration" / "postgres.sh")
+
+    def __init__(self, wal_level="logical"):
+        import socket
+        import tempfile
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        # Not under pytest's tmp_path: the server runs as `postgres` and needs to reach it.
+        self.dir = tempfile.mkdtemp(prefix="lakeshore-pg-")
+        os.chmod(self.dir, 0o755)
+        env = {**os.environ, "LAKESHORE_PG_WAL_LEVEL": wal_level}
+        subprocess.run([self.SCRIPT, "start", self.dir, str(self.port)], check=True, env=env)
+        self.env = env
+
+    def url(self, db="postgres", user="postgres", password=None):
+        auth = f"{user}:{password}" if password else user
+        return f"postgres://{auth}@127.0.0.1:{self.port}/{db}"
+
+    def connect(self, db="postgres", autocommit=True):
+        import psycopg
+        return psycopg.connect(self.url(db), autocommit=autocommit)
+
+    def execute(self, sql, db="postgres", params=None):
+        with self.connect(db) as c:
+            cur = c.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+
+    def create_db(self, name):
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def restart(self):
+        subprocess.run([self.SCRIPT, "restart", self.dir], check=True, env=self.env)
+
+    def stop(self):
+        subprocess.run([self.SCRIPT, "stop", self.dir], check=False)
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
