@@ -43,6 +43,8 @@ pub struct PgColumn {
     /// PostgreSQL's type name (`format_type`), for messages.
     pub type_name: String,
     pub kind: Kind,
+    /// Its binary form is what `types` decodes (else the snapshot reads its text form).
+    pub raw: bool,
     /// Set for key columns.
     pub order: Option<KeyOrder>,
 }
@@ -187,10 +189,17 @@ async fn describe(
                 ),
             )
         })?;
+        let raw = kind != Kind::Text
+            || (!is_array
+                && matches!(
+                    base.as_str(),
+                    "text" | "varchar" | "bpchar" | "name" | "citext"
+                ));
         columns.push(PgColumn {
             name: col_name,
             type_name,
             kind,
+            raw,
             order: None,
         });
     }

@@ -878,6 +878,9 @@ impl PostgresSource {
                         name,
                         type_name: format!("oid {}", c.type_id),
                         kind,
+                        // Snapshot chunks never read it: a chunk that finds the column
+                        // restarts the pipeline, which discovers it properly.
+                        raw: false,
                         order: None,
                     });
                 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::discover::{KeyOrder, PgTable, quote_ident, quote_literal};
-use crate::types::RowsBuilder;
+use crate::types::{Kind, RowsBuilder};
 
 /// A key as the text of its columns, in key order.
 pub type Key = Vec<String>;
@@ -93,7 +93,20 @@ pub struct ChunkRead {
 
 /// The chunk query: rows after `after` in key order, at most `limit`.
 pub fn chunk_sql(table: &PgTable, after: Option<&[String]>, limit: usize) -> String {
-    let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    // Binary COPY; types whose binary form is not their text read through their output
+    // function (`format('%s', ..)`), exactly as pgoutput prints them in the stream.
+    let cols: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let q = quote_ident(&c.name);
+            if c.raw {
+                q
+            } else {
+                format!("CASE WHEN {q} IS NULL THEN NULL ELSE format('%s', {q}) END")
+            }
+        })
+        .collect();
     let key_expr = |i: usize| {
         let c = &table.columns[table.key[i]];
         match c.order {
@@ -110,7 +123,7 @@ pub fn chunk_sql(table: &PgTable, after: Option<&[String]>, limit: usize) -> Str
         }
     };
     format!(
-        "COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT",
+        "COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT binary)",
         cols.join(", "),
         table.quoted(),
         filter,
@@ -180,20 +193,26 @@ pub async fn read_chunk(
         .with_source(e)
     })?;
     let mut stream = std::pin::pin!(stream);
-    let kinds = table.kinds();
-    let mut builder = RowsBuilder::new(table.schema.schema.clone(), &kinds, batch_rows);
-    let mut parser = CopyTextParser::default();
+    let mut builder = RowsBuilder::new(table.schema.schema.clone(), &table.kinds(), batch_rows);
+    let mut parser = CopyBinaryParser::default();
     let mut batches = Vec::new();
     let mut rows = 0usize;
     let mut last: Option<Key> = None;
+    let kinds = table.kinds();
     while let Some(data) = stream.next().await {
         let data = data.map_err(pg("COPY"))?;
         parser.feed(&data, |fields| {
+            if fields.len() != table.columns.len() {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("COPY of {} returned {} columns", table.name, fields.len()),
+                ));
+            }
             for (i, f) in fields.iter().enumerate() {
                 let col = builder.column(i);
                 match f {
                     None => col.append_null(),
-                    Some(v) => col.append_text(v).map_err(|m| {
+                    Some(v) => col.append_binary(v).map_err(|m| {
                         Error::new(
                             ErrorKind::Unsupported,
                             format!(
@@ -206,13 +225,15 @@ pub async fn read_chunk(
             }
             builder.end_row();
             rows += 1;
-            last = Some(
-                table
-                    .key
-                    .iter()
-                    .map(|k| fields[*k].clone().unwrap_or_default())
-                    .collect(),
-            );
+            if rows == limit {
+                last = Some(
+                    table
+                        .key
+                        .iter()
+                        .map(|&k| key_text(kinds[k], fields[k].unwrap_or_default()))
+                        .collect(),
+                );
+            }
             Ok(())
         })?;
         if builder.len() >= batch_rows {
@@ -232,99 +253,112 @@ pub async fn read_chunk(
     })
 }
 
-/// Splits `COPY ... TO STDOUT` text output into rows of unescaped fields.
-#[derive(Default)]
-pub struct CopyTextParser {
-    partial: Vec<u8>,
+/// The text form of a key column's binary value, as chunk bounds and stream keys use it.
+fn key_text(kind: Kind, v: &[u8]) -> String {
+    match (kind, v.len()) {
+        (Kind::Int32 | Kind::Int64, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
+        (Kind::Int32, 4) => i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
+        (Kind::Int64, 4) => u32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
+        (Kind::Int64, 8) => i64::from_be_bytes(v.try_into().unwrap_or_default()).to_string(),
+        (Kind::Bytea, _) => {
+            let mut s = String::from("\\x");
+            for b in v {
+                s.push_str(&format!("{b:02x}"));
+            }
+            s
+        }
+        _ => String::from_utf8_lossy(v).into_owned(),
+    }
 }
 
-impl CopyTextParser {
-    /// Feed bytes; `row` is called once per complete line.
+/// Splits `COPY ... TO STDOUT (FORMAT binary)` output into rows of fields (`None` = NULL).
+#[derive(Default)]
+pub struct CopyBinaryParser {
+    partial: Vec<u8>,
+    header_done: bool,
+    fields: Vec<Option<(usize, usize)>>,
+}
+
+/// The 11-byte signature, then flags and header-extension length (both i32).
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+impl CopyBinaryParser {
+    /// Feed bytes; `row` is called once per complete tuple.
     pub fn feed(
         &mut self,
         data: &[u8],
-        mut row: impl FnMut(&[Option<String>]) -> Result<()>,
+        mut row: impl FnMut(&[Option<&[u8]>]) -> Result<()>,
     ) -> Result<()> {
-        let mut rest = data;
-        let mut fields: Vec<Option<String>> = Vec::new();
-        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
-            let line = if self.partial.is_empty() {
-                &rest[..nl]
-            } else {
-                self.partial.extend_from_slice(&rest[..nl]);
-                &self.partial[..]
-            };
-            fields.clear();
-            for raw in line.split(|b| *b == b'\t') {
-                fields.push(unescape(raw)?);
+        let owned;
+        let buf: &[u8] = if self.partial.is_empty() {
+            data
+        } else {
+            self.partial.extend_from_slice(data);
+            owned = std::mem::take(&mut self.partial);
+            &owned
+        };
+        let bad = || Error::new(ErrorKind::Internal, "malformed binary COPY data");
+        let mut at = 0;
+        if !self.header_done {
+            if buf.len() < SIGNATURE.len() + 8 {
+                self.partial = buf.to_vec();
+                return Ok(());
             }
-            self.partial.clear();
-            row(&fields)?;
-            rest = &rest[nl + 1..];
+            if &buf[..SIGNATURE.len()] != SIGNATURE {
+                return Err(bad());
+            }
+            let ext = u32::from_be_bytes(buf[15..19].try_into().map_err(|_| bad())?) as usize;
+            if buf.len() < 19 + ext {
+                self.partial = buf.to_vec();
+                return Ok(());
+            }
+            at = 19 + ext;
+            self.header_done = true;
         }
-        self.partial.extend_from_slice(rest);
+        let mut values: Vec<Option<&[u8]>> = Vec::new();
+        loop {
+            // One tuple: i16 field count (-1 = trailer), then per field i32 length + bytes.
+            let Some(count) = buf.get(at..at + 2) else {
+                break;
+            };
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count < 0 {
+                at = buf.len();
+                break;
+            }
+            let mut p = at + 2;
+            self.fields.clear();
+            let mut complete = true;
+            for _ in 0..count {
+                let Some(len) = buf.get(p..p + 4) else {
+                    complete = false;
+                    break;
+                };
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                p += 4;
+                if len < 0 {
+                    self.fields.push(None);
+                    continue;
+                }
+                let end = p + len as usize;
+                if end > buf.len() {
+                    complete = false;
+                    break;
+                }
+                self.fields.push(Some((p, end)));
+                p = end;
+            }
+            if !complete {
+                break;
+            }
+            values.clear();
+            values.extend(self.fields.iter().map(|f| f.map(|(a, b)| &buf[a..b])));
+            row(&values)?;
+            at = p;
+        }
+        self.partial = buf[at..].to_vec();
         Ok(())
     }
-}
-
-fn unescape(raw: &[u8]) -> Result<Option<String>> {
-    if raw == b"\\N" {
-        return Ok(None);
-    }
-    let bad = || Error::new(ErrorKind::Internal, "COPY output is not UTF-8");
-    if !raw.contains(&b'\\') {
-        return Ok(Some(String::from_utf8(raw.to_vec()).map_err(|_| bad())?));
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' || i + 1 == raw.len() {
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let e = raw[i + 1];
-        i += 2;
-        match e {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut v = (e - b'0') as u32;
-                for _ in 0..2 {
-                    match raw.get(i) {
-                        Some(d @ b'0'..=b'7') => {
-                            v = v * 8 + (d - b'0') as u32;
-                            i += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                out.push(v as u8);
-            }
-            b'x' => {
-                let mut v = 0u32;
-                let mut n = 0;
-                while n < 2 {
-                    match raw.get(i).and_then(|d| (*d as char).to_digit(16)) {
-                        Some(d) => {
-                            v = v * 16 + d;
-                            i += 1;
-                            n += 1;
-                        }
-                        None => break,
-                    }
-                }
-                out.push(v as u8);
-            }
-            other => out.push(other),
-        }
-    }
-    Ok(Some(String::from_utf8(out).map_err(|_| bad())?))
 }
 
 #[cfg(test)]
@@ -332,26 +366,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_text_rows_split_across_messages() {
-        let mut p = CopyTextParser::default();
-        let mut rows = Vec::new();
-        p.feed(b"1\ta\\tb\t\\N\n2\tx", |f| {
-            rows.push(f.to_vec());
-            Ok(())
-        })
-        .unwrap();
-        p.feed(b"y\\\\z\t\\101\n", |f| {
-            rows.push(f.to_vec());
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                vec![Some("1".into()), Some("a\tb".into()), None],
-                vec![Some("2".into()), Some("xy\\z".into()), Some("A".into())],
-            ]
-        );
+    fn binary_copy_rows_split_anywhere() {
+        let mut data = SIGNATURE.to_vec();
+        data.extend_from_slice(&0u32.to_be_bytes());
+        data.extend_from_slice(&0u32.to_be_bytes());
+        for (id, text) in [(1i64, Some("a")), (2, None)] {
+            data.extend_from_slice(&2i16.to_be_bytes());
+            data.extend_from_slice(&8i32.to_be_bytes());
+            data.extend_from_slice(&id.to_be_bytes());
+            match text {
+                Some(t) => {
+                    data.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                    data.extend_from_slice(t.as_bytes());
+                }
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        for cut in [1, 5, 20, 30, data.len() - 1] {
+            let mut p = CopyBinaryParser::default();
+            let mut rows = Vec::new();
+            for part in [&data[..cut], &data[cut..]] {
+                p.feed(part, |f| {
+                    rows.push((
+                        key_text(Kind::Int64, f[0].unwrap()),
+                        f[1].map(|v| String::from_utf8(v.to_vec()).unwrap()),
+                    ));
+                    Ok(())
+                })
+                .unwrap();
+            }
+            assert_eq!(
+                rows,
+                vec![("1".into(), Some("a".into())), ("2".into(), None)]
+            );
+        }
+        assert_eq!(key_text(Kind::Bytea, &[0, 255]), "\\x00ff");
     }
 
     #[test]

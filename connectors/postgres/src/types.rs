@@ -214,6 +214,60 @@ impl ColumnBuilder {
         Ok(())
     }
 
+    /// Append a value in PostgreSQL's binary format (`COPY ... (FORMAT binary)`); columns
+    /// mapped to strings arrive as text (see `snapshot::chunk_sql`).
+    pub fn append_binary(&mut self, v: &[u8]) -> Result<(), String> {
+        let bad = || format!("cannot read a {}-byte binary value", v.len());
+        let be8 = |v: &[u8]| -> Result<[u8; 8], String> { v.try_into().map_err(|_| bad()) };
+        match self {
+            ColumnBuilder::Bool(b) => b.append_value(*v.first().ok_or_else(bad)? != 0),
+            ColumnBuilder::Int16(b) => {
+                b.append_value(i16::from_be_bytes(v.try_into().map_err(|_| bad())?))
+            }
+            ColumnBuilder::Int32(b) => b.append_value(match v.len() {
+                2 => i16::from_be_bytes([v[0], v[1]]) as i32,
+                4 => i32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+                _ => return Err(bad()),
+            }),
+            ColumnBuilder::Int64(b) => b.append_value(match v.len() {
+                2 => i16::from_be_bytes([v[0], v[1]]) as i64,
+                4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]) as i64,
+                8 => i64::from_be_bytes(be8(v)?),
+                _ => return Err(bad()),
+            }),
+            ColumnBuilder::Float32(b) => {
+                b.append_value(f32::from_be_bytes(v.try_into().map_err(|_| bad())?))
+            }
+            ColumnBuilder::Float64(b) => b.append_value(f64::from_be_bytes(be8(v)?)),
+            ColumnBuilder::Decimal(b, s) => {
+                b.append_value(numeric_binary(v, *s).ok_or_else(|| {
+                    "cannot read a numeric as a decimal (NaN and infinity have no decimal form)"
+                        .to_string()
+                })?)
+            }
+            ColumnBuilder::Text(b) => b.append_value(
+                std::str::from_utf8(v).map_err(|_| "value is not UTF-8".to_string())?,
+            ),
+            ColumnBuilder::Bytea(b) => b.append_value(v),
+            ColumnBuilder::Date(b) => {
+                let days = i32::from_be_bytes(v.try_into().map_err(|_| bad())?);
+                if days == i32::MAX || days == i32::MIN {
+                    return Err("infinite dates have no Iceberg form".into());
+                }
+                b.append_value(days.checked_add(PG_EPOCH_DAYS).ok_or_else(bad)?)
+            }
+            ColumnBuilder::Time(b) => b.append_value(i64::from_be_bytes(be8(v)?)),
+            ColumnBuilder::Timestamp(b, _) => {
+                let us = i64::from_be_bytes(be8(v)?);
+                if us == i64::MAX || us == i64::MIN {
+                    return Err("infinite timestamps have no Iceberg form".into());
+                }
+                b.append_value(us.checked_add(PG_EPOCH_US).ok_or_else(bad)?)
+            }
+        }
+        Ok(())
+    }
+
     /// The finished array.
     pub fn finish(&mut self) -> ArrayRef {
         match self {
@@ -297,6 +351,49 @@ pub fn arrow_schema(columns: &[(String, Kind)], key: &[String]) -> SchemaRef {
             .map(|(name, kind)| Field::new(name, kind.data_type(), !key.contains(name)))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// PostgreSQL's epoch (2000-01-01) in days and microseconds after Unix's.
+const PG_EPOCH_DAYS: i32 = 10_957;
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// Binary numeric (ndigits, weight, sign, dscale, base-10000 digits) → unscaled i128 at
+/// scale `s`. `None` for NaN, infinities, overflow, or digits beyond the scale.
+fn numeric_binary(v: &[u8], s: i8) -> Option<i128> {
+    let word =
+        |i: usize| -> Option<i16> { Some(i16::from_be_bytes(v.get(i..i + 2)?.try_into().ok()?)) };
+    let ndigits = word(0)? as usize;
+    let weight = word(2)? as i32;
+    let sign = word(4)? as u16;
+    if sign != 0 && sign != 0x4000 {
+        return None;
+    }
+    let mut n: i128 = 0;
+    // The value is sum(d_i * 10000^(weight - i)); scaled by 10^s.
+    let mut exp10: i32 = 0; // power of ten of the last digit group processed
+    for i in 0..ndigits {
+        let d = word(8 + 2 * i)? as i128;
+        n = n.checked_mul(10_000)?.checked_add(d)?;
+        exp10 = 4 * (weight - i as i32);
+    }
+    if ndigits == 0 {
+        return Some(0);
+    }
+    // n is the integer at 10^exp10; bring it to 10^-s.
+    let shift = exp10 + s as i32;
+    if shift >= 0 {
+        for _ in 0..shift {
+            n = n.checked_mul(10)?;
+        }
+    } else {
+        for _ in 0..(-shift) {
+            if n % 10 != 0 {
+                return None;
+            }
+            n /= 10;
+        }
+    }
+    Some(if sign == 0x4000 { -n } else { n })
 }
 
 fn parse_float(v: &str) -> Option<f64> {
@@ -470,6 +567,30 @@ mod tests {
             Some(1_709_208_000_000_000)
         );
         assert_eq!(parse_date("0001-01-01 BC"), parse_date("0000-01-01"));
+    }
+
+    #[test]
+    fn binary_numerics() {
+        // 1234.56: digits [1234, 5600], weight 0, dscale 2.
+        let enc = |digits: &[i16], weight: i16, sign: u16, dscale: i16| {
+            let mut v = Vec::new();
+            for w in [digits.len() as i16, weight, sign as i16, dscale] {
+                v.extend_from_slice(&w.to_be_bytes());
+            }
+            for d in digits {
+                v.extend_from_slice(&d.to_be_bytes());
+            }
+            v
+        };
+        assert_eq!(
+            numeric_binary(&enc(&[1234, 5600], 0, 0, 2), 2),
+            Some(123456)
+        );
+        assert_eq!(numeric_binary(&enc(&[5000], -1, 0x4000, 2), 2), Some(-50));
+        assert_eq!(numeric_binary(&enc(&[1], 2, 0, 0), 2), Some(1_0000_0000_00));
+        assert_eq!(numeric_binary(&enc(&[], 0, 0, 2), 2), Some(0));
+        assert_eq!(numeric_binary(&enc(&[], 0, 0xC000, 0), 2), None);
+        assert_eq!(numeric_binary(&enc(&[1, 2345], 0, 0, 4), 2), None);
     }
 
     #[test]
