@@ -316,11 +316,8 @@ impl CopyBinaryParser {
             self.header_done = true;
         }
         let mut values: Vec<Option<&[u8]>> = Vec::new();
-        loop {
-            // One tuple: i16 field count (-1 = trailer), then per field i32 length + bytes.
-            let Some(count) = buf.get(at..at + 2) else {
-                break;
-            };
+        // One tuple: i16 field count (-1 = trailer), then per field i32 length + bytes.
+        while let Some(count) = buf.get(at..at + 2) {
             let count = i16::from_be_bytes([count[0], count[1]]);
             if count < 0 {
                 at = buf.len();

@@ -587,7 +587,7 @@ mod tests {
             Some(123456)
         );
         assert_eq!(numeric_binary(&enc(&[5000], -1, 0x4000, 2), 2), Some(-50));
-        assert_eq!(numeric_binary(&enc(&[1], 2, 0, 0), 2), Some(1_0000_0000_00));
+        assert_eq!(numeric_binary(&enc(&[1], 2, 0, 0), 2), Some(10_000_000_000));
         assert_eq!(numeric_binary(&enc(&[], 0, 0, 2), 2), Some(0));
         assert_eq!(numeric_binary(&enc(&[], 0, 0xC000, 0), 2), None);
         assert_eq!(numeric_binary(&enc(&[1, 2345], 0, 0, 4), 2), None);
