@@ -389,12 +389,16 @@ async fn writer_task(
     mut committed: watch::Receiver<u64>,
     pressure: Arc<AtomicBool>,
 ) -> Result<()> {
+    // Ask once per checkpoint: batches already queued behind the request must not ask
+    // for another checkpoint right after it.
+    let mut asked = false;
     while let Some(msg) = rx.recv().await {
         match msg {
             WriterMsg::Batch(b) => {
                 writer.write(b).await?;
-                if writer.wants_checkpoint() {
+                if !asked && writer.wants_checkpoint() {
                     pressure.store(true, Ordering::Relaxed);
+                    asked = true;
                 }
             }
             WriterMsg::Evolve(schema) => writer.evolve(&schema).await?,
@@ -405,6 +409,7 @@ async fn writer_task(
                     .await
                     .map_err(|_| Error::new(ErrorKind::Internal, "the committer stopped"))?;
                 let pending = writer.prepare(id).await?;
+                asked = false;
                 if done.send(CommitterMsg::Prepared(pending)).is_err() {
                     return Ok(());
                 }

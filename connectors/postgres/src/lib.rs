@@ -258,7 +258,8 @@ pub struct PostgresSource {
     out: VecDeque<SourceEvent>,
     barrier: Option<u64>,
     /// Bounded runs stop once a message written at this LSN is read back.
-    end_marker: Option<u64>,
+    /// (content of the message, read back) once written.
+    end_marker: Option<(String, bool)>,
     finished: bool,
     snapshot_rows: u64,
     /// Stream events handled since the last chunk, so a busy stream cannot starve the
@@ -668,15 +669,25 @@ impl PostgresSource {
                 self.xid = None;
                 self.position.lsn = end_lsn.0;
                 self.passed(end_lsn.0);
+                if self.end_marker.as_ref().is_some_and(|(_, seen)| *seen) {
+                    self.finished = true;
+                }
             }
-            EventType::Message { message_lsn, .. } => {
+            EventType::Message {
+                message_lsn,
+                content,
+                ..
+            } => {
                 let lsn = message_lsn.0;
                 if self.xid.is_none() {
                     self.position.lsn = self.position.lsn.max(lsn);
                 }
                 self.passed(lsn);
-                if self.end_marker.is_some_and(|m| lsn >= m) {
-                    self.finished = true;
+                if let Some((marker, seen)) = &mut self.end_marker
+                    && content.as_ref() == marker.as_bytes()
+                {
+                    // Transactional: the run ends at the marker transaction's commit.
+                    *seen = true;
                 }
             }
             EventType::Insert {
@@ -986,17 +997,33 @@ impl PostgresSource {
         Ok(())
     }
 
+    /// A bounded run ends once it reads back a marker written now: everything committed
+    /// before it has then been read. The marker is a transaction committed with
+    /// `synchronous_commit = on`, so the server flushes (and sends) it at once.
     async fn write_end_marker(&mut self) -> Result<()> {
-        let row = self
+        let marker = format!(
+            "end {} {:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        );
+        let tx = self
             .client
-            .query_one(
-                "SELECT pg_logical_emit_message(false, 'lakeshore', 'end')::text",
-                &[],
-            )
+            .transaction()
             .await
             .map_err(|e| pg_error("writing the end marker", e))?;
-        let lsn: String = row.get(0);
-        self.end_marker = Some(parse_lsn(&lsn)?);
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .await
+            .map_err(|e| pg_error("writing the end marker", e))?;
+        tx.query_one(
+            "SELECT pg_logical_emit_message(true, 'lakeshore', $1::text)::text",
+            &[&marker],
+        )
+        .await
+        .map_err(|e| pg_error("writing the end marker", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| pg_error("writing the end marker", e))?;
+        self.end_marker = Some((marker, false));
         Ok(())
     }
 }
