@@ -116,6 +116,11 @@ mod tests {
     #[test]
     fn every_example_pipeline_is_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        if std::env::var_os("PGPASSWORD").is_none() {
+            // SAFETY: each test runs in its own process under nextest; nothing else reads
+            // the environment concurrently here.
+            unsafe { std::env::set_var("PGPASSWORD", "example") };
+        }
         let files = pipeline_files(&[dir]).unwrap();
         assert!(!files.is_empty());
         for f in files {
