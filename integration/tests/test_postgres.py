@@ -218,15 +218,15 @@ def test_snapshot_under_concurrent_writes_then_stream(tmp_path, postgres, duck):
 
 
 def test_kill_9_during_snapshot_and_streaming(tmp_path, postgres, duck):
-    db = setup_acct(postgres, "crash", 60000)
-    churn = Churn(postgres, db, 60001, seed=2)
+    db = setup_acct(postgres, "crash", 400000)
+    churn = Churn(postgres, db, 400001, seed=2)
     churn.start()
     p = pg_pipeline(tmp_path, "crash", postgres, db, ["public.acct"], chunk_size=500)
     rng = random.Random(7)
     logs = []
-    for _ in range(6):
+    for _ in range(7):
         run = start_run(p)
-        time.sleep(rng.uniform(0.4, 1.6))
+        time.sleep(rng.uniform(0.5, 1.5))
         assert run.poll() is None, run.communicate()[1]
         run.send_signal(signal.SIGKILL)
         logs.append(run.communicate()[1])
@@ -234,6 +234,8 @@ def test_kill_9_during_snapshot_and_streaming(tmp_path, postgres, duck):
     p.backfill()
     assert_lake_equals_source(duck, postgres, db, p, "acct", ACCT_COLUMNS)
     assert any("resuming" in log for log in logs[1:]), "no run resumed from a checkpoint"
+    during_snapshot = sum("snapshot complete" not in log for log in logs)
+    assert 2 <= during_snapshot < len(logs), f"{during_snapshot} of {len(logs)} kills landed during the snapshot"
 
 
 def test_server_restart_during_streaming_and_slot_reuse(tmp_path, postgres, duck):

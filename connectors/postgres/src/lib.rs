@@ -105,6 +105,9 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The longest a busy stream keeps its rows before handing them to the engine.
+const YIELD_EVERY: Duration = Duration::from_millis(100);
+
 /// How often lag is measured and, on a quiet stream, a heartbeat is written.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Retained WAL above which a warning is logged.
@@ -268,6 +271,8 @@ pub struct PostgresSource {
     /// When the last stream event arrived and when lag was last measured.
     last_event: std::time::Instant,
     last_status: std::time::Instant,
+    /// When `next_event` last returned.
+    last_yield: std::time::Instant,
     /// Commit time of the last source transaction read, for the lag in seconds.
     last_commit: Option<std::time::SystemTime>,
 }
@@ -372,6 +377,7 @@ impl PostgresSource {
             since_chunk: 0,
             last_event: std::time::Instant::now(),
             last_status: std::time::Instant::now(),
+            last_yield: std::time::Instant::now(),
             last_commit: None,
         })
     }
@@ -1037,6 +1043,7 @@ impl Source for PostgresSource {
     async fn next_event(&mut self) -> Result<Option<SourceEvent>> {
         loop {
             if let Some(ev) = self.out.pop_front() {
+                self.last_yield = std::time::Instant::now();
                 return Ok(Some(ev));
             }
             if self.maybe_barrier()? {
@@ -1081,6 +1088,16 @@ impl Source for PostgresSource {
             }
             if self.stream.is_some() && self.last_status.elapsed() >= STATUS_INTERVAL {
                 self.status().await?;
+            }
+            // A busy stream still hands over what it has every YIELD_EVERY, between
+            // transactions, so the engine can ask for checkpoints on time.
+            if self.xid.is_none() && self.last_yield.elapsed() >= YIELD_EVERY {
+                self.flush_all()?;
+                if self.out.is_empty() {
+                    self.last_yield = std::time::Instant::now();
+                    return Ok(Some(SourceEvent::Watermark(0)));
+                }
+                continue;
             }
             let Some(stream) = self.stream.as_mut() else {
                 self.finished = true;
