@@ -13,6 +13,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q -r integration/requirements.txt
 fi
 integration/postgres.sh install
+if [ ! -x /usr/bin/time ]; then  # peak RSS of the measured child
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq time; else sudo apt-get install -y -qq time; fi
+fi
 "$VENV/bin/pip" install -q -r integration/requirements.txt
 cargo build --release -q
 export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
