@@ -37,9 +37,9 @@ class PgServer:
             cur = c.execute(sql, params)
             return cur.fetchall() if cur.description else None
 
-    def create_db(self, name):
+    def create_db(self, name, options=""):
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.execute(f'CREATE DATABASE "{name}"')
+        self.execute(f'CREATE DATABASE "{name}" {options}')
         return name
 
     def restart(self):
