@@ -228,37 +228,26 @@ async fn describe(
             ),
         ));
     }
-    if pk.is_empty() && replica_identity != 'f' {
+    let qualified = format!("{}.{}", quote_ident(&schema_name), quote_ident(&table_name));
+    let identity_problem = match replica_identity {
+        _ if pk.is_empty() && replica_identity != 'f' => Some(format!(
+            "has no primary key, so its updates and deletes do not carry the key columns; \
+             run ALTER TABLE {qualified} REPLICA IDENTITY FULL"
+        )),
+        'i' => Some(format!(
+            "has REPLICA IDENTITY USING INDEX, whose old images need not carry the \
+             pipeline's key; run ALTER TABLE {qualified} REPLICA IDENTITY DEFAULT (or FULL)"
+        )),
+        'n' => Some(format!(
+            "has REPLICA IDENTITY NOTHING, so updates and deletes cannot be replicated; run \
+             ALTER TABLE {qualified} REPLICA IDENTITY DEFAULT"
+        )),
+        _ => None,
+    };
+    if let Some(problem) = identity_problem {
         return Err(Error::new(
             ErrorKind::Config,
-            format!(
-                "table {name} has no primary key, so its updates and deletes do not carry \
-                 the key columns; run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
-                quote_ident(&schema_name),
-                quote_ident(&table_name)
-            ),
-        ));
-    }
-    if replica_identity == 'i' {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "table {name} has REPLICA IDENTITY USING INDEX, whose old images need not carry \
-                 the pipeline's key; run ALTER TABLE {}.{} REPLICA IDENTITY DEFAULT (or FULL)",
-                quote_ident(&schema_name),
-                quote_ident(&table_name)
-            ),
-        ));
-    }
-    if replica_identity == 'n' {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "table {name} has REPLICA IDENTITY NOTHING, so updates and deletes cannot be \
-                 replicated; run ALTER TABLE {}.{} REPLICA IDENTITY DEFAULT",
-                quote_ident(&schema_name),
-                quote_ident(&table_name)
-            ),
+            format!("table {name} {problem}"),
         ));
     }
     let mut key = Vec::new();

@@ -701,15 +701,7 @@ impl PostgresSource {
                 table,
                 data,
                 ..
-            } => {
-                let Some(t) = self.table_index(&schema, &table) else {
-                    return Ok(());
-                };
-                let key = self.key_of(t, &data)?;
-                if self.passes(t, &key, self.xid.unwrap_or(0)) {
-                    self.push_row(t, Op::Insert, &data, None, false)?;
-                }
-            }
+            } => self.row_change(&schema, &table, Op::Insert, &data)?,
             EventType::Update {
                 schema,
                 table,
@@ -747,15 +739,7 @@ impl PostgresSource {
                 table,
                 old_data,
                 ..
-            } => {
-                let Some(t) = self.table_index(&schema, &table) else {
-                    return Ok(());
-                };
-                let key = self.key_of(t, &old_data)?;
-                if self.passes(t, &key, self.xid.unwrap_or(0)) {
-                    self.push_row(t, Op::Delete, &old_data, None, true)?;
-                }
-            }
+            } => self.row_change(&schema, &table, Op::Delete, &old_data)?,
             EventType::Truncate { tables, .. } => {
                 for name in tables {
                     if self.by_name.contains_key(name.as_ref()) {
@@ -781,6 +765,18 @@ impl PostgresSource {
                 self.on_relation(t, &columns).await?;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// An insert (the whole row) or a delete (its key) of `schema.table`, if it passes.
+    fn row_change(&mut self, schema: &str, table: &str, op: Op, row: &RowData) -> Result<()> {
+        let Some(t) = self.table_index(schema, table) else {
+            return Ok(());
+        };
+        let key = self.key_of(t, row)?;
+        if self.passes(t, &key, self.xid.unwrap_or(0)) {
+            self.push_row(t, op, row, None, op.removes())?;
         }
         Ok(())
     }
