@@ -388,3 +388,37 @@ def test_text_uuid_and_composite_keys_under_writes(tmp_path, postgres, duck):
     assert_lake_equals_source(duck, postgres, db, p, "kv_text", ["k", "v"])
     assert_lake_equals_source(duck, postgres, db, p, "kv_uuid", ["id", "v"], text={"id"})
     assert_lake_equals_source(duck, postgres, db, p, "kv_comp", ["a", "b", "v"])
+
+
+def test_snapshot_only_is_one_point_in_time(tmp_path, postgres, duck):
+    """Transfers keep the balance total constant; a snapshot-only copy taken while they run
+    must show that total (chunks from different moments would not)."""
+    db = postgres.create_db("transfers")
+    with postgres.connect(db) as c:
+        c.execute("CREATE TABLE acct (id int PRIMARY KEY, balance bigint NOT NULL)")
+        c.execute("INSERT INTO acct SELECT g, 1000 FROM generate_series(1, 200000) g")
+    halt = threading.Event()
+    moved = [0]
+
+    def transfers():
+        rng = random.Random(9)
+        with postgres.connect(db) as c:
+            while not halt.is_set():
+                a, b = rng.randrange(1, 200001), rng.randrange(1, 200001)
+                with c.transaction():
+                    c.execute("update acct set balance = balance - 7 where id = %s", (a,))
+                    c.execute("update acct set balance = balance + 7 where id = %s", (b,))
+                moved[0] += 1
+
+    t = threading.Thread(target=transfers, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    p = pg_pipeline(tmp_path, "transfers", postgres, db, ["public.acct"], chunk_size=500, startup="snapshot-only")
+    p.backfill()
+    halt.set()
+    t.join()
+    assert moved[0] > 20, "the transfers did not run during the snapshot"
+    total, rows = lake.sql(duck, p.catalog_db, "select sum(balance), count(*) from {pg.acct}")[0]
+    assert (total, rows) == (200000 * 1000, 200000)
+    # No slot or publication for snapshot-only.
+    assert postgres.execute("select count(*) from pg_replication_slots where slot_name = 'lakeshore_transfers'")[0][0] == 0

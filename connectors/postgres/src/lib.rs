@@ -242,6 +242,10 @@ pub struct PostgresSource {
     opts: PostgresOptions,
     bounded: bool,
     client: Client,
+    chunks: snapshot::ChunkSpec,
+    /// `snapshot-only`: the connection whose open transaction exported the snapshot every
+    /// chunk reads (it must stay open while they run).
+    _holder: Option<Client>,
     /// Second connection for [`Prefetch`] (while no prefetch holds it).
     reader: Option<Client>,
     prefetch: Option<Prefetch>,
@@ -354,7 +358,31 @@ impl PostgresSource {
         } else {
             Some(connect(&opts.url).await?)
         };
+        // snapshot-only has no stream to merge with: one exported snapshot makes the whole
+        // read one point in time (held by an open transaction; a restart takes a new one).
+        let (holder, exported) = if streaming {
+            (None, None)
+        } else {
+            let holder = connect(&opts.url).await?;
+            holder
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| pg_error("starting the snapshot", e))?;
+            let id: String = holder
+                .query_one("SELECT pg_export_snapshot()", &[])
+                .await
+                .map_err(|e| pg_error("exporting the snapshot", e))?
+                .get(0);
+            (Some(holder), Some(id))
+        };
+        let chunks = snapshot::ChunkSpec {
+            limit: opts.chunk_size,
+            batch_rows: opts.batch_rows,
+            exported,
+        };
         Ok(PostgresSource {
+            chunks,
+            _holder: holder,
             live,
             reader,
             prefetch: None,
@@ -422,14 +450,8 @@ impl PostgresSource {
             let read = match prefetched.take() {
                 Some(read) => read,
                 None => {
-                    snapshot::read_chunk(
-                        &mut self.client,
-                        &table,
-                        after.as_deref(),
-                        self.opts.chunk_size,
-                        self.opts.batch_rows,
-                    )
-                    .await?
+                    snapshot::read_chunk(&mut self.client, &table, after.as_deref(), &self.chunks)
+                        .await?
                 }
             };
             // Every transaction dropped as not-yet-read must be in this read.
@@ -489,12 +511,10 @@ impl PostgresSource {
         // Read the table's next chunk while this one is written (see `Prefetch`).
         if let (Progress::After(last), Some(client)) = (&progress, self.reader.take()) {
             let (table, after) = (self.tables[t].clone(), Some(last.clone()));
-            let (limit, batch_rows) = (self.opts.chunk_size, self.opts.batch_rows);
+            let spec = self.chunks.clone();
             let task = tokio::spawn(async move {
                 let mut client = client;
-                let read =
-                    snapshot::read_chunk(&mut client, &table, after.as_deref(), limit, batch_rows)
-                        .await;
+                let read = snapshot::read_chunk(&mut client, &table, after.as_deref(), &spec).await;
                 (client, read)
             });
             self.prefetch = Some(Prefetch {

@@ -133,13 +133,25 @@ pub fn chunk_sql(table: &PgTable, after: Option<&[String]>, limit: usize) -> Str
 }
 
 /// Read one chunk in its own REPEATABLE READ transaction.
+/// How chunks are read.
+#[derive(Debug, Clone)]
+pub struct ChunkSpec {
+    /// Rows per chunk.
+    pub limit: usize,
+    /// Rows per Arrow batch.
+    pub batch_rows: usize,
+    /// Read every chunk in this exported snapshot (`startup = "snapshot-only"`), so the
+    /// whole table is one point in time.
+    pub exported: Option<String>,
+}
+
 pub async fn read_chunk(
     client: &mut Client,
     table: &PgTable,
     after: Option<&[String]>,
-    limit: usize,
-    batch_rows: usize,
+    spec: &ChunkSpec,
 ) -> Result<ChunkRead> {
+    let (limit, batch_rows) = (spec.limit, spec.batch_rows);
     let pg = |what: &'static str| {
         move |e: tokio_postgres::Error| {
             Error::new(ErrorKind::Transient, format!("PostgreSQL snapshot: {what}")).with_source(e)
@@ -152,6 +164,11 @@ pub async fn read_chunk(
         .start()
         .await
         .map_err(pg("begin"))?;
+    if let Some(id) = &spec.exported {
+        tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(id)))
+            .await
+            .map_err(pg("SET TRANSACTION SNAPSHOT"))?;
+    }
     let snap: String = tx
         .query_one("SELECT pg_current_snapshot()::text", &[])
         .await
