@@ -369,7 +369,15 @@ fn postgres(
         Some(c) => *c.get_ref() as usize,
         None => 20_000,
     };
+    let parallelism = match &s.parallelism {
+        Some(p) if !(1..=64).contains(p.get_ref()) => {
+            return Err(src.error(Some(p.span()), "parallelism must be between 1 and 64"));
+        }
+        Some(p) => *p.get_ref() as usize,
+        None => 2,
+    };
     Ok(SourcePlan::Postgres(PostgresOptions {
+        parallelism,
         url: s.url.0.clone(),
         tables: s.tables.iter().map(|t| t.get_ref().clone()).collect(),
         publication: ident(&s.publication, "publication")?,

@@ -106,6 +106,9 @@ pub struct PostgresSection {
     pub startup: Option<PostgresStartup>,
     /// Rows per snapshot chunk (one short read transaction each). Default 20000.
     pub chunk_size: Option<Spanned<u64>>,
+    /// Connections that read snapshot chunks ahead, of different tables at once (a
+    /// table's own chunks follow each other in key order). Default 2.
+    pub parallelism: Option<Spanned<u64>>,
     /// Key columns of tables without a primary key, e.g. `{ "public.events" = ["id"] }`;
     /// such tables also need `REPLICA IDENTITY FULL`.
     #[serde(default)]

@@ -72,6 +72,9 @@ pub struct PostgresOptions {
     pub startup: Startup,
     /// Rows per snapshot chunk.
     pub chunk_size: usize,
+    /// Connections reading snapshot chunks ahead, across tables (each table's chunks are
+    /// read in key order, one at a time).
+    pub parallelism: usize,
     /// Rows per emitted batch.
     pub batch_rows: usize,
     /// Keys of tables without a primary key.
@@ -232,7 +235,6 @@ impl Drop for Stream {
 /// (the same check as for any chunk), else read again; on a quiet source it overlaps the
 /// server's work with ours.
 struct Prefetch {
-    table: usize,
     after: Option<Key>,
     task: tokio::task::JoinHandle<(Client, Result<snapshot::ChunkRead>)>,
 }
@@ -246,9 +248,10 @@ pub struct PostgresSource {
     /// `snapshot-only`: the connection whose open transaction exported the snapshot every
     /// chunk reads (it must stay open while they run).
     _holder: Option<Client>,
-    /// Second connection for [`Prefetch`] (while no prefetch holds it).
-    reader: Option<Client>,
-    prefetch: Option<Prefetch>,
+    /// Idle connections for [`Prefetch`]es (`parallelism` of them in all).
+    readers: Vec<Client>,
+    /// Chunks being read ahead, at most one per table.
+    prefetch: HashMap<usize, Prefetch>,
     tables: Vec<PgTable>,
     by_name: HashMap<String, usize>,
     /// Column index by name, per table.
@@ -351,13 +354,15 @@ impl PostgresSource {
             .collect();
         let n = tables.len();
         let live = tables.iter().map(|t| vec![true; t.columns.len()]).collect();
-        let reader = if position.tables.values().all(|p| *p == Progress::Done)
-            && position.tables.len() == tables.len()
-        {
-            None
-        } else {
-            Some(connect(&opts.url).await?)
-        };
+        let mut readers = Vec::new();
+        let snapshot_left = tables
+            .iter()
+            .any(|t| position.tables.get(&t.name) != Some(&Progress::Done));
+        if snapshot_left {
+            for _ in 0..opts.parallelism.max(1) {
+                readers.push(connect(&opts.url).await?);
+            }
+        }
         // snapshot-only has no stream to merge with: one exported snapshot makes the whole
         // read one point in time (held by an open transaction; a restart takes a new one).
         let (holder, exported) = if streaming {
@@ -384,8 +389,8 @@ impl PostgresSource {
             chunks,
             _holder: holder,
             live,
-            reader,
-            prefetch: None,
+            readers,
+            prefetch: HashMap::new(),
             opts,
             bounded: bounded || !streaming,
             client,
@@ -415,8 +420,42 @@ impl PostgresSource {
     }
 
     /// The next table with rows left to read.
+    /// Prefers a table whose read-ahead chunk is ready.
     fn next_chunk_table(&self) -> Option<usize> {
-        (0..self.tables.len()).find(|&t| self.progress_of(t) != Some(&Progress::Done))
+        let pending = |t: &usize| self.progress_of(*t) != Some(&Progress::Done);
+        (0..self.tables.len())
+            .filter(pending)
+            .find(|t| self.prefetch.get(t).is_some_and(|p| p.task.is_finished()))
+            .or_else(|| (0..self.tables.len()).find(pending))
+    }
+
+    /// Start reading ahead: the next chunk of every unfinished table that has none in
+    /// flight, while idle connections last (`parallelism`).
+    fn start_prefetches(&mut self) {
+        for t in 0..self.tables.len() {
+            if self.readers.is_empty() {
+                return;
+            }
+            if self.prefetch.contains_key(&t) {
+                continue;
+            }
+            let after = match self.progress_of(t) {
+                Some(Progress::Done) => continue,
+                Some(Progress::After(k)) => Some(k.clone()),
+                None => None,
+            };
+            let Some(mut client) = self.readers.pop() else {
+                return;
+            };
+            let table = self.tables[t].clone();
+            let spec = self.chunks.clone();
+            let key = after.clone();
+            let task = tokio::spawn(async move {
+                let read = snapshot::read_chunk(&mut client, &table, key.as_deref(), &spec).await;
+                (client, read)
+            });
+            self.prefetch.insert(t, Prefetch { after, task });
+        }
     }
 
     /// Read the next chunk of table `t` and queue its rows.
@@ -431,15 +470,15 @@ impl PostgresSource {
                 .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
         }
         let mut attempt = 0;
-        let mut prefetched = match self.prefetch.take() {
+        let mut prefetched = match self.prefetch.remove(&t) {
             Some(p) => {
                 let (client, read) = p
                     .task
                     .await
                     .map_err(|e| Error::new(ErrorKind::Internal, format!("chunk reader: {e}")))?;
-                self.reader = Some(client);
+                self.readers.push(client);
                 match read {
-                    Ok(read) if p.table == t && p.after == after => Some(read),
+                    Ok(read) if p.after == after => Some(read),
                     Ok(_) => None,
                     Err(e) => return Err(e),
                 }
@@ -508,22 +547,9 @@ impl PostgresSource {
             self.out
                 .push_back(SourceEvent::SnapshotDone(table.name.clone()));
         }
-        // Read the table's next chunk while this one is written (see `Prefetch`).
-        if let (Progress::After(last), Some(client)) = (&progress, self.reader.take()) {
-            let (table, after) = (self.tables[t].clone(), Some(last.clone()));
-            let spec = self.chunks.clone();
-            let task = tokio::spawn(async move {
-                let mut client = client;
-                let read = snapshot::read_chunk(&mut client, &table, after.as_deref(), &spec).await;
-                (client, read)
-            });
-            self.prefetch = Some(Prefetch {
-                table: t,
-                after: Some(last.clone()),
-                task,
-            });
-        }
         self.position.tables.insert(table.name.clone(), progress);
+        // Read next chunks while this one is written (see `Prefetch`).
+        self.start_prefetches();
         Ok(())
     }
 
