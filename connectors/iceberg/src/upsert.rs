@@ -271,7 +271,7 @@ const REWRITE_DEAD_FRACTION: f64 = 0.05;
 /// Keys the open checkpoint may index before the writer asks for an early checkpoint
 /// (about 100 bytes each): bounds memory when rows arrive faster than the checkpoint
 /// interval drains them, e.g. during a snapshot.
-const MAX_INDEXED_KEYS: usize = 256 * 1024;
+const MAX_INDEXED_KEYS: usize = 128 * 1024;
 
 /// Upsert mode: a live row per key; changes become position deletes.
 pub struct UpsertWriter {
