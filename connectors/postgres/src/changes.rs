@@ -1,0 +1,455 @@
+//! Stream events → change batches: which changes pass the snapshot's windows, row images
+//! into Arrow builders (unchanged TOAST values filled in), and Relation messages as
+//! schema changes.
+
+use std::sync::Arc;
+
+use lakeshore_api::{ChangeBatch, Error, ErrorKind, Op, Result, SourceEvent};
+use pg_walstream::{ChangeEvent, ColumnValue, EventType, ReplicaIdentity, RowData};
+
+use crate::discover::{self, quote_ident};
+use crate::snapshot::{Key, compare_keys};
+use crate::types::{self, RowsBuilder};
+use crate::{Pending, PostgresSource, Progress, column_exists, pg_error, type_kind};
+
+impl PostgresSource {
+    /// Whether a change to `key` of table `t` by transaction `xid` is emitted.
+    pub(crate) fn passes(&mut self, t: usize, key: &[String], xid: u32) -> bool {
+        let table = &self.tables[t];
+        let read = match self.position.tables.get(&table.name) {
+            Some(Progress::Done) => true,
+            Some(Progress::After(k)) => compare_keys(table, key, k).is_le(),
+            None => false,
+        };
+        if !read {
+            self.dropped[t].insert(xid);
+            return false;
+        }
+        !self.position.windows.iter().any(|w| {
+            w.table == table.name
+                && w.from
+                    .as_ref()
+                    .is_none_or(|f| compare_keys(table, key, f).is_gt())
+                && w.to
+                    .as_ref()
+                    .is_none_or(|to| compare_keys(table, key, to).is_le())
+                && w.vis.sees(xid)
+        })
+    }
+
+    /// The stream passed `lsn`: windows whose reads ended before it are closed.
+    pub(crate) fn passed(&mut self, lsn: u64) {
+        self.position.windows.retain(|w| w.high > lsn);
+    }
+
+    pub(crate) fn key_of(&self, t: usize, row: &RowData) -> Result<Key> {
+        let table = &self.tables[t];
+        table
+            .key
+            .iter()
+            .map(|&k| {
+                let name = &table.columns[k].name;
+                match row.get(name) {
+                    Some(ColumnValue::Text(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+                    Some(ColumnValue::Binary(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+                    _ => Err(Error::new(
+                        ErrorKind::Config,
+                        format!(
+                            "table {}: a change arrived without key column {name}; set \
+                             REPLICA IDENTITY FULL or give the table a primary key",
+                            table.name
+                        ),
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// Append one row image with `op`. `base` fills columns the new image leaves out
+    /// (unchanged TOAST values) when the old image has them.
+    pub(crate) fn push_row(
+        &mut self,
+        t: usize,
+        op: Op,
+        row: &RowData,
+        base: Option<&RowData>,
+        key_only: bool,
+    ) -> Result<()> {
+        let table = &self.tables[t];
+        let batch_rows = self.opts.batch_rows;
+        let pending = self.pending[t].get_or_insert_with(|| Pending {
+            rows: RowsBuilder::new(table.schema.schema.clone(), &table.kinds(), batch_rows),
+            ops: Vec::with_capacity(batch_rows),
+        });
+        let cols = &self.columns[t];
+        let mut seen = vec![false; table.columns.len()];
+        for (name, _) in row.iter() {
+            let Some(&i) = cols.get(name.as_ref()) else {
+                continue;
+            };
+            if key_only && !table.key.contains(&i) {
+                continue;
+            }
+            seen[i] = true;
+        }
+        for (i, col) in table.columns.iter().enumerate() {
+            let value = if !seen[i] {
+                if key_only || op.removes() || !self.live[t][i] {
+                    None
+                } else {
+                    match base.and_then(|b| b.get(&col.name)) {
+                        Some(v) => Some(v),
+                        None => {
+                            return Err(Error::new(
+                                ErrorKind::Unsupported,
+                                format!(
+                                    "table {}, column {}: an update left this (TOASTed) value \
+                                     out and the old image does not carry it; run ALTER TABLE \
+                                     {} REPLICA IDENTITY FULL",
+                                    table.name,
+                                    col.name,
+                                    table.quoted()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            } else {
+                row.get(&col.name)
+            };
+            let builder = pending.rows.column(i);
+            match value {
+                None | Some(ColumnValue::Null) => builder.append_null(),
+                Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => {
+                    let s = std::str::from_utf8(b).map_err(|_| {
+                        Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "table {}, column {}: value is not UTF-8",
+                                table.name, col.name
+                            ),
+                        )
+                    })?;
+                    builder.append_text(s).map_err(|m| {
+                        Error::new(
+                            ErrorKind::Unsupported,
+                            format!("table {}, column {}: {m}", table.name, col.name),
+                        )
+                    })?;
+                }
+            }
+        }
+        pending.rows.end_row();
+        pending.ops.push(op);
+        if pending.ops.len() >= batch_rows {
+            self.flush_table(t)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush_table(&mut self, t: usize) -> Result<()> {
+        if let Some(mut p) = self.pending[t].take()
+            && !p.ops.is_empty()
+        {
+            let rows = p.rows.finish()?;
+            self.out.push_back(SourceEvent::Batch(ChangeBatch {
+                table: Arc::from(self.tables[t].name.as_str()),
+                rows,
+                ops: Arc::from(p.ops),
+            }));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush_all(&mut self) -> Result<()> {
+        for t in 0..self.tables.len() {
+            self.flush_table(t)?;
+        }
+        Ok(())
+    }
+
+    /// Handle one replication event.
+    pub(crate) async fn on_event(&mut self, ev: ChangeEvent) -> Result<()> {
+        match ev.event_type {
+            EventType::Begin { transaction_id, .. } => self.xid = Some(transaction_id),
+            EventType::Commit {
+                end_lsn,
+                commit_timestamp,
+                ..
+            } => {
+                self.last_commit = Some(commit_timestamp.into());
+                self.xid = None;
+                self.position.lsn = end_lsn.0;
+                self.passed(end_lsn.0);
+                if self.end_marker.as_ref().is_some_and(|(_, seen)| *seen) {
+                    self.finished = true;
+                }
+            }
+            EventType::Message {
+                message_lsn,
+                content,
+                ..
+            } => {
+                let lsn = message_lsn.0;
+                if self.xid.is_none() {
+                    self.position.lsn = self.position.lsn.max(lsn);
+                }
+                self.passed(lsn);
+                if let Some((marker, seen)) = &mut self.end_marker
+                    && content.as_ref() == marker.as_bytes()
+                {
+                    // Transactional: the run ends at the marker transaction's commit.
+                    *seen = true;
+                }
+            }
+            EventType::Insert {
+                schema,
+                table,
+                data,
+                ..
+            } => self.row_change(&schema, &table, Op::Insert, &data)?,
+            EventType::Update {
+                schema,
+                table,
+                old_data,
+                new_data,
+                replica_identity,
+                ..
+            } => {
+                let Some(t) = self.table_index(&schema, &table) else {
+                    return Ok(());
+                };
+                let xid = self.xid.unwrap_or(0);
+                let new_key = self.key_of(t, &new_data)?;
+                if let Some(old) = &old_data {
+                    let old_key = self.key_of(t, old)?;
+                    if old_key != new_key && self.passes(t, &old_key, xid) {
+                        self.push_row(t, Op::UpdateBefore, old, None, true)?;
+                    }
+                }
+                if self.passes(t, &new_key, xid) {
+                    // Only a full old image ('O', REPLICA IDENTITY FULL) has values; a
+                    // key image ('K') carries nulls for the columns outside the key.
+                    let full_old = old_data
+                        .as_ref()
+                        .filter(|_| matches!(replica_identity, ReplicaIdentity::Full));
+                    let base = match self.unchanged_columns(t, &new_data, full_old) {
+                        missing if missing.is_empty() => full_old.cloned(),
+                        missing => Some(self.current_values(t, &new_key, &missing).await?),
+                    };
+                    self.push_row(t, Op::UpdateAfter, &new_data, base.as_ref(), false)?;
+                }
+            }
+            EventType::Delete {
+                schema,
+                table,
+                old_data,
+                ..
+            } => self.row_change(&schema, &table, Op::Delete, &old_data)?,
+            EventType::Truncate { tables, .. } => {
+                for name in tables {
+                    if self.by_name.contains_key(name.as_ref()) {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "table {name} was truncated; lakeshore does not replicate \
+                                 TRUNCATE yet: re-snapshot it with a new pipeline name"
+                            ),
+                        ));
+                    }
+                }
+            }
+            EventType::Relation {
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                let Some(t) = self.table_index(&namespace, &relation_name) else {
+                    return Ok(());
+                };
+                self.on_relation(t, &columns).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// An insert (the whole row) or a delete (its key) of `schema.table`, if it passes.
+    pub(crate) fn row_change(
+        &mut self,
+        schema: &str,
+        table: &str,
+        op: Op,
+        row: &RowData,
+    ) -> Result<()> {
+        let Some(t) = self.table_index(schema, table) else {
+            return Ok(());
+        };
+        let key = self.key_of(t, row)?;
+        if self.passes(t, &key, self.xid.unwrap_or(0)) {
+            self.push_row(t, op, row, None, op.removes())?;
+        }
+        Ok(())
+    }
+
+    /// Columns of the current relation that an update's new image left out (unchanged
+    /// TOAST values) and its old image (REPLICA IDENTITY FULL) does not carry either.
+    pub(crate) fn unchanged_columns(
+        &self,
+        t: usize,
+        new: &RowData,
+        old: Option<&RowData>,
+    ) -> Vec<usize> {
+        self.tables[t]
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                self.live[t][*i]
+                    && new.get(&c.name).is_none()
+                    && old.is_none_or(|o| o.get(&c.name).is_none())
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The current values of `columns` for `key`, read from the table. Used for unchanged
+    /// TOAST values under REPLICA IDENTITY DEFAULT: a later change of such a column carries
+    /// its new value, so the lake converges to the source (a checkpoint in between may show
+    /// a value newer than the update's own). REPLICA IDENTITY FULL avoids the query.
+    pub(crate) async fn current_values(
+        &self,
+        t: usize,
+        key: &[String],
+        columns: &[usize],
+    ) -> Result<RowData> {
+        let table = &self.tables[t];
+        let select: Vec<String> = columns
+            .iter()
+            .map(|&i| format!("{}::text", quote_ident(&table.columns[i].name)))
+            .collect();
+        let filter: Vec<String> = table
+            .key
+            .iter()
+            .zip(key)
+            .map(|(&k, v)| {
+                format!(
+                    "{} = {}",
+                    quote_ident(&table.columns[k].name),
+                    discover::quote_literal(v)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            select.join(", "),
+            table.quoted(),
+            filter.join(" AND ")
+        );
+        let messages = self
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| pg_error("reading unchanged TOAST values", e))?;
+        let mut data = RowData::with_capacity(columns.len());
+        let row = messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        });
+        tracing::debug!(table = %table.name, ?key, found = row.is_some(), "read unchanged TOAST values");
+        for (j, &i) in columns.iter().enumerate() {
+            let value = match row.and_then(|r| r.get(j)) {
+                Some(v) => ColumnValue::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
+                None => ColumnValue::Null,
+            };
+            data.push(Arc::from(table.columns[i].name.as_str()), value);
+        }
+        Ok(data)
+    }
+
+    /// A Relation message: the stream's view of the table's columns from here on. New
+    /// columns are added to the lake table (a schema change after the rows before it);
+    /// dropped ones stay in the lake and read as null; a changed type is refused.
+    pub(crate) async fn on_relation(
+        &mut self,
+        t: usize,
+        columns: &[pg_walstream::RelationColumn],
+    ) -> Result<()> {
+        let mut added = Vec::new();
+        for c in columns {
+            let kind = type_kind(&self.client, c.type_id, c.type_modifier).await;
+            let name = c.name.to_string();
+            match self.columns[t].get(&name) {
+                Some(&i) => {
+                    let col = &self.tables[t].columns[i];
+                    if kind.is_some_and(|k| k != col.kind) {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "table {}, column {name}: its type changed (was {}); lakeshore \
+                                 replicates added and dropped columns only. Re-snapshot the \
+                                 table with a new pipeline name",
+                                self.tables[t].name, col.type_name
+                            ),
+                        ));
+                    }
+                }
+                None if !column_exists(&self.client, &self.tables[t], &name).await? => {
+                    // Dropped again since: an old Relation message replayed after a restart.
+                }
+                None => {
+                    let kind = kind.ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "table {}, column {name}: added with a type lakeshore does not \
+                                 map (type oid {})",
+                                self.tables[t].name, c.type_id
+                            ),
+                        )
+                    })?;
+                    added.push(discover::PgColumn {
+                        name,
+                        type_name: format!("oid {}", c.type_id),
+                        kind,
+                        // Snapshot chunks never read it: a chunk that finds the column
+                        // restarts the pipeline, which discovers it properly.
+                        raw: false,
+                        order: None,
+                    });
+                }
+            }
+        }
+        let present: std::collections::HashSet<&str> =
+            columns.iter().map(|c| c.name.as_ref()).collect();
+        if added.is_empty() {
+            for (i, col) in self.tables[t].columns.iter().enumerate() {
+                self.live[t][i] = present.contains(col.name.as_str());
+            }
+            return Ok(());
+        }
+        // Rows buffered so far have the old shape.
+        self.flush_table(t)?;
+        let table = &mut self.tables[t];
+        for col in added {
+            tracing::info!(table = %table.name, column = %col.name, "column added");
+            self.columns[t].insert(col.name.clone(), table.columns.len());
+            table.columns.push(col);
+        }
+        self.live[t] = table
+            .columns
+            .iter()
+            .map(|c| present.contains(c.name.as_str()))
+            .collect();
+        let pairs: Vec<(String, types::Kind)> = table
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.kind))
+            .collect();
+        table.schema.schema = types::arrow_schema(&pairs, &table.schema.key);
+        self.out
+            .push_back(SourceEvent::SchemaChange(table.schema.clone()));
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! Talking to the server outside the replication stream: connecting (and saying what is
+//! wrong when that fails), the set-up checks shared by `open` and `validate --connect`,
+//! the publication and the slot, and small catalog queries.
+
+use std::time::Duration;
+
+use lakeshore_api::{Error, ErrorKind, Result};
+use tokio_postgres::Client;
+
+use crate::discover::{self, PgTable, quote_ident};
+use crate::types;
+use crate::{PostgresOptions, Startup};
+
+/// The URL without its password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Session settings that fix the text formats `types` parses.
+pub(crate) const SESSION_OPTIONS: &str =
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3";
+
+/// Connect a regular session.
+pub async fn connect(url: &str) -> Result<Client> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            "cannot parse [source] url; write postgres://user:${PASSWORD}@host:5432/database",
+        )
+        .with_source(e)
+    })?;
+    config.options(SESSION_OPTIONS);
+    config.connect_timeout(Duration::from_secs(10));
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| connect_error(url, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
+    let target = redact(url);
+    let hint = match e.as_db_error().map(|d| d.code().code()) {
+        Some("28P01") | Some("28000") => {
+            "PostgreSQL refused the login; check the user and password in [source] url"
+        }
+        Some("3D000") => "the database does not exist; check the database name in [source] url",
+        Some(_) => "PostgreSQL refused the connection; check [source] url",
+        None => {
+            // No answer from the server: it may be down for a moment (`run` retries).
+            return Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "cannot reach PostgreSQL ({target}); check host and port in [source] url \
+                     and that the server is running"
+                ),
+            )
+            .with_source(e);
+        }
+    };
+    Error::new(ErrorKind::Config, format!("{hint} ({target})")).with_source(e)
+}
+
+pub(crate) fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
+    let msg = match e.as_db_error() {
+        Some(db) => format!("PostgreSQL: {what}: {}", db.message()),
+        None => format!("PostgreSQL: {what}"),
+    };
+    Error::new(ErrorKind::Transient, msg).with_source(e)
+}
+
+pub(crate) fn parse_lsn(s: &str) -> Result<u64> {
+    let (hi, lo) = s
+        .split_once('/')
+        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("bad LSN {s:?}")))?;
+    let hi = u64::from_str_radix(hi, 16).map_err(|_| Error::new(ErrorKind::Internal, "bad LSN"))?;
+    let lo = u64::from_str_radix(lo, 16).map_err(|_| Error::new(ErrorKind::Internal, "bad LSN"))?;
+    Ok(hi << 32 | lo)
+}
+
+/// Whether `table` has the column `name` now.
+/// `X/Y`, as PostgreSQL writes an LSN.
+pub(crate) fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+pub(crate) async fn column_exists(client: &Client, table: &PgTable, name: &str) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = $2 \
+             AND NOT attisdropped",
+            &[&table.quoted(), &name],
+        )
+        .await
+        .map_err(|e| pg_error("reading the columns", e))?;
+    Ok(row.is_some())
+}
+
+/// The kind of a column of type `oid` with modifier `typmod`; `None` when unmapped or the
+/// catalog cannot be read.
+pub(crate) async fn type_kind(client: &Client, oid: u32, typmod: i32) -> Option<types::Kind> {
+    let row = client
+        .query_opt(
+            "SELECT coalesce(bt.typname, t.typname)::text, \
+                    coalesce(bt.typcategory, t.typcategory)::text, \
+                    (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
+                    CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE $2 END \
+             FROM pg_type t LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+             WHERE t.oid = $1",
+            &[&oid, &typmod],
+        )
+        .await
+        .ok()??;
+    types::kind_of(
+        &row.get::<_, String>(0),
+        &row.get::<_, String>(1),
+        row.get(3),
+        row.get(2),
+    )
+}
+
+pub(crate) async fn current_wal_lsn(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(|e| pg_error("pg_current_wal_insert_lsn()", e))?;
+    parse_lsn(&row.get::<_, String>(0))
+}
+
+/// `lakeshore validate --connect`: everything [`PostgresSource::open`] would check or set
+/// up, without changing anything. Returns one line per finding; the first problem is an
+/// error that says what to change.
+pub async fn check(opts: &PostgresOptions) -> Result<Vec<String>> {
+    let client = connect(&opts.url).await?;
+    let mut report = vec![format!("connected to {}", redact(&opts.url))];
+    let streaming = opts.startup != Startup::SnapshotOnly;
+    if streaming {
+        check_server(&client).await?;
+        report.push("wal_level=logical; the user may start replication".into());
+    }
+    let tables = discover::discover(&client, &opts.tables, &opts.key_columns).await?;
+    for t in &tables {
+        let key: Vec<&str> = t.key.iter().map(|&k| t.columns[k].name.as_str()).collect();
+        report.push(format!(
+            "table {}: {} columns, key ({}), replica identity {}",
+            t.name,
+            t.columns.len(),
+            key.join(", "),
+            match t.replica_identity {
+                'f' => "full",
+                'i' => "index",
+                _ => "default",
+            }
+        ));
+    }
+    if !streaming {
+        return Ok(report);
+    }
+    report.push(match publication_state(&client, &opts.publication, &tables).await? {
+        None => format!(
+            "publication {} does not exist; lakeshore will create it (needs ownership of the tables)",
+            opts.publication
+        ),
+        Some(missing) if missing.is_empty() => {
+            format!("publication {} covers the tables", opts.publication)
+        }
+        Some(missing) => {
+            let names: Vec<&str> = missing.iter().map(|t| t.name.as_str()).collect();
+            format!(
+                "publication {} lacks {}; lakeshore will add them",
+                opts.publication,
+                names.join(", ")
+            )
+        }
+    });
+    match slot_state(&client, &opts.slot).await? {
+        Some(slot) => report.push(format!(
+            "slot {} exists{}, retains {} MiB of WAL",
+            opts.slot,
+            if slot.active { " and is in use" } else { "" },
+            slot.retained_bytes >> 20
+        )),
+        None => {
+            let free = client
+                .query_one(
+                    "SELECT current_setting('max_replication_slots')::int - \
+                            (SELECT count(*) FROM pg_replication_slots)::int",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error("counting replication slots", e))?
+                .get::<_, i32>(0);
+            if free <= 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "no free replication slot: raise max_replication_slots (needs a restart) \
+                     or drop an unused slot",
+                ));
+            }
+            report.push(format!(
+                "slot {} does not exist; lakeshore will create it ({free} free)",
+                opts.slot
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// `wal_level = logical` and the REPLICATION attribute.
+pub(crate) async fn check_server(client: &Client) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), \
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
+                    current_user::text, current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error("reading server settings", e))?;
+    let wal_level: String = row.get(0);
+    let can_replicate: bool = row.get(1);
+    let user: String = row.get(2);
+    let version: i32 = row.get(3);
+    if version < 140000 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "PostgreSQL {} is too old; lakeshore needs 14 or newer",
+                version / 10000
+            ),
+        ));
+    }
+    if wal_level != "logical" {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "PostgreSQL runs with wal_level={wal_level}; logical replication needs \
+                 wal_level=logical: run ALTER SYSTEM SET wal_level = logical and restart \
+                 PostgreSQL (or use startup = \"snapshot-only\")"
+            ),
+        ));
+    }
+    if !can_replicate {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "user {user} may not start replication; run ALTER ROLE {} REPLICATION",
+                quote_ident(&user)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Create the publication for `tables`, or add the tables it lacks.
+pub(crate) async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    tables: &[PgTable],
+) -> Result<()> {
+    let list = |ts: &[&PgTable]| ts.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let sql = match publication_state(client, name, tables).await? {
+        None => format!(
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+            quote_ident(name),
+            list(&tables.iter().collect::<Vec<_>>())
+        ),
+        Some(missing) if missing.is_empty() => return Ok(()),
+        Some(missing) => format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(name),
+            list(&missing)
+        ),
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| publication_error(name, e))?;
+    tracing::info!(publication = name, sql = %sql, "publication set up");
+    Ok(())
+}
+
+/// `None` when the publication does not exist, else the tables it lacks. An existing
+/// publication that cannot serve the pipeline is an error saying what to change.
+async fn publication_state<'t>(
+    client: &Client,
+    name: &str,
+    tables: &'t [PgTable],
+) -> Result<Option<Vec<&'t PgTable>>> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT puballtables, pubviaroot, pubinsert AND pubupdate AND pubdelete \
+             FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| pg_error("reading publications", e))?
+    else {
+        return Ok(None);
+    };
+    // Partitions' changes must come under the partitioned table's name.
+    if tables.iter().any(|t| t.partitioned) && !row.get::<_, bool>(1) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "publication {name} reports partitions' changes under the partitions' \
+                 names; run ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                quote_ident(name)
+            ),
+        ));
+    }
+    if !row.get::<_, bool>(2) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "publication {name} does not publish every insert, update and delete; run \
+                 ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                quote_ident(name)
+            ),
+        ));
+    }
+    if row.get::<_, bool>(0) {
+        return Ok(Some(Vec::new()));
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| pg_error("reading publication tables", e))?;
+    let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(Some(
+        tables.iter().filter(|t| !have.contains(&t.name)).collect(),
+    ))
+}
+
+fn publication_error(name: &str, e: tokio_postgres::Error) -> Error {
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    Error::new(
+        ErrorKind::Config,
+        format!(
+            "cannot create or extend publication {name}: {detail}; create it as the tables' \
+             owner (CREATE PUBLICATION {} FOR TABLE ...) or set [source] publication",
+            quote_ident(name)
+        ),
+    )
+    .with_source(e)
+}
+
+/// Create the logical slot if absent; check an existing one.
+pub(crate) async fn ensure_slot(client: &Client, slot: &str) -> Result<()> {
+    if slot_state(client, slot).await?.is_some() {
+        return Ok(());
+    }
+    client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| {
+            let detail = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default();
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "cannot create replication slot {slot}: {detail}; check \
+                     max_replication_slots and [source] slot"
+                ),
+            )
+            .with_source(e)
+        })?;
+    tracing::info!(slot, "created replication slot");
+    Ok(())
+}
+
+/// An existing slot.
+struct SlotState {
+    active: bool,
+    retained_bytes: i64,
+}
+
+/// `None` when the slot does not exist; a slot that is not a pgoutput slot of this
+/// database is an error.
+async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>> {
+    let Some(r) = client
+        .query_opt(
+            "SELECT plugin, database = current_database(), active, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| pg_error("reading replication slots", e))?
+    else {
+        return Ok(None);
+    };
+    let plugin: Option<String> = r.get(0);
+    let same_db: Option<bool> = r.get(1);
+    if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "replication slot {slot} exists but is not a pgoutput slot of this database; \
+                 choose another [source] slot name"
+            ),
+        ));
+    }
+    Ok(Some(SlotState {
+        active: r.get(2),
+        retained_bytes: r.get::<_, Option<i64>>(3).unwrap_or(0),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/shop"),
+            "postgres://app:***@db:5432/shop"
+        );
+        assert_eq!(redact("postgres://db/shop"), "postgres://db/shop");
+    }
+
+    #[test]
+    fn lsns_parse() {
+        assert_eq!(parse_lsn("0/16B3748").unwrap(), 0x16B3748);
+        assert_eq!(parse_lsn("1/0").unwrap(), 1 << 32);
+    }
+}
