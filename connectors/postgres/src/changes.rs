@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use lakeshore_api::{ChangeBatch, Error, ErrorKind, Op, Result, SourceEvent};
 use pg_walstream::{ChangeEvent, ColumnValue, EventType, ReplicaIdentity, RowData};
+use smallvec::SmallVec;
 
 use crate::discover::{self, quote_ident};
 use crate::snapshot::{Key, compare_keys};
@@ -82,18 +83,20 @@ impl PostgresSource {
             ops: Vec::with_capacity(batch_rows),
         });
         let cols = &self.columns[t];
-        let mut seen = vec![false; table.columns.len()];
-        for (name, _) in row.iter() {
+        // The image's values by column position, in one pass over the image.
+        let mut given: SmallVec<[Option<&ColumnValue>; 32]> =
+            smallvec::smallvec![None; table.columns.len()];
+        for (name, value) in row.iter() {
             let Some(&i) = cols.get(name.as_ref()) else {
                 continue;
             };
             if key_only && !table.key.contains(&i) {
                 continue;
             }
-            seen[i] = true;
+            given[i] = Some(value);
         }
         for (i, col) in table.columns.iter().enumerate() {
-            let value = if !seen[i] {
+            let value = if given[i].is_none() {
                 if key_only || op.removes() || !self.live[t][i] {
                     None
                 } else {
@@ -115,7 +118,7 @@ impl PostgresSource {
                     }
                 }
             } else {
-                row.get(&col.name)
+                given[i]
             };
             let builder = pending.rows.column(i);
             match value {
