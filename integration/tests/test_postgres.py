@@ -238,6 +238,71 @@ def test_kill_9_during_snapshot_and_streaming(tmp_path, postgres, duck):
     assert 2 <= during_snapshot < len(logs), f"{during_snapshot} of {len(logs)} kills landed during the snapshot"
 
 
+REFILL = """
+BEGIN;
+UPDATE acct SET v = 'before truncate' WHERE id = 5;
+TRUNCATE acct;
+INSERT INTO acct SELECT g, g % 7, 'r{n}-' || g, g * 0.5, NULL, '2025-01-01' FROM generate_series(1, {rows}) g;
+DELETE FROM acct WHERE id = 3;
+COMMIT;
+"""
+
+
+class Log(threading.Thread):
+    """Collects a process's stderr lines as they come."""
+
+    def __init__(self, proc):
+        super().__init__(daemon=True)
+        self.proc, self.lines = proc, []
+
+    def run(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text, timeout=60):
+        deadline = time.time() + timeout
+        while not any(text in line for line in self.lines):
+            assert time.time() < deadline and self.proc.poll() is None, "".join(self.lines)[-3000:]
+            time.sleep(0.01)
+
+    def text(self):
+        self.join(timeout=30)
+        return "".join(self.lines)
+
+
+def test_truncate_during_snapshot_and_streaming(tmp_path, postgres, duck):
+    """TRUNCATE (in a transaction that also writes before and after it) while the table's
+    snapshot is being read, then again while streaming, with writes throughout and a
+    kill -9 in the end: the lake holds exactly the source's rows."""
+    db = setup_acct(postgres, "trunc", 500000)
+    churn = Churn(postgres, db, 500001, seed=4)
+    churn.start()
+    p = pg_pipeline(tmp_path, "trunc", postgres, db, ["public.acct"], chunk_size=500)
+    run = start_run(p)
+    log = Log(run)
+    log.start()
+    log.wait_for("checkpoint committed")
+    with postgres.connect(db) as c:
+        c.execute(REFILL.format(n=1, rows=20000))
+    log.wait_for("snapshot complete")
+    time.sleep(2)
+    with postgres.connect(db) as c:
+        c.execute(REFILL.format(n=2, rows=30000))
+    time.sleep(2)
+    assert run.poll() is None, log.text()[-3000:]
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    churn.stop()
+    err = log.text()
+    assert "resnapshot=true" in err, "the first TRUNCATE did not land during the snapshot"
+    assert "resnapshot=false" in err, "the second TRUNCATE did not land while streaming"
+    p.backfill()
+    assert_lake_equals_source(duck, postgres, db, p, "acct", ACCT_COLUMNS)
+    # pyiceberg reads the truncating snapshots the same way.
+    count = postgres.execute("select count(*) from acct", db)[0][0]
+    assert len(lake.pyiceberg_table(p.catalog_db, p.warehouse, "pg.acct").scan().to_arrow()) == count
+
+
 def test_server_restart_during_streaming_and_slot_reuse(tmp_path, postgres, duck):
     db = setup_acct(postgres, "restart", 5000)
     churn = Churn(postgres, db, 5001, seed=3)

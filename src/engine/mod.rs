@@ -69,6 +69,7 @@ pub struct RunSummary {
 enum WriterMsg {
     Batch(ChangeBatch),
     Evolve(TableSchema),
+    Truncate,
     Barrier(u64),
 }
 
@@ -202,6 +203,18 @@ pub async fn run(
                     }
                     if final_id == Some(id) {
                         return Ok(());
+                    }
+                }
+                Some(SourceEvent::Truncate(t)) => {
+                    let Some(&w) = route.get(&t) else {
+                        return Err(Error::new(
+                            ErrorKind::Internal,
+                            format!("source truncated undeclared table {t}"),
+                        ));
+                    };
+                    tracing::info!(pipeline = %spec.name, table = %t, "truncate");
+                    if writers[w].tx.send(WriterMsg::Truncate).await.is_err() {
+                        return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
                     }
                 }
                 Some(SourceEvent::SchemaChange(t)) => {
@@ -402,6 +415,7 @@ async fn writer_task(
                 }
             }
             WriterMsg::Evolve(schema) => writer.evolve(&schema).await?,
+            WriterMsg::Truncate => writer.truncate().await?,
             WriterMsg::Barrier(id) => {
                 // Lookups of committed rows must see every earlier checkpoint.
                 committed

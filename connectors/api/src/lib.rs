@@ -153,6 +153,9 @@ pub enum SourceEvent {
     },
     /// The schema of a table changed; later batches of the table use the new schema.
     SchemaChange(TableSchema),
+    /// Every row of the table before this event is gone (SQL `TRUNCATE`); later batches
+    /// of the table start from an empty table.
+    Truncate(String),
     /// A table's snapshot phase started.
     SnapshotStarted(String),
     /// A table's snapshot phase finished; changes follow.
@@ -284,6 +287,16 @@ pub trait TableWriter: Send {
     fn wants_checkpoint(&self) -> bool {
         false
     }
+    /// The source emptied the table: rows written before this call (committed or in the
+    /// open checkpoint) are gone once the checkpoint commits; later batches start from an
+    /// empty table.
+    async fn truncate(&mut self) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this sink does not support TRUNCATE",
+        ))
+    }
+
     /// The source table's schema changed; later batches use `schema`. Writers add new
     /// columns to the lake table (existing rows read them as null), keep dropped ones
     /// (null from then on), and refuse other changes with an error that names the table

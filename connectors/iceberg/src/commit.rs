@@ -20,8 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use iceberg::spec::{
-    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestListWriter, ManifestStatus,
-    ManifestWriterBuilder, Operation, Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestListWriter,
+    ManifestStatus, ManifestWriterBuilder, Operation, Snapshot, SnapshotSummaryCollector, Summary,
+    TableMetadata,
 };
 use iceberg::table::Table;
 use std::str::FromStr;
@@ -52,6 +53,10 @@ pub struct RowDelta {
     pub referenced_files: Vec<String>,
     /// The snapshot the position lookup read; `None` when nothing was looked up.
     pub lookup_base: Option<i64>,
+    /// The source truncated the table during this checkpoint: every file live in the
+    /// table when the commit lands is removed by it (the new files hold only rows
+    /// written after the truncation).
+    pub truncate: bool,
 }
 
 impl RowDelta {
@@ -60,6 +65,7 @@ impl RowDelta {
         self.data_files.is_empty()
             && self.delete_files.is_empty()
             && self.lookup_delete_files.is_empty()
+            && !self.truncate
     }
 
     fn all_deletes(&self) -> impl Iterator<Item = &(DataFile, i32)> {
@@ -267,7 +273,8 @@ async fn stage(
         written.push(path);
     }
 
-    // Carry every manifest of the parent.
+    // Carry every manifest of the parent; a truncation instead marks all their live
+    // files deleted.
     let parent = md.current_snapshot().cloned();
     let mut manifests = Vec::new();
     if let Some(parent) = &parent {
@@ -276,7 +283,46 @@ async fn stage(
             .load()
             .await
             .map_err(ice)?;
-        manifests.extend(list.consume_entries());
+        if delta.truncate {
+            let mut removed: HashMap<(bool, i32), Vec<ManifestEntry>> = HashMap::new();
+            for manifest in list.entries() {
+                let m = manifest.load_manifest(file_io).await.map_err(ice)?;
+                for entry in m.entries().iter().filter(|e| e.is_alive()) {
+                    let deletes = manifest.content == ManifestContentType::Deletes;
+                    let key = (deletes, manifest.partition_spec_id);
+                    removed.entry(key).or_default().push(entry.as_ref().clone());
+                }
+            }
+            for ((deletes, spec_id), entries) in removed {
+                let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
+                    internal(format!("partition spec {spec_id} is not in the table"))
+                })?;
+                let path = format!("{meta_dir}/{commit_uuid}-r{spec_id}-{deletes}.avro");
+                let output = file_io.new_output(&path).map_err(ice)?;
+                let builder = ManifestWriterBuilder::new(
+                    output,
+                    Some(snapshot_id),
+                    schema.clone(),
+                    spec.as_ref().clone(),
+                );
+                let mut writer = if deletes {
+                    builder.build_v2_deletes()
+                } else {
+                    builder.build_v2_data()
+                };
+                for e in entries {
+                    collector.remove_file(&e.data_file, schema.clone(), spec.clone());
+                    let seq = e.sequence_number.unwrap_or(0);
+                    writer
+                        .add_delete_file(e.data_file, seq, e.file_sequence_number)
+                        .map_err(ice)?;
+                }
+                manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+                written.push(path);
+            }
+        } else {
+            manifests.extend(list.consume_entries());
+        }
     }
     manifests.extend(new_manifests);
     let list_path = format!("{meta_dir}/snap-{snapshot_id}-{attempt}-{commit_uuid}.avro");
@@ -293,6 +339,7 @@ async fn stage(
 
     let no_deletes = delta.all_deletes().next().is_none();
     let operation = match (delta.data_files.is_empty(), no_deletes) {
+        _ if delta.truncate => Operation::Overwrite,
         (false, true) => Operation::Append,
         (true, false) => Operation::Delete,
         _ => Operation::Overwrite,
@@ -343,23 +390,36 @@ async fn stage(
     })
 }
 
-/// The `total-*` summary keys: the parent's totals plus this commit's additions.
+/// The `total-*` summary keys: the parent's totals plus this commit's additions, minus
+/// its removals.
 fn add_totals(props: &mut HashMap<String, String>, parent: Option<&Summary>) {
     let get = |map: &HashMap<String, String>, k: &str| -> u64 {
         map.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
     };
-    for (total, added) in [
-        ("total-data-files", "added-data-files"),
-        ("total-delete-files", "added-delete-files"),
-        ("total-records", "added-records"),
-        ("total-files-size", "added-files-size"),
-        ("total-position-deletes", "added-position-deletes"),
-        ("total-equality-deletes", "added-equality-deletes"),
+    for (total, added, removed) in [
+        ("total-data-files", "added-data-files", "deleted-data-files"),
+        (
+            "total-delete-files",
+            "added-delete-files",
+            "removed-delete-files",
+        ),
+        ("total-records", "added-records", "deleted-records"),
+        ("total-files-size", "added-files-size", "removed-files-size"),
+        (
+            "total-position-deletes",
+            "added-position-deletes",
+            "removed-position-deletes",
+        ),
+        (
+            "total-equality-deletes",
+            "added-equality-deletes",
+            "removed-equality-deletes",
+        ),
     ] {
         let before = parent
             .map(|p| get(&p.additional_properties, total))
             .unwrap_or(0);
-        let value = before + get(props, added);
+        let value = (before + get(props, added)).saturating_sub(get(props, removed));
         props.insert(total.to_string(), value.to_string());
     }
 }

@@ -92,6 +92,9 @@ struct Payload {
     key: Vec<String>,
     #[serde(default)]
     keys_file: Option<String>,
+    /// The checkpoint truncated the table first (see [`RowDelta::truncate`]).
+    #[serde(default)]
+    truncate: bool,
 }
 
 /// A pending commit turned back into files, plus what a re-lookup needs.
@@ -174,6 +177,7 @@ pub fn decode_pending(table: &Table, pending: &PendingCommit) -> Result<DecodedP
             lookup_delete_files: decode(table, &p.lookup_deletes)?,
             referenced_files: p.referenced,
             lookup_base: p.lookup_base,
+            truncate: p.truncate,
         },
         key: p.key,
         keys_file: p.keys_file,
@@ -265,6 +269,7 @@ fn pending(
         lookup_base: delta.lookup_base,
         key: key.to_vec(),
         keys_file,
+        truncate: delta.truncate,
     };
     Ok(PendingCommit {
         table: name.to_string(),
@@ -300,6 +305,8 @@ pub struct OpenTable {
     pub data: PartitionedWriter,
     /// Data rows written in the open checkpoint.
     pub rows: u64,
+    /// The source truncated the table in the open checkpoint.
+    pub truncated: bool,
 }
 
 impl OpenTable {
@@ -318,7 +325,27 @@ impl OpenTable {
             name,
             data,
             rows: 0,
+            truncated: false,
         })
+    }
+
+    /// The source truncated the table: the rows written so far in the open checkpoint
+    /// are dropped (their files removed), and the commit will remove every committed
+    /// file.
+    pub async fn truncate(&mut self) -> Result<()> {
+        let (files, _) = self.data.close().await?;
+        for f in files {
+            self.ctx
+                .files
+                .file_io
+                .delete(f.file_path())
+                .await
+                .map_err(ice)?;
+        }
+        self.rows = 0;
+        self.truncated = true;
+        tracing::info!(table = %self.name, "truncated by the source");
+        Ok(())
     }
 
     /// Apply a source schema change (see [`TableContext::evolve`]).
@@ -335,6 +362,7 @@ impl OpenTable {
         keys_file: Option<String>,
     ) -> Result<PendingCommit> {
         let rows = std::mem::take(&mut self.rows);
+        self.truncated = false;
         self.ctx
             .pending(&self.table, checkpoint_id, rows, delta, keys_file)
     }
@@ -365,6 +393,7 @@ impl TableWriter for AppendWriter {
         let spec_id = t.ctx.files.spec.spec_id();
         let delta = RowDelta {
             data_files: files.into_iter().map(|f| (f, spec_id)).collect(),
+            truncate: t.truncated,
             ..Default::default()
         };
         t.pending(checkpoint_id, &delta, None)
@@ -372,5 +401,9 @@ impl TableWriter for AppendWriter {
 
     async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
         self.0.evolve(schema).await
+    }
+
+    async fn truncate(&mut self) -> Result<()> {
+        self.0.truncate().await
     }
 }

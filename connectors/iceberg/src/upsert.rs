@@ -443,8 +443,9 @@ impl TableWriter for UpsertWriter {
                 }
                 Entry::Vacant(e) => {
                     // A key first seen as an insert is new by the source's contract;
-                    // every other first sight may replace a committed row.
-                    if op != Op::Insert {
+                    // every other first sight may replace a committed row (unless the
+                    // table was truncated in this checkpoint: no committed row stays).
+                    if op != Op::Insert && !self.t.truncated {
                         self.lookup.insert(e.key().clone());
                     }
                     e.insert(state);
@@ -508,11 +509,20 @@ impl TableWriter for UpsertWriter {
             lookup_delete_files: looked_up.files,
             referenced_files: looked_up.referenced,
             lookup_base: looked_up.base,
+            truncate: self.t.truncated,
         };
         self.t.pending(checkpoint_id, &delta, keys_file)
     }
 
     async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
         self.t.evolve(schema).await
+    }
+
+    async fn truncate(&mut self) -> Result<()> {
+        self.t.truncate().await?;
+        self.index.clear();
+        self.own_deletes.clear();
+        self.lookup.clear();
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Randomised model test of the upsert path: random inserts, updates (some moving rows
 //! between partitions), upserts and deletes over a small key space, several checkpoints
-//! per run, and after every commit the table read by iceberg-rust's own scan (a reader we
+//! per run, truncations now and then, and after every commit the table read by iceberg-rust's own scan (a reader we
 //! did not write) must equal a plain map folded from the same changes.
 
 use std::collections::BTreeMap;
@@ -138,6 +138,7 @@ async fn read_table(catalog: &dyn Catalog, ident: &TableIdent) -> BTreeMap<i64, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upserts_match_a_folded_model() {
+    let mut truncations = 0;
     for seed in 1..=4u64 {
         let dir =
             std::env::temp_dir().join(format!("lakeshore-upsert-model-{}", uuid::Uuid::new_v4()));
@@ -178,6 +179,12 @@ async fn upserts_match_a_folded_model() {
         let mut next_key = 1;
         for checkpoint in 1..=6u64 {
             for _ in 0..rng.below(4) + 1 {
+                // Now and then the source truncates the table between two batches.
+                if rng.below(8) == 0 {
+                    writer.truncate().await.unwrap();
+                    model.clear();
+                    truncations += 1;
+                }
                 writer
                     .write(random_batch(&mut rng, &mut model, &mut next_key))
                     .await
@@ -197,4 +204,5 @@ async fn upserts_match_a_folded_model() {
         }
         std::fs::remove_dir_all(&dir).ok();
     }
+    assert!(truncations > 0, "no run truncated the table");
 }

@@ -251,14 +251,8 @@ impl PostgresSource {
             } => self.row_change(&schema, &table, Op::Delete, &old_data)?,
             EventType::Truncate { tables, .. } => {
                 for name in tables {
-                    if self.by_name.contains_key(name.as_ref()) {
-                        return Err(Error::new(
-                            ErrorKind::Unsupported,
-                            format!(
-                                "table {name} was truncated; lakeshore does not replicate \
-                                 TRUNCATE yet: re-snapshot it with a new pipeline name"
-                            ),
-                        ));
+                    if let Some(&t) = self.by_name.get(name.as_ref()) {
+                        self.truncate(t)?;
                     }
                 }
             }
@@ -274,6 +268,26 @@ impl PostgresSource {
                 self.on_relation(t, &columns).await?;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// `TRUNCATE` of table `t`: the rows before it (sent first) are gone in the lake.
+    /// A table not fully read, or with a chunk read whose window is still open (that read
+    /// may already show the table after the truncation), starts its snapshot over: its
+    /// next chunk must see the truncation, like any transaction whose changes were dropped
+    /// as not yet read, and no barrier falls until that chunk is read.
+    pub(crate) fn truncate(&mut self, t: usize) -> Result<()> {
+        let name = self.tables[t].name.clone();
+        self.flush_table(t)?;
+        self.out.push_back(SourceEvent::Truncate(name.clone()));
+        let done = self.position.tables.get(&name) == Some(&Progress::Done);
+        let open_window = self.position.windows.iter().any(|w| w.table == name);
+        tracing::info!(table = %name, resnapshot = !done || open_window, "truncated at the source");
+        if !done || open_window {
+            self.position.tables.remove(&name);
+            self.position.windows.retain(|w| w.table != name);
+            self.dropped[t].insert(self.xid.unwrap_or(0));
         }
         Ok(())
     }
