@@ -303,6 +303,54 @@ def test_truncate_during_snapshot_and_streaming(tmp_path, postgres, duck):
     assert len(lake.pyiceberg_table(p.catalog_db, p.warehouse, "pg.acct").scan().to_arrow()) == count
 
 
+def test_type_widening_follows_the_source(tmp_path, postgres, duck):
+    """int → bigint (also of the key), real → double precision and numeric precision are
+    widened in the lake, with rows changed before and after the ALTER in one checkpoint;
+    a change Iceberg cannot follow stops the pipeline naming table and column."""
+    import subprocess
+    from conftest import BIN
+    db = postgres.create_db("widen")
+    with postgres.connect(db) as c:
+        c.execute("CREATE TABLE w (id int PRIMARY KEY, n int, r real, d numeric(8,2), v text)")
+        c.execute("INSERT INTO w SELECT g, g * 10, g / 4.0, g * 1.25, 'v' || g FROM generate_series(1, 3000) g")
+    p = pg_pipeline(tmp_path, "widen", postgres, db, ["public.w"])
+    p.backfill()
+    cols = ["id", "n", "r", "d", "v"]
+    run = start_run(p)
+    log = Log(run)
+    log.start()
+    time.sleep(1)
+    with postgres.connect(db) as c:
+        c.execute("UPDATE w SET v = 'before' WHERE id <= 100")
+        c.execute("ALTER TABLE w ALTER COLUMN id TYPE bigint, ALTER COLUMN n TYPE bigint, "
+                  "ALTER COLUMN r TYPE double precision, ALTER COLUMN d TYPE numeric(14,2)")
+        c.execute("UPDATE w SET v = 'after', n = 5000000000, r = r + 1e-9, d = 123456789012.34 "
+                  "WHERE id <= 50 OR id BETWEEN 1000 AND 1010")
+        c.execute("DELETE FROM w WHERE id BETWEEN 2000 AND 2100")
+        c.execute("INSERT INTO w VALUES (9000000000, 1, 0.5, 1.5, 'big key')")
+        c.execute("UPDATE w SET id = 8000000000 WHERE id = 7")
+    log.wait_for("column type widened")
+    time.sleep(1.5)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 0, log.text()[-3000:]
+    assert "widening column types" in log.text()
+    p.backfill()
+    assert_lake_equals_source(duck, postgres, db, p, "w", cols)
+    described = duck.execute(f"describe select * from {lake.scan(p.catalog_db, p.table('w'))}").fetchall()
+    types = {r[0]: r[1] for r in described}
+    assert types["id"] == "BIGINT" and types["r"] == "DOUBLE" and types["d"] == "DECIMAL(14,2)", types
+    count = postgres.execute("select count(*) from w", db)[0][0]
+    assert len(lake.pyiceberg_table(p.catalog_db, p.warehouse, "pg.w").scan().to_arrow()) == count
+    # A narrowing or a change of kind cannot be followed.
+    with postgres.connect(db) as c:
+        c.execute("ALTER TABLE w ALTER COLUMN n TYPE text")
+        c.execute("UPDATE w SET n = 'x' WHERE id = 1")
+    r = subprocess.run([BIN, "backfill", str(p.file)], cwd=p.dir, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "table public.w, column n: type change from long to string is not supported" in r.stderr, \
+        r.stderr[-2000:]
+
+
 def test_server_restart_during_streaming_and_slot_reuse(tmp_path, postgres, duck):
     db = setup_acct(postgres, "restart", 5000)
     churn = Churn(postgres, db, 5001, seed=3)

@@ -196,6 +196,50 @@ async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Opti
     Ok(None)
 }
 
+/// Make `change(current schema)` the table's current schema, in a metadata-only commit
+/// landed by compare-and-swap (retried on a fresh table when another commit won).
+pub async fn commit_schema(
+    catalog: &CatalogHandle,
+    ident: &TableIdent,
+    change: impl Fn(&iceberg::spec::Schema) -> Result<iceberg::spec::Schema>,
+) -> Result<Table> {
+    for _ in 0..20 {
+        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        let md = table.metadata();
+        let schema = change(md.current_schema())?;
+        if schema.as_struct() == md.current_schema().as_struct() {
+            return Ok(table);
+        }
+        let current_location = table.metadata_location_result().map_err(ice)?;
+        let new_md = md
+            .clone()
+            .into_builder(Some(current_location.to_string()))
+            .add_current_schema(schema)
+            .map_err(ice)?
+            .build()
+            .map_err(ice)?
+            .metadata;
+        let next = MetadataLocation::from_str(current_location)
+            .map_err(ice)?
+            .with_next_version()
+            .with_new_metadata(&new_md);
+        new_md.write_to(table.file_io(), &next).await.map_err(ice)?;
+        if catalog
+            .swap_metadata(ident, current_location, &next.to_string())
+            .await?
+        {
+            return catalog.catalog().load_table(ident).await.map_err(ice);
+        }
+        if let Err(e) = table.file_io().delete(next.to_string()).await {
+            tracing::debug!(error = %e, "could not remove a metadata file of a lost schema commit");
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!("table {ident}: gave up changing the schema after 20 conflicts"),
+    ))
+}
+
 /// What one attempt wrote before the swap.
 struct Staged {
     location: String,

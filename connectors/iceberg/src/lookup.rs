@@ -23,6 +23,7 @@ use lakeshore_api::Result;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 
 use crate::error::{ice, internal, io};
+use crate::schema::widen;
 
 /// A live committed row found for a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -53,6 +54,8 @@ pub struct KeyQuery<'a> {
     pub converter: &'a RowConverter,
     /// Key column names, in key order.
     pub columns: &'a [String],
+    /// Their Arrow types in the table's current schema.
+    pub types: &'a [arrow_schema::DataType],
     /// Field id of the first key column (for min/max pruning).
     pub first_key_field: i32,
     /// Integer keys, sorted, when the key is a single integer column (enables pruning).
@@ -219,10 +222,12 @@ async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result
     let mut positions = Vec::new();
     let mut offset = 0i64;
     while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
+        // Files written before a key column was widened hold the narrower type.
         let columns: Vec<_> = query
             .columns
             .iter()
-            .map(|n| batch.column_by_name(n).cloned())
+            .zip(query.types)
+            .map(|(n, t)| batch.column_by_name(n).map(|c| widen(c.clone(), t)))
             .collect::<Option<_>>()
             .ok_or_else(|| internal(format!("{path}: key column missing from batch")))?;
         match (&query.int_set, columns[0].as_primitive_opt::<Int64Type>()) {

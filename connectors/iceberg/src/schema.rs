@@ -5,10 +5,12 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
 use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
+
+use crate::error::internal;
 
 /// The Iceberg type of an Arrow column, or an error naming the table and column.
 fn iceberg_type(table: &str, column: &str, dt: &DataType) -> Result<Type> {
@@ -80,20 +82,60 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         })
 }
 
-/// Columns of `source` that the lake table `current` lacks, with their Iceberg types.
-/// A column present on both sides with a different type is an error naming the table and
-/// the column (iceberg-rust 0.10 cannot promote types yet).
-pub fn added_columns(current: &Schema, source: &TableSchema) -> Result<Vec<(String, Type)>> {
-    let mut added = Vec::new();
+/// How a lake table must change to take a source table's rows.
+#[derive(Debug, Default)]
+pub struct SchemaChanges {
+    /// Columns the lake table lacks, with their Iceberg types (added as optional).
+    pub added: Vec<(String, Type)>,
+    /// Columns whose type the source widened, with the wider Iceberg type.
+    pub promoted: Vec<(String, Type)>,
+}
+
+/// True when Iceberg allows promoting a column of type `from` to `to`: int → long,
+/// float → double, decimal(P, S) → decimal(P', S) with P' > P.
+pub fn promotable(from: &Type, to: &Type) -> bool {
+    use PrimitiveType as P;
+    let (Type::Primitive(from), Type::Primitive(to)) = (from, to) else {
+        return false;
+    };
+    match (from, to) {
+        (P::Int, P::Long) | (P::Float, P::Double) => true,
+        (
+            P::Decimal {
+                precision: p1,
+                scale: s1,
+            },
+            P::Decimal {
+                precision: p2,
+                scale: s2,
+            },
+        ) => s1 == s2 && p2 > p1,
+        _ => false,
+    }
+}
+
+/// What the lake table `current` needs to take the rows of `source`: columns it lacks,
+/// and columns the source widened in a way Iceberg allows. A source column narrower than
+/// the lake's is fine (its values are widened on write); any other type change is an
+/// error naming the table and the column.
+pub fn schema_changes(current: &Schema, source: &TableSchema) -> Result<SchemaChanges> {
+    let mut changes = SchemaChanges::default();
     for f in source.schema.fields() {
         let ty = iceberg_type(&source.name, f.name(), f.data_type())?;
         match current.field_by_name(f.name()) {
-            None => added.push((f.name().clone(), ty)),
-            Some(existing) if *existing.field_type != ty => {
+            None => changes.added.push((f.name().clone(), ty)),
+            Some(existing) if *existing.field_type == ty => {}
+            Some(existing) if promotable(&existing.field_type, &ty) => {
+                changes.promoted.push((f.name().clone(), ty));
+            }
+            Some(existing) if promotable(&ty, &existing.field_type) => {}
+            Some(existing) => {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     format!(
-                        "table {}, column {}: type change from {} to {} is not supported; recreate the table or keep the old type",
+                        "table {}, column {}: type change from {} to {} is not supported (Iceberg \
+                         promotes only int to long, float to double and decimal precision); \
+                         re-snapshot the table with a new pipeline name or keep the old type",
                         source.name,
                         f.name(),
                         existing.field_type,
@@ -101,10 +143,51 @@ pub fn added_columns(current: &Schema, source: &TableSchema) -> Result<Vec<(Stri
                     ),
                 ));
             }
-            Some(_) => {}
         }
     }
-    Ok(added)
+    Ok(changes)
+}
+
+/// `schema` with the named columns changed to the given (promoted) types; same field ids.
+pub fn with_promotions(schema: &Schema, promoted: &[(String, Type)]) -> Result<Schema> {
+    let fields = schema.as_struct().fields().iter().map(|f| {
+        match promoted.iter().find(|(name, _)| *name == f.name) {
+            Some((_, ty)) => {
+                let mut f = f.as_ref().clone();
+                f.field_type = Box::new(ty.clone());
+                Arc::new(f)
+            }
+            None => f.clone(),
+        }
+    });
+    Schema::builder()
+        .with_schema_id(schema.schema_id())
+        .with_fields(fields)
+        .with_identifier_field_ids(schema.identifier_field_ids())
+        .build()
+        .map_err(|e| internal(format!("promoting column types: {e}")))
+}
+
+/// Widen `column` to `target` when Iceberg allows the promotion (a batch read or made
+/// before a column's type was promoted); other mismatches are left to the caller.
+pub(crate) fn widen(column: ArrayRef, target: &DataType) -> ArrayRef {
+    let widening = matches!(
+        (column.data_type(), target),
+        (DataType::Int8 | DataType::Int16, DataType::Int32)
+            | (
+                DataType::Int8 | DataType::Int16 | DataType::Int32,
+                DataType::Int64
+            )
+            | (DataType::Float32, DataType::Float64)
+    ) || matches!(
+        (column.data_type(), target),
+        (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) if s1 == s2 && p2 > p1
+    );
+    if widening {
+        arrow_cast::cast(&column, target).unwrap_or(column)
+    } else {
+        column
+    }
 }
 
 /// One parsed partition expression.
@@ -205,7 +288,7 @@ pub fn conform(table: &str, target: &ArrowSchemaRef, batch: &RecordBatch) -> Res
     let mut columns = Vec::with_capacity(target.fields().len());
     for field in target.fields() {
         let column = match batch.column_by_name(field.name()) {
-            Some(c) => c.clone(),
+            Some(c) => widen(c.clone(), field.data_type()),
             None => arrow_array::new_null_array(field.data_type(), batch.num_rows()),
         };
         if column.data_type() != field.data_type() {
@@ -281,42 +364,93 @@ mod tests {
         assert!(err.to_string().contains("partition column nope"));
     }
 
-    #[test]
-    fn new_columns_are_found_and_type_changes_refused() {
-        let old = TableSchema {
+    fn table_of(fields: Vec<Field>) -> TableSchema {
+        TableSchema {
             name: "db.t".into(),
-            schema: Arc::new(ArrowSchema::new(vec![Field::new(
-                "id",
-                DataType::Int64,
-                false,
-            )])),
+            schema: Arc::new(ArrowSchema::new(fields)),
             key: vec!["id".into()],
-        };
+        }
+    }
+
+    #[test]
+    fn new_columns_widenings_and_refused_type_changes() {
+        let old = table_of(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("x", DataType::Float32, true),
+            Field::new("d", DataType::Decimal128(10, 2), true),
+        ]);
         let current = to_iceberg_schema(&old).unwrap();
-        let wider = TableSchema {
-            schema: Arc::new(ArrowSchema::new(vec![
-                Field::new("id", DataType::Int64, false),
-                Field::new("note", DataType::Utf8, true),
-            ])),
-            ..old.clone()
-        };
-        let added = added_columns(&current, &wider).unwrap();
-        assert_eq!(added.len(), 1);
-        assert_eq!(added[0].0, "note");
-        assert!(added_columns(&current, &old).unwrap().is_empty());
-        let retyped = TableSchema {
-            schema: Arc::new(ArrowSchema::new(vec![Field::new(
+        let wider = table_of(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("x", DataType::Float64, true),
+            Field::new("d", DataType::Decimal128(18, 2), true),
+            Field::new("note", DataType::Utf8, true),
+        ]);
+        let changes = schema_changes(&current, &wider).unwrap();
+        assert_eq!(changes.added.len(), 1);
+        assert_eq!(changes.added[0].0, "note");
+        let promoted: Vec<&str> = changes.promoted.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(promoted, ["id", "x", "d"]);
+        let unchanged = schema_changes(&current, &old).unwrap();
+        assert!(unchanged.added.is_empty() && unchanged.promoted.is_empty());
+        // The promoted schema keeps field ids and the key, and takes the old rows.
+        let promoted_schema = with_promotions(&current, &changes.promoted).unwrap();
+        assert_eq!(promoted_schema.field_by_name("id").unwrap().id, 1);
+        assert_eq!(
+            *promoted_schema.field_by_name("id").unwrap().field_type,
+            Type::Primitive(PrimitiveType::Long)
+        );
+        assert_eq!(
+            promoted_schema.identifier_field_ids().collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert!(
+            schema_changes(&promoted_schema, &old)
+                .unwrap()
+                .promoted
+                .is_empty()
+        );
+        for (field, why) in [
+            (Field::new("id", DataType::Utf8, false), "int to string"),
+            (Field::new("d", DataType::Decimal128(18, 4), true), "scale"),
+            (Field::new("x", DataType::Int64, true), "float to long"),
+        ] {
+            let mut fields: Vec<Field> = old
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            let i = fields
+                .iter()
+                .position(|f| f.name() == field.name())
+                .unwrap();
+            fields[i] = field;
+            let err = schema_changes(&current, &table_of(fields))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("table db.t, column "), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn narrower_batches_are_widened_to_the_lake_type() {
+        let target: ArrowSchemaRef = Arc::new(ArrowSchema::new(vec![Field::new(
+            "id",
+            DataType::Int64,
+            false,
+        )]));
+        let narrow = RecordBatch::try_new(
+            Arc::new(ArrowSchema::new(vec![Field::new(
                 "id",
-                DataType::Utf8,
+                DataType::Int32,
                 false,
             )])),
-            ..old
-        };
-        let err = added_columns(&current, &retyped).unwrap_err().to_string();
-        assert!(
-            err.starts_with("table db.t, column id: type change"),
-            "{err}"
-        );
+            vec![Arc::new(arrow_array::Int32Array::from(vec![1, -2]))],
+        )
+        .unwrap();
+        let out = conform("t", &target, &narrow).unwrap();
+        assert_eq!(out.column(0).data_type(), &DataType::Int64);
     }
 
     #[test]

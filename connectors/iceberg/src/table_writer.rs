@@ -21,8 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::CatalogHandle;
 use crate::commit::RowDelta;
 use crate::error::{ice, internal};
-use crate::schema::added_columns;
-use crate::schema::conform;
+use crate::schema::{conform, schema_changes, with_promotions};
 use crate::writer::{FileSettings, PartitionedWriter};
 
 /// What a table writer needs to know about its table.
@@ -201,15 +200,15 @@ impl TableContext {
             .load_table(&self.ident)
             .await
             .map_err(ice)?;
-        let added = added_columns(fresh.metadata().current_schema(), source)?;
-        let evolved = if added.is_empty() {
+        let changes = schema_changes(fresh.metadata().current_schema(), source)?;
+        let mut evolved = if changes.added.is_empty() {
             fresh
         } else {
             let mut update = Transaction::new(&fresh).update_schema();
-            for (name, ty) in &added {
+            for (name, ty) in &changes.added {
                 update = update.add_column(AddColumn::optional(name, ty.clone()));
             }
-            let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+            let names: Vec<&str> = changes.added.iter().map(|(n, _)| n.as_str()).collect();
             tracing::info!(table = %self.ident, columns = ?names, "adding columns");
             update
                 .apply(Transaction::new(&fresh))
@@ -218,6 +217,17 @@ impl TableContext {
                 .await
                 .map_err(ice)?
         };
+        if !changes.promoted.is_empty() {
+            // iceberg-rust 0.10 cannot promote types: the new schema goes in by a
+            // metadata swap, like our row-delta commits.
+            let names: Vec<&str> = changes.promoted.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::info!(table = %self.ident, columns = ?names, "widening column types");
+            let promoted = changes.promoted.clone();
+            evolved = crate::commit::commit_schema(catalog, &self.ident, move |current| {
+                with_promotions(current, &promoted)
+            })
+            .await?;
+        }
         let schema = evolved.metadata().current_schema().clone();
         if schema.schema_id() != self.files.schema.schema_id() {
             self.arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice)?);

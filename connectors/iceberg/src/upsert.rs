@@ -41,6 +41,7 @@ use crate::writer::{FileInfo, FileSettings, RowLocation};
 pub struct KeyCodec {
     converter: RowConverter,
     columns: Vec<String>,
+    types: Vec<DataType>,
     schema: ArrowSchemaRef,
     first_field_id: i32,
 }
@@ -71,6 +72,7 @@ impl KeyCodec {
         Ok(KeyCodec {
             converter: RowConverter::new(sort_fields).map_err(|e| internal(e.to_string()))?,
             columns: key.to_vec(),
+            types: fields.iter().map(|f| f.data_type().clone()).collect(),
             schema: Arc::new(ArrowSchema::new(fields)),
             first_field_id,
         })
@@ -101,13 +103,43 @@ impl KeyCodec {
     }
 
     fn decode(&self, keys: &KeySet) -> Result<RecordBatch> {
+        self.decode_all(keys.iter())
+    }
+
+    fn decode_all<'k>(&self, keys: impl Iterator<Item = &'k Key>) -> Result<RecordBatch> {
         let parser = self.converter.parser();
-        let rows: Vec<_> = keys.iter().map(|k| parser.parse(k)).collect();
+        let rows: Vec<_> = keys.map(|k| parser.parse(k)).collect();
         let arrays = self
             .converter
             .convert_rows(rows)
             .map_err(|e| internal(e.to_string()))?;
         RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| internal(e.to_string()))
+    }
+
+    /// `keys` (encoded by `old`) encoded by this codec, in the same order: after a key
+    /// column's type was widened.
+    fn reencode<'k>(
+        &self,
+        old: &KeyCodec,
+        keys: impl Iterator<Item = &'k Key>,
+    ) -> Result<Vec<Key>> {
+        let batch = old.decode_all(keys)?;
+        let columns: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .zip(&self.types)
+            .map(|(c, t)| crate::schema::widen(c.clone(), t))
+            .collect();
+        let rows = self
+            .converter
+            .convert_columns(&columns)
+            .map_err(|e| internal(format!("re-encoding widened keys: {e}")))?;
+        Ok(rows.iter().map(|r| Key::from_slice(r.as_ref())).collect())
+    }
+
+    /// True when `other` encodes keys the same way.
+    fn same_types(&self, other: &KeyCodec) -> bool {
+        self.schema.fields() == other.schema.fields()
     }
 
     /// The lookup query for `keys`; single integer keys get min/max pruning.
@@ -130,6 +162,7 @@ impl KeyCodec {
             keys,
             converter: &self.converter,
             columns: &self.columns,
+            types: &self.types,
             first_key_field: self.first_field_id,
             int_keys,
             int_set,
@@ -156,9 +189,15 @@ impl KeyCodec {
             .map_err(|e| io(path, e))?;
         let mut keys = KeySet::default();
         while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
+            let columns: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .zip(&self.types)
+                .map(|(c, t)| crate::schema::widen(c.clone(), t))
+                .collect();
             let rows = self
                 .converter
-                .convert_columns(batch.columns())
+                .convert_columns(&columns)
                 .map_err(|e| io(path, e))?;
             keys.extend(rows.iter().map(|r| Key::from_slice(r.as_ref())));
         }
@@ -391,7 +430,14 @@ async fn rewrite_without(
             .collect();
         offset += n;
         let kept = filter_record_batch(&batch, &keep).map_err(|e| internal(e.to_string()))?;
-        let kept = RecordBatch::try_new(arrow_schema.clone(), kept.columns().to_vec())
+        // The file may predate a widening of a column type in this checkpoint.
+        let columns = kept
+            .columns()
+            .iter()
+            .zip(arrow_schema.fields())
+            .map(|(c, f)| crate::schema::widen(c.clone(), f.data_type()))
+            .collect();
+        let kept = RecordBatch::try_new(arrow_schema.clone(), columns)
             .map_err(|e| internal(e.to_string()))?;
         writer.write(&kept).await.map_err(ice)?;
     }
@@ -515,7 +561,21 @@ impl TableWriter for UpsertWriter {
     }
 
     async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
-        self.t.evolve(schema).await
+        self.t.evolve(schema).await?;
+        let codec = KeyCodec::new(&self.t.ctx.files, &self.t.ctx.arrow_schema, &self.t.ctx.key)?;
+        if !codec.same_types(&self.codec) {
+            // A key column was widened: the keys of the open checkpoint get the new encoding.
+            let (keys, states): (Vec<Key>, Vec<KeyState>) = self.index.drain().unzip();
+            let keys = codec.reencode(&self.codec, keys.iter())?;
+            self.index = keys.into_iter().zip(states).collect();
+            let lookup: Vec<Key> = self.lookup.drain().collect();
+            self.lookup = codec
+                .reencode(&self.codec, lookup.iter())?
+                .into_iter()
+                .collect();
+        }
+        self.codec = codec;
+        Ok(())
     }
 
     async fn truncate(&mut self) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Randomised model test of the upsert path: random inserts, updates (some moving rows
-//! between partitions), upserts and deletes over a small key space, several checkpoints
-//! per run, truncations now and then, and after every commit the table read by iceberg-rust's own scan (a reader we
-//! did not write) must equal a plain map folded from the same changes.
+//! between partitions), upserts and deletes over a small key space, truncations now and
+//! then, several checkpoints per run, and after every commit the table read by
+//! iceberg-rust's own scan (a reader we did not write) must equal a plain map folded from
+//! the same changes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -387,29 +387,39 @@ impl PostgresSource {
 
     /// A Relation message: the stream's view of the table's columns from here on. New
     /// columns are added to the lake table (a schema change after the rows before it);
-    /// dropped ones stay in the lake and read as null; a changed type is refused.
+    /// dropped ones stay in the lake and read as null; a type widened the way Iceberg
+    /// allows is widened in the lake; any other type change is refused.
     pub(crate) async fn on_relation(
         &mut self,
         t: usize,
         columns: &[pg_walstream::RelationColumn],
     ) -> Result<()> {
         let mut added = Vec::new();
+        let mut widened = Vec::new();
         for c in columns {
             let kind = type_kind(&self.client, c.type_id, c.type_modifier).await;
             let name = c.name.to_string();
             match self.columns[t].get(&name) {
                 Some(&i) => {
                     let col = &self.tables[t].columns[i];
-                    if kind.is_some_and(|k| k != col.kind) {
-                        return Err(Error::new(
-                            ErrorKind::Unsupported,
-                            format!(
-                                "table {}, column {name}: its type changed (was {}); lakeshore \
-                                 replicates added and dropped columns only. Re-snapshot the \
-                                 table with a new pipeline name",
-                                self.tables[t].name, col.type_name
-                            ),
-                        ));
+                    match kind {
+                        Some(k) if k == col.kind => {}
+                        Some(k) if col.kind.widens_to(k) => widened.push((i, k, c)),
+                        // Widened since: an old Relation message replayed after a restart
+                        // (its values decode as the wider type).
+                        Some(k) if k.widens_to(col.kind) => {}
+                        _ => {
+                            return Err(Error::new(
+                                ErrorKind::Unsupported,
+                                format!(
+                                    "table {}, column {name}: its type changed from {} in a way \
+                                     Iceberg cannot follow (it widens int to bigint, real to \
+                                     double precision and numeric precision only). Re-snapshot \
+                                     the table with a new pipeline name",
+                                    self.tables[t].name, col.type_name
+                                ),
+                            ));
+                        }
                     }
                 }
                 None if !column_exists(&self.client, &self.tables[t], &name).await? => {
@@ -440,7 +450,7 @@ impl PostgresSource {
         }
         let present: std::collections::HashSet<&str> =
             columns.iter().map(|c| c.name.as_ref()).collect();
-        if added.is_empty() {
+        if added.is_empty() && widened.is_empty() {
             for (i, col) in self.tables[t].columns.iter().enumerate() {
                 self.live[t][i] = present.contains(col.name.as_str());
             }
@@ -448,6 +458,22 @@ impl PostgresSource {
         }
         // Rows buffered so far have the old shape.
         self.flush_table(t)?;
+        for (i, kind, c) in widened {
+            let type_name: String = self
+                .client
+                .query_one(
+                    "SELECT format_type($1::int8::oid, $2)",
+                    &[&(c.type_id as i64), &c.type_modifier],
+                )
+                .await
+                .map_err(|e| pg_error("reading a column type", e))?
+                .get(0);
+            let table = &mut self.tables[t];
+            let col = &mut table.columns[i];
+            tracing::info!(table = %table.name, column = %col.name, from = %col.type_name, to = %type_name, "column type widened");
+            col.kind = kind;
+            col.type_name = type_name;
+        }
         let table = &mut self.tables[t];
         for col in added {
             tracing::info!(table = %table.name, column = %col.name, "column added");

@@ -174,18 +174,26 @@ pub async fn read_chunk(
         .await
         .map_err(pg("pg_current_snapshot()"))?
         .get(0);
-    // The chunk selects the columns known when the pipeline started; a column added or
-    // dropped since would be read wrongly, so start over (the restart sees the new shape).
-    let now: Vec<String> = tx
+    // The chunk reads the columns (and types) known to the source; a column added, dropped
+    // or retyped since, which the stream has not told us about yet, would be read wrongly,
+    // so start over (the restart sees the new shape).
+    let now = tx
         .query_one(
-            "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') FROM pg_attribute \
+            "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}'), \
+                    coalesce(array_agg(format_type(atttypid, atttypmod) ORDER BY attnum), '{}') \
+             FROM pg_attribute \
              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
             &[&table.quoted()],
         )
         .await
-        .map_err(pg("reading the columns"))?
-        .get(0);
-    if now.len() != table.columns.len() || now.iter().zip(&table.columns).any(|(a, c)| *a != c.name)
+        .map_err(pg("reading the columns"))?;
+    let (names, types): (Vec<String>, Vec<String>) = (now.get(0), now.get(1));
+    if names.len() != table.columns.len()
+        || names
+            .iter()
+            .zip(&types)
+            .zip(&table.columns)
+            .any(|((n, ty), c)| *n != c.name || *ty != c.type_name)
     {
         return Err(Error::new(
             ErrorKind::Transient,

@@ -44,6 +44,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// True when a column of this kind may become `to` in the lake (Iceberg's type
+    /// promotions: int → long, float → double, a decimal's precision grows).
+    pub fn widens_to(self, to: Kind) -> bool {
+        matches!(
+            (self, to),
+            (Kind::Int16, Kind::Int32 | Kind::Int64)
+                | (Kind::Int32, Kind::Int64)
+                | (Kind::Float32, Kind::Float64)
+        ) || matches!((self, to), (Kind::Decimal(p1, s1), Kind::Decimal(p2, s2)) if s1 == s2 && p2 > p1)
+    }
+
     /// The Arrow type of the column.
     pub fn data_type(self) -> DataType {
         match self {
