@@ -11,7 +11,7 @@ class PgServer:
 
     SCRIPT = str(ROOT / "integration" / "postgres.sh")
 
-    def __init__(self, wal_level="logical"):
+    def __init__(self, wal_level="logical", tls=False):
         import socket
         import tempfile
         with socket.socket() as s:
@@ -21,6 +21,10 @@ class PgServer:
         self.dir = tempfile.mkdtemp(prefix="lakeshore-pg-")
         os.chmod(self.dir, 0o755)
         env = {**os.environ, "LAKESHORE_PG_WAL_LEVEL": wal_level}
+        if tls:
+            # TLS only, with a test CA at `self.ca` (see postgres.sh).
+            env["LAKESHORE_PG_TLS"] = "1"
+        self.ca = os.path.join(self.dir, "ca.pem")
         subprocess.run([self.SCRIPT, "start", self.dir, str(self.port)], check=True, env=env)
         self.env = env
 

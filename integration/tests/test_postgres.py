@@ -451,6 +451,55 @@ def test_wal_level_replica_is_refused_with_the_fix():
         server.stop()
 
 
+def test_tls_verify_full_and_what_a_wrong_setup_says(duck):
+    """A server that accepts only TLS: snapshot and stream over verify-full (both the query
+    connections and the replication connection), and a clear message for no TLS, a wrong
+    CA, and a host name the certificate does not name."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+    from conftest import BIN, PgServer
+    server = PgServer(tls=True)
+    try:
+        d = Path(tempfile.mkdtemp())
+        server.execute("CREATE TABLE t (id int primary key, v text)")
+        server.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g")
+        base = f"postgres://postgres@localhost:{server.port}/postgres"
+
+        def pipeline(name, query):
+            return Pipeline(d, name, {"type": "postgres", "url": f"{base}?{query}", "tables": ["public.t"]},
+                            {"namespace": "pg"})
+
+        p = pipeline("tls", f"sslmode=verify-full&sslrootcert={server.ca}")
+        p.backfill()
+        server.execute("UPDATE t SET v = 'changed' WHERE id <= 10")
+        server.execute("DELETE FROM t WHERE id > 400")
+        p.backfill()
+        got = duck.execute(f"select count(*), count(*) filter (where v = 'changed') "
+                          f"from {lake.scan(p.catalog_db, p.table('t'))}").fetchone()
+        assert got == (400, 10), got
+
+        def error_of(name, query):
+            r = subprocess.run([BIN, "validate", "--connect", str(pipeline(name, query).file)], cwd=d,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2, r
+            return r.stderr
+
+        err = error_of("plain", "sslmode=disable")
+        assert "accepts only TLS connections" in err and "sslmode=require" in err, err
+        other_ca = d / "other-ca.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=other", "-keyout", str(d / "other.key"), "-out", str(other_ca)],
+                       check=True, capture_output=True)
+        err = error_of("wrongca", f"sslmode=verify-full&sslrootcert={other_ca}")
+        assert "certificate did not verify" in err and "sslrootcert" in err, err
+        assert "postgres://postgres@localhost" in err, err
+        err = error_of("noca", "sslmode=verify-ca")
+        assert "add &sslrootcert=" in err, err
+    finally:
+        server.stop()
+
+
 KEYS_DDL = """
 CREATE TABLE kv_text (k text PRIMARY KEY, v int);
 CREATE TABLE kv_uuid (id uuid PRIMARY KEY, v int);

@@ -90,7 +90,9 @@ pub struct PostgresSection {
     pub kind: String,
     /// Connection URL, e.g. `"postgres://app:${PGPASSWORD}@db:5432/shop"`. The user needs
     /// the REPLICATION attribute (unless `startup = "snapshot-only"`) and SELECT on the
-    /// tables. The password never appears in logs or messages.
+    /// tables. The password never appears in logs or messages. TLS as in libpq:
+    /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` (`disable`, `prefer` (default),
+    /// `require`, `verify-ca`, `verify-full`).
     pub url: EnvString,
     /// Tables to replicate as `schema.table`; `*` matches any run of characters, e.g.
     /// `["public.orders", "shop.*"]`.

@@ -38,6 +38,7 @@ pub mod discover;
 mod server;
 pub mod snapshot;
 mod stream;
+mod tls;
 pub mod types;
 
 pub use server::{check, connect, redact};

@@ -31,7 +31,8 @@ pub(crate) const SESSION_OPTIONS: &str =
 
 /// Connect a regular session.
 pub async fn connect(url: &str) -> Result<Client> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+    let (plain, tls) = crate::tls::split(url)?;
+    let mut config: tokio_postgres::Config = plain.parse().map_err(|e| {
         Error::new(
             ErrorKind::Config,
             "cannot parse [source] url; write postgres://user:${PASSWORD}@host:5432/database",
@@ -40,8 +41,9 @@ pub async fn connect(url: &str) -> Result<Client> {
     })?;
     config.options(SESSION_OPTIONS);
     config.connect_timeout(Duration::from_secs(10));
+    config.ssl_mode(tls.ssl_mode());
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls.connector()?)
         .await
         .map_err(|e| connect_error(url, e))?;
     tokio::spawn(async move {
@@ -54,7 +56,26 @@ pub async fn connect(url: &str) -> Result<Client> {
 
 fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
     let target = redact(url);
+    if e.to_string().contains("TLS") {
+        let cause = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let hint = if cause.contains("does not support TLS") {
+            "the server does not offer TLS; enable ssl on the server or lower sslmode in              [source] url"
+        } else if cause.contains("certificate") {
+            "the server's TLS certificate did not verify; check sslrootcert (the CA that              signed it) and, for sslmode=verify-full, that the URL's host is a name in the              certificate"
+        } else {
+            "the TLS handshake failed; check sslmode and sslrootcert in [source] url"
+        };
+        return Error::new(ErrorKind::Config, format!("{hint} ({target}): {cause}"));
+    }
     let hint = match e.as_db_error().map(|d| d.code().code()) {
+        Some("28000")
+            if e.as_db_error()
+                .is_some_and(|d| d.message().contains("no encryption")) =>
+        {
+            "the server accepts only TLS connections from here; add sslmode=require (better:              verify-full with sslrootcert=/path/to/ca.pem) to [source] url"
+        }
         Some("28P01") | Some("28000") => {
             "PostgreSQL refused the login; check the user and password in [source] url"
         }
@@ -72,7 +93,11 @@ fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
             .with_source(e);
         }
     };
-    Error::new(ErrorKind::Config, format!("{hint} ({target})")).with_source(e)
+    let said = e
+        .as_db_error()
+        .map(|d| format!(": {}", d.message()))
+        .unwrap_or_default();
+    Error::new(ErrorKind::Config, format!("{hint} ({target}){said}")).with_source(e)
 }
 
 pub(crate) fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
