@@ -16,7 +16,7 @@
 //! Channels are bounded, so a slow sink slows the source; a barrier waits behind at most
 //! `CHANNEL_DEPTH` batches per writer, so a checkpoint finishes in bounded time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -138,7 +138,10 @@ pub async fn run(
     let mut rows_per_writer = vec![0u64; writers.len()];
     let mut total_rows = 0u64;
     let mut next_id = first_id;
-    let mut in_flight: Option<u64> = None;
+    // Asked of the source and not emitted yet (never more than one: a new request would
+    // replace it), and emitted but not committed yet.
+    let mut requested: Option<u64> = None;
+    let mut uncommitted: VecDeque<u64> = VecDeque::new();
     let mut final_id: Option<u64> = None;
     let mut last_barrier = Instant::now();
     let mut requested_at = Instant::now();
@@ -147,22 +150,29 @@ pub async fn run(
             while let Ok((id, position)) = ack_rx.try_recv() {
                 source.ack(&position).await?;
                 summary.last_checkpoint = Some(id);
-                if in_flight == Some(id) {
-                    in_flight = None;
+                while uncommitted.front().is_some_and(|u| *u <= id) {
+                    uncommitted.pop_front();
                 }
             }
             let stopping = *shutdown.borrow_and_update();
-            if final_id.is_none() && stopping {
+            // One checkpoint at a time on the interval; a writer over its budget may start
+            // the next one while the previous commits (its writers then wait for that
+            // commit at the barrier, which holds the source back).
+            let due = requested.is_none()
+                && final_id.is_none()
+                && match uncommitted.len() {
+                    0 => {
+                        last_barrier.elapsed() >= spec.checkpoint_interval
+                            || pressure.swap(false, Ordering::Relaxed)
+                    }
+                    1 => pressure.swap(false, Ordering::Relaxed),
+                    _ => false,
+                };
+            if final_id.is_none() && stopping && requested.is_none() {
                 final_id = Some(next_id);
-                source.request_barrier(next_id);
-                requested_at = Instant::now();
-                next_id += 1;
-            } else if final_id.is_none()
-                && in_flight.is_none()
-                && (last_barrier.elapsed() >= spec.checkpoint_interval
-                    || pressure.swap(false, Ordering::Relaxed))
-            {
-                in_flight = Some(next_id);
+            }
+            if due || final_id == Some(next_id) {
+                requested = Some(next_id);
                 source.request_barrier(next_id);
                 requested_at = Instant::now();
                 next_id += 1;
@@ -195,8 +205,11 @@ pub async fn run(
                             return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
                         }
                     }
-                    if in_flight.is_none() && final_id != Some(id) {
-                        in_flight = Some(id);
+                    if requested == Some(id) {
+                        requested = None;
+                    }
+                    if final_id != Some(id) {
+                        uncommitted.push_back(id);
                     }
                     if to_committer.send(msg).is_err() {
                         return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
@@ -235,7 +248,9 @@ pub async fn run(
                 Some(_) => {}
                 None => {
                     if final_id.is_none() {
+                        // A requested barrier came before the end (the Source contract).
                         final_id = Some(next_id);
+                        requested = Some(next_id);
                         source.request_barrier(next_id);
                         requested_at = Instant::now();
                         next_id += 1;
