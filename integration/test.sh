@@ -28,6 +28,7 @@ fi
 
 step "PostgreSQL 15 and libpq (apt, if missing)"
 integration/postgres.sh install
+integration/mariadb.sh install
 
 step "python venv ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then

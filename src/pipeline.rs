@@ -29,6 +29,9 @@ pub async fn open_source(
         SourcePlan::Postgres(o) => Ok(Box::new(
             PostgresSource::open(o.clone(), position, bounded).await?,
         )),
+        SourcePlan::Mysql(o) => Ok(Box::new(
+            lakeshore_mysql::MysqlSource::open(o.clone(), position, bounded).await?,
+        )),
     }
 }
 
@@ -37,6 +40,7 @@ pub async fn check_source(plan: &Plan) -> Result<Vec<String>> {
     match &plan.source {
         SourcePlan::Datagen(_) => Ok(vec!["generator source: nothing to connect to".into()]),
         SourcePlan::Postgres(o) => lakeshore_postgres::check(o).await,
+        SourcePlan::Mysql(o) => lakeshore_mysql::check(o).await,
     }
 }
 

@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lake  # noqa: E402
+from myserver import MyServer  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("LAKESHORE_BIN") or str(
@@ -125,5 +126,12 @@ from pgserver import PgServer  # noqa: E402,F401
 @pytest.fixture(scope="session")
 def postgres():
     server = PgServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql():
+    server = MyServer()
     yield server
     server.stop()

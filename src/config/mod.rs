@@ -116,10 +116,12 @@ mod tests {
     #[test]
     fn every_example_pipeline_is_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-        if std::env::var_os("PGPASSWORD").is_none() {
-            // SAFETY: each test runs in its own process under nextest; nothing else reads
-            // the environment concurrently here.
-            unsafe { std::env::set_var("PGPASSWORD", "example") };
+        for var in ["PGPASSWORD", "MYSQL_PASSWORD"] {
+            if std::env::var_os(var).is_none() {
+                // SAFETY: each test runs in its own process under nextest; nothing else
+                // reads the environment concurrently here.
+                unsafe { std::env::set_var(var, "example") };
+            }
         }
         let files = pipeline_files(&[dir]).unwrap();
         assert!(!files.is_empty());

@@ -10,6 +10,7 @@ use lakeshore_api::TableSchema;
 use lakeshore_datagen::{DatagenOptions, DatagenSource, Profile};
 use lakeshore_iceberg::schema::parse_partition_expr;
 use lakeshore_iceberg::{CatalogConfig, Codec, IcebergOptions, WriteMode};
+use lakeshore_mysql::MysqlOptions;
 use lakeshore_postgres::{PostgresOptions, Startup};
 use serde::Deserialize;
 use toml::Spanned;
@@ -43,6 +44,8 @@ pub enum SourcePlan {
     Datagen(DatagenOptions),
     /// PostgreSQL.
     Postgres(PostgresOptions),
+    /// MySQL or MariaDB.
+    Mysql(MysqlOptions),
 }
 
 impl SourcePlan {
@@ -50,7 +53,7 @@ impl SourcePlan {
     pub fn size_hint(&self) -> Option<u64> {
         match self {
             SourcePlan::Datagen(o) => o.events,
-            SourcePlan::Postgres(_) => None,
+            SourcePlan::Postgres(_) | SourcePlan::Mysql(_) => None,
         }
     }
 
@@ -58,7 +61,7 @@ impl SourcePlan {
     pub fn known_tables(&self) -> Option<Vec<TableSchema>> {
         match self {
             SourcePlan::Datagen(o) => Some(DatagenSource::schemas(o)),
-            SourcePlan::Postgres(_) => None,
+            SourcePlan::Postgres(_) | SourcePlan::Mysql(_) => None,
         }
     }
 }
@@ -134,7 +137,7 @@ struct Probe {
     sink: Option<Spanned<Typed>>,
 }
 
-const SOURCE_TYPES: &str = "\"datagen\", \"postgres\"";
+const SOURCE_TYPES: &str = "\"datagen\", \"postgres\", \"mysql\"";
 const SINK_TYPES: &str = "\"iceberg\"";
 
 /// Suggest the closest known name for an unknown field in a serde message, or what to
@@ -231,7 +234,13 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
             let source = postgres(src, &raw.source, raw.pipeline.name.get_ref())?;
             build(src, raw, source)
         }
-        ("datagen" | "postgres", other) => Err(src.error(
+        ("mysql", "iceberg") => {
+            let raw: RawPipeline<raw::MysqlSection, raw::IcebergSection> =
+                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
+            let source = mysql(src, &raw.source, raw.pipeline.name.get_ref())?;
+            build(src, raw, source)
+        }
+        ("datagen" | "postgres" | "mysql", other) => Err(src.error(
             Some(sink_type.span()),
             format!("unknown sink type \"{other}\"; this build supports {SINK_TYPES}"),
         )),
@@ -362,20 +371,7 @@ fn postgres(
         }
         Ok(name.clone())
     };
-    let chunk_size = match &s.chunk_size {
-        Some(c) if *c.get_ref() < 100 => {
-            return Err(src.error(Some(c.span()), "chunk_size must be at least 100"));
-        }
-        Some(c) => *c.get_ref() as usize,
-        None => 20_000,
-    };
-    let parallelism = match &s.parallelism {
-        Some(p) if !(1..=64).contains(p.get_ref()) => {
-            return Err(src.error(Some(p.span()), "parallelism must be between 1 and 64"));
-        }
-        Some(p) => *p.get_ref() as usize,
-        None => 2,
-    };
+    let (chunk_size, parallelism) = chunking(src, &s.chunk_size, &s.parallelism)?;
     Ok(SourcePlan::Postgres(PostgresOptions {
         parallelism,
         url: s.url.0.clone(),
@@ -391,6 +387,84 @@ fn postgres(
         batch_rows: 8192,
         key_columns: s.key_columns.clone(),
     }))
+}
+
+fn mysql(
+    src: &SourceText<'_>,
+    s: &raw::MysqlSection,
+    pipeline: &str,
+) -> Result<SourcePlan, ConfigError> {
+    if s.tables.is_empty() {
+        return Err(src.error(
+            None,
+            "[source] tables is empty; list tables as \"db.table\", e.g. tables = [\"shop.orders\"]",
+        ));
+    }
+    for t in &s.tables {
+        if !t.get_ref().contains('.') {
+            return Err(src.error(
+                Some(t.span()),
+                format!(
+                    "table \"{}\" needs its database: write \"mydb.{}\"",
+                    t.get_ref(),
+                    t.get_ref()
+                ),
+            ));
+        }
+    }
+    let server_id = match &s.server_id {
+        Some(id) if !(1..=u32::MAX as u64).contains(id.get_ref()) => {
+            return Err(src.error(
+                Some(id.span()),
+                "server_id must be between 1 and 4294967295",
+            ));
+        }
+        Some(id) => *id.get_ref() as u32,
+        // Stable per pipeline, away from the small ids servers usually take.
+        None => {
+            let h = pipeline.bytes().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ b as u32).wrapping_mul(0x0100_0193)
+            });
+            0x4000_0000 | (h & 0x3fff_ffff)
+        }
+    };
+    let (chunk_size, parallelism) = chunking(src, &s.chunk_size, &s.parallelism)?;
+    Ok(SourcePlan::Mysql(MysqlOptions {
+        url: s.url.0.clone(),
+        tables: s.tables.iter().map(|t| t.get_ref().clone()).collect(),
+        server_id,
+        startup: match s.startup.unwrap_or(raw::MysqlStartup::Snapshot) {
+            raw::MysqlStartup::Snapshot => lakeshore_mysql::Startup::Snapshot,
+            raw::MysqlStartup::Latest => lakeshore_mysql::Startup::Latest,
+            raw::MysqlStartup::SnapshotOnly => lakeshore_mysql::Startup::SnapshotOnly,
+        },
+        chunk_size,
+        parallelism,
+        batch_rows: 8192,
+    }))
+}
+
+/// `chunk_size` (default 20000) and `parallelism` (default 2) of a database source.
+fn chunking(
+    src: &SourceText<'_>,
+    chunk_size: &Option<Spanned<u64>>,
+    parallelism: &Option<Spanned<u64>>,
+) -> Result<(usize, usize), ConfigError> {
+    let chunk_size = match chunk_size {
+        Some(c) if *c.get_ref() < 100 => {
+            return Err(src.error(Some(c.span()), "chunk_size must be at least 100"));
+        }
+        Some(c) => *c.get_ref() as usize,
+        None => 20_000,
+    };
+    let parallelism = match parallelism {
+        Some(p) if !(1..=64).contains(p.get_ref()) => {
+            return Err(src.error(Some(p.span()), "parallelism must be between 1 and 64"));
+        }
+        Some(p) => *p.get_ref() as usize,
+        None => 2,
+    };
+    Ok((chunk_size, parallelism))
 }
 
 fn datagen(src: &SourceText<'_>, s: &raw::DatagenSection) -> Result<SourcePlan, ConfigError> {

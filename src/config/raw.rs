@@ -117,6 +117,46 @@ pub struct PostgresSection {
     pub key_columns: BTreeMap<String, Vec<String>>,
 }
 
+/// `[source]` with `type = "mysql"` (MySQL or MariaDB).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSection {
+    /// `"mysql"`.
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
+    pub kind: String,
+    /// Connection URL, e.g. `"mysql://cdc:${MYSQL_PASSWORD}@db:3306"`. The user needs
+    /// REPLICATION SLAVE, REPLICATION CLIENT and SELECT. The password never appears in
+    /// logs or messages.
+    pub url: EnvString,
+    /// Tables to replicate as `db.table`; `*` matches any run of characters, e.g.
+    /// `["shop.orders_*"]` (route them into one lake table with `[[route]]`).
+    pub tables: Vec<Spanned<String>>,
+    /// The replica id lakeshore uses on the binlog connection; unique among the server's
+    /// replicas. Default: derived from the pipeline name.
+    pub server_id: Option<Spanned<u64>>,
+    /// `"snapshot"` (default: every table, then the binlog), `"latest"` (changes from now
+    /// on only) or `"snapshot-only"` (stops after the snapshot).
+    pub startup: Option<MysqlStartup>,
+    /// Rows per snapshot chunk (one short consistent-snapshot transaction each). Default
+    /// 20000.
+    pub chunk_size: Option<Spanned<u64>>,
+    /// Connections that read snapshot chunks ahead, of different tables at once. Default 2.
+    pub parallelism: Option<Spanned<u64>>,
+}
+
+/// Where a MySQL source starts.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MysqlStartup {
+    /// Snapshot, then follow the binlog.
+    Snapshot,
+    /// Follow the binlog from now.
+    Latest,
+    /// Snapshot only.
+    SnapshotOnly,
+}
+
 /// Where a PostgreSQL source starts.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

@@ -1,0 +1,246 @@
+//! Which tables the filter names, their columns, types and primary keys
+//! (`information_schema`), and how their key values order.
+
+use std::sync::Arc;
+
+use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::server::my_error;
+use crate::types::{self, Kind};
+
+/// One column.
+#[derive(Debug, Clone)]
+pub struct MyColumn {
+    pub name: String,
+    /// `COLUMN_TYPE`, for messages.
+    pub column_type: String,
+    pub kind: Kind,
+}
+
+/// One source table.
+#[derive(Debug, Clone)]
+pub struct MyTable {
+    /// `db.table`.
+    pub name: String,
+    pub db: String,
+    pub table: String,
+    pub columns: Vec<MyColumn>,
+    /// Key column indexes, in key order.
+    pub key: Vec<usize>,
+    pub schema: TableSchema,
+}
+
+impl MyTable {
+    /// `` `db`.`table` ``.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.db), quote_ident(&self.table))
+    }
+
+    /// The column kinds, in order.
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.columns.iter().map(|c| c.kind.clone()).collect()
+    }
+}
+
+/// `` `name` `` with backticks doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// True when `name` matches `pattern`, where `*` matches any run of characters.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The tables `patterns` name, with their columns and keys. A pattern that matches
+/// nothing, a table without a primary key or a column of an unmapped type is an error
+/// naming it.
+pub async fn discover(conn: &mut Conn, patterns: &[String]) -> Result<Vec<MyTable>> {
+    let all: Vec<(String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' \
+             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        )
+        .await
+        .map_err(|e| my_error("listing tables", e))?;
+    let mut tables = Vec::new();
+    for pattern in patterns {
+        let matched: Vec<&(String, String)> = all
+            .iter()
+            .filter(|(db, t)| glob_match(pattern, &format!("{db}.{t}")))
+            .collect();
+        if matched.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "[source] tables: no table matches \"{pattern}\"; check the database and \
+                     table names (and that the user may SELECT them)"
+                ),
+            ));
+        }
+        for (db, t) in matched {
+            let name = format!("{db}.{t}");
+            if tables.iter().any(|x: &MyTable| x.name == name) {
+                continue;
+            }
+            tables.push(describe(conn, db, t).await?);
+        }
+    }
+    Ok(tables)
+}
+
+async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable> {
+    let name = format!("{db}.{table}");
+    type ColumnRow = (
+        String,
+        String,
+        String,
+        Option<u64>,
+        Option<u64>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<ColumnRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, \
+                    CHARACTER_SET_NAME, COLLATION_NAME \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await
+        .map_err(|e| my_error("reading columns", e))?;
+    let mut columns = Vec::new();
+    let mut collations = Vec::new();
+    for (col, data_type, column_type, precision, scale, charset, collation) in rows {
+        collations.push(collation.unwrap_or_default());
+        let kind = types::kind_of(
+            &data_type.to_lowercase(),
+            &column_type.to_lowercase(),
+            precision,
+            scale,
+            charset.as_deref(),
+        )
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {name}, column {col}: type {column_type} is not supported; exclude \
+                     the table or change the column's type"
+                ),
+            )
+        })?;
+        columns.push(MyColumn {
+            name: col,
+            column_type,
+            kind,
+        });
+    }
+    let key_names: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+             ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await
+        .map_err(|e| my_error("reading the primary key", e))?;
+    if key_names.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "table {name} has no primary key; add one (lakeshore reads snapshots in key \
+                 order and upserts by key)"
+            ),
+        ));
+    }
+    let key: Vec<usize> = key_names
+        .iter()
+        .map(|k| columns.iter().position(|c| &c.name == k).unwrap_or(0))
+        .collect();
+    for &k in &key {
+        let c = &columns[k];
+        let text_ci = matches!(c.kind, Kind::Text { .. }) && !collations[k].ends_with("_bin");
+        if !key_kind_supported(&c.kind) || text_ci {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {name}, key column {}: keys of type {} {} are not supported yet \
+                     (integer, decimal, date/time, binary and `_bin`-collated text keys are)",
+                    c.name, c.column_type, collations[k]
+                ),
+            ));
+        }
+    }
+    let pairs: Vec<(String, Kind)> = columns
+        .iter()
+        .map(|c| (c.name.clone(), c.kind.clone()))
+        .collect();
+    let schema = TableSchema {
+        name: name.clone(),
+        schema: types::arrow_schema(&pairs, &key_names),
+        key: key_names,
+    };
+    Ok(MyTable {
+        name,
+        db: db.to_string(),
+        table: table.to_string(),
+        columns,
+        key,
+        schema,
+    })
+}
+
+/// Key kinds whose order lakeshore reproduces exactly (see `KeyValue`).
+fn key_kind_supported(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Int32
+            | Kind::Int24
+            | Kind::Int64
+            | Kind::UInt64
+            | Kind::Decimal(..)
+            | Kind::Date
+            | Kind::DateTime
+            | Kind::Timestamp
+            | Kind::Binary
+            | Kind::Text { .. }
+    )
+}
+
+/// Shared handle to the discovered tables.
+pub type Tables = Arc<Vec<MyTable>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_sharded_tables() {
+        assert!(glob_match("shop.orders_*", "shop.orders_3"));
+        assert!(!glob_match("shop.orders_*", "shop.order"));
+        assert!(glob_match("*.t", "db.t"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(!glob_match("a*b*c", "aXcYb"));
+        assert!(glob_match("db.t", "db.t"));
+    }
+}

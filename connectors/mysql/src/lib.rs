@@ -1,0 +1,814 @@
+//! MySQL / MariaDB source: a lock-free chunked snapshot merged with the ROW binlog.
+//!
+//! How the two meet (DBLog's watermarks, with MariaDB's exact snapshot position as the
+//! watermark):
+//! - The binlog is read from the position taken when the pipeline started, so it holds
+//!   every change after that.
+//! - Each table is read in key order, one chunk (`chunk_size` rows after the last key read)
+//!   per `START TRANSACTION WITH CONSISTENT SNAPSHOT`, whose `binlog_snapshot_file` /
+//!   `binlog_snapshot_position` is exactly the binlog position the read saw. No lock.
+//! - Binlog changes for keys **not yet read** are dropped: the chunk that later covers the
+//!   key reads its state then. That chunk must have seen every dropped transaction; if it
+//!   was read before one of them committed, it is read again.
+//! - Changes for keys a chunk **has read**, from a transaction that starts before the
+//!   chunk's position (so the read saw it), are dropped too (a window per chunk, kept
+//!   until the binlog passes that position); all other changes are emitted.
+//! - Barriers fall between transactions and between chunks, never while dropped changes
+//!   wait for their chunk; the position records the binlog position (the start of the
+//!   next transaction), each table's last key read and the open windows, so a restart
+//!   resumes at chunk granularity without re-reading or losing anything.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lakeshore_api::{
+    ChangeBatch, Error, ErrorKind, Op, Result, Source, SourceEvent, SourcePosition, TableSchema,
+};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use mysql_common::value::Value;
+use serde::{Deserialize, Serialize};
+
+pub mod discover;
+mod server;
+pub mod snapshot;
+mod stream;
+pub mod types;
+
+pub use server::{check, connect, redact};
+use server::{check_server, my_error};
+
+use discover::MyTable;
+use snapshot::{Key, compare_keys};
+use stream::{Msg, RowOp, Stream};
+use types::RowsBuilder;
+
+/// What to do first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Startup {
+    /// Snapshot every table, then follow the binlog (default).
+    Snapshot,
+    /// Follow the binlog from now; no snapshot.
+    Latest,
+    /// Snapshot every table and stop.
+    SnapshotOnly,
+}
+
+/// Validated `[source]` settings for `type = "mysql"`.
+#[derive(Clone)]
+pub struct MysqlOptions {
+    /// `mysql://user:password@host:port` (a secret: never logged).
+    pub url: String,
+    /// `db.table` names or globs.
+    pub tables: Vec<String>,
+    /// Replica id of the binlog connection.
+    pub server_id: u32,
+    pub startup: Startup,
+    /// Rows per snapshot chunk.
+    pub chunk_size: usize,
+    /// Connections reading snapshot chunks.
+    pub parallelism: usize,
+    /// Rows per emitted batch.
+    pub batch_rows: usize,
+}
+
+impl fmt::Debug for MysqlOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlOptions")
+            .field("url", &redact(&self.url))
+            .field("tables", &self.tables)
+            .field("server_id", &self.server_id)
+            .field("startup", &self.startup)
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
+/// A binlog position: file and byte offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinlogPos {
+    pub file: String,
+    pub pos: u64,
+}
+
+impl BinlogPos {
+    fn sequence(&self) -> u64 {
+        self.file
+            .rsplit('.')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl PartialOrd for BinlogPos {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BinlogPos {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.sequence(), self.pos).cmp(&(other.sequence(), other.pos))
+    }
+}
+
+/// The longest a busy stream keeps its rows before handing them to the engine.
+const YIELD_EVERY: Duration = Duration::from_millis(100);
+
+/// The resume token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Position {
+    /// Where the next transaction starts.
+    binlog: BinlogPos,
+    /// GTID of the last transaction before the position (MariaDB), for operators.
+    #[serde(default)]
+    gtid: Option<String>,
+    /// Snapshot progress per table; absent = not started.
+    #[serde(default)]
+    tables: BTreeMap<String, Progress>,
+    /// Chunks whose reads saw transactions the stream has not passed yet.
+    #[serde(default)]
+    windows: Vec<Window>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Progress {
+    /// Rows up to and including this key are read.
+    After(Key),
+    /// The whole table is read.
+    Done,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Window {
+    table: String,
+    /// Keys after `from` (all when `None`) ...
+    from: Option<Key>,
+    /// ... up to and including `to` (all when `None`).
+    to: Option<Key>,
+    /// The binlog position the chunk's read saw: transactions starting before it are in
+    /// the chunk.
+    seen: BinlogPos,
+}
+
+/// A change not yet in a batch.
+struct Pending {
+    rows: RowsBuilder,
+    ops: Vec<Op>,
+}
+
+/// The MySQL / MariaDB source.
+pub struct MysqlSource {
+    opts: MysqlOptions,
+    bounded: bool,
+    conn: Conn,
+    tables: Vec<MyTable>,
+    by_name: HashMap<String, usize>,
+    position: Position,
+    stream: Option<Stream>,
+    /// Start of the open transaction, if inside one.
+    txn: Option<BinlogPos>,
+    txn_gtid: Option<String>,
+    /// Per table: the start of the latest transaction whose changes were dropped as not
+    /// yet read; the table's next chunk must have seen it.
+    dropped: Vec<Option<BinlogPos>>,
+    pending: Vec<Option<Pending>>,
+    out: VecDeque<SourceEvent>,
+    barrier: Option<u64>,
+    /// Bounded runs stop once the stream reaches this position.
+    end_at: Option<BinlogPos>,
+    finished: bool,
+    snapshot_rows: u64,
+    since_chunk: usize,
+    last_yield: std::time::Instant,
+    /// Column index in our table of each binlog column, per table, cached by the
+    /// binlog's column names.
+    mapping: HashMap<(usize, Arc<[String]>), ColumnMap>,
+}
+
+/// Our column index of each binlog column (`None`: not one of ours).
+type ColumnMap = Vec<Option<usize>>;
+
+/// The server's current binlog position.
+async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
+    let row: Option<mysql_async::Row> = conn
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .map_err(|e| my_error("reading the binlog position", e))?;
+    let row = row.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            "the server has no binlog (SHOW MASTER STATUS is empty); start it with --log-bin \
+             and binlog_format=ROW",
+        )
+    })?;
+    let file: String = row.get(0).unwrap_or_default();
+    let pos: u64 = row.get(1).unwrap_or(4);
+    Ok(BinlogPos { file, pos })
+}
+
+impl MysqlSource {
+    /// Connect, check the server, discover the tables, and position at `position` (or the
+    /// start). `bounded`: stop after the snapshot and the changes committed until it ended
+    /// (`lakeshore backfill`).
+    pub async fn open(
+        opts: MysqlOptions,
+        position: Option<&SourcePosition>,
+        bounded: bool,
+    ) -> Result<Self> {
+        let mut conn = connect(&opts.url).await?;
+        let streaming = opts.startup != Startup::SnapshotOnly;
+        if streaming {
+            check_server(&mut conn).await?;
+        }
+        let tables = discover::discover(&mut conn, &opts.tables).await?;
+        let position: Position = match position {
+            Some(p) => serde_json::from_value(p.0.clone()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    "the checkpoint's source position is not a MySQL position; was the \
+                     pipeline's source changed? Use a new pipeline name",
+                )
+                .with_source(e)
+            })?,
+            None => {
+                let binlog = master_position(&mut conn).await?;
+                let mut p = Position {
+                    binlog,
+                    gtid: None,
+                    tables: BTreeMap::new(),
+                    windows: Vec::new(),
+                };
+                if opts.startup == Startup::Latest {
+                    for t in &tables {
+                        p.tables.insert(t.name.clone(), Progress::Done);
+                    }
+                }
+                p
+            }
+        };
+        let stream = if streaming {
+            Some(stream::start(&opts.url, opts.server_id, &position.binlog).await?)
+        } else {
+            None
+        };
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        let n = tables.len();
+        tracing::info!(binlog = ?position.binlog, tables = n, "MySQL source open");
+        Ok(MysqlSource {
+            bounded: bounded || !streaming,
+            conn,
+            tables,
+            by_name,
+            position,
+            stream,
+            txn: None,
+            txn_gtid: None,
+            dropped: vec![None; n],
+            pending: (0..n).map(|_| None).collect(),
+            out: VecDeque::new(),
+            barrier: None,
+            end_at: None,
+            finished: false,
+            snapshot_rows: 0,
+            since_chunk: 0,
+            last_yield: std::time::Instant::now(),
+            mapping: HashMap::new(),
+            opts,
+        })
+    }
+
+    fn progress_of(&self, t: usize) -> Option<&Progress> {
+        self.position.tables.get(&self.tables[t].name)
+    }
+
+    fn next_chunk_table(&self) -> Option<usize> {
+        (0..self.tables.len()).find(|t| self.progress_of(*t) != Some(&Progress::Done))
+    }
+
+    /// Read the next chunk of table `t` and queue its rows.
+    async fn read_chunk(&mut self, t: usize) -> Result<()> {
+        let table = self.tables[t].clone();
+        let after = match self.progress_of(t) {
+            Some(Progress::After(k)) => Some(k.clone()),
+            _ => None,
+        };
+        if after.is_none() {
+            self.out
+                .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
+        }
+        let mut attempt = 0;
+        let read = loop {
+            let read =
+                snapshot::read_chunk(&mut self.conn, &table, after.as_ref(), self.opts.chunk_size)
+                    .await?;
+            // Every transaction dropped as not-yet-read must be in this read.
+            if self.dropped[t].as_ref().is_none_or(|d| read.seen > *d) {
+                break read;
+            }
+            attempt += 1;
+            if attempt > 50 {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "snapshot of {}: the binlog delivered a transaction the snapshot \
+                         position does not cover",
+                        table.name
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.dropped[t] = None;
+        let to = if read.complete {
+            None
+        } else {
+            read.last.clone()
+        };
+        if self.stream.is_some() {
+            self.position.windows.push(Window {
+                table: table.name.clone(),
+                from: after.clone(),
+                to,
+                seen: read.seen.clone(),
+            });
+        }
+        let progress = match (&read.last, read.complete) {
+            (Some(k), false) => Progress::After(k.clone()),
+            _ => Progress::Done,
+        };
+        let n = read.rows.len();
+        self.snapshot_rows += n as u64;
+        let kinds = table.kinds();
+        for chunk in read.rows.chunks(self.opts.batch_rows.max(1)) {
+            let mut rows = RowsBuilder::new(table.schema.schema.clone(), &kinds, chunk.len());
+            for row in chunk {
+                for (i, v) in row.iter().enumerate() {
+                    rows.push(i, v).map_err(|m| value_error(&table, i, m))?;
+                }
+                rows.end_row();
+            }
+            warn_zero_dates(&table, &rows);
+            self.out.push_back(SourceEvent::Batch(ChangeBatch::inserts(
+                Arc::from(table.name.as_str()),
+                rows.finish()?,
+            )));
+        }
+        metrics::counter!("lakeshore_mysql_snapshot_rows_total", "table" => table.name.clone())
+            .increment(n as u64);
+        if progress == Progress::Done {
+            tracing::info!(table = %table.name, "snapshot complete");
+            self.out
+                .push_back(SourceEvent::SnapshotDone(table.name.clone()));
+        }
+        self.position.tables.insert(table.name.clone(), progress);
+        Ok(())
+    }
+
+    /// Whether a change to `key` of table `t` by the open transaction is emitted.
+    fn passes(&mut self, t: usize, key: &Key) -> bool {
+        let table = &self.tables[t];
+        let start = self
+            .txn
+            .clone()
+            .unwrap_or_else(|| self.position.binlog.clone());
+        let read = match self.position.tables.get(&table.name) {
+            Some(Progress::Done) => true,
+            Some(Progress::After(k)) => compare_keys(key, k).is_le(),
+            None => false,
+        };
+        if !read {
+            if self.dropped[t].as_ref().is_none_or(|d| start > *d) {
+                self.dropped[t] = Some(start);
+            }
+            return false;
+        }
+        !self.position.windows.iter().any(|w| {
+            w.table == table.name
+                && w.from.as_ref().is_none_or(|f| compare_keys(key, f).is_gt())
+                && w.to.as_ref().is_none_or(|to| compare_keys(key, to).is_le())
+                && start < w.seen
+        })
+    }
+
+    /// The stream is at `pos` between transactions.
+    fn passed(&mut self, pos: BinlogPos) {
+        self.position.windows.retain(|w| w.seen > pos);
+        self.position.binlog = pos;
+        if self
+            .end_at
+            .as_ref()
+            .is_some_and(|e| self.position.binlog >= *e)
+        {
+            self.finished = true;
+        }
+    }
+
+    /// Our column index of each binlog column of table `t`, by name.
+    fn mapping(&mut self, t: usize, columns: &Arc<[String]>) -> Result<ColumnMap> {
+        if let Some(m) = self.mapping.get(&(t, columns.clone())) {
+            return Ok(m.clone());
+        }
+        let table = &self.tables[t];
+        let m: ColumnMap = if columns.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "table {}: the binlog carries no column names; set binlog_row_metadata = FULL",
+                    table.name
+                ),
+            ));
+        } else {
+            columns
+                .iter()
+                .map(|c| table.columns.iter().position(|x| &x.name == c))
+                .collect()
+        };
+        if let Some(unknown) = columns.iter().zip(&m).find(|(_, i)| i.is_none()) {
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "table {}: column {} appeared in the binlog; restarting to read the new \
+                     shape",
+                    table.name, unknown.0
+                ),
+            ));
+        }
+        self.mapping.insert((t, columns.clone()), m.clone());
+        Ok(m)
+    }
+
+    /// One row image in our column order (columns the image lacks are null).
+    fn key_and_row(
+        &self,
+        t: usize,
+        map: &[Option<usize>],
+        image: &[Value],
+    ) -> Result<(Key, Vec<Value>)> {
+        let table = &self.tables[t];
+        let mut row = vec![Value::NULL; table.columns.len()];
+        for (v, i) in image.iter().zip(map) {
+            if let Some(i) = i {
+                row[*i] = v.clone();
+            }
+        }
+        let key = snapshot::key_of(table, &row).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("table {}: a binlog row without its key", table.name),
+            )
+        })?;
+        Ok((key, row))
+    }
+
+    fn push_row(&mut self, t: usize, op: Op, row: &[Value]) -> Result<()> {
+        let table = &self.tables[t];
+        let batch_rows = self.opts.batch_rows;
+        let pending = self.pending[t].get_or_insert_with(|| Pending {
+            rows: RowsBuilder::new(table.schema.schema.clone(), &table.kinds(), batch_rows),
+            ops: Vec::with_capacity(batch_rows),
+        });
+        let key_only = op.removes();
+        for (i, v) in row.iter().enumerate() {
+            if key_only && !table.key.contains(&i) {
+                pending.rows.push_null(i);
+            } else {
+                pending
+                    .rows
+                    .push(i, v)
+                    .map_err(|m| value_error(table, i, m))?;
+            }
+        }
+        pending.rows.end_row();
+        pending.ops.push(op);
+        if pending.ops.len() >= batch_rows {
+            self.flush_table(t)?;
+        }
+        Ok(())
+    }
+
+    fn flush_table(&mut self, t: usize) -> Result<()> {
+        if let Some(mut p) = self.pending[t].take()
+            && !p.ops.is_empty()
+        {
+            warn_zero_dates(&self.tables[t], &p.rows);
+            let rows = p.rows.finish()?;
+            self.out.push_back(SourceEvent::Batch(ChangeBatch {
+                table: Arc::from(self.tables[t].name.as_str()),
+                rows,
+                ops: Arc::from(p.ops),
+            }));
+        }
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> Result<()> {
+        for t in 0..self.tables.len() {
+            self.flush_table(t)?;
+        }
+        Ok(())
+    }
+
+    fn on_rows(
+        &mut self,
+        db: &str,
+        table: &str,
+        op: RowOp,
+        columns: &Arc<[String]>,
+        rows: Vec<(Option<stream::Image>, Option<stream::Image>)>,
+    ) -> Result<()> {
+        let Some(&t) = self.by_name.get(&format!("{db}.{table}")) else {
+            return Ok(());
+        };
+        let map = self.mapping(t, columns)?;
+        for (before, after) in rows {
+            match op {
+                RowOp::Insert => {
+                    let Some(after) = after else { continue };
+                    let (key, row) = self.key_and_row(t, &map, &after)?;
+                    if self.passes(t, &key) {
+                        self.push_row(t, Op::Insert, &row)?;
+                    }
+                }
+                RowOp::Delete => {
+                    let Some(before) = before else { continue };
+                    let (key, row) = self.key_and_row(t, &map, &before)?;
+                    if self.passes(t, &key) {
+                        self.push_row(t, Op::Delete, &row)?;
+                    }
+                }
+                RowOp::Update => {
+                    let (Some(before), Some(after)) = (before, after) else {
+                        continue;
+                    };
+                    let (old_key, old_row) = self.key_and_row(t, &map, &before)?;
+                    let (new_key, new_row) = self.key_and_row(t, &map, &after)?;
+                    if old_key != new_key && self.passes(t, &old_key) {
+                        self.push_row(t, Op::UpdateBefore, &old_row)?;
+                    }
+                    if self.passes(t, &new_key) {
+                        self.push_row(t, Op::UpdateAfter, &new_row)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_msg(&mut self, msg: Msg) -> Result<()> {
+        match msg {
+            Msg::Begin { at, gtid, .. } => {
+                // Any position inside the transaction's span orders it against a chunk's
+                // snapshot position (which always falls between transactions).
+                if self.txn.is_none() {
+                    self.txn = Some(at);
+                }
+                if gtid.is_some() {
+                    self.txn_gtid = gtid;
+                }
+            }
+            Msg::Rows {
+                db,
+                table,
+                op,
+                columns,
+                rows,
+            } => self.on_rows(&db, &table, op, &columns, rows)?,
+            Msg::Commit { next } => {
+                self.txn = None;
+                if let Some(g) = self.txn_gtid.take() {
+                    self.position.gtid = Some(g);
+                }
+                self.passed(next);
+            }
+            Msg::Statement { db, sql, next } => {
+                self.on_statement(&db, &sql)?;
+                self.txn = None;
+                if let Some(g) = self.txn_gtid.take() {
+                    self.position.gtid = Some(g);
+                }
+                self.passed(next);
+            }
+            Msg::Advance { next } => {
+                if self.txn.is_none() && next > self.position.binlog {
+                    self.passed(next);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A statement outside row events. `TRUNCATE` of a replicated table is replicated;
+    /// other DDL on it is picked up from the next row event's column names.
+    fn on_statement(&mut self, db: &str, sql: &str) -> Result<()> {
+        let words: Vec<String> = sql
+            .split_whitespace()
+            .take(3)
+            .map(|w| w.to_ascii_uppercase())
+            .collect();
+        if words.first().map(String::as_str) == Some("TRUNCATE") {
+            let name = sql
+                .split_whitespace()
+                .nth(if words.get(1).map(String::as_str) == Some("TABLE") {
+                    2
+                } else {
+                    1
+                })
+                .unwrap_or_default()
+                .trim_end_matches(';')
+                .replace('`', "");
+            let full = if name.contains('.') {
+                name
+            } else {
+                format!("{db}.{name}")
+            };
+            if let Some(&t) = self.by_name.get(&full) {
+                self.flush_table(t)?;
+                self.out.push_back(SourceEvent::Truncate(full.clone()));
+                let done = self.position.tables.get(&full) == Some(&Progress::Done);
+                let open_window = self.position.windows.iter().any(|w| w.table == full);
+                if !done || open_window {
+                    self.position.tables.remove(&full);
+                    self.position.windows.retain(|w| w.table != full);
+                    let start = self
+                        .txn
+                        .clone()
+                        .unwrap_or_else(|| self.position.binlog.clone());
+                    self.dropped[t] = Some(start);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn position_token(&self) -> SourcePosition {
+        SourcePosition(serde_json::to_value(&self.position).unwrap_or_default())
+    }
+
+    fn maybe_barrier(&mut self) -> Result<bool> {
+        if self.txn.is_some() || self.dropped.iter().any(Option::is_some) {
+            return Ok(false);
+        }
+        if let Some(id) = self.barrier.take() {
+            self.flush_all()?;
+            let position = self.position_token();
+            self.out.push_back(SourceEvent::Barrier { id, position });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+fn value_error(table: &MyTable, i: usize, m: String) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "table {}, column {}: {m}",
+            table.name, table.columns[i].name
+        ),
+    )
+}
+
+fn warn_zero_dates(table: &MyTable, rows: &RowsBuilder) {
+    if rows.zero_dates > 0 {
+        metrics::counter!("lakeshore_mysql_zero_dates_total", "table" => table.name.clone())
+            .increment(rows.zero_dates);
+        tracing::warn!(table = %table.name, count = rows.zero_dates, "zero dates read as null");
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for MysqlSource {
+    fn tables(&self) -> Vec<TableSchema> {
+        self.tables.iter().map(|t| t.schema.clone()).collect()
+    }
+
+    async fn next_event(&mut self) -> Result<Option<SourceEvent>> {
+        loop {
+            if let Some(ev) = self.out.pop_front() {
+                self.last_yield = std::time::Instant::now();
+                return Ok(Some(ev));
+            }
+            if self.maybe_barrier()? {
+                continue;
+            }
+            if self.finished && self.txn.is_none() {
+                self.flush_all()?;
+                if !self.out.is_empty() {
+                    continue;
+                }
+                return Ok(None);
+            }
+            if self.txn.is_none() {
+                let caught_up = self.stream.as_ref().is_none_or(|s| s.rx.is_empty())
+                    || self.since_chunk >= self.opts.chunk_size;
+                if caught_up {
+                    if let Some(t) = self.next_chunk_table() {
+                        self.flush_all()?;
+                        self.read_chunk(t).await?;
+                        self.since_chunk = 0;
+                        continue;
+                    }
+                    if self.stream.is_none() {
+                        self.finished = true;
+                        continue;
+                    }
+                    if self.bounded && self.end_at.is_none() {
+                        let end = master_position(&mut self.conn).await?;
+                        tracing::info!(binlog = ?end, "reading the binlog up to here");
+                        if self.position.binlog >= end {
+                            self.finished = true;
+                        }
+                        self.end_at = Some(end);
+                        continue;
+                    }
+                }
+            }
+            if self.txn.is_none() && self.last_yield.elapsed() >= YIELD_EVERY {
+                self.flush_all()?;
+                if self.out.is_empty() {
+                    self.last_yield = std::time::Instant::now();
+                    return Ok(Some(SourceEvent::Watermark(0)));
+                }
+                continue;
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                self.finished = true;
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_millis(200), stream.rx.recv()).await {
+                Ok(Some(Ok(msg))) => {
+                    self.since_chunk += 1;
+                    self.on_msg(msg)?;
+                }
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(None) => {
+                    return Err(Error::new(
+                        ErrorKind::Transient,
+                        "the binlog reader stopped",
+                    ));
+                }
+                Err(_) => {
+                    if self.txn.is_none() {
+                        self.flush_all()?;
+                    }
+                    if self.out.is_empty() {
+                        return Ok(Some(SourceEvent::Watermark(0)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn request_barrier(&mut self, id: u64) {
+        self.barrier = Some(id);
+    }
+
+    async fn ack(&mut self, _position: &SourcePosition) -> Result<()> {
+        // The binlog keeps no per-reader state on the server: nothing to release.
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.stream.take();
+        Ok(())
+    }
+
+    fn progress(&self) -> Option<u64> {
+        Some(self.snapshot_rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binlog_positions_order_by_file_number_then_offset() {
+        let a = BinlogPos {
+            file: "mysql-bin.000009".into(),
+            pos: 900,
+        };
+        let b = BinlogPos {
+            file: "mysql-bin.000010".into(),
+            pos: 4,
+        };
+        assert!(a < b);
+        assert!(
+            b < BinlogPos {
+                file: "mysql-bin.000010".into(),
+                pos: 5
+            }
+        );
+    }
+}

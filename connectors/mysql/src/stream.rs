@@ -1,0 +1,309 @@
+//! The binlog reader: a `mysql_async` binlog connection read by its own task, which turns
+//! events into owned messages with their positions (MariaDB's GTID events, types 160–163,
+//! are not known to `mysql_common`; the GTID event is parsed here).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use lakeshore_api::{Error, ErrorKind, Result};
+use mysql_async::BinlogStreamRequest;
+use mysql_async::prelude::Queryable;
+use mysql_common::binlog::events::{EventData, RowsEventData};
+use mysql_common::value::Value;
+use tokio::sync::mpsc;
+
+use crate::BinlogPos;
+use crate::server::{connect, redact};
+
+/// MariaDB's GTID event.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// What a row event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// A row image: values by the table's binlog column order.
+pub type Image = Vec<Value>;
+
+/// One message of the reader.
+#[derive(Debug)]
+pub enum Msg {
+    /// A transaction starts; `at` lies within it (its GTID event, or `BEGIN`). A DDL
+    /// transaction ends with its [`Msg::Statement`].
+    Begin { at: BinlogPos, gtid: Option<String> },
+    /// Row changes of `db.table`; `columns` are the binlog's column names.
+    Rows {
+        db: String,
+        table: String,
+        op: RowOp,
+        columns: Arc<[String]>,
+        rows: Vec<(Option<Image>, Option<Image>)>,
+    },
+    /// The transaction ended; the next one starts at `next`.
+    Commit { next: BinlogPos },
+    /// A statement outside row events (DDL); the next transaction starts at `next`.
+    Statement {
+        db: String,
+        sql: String,
+        next: BinlogPos,
+    },
+    /// Nothing to apply up to `next` (rotation, heartbeat, bookkeeping events).
+    Advance { next: BinlogPos },
+}
+
+/// The running reader.
+pub struct Stream {
+    pub rx: mpsc::Receiver<std::result::Result<Msg, Error>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start reading the binlog at `from` (a transaction boundary).
+pub async fn start(url: &str, server_id: u32, from: &BinlogPos) -> Result<Stream> {
+    let mut conn = connect(url).await?;
+    // MariaDB sends its GTID events only to replicas that say they understand them, and
+    // heartbeats (1 s) only when asked.
+    for sql in [
+        "SET @mariadb_slave_capability = 4",
+        "SET @master_heartbeat_period = 1000000000",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| crate::server::my_error("preparing the binlog connection", e))?;
+    }
+    let request = BinlogStreamRequest::new(server_id)
+        .with_filename(from.file.as_bytes())
+        .with_pos(from.pos);
+    let mut stream = conn.get_binlog_stream(request).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Transient,
+            format!(
+                "cannot open the binlog stream ({}): {e}; check [source] url and REPLICATION \
+                 SLAVE",
+                redact(url)
+            ),
+        )
+    })?;
+    let (tx, rx) = mpsc::channel(1024);
+    let mut file = from.file.clone();
+    let task = tokio::spawn(async move {
+        let mut fde_seen = false;
+        while let Some(ev) = stream.next().await {
+            let msg = match ev {
+                Err(e) => Err(stream_error(e, &file)),
+                Ok(ev) => {
+                    let end = ev.header().log_pos() as u64;
+                    let here = |pos: u64| BinlogPos {
+                        file: file.clone(),
+                        pos,
+                    };
+                    if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
+                        let d = ev.data();
+                        if d.len() < 13 {
+                            Err(Error::new(ErrorKind::Internal, "short MariaDB GTID event"))
+                        } else {
+                            let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+                            let domain =
+                                u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+                            let server = ev.header().server_id();
+                            let start = end.saturating_sub(ev.header().event_size() as u64);
+                            Ok(Some(Msg::Begin {
+                                at: here(start),
+                                gtid: Some(format!("{domain}-{server}-{seq}")),
+                            }))
+                        }
+                    } else {
+                        match ev.read_data() {
+                            Err(e) => Err(Error::new(
+                                ErrorKind::Internal,
+                                format!("cannot decode a binlog event in {file} at {end}: {e}"),
+                            )),
+                            Ok(data) => {
+                                let out = to_msg(data, &stream, &mut file, &mut fde_seen, end);
+                                out.map(|m| {
+                                    m.or_else(|| {
+                                        (end > 0).then(|| Msg::Advance {
+                                            next: BinlogPos {
+                                                file: file.clone(),
+                                                pos: end,
+                                            },
+                                        })
+                                    })
+                                })
+                            }
+                        }
+                    }
+                }
+            };
+            let stop = msg.is_err();
+            match msg {
+                Ok(None) => continue,
+                Ok(Some(m)) => {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+        let _ = tx
+            .send(Err(Error::new(
+                ErrorKind::Transient,
+                "the binlog stream ended",
+            )))
+            .await;
+    });
+    Ok(Stream { rx, task })
+}
+
+fn stream_error(e: mysql_async::Error, file: &str) -> Error {
+    if let mysql_async::Error::Server(s) = &e
+        && s.code == 1236
+    {
+        return Error::new(
+            ErrorKind::Config,
+            format!(
+                "the server no longer has the binlog lakeshore must resume from ({file}): {}. \
+                 The changes since the last checkpoint are gone; take a new snapshot under a \
+                 new pipeline name (and keep binlogs longer: binlog_expire_logs_seconds)",
+                s.message
+            ),
+        );
+    }
+    Error::new(ErrorKind::Transient, format!("binlog stream: {e}"))
+}
+
+/// The message of one decoded event (`None`: only its position matters).
+fn to_msg(
+    data: Option<EventData<'_>>,
+    stream: &mysql_async::BinlogStream,
+    file: &mut String,
+    fde_seen: &mut bool,
+    end: u64,
+) -> Result<Option<Msg>> {
+    let here = |file: &str, pos: u64| BinlogPos {
+        file: file.to_string(),
+        pos,
+    };
+    Ok(match data {
+        Some(EventData::RotateEvent(r)) => {
+            let mut raw = r.name_raw().to_vec();
+            // The rotation sent before the format description still carries the 4
+            // checksum bytes after the name.
+            if !*fde_seen && raw.len() > 4 {
+                raw.truncate(raw.len() - 4);
+            }
+            let name = String::from_utf8_lossy(&raw).into_owned();
+            tracing::debug!(file = %name, pos = r.position(), "binlog rotation");
+            *file = name;
+            Some(Msg::Advance {
+                next: here(file, r.position()),
+            })
+        }
+        Some(EventData::FormatDescriptionEvent(_)) => {
+            *fde_seen = true;
+            None
+        }
+        Some(EventData::QueryEvent(q)) => {
+            let sql = q.query();
+            let trimmed = sql.trim();
+            if trimmed.eq_ignore_ascii_case("BEGIN") {
+                Some(Msg::Begin {
+                    at: here(file, end.saturating_sub(1)),
+                    gtid: None,
+                })
+            } else if trimmed.eq_ignore_ascii_case("COMMIT") {
+                Some(Msg::Commit {
+                    next: here(file, end),
+                })
+            } else {
+                Some(Msg::Statement {
+                    db: q.schema().into_owned(),
+                    sql: sql.into_owned(),
+                    next: here(file, end),
+                })
+            }
+        }
+        Some(EventData::XidEvent(_)) => Some(Msg::Commit {
+            next: here(file, end),
+        }),
+        Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, stream, file, end)?),
+        _ => None,
+    })
+}
+
+fn rows_msg(
+    rows: &RowsEventData<'_>,
+    stream: &mysql_async::BinlogStream,
+    file: &str,
+    end: u64,
+) -> Result<Msg> {
+    let tme = stream.get_tme(rows.table_id()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("binlog {file} at {end}: a row event without its table map"),
+        )
+    })?;
+    let op = match rows {
+        RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => RowOp::Insert,
+        RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => RowOp::Delete,
+        _ => RowOp::Update,
+    };
+    let bad = |e: String| {
+        Error::new(
+            ErrorKind::Internal,
+            format!(
+                "binlog {file} at {end}, table {}.{}: {e}",
+                tme.database_name(),
+                tme.table_name()
+            ),
+        )
+    };
+    let mut columns: Option<Arc<[String]>> = None;
+    let mut out = Vec::new();
+    for row in rows.rows(tme) {
+        let (before, after) = row.map_err(|e| bad(e.to_string()))?;
+        if columns.is_none() {
+            let any = before.as_ref().or(after.as_ref());
+            if let Some(r) = any {
+                columns = Some(
+                    r.columns_ref()
+                        .iter()
+                        .map(|c| c.name_str().into_owned())
+                        .collect(),
+                );
+            }
+        }
+        let image = |r: Option<mysql_common::binlog::row::BinlogRow>| -> Result<Option<Image>> {
+            r.map(|r| {
+                r.unwrap()
+                    .into_iter()
+                    .map(|v| Value::try_from(v).map_err(|e| bad(e.to_string())))
+                    .collect()
+            })
+            .transpose()
+        };
+        out.push((image(before)?, image(after)?));
+    }
+    Ok(Msg::Rows {
+        db: tme.database_name().into_owned(),
+        table: tme.table_name().into_owned(),
+        op,
+        columns: columns.unwrap_or_else(|| Arc::from(Vec::new())),
+        rows: out,
+    })
+}
