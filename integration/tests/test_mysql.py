@@ -221,3 +221,110 @@ def test_kill_9_during_snapshot_and_streaming(tmp_path, mysql, duck):
     assert any("resuming" in log for log in logs[1:]), "no run resumed from a checkpoint"
     during_snapshot = sum("snapshot complete" not in log for log in logs)
     assert 2 <= during_snapshot < len(logs), f"{during_snapshot} of {len(logs)} kills landed during the snapshot"
+
+
+def test_shards_routed_into_one_table_with_add_column_and_rotations(tmp_path, mysql, duck):
+    """shop.orders_0..3 land in one lake table; ALTER TABLE ADD COLUMN mid-stream shows
+    the column (older rows null); FLUSH BINARY LOGS between changes loses nothing."""
+    db = mysql.create_db("shop")
+    for s in range(4):
+        mysql.execute(f"CREATE TABLE orders_{s} (id bigint PRIMARY KEY, amount decimal(10,2), note varchar(20))", db)
+        mysql.execute(f"INSERT INTO orders_{s} SELECT seq * 4 + {s}, seq, 'n' FROM seq_0_to_999", db)
+    p = my_pipeline(tmp_path, "shop", mysql, ["shop.orders_*"])
+    with open(p.file, "a") as f:
+        f.write('\n[[route]]\nfrom = "shop.orders_*"\nto = "orders"\n')
+    p.backfill()
+    union = " union all ".join(f"select id, amount, note from orders_{s}" for s in range(4))
+    assert_same(duck, mysql, db, p, "orders", ["id", "amount", "note"], union)
+    run = start_run(p)
+    time.sleep(1.5)
+    for s in range(4):
+        mysql.execute(f"UPDATE orders_{s} SET amount = amount + 1 WHERE id % 10 = 1", db)
+        mysql.execute("FLUSH BINARY LOGS")
+    mysql.execute("ALTER TABLE orders_2 ADD COLUMN extra varchar(10)", db)
+    mysql.execute("INSERT INTO orders_2 VALUES (100002, 5, 'new', 'x')", db)
+    mysql.execute("UPDATE orders_2 SET extra = 'y' WHERE id = 6", db)
+    mysql.execute("DELETE FROM orders_1 WHERE id < 100", db)
+    mysql.execute("FLUSH BINARY LOGS")
+    time.sleep(2)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    assert "columns added" in err, err[-2000:]
+    p.backfill()
+    union = " union all ".join(
+        f"select id, amount, note, {'extra' if s == 2 else 'NULL'} from orders_{s}" for s in range(4))
+    assert_same(duck, mysql, db, p, "orders", ["id", "amount", "note", "extra"], union)
+
+
+def test_server_restart_during_streaming(tmp_path, mysql, duck):
+    db = setup_acct(mysql, "restart", 5000)
+    churn = Churn(mysql, db, 5001, seed=3)
+    p = my_pipeline(tmp_path, "restart", mysql, ["restart.acct"])
+    p.backfill()
+    churn.start()
+    run = start_run(p)
+    time.sleep(3)
+    mysql.restart()
+    time.sleep(5)
+    churn.stop()
+    time.sleep(2)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=90)
+    assert run.returncode == 0, err
+    assert "restarting from its last checkpoint" in err
+    p.backfill()
+    assert_same(duck, mysql, db, p, "acct", ACCT_COLUMNS)
+
+
+def run_error(pipeline, *args):
+    import subprocess
+    from conftest import BIN
+    r = subprocess.run([BIN, *args, str(pipeline.file)], cwd=pipeline.dir, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0, r
+    return r.stderr
+
+
+def test_validate_and_bad_setups_say_what_to_change(tmp_path, mysql):
+    import subprocess
+    from conftest import BIN
+    db = mysql.create_db("valid")
+    mysql.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", db)
+    mysql.execute("CREATE TABLE nokey (v int)", db)
+    p = my_pipeline(tmp_path, "valid", mysql, ["valid.t"])
+    r = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=p.dir, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "table valid.t: 2 columns, key (id)" in r.stdout and "binlog_format=ROW" in r.stdout, r.stdout
+    mysql.execute("DROP USER IF EXISTS 'weak'@'%'")
+    mysql.execute("CREATE USER 'weak'@'%' IDENTIFIED BY 'pw'")
+    mysql.execute("GRANT SELECT ON valid.* TO 'weak'@'%'")
+    cases = [
+        ({"url": mysql.url(user="weak", password="wrong")}, "refused the login"),
+        ({"url": mysql.url(user="weak", password="pw")}, "lacks REPLICATION SLAVE"),
+        ({"tables": ["valid.missing"]}, "no table matches \"valid.missing\""),
+        ({"tables": ["valid.nokey"]}, "table valid.nokey has no primary key"),
+    ]
+    for i, (change, message) in enumerate(cases):
+        src = {"type": "mysql", "url": mysql.url(), "tables": ["valid.t"], **change}
+        bad = Pipeline(tmp_path, f"bad{i}", src, {"namespace": "my"})
+        err = run_error(bad, "validate", "--connect")
+        assert message in err, (message, err)
+        assert "pw" not in err.replace("pwd", "")  # the password never shows
+
+
+def test_statement_binlog_is_refused_with_the_fix():
+    from myserver import MyServer
+    server = MyServer(binlog_format="STATEMENT")
+    try:
+        import tempfile
+        from pathlib import Path
+        d = Path(tempfile.mkdtemp())
+        server.execute("CREATE DATABASE s")
+        server.execute("CREATE TABLE s.t (id int primary key)")
+        p = Pipeline(d, "stmt", {"type": "mysql", "url": server.url(), "tables": ["s.t"]}, {"namespace": "my"})
+        for args in (["backfill"], ["validate", "--connect"]):
+            err = run_error(p, *args)
+            assert "binlog_format=STATEMENT, lakeshore needs ROW" in err, err
+    finally:
+        server.stop()

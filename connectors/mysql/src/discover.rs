@@ -108,7 +108,8 @@ pub async fn discover(conn: &mut Conn, patterns: &[String]) -> Result<Vec<MyTabl
     Ok(tables)
 }
 
-async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable> {
+/// One table's columns and key as the server has them now.
+pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable> {
     let name = format!("{db}.{table}");
     type ColumnRow = (
         String,

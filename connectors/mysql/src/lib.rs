@@ -414,35 +414,70 @@ impl MysqlSource {
         }
     }
 
-    /// Our column index of each binlog column of table `t`, by name.
-    fn mapping(&mut self, t: usize, columns: &Arc<[String]>) -> Result<ColumnMap> {
+    /// Our column index of each binlog column of table `t`, by name. A column we do not
+    /// know was added since: the table is described again and, when the server has the
+    /// column, the lake table gets it (a schema change after the rows before it).
+    /// Columns the binlog no longer carries were dropped: they read as null from then on.
+    async fn mapping(&mut self, t: usize, columns: &Arc<[String]>) -> Result<ColumnMap> {
         if let Some(m) = self.mapping.get(&(t, columns.clone())) {
             return Ok(m.clone());
         }
-        let table = &self.tables[t];
-        let m: ColumnMap = if columns.is_empty() {
+        if columns.is_empty() {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
                     "table {}: the binlog carries no column names; set binlog_row_metadata = FULL",
-                    table.name
+                    self.tables[t].name
                 ),
             ));
-        } else {
+        }
+        let known = |table: &MyTable| -> ColumnMap {
             columns
                 .iter()
                 .map(|c| table.columns.iter().position(|x| &x.name == c))
                 .collect()
         };
-        if let Some(unknown) = columns.iter().zip(&m).find(|(_, i)| i.is_none()) {
-            return Err(Error::new(
-                ErrorKind::Transient,
-                format!(
-                    "table {}: column {} appeared in the binlog; restarting to read the new \
-                     shape",
-                    table.name, unknown.0
-                ),
-            ));
+        let mut m = known(&self.tables[t]);
+        if m.iter().any(Option::is_none) {
+            let (db, name) = (self.tables[t].db.clone(), self.tables[t].table.clone());
+            let now = discover::describe(&mut self.conn, &db, &name).await?;
+            let old = &self.tables[t];
+            let keeps_old = old
+                .columns
+                .iter()
+                .zip(&now.columns)
+                .all(|(a, b)| a.name == b.name && a.kind == b.kind);
+            if !keeps_old || now.columns.len() < old.columns.len() || now.key != old.key {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "table {}: its columns changed in a way the binlog cannot be read \
+                         past; restarting to read the new shape",
+                        old.name
+                    ),
+                ));
+            }
+            let added: Vec<&str> = now.columns[old.columns.len()..]
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            tracing::info!(table = %old.name, columns = ?added, "columns added");
+            self.flush_table(t)?;
+            self.out
+                .push_back(SourceEvent::SchemaChange(now.schema.clone()));
+            self.tables[t] = now;
+            self.mapping.retain(|(x, _), _| *x != t);
+            m = known(&self.tables[t]);
+            if let Some((c, _)) = columns.iter().zip(&m).find(|(_, i)| i.is_none()) {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "table {}: column {c} is in the binlog but not on the server any more; \
+                         restarting to read the new shape",
+                        self.tables[t].name
+                    ),
+                ));
+            }
         }
         self.mapping.insert((t, columns.clone()), m.clone());
         Ok(m)
@@ -519,7 +554,7 @@ impl MysqlSource {
         Ok(())
     }
 
-    fn on_rows(
+    async fn on_rows(
         &mut self,
         db: &str,
         table: &str,
@@ -530,7 +565,7 @@ impl MysqlSource {
         let Some(&t) = self.by_name.get(&format!("{db}.{table}")) else {
             return Ok(());
         };
-        let map = self.mapping(t, columns)?;
+        let map = self.mapping(t, columns).await?;
         for (before, after) in rows {
             match op {
                 RowOp::Insert => {
@@ -565,7 +600,7 @@ impl MysqlSource {
         Ok(())
     }
 
-    fn on_msg(&mut self, msg: Msg) -> Result<()> {
+    async fn on_msg(&mut self, msg: Msg) -> Result<()> {
         match msg {
             Msg::Begin { at, gtid, .. } => {
                 // Any position inside the transaction's span orders it against a chunk's
@@ -583,7 +618,7 @@ impl MysqlSource {
                 op,
                 columns,
                 rows,
-            } => self.on_rows(&db, &table, op, &columns, rows)?,
+            } => self.on_rows(&db, &table, op, &columns, rows).await?,
             Msg::Commit { next } => {
                 self.txn = None;
                 if let Some(g) = self.txn_gtid.take() {
@@ -749,7 +784,7 @@ impl Source for MysqlSource {
             match tokio::time::timeout(Duration::from_millis(200), stream.rx.recv()).await {
                 Ok(Some(Ok(msg))) => {
                     self.since_chunk += 1;
-                    self.on_msg(msg)?;
+                    self.on_msg(msg).await?;
                 }
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(None) => {
