@@ -13,6 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q -r integration/requirements.txt
 fi
 integration/postgres.sh install
+integration/mariadb.sh install
 if [ ! -x /usr/bin/time ]; then  # peak RSS of the measured child
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq time; else sudo apt-get install -y -qq time; fi
 fi
@@ -22,5 +23,9 @@ export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
 if [ "${1:-}" = postgres ]; then
   shift
   exec "$VENV/bin/python" integration/bench_postgres.py "$@"
+fi
+if [ "${1:-}" = mysql ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_mysql.py "$@"
 fi
 exec "$VENV/bin/python" integration/bench.py "$@"
