@@ -157,6 +157,14 @@ struct Window {
     seen: BinlogPos,
 }
 
+/// The next chunk of a table, read on another connection while the current one is
+/// written. It is used only if it saw every transaction dropped since (the same check as
+/// for any chunk), else the chunk is read again.
+struct Prefetch {
+    after: Option<Key>,
+    task: tokio::task::JoinHandle<(Conn, Result<snapshot::ChunkRead>)>,
+}
+
 /// A change not yet in a batch.
 struct Pending {
     rows: RowsBuilder,
@@ -168,6 +176,10 @@ pub struct MysqlSource {
     opts: MysqlOptions,
     bounded: bool,
     conn: Conn,
+    /// Idle connections for [`Prefetch`]es (`parallelism` of them in all).
+    readers: Vec<Conn>,
+    /// Chunks being read ahead, at most one per table.
+    prefetch: HashMap<usize, Prefetch>,
     tables: Vec<MyTable>,
     by_name: HashMap<String, usize>,
     position: Position,
@@ -265,7 +277,18 @@ impl MysqlSource {
             .collect();
         let n = tables.len();
         tracing::info!(binlog = ?position.binlog, tables = n, "MySQL source open");
+        let mut readers = Vec::new();
+        if tables
+            .iter()
+            .any(|t| position.tables.get(&t.name) != Some(&Progress::Done))
+        {
+            for _ in 0..opts.parallelism.max(1) {
+                readers.push(connect(&opts.url).await?);
+            }
+        }
         Ok(MysqlSource {
+            readers,
+            prefetch: HashMap::new(),
             bounded: bounded || !streaming,
             conn,
             tables,
@@ -292,8 +315,42 @@ impl MysqlSource {
         self.position.tables.get(&self.tables[t].name)
     }
 
+    /// The next table with rows left to read; prefers one whose read-ahead is ready.
     fn next_chunk_table(&self) -> Option<usize> {
-        (0..self.tables.len()).find(|t| self.progress_of(*t) != Some(&Progress::Done))
+        let pending = |t: &usize| self.progress_of(*t) != Some(&Progress::Done);
+        (0..self.tables.len())
+            .filter(pending)
+            .find(|t| self.prefetch.get(t).is_some_and(|p| p.task.is_finished()))
+            .or_else(|| (0..self.tables.len()).find(pending))
+    }
+
+    /// Start reading ahead: the next chunk of every unfinished table that has none in
+    /// flight, while idle connections last (`parallelism`).
+    fn start_prefetches(&mut self) {
+        for t in 0..self.tables.len() {
+            if self.readers.is_empty() {
+                return;
+            }
+            if self.prefetch.contains_key(&t) {
+                continue;
+            }
+            let after = match self.progress_of(t) {
+                Some(Progress::Done) => continue,
+                Some(Progress::After(k)) => Some(k.clone()),
+                None => None,
+            };
+            let Some(mut conn) = self.readers.pop() else {
+                return;
+            };
+            let table = self.tables[t].clone();
+            let limit = self.opts.chunk_size;
+            let key = after.clone();
+            let task = tokio::spawn(async move {
+                let read = snapshot::read_chunk(&mut conn, &table, key.as_ref(), limit).await;
+                (conn, read)
+            });
+            self.prefetch.insert(t, Prefetch { after, task });
+        }
     }
 
     /// Read the next chunk of table `t` and queue its rows.
@@ -307,11 +364,44 @@ impl MysqlSource {
             self.out
                 .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
         }
+        let mut prefetched = match self.prefetch.remove(&t) {
+            Some(p) => {
+                let (conn, read) = p
+                    .task
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Internal, format!("chunk reader: {e}")))?;
+                self.readers.push(conn);
+                match read {
+                    // Read with the columns known then: use it only if they still hold.
+                    Ok(read)
+                        if p.after == after
+                            && read
+                                .rows
+                                .first()
+                                .is_none_or(|r| r.len() == table.columns.len()) =>
+                    {
+                        Some(read)
+                    }
+                    Ok(_) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
         let mut attempt = 0;
         let read = loop {
-            let read =
-                snapshot::read_chunk(&mut self.conn, &table, after.as_ref(), self.opts.chunk_size)
-                    .await?;
+            let read = match prefetched.take() {
+                Some(read) => read,
+                None => {
+                    snapshot::read_chunk(
+                        &mut self.conn,
+                        &table,
+                        after.as_ref(),
+                        self.opts.chunk_size,
+                    )
+                    .await?
+                }
+            };
             // Every transaction dropped as not-yet-read must be in this read.
             if self.dropped[t].as_ref().is_none_or(|d| read.seen > *d) {
                 break read;
@@ -372,6 +462,8 @@ impl MysqlSource {
                 .push_back(SourceEvent::SnapshotDone(table.name.clone()));
         }
         self.position.tables.insert(table.name.clone(), progress);
+        // Read next chunks while this one is written (see `Prefetch`).
+        self.start_prefetches();
         Ok(())
     }
 
