@@ -370,3 +370,38 @@ def test_geometry_and_zero_dates(tmp_path, mysql, duck):
     want = sorted((r[0], bytes(r[1]) if r[1] is not None else None, r[2], r[3]) for r in mysql.execute(
         "select id, ST_AsWKB(shape), nullif(d, '0000-00-00'), if(dayofmonth(dt) = 0, NULL, dt) from g", db))
     assert [(r[0], bytes(r[1]) if r[1] is not None else None, r[2], r[3]) for r in got] == want
+
+
+def test_start_from_a_gtid_or_a_binlog_position(tmp_path, mysql, duck):
+    """startup = { gtid = ... } and { file = ..., position = ... }: no snapshot, exactly
+    the changes after that point."""
+    db = mysql.create_db("startat")
+    mysql.execute("CREATE TABLE t (id int PRIMARY KEY, v int)", db)
+    mysql.execute("INSERT INTO t VALUES (1, 1), (2, 2)", db)
+    with mysql.connect(db) as c, c.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+        cur.execute("SELECT @@gtid_binlog_pos")
+        gtid = cur.fetchone()[0]
+    mysql.execute("INSERT INTO t VALUES (3, 3)", db)
+    mysql.execute("UPDATE t SET v = 20 WHERE id = 2", db)
+    mysql.execute("DELETE FROM t WHERE id = 3", db)
+    mysql.execute("INSERT INTO t VALUES (4, 4)", db)
+    for name, start in [("bygtid", f'{{ gtid = "{gtid}" }}'), ("byfile", f'{{ file = "{file}", position = {pos} }}')]:
+        (tmp_path / name).mkdir()
+        p = my_pipeline(tmp_path / name, name, mysql, ["startat.t"])
+        text = p.file.read_text().replace('[source]\n', f'[source]\nstartup = {start}\n')
+        p.file.write_text(text)
+        _, err = p.backfill()
+        got = sorted(duck.execute(f"select id, v from {lake.scan(p.catalog_db, p.table('t'))}").fetchall())
+        # Row 1 was never changed after the start point; row 2's update has no before row
+        # in the lake (upsert), row 3 came and went.
+        assert got == [(2, 20), (4, 4)], (name, got, err[-1500:])
+
+
+def test_a_bad_startup_says_what_to_write(tmp_path, mysql):
+    p = my_pipeline(tmp_path, "badstart", mysql, ["x.t"])
+    p.file.write_text(p.file.read_text().replace('[source]\n', '[source]\nstartup = { gtid = "zero" }\n'))
+    err = run_error(p, "validate")
+    assert 'write startup = "snapshot", "latest", "snapshot-only", { gtid = "0-1-100" }' in err, err
+    assert "badstart.toml:" in err, err

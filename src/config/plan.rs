@@ -433,15 +433,62 @@ fn mysql(
         url: s.url.0.clone(),
         tables: s.tables.iter().map(|t| t.get_ref().clone()).collect(),
         server_id,
-        startup: match s.startup.unwrap_or(raw::MysqlStartup::Snapshot) {
-            raw::MysqlStartup::Snapshot => lakeshore_mysql::Startup::Snapshot,
-            raw::MysqlStartup::Latest => lakeshore_mysql::Startup::Latest,
-            raw::MysqlStartup::SnapshotOnly => lakeshore_mysql::Startup::SnapshotOnly,
-        },
+        startup: mysql_startup(src, s.startup.as_ref())?,
         chunk_size,
         parallelism,
         batch_rows: 8192,
     }))
+}
+
+/// `startup` of a MySQL source: a name, `{ gtid = "..." }` or `{ file = "...", position = N }`.
+fn mysql_startup(
+    src: &SourceText<'_>,
+    v: Option<&Spanned<toml::Value>>,
+) -> Result<lakeshore_mysql::Startup, ConfigError> {
+    use lakeshore_mysql::Startup;
+    let Some(v) = v else {
+        return Ok(Startup::Snapshot);
+    };
+    let hint = "write startup = \"snapshot\", \"latest\", \"snapshot-only\", { gtid = \"0-1-100\" } \
+                or { file = \"mysql-bin.000042\", position = 4 }";
+    let bad = || src.error(Some(v.span()), hint);
+    match v.get_ref() {
+        toml::Value::String(name) => match name.as_str() {
+            "snapshot" => Ok(Startup::Snapshot),
+            "latest" => Ok(Startup::Latest),
+            "snapshot-only" => Ok(Startup::SnapshotOnly),
+            _ => Err(bad()),
+        },
+        toml::Value::Table(t) => {
+            let keys: Vec<&str> = t.keys().map(String::as_str).collect();
+            match (
+                keys.as_slice(),
+                t.get("gtid"),
+                t.get("file"),
+                t.get("position"),
+            ) {
+                (["gtid"], Some(toml::Value::String(g)), _, _)
+                    if !g.is_empty()
+                        && g.split(',').all(|one| {
+                            let parts: Vec<&str> = one.trim().split('-').collect();
+                            parts.len() == 3 && parts.iter().all(|p| p.parse::<u64>().is_ok())
+                        }) =>
+                {
+                    Ok(Startup::Gtid(g.clone()))
+                }
+                (_, _, Some(toml::Value::String(file)), Some(toml::Value::Integer(pos)))
+                    if keys.len() == 2 && *pos >= 4 && !file.is_empty() =>
+                {
+                    Ok(Startup::File {
+                        file: file.clone(),
+                        position: *pos as u64,
+                    })
+                }
+                _ => Err(bad()),
+            }
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// `chunk_size` (default 20000) and `parallelism` (default 2) of a database source.

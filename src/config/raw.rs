@@ -136,25 +136,15 @@ pub struct MysqlSection {
     /// replicas. Default: derived from the pipeline name.
     pub server_id: Option<Spanned<u64>>,
     /// `"snapshot"` (default: every table, then the binlog), `"latest"` (changes from now
-    /// on only) or `"snapshot-only"` (stops after the snapshot).
-    pub startup: Option<MysqlStartup>,
+    /// on only), `"snapshot-only"` (stops after the snapshot), `{ gtid = "0-1-100" }`
+    /// (MariaDB: changes after that GTID, no snapshot) or `{ file = "mysql-bin.000042",
+    /// position = 4 }` (changes from that binlog position, no snapshot).
+    pub startup: Option<Spanned<toml::Value>>,
     /// Rows per snapshot chunk (one short consistent-snapshot transaction each). Default
     /// 20000.
     pub chunk_size: Option<Spanned<u64>>,
     /// Connections that read snapshot chunks ahead, of different tables at once. Default 2.
     pub parallelism: Option<Spanned<u64>>,
-}
-
-/// Where a MySQL source starts.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum MysqlStartup {
-    /// Snapshot, then follow the binlog.
-    Snapshot,
-    /// Follow the binlog from now.
-    Latest,
-    /// Snapshot only.
-    SnapshotOnly,
 }
 
 /// Where a PostgreSQL source starts.

@@ -47,8 +47,7 @@ use stream::{Msg, RowOp, Stream};
 use types::RowsBuilder;
 
 /// What to do first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Startup {
     /// Snapshot every table, then follow the binlog (default).
     Snapshot,
@@ -56,6 +55,10 @@ pub enum Startup {
     Latest,
     /// Snapshot every table and stop.
     SnapshotOnly,
+    /// Follow the binlog after this MariaDB GTID position (`domain-server-seq[,...]`).
+    Gtid(String),
+    /// Follow the binlog from this file and offset (a transaction boundary).
+    File { file: String, position: u64 },
 }
 
 /// Validated `[source]` settings for `type = "mysql"`.
@@ -250,14 +253,34 @@ impl MysqlSource {
                 .with_source(e)
             })?,
             None => {
-                let binlog = master_position(&mut conn).await?;
+                let (binlog, gtid) = match &opts.startup {
+                    Startup::File { file, position } => (
+                        BinlogPos {
+                            file: file.clone(),
+                            pos: *position,
+                        },
+                        None,
+                    ),
+                    // Found by the server from the GTID; the first rotation names it.
+                    Startup::Gtid(g) => (
+                        BinlogPos {
+                            file: String::new(),
+                            pos: 4,
+                        },
+                        Some(g.clone()),
+                    ),
+                    _ => (master_position(&mut conn).await?, None),
+                };
                 let mut p = Position {
                     binlog,
-                    gtid: None,
+                    gtid,
                     tables: BTreeMap::new(),
                     windows: Vec::new(),
                 };
-                if opts.startup == Startup::Latest {
+                if matches!(
+                    opts.startup,
+                    Startup::Latest | Startup::Gtid(_) | Startup::File { .. }
+                ) {
                     for t in &tables {
                         p.tables.insert(t.name.clone(), Progress::Done);
                     }
@@ -266,7 +289,14 @@ impl MysqlSource {
             }
         };
         let stream = if streaming {
-            Some(stream::start(&opts.url, opts.server_id, &position.binlog).await?)
+            // Before the first event names its file, a GTID start resumes by GTID.
+            let gtid = position
+                .binlog
+                .file
+                .is_empty()
+                .then(|| position.gtid.clone())
+                .flatten();
+            Some(stream::start(&opts.url, opts.server_id, &position.binlog, gtid.as_deref()).await?)
         } else {
             None
         };

@@ -67,8 +67,14 @@ impl Drop for Stream {
     }
 }
 
-/// Start reading the binlog at `from` (a transaction boundary).
-pub async fn start(url: &str, server_id: u32, from: &BinlogPos) -> Result<Stream> {
+/// Start reading the binlog at `from` (a transaction boundary), or after the MariaDB
+/// GTID position `gtid` when given.
+pub async fn start(
+    url: &str,
+    server_id: u32,
+    from: &BinlogPos,
+    gtid: Option<&str>,
+) -> Result<Stream> {
     let mut conn = connect(url).await?;
     // MariaDB sends its GTID events only to replicas that say they understand them, and
     // heartbeats (1 s) only when asked.
@@ -79,6 +85,11 @@ pub async fn start(url: &str, server_id: u32, from: &BinlogPos) -> Result<Stream
         conn.query_drop(sql)
             .await
             .map_err(|e| crate::server::my_error("preparing the binlog connection", e))?;
+    }
+    if let Some(gtid) = gtid {
+        conn.exec_drop("SET @slave_connect_state = ?", (gtid,))
+            .await
+            .map_err(|e| crate::server::my_error("setting the GTID to start from", e))?;
     }
     let request = BinlogStreamRequest::new(server_id)
         .with_filename(from.file.as_bytes())
