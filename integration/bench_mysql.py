@@ -11,7 +11,6 @@
 Peak RSS is the child's, measured by /usr/bin/time.
 """
 import argparse
-import json
 import os
 import random
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lake  # noqa: E402
-from bench_postgres import rss_of, timed  # noqa: E402
+from benchlib import freshness, rss_of, timed  # noqa: E402
 from myserver import MyServer  # noqa: E402
 
 BIN = os.environ["LAKESHORE_BIN"]
@@ -165,23 +164,9 @@ def main():
         run.communicate(timeout=60)
         achieved = len(commits) * txn / (commits[-1][0] - commits[0][0])
         table = lake.pyiceberg_table(d / "lake" / "catalog.db", d / "lake" / "warehouse", "my.bench")
-        snaps = []
-        for s in table.metadata.snapshots:
-            pos = (s.summary.additional_properties or {}).get("lakeshore.source-position") if s.summary else None
-            if pos:
-                b = json.loads(pos)["binlog"]
-                snaps.append((s.timestamp_ms / 1000, key(b["file"], b["pos"])))
-        snaps.sort()
-        delays = []
-        for t, pos in commits:
-            v = next((ts for ts, p in snaps if p >= pos), None)
-            if v is not None:
-                delays.append(v - t)
-        delays.sort()
-        p50 = delays[len(delays) // 2]
-        p99 = delays[int(len(delays) * 0.99)]
+        p50, p99, seen = freshness(table, commits, lambda pos: key(pos["binlog"]["file"], pos["binlog"]["pos"]))
         print(f"{'mysql-freshness':<32} {achieved:,.0f} chg/s for {args.fresh_seconds} s, checkpoint {interval} s: "
-              f"commit → visible p50 {p50:.2f} s, p99 {p99:.2f} s ({len(delays)}/{len(commits)} transactions seen)",
+              f"commit → visible p50 {p50:.2f} s, p99 {p99:.2f} s ({seen}/{len(commits)} transactions seen)",
               flush=True)
     finally:
         server.stop()

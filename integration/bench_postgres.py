@@ -12,7 +12,6 @@
 Peak RSS is the child's ru_maxrss.
 """
 import argparse
-import json
 import os
 import random
 import signal
@@ -25,31 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lake  # noqa: E402
+from benchlib import freshness, rss_of, timed  # noqa: E402
 from pgserver import PgServer  # noqa: E402
 
 BIN = os.environ["LAKESHORE_BIN"]
 PGBIN = "/usr/lib/postgresql/15/bin"
-
-
-def timed(args):
-    start = time.perf_counter()
-    r = subprocess.run(args, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"{args} failed:\n{r.stderr}")
-    return time.perf_counter() - start
-
-
-def rss_of(args, cwd):
-    """(wall, peak RSS MiB, stderr) of a child, measured by /usr/bin/time so that nothing
-    of this (large) Python process is counted."""
-    start = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb=%M", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - start
-    if p.returncode != 0:
-        sys.exit(f"{args} failed:\n{p.stderr}")
-    kb = int(p.stderr.strip().splitlines()[-1].removeprefix("maxrss_kb="))
-    return wall, kb / 1024, p.stderr
 
 
 def write_pipeline(d: Path, name, url, interval="10s"):
@@ -172,27 +151,14 @@ def main():
         _, err = run.communicate(timeout=60)
         achieved = len(commits) * txn / (commits[-1][0] - commits[0][0])
         table = lake.pyiceberg_table(d / "lake" / "catalog.db", d / "lake" / "warehouse", "pg.bench")
-        snaps = []
-        for s in table.metadata.snapshots:
-            pos = (s.summary.additional_properties or {}).get("lakeshore.source-position") if s.summary else None
-            if pos:
-                snaps.append((s.timestamp_ms / 1000, json.loads(pos)["lsn"]))
-        snaps.sort()
 
         def lsn_int(text):
             hi, lo = text.split("/")
             return int(hi, 16) << 32 | int(lo, 16)
 
-        delays = []
-        for t, lsn in commits:
-            v = next((ts for ts, pos in snaps if pos >= lsn_int(lsn) - 0), None)
-            if v is not None:
-                delays.append(v - t)
-        delays.sort()
-        p50 = delays[len(delays) // 2]
-        p99 = delays[int(len(delays) * 0.99)]
+        p50, p99, seen = freshness(table, [(t, lsn_int(lsn)) for t, lsn in commits], lambda pos: pos["lsn"])
         print(f"{'postgres-freshness':<32} {achieved:,.0f} chg/s for {args.fresh_seconds} s, checkpoint {interval} s: "
-              f"commit → visible p50 {p50:.2f} s, p99 {p99:.2f} s ({len(delays)}/{len(commits)} transactions seen)",
+              f"commit → visible p50 {p50:.2f} s, p99 {p99:.2f} s ({seen}/{len(commits)} transactions seen)",
               flush=True)
     finally:
         server.stop()

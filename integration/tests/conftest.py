@@ -5,6 +5,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -135,3 +136,52 @@ def mysql():
     server = MyServer()
     yield server
     server.stop()
+
+
+def start_run(pipeline):
+    """`lakeshore run` of the pipeline in the background (stop it with a signal)."""
+    return subprocess.Popen([BIN, "run", str(pipeline.file)], cwd=pipeline.dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+class Churn(threading.Thread):
+    """Random multi-statement transactions against a source database until stopped;
+    survives server restarts (it reconnects). Subclasses say how to connect, what a lost
+    connection raises, how to run one transaction, and what one change is (`step`)."""
+
+    lost: tuple = ()
+
+    def __init__(self, server, db, first_new_id, seed):
+        super().__init__(daemon=True)
+        self.server, self.db, self.next_id = server, db, first_new_id
+        self.rng = random.Random(seed)
+        self.halt = threading.Event()
+        self.txns = 0
+        self.error = None
+
+    def transaction(self, conn):
+        raise NotImplementedError
+
+    def run(self):
+        conn = None
+        while not self.halt.is_set():
+            try:
+                if conn is None:
+                    conn = self.server.connect(self.db, autocommit=False)
+                self.transaction(conn)
+                self.txns += 1
+                time.sleep(0.002)
+            except self.lost:
+                conn = None
+                time.sleep(0.2)
+            except Exception as e:  # noqa: BLE001 - reported by stop()
+                self.error = e
+                return
+        if conn is not None:
+            conn.close()
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=30)
+        assert self.error is None, f"churn failed: {self.error!r}"
+        assert self.txns > 50, f"only {self.txns} transactions ran"

@@ -3,12 +3,14 @@ source's own rows (read by PyMySQL), after snapshots, concurrent writes and kill
 import datetime
 import random
 import signal
-import threading
 import time
 from decimal import Decimal
 
+import pymysql
+
 import lake
-from conftest import Pipeline
+import conftest
+from conftest import Pipeline, start_run
 
 
 def my_pipeline(tmp_path, name, server, tables, interval="300ms", **source):
@@ -113,17 +115,11 @@ CREATE TABLE acct (id bigint PRIMARY KEY, k int NOT NULL, v varchar(40), amount 
 ACCT_COLUMNS = ["id", "k", "v", "amount", "md5(blob_)", "ts"]
 
 
-class Churn(threading.Thread):
+class Churn(conftest.Churn):
     """Random multi-statement transactions: inserts, updates, deletes and key changes,
     until stopped. Survives server restarts (it reconnects)."""
 
-    def __init__(self, server, db, first_new_id, seed):
-        super().__init__(daemon=True)
-        self.server, self.db, self.next_id = server, db, first_new_id
-        self.rng = random.Random(seed)
-        self.halt = threading.Event()
-        self.txns = 0
-        self.error = None
+    lost = (pymysql.err.OperationalError,)
 
     def step(self, cur):
         r = self.rng.random()
@@ -141,33 +137,11 @@ class Churn(threading.Thread):
             cur.execute("update acct set id = %s where id = %s", (self.next_id, some))
             self.next_id += 1
 
-    def run(self):
-        import pymysql
-        conn = None
-        while not self.halt.is_set():
-            try:
-                if conn is None:
-                    conn = self.server.connect(self.db, autocommit=False)
-                with conn.cursor() as cur:
-                    for _ in range(self.rng.randint(1, 5)):
-                        self.step(cur)
-                conn.commit()
-                self.txns += 1
-                time.sleep(0.002)
-            except pymysql.err.OperationalError:
-                conn = None
-                time.sleep(0.2)
-            except Exception as e:  # noqa: BLE001 - reported by stop()
-                self.error = e
-                return
-        if conn is not None:
-            conn.close()
-
-    def stop(self):
-        self.halt.set()
-        self.join(timeout=30)
-        assert self.error is None, f"churn failed: {self.error!r}"
-        assert self.txns > 50, f"only {self.txns} transactions ran"
+    def transaction(self, conn):
+        with conn.cursor() as cur:
+            for _ in range(self.rng.randint(1, 5)):
+                self.step(cur)
+        conn.commit()
 
 
 def setup_acct(server, name, rows):
@@ -177,13 +151,6 @@ def setup_acct(server, name, rows):
                        '2024-01-01' + INTERVAL seq SECOND FROM seq_1_to_{rows}""", db)
     return db
 
-
-def start_run(pipeline):
-    import os
-    import subprocess
-    from conftest import BIN
-    return subprocess.Popen([BIN, "run", str(pipeline.file)], cwd=pipeline.dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 
 def test_snapshot_under_concurrent_writes_then_binlog(tmp_path, mysql, duck):

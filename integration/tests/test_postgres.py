@@ -7,10 +7,12 @@ import threading
 import time
 from decimal import Decimal
 
+import psycopg
 import pytest
 
 import lake
-from conftest import Pipeline
+import conftest
+from conftest import Pipeline, start_run
 
 TYPES_DDL = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -124,18 +126,12 @@ FROM generate_series(1, {rows}) g;
 ACCT_COLUMNS = ["id", "k", "v", "amount", "md5(blob)", "ts"]
 
 
-class Churn(threading.Thread):
+class Churn(conftest.Churn):
     """Random multi-statement transactions: inserts, updates (most leave the TOASTed blob
     unchanged), blob rewrites, deletes and key changes, until stopped. Survives server
     restarts (it reconnects)."""
 
-    def __init__(self, server, db, first_new_id, seed):
-        super().__init__(daemon=True)
-        self.server, self.db, self.next_id = server, db, first_new_id
-        self.rng = random.Random(seed)
-        self.halt = threading.Event()
-        self.txns = 0
-        self.error = None
+    lost = (psycopg.OperationalError,)
 
     def blob(self):
         return "%x" % self.rng.getrandbits(8 * 4096) if self.rng.random() < 0.5 else None
@@ -158,41 +154,12 @@ class Churn(threading.Thread):
             cur.execute("update acct set id = %s where id = %s", (self.next_id, some))
             self.next_id += 1
 
-    def run(self):
-        import psycopg
-        conn = None
-        while not self.halt.is_set():
-            try:
-                if conn is None:
-                    conn = self.server.connect(self.db, autocommit=False)
-                with conn.transaction():
-                    cur = conn.cursor()
-                    for _ in range(self.rng.randint(1, 5)):
-                        self.step(cur)
-                self.txns += 1
-                time.sleep(0.002)
-            except psycopg.OperationalError:
-                conn = None
-                time.sleep(0.2)
-            except Exception as e:  # noqa: BLE001 - reported by stop()
-                self.error = e
-                return
-        if conn is not None:
-            conn.close()
+    def transaction(self, conn):
+        with conn.transaction():
+            cur = conn.cursor()
+            for _ in range(self.rng.randint(1, 5)):
+                self.step(cur)
 
-    def stop(self):
-        self.halt.set()
-        self.join(timeout=30)
-        assert self.error is None, f"churn failed: {self.error!r}"
-        assert self.txns > 50, f"only {self.txns} transactions ran"
-
-
-def start_run(pipeline):
-    import os
-    import subprocess
-    from conftest import BIN
-    return subprocess.Popen([BIN, "run", str(pipeline.file)], cwd=pipeline.dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 
 def setup_acct(server, name, rows):

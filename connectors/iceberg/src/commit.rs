@@ -219,18 +219,14 @@ pub async fn commit_schema(
             .build()
             .map_err(ice)?
             .metadata;
-        let next = MetadataLocation::from_str(current_location)
-            .map_err(ice)?
-            .with_next_version()
-            .with_new_metadata(&new_md);
-        new_md.write_to(table.file_io(), &next).await.map_err(ice)?;
+        let next = write_next_metadata(table.file_io(), current_location, &new_md).await?;
         if catalog
-            .swap_metadata(ident, current_location, &next.to_string())
+            .swap_metadata(ident, current_location, &next)
             .await?
         {
             return catalog.catalog().load_table(ident).await.map_err(ice);
         }
-        if let Err(e) = table.file_io().delete(next.to_string()).await {
+        if let Err(e) = table.file_io().delete(&next).await {
             tracing::debug!(error = %e, "could not remove a metadata file of a lost schema commit");
         }
     }
@@ -266,6 +262,51 @@ fn new_snapshot_id(md: &TableMetadata) -> i64 {
     }
 }
 
+/// Write `new_md` as the next version after the metadata file at `current`; its path.
+async fn write_next_metadata(
+    file_io: &iceberg::io::FileIO,
+    current: &str,
+    new_md: &TableMetadata,
+) -> Result<String> {
+    let next = MetadataLocation::from_str(current)
+        .map_err(ice)?
+        .with_next_version()
+        .with_new_metadata(new_md);
+    new_md.write_to(file_io, &next).await.map_err(ice)?;
+    Ok(next.to_string())
+}
+
+/// A v2 manifest writer (data or deletes) for files of partition spec `spec_id`.
+fn manifest_writer(
+    table: &Table,
+    path: &str,
+    snapshot_id: i64,
+    spec_id: i32,
+    deletes: bool,
+) -> Result<(
+    iceberg::spec::ManifestWriter,
+    iceberg::spec::PartitionSpecRef,
+)> {
+    let md = table.metadata();
+    let spec = md
+        .partition_spec_by_id(spec_id)
+        .ok_or_else(|| internal(format!("partition spec {spec_id} is not in the table")))?
+        .clone();
+    let output = table.file_io().new_output(path).map_err(ice)?;
+    let builder = ManifestWriterBuilder::new(
+        output,
+        Some(snapshot_id),
+        md.current_schema().clone(),
+        spec.as_ref().clone(),
+    );
+    let writer = if deletes {
+        builder.build_v2_deletes()
+    } else {
+        builder.build_v2_data()
+    };
+    Ok((writer, spec))
+}
+
 /// Write manifests, manifest list and metadata file for `delta` on top of `table`.
 async fn stage(
     table: &Table,
@@ -293,22 +334,8 @@ async fn stage(
     let mut collector = SnapshotSummaryCollector::default();
     let mut new_manifests = Vec::new();
     for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {
-        let spec = md
-            .partition_spec_by_id(spec_id)
-            .ok_or_else(|| internal(format!("partition spec {spec_id} is not in the table")))?;
         let path = format!("{meta_dir}/{commit_uuid}-m{n}.avro");
-        let output = file_io.new_output(&path).map_err(ice)?;
-        let builder = ManifestWriterBuilder::new(
-            output,
-            Some(snapshot_id),
-            schema.clone(),
-            spec.as_ref().clone(),
-        );
-        let mut writer = if deletes {
-            builder.build_v2_deletes()
-        } else {
-            builder.build_v2_data()
-        };
+        let (mut writer, spec) = manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
         for f in files {
             collector.add_file(&f, schema.clone(), spec.clone());
             writer.add_file(f, -1).map_err(ice)?;
@@ -338,22 +365,9 @@ async fn stage(
                 }
             }
             for ((deletes, spec_id), entries) in removed {
-                let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
-                    internal(format!("partition spec {spec_id} is not in the table"))
-                })?;
                 let path = format!("{meta_dir}/{commit_uuid}-r{spec_id}-{deletes}.avro");
-                let output = file_io.new_output(&path).map_err(ice)?;
-                let builder = ManifestWriterBuilder::new(
-                    output,
-                    Some(snapshot_id),
-                    schema.clone(),
-                    spec.as_ref().clone(),
-                );
-                let mut writer = if deletes {
-                    builder.build_v2_deletes()
-                } else {
-                    builder.build_v2_data()
-                };
+                let (mut writer, spec) =
+                    manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
                 for e in entries {
                     collector.remove_file(&e.data_file, schema.clone(), spec.clone());
                     let seq = e.sequence_number.unwrap_or(0);
@@ -421,12 +435,7 @@ async fn stage(
         .build()
         .map_err(ice)?
         .metadata;
-    let next = MetadataLocation::from_str(current_location)
-        .map_err(ice)?
-        .with_next_version()
-        .with_new_metadata(&new_md);
-    new_md.write_to(file_io, &next).await.map_err(ice)?;
-    let location = next.to_string();
+    let location = write_next_metadata(file_io, current_location, &new_md).await?;
     debug_assert_eq!(new_md.format_version(), FormatVersion::V2);
     Ok(Staged {
         location,

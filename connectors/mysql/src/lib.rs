@@ -122,6 +122,8 @@ impl Ord for BinlogPos {
 
 /// The longest a busy stream keeps its rows before handing them to the engine.
 const YIELD_EVERY: Duration = Duration::from_millis(100);
+/// A binlog connection without any event (heartbeats included) this long is dead.
+const SILENCE: Duration = Duration::from_secs(30);
 
 /// The resume token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +204,8 @@ pub struct MysqlSource {
     snapshot_rows: u64,
     since_chunk: usize,
     last_yield: std::time::Instant,
+    /// When the binlog reader last delivered anything (heartbeats come every second).
+    last_heard: std::time::Instant,
     /// Column index in our table of each binlog column, per table, cached by the
     /// binlog's column names.
     mapping: HashMap<(usize, Arc<[String]>), ColumnMap>,
@@ -336,6 +340,7 @@ impl MysqlSource {
             snapshot_rows: 0,
             since_chunk: 0,
             last_yield: std::time::Instant::now(),
+            last_heard: std::time::Instant::now(),
             mapping: HashMap::new(),
             opts,
         })
@@ -905,6 +910,7 @@ impl Source for MysqlSource {
             };
             match tokio::time::timeout(Duration::from_millis(200), stream.rx.recv()).await {
                 Ok(Some(Ok(msg))) => {
+                    self.last_heard = std::time::Instant::now();
                     self.since_chunk += 1;
                     self.on_msg(msg).await?;
                 }
@@ -916,6 +922,18 @@ impl Source for MysqlSource {
                     ));
                 }
                 Err(_) => {
+                    // The server sends a heartbeat every second; silence means the
+                    // connection is gone without telling us (mysql_async has no read
+                    // timeout), so reconnect from the last checkpoint.
+                    if self.last_heard.elapsed() > SILENCE {
+                        return Err(Error::new(
+                            ErrorKind::Transient,
+                            format!(
+                                "the binlog stream has been silent for {} s (no heartbeat)",
+                                SILENCE.as_secs()
+                            ),
+                        ));
+                    }
                     if self.txn.is_none() {
                         self.flush_all()?;
                     }

@@ -321,6 +321,15 @@ fn int_of(v: &Value) -> Option<i128> {
     }
 }
 
+fn float_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::Float(f) => Some(*f as f64),
+        Value::Double(f) => Some(*f),
+        Value::Bytes(s) => std::str::from_utf8(s).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
 fn text_of(kind: &Kind, v: &Value) -> std::result::Result<Option<String>, ValueError> {
     Ok(Some(match (kind, v) {
         (Kind::Text { latin1: true }, Value::Bytes(b)) => b.iter().map(|&c| c as char).collect(),
@@ -514,28 +523,12 @@ impl RowsBuilder {
                 .ok_or_else(|| format!("cannot read {v:?} as a decimal"))?;
                 b.append_value(n);
             }
-            ColumnBuilder::Float32(b) => match v {
-                Value::Float(f) => b.append_value(*f),
-                Value::Double(f) => b.append_value(*f as f32),
-                Value::Bytes(s) => b.append_value(
-                    std::str::from_utf8(s)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| format!("cannot read {v:?} as a float"))?,
-                ),
-                _ => return Err(format!("unexpected value {v:?}")),
-            },
-            ColumnBuilder::Float64(b) => match v {
-                Value::Double(f) => b.append_value(*f),
-                Value::Float(f) => b.append_value(*f as f64),
-                Value::Bytes(s) => b.append_value(
-                    std::str::from_utf8(s)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| format!("cannot read {v:?} as a double"))?,
-                ),
-                _ => return Err(format!("unexpected value {v:?}")),
-            },
+            ColumnBuilder::Float32(b) => b.append_value(
+                float_of(v).ok_or_else(|| format!("cannot read {v:?} as a float"))? as f32,
+            ),
+            ColumnBuilder::Float64(b) => {
+                b.append_value(float_of(v).ok_or_else(|| format!("cannot read {v:?} as a double"))?)
+            }
             ColumnBuilder::Binary(b) => match (kind, v) {
                 (Kind::Geometry, Value::Bytes(bytes)) if bytes.len() >= 4 => {
                     b.append_value(&bytes[4..])
