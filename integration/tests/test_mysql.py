@@ -372,3 +372,33 @@ def test_a_bad_startup_says_what_to_write(tmp_path, mysql):
     err = run_error(p, "validate")
     assert 'write startup = "snapshot", "latest", "snapshot-only", { gtid = "0-1-100" }' in err, err
     assert "badstart.toml:" in err, err
+
+
+def test_created_tables_join_and_renames_stop_with_a_message(tmp_path, mysql, duck):
+    """A CREATE TABLE the filter names joins the running pipeline with its snapshot; a
+    RENAME of a replicated table stops it, naming the table."""
+    db = mysql.create_db("grow")
+    mysql.execute("CREATE TABLE a (id int PRIMARY KEY, v int)", db)
+    mysql.execute("INSERT INTO a SELECT seq, seq FROM seq_1_to_100", db)
+    p = my_pipeline(tmp_path, "grow", mysql, ["grow.*"])
+    run = start_run(p)
+    time.sleep(1.5)
+    mysql.execute("CREATE TABLE b (id int PRIMARY KEY, w varchar(10))", db)
+    mysql.execute("INSERT INTO b SELECT seq, concat('w', seq) FROM seq_1_to_500", db)
+    mysql.execute("UPDATE b SET w = 'changed' WHERE id <= 10", db)
+    mysql.execute("INSERT INTO a VALUES (1000, 1000)", db)
+    time.sleep(4)
+    assert run.poll() is None, run.communicate()[1][-3000:]
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-3000:]
+    assert "table grow.b was created; restarting to add it" in err, err[-3000:]
+    assert_same(duck, mysql, db, p, "a", ["id", "v"])
+    assert_same(duck, mysql, db, p, "b", ["id", "w"])
+    run = start_run(p)
+    time.sleep(1.5)
+    mysql.execute("RENAME TABLE a TO a_old", db)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode != 0
+    assert "table grow.a was renamed (RENAME TABLE a TO a_old); lakeshore does not follow renames" in err, \
+        err[-2000:]

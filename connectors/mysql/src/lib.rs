@@ -778,6 +778,59 @@ impl MysqlSource {
             .take(3)
             .map(|w| w.to_ascii_uppercase())
             .collect();
+        let qualify = |name: &str| {
+            let name = name.trim_end_matches([';', '(']).replace('`', "");
+            if name.contains('.') {
+                name
+            } else {
+                format!("{db}.{name}")
+            }
+        };
+        let tokens: Vec<&str> = sql.split_whitespace().collect();
+        let upper: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
+        let is = |i: usize, w: &str| upper.get(i).is_some_and(|u| u == w);
+        // CREATE TABLE of a table the filter names: restart, which discovers it and reads
+        // its snapshot (changes to keys not read yet are dropped, as for any table).
+        if is(0, "CREATE") && upper.iter().take(3).any(|u| u == "TABLE") {
+            let at = upper.iter().position(|u| u == "TABLE").unwrap_or(1) + 1;
+            let skip = if is(at, "IF") { 3 } else { 0 };
+            if let Some(name) = tokens.get(at + skip).map(|n| qualify(n))
+                && !self.by_name.contains_key(&name)
+                && self
+                    .opts
+                    .tables
+                    .iter()
+                    .any(|p| discover::glob_match(p, &name))
+            {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!("table {name} was created; restarting to add it"),
+                ));
+            }
+        }
+        // RENAME TABLE a TO b / ALTER TABLE a RENAME [TO] b of a replicated table.
+        let renamed = if is(0, "RENAME") && is(1, "TABLE") {
+            tokens.get(2).map(|n| qualify(n))
+        } else if is(0, "ALTER") && is(1, "TABLE") && upper.iter().any(|u| u == "RENAME") {
+            let to = upper.iter().position(|u| u == "RENAME").unwrap_or(0) + 1;
+            (!is(to, "COLUMN") && !is(to, "INDEX") && !is(to, "KEY"))
+                .then(|| tokens.get(2).map(|n| qualify(n)))
+                .flatten()
+        } else {
+            None
+        };
+        if let Some(name) = renamed
+            && self.by_name.contains_key(&name)
+        {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {name} was renamed ({}); lakeshore does not follow renames. Start a \
+                     new pipeline for the new name (the lake table {name} keeps its rows)",
+                    sql.trim()
+                ),
+            ));
+        }
         if words.first().map(String::as_str) == Some("TRUNCATE") {
             let name = sql
                 .split_whitespace()
