@@ -249,12 +249,35 @@ fn to_msg(
                 })
             }
         }
+        // MySQL's GTID event starts a transaction (a `BEGIN` follows for DML).
+        Some(EventData::GtidEvent(g)) => Some(Msg::Begin {
+            at: here(file, end.saturating_sub(1)),
+            gtid: Some(mysql_gtid(&g)),
+        }),
         Some(EventData::XidEvent(_)) => Some(Msg::Commit {
             next: here(file, end),
         }),
         Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, stream, file, end)?),
         _ => None,
     })
+}
+
+/// A MySQL GTID as MySQL prints it: `source-uuid[:tag]:transaction-number`.
+fn mysql_gtid(g: &mysql_common::binlog::events::GtidEvent) -> String {
+    let sid = g.sid();
+    let hex: String = sid.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    match g.tag() {
+        Some(tag) => format!("{uuid}:{}:{}", tag.as_str(), g.gno()),
+        None => format!("{uuid}:{}", g.gno()),
+    }
 }
 
 fn rows_msg(
@@ -317,4 +340,20 @@ fn rows_msg(
         columns: columns.unwrap_or_else(|| Arc::from(Vec::new())),
         rows: out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mysql_common::binlog::events::GtidEvent;
+
+    #[test]
+    fn mysql_gtids_print_as_mysql_does() {
+        let sid = [
+            0x3e, 0x11, 0xfa, 0x47, 0x71, 0xca, 0x11, 0xe1, 0x9e, 0x33, 0xc8, 0x0a, 0xa9, 0x42,
+            0x95, 0x62,
+        ];
+        let g = GtidEvent::new(sid, 23);
+        assert_eq!(mysql_gtid(&g), "3e11fa47-71ca-11e1-9e33-c80aa9429562:23");
+    }
 }
