@@ -124,17 +124,21 @@ impl KeyCodec {
         keys: impl Iterator<Item = &'k Key>,
     ) -> Result<Vec<Key>> {
         let batch = old.decode_all(keys)?;
-        let columns: Vec<ArrayRef> = batch
-            .columns()
+        let rows = self
+            .converter
+            .convert_columns(&self.widened(batch.columns()))
+            .map_err(|e| internal(format!("re-encoding widened keys: {e}")))?;
+        Ok(rows.iter().map(|r| Key::from_slice(r.as_ref())).collect())
+    }
+
+    /// Key columns read or decoded with a narrower type (before a widening), widened to
+    /// this codec's types.
+    fn widened(&self, columns: &[ArrayRef]) -> Vec<ArrayRef> {
+        columns
             .iter()
             .zip(&self.types)
             .map(|(c, t)| crate::schema::widen(c.clone(), t))
-            .collect();
-        let rows = self
-            .converter
-            .convert_columns(&columns)
-            .map_err(|e| internal(format!("re-encoding widened keys: {e}")))?;
-        Ok(rows.iter().map(|r| Key::from_slice(r.as_ref())).collect())
+            .collect()
     }
 
     /// True when `other` encodes keys the same way.
@@ -189,15 +193,9 @@ impl KeyCodec {
             .map_err(|e| io(path, e))?;
         let mut keys = KeySet::default();
         while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
-            let columns: Vec<ArrayRef> = batch
-                .columns()
-                .iter()
-                .zip(&self.types)
-                .map(|(c, t)| crate::schema::widen(c.clone(), t))
-                .collect();
             let rows = self
                 .converter
-                .convert_columns(&columns)
+                .convert_columns(&self.widened(batch.columns()))
                 .map_err(|e| io(path, e))?;
             keys.extend(rows.iter().map(|r| Key::from_slice(r.as_ref())));
         }

@@ -411,20 +411,18 @@ pub(crate) fn micros(v: &Value) -> std::result::Result<Option<i64>, ValueError> 
                 // TIMESTAMP in a binlog row image: `seconds[.micros]` since the epoch.
                 let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
                 let secs: i64 = secs.parse().map_err(|_| format!("bad timestamp {s:?}"))?;
-                let mut us: i64 = 0;
-                for i in 0..6 {
-                    us = us * 10
-                        + frac
-                            .as_bytes()
-                            .get(i)
-                            .map(|c| (c - b'0') as i64)
-                            .unwrap_or(0);
-                }
-                Ok(Some(secs * 1_000_000 + us))
+                Ok(Some(secs * 1_000_000 + frac_micros(frac)))
             }
         }
         other => Err(format!("unexpected date/time value {other:?}")),
     }
+}
+
+/// Microseconds of a fraction of a second written after the point (`5` → 500000).
+fn frac_micros(frac: &str) -> i64 {
+    (0..6).fold(0, |us, i| {
+        us * 10 + frac.as_bytes().get(i).map_or(0, |c| (c - b'0') as i64)
+    })
 }
 
 /// `YYYY-MM-DD[ HH:MM:SS[.ffffff]]` (text protocol); zero dates are `None`.
@@ -445,19 +443,10 @@ fn parse_datetime(s: &str) -> std::result::Result<Option<i64>, ValueError> {
         (Some(Ok(h)), Some(Ok(mi)), Some(Ok(sec))) => (h, mi, sec),
         _ => return Err(bad()),
     };
-    let mut us: i64 = 0;
-    for i in 0..6 {
-        us = us * 10
-            + frac
-                .as_bytes()
-                .get(i)
-                .map(|c| (c - b'0') as i64)
-                .unwrap_or(0);
-    }
     Ok(Some(
         days(y as i32, m, day) as i64 * 86_400_000_000
             + (h * 3600 + mi * 60 + sec) * 1_000_000
-            + us,
+            + frac_micros(frac),
     ))
 }
 
