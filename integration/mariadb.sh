@@ -5,18 +5,24 @@
 #   integration/mariadb.sh stop DIR        stop the server started under DIR (by its PID)
 #   integration/mariadb.sh restart DIR     stop then start again (same data)
 # The binlog settings are lakeshore's requirements; LAKESHORE_MY_BINLOG_FORMAT overrides
-# binlog_format (tests of a wrong setup).
+# binlog_format (tests of a wrong setup); LAKESHORE_MY_TLS=1 at start makes a server that
+# accepts only TLS over TCP (test CA in DIR/tls/ca.pem; the socket stays plain).
 set -euo pipefail
 
 my_start() {
   local dir=$1 port
   port=$(cat "$dir/port")
+  local tls=()
+  if [ -f "$dir/tls/server.crt" ]; then
+    tls=(--ssl-ca="$dir/tls/ca.pem" --ssl-cert="$dir/tls/server.crt" --ssl-key="$dir/tls/server.key"
+         --require-secure-transport=ON)
+  fi
   mariadbd --no-defaults --datadir="$dir/data" --user="$(id -un)" --port="$port" \
     --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
     --log-error="$dir/error.log" --skip-name-resolve --server-id=1 \
     --log-bin="$dir/data/mysql-bin" --binlog-format="${LAKESHORE_MY_BINLOG_FORMAT:-ROW}" \
     --binlog-row-image=FULL --binlog-row-metadata=FULL --innodb-buffer-pool-size=128M \
-    --innodb-flush-log-at-trx-commit=0 --sync-binlog=0 --max-connections=300 \
+    --innodb-flush-log-at-trx-commit=0 --sync-binlog=0 --max-connections=300 "${tls[@]}" \
     >/dev/null 2>&1 &
   for _ in $(seq 1 300); do
     if mariadb-admin --socket="$dir/mysqld.sock" -uroot ping >/dev/null 2>&1; then return 0; fi
@@ -51,6 +57,7 @@ case "${1:-}" in
     dir=$2 port=$3
     mkdir -p "$dir/data"
     echo "$port" > "$dir/port"
+    if [ -n "${LAKESHORE_MY_TLS:-}" ]; then "$(dirname "$0")/tls-certs.sh" "$dir/tls"; fi
     mariadb-install-db --no-defaults --datadir="$dir/data" --user="$(id -un)" \
       --auth-root-authentication-method=normal --skip-test-db >/dev/null
     my_start "$dir"

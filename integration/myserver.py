@@ -11,7 +11,7 @@ class MyServer:
 
     SCRIPT = str(ROOT / "integration" / "mariadb.sh")
 
-    def __init__(self, binlog_format="ROW"):
+    def __init__(self, binlog_format="ROW", tls=False):
         import socket
         import tempfile
         with socket.socket() as s:
@@ -19,6 +19,10 @@ class MyServer:
             self.port = s.getsockname()[1]
         self.dir = tempfile.mkdtemp(prefix="lakeshore-my-")
         self.env = {**os.environ, "LAKESHORE_MY_BINLOG_FORMAT": binlog_format}
+        if tls:
+            # TCP only over TLS, with a test CA at `self.ca` (see mariadb.sh).
+            self.env["LAKESHORE_MY_TLS"] = "1"
+        self.ca = f"{self.dir}/tls/ca.pem"
         subprocess.run([self.SCRIPT, "start", self.dir, str(self.port)], check=True, env=self.env)
 
     def url(self, db=None, user="root", password=None):
@@ -27,7 +31,8 @@ class MyServer:
 
     def connect(self, db=None, autocommit=True):
         import pymysql
-        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", database=db,
+        # The socket: plain even when TCP needs TLS.
+        return pymysql.connect(unix_socket=f"{self.dir}/mysqld.sock", user="root", database=db,
                                autocommit=autocommit, charset="utf8mb4")
 
     def execute(self, sql, db=None, params=None):

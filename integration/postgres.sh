@@ -48,13 +48,9 @@ EOF
     if [ -n "${LAKESHORE_PG_TLS:-}" ]; then
       # TLS only: a CA and a server certificate for localhost / 127.0.0.1 (CA in
       # $dir/ca.pem); connections without TLS are rejected.
-      openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=lakeshore-test-ca \
-        -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
-      openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
-        -keyout "$dir/data/server.key" -out "$dir/server.csr" 2>/dev/null
-      printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$dir/san.ext"
-      openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
-        -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/data/server.crt" 2>/dev/null
+      "$(dirname "$0")/tls-certs.sh" "$dir/tls"
+      cp "$dir/tls/ca.pem" "$dir/ca.pem"
+      cp "$dir/tls/server.crt" "$dir/tls/server.key" "$dir/data/"
       chmod 600 "$dir/data/server.key"
       if [ "$(id -u)" = 0 ]; then chown postgres "$dir/data/server.key" "$dir/data/server.crt"; fi
       echo "ssl = on" >> "$dir/data/postgresql.conf"

@@ -280,6 +280,50 @@ def test_validate_and_bad_setups_say_what_to_change(tmp_path, mysql):
         assert "pw" not in err.replace("pwd", "")  # the password never shows
 
 
+def test_tls_verify_identity_and_what_a_wrong_setup_says(duck):
+    """A server that accepts only TLS over TCP: snapshot and binlog over verify_identity, and
+    a clear message for no TLS and for a wrong CA."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+    from conftest import BIN
+    from myserver import MyServer
+    server = MyServer(tls=True)
+    try:
+        d = Path(tempfile.mkdtemp())
+        server.create_db("s")
+        server.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", "s")
+        server.execute("INSERT INTO t SELECT seq, concat('v', seq) FROM seq_1_to_500", "s")
+        base = f"mysql://root@localhost:{server.port}"
+
+        def pipeline(name, query):
+            src = {"type": "mysql", "url": f"{base}?{query}", "tables": ["s.t"]}
+            return Pipeline(d, name, src, {"namespace": "my"})
+
+        p = pipeline("tls", f"ssl-mode=verify_identity&ssl-ca={server.ca}")
+        p.backfill()
+        server.execute("UPDATE t SET v = 'changed' WHERE id <= 10", "s")
+        server.execute("DELETE FROM t WHERE id > 400", "s")
+        p.backfill()
+        got = duck.execute(f"select count(*), count(*) filter (where v = 'changed') "
+                           f"from {lake.scan(p.catalog_db, p.table('t'))}").fetchone()
+        assert got == (400, 10), got
+        r = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=d, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and "over TLS (TLSv1." in r.stdout, r.stdout
+
+        err = run_error(pipeline("plain", "ssl-mode=disabled"), "validate", "--connect")
+        assert "accepts only TLS connections" in err and "ssl-mode=verify_identity" in err, err
+        assert "refused the login" in err, err  # MariaDB says so; both causes are named
+        other = d / "other"
+        subprocess.run([str(conftest.ROOT / "integration" / "tls-certs.sh"), str(other)], check=True)
+        err = run_error(pipeline("wrongca", f"ssl-mode=verify_ca&ssl-ca={other}/ca.pem"),
+                        "validate", "--connect")
+        assert "did not verify" in err and "ssl-ca" in err and base in err, err
+    finally:
+        server.stop()
+
+
 def test_statement_binlog_is_refused_with_the_fix():
     from myserver import MyServer
     server = MyServer(binlog_format="STATEMENT")

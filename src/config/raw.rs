@@ -127,7 +127,9 @@ pub struct MysqlSection {
     pub kind: String,
     /// Connection URL, e.g. `"mysql://cdc:${MYSQL_PASSWORD}@db:3306"`. The user needs
     /// REPLICATION SLAVE, REPLICATION CLIENT and SELECT. The password never appears in
-    /// logs or messages.
+    /// logs or messages. TLS as the `mysql` client names it:
+    /// `?ssl-mode=verify_identity&ssl-ca=/path/ca.pem` (`disabled`, `preferred` (default),
+    /// `required`, `verify_ca`, `verify_identity`).
     pub url: EnvString,
     /// Tables to replicate as `db.table`; `*` matches any run of characters, e.g.
     /// `["shop.orders_*"]` (route them into one lake table with `[[route]]`).

@@ -17,6 +17,7 @@ use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 mod error;
+pub mod url;
 pub use error::{Error, ErrorKind, Result};
 
 /// What happened to one row.

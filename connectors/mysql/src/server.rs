@@ -3,7 +3,9 @@
 
 use lakeshore_api::{Error, ErrorKind, Result};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder};
+use std::path::PathBuf;
+
+use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts};
 
 use crate::{MysqlOptions, discover};
 
@@ -30,9 +32,94 @@ pub(crate) fn my_error(what: &str, e: mysql_async::Error) -> Error {
     Error::new(ErrorKind::Transient, msg)
 }
 
-/// Connect with lakeshore's session settings (UTC, utf8mb4).
+/// How a connection uses TLS, named as the `mysql` client's `--ssl-mode` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SslMode {
+    Disabled,
+    Preferred,
+    Required,
+    VerifyCa,
+    VerifyIdentity,
+}
+
+/// TLS settings taken off the URL: `ssl-mode` and `ssl-ca` (a PEM file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tls {
+    pub mode: SslMode,
+    pub ca: Option<String>,
+}
+
+/// Take the TLS parameters off `url` (`ssl-mode=disabled|preferred|required|verify_ca|
+/// verify_identity`, default `preferred`; `ssl-ca=/path/ca.pem`): the URL for the driver,
+/// and the settings. `required` with an `ssl-ca` checks the certificate like `verify_ca`,
+/// as the `mysql` client does.
+pub(crate) fn split_tls(url: &str) -> Result<(String, Tls)> {
+    let is_ours = |k: &str| {
+        k.starts_with("ssl") || matches!(k, "require_ssl" | "verify_ca" | "verify_identity")
+    };
+    let (url, taken) = lakeshore_api::url::take_query(url, is_ours);
+    let mut tls = Tls {
+        mode: SslMode::Preferred,
+        ca: None,
+    };
+    for (key, value) in taken {
+        match key.replace('_', "-").as_str() {
+            "ssl-mode" => {
+                tls.mode = match value.to_ascii_lowercase().replace('-', "_").as_str() {
+                    "disabled" => SslMode::Disabled,
+                    "preferred" => SslMode::Preferred,
+                    "required" => SslMode::Required,
+                    "verify_ca" => SslMode::VerifyCa,
+                    "verify_identity" => SslMode::VerifyIdentity,
+                    other => {
+                        return Err(Error::new(
+                            ErrorKind::Config,
+                            format!(
+                                "[source] url: ssl-mode={other} is not a TLS mode; write one of \
+                                 disabled, preferred, required, verify_ca, verify_identity"
+                            ),
+                        ));
+                    }
+                }
+            }
+            "ssl-ca" => tls.ca = Some(value),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "[source] url: {key} is not supported (client certificates are not); \
+                         write ssl-mode=verify_identity&ssl-ca=/path/ca.pem and log in with a \
+                         password"
+                    ),
+                ));
+            }
+        }
+    }
+    if tls.mode == SslMode::Required && tls.ca.is_some() {
+        tls.mode = SslMode::VerifyCa;
+    }
+    Ok((url, tls))
+}
+
+impl Tls {
+    /// The driver's TLS options (`None`: plain). Without `ssl-ca`, the verify modes check
+    /// against the public web PKI roots.
+    fn ssl_opts(&self) -> Option<SslOpts> {
+        let checked = matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyIdentity);
+        let mut opts = SslOpts::default()
+            .with_danger_accept_invalid_certs(!checked)
+            .with_danger_skip_domain_validation(self.mode != SslMode::VerifyIdentity);
+        if let Some(ca) = &self.ca {
+            opts = opts.with_root_certs(vec![PathBuf::from(ca).into()]);
+        }
+        (self.mode != SslMode::Disabled).then_some(opts)
+    }
+}
+
+/// Connect with lakeshore's session settings (UTC, utf8mb4), over TLS as the URL says.
 pub async fn connect(url: &str) -> Result<Conn> {
-    let opts = Opts::from_url(url).map_err(|e| {
+    let (driver_url, tls) = split_tls(url)?;
+    let opts = Opts::from_url(&driver_url).map_err(|e| {
         Error::new(
             ErrorKind::Config,
             format!("cannot parse [source] url ({e}); write mysql://user:${{PASSWORD}}@host:3306"),
@@ -45,17 +132,57 @@ pub async fn connect(url: &str) -> Result<Conn> {
             "SET SESSION sql_mode = ''",
         ])
         .prefer_socket(false);
-    Conn::new(opts).await.map_err(|e| connect_error(url, e))
+    match Conn::new(opts.clone().ssl_opts(tls.ssl_opts())).await {
+        // `preferred`: a server without TLS gets a plain connection.
+        Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))
+            if tls.mode == SslMode::Preferred =>
+        {
+            Conn::new(opts)
+                .await
+                .map_err(|e| connect_error(url, e, true))
+        }
+        r => r.map_err(|e| connect_error(url, e, tls.mode == SslMode::Disabled)),
+    }
 }
 
-fn connect_error(url: &str, e: mysql_async::Error) -> Error {
+/// What a failed connection means; `plain`: it was not encrypted.
+fn connect_error(url: &str, e: mysql_async::Error, plain: bool) -> Error {
     let target = redact(url);
+    let text = e.to_string();
+    // MariaDB refuses a plain login to a TLS-only server as a wrong password.
+    let only_tls = "the server accepts only TLS connections: write \
+                    ssl-mode=verify_identity&ssl-ca=/path/ca.pem (or ssl-mode=required) in \
+                    [source] url";
     match &e {
+        mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => Error::new(
+            ErrorKind::Config,
+            format!(
+                "the server does not offer TLS ({target}); enable it on the server (ssl_cert, \
+                 ssl_key) or write ssl-mode=disabled in [source] url"
+            ),
+        ),
+        mysql_async::Error::Server(s) if s.message.contains("insecure transport") => Error::new(
+            ErrorKind::Config,
+            format!("{only_tls} ({target}): {}", s.message),
+        ),
+        _ if text.contains("certificate") || text.contains("UnknownIssuer") => Error::new(
+            ErrorKind::Config,
+            format!(
+                "the server's TLS certificate did not verify ({target}): {text}; set ssl-ca in \
+                 [source] url to the CA that signed it (ssl-mode=verify_ca skips the host name, \
+                 ssl-mode=required encrypts without checking)"
+            ),
+        ),
         mysql_async::Error::Server(s) if s.code == 1045 => Error::new(
             ErrorKind::Config,
             format!(
                 "MySQL refused the login; check the user and password in [source] url \
-                 ({target}): {}",
+                 ({target}){}: {}",
+                if plain {
+                    format!(", or, if {only_tls}")
+                } else {
+                    String::new()
+                },
                 s.message
             ),
         ),
@@ -143,8 +270,16 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
         .query_first("SELECT VERSION()")
         .await
         .map_err(|e| my_error("reading the version", e))?;
+    let cipher: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        .await
+        .map_err(|e| my_error("reading the TLS status", e))?;
+    let tls = match cipher.map(|(_, v)| v).filter(|v| !v.is_empty()) {
+        Some(v) => format!("over TLS ({v})"),
+        None => "without TLS".to_string(),
+    };
     lines.push(format!(
-        "server {} ({})",
+        "server {} ({}), {tls}",
         version.unwrap_or_default(),
         redact(&opts.url)
     ));
@@ -196,5 +331,34 @@ mod tests {
             "mysql://cdc:***@db:3306/shop"
         );
         assert_eq!(redact("mysql://root@db:3306"), "mysql://root@db:3306");
+    }
+
+    #[test]
+    fn tls_settings_come_off_the_url() {
+        let (url, tls) = split_tls("mysql://u:p@h:3306/db").unwrap();
+        assert_eq!(
+            (url.as_str(), tls.mode),
+            ("mysql://u:p@h:3306/db", SslMode::Preferred)
+        );
+        assert!(tls.ssl_opts().unwrap().accept_invalid_certs());
+        let (url, tls) = split_tls("mysql://h/db?ssl-mode=REQUIRED&ssl-ca=/c.pem&x=1").unwrap();
+        assert_eq!(url, "mysql://h/db?x=1");
+        assert_eq!(
+            (tls.mode, tls.ca.as_deref()),
+            (SslMode::VerifyCa, Some("/c.pem"))
+        );
+        let opts = tls.ssl_opts().unwrap();
+        assert!(!opts.accept_invalid_certs() && opts.skip_domain_validation());
+        let (_, tls) = split_tls("mysql://h?ssl_mode=verify-identity").unwrap();
+        let opts = tls.ssl_opts().unwrap();
+        assert!(!opts.accept_invalid_certs() && !opts.skip_domain_validation());
+        let (_, tls) = split_tls("mysql://h?ssl-mode=disabled").unwrap();
+        assert!(tls.ssl_opts().is_none());
+        let err = split_tls("mysql://h?ssl-mode=on").unwrap_err().to_string();
+        assert!(err.contains("ssl-mode=on is not a TLS mode"), "{err}");
+        let err = split_tls("mysql://h?ssl-cert=c.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ssl-cert is not supported"), "{err}");
     }
 }

@@ -46,15 +46,11 @@ pub(crate) fn split(url: &str) -> Result<(String, Tls)> {
         mode: Mode::Prefer,
         root_cert: None,
     };
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), tls));
-    };
-    let mut kept = form_urlencoded::Serializer::new(String::new());
-    let mut any_kept = false;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
+    let (url, taken) = lakeshore_api::url::take_query(url, |k| k.starts_with("ssl"));
+    for (key, value) in taken {
+        match key.as_str() {
             "sslmode" => {
-                tls.mode = match value.as_ref() {
+                tls.mode = match value.as_str() {
                     "disable" | "allow" => Mode::Disable,
                     "prefer" => Mode::Prefer,
                     "require" => Mode::Require,
@@ -71,30 +67,21 @@ pub(crate) fn split(url: &str) -> Result<(String, Tls)> {
                     }
                 }
             }
-            "sslrootcert" => tls.root_cert = Some(value.into_owned()),
-            "sslcert" | "sslkey" | "sslpassword" | "sslcrl" => {
+            "sslrootcert" => tls.root_cert = Some(value),
+            _ => {
                 return Err(Error::new(
                     ErrorKind::Config,
                     format!(
-                        "[source] url: {key} (client certificates) is not supported; log in \
-                         with a password over sslmode=verify-full instead"
+                        "[source] url: {key} is not supported (client certificates are not); \
+                         log in with a password over sslmode=verify-full"
                     ),
                 ));
-            }
-            _ => {
-                kept.append_pair(&key, &value);
-                any_kept = true;
             }
         }
     }
     if tls.mode == Mode::Require && tls.root_cert.is_some() {
         tls.mode = Mode::VerifyCa;
     }
-    let url = if any_kept {
-        format!("{base}?{}", kept.finish())
-    } else {
-        base.to_string()
-    };
     Ok((url, tls))
 }
 
