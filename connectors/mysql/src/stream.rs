@@ -106,6 +106,8 @@ pub async fn start(
     })?;
     let (tx, rx) = mpsc::channel(1024);
     let mut file = from.file.clone();
+    let lag =
+        metrics::gauge!("lakeshore_mysql_binlog_lag_seconds", "server_id" => server_id.to_string());
     let task = tokio::spawn(async move {
         let mut fde_seen = false;
         while let Some(ev) = stream.next().await {
@@ -113,6 +115,7 @@ pub async fn start(
                 Err(e) => Err(stream_error(e, &file)),
                 Ok(ev) => {
                     let end = ev.header().log_pos() as u64;
+                    record_lag(&lag, &ev.header());
                     let here = |pos: u64| BinlogPos {
                         file: file.clone(),
                         pos,
@@ -179,6 +182,24 @@ pub async fn start(
             .await;
     });
     Ok(Stream { rx, task })
+}
+
+/// Binlog lag in seconds: how old the transaction just read is (its GTID event's write
+/// time); 0 on a heartbeat, which the server sends only when nothing is left to read.
+fn record_lag(lag: &metrics::Gauge, header: &mysql_common::binlog::events::BinlogEventHeader) {
+    const HEARTBEAT: u8 = 27;
+    const MYSQL_GTID: u8 = 33;
+    match header.event_type_raw() {
+        HEARTBEAT => lag.set(0.0),
+        MYSQL_GTID | MARIADB_GTID_EVENT => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            lag.set((now - header.timestamp() as f64).max(0.0));
+        }
+        _ => {}
+    }
 }
 
 fn stream_error(e: mysql_async::Error, file: &str) -> Error {
