@@ -383,6 +383,32 @@ def test_geometry_and_zero_dates(tmp_path, mysql, duck):
     assert [(r[0], bytes(r[1]) if r[1] is not None else None, r[2], r[3]) for r in got] == want
 
 
+def test_mariadb_uuid_and_inet_types_read_as_the_server_prints_them(tmp_path, mysql, duck):
+    """UUID, INET4 and INET6 are stored in their own binary forms; snapshot and binlog must
+    both give the text the server prints. A UUID key is refused with the column named (the
+    server orders UUIDs in its own way)."""
+    db = mysql.create_db("net")
+    mysql.execute("CREATE TABLE n (id int PRIMARY KEY, u uuid, v4 inet4, v6 inet6, w int)", db)
+    rows = ", ".join(f"({i}, uuid(), '10.{i // 256}.{i % 256}.1', '2001:db8::{i:x}', {i})" for i in range(300))
+    mysql.execute(f"INSERT INTO n VALUES {rows}", db)
+    mysql.execute("INSERT INTO n VALUES (1000, '00000000-0000-0000-0000-000000000001', '0.0.0.0', '::', 0), "
+                  "(1001, 'ffffffff-ffff-ffff-ffff-fffffffffff0', '255.255.255.255', '::ffff:1.2.3.4', NULL)", db)
+    p = my_pipeline(tmp_path, "net", mysql, ["net.n"], chunk_size=100)
+    p.backfill()
+    mysql.execute("UPDATE n SET v4 = '192.168.1.1', u = uuid(), w = -w WHERE w % 3 = 0", db)
+    mysql.execute("DELETE FROM n WHERE w % 7 = 1", db)
+    mysql.execute("INSERT INTO n VALUES (2000, uuid(), '1.1.1.1', 'fe80::1', 1000), "
+                  "(2001, '12345678-9abc-4ef0-9234-56789abcdef0', NULL, NULL, 1001)", db)
+    p.backfill()
+    cols = ["id", "cast(u as char)", "cast(v4 as char)", "cast(v6 as char)", "w"]
+    want = source_rows(mysql, db, f"select {', '.join(cols)} from n")
+    got = lake_rows(duck, p, "n", ["id", "u", "v4", "v6", "w"])
+    assert got == want, [(g, w) for g, w in zip(got, want) if g != w][:5]
+    mysql.execute("CREATE TABLE uk (id uuid PRIMARY KEY)", db)
+    err = run_error(my_pipeline(tmp_path, "uk", mysql, ["net.uk"]), "backfill")
+    assert "table net.uk, key column id: keys of type uuid are not supported" in err, err
+
+
 def test_start_from_a_gtid_or_a_binlog_position(tmp_path, mysql, duck):
     """startup = { gtid = ... } and { file = ..., position = ... }: no snapshot, exactly
     the changes after that point."""

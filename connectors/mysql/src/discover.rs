@@ -185,9 +185,10 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "table {name}, key column {}: keys of type {} {} are not supported yet \
+                    "table {name}, key column {}: keys of type {} are not supported yet \
                      (integer, decimal, date/time, binary and `_bin`-collated text keys are)",
-                    c.name, c.column_type, collations[k]
+                    c.name,
+                    format!("{} {}", c.column_type, collations[k]).trim_end()
                 ),
             ));
         }

@@ -95,6 +95,9 @@ fn chunk_sql(table: &MyTable, after: Option<&Key>, limit: usize) -> String {
             Kind::Text { latin1: true } => format!("CAST({} AS BINARY)", quote_ident(&c.name)),
             // A SET as its bit mask, as the binlog carries it.
             Kind::Set(_) => format!("{} + 0", quote_ident(&c.name)),
+            // UUID / INET in their binary forms, as the binlog carries them.
+            Kind::Uuid | Kind::Inet6 => format!("CAST({} AS BINARY(16))", quote_ident(&c.name)),
+            Kind::Inet4 => format!("CAST({} AS BINARY(4))", quote_ident(&c.name)),
             _ => quote_ident(&c.name),
         })
         .collect();

@@ -54,6 +54,11 @@ pub enum Kind {
     /// SET labels (the binlog carries a bit mask).
     Set(Arc<[String]>),
     Bit,
+    /// MariaDB UUID / INET4 / INET6: read in their binary forms (the binlog's; the snapshot
+    /// selects `CAST(c AS BINARY(n))`), printed as the server prints them.
+    Uuid,
+    Inet4,
+    Inet6,
 }
 
 impl Kind {
@@ -70,9 +75,14 @@ impl Kind {
             Kind::Date => DataType::Date32,
             Kind::DateTime => DataType::Timestamp(TimeUnit::Microsecond, None),
             Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
-            Kind::Text { .. } | Kind::Time(_) | Kind::Json | Kind::Enum(_) | Kind::Set(_) => {
-                DataType::Utf8
-            }
+            Kind::Text { .. }
+            | Kind::Time(_)
+            | Kind::Json
+            | Kind::Enum(_)
+            | Kind::Set(_)
+            | Kind::Uuid
+            | Kind::Inet4
+            | Kind::Inet6 => DataType::Utf8,
         }
     }
 }
@@ -109,7 +119,9 @@ pub fn kind_of(
         "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => Kind::Text {
             latin1: charset == Some("latin1"),
         },
-        "uuid" | "inet4" | "inet6" => Kind::Text { latin1: false },
+        "uuid" => Kind::Uuid,
+        "inet4" => Kind::Inet4,
+        "inet6" => Kind::Inet6,
         "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => Kind::Binary,
         "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
         | "multipolygon" | "geometrycollection" => Kind::Geometry,
@@ -272,9 +284,14 @@ impl ColumnBuilder {
             Kind::Timestamp => ColumnBuilder::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("+00:00"),
             ),
-            Kind::Text { .. } | Kind::Time(_) | Kind::Json | Kind::Enum(_) | Kind::Set(_) => {
-                ColumnBuilder::Utf8(StringBuilder::new())
-            }
+            Kind::Text { .. }
+            | Kind::Time(_)
+            | Kind::Json
+            | Kind::Enum(_)
+            | Kind::Set(_)
+            | Kind::Uuid
+            | Kind::Inet4
+            | Kind::Inet6 => ColumnBuilder::Utf8(StringBuilder::new()),
         }
     }
 
@@ -330,8 +347,43 @@ fn float_of(v: &Value) -> Option<f64> {
     }
 }
 
+/// The binary form of a UUID / INET value, its trailing zero bytes restored (the binlog
+/// drops them from fixed-length binary strings).
+fn fixed<const N: usize>(b: &[u8]) -> std::result::Result<[u8; N], ValueError> {
+    let mut out = [0u8; N];
+    out.get_mut(..b.len())
+        .ok_or_else(|| format!("{} bytes where {N} were expected", b.len()))?
+        .copy_from_slice(b);
+    Ok(out)
+}
+
+/// An INET6 address as MariaDB prints it (like `inet_ntop`: `::1.2.3.4` for the
+/// IPv4-compatible form, `::ffff:1.2.3.4` for the mapped one).
+fn inet6(b: [u8; 16]) -> String {
+    let ip = std::net::Ipv6Addr::from(b);
+    let s = ip.segments();
+    if s[..6] == [0; 6] && s[6] != 0 {
+        format!("::{}.{}.{}.{}", b[12], b[13], b[14], b[15])
+    } else {
+        ip.to_string()
+    }
+}
+
 fn text_of(kind: &Kind, v: &Value) -> std::result::Result<Option<String>, ValueError> {
     Ok(Some(match (kind, v) {
+        (Kind::Uuid, Value::Bytes(b)) => {
+            let h: String = fixed::<16>(b)?.iter().map(|x| format!("{x:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        (Kind::Inet4, Value::Bytes(b)) => std::net::Ipv4Addr::from(fixed::<4>(b)?).to_string(),
+        (Kind::Inet6, Value::Bytes(b)) => inet6(fixed::<16>(b)?),
         (Kind::Text { latin1: true }, Value::Bytes(b)) => b.iter().map(|&c| c as char).collect(),
         (Kind::Enum(labels), Value::Int(_) | Value::UInt(_)) => {
             let i = int_of(v).unwrap_or(0);
@@ -589,6 +641,32 @@ pub fn arrow_schema(columns: &[(String, Kind)], key: &[String]) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_and_inet_print_as_mariadb_does() {
+        let text = |k: &Kind, b: &[u8]| text_of(k, &Value::Bytes(b.to_vec())).unwrap().unwrap();
+        let uuid = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0x4e, 0xf0, 0x92, 0x34, 0x56, 0x78, 0x9a, 0xbc,
+            0xde, 0xf0,
+        ];
+        assert_eq!(
+            text(&Kind::Uuid, &uuid),
+            "12345678-9abc-4ef0-9234-56789abcdef0"
+        );
+        // Trailing zero bytes are not in the binlog.
+        assert_eq!(text(&Kind::Inet4, &[]), "0.0.0.0");
+        assert_eq!(text(&Kind::Inet4, &[10, 0, 0]), "10.0.0.0");
+        let mut v6 = [0u8; 16];
+        v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        v6[15] = 1;
+        assert_eq!(text(&Kind::Inet6, &v6), "2001:db8::1");
+        assert_eq!(text(&Kind::Inet6, &[]), "::");
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4];
+        assert_eq!(text(&Kind::Inet6, &mapped), "::ffff:1.2.3.4");
+        let compat = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(text(&Kind::Inet6, &compat), "::1.2.3.4");
+        assert!(text_of(&Kind::Inet4, &Value::Bytes(vec![1; 5])).is_err());
+    }
 
     #[test]
     fn dates_count_days_from_the_epoch() {
