@@ -442,6 +442,14 @@ def test_a_bad_startup_says_what_to_write(tmp_path, mysql):
     err = run_error(p, "validate")
     assert 'write startup = "snapshot", "latest", "snapshot-only", { gtid = "0-1-100" }' in err, err
     assert "badstart.toml:" in err, err
+    # A MySQL GTID set given to MariaDB: the message says which form this server takes.
+    db = mysql.create_db("flavour")
+    mysql.execute("CREATE TABLE t (id int PRIMARY KEY)", db)
+    p = my_pipeline(tmp_path, "flavour", mysql, ["flavour.t"])
+    gtid = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-100"
+    p.file.write_text(p.file.read_text().replace('[source]\n', f'[source]\nstartup = {{ gtid = "{gtid}" }}\n'))
+    err = run_error(p, "backfill")
+    assert "is the other server flavour's GTID; this server needs MariaDB's" in err, err
 
 
 def test_created_tables_join_and_renames_stop_with_a_message(tmp_path, mysql, duck):

@@ -449,7 +449,8 @@ fn mysql_startup(
     let Some(v) = v else {
         return Ok(Startup::Snapshot);
     };
-    let hint = "write startup = \"snapshot\", \"latest\", \"snapshot-only\", { gtid = \"0-1-100\" } \
+    let hint = "write startup = \"snapshot\", \"latest\", \"snapshot-only\", { gtid = \"0-1-100\" } (MariaDB), \
+                { gtid = \"3e11fa47-71ca-11e1-9e33-c80aa9429562:1-100\" } (MySQL) \
                 or { file = \"mysql-bin.000042\", position = 4 }";
     let bad = || src.error(Some(v.span()), hint);
     match v.get_ref() {
@@ -468,11 +469,7 @@ fn mysql_startup(
                 t.get("position"),
             ) {
                 (["gtid"], Some(toml::Value::String(g)), _, _)
-                    if !g.is_empty()
-                        && g.split(',').all(|one| {
-                            let parts: Vec<&str> = one.trim().split('-').collect();
-                            parts.len() == 3 && parts.iter().all(|p| p.parse::<u64>().is_ok())
-                        }) =>
+                    if lakeshore_mysql::Gtid::parse(g).is_some() =>
                 {
                     Ok(Startup::Gtid(g.clone()))
                 }

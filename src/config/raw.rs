@@ -139,7 +139,8 @@ pub struct MysqlSection {
     pub server_id: Option<Spanned<u64>>,
     /// `"snapshot"` (default: every table, then the binlog), `"latest"` (changes from now
     /// on only), `"snapshot-only"` (stops after the snapshot), `{ gtid = "0-1-100" }`
-    /// (MariaDB: changes after that GTID, no snapshot) or `{ file = "mysql-bin.000042",
+    /// (MariaDB: changes after that GTID, no snapshot; on MySQL the executed set,
+    /// `{ gtid = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-100" }`) or `{ file = "mysql-bin.000042",
     /// position = 4 }` (changes from that binlog position, no snapshot).
     pub startup: Option<Spanned<toml::Value>>,
     /// Rows per snapshot chunk (one short consistent-snapshot transaction each). Default

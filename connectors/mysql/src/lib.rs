@@ -56,10 +56,43 @@ pub enum Startup {
     Latest,
     /// Snapshot every table and stop.
     SnapshotOnly,
-    /// Follow the binlog after this MariaDB GTID position (`domain-server-seq[,...]`).
+    /// Follow the binlog after this GTID position: MariaDB's `domain-server-seq[,...]` or
+    /// MySQL's executed set `uuid:1-100[:...][,...]` (see [`Gtid`]).
     Gtid(String),
     /// Follow the binlog from this file and offset (a transaction boundary).
     File { file: String, position: u64 },
+}
+
+/// A GTID position to start from, in the form of one server flavour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gtid {
+    /// MariaDB: the last GTID per domain, `domain-server-seq[,...]`.
+    MariaDb(String),
+    /// MySQL: the set of transactions already applied, `uuid:1-100[:...][,...]`; the server
+    /// sends every transaction not in it.
+    MySql(Vec<mysql_common::packets::Sid<'static>>),
+}
+
+impl Gtid {
+    /// Parse either flavour; `None` when `s` is neither.
+    pub fn parse(s: &str) -> Option<Gtid> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        if s.trim().is_empty() {
+            return None;
+        }
+        let mariadb = parts.iter().all(|one| {
+            let nums: Vec<&str> = one.split('-').collect();
+            nums.len() == 3 && nums.iter().all(|n| n.parse::<u64>().is_ok())
+        });
+        if mariadb {
+            return Some(Gtid::MariaDb(parts.join(",")));
+        }
+        parts
+            .iter()
+            .map(|one| one.parse().ok())
+            .collect::<Option<Vec<_>>>()
+            .map(Gtid::MySql)
+    }
 }
 
 /// Validated `[source]` settings for `type = "mysql"`.
@@ -639,6 +672,34 @@ impl Source for MysqlSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gtid_positions_of_both_flavours() {
+        assert_eq!(
+            Gtid::parse("0-1-100, 1-2-5"),
+            Some(Gtid::MariaDb("0-1-100,1-2-5".into()))
+        );
+        let Some(Gtid::MySql(sids)) = Gtid::parse(
+            "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5:7,4e11fa47-71ca-11e1-9e33-c80aa9429562:1",
+        ) else {
+            panic!("a MySQL GTID set")
+        };
+        assert_eq!(sids.len(), 2);
+        // Intervals are half-open on the wire: 1-5 is [1, 6).
+        let first: Vec<(u64, u64)> = sids[0]
+            .intervals()
+            .iter()
+            .map(|i| (i.start(), i.end()))
+            .collect();
+        assert_eq!(first, vec![(1, 6), (7, 8)]);
+        assert_eq!(
+            sids[0].to_string(),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"
+        );
+        for bad in ["", "zero", "0-1", "0-1-x", "3e11fa47:1-5", "0-1-100,uuid:1"] {
+            assert_eq!(Gtid::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn binlog_positions_order_by_file_number_then_offset() {

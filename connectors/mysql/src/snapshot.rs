@@ -169,7 +169,10 @@ pub async fn read_chunk(
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 "the server does not report binlog_snapshot_file / binlog_snapshot_position \
-                 (MariaDB and Percona Server do); lakeshore needs them for a lock-free snapshot",
+                 (MariaDB and Percona Server do; MySQL does not), which lakeshore's lock-free \
+                 snapshot needs. With MySQL, copy the tables another way and follow the binlog \
+                 from where the copy was taken: startup = { gtid = \"<@@gtid_executed>\" } or \
+                 { file = ..., position = N }",
             ));
         }
     };

@@ -12,8 +12,8 @@ use mysql_common::binlog::events::{EventData, RowsEventData};
 use mysql_common::value::Value;
 use tokio::sync::mpsc;
 
-use crate::BinlogPos;
 use crate::server::{connect, redact};
+use crate::{BinlogPos, Gtid};
 
 /// MariaDB's GTID event.
 const MARIADB_GTID_EVENT: u8 = 162;
@@ -86,14 +86,49 @@ pub async fn start(
             .await
             .map_err(|e| crate::server::my_error("preparing the binlog connection", e))?;
     }
-    if let Some(gtid) = gtid {
-        conn.exec_drop("SET @slave_connect_state = ?", (gtid,))
-            .await
-            .map_err(|e| crate::server::my_error("setting the GTID to start from", e))?;
-    }
-    let request = BinlogStreamRequest::new(server_id)
+    let mut request = BinlogStreamRequest::new(server_id)
         .with_filename(from.file.as_bytes())
         .with_pos(from.pos);
+    if let Some(gtid) = gtid {
+        let text = gtid;
+        let gtid = Gtid::parse(gtid).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("[source] startup: {text:?} is not a GTID position"),
+            )
+        })?;
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| crate::server::my_error("reading the version", e))?;
+        let mariadb = version.unwrap_or_default().contains("MariaDB");
+        request = match (gtid, mariadb) {
+            (Gtid::MariaDb(g), true) => {
+                conn.exec_drop("SET @slave_connect_state = ?", (g,))
+                    .await
+                    .map_err(|e| crate::server::my_error("setting the GTID to start from", e))?;
+                request
+            }
+            // MySQL: COM_BINLOG_DUMP_GTID with the executed set; the server skips those.
+            (Gtid::MySql(sids), false) => request.with_gtid().with_gtid_set(sids),
+            (_, mariadb) => {
+                let want = if mariadb {
+                    "MariaDB's domain-server-seq, e.g. { gtid = \"0-1-100\" } (SELECT \
+                     @@gtid_binlog_pos)"
+                } else {
+                    "MySQL's executed set, e.g. { gtid = \"3e11fa47-71ca-11e1-9e33-\
+                     c80aa9429562:1-100\" } (SELECT @@gtid_executed)"
+                };
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "[source] startup: {text:?} is the other server flavour's GTID; this \
+                         server needs {want}"
+                    ),
+                ));
+            }
+        };
+    }
     let mut stream = conn.get_binlog_stream(request).await.map_err(|e| {
         Error::new(
             ErrorKind::Transient,
