@@ -2,7 +2,8 @@
 # The test entry point (README's second command; .ci/run calls it).
 # Installs what it needs on a fresh machine, reusing caches under ~/.cache/lakeshore:
 #   - the Python venv with DuckDB (+ iceberg/avro extensions), pyiceberg and pytest;
-#   - the Cargo target directory.
+#   - the Cargo target directory;
+#   - the tansu broker binary (built once with cargo install, ~13 min).
 # Then: cargo fmt/clippy checks, the Rust tests, and the integration tests that check
 # the lake with readers we did not write.
 set -euo pipefail
@@ -19,16 +20,21 @@ if ! command -v cargo >/dev/null; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
-if ! command -v cc >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-  step "installing build tools and python3-venv (apt)"
+if ! command -v cc >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null \
+    || ! dpkg -s libssl-dev >/dev/null 2>&1; then
+  step "installing build tools, OpenSSL headers (librdkafka) and python3-venv (apt)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends build-essential pkg-config python3-venv
+  $SUDO apt-get install -y -qq --no-install-recommends build-essential pkg-config libssl-dev \
+    python3-venv
 fi
 
 step "PostgreSQL 15 and libpq (apt, if missing)"
 integration/postgres.sh install
 integration/mariadb.sh install
+
+step "tansu Kafka-compatible broker ($CACHE/tansu, built once)"
+integration/kafka.sh install
 
 step "python venv ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -32,6 +32,9 @@ pub async fn open_source(
         SourcePlan::Mysql(o) => Ok(Box::new(
             lakeshore_mysql::MysqlSource::open(o.clone(), position, bounded).await?,
         )),
+        SourcePlan::Kafka(o) => Ok(Box::new(
+            lakeshore_kafka::KafkaSource::open(o.clone(), position, bounded).await?,
+        )),
     }
 }
 
@@ -41,6 +44,7 @@ pub async fn check_source(plan: &Plan) -> Result<Vec<String>> {
         SourcePlan::Datagen(_) => Ok(vec!["generator source: nothing to connect to".into()]),
         SourcePlan::Postgres(o) => lakeshore_postgres::check(o).await,
         SourcePlan::Mysql(o) => lakeshore_mysql::check(o).await,
+        SourcePlan::Kafka(o) => lakeshore_kafka::check(o).await,
     }
 }
 

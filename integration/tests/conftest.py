@@ -69,6 +69,8 @@ def toml_value(v):
         return f'"{v}"'
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f'"{k}" = {toml_value(x)}' for k, x in v.items()) + " }"
     return str(v)
 
 
@@ -136,6 +138,14 @@ def mysql():
     server = MyServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    from kafkaserver import Broker
+    broker = Broker()
+    yield broker
+    broker.stop()
 
 
 def start_run(pipeline):

@@ -10,6 +10,7 @@ use lakeshore_api::TableSchema;
 use lakeshore_datagen::{DatagenOptions, DatagenSource, Profile};
 use lakeshore_iceberg::schema::parse_partition_expr;
 use lakeshore_iceberg::{CatalogConfig, Codec, IcebergOptions, WriteMode};
+use lakeshore_kafka::KafkaOptions;
 use lakeshore_mysql::MysqlOptions;
 use lakeshore_postgres::{PostgresOptions, Startup};
 use serde::Deserialize;
@@ -46,6 +47,8 @@ pub enum SourcePlan {
     Postgres(PostgresOptions),
     /// MySQL or MariaDB.
     Mysql(MysqlOptions),
+    /// Kafka topics.
+    Kafka(KafkaOptions),
 }
 
 impl SourcePlan {
@@ -53,7 +56,7 @@ impl SourcePlan {
     pub fn size_hint(&self) -> Option<u64> {
         match self {
             SourcePlan::Datagen(o) => o.events,
-            SourcePlan::Postgres(_) | SourcePlan::Mysql(_) => None,
+            SourcePlan::Postgres(_) | SourcePlan::Mysql(_) | SourcePlan::Kafka(_) => None,
         }
     }
 
@@ -61,7 +64,7 @@ impl SourcePlan {
     pub fn known_tables(&self) -> Option<Vec<TableSchema>> {
         match self {
             SourcePlan::Datagen(o) => Some(DatagenSource::schemas(o)),
-            SourcePlan::Postgres(_) | SourcePlan::Mysql(_) => None,
+            SourcePlan::Postgres(_) | SourcePlan::Mysql(_) | SourcePlan::Kafka(_) => None,
         }
     }
 }
@@ -137,7 +140,7 @@ struct Probe {
     sink: Option<Spanned<Typed>>,
 }
 
-const SOURCE_TYPES: &str = "\"datagen\", \"postgres\", \"mysql\"";
+const SOURCE_TYPES: &str = "\"datagen\", \"postgres\", \"mysql\", \"kafka\"";
 const SINK_TYPES: &str = "\"iceberg\"";
 
 /// Suggest the closest known name for an unknown field in a serde message, or what to
@@ -240,7 +243,13 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
             let source = mysql(src, &raw.source, raw.pipeline.name.get_ref())?;
             build(src, raw, source)
         }
-        ("datagen" | "postgres" | "mysql", other) => Err(src.error(
+        ("kafka", "iceberg") => {
+            let raw: RawPipeline<raw::KafkaSection, raw::IcebergSection> =
+                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
+            let source = kafka(src, &raw.source, raw.pipeline.name.get_ref())?;
+            build(src, raw, source)
+        }
+        ("datagen" | "postgres" | "mysql" | "kafka", other) => Err(src.error(
             Some(sink_type.span()),
             format!("unknown sink type \"{other}\"; this build supports {SINK_TYPES}"),
         )),
@@ -436,6 +445,150 @@ fn mysql(
         startup: mysql_startup(src, s.startup.as_ref())?,
         chunk_size,
         parallelism,
+        batch_rows: 8192,
+    }))
+}
+
+fn kafka(
+    src: &SourceText<'_>,
+    s: &raw::KafkaSection,
+    pipeline: &str,
+) -> Result<SourcePlan, ConfigError> {
+    use lakeshore_kafka::{Format, OnError, Startup};
+    if s.topics.is_empty() {
+        return Err(src.error(
+            None,
+            "[source] topics is empty; list topic names (or ^regex), e.g. topics = [\"orders\"]",
+        ));
+    }
+    let format = match s.format.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("json") => Format::Json,
+        Some("debezium-json") => Format::DebeziumJson,
+        Some("canal-json") => Format::CanalJson,
+        Some("raw") => Format::Raw,
+        Some(other) => {
+            return Err(src.error(
+                s.format.as_ref().map(|f| f.span()),
+                format!(
+                    "format \"{other}\" is unknown; write \"json\", \"debezium-json\", \
+                     \"canal-json\" or \"raw\""
+                ),
+            ));
+        }
+    };
+    let mut columns = Vec::new();
+    for c in &s.columns {
+        let text = c.get_ref().trim();
+        let parsed = text
+            .split_once(char::is_whitespace)
+            .and_then(|(n, t)| Some((n, lakeshore_kafka::decode::parse_type(t)?)));
+        let Some((name, data_type)) = parsed else {
+            return Err(src.error(
+                Some(c.span()),
+                format!(
+                    "column \"{text}\": write \"name type\" with a type among boolean, int, \
+                     long, float, double, decimal(p,s), string, binary, date, timestamp, \
+                     timestamptz"
+                ),
+            ));
+        };
+        if columns
+            .iter()
+            .any(|f: &arrow_schema::Field| f.name() == name)
+        {
+            return Err(src.error(Some(c.span()), format!("column {name} is listed twice")));
+        }
+        columns.push(arrow_schema::Field::new(name, data_type, true));
+    }
+    if format == Format::Raw {
+        if let Some(c) = s.columns.first() {
+            return Err(src.error(
+                Some(c.span()),
+                "format = \"raw\" has fixed columns (key, value, headers, topic, partition, \
+                 offset, timestamp); remove columns",
+            ));
+        }
+    } else if columns.is_empty() {
+        return Err(src.error(
+            s.format.as_ref().map(|f| f.span()),
+            "a JSON format needs its columns: add columns = [\"id long\", \"name string\", ...]",
+        ));
+    }
+    let mut key = Vec::new();
+    for k in &s.key {
+        if format != Format::Raw && !columns.iter().any(|f| f.name() == k.get_ref()) {
+            return Err(src.error(
+                Some(k.span()),
+                format!("key column {} is not among columns", k.get_ref()),
+            ));
+        }
+        key.push(k.get_ref().clone());
+    }
+    if key.is_empty() && matches!(format, Format::DebeziumJson | Format::CanalJson) {
+        return Err(src.error(
+            s.format.as_ref().map(|f| f.span()),
+            "change-event formats need the row key: add key = [\"id\"]",
+        ));
+    }
+    let on_error = match s.on_error.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("fail") => OnError::Fail,
+        Some("skip") => OnError::Skip,
+        Some("dead_letter") => OnError::DeadLetter,
+        Some(other) => {
+            return Err(src.error(
+                s.on_error.as_ref().map(|f| f.span()),
+                format!(
+                    "on_error \"{other}\" is unknown; write \"fail\", \"skip\" or \"dead_letter\""
+                ),
+            ));
+        }
+    };
+    let startup = match s.startup.as_ref() {
+        None => Startup::Earliest,
+        Some(v) => {
+            let hint = "write startup = \"earliest\", \"latest\" or { timestamp = \"2026-01-01T00:00:00Z\" }";
+            match v.get_ref() {
+                toml::Value::String(x) if x == "earliest" => Startup::Earliest,
+                toml::Value::String(x) if x == "latest" => Startup::Latest,
+                toml::Value::Table(t) if t.len() == 1 => {
+                    let text = match t.get("timestamp") {
+                        Some(toml::Value::String(ts)) => Some(ts.clone()),
+                        Some(toml::Value::Datetime(d)) => Some(d.to_string()),
+                        _ => None,
+                    };
+                    let ms = text
+                        .and_then(|ts| humantime::parse_rfc3339_weak(&ts).ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as i64);
+                    Startup::Timestamp(ms.ok_or_else(|| src.error(Some(v.span()), hint))?)
+                }
+                _ => return Err(src.error(Some(v.span()), hint)),
+            }
+        }
+    };
+    Ok(SourcePlan::Kafka(KafkaOptions {
+        brokers: s.brokers.0.clone(),
+        topics: s.topics.iter().map(|t| t.get_ref().clone()).collect(),
+        group_id: s
+            .group_id
+            .as_ref()
+            .map(|g| g.get_ref().clone())
+            .unwrap_or_else(|| format!("lakeshore-{pipeline}")),
+        startup,
+        format,
+        columns,
+        key,
+        on_error,
+        table: s.table.clone(),
+        dead_letter_table: s
+            .dead_letter_table
+            .clone()
+            .unwrap_or_else(|| format!("{pipeline}_dead_letters")),
+        properties: s
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
         batch_rows: 8192,
     }))
 }

@@ -150,6 +150,57 @@ pub struct MysqlSection {
     pub parallelism: Option<Spanned<u64>>,
 }
 
+/// `[source]` with `type = "kafka"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// `"kafka"`.
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
+    pub kind: String,
+    /// Bootstrap brokers, e.g. `"broker1:9092,broker2:9092"`.
+    pub brokers: EnvString,
+    /// Topic names; an entry starting with `^` is a regular expression, e.g.
+    /// `["orders", "^events-.*"]`. Each topic is a source table of its own name unless
+    /// `table` is set.
+    pub topics: Vec<Spanned<String>>,
+    /// Consumer group. lakeshore assigns partitions itself and keeps its offsets in the
+    /// lake commits; it commits them to the group after each lake commit so that lag
+    /// tools see them. Default `lakeshore-<pipeline name>`.
+    pub group_id: Option<Spanned<String>>,
+    /// Where a partition starts when the lake has no offset for it: `"earliest"`
+    /// (default), `"latest"` or `{ timestamp = "2026-01-01T00:00:00Z" }`.
+    pub startup: Option<Spanned<toml::Value>>,
+    /// `"json"` (one object per message, in `columns`), `"debezium-json"` and
+    /// `"canal-json"` (change events: inserts, updates and deletes of rows in
+    /// `columns`, keyed by `key`) or `"raw"` (key, value, headers, topic, partition,
+    /// offset, timestamp). Default `"json"`.
+    pub format: Option<Spanned<String>>,
+    /// The columns of a JSON format, in order, as `"name type"`; types are `boolean`,
+    /// `int`, `long`, `float`, `double`, `decimal(p,s)`, `string`, `binary`, `date`,
+    /// `timestamp`, `timestamptz`. Timestamps read RFC 3339 strings or epoch milliseconds.
+    /// Fields not listed are ignored; missing fields read null.
+    #[serde(default)]
+    pub columns: Vec<Spanned<String>>,
+    /// Key columns: rows with the same key replace each other (upsert sink). Required by
+    /// `debezium-json` and `canal-json`.
+    #[serde(default)]
+    pub key: Vec<Spanned<String>>,
+    /// A message that cannot be read: `"fail"` (default: stop, naming topic, partition
+    /// and offset), `"skip"` (count and go on) or `"dead_letter"` (write it, with the
+    /// error, to the table `dead_letter_table` and go on).
+    pub on_error: Option<Spanned<String>>,
+    /// Source table name of the dead letters. Default `"<pipeline name>_dead_letters"`.
+    pub dead_letter_table: Option<String>,
+    /// One source table for every topic, e.g. `"events"` (route it with `[[route]]`).
+    pub table: Option<String>,
+    /// librdkafka settings passed through, e.g. `{ "security.protocol" = "SASL_SSL",
+    /// "sasl.mechanism" = "SCRAM-SHA-512", "sasl.username" = "lake", "sasl.password" =
+    /// "${KAFKA_PASSWORD}" }`. Values may use `${ENV}`; secrets are never logged.
+    #[serde(default)]
+    pub properties: BTreeMap<String, EnvString>,
+}
+
 /// Where a PostgreSQL source starts.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

@@ -265,12 +265,36 @@ pub async fn run(
         }
     }
     .await;
-    // Close the writers: they finish the final checkpoint (if any) and stop.
+    // Close the writers: they finish the final checkpoint (if any) and stop. The first
+    // to fail stops the rest and the committer (a writer may be waiting for a commit that
+    // the failed one will never let happen); what was durable is recovered by the next
+    // run, as after a crash.
     let mut first_error = outcome.err();
     drop(to_committer);
-    for w in writers {
-        drop(w.tx);
-        match w.task.await {
+    let mut tasks: Vec<_> = writers
+        .into_iter()
+        .map(|w| {
+            drop(w.tx);
+            w.task
+        })
+        .collect();
+    let stop_all = |tasks: &[tokio::task::JoinHandle<Result<()>>]| {
+        tasks.iter().for_each(|t| t.abort());
+        committer.abort();
+    };
+    if first_error.is_some() {
+        // Writers that already stopped keep their errors; the rest are stopped.
+        for t in &tasks {
+            if !t.is_finished() {
+                t.abort();
+            }
+        }
+        committer.abort();
+    }
+    while !tasks.is_empty() {
+        let (result, _, rest) = futures::future::select_all(tasks).await;
+        tasks = rest;
+        match result {
             Ok(Ok(())) => {}
             // The writer's own error explains a "writer stopped" seen by the loop.
             Ok(Err(e)) => {
@@ -280,18 +304,22 @@ pub async fn run(
                 {
                     first_error = Some(e);
                 }
+                stop_all(&tasks);
             }
+            Err(e) if e.is_cancelled() => {}
             Err(e) => {
                 first_error = first_error.or(Some(Error::new(
                     ErrorKind::Internal,
                     format!("writer task: {e}"),
-                )))
+                )));
+                stop_all(&tasks);
             }
         }
     }
     match committer.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => first_error = Some(e),
+        Err(e) if e.is_cancelled() => {}
         Err(e) => {
             first_error = first_error.or(Some(Error::new(
                 ErrorKind::Internal,

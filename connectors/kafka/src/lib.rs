@@ -1,0 +1,755 @@
+//! Kafka source: topics read with `isolation.level = read_committed` into lake tables,
+//! exactly once.
+//!
+//! - The partitions of every matching topic are **assigned** (not subscribed) at the
+//!   offsets stored in the last lake commit: the position is `{topic: {partition: next
+//!   offset}}`, written with the data it covers. Offsets committed to the consumer group
+//!   are for monitoring only (after the lake commit, see [`Source::ack`]).
+//! - A polling thread gathers messages into chunks (contiguous bytes plus metadata); the
+//!   source decodes a chunk per table with one pass of `arrow-json` (see [`decode`]).
+//! - Every point between messages is consistent, so a barrier is emitted as soon as the
+//!   chunks before it are out.
+//! - Bad messages stop the pipeline naming topic, partition and offset (`on_error =
+//!   "fail"`), are counted and skipped (`"skip"`), or land in a dead-letter table with
+//!   their bytes and the error (`"dead_letter"`).
+//! - Bounded runs (`lakeshore backfill`) stop once every partition reaches the end it had
+//!   when the run started.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arrow_schema::{Field, Schema, SchemaRef};
+use lakeshore_api::{
+    ChangeBatch, Error, ErrorKind, Op, Result, Source, SourceEvent, SourcePosition, TableSchema,
+};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub mod decode;
+
+pub use decode::Format;
+use decode::{Bad, Images, Message, RowDecoder};
+
+/// Where a topic is read from when the lake has no offsets for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// The oldest message still kept (default).
+    Earliest,
+    /// Messages produced from now on.
+    Latest,
+    /// The first message at or after this time (milliseconds since the epoch).
+    Timestamp(i64),
+}
+
+/// What happens to a message that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop, naming topic, partition and offset (default).
+    Fail,
+    /// Count it and go on.
+    Skip,
+    /// Write it to the dead-letter table and go on.
+    DeadLetter,
+}
+
+/// Validated `[source]` settings for `type = "kafka"`.
+#[derive(Clone)]
+pub struct KafkaOptions {
+    /// `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic names; an entry starting with `^` is a regular expression over names.
+    pub topics: Vec<String>,
+    /// Consumer group, for committed offsets (monitoring) and broker-side quotas.
+    pub group_id: String,
+    pub startup: Startup,
+    pub format: Format,
+    /// Declared columns (JSON formats): name and Arrow type.
+    pub columns: Vec<Field>,
+    /// Key columns (upsert tables).
+    pub key: Vec<String>,
+    pub on_error: OnError,
+    /// Source table name for every topic (default: each topic is its own table).
+    pub table: Option<String>,
+    /// Name of the dead-letter source table.
+    pub dead_letter_table: String,
+    /// librdkafka settings passed through (security, SASL, fetch sizes). Secret values
+    /// are never logged.
+    pub properties: BTreeMap<String, String>,
+    /// Messages per chunk.
+    pub batch_rows: usize,
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaOptions")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("format", &self.format)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The resume position: the next offset to read, per topic and partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Position {
+    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+/// One message's place in a chunk.
+struct Meta {
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Range<usize>>,
+    payload: Option<Range<usize>>,
+    headers: Option<Range<usize>>,
+}
+
+/// Messages polled together: their bytes end to end, and where each one lies.
+#[derive(Default)]
+struct Chunk {
+    data: Vec<u8>,
+    metas: Vec<Meta>,
+}
+
+impl Chunk {
+    fn add(&mut self, bytes: Option<&[u8]>) -> Option<Range<usize>> {
+        let b = bytes?;
+        let start = self.data.len();
+        self.data.extend_from_slice(b);
+        Some(start..self.data.len())
+    }
+}
+
+enum Polled {
+    Chunk(Chunk),
+    /// A bounded run reached the ends it was started with.
+    Done,
+}
+
+/// The Kafka source.
+pub struct KafkaSource {
+    opts: KafkaOptions,
+    consumer: Arc<BaseConsumer>,
+    topics: Arc<[String]>,
+    tables: Vec<TableSchema>,
+    /// Source table index per topic.
+    table_of: Vec<usize>,
+    decoders: Vec<Option<RowDecoder>>,
+    dead_letter: Option<usize>,
+    position: Position,
+    rx: mpsc::Receiver<Result<Polled>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    out: VecDeque<SourceEvent>,
+    barrier: Option<u64>,
+    finished: bool,
+    messages: u64,
+    skipped: u64,
+    /// Partitions that delivered a message since the source opened.
+    resumed: std::collections::HashSet<(usize, i32)>,
+}
+
+fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Transient, format!("Kafka: {what}: {e}"))
+}
+
+/// Property names whose values are secrets.
+fn is_secret(name: &str) -> bool {
+    name.contains("password") || name.contains("secret") || name.ends_with(".key")
+}
+
+impl KafkaSource {
+    /// Connect, find the topics' partitions and position them at `position` (or
+    /// `startup`). `bounded`: stop at the ends the partitions have now.
+    pub async fn open(
+        opts: KafkaOptions,
+        position: Option<&SourcePosition>,
+        bounded: bool,
+    ) -> Result<Self> {
+        let position: Position = match position {
+            Some(p) => serde_json::from_value(p.0.clone()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    "the checkpoint's source position is not a Kafka position; was the \
+                     pipeline's source changed? Use a new pipeline name",
+                )
+                .with_source(e)
+            })?,
+            None => Position::default(),
+        };
+        let o = opts.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(o, position, bounded))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("opening Kafka: {e}")))?
+    }
+
+    fn client_config(opts: &KafkaOptions) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &opts.brokers)
+            .set("group.id", &opts.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            // An offset the broker no longer has is an error, never a silent jump.
+            .set("auto.offset.reset", "error")
+            // Bounded prefetch: memory does not grow with the backlog.
+            .set("queued.max.messages.kbytes", "32768")
+            .set("fetch.max.bytes", "16777216");
+        for (k, v) in &opts.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn open_blocking(opts: KafkaOptions, mut position: Position, bounded: bool) -> Result<Self> {
+        let consumer: BaseConsumer = Self::client_config(&opts).create().map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("Kafka client settings: {e}; check [source] properties"),
+            )
+        })?;
+        let timeout = Duration::from_secs(15);
+        let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "cannot reach the Kafka brokers at {}: {e}; check [source] brokers and that \
+                     the brokers are running",
+                    opts.brokers
+                ),
+            )
+        })?;
+        // Topics: the names given, and every topic a pattern matches.
+        let mut topics: Vec<(String, Vec<i32>)> = Vec::new();
+        for want in &opts.topics {
+            let matches: Vec<_> = if let Some(pattern) = want.strip_prefix('^') {
+                let re = regex::Regex::new(&format!("^{pattern}")).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("[source] topics: {want:?} is not a regular expression: {e}"),
+                    )
+                })?;
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| re.is_match(t.name()) && !t.name().starts_with("__"))
+                    .collect()
+            } else {
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == want)
+                    .collect()
+            };
+            let matches: Vec<_> = matches
+                .into_iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .collect();
+            if matches.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "no topic {} {want:?} on {}; create it or fix [source] topics",
+                        if want.starts_with('^') {
+                            "matches"
+                        } else {
+                            "named"
+                        },
+                        opts.brokers
+                    ),
+                ));
+            }
+            for t in matches {
+                if topics.iter().all(|(n, _)| n != t.name()) {
+                    let mut parts: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                    parts.sort_unstable();
+                    topics.push((t.name().to_string(), parts));
+                }
+            }
+        }
+        // Where each partition starts, and (bounded) where it ends.
+        let mut assignment = TopicPartitionList::new();
+        let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+        let mut by_time = TopicPartitionList::new();
+        for (topic, parts) in &topics {
+            let stored = position.offsets.entry(topic.clone()).or_default();
+            for &p in parts {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, timeout)
+                    .map_err(|e| kafka_error(&format!("reading the offsets of {topic}/{p}"), e))?;
+                if bounded {
+                    ends.insert((topic.clone(), p), high);
+                }
+                let start = match (stored.get(&p), &opts.startup) {
+                    (Some(&o), _) => {
+                        if o < low {
+                            return Err(Error::new(
+                                ErrorKind::Config,
+                                format!(
+                                    "{topic} partition {p}: the lake is at offset {o} but the \
+                                     broker keeps offsets from {low} on: messages {o}..{low} were \
+                                     deleted by retention before lakeshore read them; raise the \
+                                     topic's retention, and start a new pipeline (new name) to \
+                                     accept the gap"
+                                ),
+                            ));
+                        }
+                        o
+                    }
+                    (None, Startup::Earliest) => low,
+                    (None, Startup::Latest) => high,
+                    (None, Startup::Timestamp(ms)) => {
+                        by_time
+                            .add_partition_offset(topic, p, Offset::Offset(*ms))
+                            .map_err(|e| kafka_error("offsets by time", e))?;
+                        continue;
+                    }
+                };
+                stored.insert(p, start);
+                if start >= high {
+                    ends.remove(&(topic.clone(), p));
+                }
+            }
+        }
+        if by_time.count() > 0 {
+            let found = consumer
+                .offsets_for_times(by_time, timeout)
+                .map_err(|e| kafka_error("finding offsets by time", e))?;
+            for e in found.elements() {
+                let o = match e.offset() {
+                    Offset::Offset(o) => o,
+                    // No message at or after the time: start at the end.
+                    _ => {
+                        consumer
+                            .fetch_watermarks(e.topic(), e.partition(), timeout)
+                            .map_err(|err| kafka_error("reading offsets", err))?
+                            .1
+                    }
+                };
+                position
+                    .offsets
+                    .entry(e.topic().to_string())
+                    .or_default()
+                    .insert(e.partition(), o);
+            }
+        }
+        for (topic, parts) in &position.offsets {
+            for (&p, &o) in parts {
+                if topics.iter().any(|(t, ps)| t == topic && ps.contains(&p)) {
+                    assignment
+                        .add_partition_offset(topic, p, Offset::Offset(o))
+                        .map_err(|e| kafka_error("assigning partitions", e))?;
+                }
+            }
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| kafka_error("assigning partitions", e))?;
+        // Tables.
+        let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
+        let schema: SchemaRef = match opts.format {
+            Format::Raw => decode::raw_schema(),
+            _ => Arc::new(Schema::new(opts.columns.clone())),
+        };
+        let mut tables = Vec::new();
+        let mut table_of = Vec::new();
+        for topic in &names {
+            let name = opts.table.clone().unwrap_or_else(|| topic.clone());
+            let i = match tables.iter().position(|t: &TableSchema| t.name == name) {
+                Some(i) => i,
+                None => {
+                    tables.push(TableSchema {
+                        name,
+                        schema: schema.clone(),
+                        key: opts.key.clone(),
+                    });
+                    tables.len() - 1
+                }
+            };
+            table_of.push(i);
+        }
+        let decoders = tables
+            .iter()
+            .map(|t| (opts.format != Format::Raw).then(|| RowDecoder::new(t.schema.clone())))
+            .collect();
+        let dead_letter = (opts.on_error == OnError::DeadLetter).then(|| {
+            tables.push(TableSchema {
+                name: opts.dead_letter_table.clone(),
+                schema: decode::dead_letter_schema(),
+                key: Vec::new(),
+            });
+            tables.len() - 1
+        });
+        tracing::info!(brokers = %opts.brokers, topics = ?names, "Kafka source open");
+        let consumer = Arc::new(consumer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel(4);
+        let thread = {
+            let consumer = consumer.clone();
+            let stop = stop.clone();
+            let names = names.clone();
+            let batch = opts.batch_rows.max(1);
+            std::thread::Builder::new()
+                .name("kafka-poll".into())
+                .spawn(move || poll_loop(&consumer, &names, bounded, ends, batch, &stop, &tx))
+                .map_err(|e| Error::new(ErrorKind::Internal, format!("poll thread: {e}")))?
+        };
+        Ok(KafkaSource {
+            opts,
+            consumer,
+            topics: Arc::from(names),
+            tables,
+            table_of,
+            decoders,
+            dead_letter,
+            position,
+            rx,
+            stop,
+            thread: Some(thread),
+            out: VecDeque::new(),
+            barrier: None,
+            finished: false,
+            messages: 0,
+            skipped: 0,
+            resumed: Default::default(),
+        })
+    }
+
+    /// Decode a chunk into batches (per table) and advance the position past it.
+    fn take(&mut self, chunk: Chunk) -> Result<()> {
+        let topics = self.topics.clone();
+        let msgs: Vec<Message<'_>> = chunk
+            .metas
+            .iter()
+            .map(|m| Message {
+                topic: &topics[m.topic],
+                partition: m.partition,
+                offset: m.offset,
+                timestamp: m.timestamp,
+                key: m.key.clone().map(|r| &chunk.data[r]),
+                payload: m.payload.clone().map(|r| &chunk.data[r]),
+                headers: m
+                    .headers
+                    .clone()
+                    .and_then(|r| std::str::from_utf8(&chunk.data[r]).ok()),
+            })
+            .collect();
+        // Messages of each table, in order.
+        let mut per_table: Vec<Vec<usize>> = vec![Vec::new(); self.tables.len()];
+        for (i, m) in chunk.metas.iter().enumerate() {
+            per_table[self.table_of[m.topic]].push(i);
+        }
+        let mut all_bad: Vec<Bad> = Vec::new();
+        for (t, indices) in per_table.iter().enumerate() {
+            if indices.is_empty() {
+                continue;
+            }
+            let these: Vec<Message<'_>> = indices.iter().map(|&i| msgs[i]).collect();
+            let table: Arc<str> = Arc::from(self.tables[t].name.as_str());
+            let (rows, ops, bad) = match &self.decoders[t] {
+                None => (decode::raw_rows(&these)?, Vec::new(), Vec::new()),
+                Some(decoder) => {
+                    let mut images = Images::of(self.opts.format, &these, &self.opts.key);
+                    let (rows, ops) = decoder.decode(&mut images)?;
+                    (rows, ops, images.bad)
+                }
+            };
+            all_bad.extend(bad.into_iter().map(|b| Bad {
+                index: indices[b.index],
+                error: b.error,
+            }));
+            if rows.num_rows() > 0 {
+                let ops: Arc<[Op]> = if ops.iter().all(|o| *o == Op::Insert) {
+                    Arc::from(Vec::new())
+                } else {
+                    Arc::from(ops)
+                };
+                self.out
+                    .push_back(SourceEvent::Batch(ChangeBatch { table, rows, ops }));
+            }
+        }
+        if !all_bad.is_empty() {
+            all_bad.sort_by_key(|b| b.index);
+            self.bad_messages(&msgs, &all_bad)?;
+        }
+        for m in &chunk.metas {
+            let next = self
+                .position
+                .offsets
+                .entry(self.topics[m.topic].clone())
+                .or_default()
+                .entry(m.partition)
+                .or_insert(m.offset);
+            if m.offset > *next {
+                // Compaction, retention and transaction markers leave gaps; right after
+                // the lake's position it is worth a word (a broker serving from the wrong
+                // place shows here too).
+                let first = self.resumed.insert((m.topic, m.partition));
+                if first {
+                    tracing::warn!(topic = %self.topics[m.topic], partition = m.partition, lake_offset = *next, first_offset = m.offset, "the first message after the lake's offset comes later than it (compacted or deleted messages?)");
+                } else {
+                    tracing::debug!(topic = %self.topics[m.topic], partition = m.partition, expected = *next, got = m.offset, "offset gap");
+                }
+            }
+            self.resumed.insert((m.topic, m.partition));
+            *next = m.offset + 1;
+        }
+        self.messages += chunk.metas.len() as u64;
+        metrics::counter!("lakeshore_kafka_messages_total").increment(chunk.metas.len() as u64);
+        Ok(())
+    }
+
+    fn bad_messages(&mut self, msgs: &[Message<'_>], bad: &[Bad]) -> Result<()> {
+        let first = &bad[0];
+        let m = &msgs[first.index];
+        match self.opts.on_error {
+            OnError::Fail => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "topic {} partition {} offset {}: cannot read the message as {}: {} \
+                     (on_error = \"skip\" or \"dead_letter\" lets the pipeline go on)",
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    self.opts.format.name(),
+                    first.error
+                ),
+            )),
+            OnError::Skip => {
+                self.skipped += bad.len() as u64;
+                metrics::counter!("lakeshore_kafka_skipped_messages_total")
+                    .increment(bad.len() as u64);
+                tracing::warn!(
+                    topic = m.topic,
+                    partition = m.partition,
+                    offset = m.offset,
+                    error = %first.error,
+                    count = bad.len(),
+                    "skipped messages that cannot be read"
+                );
+                Ok(())
+            }
+            OnError::DeadLetter => {
+                let t = self.dead_letter.unwrap_or_default();
+                let rows = decode::dead_letter_rows(msgs, bad)?;
+                metrics::counter!("lakeshore_kafka_dead_letters_total").increment(bad.len() as u64);
+                self.out.push_back(SourceEvent::Batch(ChangeBatch::inserts(
+                    Arc::from(self.tables[t].name.as_str()),
+                    rows,
+                )));
+                Ok(())
+            }
+        }
+    }
+
+    fn position_token(&self) -> SourcePosition {
+        SourcePosition(serde_json::to_value(&self.position).unwrap_or_default())
+    }
+}
+
+/// The polling thread: messages into chunks of at most `batch` messages (sent when full,
+/// or when polling comes back empty), until `stop`, an error, or (bounded) the ends.
+fn poll_loop(
+    consumer: &BaseConsumer,
+    topics: &[String],
+    bounded: bool,
+    mut ends: HashMap<(String, i32), i64>,
+    batch: usize,
+    stop: &AtomicBool,
+    tx: &mpsc::Sender<Result<Polled>>,
+) {
+    let topic_index: HashMap<&str, usize> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut chunk = Chunk::default();
+    let send = |c: Polled| tx.blocking_send(Ok(c)).is_ok();
+    if bounded && ends.is_empty() {
+        send(Polled::Done);
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let polled = consumer.poll(Duration::from_millis(100));
+        let idle = match polled {
+            None => true,
+            Some(Err(e)) => {
+                let _ = tx.blocking_send(Err(kafka_error("reading messages", e)));
+                return;
+            }
+            Some(Ok(m)) => {
+                let headers = m.headers().map(|h| {
+                    let map: serde_json::Map<String, serde_json::Value> = h
+                        .iter()
+                        .map(|hd| {
+                            let v = hd
+                                .value
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .map_or(serde_json::Value::Null, serde_json::Value::String);
+                            (hd.key.to_string(), v)
+                        })
+                        .collect();
+                    serde_json::Value::Object(map).to_string()
+                });
+                let meta = Meta {
+                    topic: topic_index.get(m.topic()).copied().unwrap_or(0),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
+                    key: chunk.add(m.key()),
+                    payload: chunk.add(m.payload()),
+                    headers: chunk.add(headers.as_deref().map(str::as_bytes)),
+                };
+                chunk.metas.push(meta);
+                chunk.metas.len() >= batch || chunk.data.len() >= 16 << 20
+            }
+        };
+        if (idle || chunk.metas.len() >= batch || chunk.data.len() >= 16 << 20)
+            && !chunk.metas.is_empty()
+            && !send(Polled::Chunk(std::mem::take(&mut chunk)))
+        {
+            return;
+        }
+        if bounded && (idle || chunk.metas.is_empty()) {
+            // Done when every partition's position reached the end it had at the start
+            // (control records of transactions count: the position is past them).
+            if let Ok(at) = consumer.position() {
+                for e in at.elements() {
+                    if let Offset::Offset(o) = e.offset()
+                        && ends
+                            .get(&(e.topic().to_string(), e.partition()))
+                            .is_some_and(|end| o >= *end)
+                    {
+                        ends.remove(&(e.topic().to_string(), e.partition()));
+                    }
+                }
+            }
+            if ends.is_empty() {
+                let _ = send(Polled::Done);
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    fn tables(&self) -> Vec<TableSchema> {
+        self.tables.clone()
+    }
+
+    async fn next_event(&mut self) -> Result<Option<SourceEvent>> {
+        loop {
+            if let Some(e) = self.out.pop_front() {
+                return Ok(Some(e));
+            }
+            if let Some(id) = self.barrier.take() {
+                return Ok(Some(SourceEvent::Barrier {
+                    id,
+                    position: self.position_token(),
+                }));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            match tokio::time::timeout(Duration::from_secs(1), self.rx.recv()).await {
+                // Idle: let the engine handle barriers and acks.
+                Err(_) => return Ok(Some(SourceEvent::Watermark(0))),
+                Ok(None) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "the Kafka polling thread stopped",
+                    ));
+                }
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(Polled::Done))) => self.finished = true,
+                Ok(Some(Ok(Polled::Chunk(chunk)))) => self.take(chunk)?,
+            }
+        }
+    }
+
+    fn request_barrier(&mut self, id: u64) {
+        self.barrier = Some(id);
+    }
+
+    /// Commit the lake's offsets to the consumer group, for monitoring (lag tools).
+    async fn ack(&mut self, position: &SourcePosition) -> Result<()> {
+        let Ok(p) = serde_json::from_value::<Position>(position.0.clone()) else {
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (topic, parts) in &p.offsets {
+            for (&partition, &offset) in parts {
+                let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "committing offsets to the consumer group");
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx.close();
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        Ok(())
+    }
+
+    fn progress(&self) -> Option<u64> {
+        Some(self.messages)
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx.close();
+    }
+}
+
+/// `lakeshore validate --connect`: the brokers answer and the topics exist.
+pub async fn check(opts: &KafkaOptions) -> Result<Vec<String>> {
+    let mut o = opts.clone();
+    o.startup = Startup::Latest;
+    let source = KafkaSource::open(o, None, false).await?;
+    let mut lines = vec![format!("brokers {} answer", opts.brokers)];
+    for (topic, parts) in &source.position.offsets {
+        lines.push(format!("topic {topic}: {} partitions", parts.len()));
+    }
+    for (k, v) in &opts.properties {
+        let shown = if is_secret(k) { "***" } else { v.as_str() };
+        lines.push(format!("property {k} = {shown}"));
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_with_partition_numbers() {
+        let mut p = Position::default();
+        p.offsets.entry("t".into()).or_default().insert(2, 42);
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v, serde_json::json!({"offsets": {"t": {"2": 42}}}));
+        assert_eq!(serde_json::from_value::<Position>(v).unwrap(), p);
+        assert!(is_secret("sasl.password") && !is_secret("security.protocol"));
+    }
+}
