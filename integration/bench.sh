@@ -3,6 +3,8 @@
 # limit measured in the same run, peak RSS, and the upsert read-cost ratio.
 #   integration/bench.sh [--sizes 1000000,10000000] [--orders 1000000]
 #   integration/bench.sh postgres [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
+#   integration/bench.sh mysql [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
+#   integration/bench.sh kafka [--sizes 1000000,5000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -14,6 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 integration/postgres.sh install
 integration/mariadb.sh install
+integration/kafka.sh install
 if [ ! -x /usr/bin/time ]; then  # peak RSS of the measured child
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq time; else sudo apt-get install -y -qq time; fi
 fi
@@ -27,5 +30,9 @@ fi
 if [ "${1:-}" = mysql ]; then
   shift
   exec "$VENV/bin/python" integration/bench_mysql.py "$@"
+fi
+if [ "${1:-}" = kafka ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_kafka.py "$@"
 fi
 exec "$VENV/bin/python" integration/bench.py "$@"

@@ -56,6 +56,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Measure the raw consume limit of a Kafka pipeline's topics (for benchmarks).
+    #[command(hide = true)]
+    BenchKafka {
+        /// The pipeline file (a kafka source).
+        pipeline: PathBuf,
+        /// Also write the result (JSON) to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Write what a generator pipeline's tables must hold after it ran (for tests).
     #[command(hide = true)]
     Expected {
@@ -243,6 +252,28 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 .await
                 .map_err(|e| Failure::Runtime(e.to_string()))?;
             println!("{{\"rows\": {rows}, \"seconds\": {secs:.3}}}");
+            Ok(())
+        }
+        Command::BenchKafka {
+            pipeline: file,
+            report,
+        } => {
+            let plan = config::load(&file)?;
+            let config::plan::SourcePlan::Kafka(opts) = &plan.source else {
+                return Err(Failure::Config("bench-kafka needs a kafka source".into()));
+            };
+            let opts = opts.clone();
+            let (messages, bytes, secs) =
+                tokio::task::spawn_blocking(move || lakeshore_kafka::bare_consume(&opts))
+                    .await
+                    .map_err(|e| Failure::Runtime(e.to_string()))?
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+            let json =
+                format!("{{\"messages\": {messages}, \"bytes\": {bytes}, \"seconds\": {secs:.3}}}");
+            if let Some(path) = report {
+                std::fs::write(&path, &json).map_err(|e| Failure::Runtime(e.to_string()))?;
+            }
+            println!("{json}");
             Ok(())
         }
         Command::Expected {
