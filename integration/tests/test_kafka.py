@@ -134,6 +134,34 @@ def test_debezium_topic_folds_into_an_upsert_table(tmp_path, kafka, duck):
     assert got == want
 
 
+def test_canal_topic_folds_into_an_upsert_table(tmp_path, kafka, duck):
+    """Canal writes every value as a string, batches rows per event, and lists only the
+    changed columns' old values in `old` (a key among them: the row moved)."""
+    topic = kafka.topic("canal.shop.items", 1)
+
+    def canal(kind, data, old=None):
+        rows = [{k: (None if v is None else str(v)) for k, v in r.items()} for r in data]
+        return json.dumps({"data": rows, "old": old, "type": kind, "isDdl": False, "database": "shop",
+                           "table": "items", "pkNames": ["id"], "es": 0, "ts": 0})
+
+    msgs = [
+        canal("INSERT", [{"id": i, "name": f"n{i}", "price": f"{i}.50"} for i in range(1, 6)]),
+        canal("UPDATE", [{"id": 2, "name": "two", "price": "2.50"}], [{"name": "n2"}]),
+        # id 3 becomes 30
+        canal("UPDATE", [{"id": 30, "name": "n3", "price": "3.50"}], [{"id": "3"}]),
+        canal("DELETE", [{"id": 4, "name": "n4", "price": "4.50"}]),
+        json.dumps({"data": None, "old": None, "type": "ALTER", "isDdl": True, "sql": "alter table items ..."}),
+        canal("INSERT", [{"id": 6, "name": None, "price": "0.01"}]),
+    ]
+    kafka.produce(topic, msgs)
+    p = kafka_pipeline(tmp_path, "kcanal", kafka, [topic], format="canal-json", key=["id"],
+                       columns=["id long", "name string", "price decimal(10,2)"], sink={"mode": "upsert"})
+    p.backfill()
+    got = sorted(duck.execute(f"select id, name, cast(price as varchar) from "
+                              f"{lake.scan(p.catalog_db, p.table('items'))}").fetchall())
+    assert got == [(1, "n1", "1.50"), (2, "two", "2.50"), (5, "n5", "5.50"), (6, None, "0.01"), (30, "n3", "3.50")]
+
+
 def test_a_bad_message_stops_with_its_offset_or_lands_as_a_dead_letter(tmp_path, kafka, duck):
     topic = kafka.topic("orders-poison", 1)
     msgs = [event(i) for i in range(100)]

@@ -66,6 +66,22 @@ impl SourcePosition {
         self.0.get("seq").and_then(|v| v.as_u64())
     }
 
+    /// A source's own position type, read back from a checkpoint. A position some other
+    /// kind of source wrote (the pipeline's source was changed under its name) is a
+    /// configuration error naming `source`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, source: &str) -> Result<T> {
+        serde_json::from_value(self.0.clone()).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the checkpoint's source position is not a {source} position; was the \
+                     pipeline's source changed? Use a new pipeline name"
+                ),
+            )
+            .with_source(e)
+        })
+    }
+
     /// Compact JSON, as stored in the snapshot summary `lakeshore.source-position`.
     pub fn to_json_string(&self) -> String {
         self.0.to_string()

@@ -178,14 +178,7 @@ impl KafkaSource {
         bounded: bool,
     ) -> Result<Self> {
         let position: Position = match position {
-            Some(p) => serde_json::from_value(p.0.clone()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    "the checkpoint's source position is not a Kafka position; was the \
-                     pipeline's source changed? Use a new pipeline name",
-                )
-                .with_source(e)
-            })?,
+            Some(p) => p.decode("Kafka")?,
             None => Position::default(),
         };
         let o = opts.clone();

@@ -282,14 +282,7 @@ impl MysqlSource {
         }
         let tables = discover::discover(&mut conn, &opts.tables).await?;
         let position: Position = match position {
-            Some(p) => serde_json::from_value(p.0.clone()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    "the checkpoint's source position is not a MySQL position; was the \
-                     pipeline's source changed? Use a new pipeline name",
-                )
-                .with_source(e)
-            })?,
+            Some(p) => p.decode("MySQL")?,
             None => {
                 let (binlog, gtid) = match &opts.startup {
                     Startup::File { file, position } => (

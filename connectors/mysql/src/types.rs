@@ -75,14 +75,8 @@ impl Kind {
             Kind::Date => DataType::Date32,
             Kind::DateTime => DataType::Timestamp(TimeUnit::Microsecond, None),
             Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
-            Kind::Text { .. }
-            | Kind::Time(_)
-            | Kind::Json
-            | Kind::Enum(_)
-            | Kind::Set(_)
-            | Kind::Uuid
-            | Kind::Inet4
-            | Kind::Inet6 => DataType::Utf8,
+            // Text, TIME, JSON, ENUM, SET, UUID, INET: strings.
+            _ => DataType::Utf8,
         }
     }
 }
@@ -284,14 +278,8 @@ impl ColumnBuilder {
             Kind::Timestamp => ColumnBuilder::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("+00:00"),
             ),
-            Kind::Text { .. }
-            | Kind::Time(_)
-            | Kind::Json
-            | Kind::Enum(_)
-            | Kind::Set(_)
-            | Kind::Uuid
-            | Kind::Inet4
-            | Kind::Inet6 => ColumnBuilder::Utf8(StringBuilder::new()),
+            // The string kinds (see `Kind::data_type`).
+            _ => ColumnBuilder::Utf8(StringBuilder::new()),
         }
     }
 

@@ -218,14 +218,7 @@ impl PostgresSource {
         }
         let tables = discover::discover(&client, &opts.tables, &opts.key_columns).await?;
         let mut position: Position = match position {
-            Some(p) => serde_json::from_value(p.0.clone()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    "the checkpoint's source position is not a PostgreSQL position; was the \
-                     pipeline's source changed? Use a new pipeline name",
-                )
-                .with_source(e)
-            })?,
+            Some(p) => p.decode("PostgreSQL")?,
             None => Position::default(),
         };
         for t in &tables {
