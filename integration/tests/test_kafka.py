@@ -179,3 +179,21 @@ def test_a_bad_message_stops_with_its_offset_or_lands_as_a_dead_letter(tmp_path,
                         f"{lake.scan(p.catalog_db, p.table('kdead_dead_letters'))} order by 1").fetchall()
     assert [(o, v) for o, v, _ in dead] == [(41, "{not json"), (77, msgs[77])], dead
     assert all(e for _, _, e in dead)
+
+
+def test_unreachable_brokers_and_missing_topics_say_what_to_change(tmp_path, kafka):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    cases = [
+        ({"brokers": closed}, ["orders"], f"cannot reach the Kafka brokers at {closed}", "check [source] brokers"),
+        ({}, ["no-such-topic"], 'no topic named "no-such-topic"', "fix [source] topics"),
+        ({}, ["^nothing-like-this-.*"], 'no topic matches "^nothing-like-this-.*"', "fix [source] topics"),
+    ]
+    for i, (change, topics, what, fix) in enumerate(cases):
+        p = kafka_pipeline(tmp_path, f"kbad{i}", kafka, topics, properties={"sasl.password": "hunter2"}, **change)
+        r = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=p.dir, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and what in r.stderr and fix in r.stderr, r.stderr
+        assert "hunter2" not in r.stderr + r.stdout
