@@ -197,3 +197,30 @@ def test_unreachable_brokers_and_missing_topics_say_what_to_change(tmp_path, kaf
                            timeout=120)
         assert r.returncode == 2 and what in r.stderr and fix in r.stderr, r.stderr
         assert "hunter2" not in r.stderr + r.stdout
+
+
+def test_regex_topics_into_one_raw_table_from_a_timestamp(tmp_path, kafka, duck):
+    """topics = ["^regex"], table = one table for all, format = "raw" (every message as it
+    is), startup = { timestamp }: only messages at or after it."""
+    a = kafka.topic("clicks-eu", 2)
+    b = kafka.topic("clicks-us", 1)
+    kafka.topic("views-eu", 1)
+    kafka.produce(a, [f"old-a{i}" for i in range(50)])
+    kafka.produce(b, [f"old-b{i}" for i in range(50)])
+    # A whole second after the old messages, and the new ones after it.
+    cut = int(time.time()) + 2
+    time.sleep(cut + 0.3 - time.time())
+    kafka.produce(a, [f"new-a{i}" for i in range(300)], key=lambda i, m: f"k{i}".encode())
+    kafka.produce(b, [f"new-b{i}" for i in range(200)])
+    kafka.produce("views-eu", ["not a click"])
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cut))
+    p = kafka_pipeline(tmp_path, "kraw", kafka, ["^clicks-.*"], format="raw", table="clicks",
+                       startup={"timestamp": stamp})
+    p.backfill()
+    rows = duck.execute(f"select topic, decode(value), decode(key), \"offset\", \"partition\", timestamp "
+                        f"from {lake.scan(p.catalog_db, p.table('clicks'))}").fetchall()
+    values = sorted(r[1] for r in rows)
+    assert values == sorted([f"new-a{i}" for i in range(300)] + [f"new-b{i}" for i in range(200)]), values[:5]
+    assert {r[0] for r in rows} == {a, b}
+    assert all(r[2] == f"k{r[1][5:]}" for r in rows if r[0] == a)
+    assert all(r[5] is not None for r in rows)
