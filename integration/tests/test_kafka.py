@@ -224,3 +224,7 @@ def test_regex_topics_into_one_raw_table_from_a_timestamp(tmp_path, kafka, duck)
     assert {r[0] for r in rows} == {a, b}
     assert all(r[2] == f"k{r[1][5:]}" for r in rows if r[0] == a)
     assert all(r[5] is not None for r in rows)
+    # A time after every message: the backfill has nothing to read, and ends.
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    q = kafka_pipeline(tmp_path, "klater", kafka, ["^clicks-.*"], format="raw", startup={"timestamp": later})
+    q.backfill()

@@ -27,6 +27,7 @@ use lakeshore_api::{
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -335,6 +336,10 @@ impl KafkaSource {
                     .entry(e.topic().to_string())
                     .or_default()
                     .insert(e.partition(), o);
+                let key = (e.topic().to_string(), e.partition());
+                if ends.get(&key).is_some_and(|end| o >= *end) {
+                    ends.remove(&key);
+                }
             }
         }
         for (topic, parts) in &position.offsets {
@@ -551,6 +556,25 @@ impl KafkaSource {
     }
 }
 
+/// Errors librdkafka recovers from itself (connections, timeouts).
+fn is_transient(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::OperationTimedOut
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::Resolve
+                | C::BrokerNotAvailable
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+        )
+    )
+}
+
 /// The polling thread: messages into chunks of at most `batch` messages (sent when full,
 /// or when polling comes back empty), until `stop`, an error, or (bounded) the ends.
 fn poll_loop(
@@ -577,6 +601,12 @@ fn poll_loop(
         let polled = consumer.poll(Duration::from_millis(100));
         let idle = match polled {
             None => true,
+            // librdkafka reconnects by itself: a broker going away is worth a warning,
+            // not a stop.
+            Some(Err(e)) if is_transient(&e) => {
+                tracing::warn!(error = %e, "Kafka broker connection trouble; librdkafka retries");
+                true
+            }
             Some(Err(e)) => {
                 let _ = tx.blocking_send(Err(kafka_error("reading messages", e)));
                 return;
