@@ -19,7 +19,8 @@ def kafka_pipeline(tmp_path, name, kafka, topics, interval="300ms", sink=None, *
     src = {"type": "kafka", "brokers": kafka.brokers, "topics": topics, **source}
     if "columns" not in src and src.get("format", "json") != "raw":
         src["columns"] = COLUMNS
-    return Pipeline(tmp_path, name, src, {"namespace": "k", **(sink or {"mode": "append"})}, interval=interval)
+    sink = {"mode": "append"} if sink is None else sink
+    return Pipeline(tmp_path, name, src, {"namespace": "k", **sink}, interval=interval)
 
 
 def event(i):
@@ -228,3 +229,21 @@ def test_regex_topics_into_one_raw_table_from_a_timestamp(tmp_path, kafka, duck)
     later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     q = kafka_pipeline(tmp_path, "klater", kafka, ["^clicks-.*"], format="raw", startup={"timestamp": later})
     q.backfill()
+
+
+def test_json_with_a_key_is_an_upsert_and_a_message_is_exactly_one_value(tmp_path, kafka, duck):
+    topic = kafka.topic("prices", 1)
+    kafka.produce(topic, [json.dumps({"id": i, "v": f"a{i}"}) for i in range(10)])
+    p = kafka_pipeline(tmp_path, "kups", kafka, [topic], key=["id"], columns=["id long", "v string"],
+                       on_error="dead_letter", sink={})
+    p.backfill()
+    # Later values replace committed rows of the same key; a message holding two objects,
+    # or nothing, is a bad message, not two rows or none.
+    kafka.produce(topic, [json.dumps({"id": 3, "v": "b3"}), '{"id": 4, "v": "x"}{"id": 5, "v": "y"}',
+                          "  ", json.dumps({"id": 11, "v": "a11"}), json.dumps({"id": 3, "v": "c3"})])
+    p.backfill()
+    got = sorted(duck.execute(f"select id, v from {lake.scan(p.catalog_db, p.table(topic))}").fetchall())
+    assert got == sorted([(i, f"a{i}") for i in range(10) if i != 3] + [(3, "c3"), (11, "a11")]), got
+    dead = duck.execute(f"select \"offset\" from {lake.scan(p.catalog_db, p.table('kups_dead_letters'))} "
+                        f"order by 1").fetchall()
+    assert dead == [(11,), (12,)], dead

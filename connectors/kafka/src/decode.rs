@@ -240,7 +240,20 @@ impl Images {
         for (i, m) in messages.iter().enumerate() {
             let Some(payload) = m.payload else { continue };
             match format {
-                Format::Json | Format::Raw => out.push(i, Op::Insert, payload),
+                Format::Json | Format::Raw => {
+                    // Exactly one JSON value per message (trailing data or an empty
+                    // payload is a bad message, never a shifted row). With a key, rows
+                    // replace earlier rows of their key, committed ones too.
+                    let op = if key.is_empty() {
+                        Op::Insert
+                    } else {
+                        Op::UpdateAfter
+                    };
+                    match serde_json::from_slice::<&RawValue>(payload) {
+                        Ok(v) => out.push(i, op, v.get().as_bytes()),
+                        Err(e) => out.bad(i, format!("not one JSON value: {e}")),
+                    }
+                }
                 Format::DebeziumJson => out.debezium(i, payload),
                 Format::CanalJson => out.canal(i, payload, key),
             }
@@ -378,7 +391,8 @@ impl RowDecoder {
 
     fn decode_all(&self, bytes: &[u8], rows: usize) -> std::result::Result<RecordBatch, String> {
         let mut d = arrow_json::ReaderBuilder::new(self.decode_schema.clone())
-            .with_batch_size(rows.max(1))
+            // One more than expected, so that an extra object shows in the count.
+            .with_batch_size(rows + 1)
             .build_decoder()
             .map_err(|e| e.to_string())?;
         let mut at = 0;

@@ -157,6 +157,8 @@ pub struct KafkaSource {
     finished: bool,
     messages: u64,
     skipped: u64,
+    /// The last position the lake committed (for the group's offsets at close).
+    acked: Option<Position>,
     /// Partitions that delivered a message since the source opened.
     resumed: std::collections::HashSet<(usize, i32)>,
 }
@@ -167,7 +169,9 @@ fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
 
 /// Property names whose values are secrets.
 fn is_secret(name: &str) -> bool {
-    name.contains("password") || name.contains("secret") || name.ends_with(".key")
+    ["password", "secret", "key", "oauthbearer", "jaas", "token"]
+        .iter()
+        .any(|w| name.contains(w))
 }
 
 impl KafkaSource {
@@ -208,9 +212,14 @@ impl KafkaSource {
 
     fn open_blocking(opts: KafkaOptions, mut position: Position, bounded: bool) -> Result<Self> {
         let consumer: BaseConsumer = Self::client_config(&opts).create().map_err(|e| {
+            // librdkafka's message would repeat the value, which may be a secret.
+            let what = match &e {
+                KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
+                other => other.to_string(),
+            };
             Error::new(
                 ErrorKind::Config,
-                format!("Kafka client settings: {e}; check [source] properties"),
+                format!("Kafka client settings: {what}; check [source] properties"),
             )
         })?;
         let timeout = Duration::from_secs(15);
@@ -278,6 +287,8 @@ impl KafkaSource {
         let mut by_time = TopicPartitionList::new();
         for (topic, parts) in &topics {
             let stored = position.offsets.entry(topic.clone()).or_default();
+            // The topic was read before: a partition without an offset is new.
+            let known = !stored.is_empty();
             for &p in parts {
                 let (low, high) = consumer
                     .fetch_watermarks(topic, p, timeout)
@@ -301,6 +312,8 @@ impl KafkaSource {
                         }
                         o
                     }
+                    // A partition added since the last run: everything in it is new.
+                    (None, _) if known => low,
                     (None, Startup::Earliest) => low,
                     (None, Startup::Latest) => high,
                     (None, Startup::Timestamp(ms)) => {
@@ -421,6 +434,7 @@ impl KafkaSource {
             messages: 0,
             skipped: 0,
             resumed: Default::default(),
+            acked: None,
         })
     }
 
@@ -551,6 +565,20 @@ impl KafkaSource {
         }
     }
 
+    fn commit_offsets(&self, p: &Position, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, parts) in &p.offsets {
+            for (&partition, &offset) in parts {
+                let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, mode)
+        {
+            tracing::debug!(error = %e, "committing offsets to the consumer group");
+        }
+    }
+
     fn position_token(&self) -> SourcePosition {
         SourcePosition(serde_json::to_value(&self.position).unwrap_or_default())
     }
@@ -592,6 +620,8 @@ fn poll_loop(
         .map(|(i, t)| (t.as_str(), i))
         .collect();
     let mut chunk = Chunk::default();
+    // A trickle of messages is handed over at least every second.
+    let mut chunk_started = std::time::Instant::now();
     let send = |c: Polled| tx.blocking_send(Ok(c)).is_ok();
     if bounded && ends.is_empty() {
         send(Polled::Done);
@@ -635,14 +665,18 @@ fn poll_loop(
                     headers: chunk.add(headers.as_deref().map(str::as_bytes)),
                 };
                 chunk.metas.push(meta);
-                chunk.metas.len() >= batch || chunk.data.len() >= 16 << 20
+                false
             }
         };
-        if (idle || chunk.metas.len() >= batch || chunk.data.len() >= 16 << 20)
-            && !chunk.metas.is_empty()
-            && !send(Polled::Chunk(std::mem::take(&mut chunk)))
-        {
-            return;
+        let full = chunk.metas.len() >= batch || chunk.data.len() >= 16 << 20;
+        let old = chunk_started.elapsed() >= Duration::from_secs(1);
+        if chunk.metas.is_empty() {
+            chunk_started = std::time::Instant::now();
+        } else if idle || full || old {
+            if !send(Polled::Chunk(std::mem::take(&mut chunk))) {
+                return;
+            }
+            chunk_started = std::time::Instant::now();
         }
         if bounded && (idle || chunk.metas.is_empty()) {
             // Done when every partition's position reached the end it had at the start
@@ -708,24 +742,18 @@ impl Source for KafkaSource {
 
     /// Commit the lake's offsets to the consumer group, for monitoring (lag tools).
     async fn ack(&mut self, position: &SourcePosition) -> Result<()> {
-        let Ok(p) = serde_json::from_value::<Position>(position.0.clone()) else {
-            return Ok(());
-        };
-        let mut tpl = TopicPartitionList::new();
-        for (topic, parts) in &p.offsets {
-            for (&partition, &offset) in parts {
-                let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
-            }
-        }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
-            tracing::debug!(error = %e, "committing offsets to the consumer group");
+        if let Ok(p) = position.decode::<Position>("Kafka") {
+            self.commit_offsets(&p, CommitMode::Async);
+            self.acked = Some(p);
         }
         Ok(())
     }
 
     async fn close(&mut self) -> Result<()> {
+        // The last acked offsets reach the group before the consumer goes.
+        if let Some(p) = self.acked.take() {
+            self.commit_offsets(&p, CommitMode::Sync);
+        }
         self.stop.store(true, Ordering::Relaxed);
         self.rx.close();
         if let Some(t) = self.thread.take() {
