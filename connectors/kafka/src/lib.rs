@@ -156,7 +156,6 @@ pub struct KafkaSource {
     barrier: Option<u64>,
     finished: bool,
     messages: u64,
-    skipped: u64,
     /// The last position the lake committed (for the group's offsets at close).
     acked: Option<Position>,
     /// Partitions that delivered a message since the source opened.
@@ -432,7 +431,6 @@ impl KafkaSource {
             barrier: None,
             finished: false,
             messages: 0,
-            skipped: 0,
             resumed: Default::default(),
             acked: None,
         })
@@ -496,13 +494,15 @@ impl KafkaSource {
             self.bad_messages(&msgs, &all_bad)?;
         }
         for m in &chunk.metas {
-            let next = self
-                .position
-                .offsets
-                .entry(self.topics[m.topic].clone())
-                .or_default()
-                .entry(m.partition)
-                .or_insert(m.offset);
+            // No allocation per message: the topic's entry exists after the first.
+            let topic = &self.topics[m.topic];
+            if !self.position.offsets.contains_key(topic) {
+                self.position.offsets.insert(topic.clone(), BTreeMap::new());
+            }
+            let Some(parts) = self.position.offsets.get_mut(topic) else {
+                continue;
+            };
+            let next = parts.entry(m.partition).or_insert(m.offset);
             if m.offset > *next {
                 // Compaction, retention and transaction markers leave gaps; right after
                 // the lake's position it is worth a word (a broker serving from the wrong
@@ -539,7 +539,6 @@ impl KafkaSource {
                 ),
             )),
             OnError::Skip => {
-                self.skipped += bad.len() as u64;
                 metrics::counter!("lakeshore_kafka_skipped_messages_total")
                     .increment(bad.len() as u64);
                 tracing::warn!(

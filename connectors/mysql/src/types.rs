@@ -357,6 +357,17 @@ fn inet6(b: [u8; 16]) -> String {
     }
 }
 
+/// The labels of a SET value's bit mask, as MySQL prints them.
+fn set_labels(labels: &[String], mask: u64) -> String {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, l)| l.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn text_of(kind: &Kind, v: &Value) -> std::result::Result<Option<String>, ValueError> {
     Ok(Some(match (kind, v) {
         (Kind::Uuid, Value::Bytes(b)) => {
@@ -386,14 +397,7 @@ fn text_of(kind: &Kind, v: &Value) -> std::result::Result<Option<String>, ValueE
             }
         }
         (Kind::Set(labels), Value::Int(_) | Value::UInt(_)) => {
-            let mask = int_of(v).unwrap_or(0) as u64;
-            labels
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, l)| l.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            set_labels(labels, int_of(v).unwrap_or(0) as u64)
         }
         (Kind::Time(fsp), Value::Time(neg, d, h, m, s, us)) => {
             // As MySQL prints it: the column's fractional digits.
@@ -413,13 +417,7 @@ fn text_of(kind: &Kind, v: &Value) -> std::result::Result<Option<String>, ValueE
                 .iter()
                 .rev()
                 .fold(0u64, |acc, &b| (acc << 8) | b as u64);
-            labels
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, l)| l.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            set_labels(labels, mask)
         }
         (_, Value::Bytes(b)) => String::from_utf8(b.clone())
             .map_err(|_| "value is not UTF-8 (set the column's character set to utf8mb4)")?,
