@@ -11,12 +11,11 @@ use lakeshore_api::SourceEvent;
 use parquet::arrow::ArrowWriter;
 
 use crate::config::Plan;
-use crate::config::plan::SinkPlan;
 
 /// Write every batch of the plan's source to `<out>/<table>.parquet`; returns (rows, seconds).
 pub async fn raw_parquet(plan: &Plan, out: &Path) -> anyhow::Result<(u64, f64)> {
-    let SinkPlan::Iceberg { options, .. } = &plan.sink;
-    let props = lakeshore_iceberg::writer_properties(options.codec, options.row_group_bytes);
+    let (codec, row_group_bytes) = plan.sink.parquet();
+    let props = lakeshore_iceberg::writer_properties(codec, row_group_bytes);
     std::fs::create_dir_all(out)?;
     // The limit is measured unpaced, whatever `rate` the pipeline sets.
     let mut plan = plan.clone();

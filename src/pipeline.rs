@@ -38,14 +38,19 @@ pub async fn open_source(
     }
 }
 
-/// `validate --connect`: check the source's server without changing anything.
+/// `validate --connect`: check the source's server (and a Hive sink's storage) without
+/// changing anything.
 pub async fn check_source(plan: &Plan) -> Result<Vec<String>> {
-    match &plan.source {
-        SourcePlan::Datagen(_) => Ok(vec!["generator source: nothing to connect to".into()]),
-        SourcePlan::Postgres(o) => lakeshore_postgres::check(o).await,
-        SourcePlan::Mysql(o) => lakeshore_mysql::check(o).await,
-        SourcePlan::Kafka(o) => lakeshore_kafka::check(o).await,
+    let mut lines = match &plan.source {
+        SourcePlan::Datagen(_) => vec!["generator source: nothing to connect to".into()],
+        SourcePlan::Postgres(o) => lakeshore_postgres::check(o).await?,
+        SourcePlan::Mysql(o) => lakeshore_mysql::check(o).await?,
+        SourcePlan::Kafka(o) => lakeshore_kafka::check(o).await?,
+    };
+    if let SinkPlan::Hive { options, .. } = &plan.sink {
+        lines.extend(lakeshore_hive::check(options).await?);
     }
+    Ok(lines)
 }
 
 /// Connect the sink of `plan`.
@@ -76,6 +81,9 @@ pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
             })?;
             Ok(Arc::new(IcebergSink::connect(options.clone()).await?))
         }
+        SinkPlan::Hive { options, .. } => Ok(Arc::new(
+            lakeshore_hive::HiveSink::connect(options.clone()).await?,
+        )),
     }
 }
 
@@ -121,15 +129,16 @@ async fn run_once(
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunSummary> {
     tracing::info!(pipeline = %plan.name, file = %plan.file.display(), "starting");
-    let store = StateStore::open(&plan.state_url, &plan.name)?;
     let sink = open_sink(plan).await?;
+    let store = StateStore::open(&plan.state_url, &plan.name, &plan.sink.storage())?;
     let route_plan = plan.clone();
-    let SinkPlan::Iceberg { partitioning, .. } = &plan.sink;
+    let (partitioning, default_partitioning) = plan.sink.partitioning();
     let spec = PipelineSpec {
         name: plan.name.clone(),
         checkpoint_interval: plan.checkpoint_interval,
         route: Box::new(move |t| route_plan.target_table(t)),
-        partitioning: partitioning.clone(),
+        partitioning,
+        default_partitioning,
     };
     engine::run(
         spec,

@@ -79,6 +79,45 @@ pub enum SinkPlan {
         /// Partition expressions per lake table.
         partitioning: BTreeMap<String, Vec<String>>,
     },
+    /// Hive-style Parquet directories.
+    Hive {
+        /// Sink options.
+        options: lakeshore_hive::HiveOptions,
+        /// Partition expressions of single tables.
+        partitioning: BTreeMap<String, Vec<String>>,
+        /// Partition expressions of every other table.
+        default_partitioning: Vec<String>,
+    },
+}
+
+impl SinkPlan {
+    /// Partition expressions per lake table, and those of tables not listed.
+    pub fn partitioning(&self) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+        match self {
+            SinkPlan::Iceberg { partitioning, .. } => (partitioning.clone(), Vec::new()),
+            SinkPlan::Hive {
+                partitioning,
+                default_partitioning,
+                ..
+            } => (partitioning.clone(), default_partitioning.clone()),
+        }
+    }
+
+    /// Parquet codec and row-group size of the sink's files.
+    pub fn parquet(&self) -> (lakeshore_api::files::Codec, usize) {
+        match self {
+            SinkPlan::Iceberg { options, .. } => (options.codec, options.row_group_bytes),
+            SinkPlan::Hive { options, .. } => (options.codec, options.row_group_bytes),
+        }
+    }
+
+    /// Settings for the state store when it shares the sink's storage.
+    pub fn storage(&self) -> lakeshore_hive::StorageOptions {
+        match self {
+            SinkPlan::Iceberg { .. } => Default::default(),
+            SinkPlan::Hive { options, .. } => options.storage.clone(),
+        }
+    }
 }
 
 /// One `[[route]]`.
@@ -141,7 +180,7 @@ struct Probe {
 }
 
 const SOURCE_TYPES: &str = "\"datagen\", \"postgres\", \"mysql\", \"kafka\"";
-const SINK_TYPES: &str = "\"iceberg\"";
+const SINK_TYPES: &str = "\"iceberg\", \"hive\"";
 
 /// Suggest the closest known name for an unknown field in a serde message, or what to
 /// add for a missing one.
@@ -224,38 +263,42 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
             format!("[sink] needs `type`; this build supports {SINK_TYPES}"),
         )
     })?;
-    match (source_type.get_ref().as_str(), sink_type.get_ref().as_str()) {
-        ("datagen", "iceberg") => {
-            let raw: RawPipeline<raw::DatagenSection, raw::IcebergSection> =
-                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
-            let source = datagen(src, &raw.source)?;
-            build(src, raw, source)
-        }
-        ("postgres", "iceberg") => {
-            let raw: RawPipeline<raw::PostgresSection, raw::IcebergSection> =
-                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
-            let source = postgres(src, &raw.source, raw.pipeline.name.get_ref())?;
-            build(src, raw, source)
-        }
-        ("mysql", "iceberg") => {
-            let raw: RawPipeline<raw::MysqlSection, raw::IcebergSection> =
-                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
-            let source = mysql(src, &raw.source, raw.pipeline.name.get_ref())?;
-            build(src, raw, source)
-        }
-        ("kafka", "iceberg") => {
-            let raw: RawPipeline<raw::KafkaSection, raw::IcebergSection> =
-                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
-            let source = kafka(src, &raw.source, raw.pipeline.name.get_ref())?;
-            build(src, raw, source)
-        }
-        ("datagen" | "postgres" | "mysql" | "kafka", other) => Err(src.error(
-            Some(sink_type.span()),
-            format!("unknown sink type \"{other}\"; this build supports {SINK_TYPES}"),
-        )),
-        (other, _) => Err(src.error(
+    match source_type.get_ref().as_str() {
+        "datagen" => with_sink(src, &sink_type, |src, s: &raw::DatagenSection, _| {
+            datagen(src, s)
+        }),
+        "postgres" => with_sink(src, &sink_type, postgres),
+        "mysql" => with_sink(src, &sink_type, mysql),
+        "kafka" => with_sink(src, &sink_type, kafka),
+        other => Err(src.error(
             Some(source_type.span()),
             format!("unknown source type \"{other}\"; this build supports {SOURCE_TYPES}"),
+        )),
+    }
+}
+
+/// Parse the whole file with source section `S` and the sink section `sink_type` names.
+fn with_sink<S: serde::de::DeserializeOwned>(
+    src: &SourceText<'_>,
+    sink_type: &Spanned<String>,
+    source: impl Fn(&SourceText<'_>, &S, &str) -> Result<SourcePlan, ConfigError>,
+) -> Result<Plan, ConfigError> {
+    match sink_type.get_ref().as_str() {
+        "iceberg" => {
+            let raw: RawPipeline<S, raw::IcebergSection> =
+                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
+            let plan = source(src, &raw.source, raw.pipeline.name.get_ref())?;
+            build(src, raw, plan)
+        }
+        "hive" => {
+            let raw: RawPipeline<S, raw::HiveSection> =
+                toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
+            let plan = source(src, &raw.source, raw.pipeline.name.get_ref())?;
+            build(src, raw, plan)
+        }
+        other => Err(src.error(
+            Some(sink_type.span()),
+            format!("unknown sink type \"{other}\"; this build supports {SINK_TYPES}"),
         )),
     }
 }
@@ -271,9 +314,97 @@ fn absolute(path: &str) -> PathBuf {
     }
 }
 
-fn build<S>(
+/// A `[sink]` section type.
+trait SinkSection {
+    /// The validated sink and where checkpoint records go unless `[pipeline] state` says.
+    fn plan(&self, src: &SourceText<'_>, pipeline: &str)
+    -> Result<(SinkPlan, String), ConfigError>;
+
+    /// Checks that need the source's tables (when they are known without connecting).
+    fn check_tables(
+        &self,
+        src: &SourceText<'_>,
+        plan: &Plan,
+        tables: &BTreeMap<String, &TableSchema>,
+    ) -> Result<(), ConfigError>;
+}
+
+impl SinkSection for raw::IcebergSection {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        _pipeline: &str,
+    ) -> Result<(SinkPlan, String), ConfigError> {
+        let (sink, warehouse) = iceberg(src, self)?;
+        let state = warehouse.parent().unwrap_or(&warehouse).join("state");
+        Ok((sink, format!("file://{}", state.display())))
+    }
+
+    fn check_tables(
+        &self,
+        src: &SourceText<'_>,
+        plan: &Plan,
+        tables: &BTreeMap<String, &TableSchema>,
+    ) -> Result<(), ConfigError> {
+        check_partition_columns(src, tables, &self.partitioning, None, |e| {
+            parse_partition_expr(e).ok().map(|p| p.column)
+        })?;
+        let SinkPlan::Iceberg { options, .. } = &plan.sink else {
+            return Ok(());
+        };
+        if options.mode == Some(WriteMode::Upsert) {
+            for (target, t) in tables {
+                if t.key.is_empty() {
+                    return Err(src.error(
+                        self.mode.as_ref().map(|m| m.span()),
+                        format!("mode = \"upsert\" needs a primary key, and table `{target}` has none; use mode = \"append\""),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SinkSection for raw::HiveSection {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        pipeline: &str,
+    ) -> Result<(SinkPlan, String), ConfigError> {
+        let sink = hive(src, self, pipeline)?;
+        let SinkPlan::Hive { options, .. } = &sink else {
+            unreachable!("hive() makes a Hive plan");
+        };
+        let state = format!("{}/_lakeshore/state", options.url.trim_end_matches('/'));
+        Ok((sink, state))
+    }
+
+    fn check_tables(
+        &self,
+        src: &SourceText<'_>,
+        _plan: &Plan,
+        tables: &BTreeMap<String, &TableSchema>,
+    ) -> Result<(), ConfigError> {
+        let column_of = |e: &str| {
+            lakeshore_hive::partition::parse_expr(e)
+                .ok()
+                .map(|p| p.column)
+        };
+        check_partition_columns(src, tables, &self.partitioning, None, column_of)?;
+        // The default list applies to every table without its own.
+        let defaults: BTreeMap<String, Vec<Spanned<String>>> = tables
+            .keys()
+            .filter(|t| !self.partitioning.contains_key(*t))
+            .map(|t| (t.clone(), self.partition_by.clone()))
+            .collect();
+        check_partition_columns(src, tables, &defaults, Some("partition_by"), column_of)
+    }
+}
+
+fn build<S, K: SinkSection>(
     src: &SourceText<'_>,
-    raw: RawPipeline<S, raw::IcebergSection>,
+    raw: RawPipeline<S, K>,
     source: SourcePlan,
 ) -> Result<Plan, ConfigError> {
     let p = &raw.pipeline;
@@ -299,13 +430,10 @@ fn build<S>(
         Some(d) => d.get_ref().0,
     };
 
-    let (sink, warehouse) = iceberg(src, &raw.sink)?;
+    let (sink, default_state) = raw.sink.plan(src, &name)?;
     let state_url = match &p.state {
         Some(s) => location_url(&s.0),
-        None => {
-            let parent = warehouse.parent().unwrap_or(&warehouse).join("state");
-            format!("file://{}", parent.display())
-        }
+        None => default_state,
     };
     let routes = raw
         .route
@@ -324,7 +452,13 @@ fn build<S>(
         sink,
         routes,
     };
-    check_tables(src, &plan, &raw.sink)?;
+    if let Some(tables) = plan.source.known_tables() {
+        let by_target: BTreeMap<String, &TableSchema> = tables
+            .iter()
+            .map(|t| (plan.target_table(&t.name), t))
+            .collect();
+        raw.sink.check_tables(src, &plan, &by_target)?;
+    }
     Ok(plan)
 }
 
@@ -566,6 +700,39 @@ fn kafka(
             }
         }
     };
+    let watermark = match &s.watermark {
+        None => None,
+        Some(w) => {
+            let spec = w.get_ref();
+            if let Some(c) = &spec.column {
+                let schema = if format == Format::Raw {
+                    lakeshore_kafka::decode::raw_schema()
+                } else {
+                    std::sync::Arc::new(arrow_schema::Schema::new(columns.clone()))
+                };
+                let ok = schema.field_with_name(c).is_ok_and(|f| {
+                    matches!(
+                        f.data_type(),
+                        arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, _)
+                    )
+                });
+                if !ok {
+                    return Err(src.error(
+                        Some(w.span()),
+                        format!("watermark column `{c}` must be a timestamp or timestamptz column of the messages; leave column out to use the Kafka timestamps"),
+                    ));
+                }
+            }
+            Some(lakeshore_kafka::WatermarkOptions {
+                column: spec.column.clone(),
+                lateness_micros: spec
+                    .lateness
+                    .as_ref()
+                    .map(|d| d.0.as_micros() as i64)
+                    .unwrap_or(0),
+            })
+        }
+    };
     Ok(SourcePlan::Kafka(KafkaOptions {
         brokers: s.brokers.0.clone(),
         topics: s.topics.iter().map(|t| t.get_ref().clone()).collect(),
@@ -590,6 +757,7 @@ fn kafka(
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect(),
         batch_rows: 8192,
+        watermark,
     }))
 }
 
@@ -719,6 +887,108 @@ fn codec(src: &SourceText<'_>, c: &Option<Spanned<String>>) -> Result<Codec, Con
     }
 }
 
+/// `target_file_size` and `row_group_size`, with their defaults and lower bounds.
+fn file_sizes(
+    src: &SourceText<'_>,
+    target_file_size: &Option<Spanned<super::units::ByteSize>>,
+    row_group_size: &Option<Spanned<super::units::ByteSize>>,
+) -> Result<(u64, usize), ConfigError> {
+    let target = match target_file_size {
+        Some(t) if t.get_ref().0 < 1 << 20 => {
+            return Err(src.error(Some(t.span()), "target_file_size must be at least \"1MiB\""));
+        }
+        Some(t) => t.get_ref().0,
+        None => 128 << 20,
+    };
+    let row_group = match row_group_size {
+        Some(r) if r.get_ref().0 < 64 << 10 => {
+            return Err(src.error(Some(r.span()), "row_group_size must be at least \"64KiB\""));
+        }
+        Some(r) => r.get_ref().0 as usize,
+        None => 4 << 20,
+    };
+    Ok((target, row_group))
+}
+
+fn hive(
+    src: &SourceText<'_>,
+    s: &raw::HiveSection,
+    pipeline: &str,
+) -> Result<SinkPlan, ConfigError> {
+    let path = &s.path.get_ref().0;
+    let url = if path.starts_with("s3://") || path.starts_with("s3a://") {
+        let rest = path.split_once("://").map(|(_, r)| r).unwrap_or("");
+        if rest.split('/').next().unwrap_or("").is_empty() {
+            return Err(src.error(
+                Some(s.path.span()),
+                "path needs a bucket: write \"s3://bucket/prefix\"",
+            ));
+        }
+        format!("s3://{rest}")
+    } else if path.contains("://") && !path.starts_with("file://") {
+        return Err(src.error(
+            Some(s.path.span()),
+            format!(
+                "path {path}: this build writes Hive tables to a directory, file:// or s3:// URL"
+            ),
+        ));
+    } else {
+        let dir = absolute(path.strip_prefix("file://").unwrap_or(path));
+        format!("file://{}", dir.display())
+    };
+    let storage: BTreeMap<String, String> = s
+        .storage
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    if let Some(k) = storage.keys().find(|k| {
+        k.to_ascii_lowercase()
+            .parse::<object_store::aws::AmazonS3ConfigKey>()
+            .is_err()
+    }) {
+        return Err(src.error(
+            Some(s.path.span()),
+            format!("[sink] storage key `{k}` is unknown; use endpoint, region, access_key_id, secret_access_key, session_token, allow_http or another object_store S3 setting"),
+        ));
+    }
+    let parse_list = |list: &[Spanned<String>]| -> Result<Vec<String>, ConfigError> {
+        list.iter()
+            .map(|e| {
+                lakeshore_hive::partition::parse_expr(e.get_ref())
+                    .map(|_| e.get_ref().clone())
+                    .map_err(|m| src.error(Some(e.span()), m))
+            })
+            .collect()
+    };
+    let default_partitioning = parse_list(&s.partition_by)?;
+    let mut partitioning = BTreeMap::new();
+    for (table, exprs) in &s.partitioning {
+        partitioning.insert(table.clone(), parse_list(exprs)?);
+    }
+    let (target_file_size, row_group_bytes) =
+        file_sizes(src, &s.target_file_size, &s.row_group_size)?;
+    let options = lakeshore_hive::HiveOptions {
+        url,
+        storage: lakeshore_hive::StorageOptions(storage),
+        pipeline: pipeline.to_string(),
+        codec: codec(src, &s.compression)?,
+        row_group_bytes,
+        target_file_size,
+        rollover: s.rollover_interval.as_ref().map(|d| d.get_ref().0),
+        commit_delay: s
+            .commit_delay
+            .as_ref()
+            .map(|d| d.get_ref().0)
+            .unwrap_or_default(),
+        partition_commit_command: s.partition_commit_command.clone(),
+    };
+    Ok(SinkPlan::Hive {
+        options,
+        partitioning,
+        default_partitioning,
+    })
+}
+
 fn iceberg(
     src: &SourceText<'_>,
     s: &raw::IcebergSection,
@@ -771,20 +1041,8 @@ fn iceberg(
             "namespace must be a non-empty name such as \"shop\"",
         ));
     }
-    let target_file_size = match &s.target_file_size {
-        Some(t) if t.get_ref().0 < 1 << 20 => {
-            return Err(src.error(Some(t.span()), "target_file_size must be at least \"1MiB\""));
-        }
-        Some(t) => t.get_ref().0,
-        None => 128 << 20,
-    };
-    let row_group_bytes = match &s.row_group_size {
-        Some(r) if r.get_ref().0 < 64 << 10 => {
-            return Err(src.error(Some(r.span()), "row_group_size must be at least \"64KiB\""));
-        }
-        Some(r) => r.get_ref().0 as usize,
-        None => 4 << 20,
-    };
+    let (target_file_size, row_group_bytes) =
+        file_sizes(src, &s.target_file_size, &s.row_group_size)?;
     let mut partitioning = BTreeMap::new();
     for (table, exprs) in &s.partitioning {
         let mut list = Vec::new();
@@ -818,57 +1076,46 @@ fn iceberg(
     ))
 }
 
-/// Checks that need the source's tables: partition columns exist, upsert tables have keys.
-fn check_tables(
+/// Every table named in `lists` exists and has the columns its expressions use.
+/// `default_key` names the key the lists came from when they are not per table.
+fn check_partition_columns(
     src: &SourceText<'_>,
-    plan: &Plan,
-    sink: &raw::IcebergSection,
+    tables: &BTreeMap<String, &TableSchema>,
+    lists: &BTreeMap<String, Vec<Spanned<String>>>,
+    default_key: Option<&str>,
+    column_of: impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
-    let Some(tables) = plan.source.known_tables() else {
-        return Ok(());
-    };
-    let SinkPlan::Iceberg { options, .. } = &plan.sink;
-    let mode = &options.mode;
-    let by_target: BTreeMap<String, &TableSchema> = tables
-        .iter()
-        .map(|t| (plan.target_table(&t.name), t))
-        .collect();
-    for (table, exprs) in &sink.partitioning {
-        let Some(schema) = by_target.get(table) else {
-            let known: Vec<&str> = by_target.keys().map(String::as_str).collect();
+    for (table, exprs) in lists {
+        let Some(schema) = tables.get(table) else {
+            let known: Vec<&str> = tables.keys().map(String::as_str).collect();
             return Err(src.error(
                 exprs.first().map(|e| e.span()),
                 format!("[sink.partitioning] names table `{table}`, which the source does not produce (tables: {})", known.join(", ")),
             ));
         };
         for e in exprs {
-            let Ok(p) = parse_partition_expr(e.get_ref()) else {
+            let Some(column) = column_of(e.get_ref()) else {
                 continue;
             };
-            if schema.schema.field_with_name(&p.column).is_err() {
+            if schema.schema.field_with_name(&column).is_err() {
                 let cols: Vec<&str> = schema
                     .schema
                     .fields()
                     .iter()
                     .map(|f| f.name().as_str())
                     .collect();
+                let hint = match default_key {
+                    Some(key) => format!(
+                        "; give it its own list under [sink.partitioning] (e.g. {table} = []) instead of {key}"
+                    ),
+                    None => String::new(),
+                };
                 return Err(src.error(
                     Some(e.span()),
                     format!(
-                        "table `{table}` has no column `{}` (columns: {})",
-                        p.column,
+                        "table `{table}` has no column `{column}` (columns: {}){hint}",
                         cols.join(", ")
                     ),
-                ));
-            }
-        }
-    }
-    if *mode == Some(WriteMode::Upsert) {
-        for (target, t) in &by_target {
-            if t.key.is_empty() {
-                return Err(src.error(
-                    sink.mode.as_ref().map(|m| m.span()),
-                    format!("mode = \"upsert\" needs a primary key, and table `{target}` has none; use mode = \"append\""),
                 ));
             }
         }

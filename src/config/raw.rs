@@ -199,6 +199,22 @@ pub struct KafkaSection {
     /// "${KAFKA_PASSWORD}" }`. Values may use `${ENV}`; secrets are never logged.
     #[serde(default)]
     pub properties: BTreeMap<String, EnvString>,
+    /// Track event time, for sinks that commit partitions by it (the Hive sink's
+    /// `_SUCCESS`), e.g. `{ column = "ts", lateness = "30s" }`.
+    pub watermark: Option<Spanned<WatermarkSection>>,
+}
+
+/// `watermark` of a Kafka source: the newest event time seen, minus `lateness`, across
+/// every partition read. Rows older than the watermark still land (they are late).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSection {
+    /// A `timestamp` or `timestamptz` column of `columns` (with `format = "raw"`:
+    /// `"timestamp"`). Default: the messages' own Kafka timestamps.
+    pub column: Option<String>,
+    /// How far the watermark stays behind the newest event time, e.g. `"30s"`; covers
+    /// messages out of order within and across partitions. Default `"0s"`.
+    pub lateness: Option<HumanDuration>,
 }
 
 /// Where a PostgreSQL source starts.
@@ -250,6 +266,58 @@ pub struct IcebergSection {
     /// `day(c)`, `hour(c)`, `bucket[N](c)`, `truncate[W](c)`.
     #[serde(default)]
     pub partitioning: BTreeMap<String, Vec<Spanned<String>>>,
+}
+
+/// `[sink]` with `type = "hive"`: Hive-style `key=value/` directories of Parquet files,
+/// committed exactly-once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiveSection {
+    /// `"hive"`.
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
+    pub kind: String,
+    /// Root of the tables: a directory (relative to the working directory), a `file://`
+    /// URL or `s3://bucket/prefix`. Table `t` is the directory `<path>/t/`.
+    pub path: Spanned<EnvString>,
+    /// Storage settings for `s3://` paths, e.g. `{ endpoint = "http://127.0.0.1:9000",
+    /// region = "us-east-1", access_key_id = "${AWS_ACCESS_KEY_ID}", secret_access_key =
+    /// "${AWS_SECRET_ACCESS_KEY}", allow_http = "true" }`. Keys left out are read from the
+    /// `AWS_*` environment variables. Values are never logged.
+    #[serde(default)]
+    pub storage: BTreeMap<String, EnvString>,
+    /// Partition directories of every table, outermost first, e.g. `["dt=date(ts)",
+    /// "hour=hour(ts)", "region"]`. `name=date(c)` (`YYYY-MM-DD`), `name=hour(c)` (`HH`),
+    /// `name=month(c)` (`YYYY-MM`) and `name=year(c)` (`YYYY`) take a timestamp or date
+    /// column, which stays in the files; a plain column (or `name=column`) is written into
+    /// the path and left out of the files, as Hive does. Default: no partitions.
+    #[serde(default)]
+    pub partition_by: Vec<Spanned<String>>,
+    /// Lists that replace `partition_by` for single tables, e.g. `events_dead_letters =
+    /// []`.
+    #[serde(default)]
+    pub partitioning: BTreeMap<String, Vec<Spanned<String>>>,
+    /// Roll files at this size, e.g. `"128MiB"` (the default).
+    pub target_file_size: Option<Spanned<ByteSize>>,
+    /// Also roll a file once it is this old, e.g. `"5min"`. Files always close at a
+    /// checkpoint. Default: only size and checkpoints roll files.
+    pub rollover_interval: Option<Spanned<HumanDuration>>,
+    /// Parquet codec: `"zstd"`, `"zstd(N)"`, `"snappy"` or `"none"`. Default `"zstd(1)"`.
+    pub compression: Option<Spanned<String>>,
+    /// Close a Parquet row group at this encoded size, e.g. `"4MiB"` (the default); each
+    /// open file buffers about this much.
+    pub row_group_size: Option<Spanned<ByteSize>>,
+    /// A partition whose directories are all time functions (`dt=date(ts)`,
+    /// `hour=hour(ts)`) is committed (`_SUCCESS` written, the command run) at the first
+    /// checkpoint after the source's watermark passes its end plus this delay, e.g.
+    /// `"10min"`. Default `"0s"`. Needs a watermark (`[source] watermark`).
+    pub commit_delay: Option<Spanned<HumanDuration>>,
+    /// Shell command run once per committed partition (after its `_SUCCESS`), e.g. to
+    /// add it to a metastore: `"hive -e 'MSCK REPAIR TABLE $LAKESHORE_TABLE'"`. It sees
+    /// `LAKESHORE_TABLE`, `LAKESHORE_PARTITION` (`dt=2026-11-27/hour=13`) and
+    /// `LAKESHORE_PARTITION_URL`. A failure is retried with the commit; after a crash it
+    /// may run again, so it should be idempotent.
+    pub partition_commit_command: Option<String>,
 }
 
 /// How rows land in Iceberg.

@@ -45,6 +45,8 @@ pub struct PipelineSpec {
     pub route: Box<dyn Fn(&str) -> String + Send + Sync>,
     /// Partition expressions per lake table.
     pub partitioning: BTreeMap<String, Vec<String>>,
+    /// Partition expressions of tables not in `partitioning`.
+    pub default_partitioning: Vec<String>,
 }
 
 /// Progress callbacks for a terminal bar or log lines.
@@ -70,6 +72,7 @@ enum WriterMsg {
     Batch(ChangeBatch),
     Evolve(TableSchema),
     Truncate,
+    Watermark(i64),
     Barrier(u64),
 }
 
@@ -145,6 +148,8 @@ pub async fn run(
     let mut final_id: Option<u64> = None;
     let mut last_barrier = Instant::now();
     let mut requested_at = Instant::now();
+    // The highest watermark handed to the writers (sources also send 0 when idle).
+    let mut watermark = i64::MIN;
     let outcome: Result<()> = async {
         loop {
             while let Ok((id, position)) = ack_rx.try_recv() {
@@ -243,6 +248,14 @@ pub async fn run(
                     tracing::info!(pipeline = %spec.name, table = %t.name, "schema change");
                     if writers[w].tx.send(WriterMsg::Evolve(t)).await.is_err() {
                         return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
+                    }
+                }
+                Some(SourceEvent::Watermark(w)) if w > watermark => {
+                    watermark = w;
+                    for wr in &writers {
+                        if wr.tx.send(WriterMsg::Watermark(w)).await.is_err() {
+                            return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
+                        }
                     }
                 }
                 Some(_) => {}
@@ -373,7 +386,11 @@ async fn open_writers(
                     .open_table(&TableTarget {
                         source: table.clone(),
                         name: target.clone(),
-                        partitioning: spec.partitioning.get(&target).cloned().unwrap_or_default(),
+                        partitioning: spec
+                            .partitioning
+                            .get(&target)
+                            .cloned()
+                            .unwrap_or_else(|| spec.default_partitioning.clone()),
                     })
                     .await?;
                 let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -459,6 +476,7 @@ async fn writer_task(
             }
             WriterMsg::Evolve(schema) => writer.evolve(&schema).await?,
             WriterMsg::Truncate => writer.truncate().await?,
+            WriterMsg::Watermark(w) => writer.watermark(w),
             WriterMsg::Barrier(id) => {
                 // Lookups of committed rows must see every earlier checkpoint.
                 committed

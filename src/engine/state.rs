@@ -41,8 +41,12 @@ fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) ->
 }
 
 impl StateStore {
-    /// Open the store at `url` for `pipeline`.
-    pub fn open(url: &str, pipeline: &str) -> Result<Self> {
+    /// Open the store at `url` for `pipeline`; `storage` adds to the `AWS_*` environment.
+    pub fn open(
+        url: &str,
+        pipeline: &str,
+        storage: &lakeshore_hive::StorageOptions,
+    ) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Error::new(
                 ErrorKind::Config,
@@ -63,7 +67,7 @@ impl StateStore {
             })?;
         }
         let (store, base) =
-            object_store::parse_url_opts(&parsed, std::env::vars()).map_err(|e| {
+            object_store::parse_url_opts(&parsed, storage.with_env()).map_err(|e| {
                 Error::new(
                     ErrorKind::Config,
                     format!("unsupported state location {url}; check [pipeline] state"),
@@ -173,7 +177,12 @@ mod tests {
     #[tokio::test]
     async fn writes_are_fenced_and_pruned() {
         let dir = std::env::temp_dir().join(format!("lakeshore-state-{}", uuid::Uuid::new_v4()));
-        let store = StateStore::open(&format!("file://{}", dir.display()), "p").unwrap();
+        let store = StateStore::open(
+            &format!("file://{}", dir.display()),
+            "p",
+            &Default::default(),
+        )
+        .unwrap();
         assert!(store.latest().await.unwrap().is_none());
         for id in 1..=5 {
             store.write(&record(id)).await.unwrap();

@@ -17,6 +17,7 @@ use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 mod error;
+pub mod files;
 pub mod url;
 pub use error::{Error, ErrorKind, Result};
 
@@ -151,6 +152,19 @@ impl ChangeBatch {
     /// Number of rows.
     pub fn num_rows(&self) -> usize {
         self.rows.num_rows()
+    }
+
+    /// The rows that exist after the batch: inserts and update-afters (what an append
+    /// sink writes); removals are dropped.
+    pub fn after_images(&self) -> Result<RecordBatch> {
+        if self.is_insert_only() {
+            return Ok(self.rows.clone());
+        }
+        let keep: arrow_array::BooleanArray = (0..self.num_rows())
+            .map(|i| Some(!self.op(i).removes()))
+            .collect();
+        arrow_select::filter::filter_record_batch(&self.rows, &keep)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))
     }
 }
 
@@ -304,6 +318,11 @@ pub trait TableWriter: Send {
     fn wants_checkpoint(&self) -> bool {
         false
     }
+
+    /// Event time reached `micros` (µs since the epoch): the source expects no more rows
+    /// older than that. Sinks that close partitions by event time use it; the default
+    /// ignores it.
+    fn watermark(&mut self, _micros: i64) {}
     /// The source emptied the table: rows written before this call (committed or in the
     /// open checkpoint) are gone once the checkpoint commits; later batches start from an
     /// empty table.

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
-use arrow_select::filter::filter_record_batch;
 use iceberg::TableIdent;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
@@ -289,17 +287,6 @@ fn pending(
     })
 }
 
-/// Rows of `batch` that carry an after-image (inserts and update-afters).
-pub(crate) fn after_images(batch: &ChangeBatch) -> Result<RecordBatch> {
-    if batch.is_insert_only() {
-        return Ok(batch.rows.clone());
-    }
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| Some(!batch.op(i).removes()))
-        .collect();
-    filter_record_batch(&batch.rows, &keep).map_err(|e| internal(e.to_string()))
-}
-
 /// What both writers hold: the table, how to write it, and the open checkpoint's data
 /// files.
 pub struct OpenTable {
@@ -392,7 +379,7 @@ impl AppendWriter {
 impl TableWriter for AppendWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
         let t = &mut self.0;
-        let rows = conform(&t.name, &t.ctx.arrow_schema, &after_images(&batch)?)?;
+        let rows = conform(&t.name, &t.ctx.arrow_schema, &batch.after_images()?)?;
         t.rows += rows.num_rows() as u64;
         t.data.write(&rows, None).await
     }

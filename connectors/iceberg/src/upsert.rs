@@ -34,7 +34,7 @@ use crate::error::{ice, internal, io};
 use crate::lookup::{Key, KeyQuery, KeySet, find_live_rows, open_parquet};
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::conform;
-use crate::table_writer::{OpenTable, after_images};
+use crate::table_writer::OpenTable;
 use crate::writer::{FileInfo, FileSettings, RowLocation};
 
 /// Encodes a table's primary-key columns into comparable byte keys.
@@ -460,7 +460,7 @@ impl TableWriter for UpsertWriter {
         let written = conform(
             &self.t.name,
             &self.t.ctx.arrow_schema,
-            &after_images(&batch)?,
+            &batch.after_images()?,
         )?;
         self.t.rows += written.num_rows() as u64;
         self.locations.clear();

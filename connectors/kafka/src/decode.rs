@@ -93,6 +93,15 @@ pub fn parse_type(name: &str) -> Option<DataType> {
     })
 }
 
+/// The newest value of timestamp column `column` in `rows` (µs since the epoch).
+pub fn max_timestamp(rows: &arrow_array::RecordBatch, column: &str) -> Option<i64> {
+    let array = rows.column_by_name(column)?;
+    let values = array
+        .as_any()
+        .downcast_ref::<arrow_array::TimestampMicrosecondArray>()?;
+    values.iter().flatten().max()
+}
+
 /// The columns of a `raw` table.
 pub fn raw_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

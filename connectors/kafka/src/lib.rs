@@ -85,6 +85,17 @@ pub struct KafkaOptions {
     pub properties: BTreeMap<String, String>,
     /// Messages per chunk.
     pub batch_rows: usize,
+    /// Event-time watermark, if the sink needs one.
+    pub watermark: Option<WatermarkOptions>,
+}
+
+/// How the source tracks event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkOptions {
+    /// A timestamp column of the rows; `None` = the messages' Kafka timestamps.
+    pub column: Option<String>,
+    /// How far the watermark stays behind the newest event time, in microseconds.
+    pub lateness_micros: i64,
 }
 
 impl std::fmt::Debug for KafkaOptions {
@@ -160,6 +171,9 @@ pub struct KafkaSource {
     acked: Option<Position>,
     /// Partitions that delivered a message since the source opened.
     resumed: std::collections::HashSet<(usize, i32)>,
+    /// Newest event time seen (µs since the epoch) and the last watermark emitted.
+    max_event_time: i64,
+    emitted_watermark: i64,
 }
 
 fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -433,6 +447,8 @@ impl KafkaSource {
             messages: 0,
             resumed: Default::default(),
             acked: None,
+            max_event_time: i64::MIN,
+            emitted_watermark: i64::MIN,
         })
     }
 
@@ -492,6 +508,32 @@ impl KafkaSource {
         if !all_bad.is_empty() {
             all_bad.sort_by_key(|b| b.index);
             self.bad_messages(&msgs, &all_bad)?;
+        }
+        if let Some(w) = &self.opts.watermark {
+            let newest = match &w.column {
+                None => chunk
+                    .metas
+                    .iter()
+                    .filter_map(|m| m.timestamp)
+                    .max()
+                    .map(|ms| ms.saturating_mul(1000)),
+                Some(c) => self
+                    .out
+                    .iter()
+                    .filter_map(|e| match e {
+                        SourceEvent::Batch(b) => decode::max_timestamp(&b.rows, c),
+                        _ => None,
+                    })
+                    .max(),
+            };
+            if let Some(t) = newest {
+                self.max_event_time = self.max_event_time.max(t);
+            }
+            let watermark = self.max_event_time.saturating_sub(w.lateness_micros);
+            if watermark > self.emitted_watermark {
+                self.emitted_watermark = watermark;
+                self.out.push_back(SourceEvent::Watermark(watermark));
+            }
         }
         for m in &chunk.metas {
             // No allocation per message: the topic's entry exists after the first.

@@ -1,0 +1,432 @@
+//! Hive-style partitioned Parquet sink (`type = "hive"`), written exactly-once.
+//!
+//! Layout under the sink's root URL (`file://` or `s3://`, through `object_store`):
+//!
+//! ```text
+//! <root>/<table>/<k1>=<v1>/<k2>=<v2>/part-<uuid>.parquet   committed files
+//! <root>/<table>/<k1>=<v1>/<k2>=<v2>/_SUCCESS              the partition is complete
+//! <root>/_lakeshore/<pipeline>/<table>/staging/            files of open checkpoints
+//! <root>/_lakeshore/<pipeline>/<table>/commit.json         the last committed checkpoint
+//! ```
+//!
+//! Exactly-once: a writer writes whole Parquet files under the staging prefix, outside
+//! the table, so no reader of `<root>/<table>/**` ever sees a partial or uncommitted
+//! file. The checkpoint record lists the staged files and their places in the table;
+//! the commit moves each one there (a rename on a file system, a server-side copy on
+//! S3; either way the file appears whole), writes `_SUCCESS` into the partitions it
+//! completes, then records the checkpoint in `commit.json`. A commit that finds its
+//! checkpoint in `commit.json` does nothing; a file already moved is skipped; so
+//! recovery can repeat a commit that a crash cut short. Staged files that no checkpoint
+//! record names are deleted when the table is opened (after recovery).
+//!
+//! Partition commit: a partition whose path is made of time functions (`dt=date(ts)`,
+//! `hour=hour(ts)`) ends in event time; when the source's watermark passes that end plus
+//! `commit_delay`, the next checkpoint writes `_SUCCESS` into it and runs the configured
+//! command, once per partition (at least once: a command interrupted by a crash runs
+//! again). Rows that arrive later still land in the partition and are counted in
+//! `lakeshore_hive_late_rows_total`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use lakeshore_api::files::{Codec, writer_properties};
+use lakeshore_api::{
+    CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, TableTarget, TableWriter,
+};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+pub mod partition;
+mod writer;
+
+pub use writer::{HivePending, HiveWriter, StagedFile};
+
+/// Storage settings passed to `object_store` (`endpoint`, `region`, `access_key_id`,
+/// `secret_access_key`, `allow_http`, ...). Values are never printed.
+#[derive(Clone, Default)]
+pub struct StorageOptions(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl StorageOptions {
+    /// `AWS_*` and other environment settings first, then the explicit ones (which win).
+    pub fn with_env(&self) -> Vec<(String, String)> {
+        std::env::vars()
+            .chain(self.0.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
+    }
+}
+
+/// Validated `[sink]` settings for `type = "hive"`.
+#[derive(Debug, Clone)]
+pub struct HiveOptions {
+    /// Root URL: `file:///abs/dir` or `s3://bucket/prefix`.
+    pub url: String,
+    /// `object_store` settings for the URL.
+    pub storage: StorageOptions,
+    /// The pipeline writing (names the staging and commit records).
+    pub pipeline: String,
+    /// Parquet codec.
+    pub codec: Codec,
+    /// Close a Parquet row group past this many encoded bytes.
+    pub row_group_bytes: usize,
+    /// Roll a file past this many bytes.
+    pub target_file_size: u64,
+    /// Roll a file older than this (files always close at a checkpoint).
+    pub rollover: Option<Duration>,
+    /// How long after a partition's end (in event time) it is committed.
+    pub commit_delay: Duration,
+    /// Shell command run once per committed partition.
+    pub partition_commit_command: Option<String>,
+}
+
+/// What the writers share.
+pub(crate) struct Settings {
+    pub store: Arc<dyn ObjectStore>,
+    pub props: WriterProperties,
+    pub target_file_size: u64,
+    pub rollover: Option<Duration>,
+    pub commit_delay_micros: i64,
+}
+
+/// Where one table's files and records live.
+#[derive(Debug, Clone)]
+pub(crate) struct TableLayout {
+    pub table: String,
+    pub data: Path,
+    pub staging: Path,
+    pub marker: Path,
+}
+
+/// `commit.json`: the last checkpoint committed to a table by a pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Marker {
+    pipeline: String,
+    checkpoint_id: u64,
+    position: serde_json::Value,
+    /// Partitions written and not complete yet, with their end in event time.
+    open: BTreeMap<String, i64>,
+    committed_at_ms: u64,
+}
+
+/// An `object_store` failure; most are worth retrying (the store may come back).
+pub(crate) fn storage_error(
+    what: &str,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    let e = e.into();
+    let kind = match e.downcast_ref::<object_store::Error>() {
+        Some(object_store::Error::PermissionDenied { .. })
+        | Some(object_store::Error::Unauthenticated { .. }) => ErrorKind::Config,
+        _ => ErrorKind::Transient,
+    };
+    let hint = if kind == ErrorKind::Config {
+        "; check [sink] storage credentials"
+    } else {
+        ""
+    };
+    Error::new(kind, format!("hive sink storage: {what}: {e}{hint}"))
+}
+
+/// The Hive sink.
+pub struct HiveSink {
+    opts: HiveOptions,
+    settings: Arc<Settings>,
+    root: Path,
+}
+
+fn parse_url(url: &str) -> Result<url::Url> {
+    url::Url::parse(url).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("[sink] path {url} is not a URL: {e}"),
+        )
+    })
+}
+
+impl HiveSink {
+    /// Open the store and check that it answers.
+    pub async fn connect(opts: HiveOptions) -> Result<Self> {
+        let url = parse_url(&opts.url)?;
+        if url.scheme() == "file" {
+            std::fs::create_dir_all(url.path()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("cannot create {}: {e}; check [sink] path", url.path()),
+                )
+            })?;
+        }
+        let (store, root) =
+            object_store::parse_url_opts(&url, opts.storage.with_env()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "[sink] path {}: {e}; check [sink] path and storage",
+                        opts.url
+                    ),
+                )
+            })?;
+        let settings = Arc::new(Settings {
+            store: Arc::from(store),
+            props: writer_properties(opts.codec, opts.row_group_bytes),
+            target_file_size: opts.target_file_size,
+            rollover: opts.rollover,
+            commit_delay_micros: i64::try_from(opts.commit_delay.as_micros()).unwrap_or(i64::MAX),
+        });
+        let sink = HiveSink {
+            opts,
+            settings,
+            root,
+        };
+        sink.probe().await?;
+        Ok(sink)
+    }
+
+    /// One listing: fails early on a wrong endpoint, bucket or credentials.
+    async fn probe(&self) -> Result<usize> {
+        let listed = self
+            .settings
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(|e| storage_error(&format!("listing {}", self.opts.url), e))?;
+        Ok(listed.common_prefixes.len())
+    }
+
+    fn layout(&self, table: &str) -> TableLayout {
+        let meta = self
+            .root
+            .clone()
+            .join("_lakeshore")
+            .join(self.opts.pipeline.as_str())
+            .join(table);
+        TableLayout {
+            table: table.to_string(),
+            data: self.root.clone().join(table),
+            staging: meta.clone().join("staging"),
+            marker: meta.join("commit.json"),
+        }
+    }
+
+    async fn read_marker(&self, layout: &TableLayout) -> Result<Option<Marker>> {
+        match self.settings.store.get(&layout.marker).await {
+            Ok(r) => {
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| storage_error("reading commit.json", e))?;
+                let m = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("{} is unreadable: {e}", layout.marker),
+                    )
+                })?;
+                Ok(Some(m))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_error("reading commit.json", e)),
+        }
+    }
+
+    /// Move a staged file into the table; a file moved by an earlier attempt is skipped.
+    async fn publish(&self, f: &StagedFile, checkpoint: u64) -> Result<()> {
+        let store = &self.settings.store;
+        let (from, to) = (Path::from(f.staged.as_str()), Path::from(f.target.as_str()));
+        match store.rename(&from, &to).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => match store.head(&to).await {
+                Ok(_) => Ok(()),
+                Err(object_store::Error::NotFound { .. }) => Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "checkpoint {checkpoint}: staged file {from} is gone and {to} does not exist; was the staging directory cleaned by another copy of pipeline {}?",
+                        self.opts.pipeline
+                    ),
+                )),
+                Err(e) => Err(storage_error("checking a committed file", e)),
+            },
+            Err(e) => Err(storage_error(&format!("moving {from} into the table"), e)),
+        }
+    }
+
+    async fn complete_partition(&self, layout: &TableLayout, partition: &str) -> Result<()> {
+        let mut dir = layout.data.clone();
+        for part in partition.split('/') {
+            dir = dir.join(part);
+        }
+        self.settings
+            .store
+            .put(&dir.clone().join("_SUCCESS"), PutPayload::new())
+            .await
+            .map_err(|e| storage_error("writing _SUCCESS", e))?;
+        metrics::counter!("lakeshore_hive_partitions_committed_total", "table" => layout.table.clone())
+            .increment(1);
+        tracing::info!(table = %layout.table, partition, "partition committed");
+        if let Some(cmd) = &self.opts.partition_commit_command {
+            let url = format!(
+                "{}/{}/{}",
+                self.opts.url.trim_end_matches('/'),
+                layout.table,
+                partition
+            );
+            let out = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .env("LAKESHORE_TABLE", &layout.table)
+                .env("LAKESHORE_PARTITION", partition)
+                .env("LAKESHORE_PARTITION_URL", &url)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("cannot run partition_commit_command: {e}"),
+                    )
+                })?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let tail: String = stderr
+                    .chars()
+                    .rev()
+                    .take(500)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "partition_commit_command failed for {}/{partition} ({}): {}",
+                        layout.table,
+                        out.status,
+                        tail.trim()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete staged files that no checkpoint will commit (run after recovery).
+    async fn remove_orphans(&self, layout: &TableLayout) -> Result<usize> {
+        let store = &self.settings.store;
+        let staged: Vec<_> = store
+            .list(Some(&layout.staging))
+            .try_collect()
+            .await
+            .map_err(|e| storage_error("listing staged files", e))?;
+        for meta in &staged {
+            match store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_error("deleting an uncommitted file", e)),
+            }
+        }
+        Ok(staged.len())
+    }
+}
+
+/// `validate --connect`: reach the store.
+pub async fn check(opts: &HiveOptions) -> Result<Vec<String>> {
+    let sink = HiveSink::connect(opts.clone()).await?;
+    let tables = sink.probe().await?;
+    Ok(vec![format!(
+        "hive sink: {} answers ({tables} entries at the root)",
+        opts.url
+    )])
+}
+
+#[async_trait::async_trait]
+impl Sink for HiveSink {
+    async fn open_table(&self, target: &TableTarget) -> Result<Box<dyn TableWriter>> {
+        if target.name.is_empty() || target.name.contains('/') || target.name.starts_with('_') {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "table name `{}` cannot be a directory of the Hive sink; rename it with [[route]]",
+                    target.name
+                ),
+            ));
+        }
+        let exprs = target
+            .partitioning
+            .iter()
+            .map(|e| {
+                partition::parse_expr(e).map_err(|m| {
+                    Error::new(ErrorKind::Config, format!("table {}: {m}", target.name))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let layout = self.layout(&target.name);
+        let open = self
+            .read_marker(&layout)
+            .await?
+            .map(|m| m.open)
+            .unwrap_or_default();
+        let removed = self.remove_orphans(&layout).await?;
+        if removed > 0 {
+            tracing::info!(table = %target.name, files = removed, "removed uncommitted files of an interrupted run");
+        }
+        Ok(Box::new(HiveWriter::new(
+            self.settings.clone(),
+            layout,
+            exprs,
+            target.source.clone(),
+            open,
+        )?))
+    }
+
+    async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool> {
+        let p: HivePending = serde_json::from_value(pending.payload.clone()).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("checkpoint {}: not a Hive commit: {e}", ctx.checkpoint_id),
+            )
+        })?;
+        let layout = self.layout(&pending.table);
+        let marker = self.read_marker(&layout).await?;
+        if marker
+            .as_ref()
+            .is_some_and(|m| m.checkpoint_id >= ctx.checkpoint_id)
+        {
+            return Ok(false);
+        }
+        let open_before = marker.map(|m| m.open).unwrap_or_default();
+        if p.files.is_empty() && p.complete.is_empty() && p.open == open_before {
+            // Nothing changes: spare the store a write per idle checkpoint.
+            return Ok(false);
+        }
+        for f in &p.files {
+            self.publish(f, ctx.checkpoint_id).await?;
+        }
+        for partition in &p.complete {
+            self.complete_partition(&layout, partition).await?;
+        }
+        let marker = Marker {
+            pipeline: ctx.pipeline.clone(),
+            checkpoint_id: ctx.checkpoint_id,
+            position: ctx.position.0.clone(),
+            open: p.open,
+            committed_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let body = serde_json::to_vec(&marker)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        self.settings
+            .store
+            .put(&layout.marker, PutPayload::from(body))
+            .await
+            .map_err(|e| storage_error("writing commit.json", e))?;
+        Ok(true)
+    }
+}
