@@ -27,8 +27,8 @@ def _extension(package, name):
 
 
 def duck():
-    """A DuckDB connection with the avro and iceberg extensions loaded from PyPI packages
-    (no network)."""
+    """A DuckDB connection with the avro, iceberg and httpfs (S3) extensions loaded from
+    PyPI packages (no network)."""
     con = duckdb.connect(
         config={
             "allow_unsigned_extensions": "true",
@@ -38,6 +38,7 @@ def duck():
     )
     con.execute(f"LOAD '{_extension('duckdb_extension_avro', 'avro')}'")
     con.execute(f"LOAD '{_extension('duckdb_extension_iceberg', 'iceberg')}'")
+    con.execute(f"LOAD '{_extension('duckdb_extension_httpfs', 'httpfs')}'")
     return con
 
 

@@ -32,14 +32,17 @@ class Pipeline:
         self.warehouse = workdir / "lake" / "warehouse"
         lines = ["[pipeline]", f'name = "{name}"', f'checkpoint_interval = "{interval}"', "", "[source]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in source.items()]
-        lines += ["", "[sink]", 'type = "iceberg"',
-                  'catalog = { type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }']
+        if sink.get("type", "iceberg") == "iceberg":
+            lines += ["", "[sink]", 'type = "iceberg"',
+                      'catalog = { type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }']
+            self.namespace = sink["namespace"]
+        else:
+            lines += ["", "[sink]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in sink.items()]
         if partitioning:
             lines += ["", "[sink.partitioning]"]
             lines += [f"{t} = {toml_value(v)}" for t, v in partitioning.items()]
         self.file.write_text("\n".join(lines) + "\n")
-        self.namespace = sink["namespace"]
 
     def start(self, env=None):
         return subprocess.Popen(
@@ -136,6 +139,14 @@ def postgres():
 @pytest.fixture(scope="session")
 def mysql():
     server = MyServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    from s3server import S3Server
+    server = S3Server()
     yield server
     server.stop()
 

@@ -730,6 +730,11 @@ fn kafka(
                     .as_ref()
                     .map(|d| d.0.as_micros() as i64)
                     .unwrap_or(0),
+                idle: spec
+                    .idle_timeout
+                    .as_ref()
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(10)),
             })
         }
     };

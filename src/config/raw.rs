@@ -204,17 +204,23 @@ pub struct KafkaSection {
     pub watermark: Option<Spanned<WatermarkSection>>,
 }
 
-/// `watermark` of a Kafka source: the newest event time seen, minus `lateness`, across
-/// every partition read. Rows older than the watermark still land (they are late).
+/// `watermark` of a Kafka source.
+///
+/// The watermark is the newest event time of the partition furthest behind, minus
+/// `lateness`; a partition without messages for `idle_timeout` stops holding it back.
+/// Rows older than the watermark still land (they are late).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatermarkSection {
     /// A `timestamp` or `timestamptz` column of `columns` (with `format = "raw"`:
     /// `"timestamp"`). Default: the messages' own Kafka timestamps.
     pub column: Option<String>,
-    /// How far the watermark stays behind the newest event time, e.g. `"30s"`; covers
-    /// messages out of order within and across partitions. Default `"0s"`.
+    /// How far the watermark stays behind event time, e.g. `"30s"`: how much out of
+    /// order messages of one partition may be. Default `"0s"`.
     pub lateness: Option<HumanDuration>,
+    /// A partition with no message for this long no longer holds the watermark back,
+    /// e.g. `"1min"`. Default `"10s"`.
+    pub idle_timeout: Option<HumanDuration>,
 }
 
 /// Where a PostgreSQL source starts.

@@ -430,3 +430,173 @@ impl Sink for HiveSink {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use lakeshore_api::{ChangeBatch, SourcePosition, TableSchema};
+
+    use super::*;
+
+    fn options(dir: &std::path::Path) -> HiveOptions {
+        HiveOptions {
+            url: format!("file://{}", dir.display()),
+            storage: StorageOptions::default(),
+            pipeline: "p".into(),
+            codec: Codec::Snappy,
+            row_group_bytes: 1 << 20,
+            target_file_size: 128 << 20,
+            rollover: None,
+            commit_delay: Duration::ZERO,
+            partition_commit_command: None,
+        }
+    }
+
+    fn target() -> TableTarget {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("region", DataType::Utf8, true),
+        ]));
+        TableTarget {
+            source: TableSchema {
+                name: "src.t".into(),
+                schema,
+                key: vec![],
+            },
+            name: "t".into(),
+            partitioning: vec!["region".into()],
+        }
+    }
+
+    fn batch(ids: std::ops::Range<i64>) -> ChangeBatch {
+        let regions: Vec<&str> = ids.clone().map(|i| ["eu", "us"][i as usize % 2]).collect();
+        let rows = RecordBatch::try_new(
+            target().source.schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(ids)),
+                Arc::new(StringArray::from(regions)),
+            ],
+        )
+        .unwrap();
+        ChangeBatch::inserts("src.t".into(), rows)
+    }
+
+    fn ctx(id: u64) -> CommitContext {
+        CommitContext {
+            pipeline: "p".into(),
+            checkpoint_id: id,
+            position: SourcePosition::sequence(id),
+        }
+    }
+
+    fn files_under(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn commits_are_idempotent_and_orphans_are_removed() {
+        let dir = std::env::temp_dir().join(format!("lakeshore-hive-{}", uuid::Uuid::new_v4()));
+        let sink = HiveSink::connect(options(&dir)).await.unwrap();
+        let mut w = sink.open_table(&target()).await.unwrap();
+        let table = dir.join("t");
+
+        // Prepared files are durable but not in the table.
+        w.write(batch(0..10)).await.unwrap();
+        let p1 = w.prepare(1).await.unwrap();
+        assert_eq!(p1.added_rows, 10);
+        assert!(files_under(&table).is_empty());
+        assert!(sink.commit(&p1, &ctx(1)).await.unwrap());
+        let first = files_under(&table);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first.iter().any(|f| f.starts_with("region=eu/part-")));
+        // Again: nothing happens.
+        assert!(!sink.commit(&p1, &ctx(1)).await.unwrap());
+        assert_eq!(files_under(&table), first);
+
+        // A commit cut short after moving one file: repeating it moves the rest.
+        w.write(batch(10..20)).await.unwrap();
+        let p2 = w.prepare(2).await.unwrap();
+        let pending: HivePending = serde_json::from_value(p2.payload.clone()).unwrap();
+        sink.publish(&pending.files[0], 2).await.unwrap();
+        assert!(sink.commit(&p2, &ctx(2)).await.unwrap());
+        assert_eq!(files_under(&table).len(), 4);
+
+        // Files of a checkpoint no record names are deleted when the table reopens.
+        w.write(batch(20..30)).await.unwrap();
+        let _lost = w.prepare(3).await.unwrap();
+        let staging = dir.join("_lakeshore/p/t/staging");
+        assert_eq!(files_under(&staging).len(), 2);
+        let _w = sink.open_table(&target()).await.unwrap();
+        assert!(files_under(&staging).is_empty());
+        assert_eq!(files_under(&table).len(), 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn partitions_complete_when_the_watermark_passes_their_end() {
+        let dir = std::env::temp_dir().join(format!("lakeshore-hive-{}", uuid::Uuid::new_v4()));
+        let mut opts = options(&dir);
+        let log = dir.join("log");
+        opts.partition_commit_command = Some(format!(
+            "echo \"$LAKESHORE_TABLE $LAKESHORE_PARTITION\" >> {}",
+            log.display()
+        ));
+        opts.commit_delay = Duration::from_secs(60);
+        let sink = HiveSink::connect(opts).await.unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, None),
+            true,
+        )]));
+        let mut t = target();
+        t.source.schema = schema.clone();
+        t.partitioning = vec!["dt=date(ts)".into()];
+        let day = 86_400_000_000i64;
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(arrow_array::TimestampMicrosecondArray::from(
+                vec![day * 20_000, day * 20_001 + 5],
+            ))],
+        )
+        .unwrap();
+        let mut w = sink.open_table(&t).await.unwrap();
+        w.write(ChangeBatch::inserts("src.t".into(), rows))
+            .await
+            .unwrap();
+        // The first day ends at 20_001 days; with the delay it completes a minute later.
+        w.watermark(day * 20_001 + 59_000_000);
+        let p = w.prepare(1).await.unwrap();
+        sink.commit(&p, &ctx(1)).await.unwrap();
+        assert!(!dir.join("t/dt=2024-10-04/_SUCCESS").exists());
+        w.watermark(day * 20_001 + 60_000_000);
+        let p = w.prepare(2).await.unwrap();
+        sink.commit(&p, &ctx(2)).await.unwrap();
+        assert!(dir.join("t/dt=2024-10-04/_SUCCESS").exists());
+        assert!(!dir.join("t/dt=2024-10-05/_SUCCESS").exists());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "t dt=2024-10-04\n");
+        // A restarted writer still knows the open partition.
+        let mut w = sink.open_table(&t).await.unwrap();
+        w.watermark(day * 20_003);
+        let p = w.prepare(3).await.unwrap();
+        sink.commit(&p, &ctx(3)).await.unwrap();
+        assert!(dir.join("t/dt=2024-10-05/_SUCCESS").exists());
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "t dt=2024-10-04\nt dt=2024-10-05\n"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

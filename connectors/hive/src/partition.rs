@@ -55,6 +55,17 @@ pub fn parse_expr(text: &str) -> std::result::Result<PartitionExpr, String> {
     let text = text.trim();
     let (name, rhs) = match text.split_once('=') {
         Some((n, r)) => (n.trim(), r.trim()),
+        None if text.contains('(') => {
+            let func = text.split('(').next().unwrap_or("").trim();
+            let name = if func == "date" || func == "day" {
+                "dt"
+            } else {
+                func
+            };
+            return Err(format!(
+                "partition `{text}` needs a directory name; write e.g. \"{name}={text}\""
+            ));
+        }
         None => (text, text),
     };
     if !is_ident(name) {
@@ -80,11 +91,6 @@ pub fn parse_expr(text: &str) -> std::result::Result<PartitionExpr, String> {
                     ));
                 }
             };
-            if !text.contains('=') {
-                return Err(format!(
-                    "partition `{text}` needs a directory name; write e.g. \"dt={rhs}\""
-                ));
-            }
             (t, column.trim())
         }
     };
@@ -497,7 +503,7 @@ mod tests {
         // 2026-11-27T13:05:00Z, 13:59:59.999999, 14:00:00, and a null time.
         let t0 = 1_795_784_700_000_000i64;
         let batch = RecordBatch::try_new(
-            schema,
+            schema.clone(),
             vec![
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])),
                 Arc::new(StringArray::from(vec![
@@ -536,7 +542,7 @@ mod tests {
         assert_eq!(groups[0].rows.num_columns(), 2);
         // A column in the path has no end in time; only time-only paths do.
         assert_eq!(groups[0].end, None);
-        let timed = Partitioner::new("t", &exprs[..2], &schema()).unwrap();
+        let timed = Partitioner::new("t", &exprs[..2], &schema).unwrap();
         let g = timed.split(&batch).unwrap();
         assert_eq!(g[0].end, Some(t0 + 3_300_000_000));
         assert_eq!(g[1].end, Some(t0 + 3_300_000_000 + MICROS_PER_HOUR));
@@ -558,14 +564,19 @@ mod tests {
         assert_eq!(s, "2026");
     }
 
+    fn error_of(exprs: &[&str]) -> String {
+        let exprs: Vec<PartitionExpr> = exprs.iter().map(|e| parse_expr(e).unwrap()).collect();
+        match Partitioner::new("t", &exprs, &schema()) {
+            Ok(_) => panic!("{exprs:?} accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn bad_columns_are_named() {
-        let e = Partitioner::new("t", &[parse_expr("x").unwrap()], &schema()).unwrap_err();
-        assert!(e.to_string().contains("column `x`"), "{e}");
-        let e = Partitioner::new("t", &[parse_expr("ts").unwrap()], &schema()).unwrap_err();
-        assert!(e.to_string().contains("date(ts)"), "{e}");
-        let e =
-            Partitioner::new("t", &[parse_expr("h=hour(region)").unwrap()], &schema()).unwrap_err();
-        assert!(e.to_string().contains("timestamp"), "{e}");
+        assert!(error_of(&["x"]).contains("column `x`"));
+        assert!(error_of(&["ts"]).contains("date(ts)"));
+        assert!(error_of(&["h=hour(region)"]).contains("timestamp"));
+        assert!(error_of(&["id=date(ts)"]).contains("also a column"));
     }
 }

@@ -93,13 +93,14 @@ pub fn parse_type(name: &str) -> Option<DataType> {
     })
 }
 
-/// The newest value of timestamp column `column` in `rows` (µs since the epoch).
-pub fn max_timestamp(rows: &arrow_array::RecordBatch, column: &str) -> Option<i64> {
-    let array = rows.column_by_name(column)?;
-    let values = array
+/// Timestamp column `column` of `rows` (µs since the epoch), if it has one.
+pub fn timestamps<'a>(
+    rows: &'a arrow_array::RecordBatch,
+    column: &str,
+) -> Option<&'a arrow_array::TimestampMicrosecondArray> {
+    rows.column_by_name(column)?
         .as_any()
-        .downcast_ref::<arrow_array::TimestampMicrosecondArray>()?;
-    values.iter().flatten().max()
+        .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
 }
 
 /// The columns of a `raw` table.
@@ -239,6 +240,17 @@ impl Images {
             index,
             error: error.into(),
         });
+    }
+
+    /// The message (index into the decoded messages) of every row a decoded batch holds:
+    /// rows of messages found bad are not in the batch.
+    pub fn row_messages(&self) -> Vec<usize> {
+        let bad: std::collections::HashSet<usize> = self.bad.iter().map(|b| b.index).collect();
+        self.rows
+            .iter()
+            .map(|r| r.0)
+            .filter(|i| !bad.contains(i))
+            .collect()
     }
 
     /// Row images of `messages` in `format` (not `raw`). Tombstones (no payload) are

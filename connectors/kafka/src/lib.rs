@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_schema::{Field, Schema, SchemaRef};
 use lakeshore_api::{
@@ -94,8 +94,49 @@ pub struct KafkaOptions {
 pub struct WatermarkOptions {
     /// A timestamp column of the rows; `None` = the messages' Kafka timestamps.
     pub column: Option<String>,
-    /// How far the watermark stays behind the newest event time, in microseconds.
+    /// How far the watermark stays behind event time, in microseconds.
     pub lateness_micros: i64,
+    /// A partition with no message for this long no longer holds the watermark back.
+    pub idle: Duration,
+}
+
+/// Event time per partition; the watermark is the slowest active partition's newest
+/// event time minus the lateness, so a partition read behind the others (a backfill
+/// reads partitions at different paces) does not make its rows late.
+#[derive(Default)]
+struct EventTime {
+    /// (topic index, partition) → (newest event time in µs, when it last had a message).
+    partitions: HashMap<(usize, i32), (i64, Instant)>,
+    emitted: i64,
+}
+
+impl EventTime {
+    fn saw(&mut self, topic: usize, partition: i32, micros: i64, now: Instant) {
+        let e = self
+            .partitions
+            .entry((topic, partition))
+            .or_insert((micros, now));
+        e.0 = e.0.max(micros);
+        e.1 = now;
+    }
+
+    /// A new watermark, if it moved forward.
+    fn advance(&mut self, w: &WatermarkOptions, now: Instant) -> Option<i64> {
+        let active = self
+            .partitions
+            .values()
+            .filter(|(_, seen)| now.duration_since(*seen) < w.idle);
+        // Every partition idle: the newest event time of all.
+        let slowest = active
+            .map(|(t, _)| *t)
+            .min()
+            .or_else(|| self.partitions.values().map(|(t, _)| *t).max())?;
+        let watermark = slowest.saturating_sub(w.lateness_micros);
+        (watermark > self.emitted).then(|| {
+            self.emitted = watermark;
+            watermark
+        })
+    }
 }
 
 impl std::fmt::Debug for KafkaOptions {
@@ -171,9 +212,8 @@ pub struct KafkaSource {
     acked: Option<Position>,
     /// Partitions that delivered a message since the source opened.
     resumed: std::collections::HashSet<(usize, i32)>,
-    /// Newest event time seen (µs since the epoch) and the last watermark emitted.
-    max_event_time: i64,
-    emitted_watermark: i64,
+    /// Event time per partition, for the watermark.
+    event_time: EventTime,
 }
 
 fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -297,6 +337,7 @@ impl KafkaSource {
         // Where each partition starts, and (bounded) where it ends.
         let mut assignment = TopicPartitionList::new();
         let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+        let mut highs: HashMap<(String, i32), i64> = HashMap::new();
         let mut by_time = TopicPartitionList::new();
         for (topic, parts) in &topics {
             let stored = position.offsets.entry(topic.clone()).or_default();
@@ -306,6 +347,7 @@ impl KafkaSource {
                 let (low, high) = consumer
                     .fetch_watermarks(topic, p, timeout)
                     .map_err(|e| kafka_error(&format!("reading the offsets of {topic}/{p}"), e))?;
+                highs.insert((topic.clone(), p), high);
                 if bounded {
                     ends.insert((topic.clone(), p), high);
                 }
@@ -368,12 +410,24 @@ impl KafkaSource {
                 }
             }
         }
+        let mut event_time = EventTime {
+            emitted: i64::MIN,
+            ..Default::default()
+        };
         for (topic, parts) in &position.offsets {
             for (&p, &o) in parts {
-                if topics.iter().any(|(t, ps)| t == topic && ps.contains(&p)) {
+                if let Some(t) = topics
+                    .iter()
+                    .position(|(t, ps)| t == topic && ps.contains(&p))
+                {
                     assignment
                         .add_partition_offset(topic, p, Offset::Offset(o))
                         .map_err(|e| kafka_error("assigning partitions", e))?;
+                    // A partition with messages to read holds the watermark back from
+                    // the start, until it delivers them or goes quiet.
+                    if highs.get(&(topic.clone(), p)).is_some_and(|h| o < *h) {
+                        event_time.saw(t, p, i64::MIN, Instant::now());
+                    }
                 }
             }
         }
@@ -447,8 +501,7 @@ impl KafkaSource {
             messages: 0,
             resumed: Default::default(),
             acked: None,
-            max_event_time: i64::MIN,
-            emitted_watermark: i64::MIN,
+            event_time,
         })
     }
 
@@ -483,14 +536,33 @@ impl KafkaSource {
             }
             let these: Vec<Message<'_>> = indices.iter().map(|&i| msgs[i]).collect();
             let table: Arc<str> = Arc::from(self.tables[t].name.as_str());
-            let (rows, ops, bad) = match &self.decoders[t] {
-                None => (decode::raw_rows(&these)?, Vec::new(), Vec::new()),
+            let (rows, ops, bad, row_messages) = match &self.decoders[t] {
+                None => (
+                    decode::raw_rows(&these)?,
+                    Vec::new(),
+                    Vec::new(),
+                    (0..these.len()).collect::<Vec<_>>(),
+                ),
                 Some(decoder) => {
                     let mut images = Images::of(self.opts.format, &these, &self.opts.key);
                     let (rows, ops) = decoder.decode(&mut images)?;
-                    (rows, ops, images.bad)
+                    let row_messages = images.row_messages();
+                    (rows, ops, images.bad, row_messages)
                 }
             };
+            if let Some(column) = self.opts.watermark.as_ref().and_then(|w| w.column.as_ref())
+                && let Some(times) = decode::timestamps(&rows, column)
+            {
+                let now = Instant::now();
+                for (row, msg) in row_messages.iter().enumerate() {
+                    if let Some(t) =
+                        arrow_array::Array::is_valid(times, row).then(|| times.value(row))
+                    {
+                        let m = &chunk.metas[indices[*msg]];
+                        self.event_time.saw(m.topic, m.partition, t, now);
+                    }
+                }
+            }
             all_bad.extend(bad.into_iter().map(|b| Bad {
                 index: indices[b.index],
                 error: b.error,
@@ -510,28 +582,16 @@ impl KafkaSource {
             self.bad_messages(&msgs, &all_bad)?;
         }
         if let Some(w) = &self.opts.watermark {
-            let newest = match &w.column {
-                None => chunk
-                    .metas
-                    .iter()
-                    .filter_map(|m| m.timestamp)
-                    .max()
-                    .map(|ms| ms.saturating_mul(1000)),
-                Some(c) => self
-                    .out
-                    .iter()
-                    .filter_map(|e| match e {
-                        SourceEvent::Batch(b) => decode::max_timestamp(&b.rows, c),
-                        _ => None,
-                    })
-                    .max(),
-            };
-            if let Some(t) = newest {
-                self.max_event_time = self.max_event_time.max(t);
+            let now = Instant::now();
+            if w.column.is_none() {
+                for m in &chunk.metas {
+                    if let Some(ms) = m.timestamp {
+                        self.event_time
+                            .saw(m.topic, m.partition, ms.saturating_mul(1000), now);
+                    }
+                }
             }
-            let watermark = self.max_event_time.saturating_sub(w.lateness_micros);
-            if watermark > self.emitted_watermark {
-                self.emitted_watermark = watermark;
+            if let Some(watermark) = self.event_time.advance(w, now) {
                 self.out.push_back(SourceEvent::Watermark(watermark));
             }
         }
@@ -763,7 +823,13 @@ impl Source for KafkaSource {
             }
             match tokio::time::timeout(Duration::from_secs(1), self.rx.recv()).await {
                 // Idle: let the engine handle barriers and acks.
-                Err(_) => return Ok(Some(SourceEvent::Watermark(0))),
+                Err(_) => {
+                    // Partitions that went quiet stop holding the watermark back.
+                    let now = Instant::now();
+                    let w = self.opts.watermark.as_ref();
+                    let moved = w.and_then(|w| self.event_time.advance(w, now));
+                    return Ok(Some(SourceEvent::Watermark(moved.unwrap_or(0))));
+                }
                 Ok(None) => {
                     return Err(Error::new(
                         ErrorKind::Internal,
