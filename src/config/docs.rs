@@ -21,6 +21,7 @@ fn render(raw: &str) -> String {
         if t.starts_with("#[") {
             continue;
         }
+        doc.retain(|d| !d.is_empty());
         let text = doc.join(" ").replace('|', "\\|");
         if t.starts_with("pub struct ") || t.starts_with("pub enum ") {
             let (title, rest) = text.split_once(". ").unwrap_or((text.as_str(), ""));
