@@ -3,9 +3,11 @@
 For each size: N JSON messages of about 200 bytes in a 3-partition topic of a tansu broker
 (in memory, on this machine). The limit is a bare rdkafka consumer with lakeshore's client
 settings reading every message with no decoding and no writing (`lakeshore bench-kafka`);
-then `lakeshore backfill` reads the same messages into an Iceberg append table.
-Messages/s of each, the ratio, and peak RSS (of the child, by /usr/bin/time); DuckDB
-counts the lake table.
+then `lakeshore backfill` reads the same messages into an Iceberg append table, and again
+into a Hive-style table on the local disk (`dt=date(ts)/hour=hour(ts)` partitions, with a
+watermark). Messages/s of each, the ratio, and peak RSS (of the child, by
+/usr/bin/time); DuckDB counts the lake tables (`iceberg_scan`, `read_parquet` with
+`hive_partitioning`).
 """
 import argparse
 import json
@@ -31,8 +33,21 @@ def message(i):
             f'"device": "{["android", "ios", "web"][i % 3]}", "note": "{"n" * (40 + i % 20)}"}}')
 
 
-def write_pipeline(d: Path, name, brokers, topic):
+ICEBERG = """type = "iceberg"
+catalog = { type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }
+namespace = "k"
+mode = "append"
+"""
+
+HIVE = """type = "hive"
+path = "lake/hive"
+partition_by = ["dt=date(ts)", "hour=hour(ts)"]
+"""
+
+
+def write_pipeline(d: Path, name, brokers, topic, sink=ICEBERG):
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    watermark = 'watermark = { column = "ts", lateness = "10s" }' if sink == HIVE else ""
     f = d / f"{name}.toml"
     f.write_text(f"""[pipeline]
 name = "{name}"
@@ -46,13 +61,10 @@ columns = [{cols}]
 # tansu answers a fetch that starts inside a record batch with the batches after it; a
 # partition fetch size above the producer's batch size keeps every fetch on a boundary.
 properties = {{ "max.partition.fetch.bytes" = "8388608" }}
+{watermark}
 
 [sink]
-type = "iceberg"
-catalog = {{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }}
-namespace = "k"
-mode = "append"
-""")
+{sink}""")
     return f
 
 
@@ -94,11 +106,21 @@ def main():
             rate = count / wall
             print(f"lakeshore → Iceberg append: {count:,} messages in {wall:.2f} s = {rate:,.0f} msg/s "
                   f"(ratio {rate / raw_rate:.2f} of the bare consumer), peak RSS {rss:.1f} MiB; DuckDB counts {count:,}")
-            if count != n or raw["messages"] != n:
+            f = write_pipeline(d, f"hive{n}", broker.brokers, topic, sink=HIVE)
+            wall, rss, _ = rss_of([BIN, "backfill", str(f)], d)
+            hive_count = lake.duck().execute(
+                f"select count(*) from read_parquet('{d}/lake/hive/{topic}/**/*.parquet', hive_partitioning=1)"
+            ).fetchone()[0]
+            files = len(list((d / "lake" / "hive" / topic).glob("**/*.parquet")))
+            rate = hive_count / wall
+            print(f"lakeshore → Hive (local disk, {files} files): {hive_count:,} messages in {wall:.2f} s = "
+                  f"{rate:,.0f} msg/s (ratio {rate / raw_rate:.2f} of the bare consumer), peak RSS {rss:.1f} MiB; "
+                  f"DuckDB counts {hive_count:,}")
+            if count != n or raw["messages"] != n or hive_count != n:
                 # Seen with tansu 0.6.0 now and then, for the bare consumer as much as for
                 # lakeshore: the broker drops messages from some fetches.
-                print(f"  note: {n:,} produced; the broker delivered {raw['messages']:,} to the bare consumer and "
-                      f"{count:,} to lakeshore")
+                print(f"  note: {n:,} produced; the broker delivered {raw['messages']:,} to the bare consumer, "
+                      f"{count:,} to lakeshore → Iceberg and {hive_count:,} to lakeshore → Hive")
     finally:
         broker.stop()
 
