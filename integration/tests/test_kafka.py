@@ -247,3 +247,29 @@ def test_json_with_a_key_is_an_upsert_and_a_message_is_exactly_one_value(tmp_pat
     dead = duck.execute(f"select \"offset\" from {lake.scan(p.catalog_db, p.table('kups_dead_letters'))} "
                         f"order by 1").fetchall()
     assert dead == [(11,), (12,)], dead
+
+
+def test_json_columns_are_inferred_once_and_then_stay_fixed(tmp_path, kafka, duck):
+    topic = kafka.topic("events-inferred", 2)
+    first = [json.dumps({"id": i, "user": f"u{i}", "score": i / 2, "ok": i % 2 == 0, "meta": {"a": i}})
+             for i in range(500)]
+    kafka.produce(topic, first)
+    src = {"type": "kafka", "brokers": kafka.brokers, "topics": [topic]}
+    p = Pipeline(tmp_path, "kinfer", src, {"namespace": "k", "mode": "append"}, interval="300ms")
+    _, err = p.backfill()
+    assert "inferred the columns" in err
+    rel = lake.scan(p.catalog_db, p.table(topic))
+    cols = [(c[0], c[1]) for c in duck.execute(f"describe select * from {rel}").fetchall()]
+    # Nested fields are left out; numbers, booleans and strings typed as they came.
+    assert cols == [("id", "BIGINT"), ("user", "VARCHAR"), ("score", "DOUBLE"), ("ok", "BOOLEAN")]
+    assert duck.execute(f"select count(*), sum(id), sum(score), count(*) filter (where ok) from {rel}").fetchone() \
+        == (500, sum(range(500)), sum(i / 2 for i in range(500)), 250)
+    # Later messages with a new field: the columns stay those of the first start.
+    kafka.produce(topic, [json.dumps({"id": i, "user": f"u{i}", "score": 1.5, "ok": True, "new": "x"})
+                          for i in range(500, 600)])
+    _, err = p.backfill()
+    assert "inferred the columns" not in err
+    rel = lake.scan(p.catalog_db, p.table(topic))
+    cols = [c[0] for c in duck.execute(f"describe select * from {rel}").fetchall()]
+    assert cols == ["id", "user", "score", "ok"]
+    assert duck.execute(f"select count(*), count(distinct id) from {rel}").fetchone() == (600, 600)

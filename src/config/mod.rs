@@ -116,7 +116,12 @@ mod tests {
     #[test]
     fn every_example_pipeline_is_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-        for var in ["PGPASSWORD", "MYSQL_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"] {
+        for var in [
+            "PGPASSWORD",
+            "MYSQL_PASSWORD",
+            "S3_ACCESS_KEY",
+            "S3_SECRET_KEY",
+        ] {
             if std::env::var_os(var).is_none() {
                 // SAFETY: each test runs in its own process under nextest; nothing else
                 // reads the environment concurrently here.

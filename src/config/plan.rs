@@ -642,15 +642,17 @@ fn kafka(
                  offset, timestamp); remove columns",
             ));
         }
-    } else if columns.is_empty() {
+    } else if columns.is_empty() && format != Format::Json {
         return Err(src.error(
             s.format.as_ref().map(|f| f.span()),
-            "a JSON format needs its columns: add columns = [\"id long\", \"name string\", ...]",
+            "a change-event format needs its columns: add columns = [\"id long\", \"name string\", ...]",
         ));
     }
     let mut key = Vec::new();
     for k in &s.key {
-        if format != Format::Raw && !columns.iter().any(|f| f.name() == k.get_ref()) {
+        // Inferred columns (json without `columns`) are checked when they are known.
+        let declared = !columns.is_empty();
+        if format != Format::Raw && declared && !columns.iter().any(|f| f.name() == k.get_ref()) {
             return Err(src.error(
                 Some(k.span()),
                 format!("key column {} is not among columns", k.get_ref()),

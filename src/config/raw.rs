@@ -179,7 +179,10 @@ pub struct KafkaSection {
     /// The columns of a JSON format, in order, as `"name type"`; types are `boolean`,
     /// `int`, `long`, `float`, `double`, `decimal(p,s)`, `string`, `binary`, `date`,
     /// `timestamp`, `timestamptz`. Timestamps read RFC 3339 strings or epoch milliseconds.
-    /// Fields not listed are ignored; missing fields read null.
+    /// Fields not listed are ignored; missing fields read null. With `format = "json"`
+    /// and no `columns`, they are inferred from the first messages at the pipeline's
+    /// first start (numbers → `long`/`double`, booleans, the rest `string`; nested
+    /// fields left out) and then stay fixed, kept in the checkpoints.
     #[serde(default)]
     pub columns: Vec<Spanned<String>>,
     /// Key columns: rows with the same key replace each other (upsert sink). Required by

@@ -155,6 +155,9 @@ impl std::fmt::Debug for KafkaOptions {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Position {
     offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Columns inferred at the pipeline's first start (`"name type"`), kept for its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    columns: Option<Vec<String>>,
 }
 
 /// One message's place in a chunk.
@@ -431,6 +434,32 @@ impl KafkaSource {
                 }
             }
         }
+        let mut opts = opts;
+        if opts.format == Format::Json && opts.columns.is_empty() {
+            let names: Vec<String> = match &position.columns {
+                Some(c) => c.clone(),
+                None => infer_columns(&opts, &assignment, &highs)?,
+            };
+            opts.columns = names
+                .iter()
+                .filter_map(|c| {
+                    let (n, t) = c.split_once(' ')?;
+                    Some(Field::new(n, decode::parse_type(t)?, true))
+                })
+                .collect();
+            for k in &opts.key {
+                if !names.iter().any(|c| c.split(' ').next() == Some(k)) {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!(
+                            "key column {k} is not among the inferred columns ({}); declare columns",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+            position.columns = Some(names);
+        }
         consumer
             .assign(&assignment)
             .map_err(|e| kafka_error("assigning partitions", e))?;
@@ -683,6 +712,74 @@ impl KafkaSource {
     fn position_token(&self) -> SourcePosition {
         SourcePosition(serde_json::to_value(&self.position).unwrap_or_default())
     }
+}
+
+/// Messages read to infer the columns of a JSON topic.
+const INFER_MESSAGES: usize = 1000;
+
+/// Columns of a `json` topic without declared ones, from up to [`INFER_MESSAGES`]
+/// messages at the pipeline's start positions, read by a consumer of their own (the
+/// source's consumer starts at the same place).
+fn infer_columns(
+    opts: &KafkaOptions,
+    assignment: &TopicPartitionList,
+    highs: &HashMap<(String, i32), i64>,
+) -> Result<Vec<String>> {
+    let consumer: BaseConsumer = KafkaSource::client_config(opts)
+        .create()
+        .map_err(|e| kafka_error("creating the consumer that infers columns", e))?;
+    consumer
+        .assign(assignment)
+        .map_err(|e| kafka_error("assigning partitions", e))?;
+    // Partitions with something to read, and where their messages end now.
+    let mut waiting: HashMap<(String, i32), i64> = assignment
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let key = (e.topic().to_string(), e.partition());
+            let high = *highs.get(&key)?;
+            match e.offset() {
+                Offset::Offset(o) if o >= high => None,
+                _ => Some((key, high)),
+            }
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while samples.len() < INFER_MESSAGES && !waiting.is_empty() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key = (m.topic().to_string(), m.partition());
+                if waiting.get(&key).is_some_and(|h| m.offset() + 1 >= *h) {
+                    waiting.remove(&key);
+                }
+                if let Some(p) = m.payload() {
+                    samples.push(p.to_vec());
+                }
+            }
+            Some(Err(e)) if is_transient(&e) => {}
+            Some(Err(e)) => return Err(kafka_error("reading messages to infer columns", e)),
+            None => {}
+        }
+    }
+    let payloads: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+    let (columns, skipped) = decode::infer_columns(&payloads)?;
+    if columns.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Transient,
+            format!(
+                "cannot infer the columns of topics {}: no JSON object among the first {} messages (an empty topic?); declare columns = [\"name type\", ...] in [source]",
+                opts.topics.join(", "),
+                samples.len()
+            ),
+        ));
+    }
+    let names: Vec<String> = columns
+        .iter()
+        .map(|f| format!("{} {}", f.name(), decode::type_name(f.data_type())))
+        .collect();
+    tracing::info!(columns = ?names, left_out = ?skipped, messages = samples.len(), "inferred the columns of the JSON messages; they stay fixed for this pipeline (declare columns to change them)");
+    Ok(names)
 }
 
 /// Errors librdkafka recovers from itself (connections, timeouts).
