@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # A throw-away Kafka-compatible broker (tansu, in memory) for the tests and benchmarks.
 #   integration/kafka.sh install             build tansu once into ~/.cache/lakeshore/tansu
-#   integration/kafka.sh start DIR PORT      start a broker on 127.0.0.1:PORT (PID in DIR)
-#   integration/kafka.sh stop DIR            stop it (its messages are gone: memory storage)
+#   integration/kafka.sh start DIR PORT [STORAGE]
+#                                            start a broker on 127.0.0.1:PORT (PID in DIR);
+#                                            STORAGE defaults to memory://tansu/ (messages
+#                                            die with the broker); s3://bucket/ keeps them
+#                                            (AWS_ENDPOINT etc. from the environment)
+#   integration/kafka.sh stop DIR            stop it
 #   integration/kafka.sh topic PORT NAME N   create topic NAME with N partitions
 set -euo pipefail
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -18,11 +22,11 @@ case "${1:-}" in
     fi
     ;;
   start)
-    dir=$2 port=$3
+    dir=$2 port=$3 storage=${4:-memory://tansu/}
     mkdir -p "$dir"
     "$BIN" broker --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
-      >"$dir/broker.log" 2>&1 &
+      --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$storage" \
+      >>"$dir/broker.log" 2>&1 &
     echo $! > "$dir/broker.pid"
     for _ in $(seq 1 100); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then exit 0; fi
@@ -47,7 +51,7 @@ case "${1:-}" in
     "$BIN" topic create "$3" --partitions "$4" --broker "tcp://127.0.0.1:$2" >/dev/null
     ;;
   *)
-    sed -n '2,6p' "$0" >&2
+    sed -n '2,10p' "$0" >&2
     exit 2
     ;;
 esac

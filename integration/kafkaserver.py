@@ -2,6 +2,7 @@
 producer that knows what it sent."""
 import subprocess
 import tempfile
+from os import kill as os_kill
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,14 +12,34 @@ SCRIPT = str(ROOT / "integration" / "kafka.sh")
 class Broker:
     """A tansu broker on a free loopback port, messages kept in memory."""
 
-    def __init__(self):
+    def __init__(self, s3=None):
+        """`s3`: an S3Server whose bucket keeps the messages, so that the broker can be
+        killed and restarted (`restart`); otherwise they live in the broker's memory."""
+        import os
         import socket
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.dir = tempfile.mkdtemp(prefix="lakeshore-kafka-")
         self.brokers = f"127.0.0.1:{self.port}"
-        subprocess.run([SCRIPT, "start", self.dir, str(self.port)], check=True)
+        self.args = [SCRIPT, "start", self.dir, str(self.port)]
+        self.env = dict(os.environ)
+        if s3 is not None:
+            from s3server import ACCESS_KEY, REGION, SECRET_KEY
+            bucket = s3.bucket(f"tansu-{self.port}")
+            self.args.append(f"s3://{bucket}/")
+            self.env.update(AWS_ENDPOINT=s3.endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+                            AWS_DEFAULT_REGION=REGION, AWS_ALLOW_HTTP="true")
+        subprocess.run(self.args, check=True, env=self.env)
+
+    def restart(self, down_for=0.0):
+        """kill -9 the broker, wait, start it again on the same port."""
+        import signal
+        import time
+        pid = int(Path(self.dir, "broker.pid").read_text())
+        os_kill(pid, signal.SIGKILL)
+        time.sleep(down_for)
+        subprocess.run(self.args, check=True, env=self.env)
 
     def topic(self, name, partitions):
         subprocess.run([SCRIPT, "topic", str(self.port), name, str(partitions)], check=True)

@@ -159,3 +159,37 @@ def test_s3_outage_stalls_the_pipeline_and_loses_nothing(tmp_path, kafka, s3, du
         _, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     assert_table_matches(duck, s3, bucket, topic, range(12_000))
+
+
+def test_broker_restart_loses_and_duplicates_nothing(tmp_path, s3, duck):
+    """A broker that keeps its log in S3 is killed (-9) and restarted while lakeshore runs
+    and messages arrive: the run goes on (librdkafka reconnects, or the run restarts from
+    its checkpoint) and every message lands once."""
+    from kafkaserver import Broker
+    broker = Broker(s3=s3)
+    try:
+        bucket = s3.bucket("hive-broker-restart")
+        topic = broker.topic("events-restart", 2)
+        broker.produce(topic, [event(i) for i in range(800)])
+        p = hive_pipeline(tmp_path, "khiverestart", broker, s3, bucket, topic, interval="300ms")
+        run = start_run(p)
+        try:
+            deadline = time.time() + 60
+            while not partitions_of(s3, bucket, topic):
+                assert time.time() < deadline and run.poll() is None, "nothing committed"
+                time.sleep(0.3)
+            broker.restart(down_for=3)
+            broker.produce(topic, [event(i) for i in range(800, 1_600)])
+            broker.restart(down_for=1)
+            broker.produce(topic, [event(i) for i in range(1_600, 2_000)])
+            deadline = time.time() + 120
+            while hive_digest(duck, s3, bucket, topic)[0] < 2_000:
+                assert time.time() < deadline and run.poll() is None, "the pipeline did not catch up"
+                time.sleep(1)
+        finally:
+            run.send_signal(signal.SIGTERM)
+            _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        assert_table_matches(duck, s3, bucket, topic, range(2_000))
+    finally:
+        broker.stop()
