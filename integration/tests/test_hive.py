@@ -6,11 +6,11 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 
+import duckdb
 from conftest import BIN, Pipeline, start_run
-from test_kafka import COLUMNS, event, want_digest
+from test_kafka import COLUMNS, event, produce_in_background, want_digest
 
 HOUR_MS = 3_600_000
 BASE_MS = 1_700_000_000_000  # event(i) happens at BASE_MS + i seconds
@@ -43,6 +43,19 @@ def partitions_of(s3, bucket, table):
 def hour_path(ms):
     t = time.gmtime(ms // 1000)
     return time.strftime("dt=%Y-%m-%d/hour=%H", t)
+
+
+def wait_until(check, run, timeout, what):
+    """Poll `check()` until it holds; fail if `run` stops or `timeout` passes first."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except duckdb.Error:  # a table listed before its first file
+            pass
+        assert time.time() < deadline and run.poll() is None, what
+        time.sleep(0.5)
 
 
 def assert_table_matches(duck, s3, bucket, table, ids):
@@ -94,16 +107,7 @@ def test_kill_9_loses_and_duplicates_nothing_and_leaves_no_partial_file(tmp_path
     bucket = s3.bucket("hive-crash")
     topic = kafka.topic("events-hive-crash", 3)
     total = 40_000
-    sent = threading.Event()
-
-    def produce():
-        for start in range(0, total, 2_000):
-            kafka.produce(topic, [event(i) for i in range(start, start + 2_000)])
-            time.sleep(0.05)
-        sent.set()
-
-    producer = threading.Thread(target=produce)
-    producer.start()
+    producer, sent = produce_in_background(kafka, topic, total)
     p = hive_pipeline(tmp_path, "khivecrash", kafka, s3, bucket, topic, interval="200ms")
     rng = random.Random(11)
     kills = 0
@@ -133,10 +137,7 @@ def test_s3_outage_stalls_the_pipeline_and_loses_nothing(tmp_path, kafka, s3, du
     p = hive_pipeline(tmp_path, "khiveout", kafka, s3, bucket, topic, interval="500ms")
     run = start_run(p)
     try:
-        deadline = time.time() + 60
-        while not partitions_of(s3, bucket, topic):
-            assert time.time() < deadline and run.poll() is None, run.stderr.read() if run.poll() else "no files"
-            time.sleep(0.3)
+        wait_until(lambda: partitions_of(s3, bucket, topic), run, 60, "nothing committed")
         s3.pause()
         # Messages keep arriving while S3 does not answer.
         kafka.produce(topic, [event(i) for i in range(5_000, 10_000)])
@@ -144,15 +145,8 @@ def test_s3_outage_stalls_the_pipeline_and_loses_nothing(tmp_path, kafka, s3, du
         s3.resume()
         kafka.produce(topic, [event(i) for i in range(10_000, 12_000)])
         # The pipeline catches up by itself once S3 answers again.
-        deadline = time.time() + 180
-        while True:
-            try:
-                if hive_digest(duck, s3, bucket, topic)[0] == 12_000:
-                    break
-            except Exception:  # noqa: BLE001 - DuckDB may list a table mid-commit
-                pass
-            assert time.time() < deadline and run.poll() is None, "the pipeline did not recover"
-            time.sleep(1)
+        wait_until(lambda: hive_digest(duck, s3, bucket, topic)[0] == 12_000, run, 180,
+                   "the pipeline did not recover")
     finally:
         s3.resume()
         run.send_signal(signal.SIGTERM)
@@ -174,18 +168,13 @@ def test_broker_restart_loses_and_duplicates_nothing(tmp_path, s3, duck):
         p = hive_pipeline(tmp_path, "khiverestart", broker, s3, bucket, topic, interval="300ms")
         run = start_run(p)
         try:
-            deadline = time.time() + 60
-            while not partitions_of(s3, bucket, topic):
-                assert time.time() < deadline and run.poll() is None, "nothing committed"
-                time.sleep(0.3)
+            wait_until(lambda: partitions_of(s3, bucket, topic), run, 60, "nothing committed")
             broker.restart(down_for=3)
             broker.produce(topic, [event(i) for i in range(800, 1_600)])
             broker.restart(down_for=1)
             broker.produce(topic, [event(i) for i in range(1_600, 2_000)])
-            deadline = time.time() + 120
-            while hive_digest(duck, s3, bucket, topic)[0] < 2_000:
-                assert time.time() < deadline and run.poll() is None, "the pipeline did not catch up"
-                time.sleep(1)
+            wait_until(lambda: hive_digest(duck, s3, bucket, topic)[0] == 2_000, run, 120,
+                       "the pipeline did not catch up")
         finally:
             run.send_signal(signal.SIGTERM)
             _, err = run.communicate(timeout=120)

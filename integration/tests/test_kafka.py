@@ -60,9 +60,8 @@ def test_json_topic_lands_once_and_resumes_from_the_lake(tmp_path, kafka, duck):
     assert r.returncode == 0 and f"topic {topic}: 3 partitions" in r.stdout, r
 
 
-def test_kill_9_while_messages_arrive_loses_and_duplicates_nothing(tmp_path, kafka, duck):
-    topic = kafka.topic("orders-crash", 3)
-    total = 60_000
+def produce_in_background(kafka, topic, total):
+    """Send `event(0..total)` in steps of 2,000 from a thread; the event is set when done."""
     sent = threading.Event()
 
     def produce():
@@ -73,6 +72,13 @@ def test_kill_9_while_messages_arrive_loses_and_duplicates_nothing(tmp_path, kaf
 
     producer = threading.Thread(target=produce)
     producer.start()
+    return producer, sent
+
+
+def test_kill_9_while_messages_arrive_loses_and_duplicates_nothing(tmp_path, kafka, duck):
+    topic = kafka.topic("orders-crash", 3)
+    total = 60_000
+    producer, sent = produce_in_background(kafka, topic, total)
     p = kafka_pipeline(tmp_path, "kcrash", kafka, [topic], interval="200ms")
     rng = random.Random(7)
     kills = 0
