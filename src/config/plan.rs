@@ -702,6 +702,12 @@ fn kafka(
             }
         }
     };
+    if format == Format::Json && columns.is_empty() && startup == Startup::Latest {
+        return Err(src.error(
+            s.startup.as_ref().map(|v| v.span()),
+            "columns are inferred from the messages at the start, and startup = \"latest\" starts after all of them: declare columns = [\"name type\", ...]",
+        ));
+    }
     let watermark = match &s.watermark {
         None => None,
         Some(w) => {
@@ -719,9 +725,14 @@ fn kafka(
                     )
                 });
                 if !ok {
+                    let declare = if columns.is_empty() && format == Format::Json {
+                        " (inferred columns are never timestamps: declare columns)"
+                    } else {
+                        ""
+                    };
                     return Err(src.error(
                         Some(w.span()),
-                        format!("watermark column `{c}` must be a timestamp or timestamptz column of the messages; leave column out to use the Kafka timestamps"),
+                        format!("watermark column `{c}` must be a timestamp or timestamptz column of the messages{declare}; leave column out to use the Kafka timestamps"),
                     ));
                 }
             }

@@ -191,8 +191,11 @@ pub enum SourceEvent {
     SnapshotStarted(String),
     /// A table's snapshot phase finished; changes follow.
     SnapshotDone(String),
-    /// Event time has progressed to this many microseconds since the epoch.
+    /// Event time has progressed to this many microseconds since the epoch: the source
+    /// expects no more rows older than that.
     Watermark(i64),
+    /// Nothing happened; lets the engine handle barriers and acks while a source idles.
+    Idle,
 }
 
 /// A source of changes.
@@ -214,7 +217,7 @@ pub trait Source: Send {
 
     /// The next event, or `None` when a bounded source is exhausted. The engine handles
     /// barrier requests and acks between calls, so an unbounded source must return at
-    /// least every few seconds (a heartbeat or watermark event when idle).
+    /// least every few seconds ([`SourceEvent::Idle`] when nothing happens).
     async fn next_event(&mut self) -> Result<Option<SourceEvent>>;
 
     /// Ask for `Barrier { id, .. }` at the next consistent point. A source that is always

@@ -136,6 +136,26 @@ pub(crate) fn storage_error(
     Error::new(kind, format!("hive sink storage: {what}: {e}{hint}"))
 }
 
+/// A path from text written as it should appear in the store: partition values are
+/// already escaped the Hive way, so object_store must not escape them again.
+pub(crate) fn path_of(text: &str) -> Result<Path> {
+    Path::parse(text).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("{text} cannot be a storage path: {e}; rename the table"),
+        )
+    })
+}
+
+/// `<table dir>/<partition>/<name>`, the partition being empty for unpartitioned tables.
+pub(crate) fn in_partition(data: &Path, partition: &str, name: &str) -> Result<Path> {
+    if partition.is_empty() {
+        path_of(&format!("{data}/{name}"))
+    } else {
+        path_of(&format!("{data}/{partition}/{name}"))
+    }
+}
+
 /// The Hive sink.
 pub struct HiveSink {
     opts: HiveOptions,
@@ -157,10 +177,16 @@ impl HiveSink {
     pub async fn connect(opts: HiveOptions) -> Result<Self> {
         let url = parse_url(&opts.url)?;
         if url.scheme() == "file" {
-            std::fs::create_dir_all(url.path()).map_err(|e| {
+            let dir = url.to_file_path().map_err(|()| {
                 Error::new(
                     ErrorKind::Config,
-                    format!("cannot create {}: {e}; check [sink] path", url.path()),
+                    format!("[sink] path {} is not a local directory", opts.url),
+                )
+            })?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("cannot create {}: {e}; check [sink] path", dir.display()),
                 )
             })?;
         }
@@ -201,19 +227,14 @@ impl HiveSink {
         Ok(listed.common_prefixes.len())
     }
 
-    fn layout(&self, table: &str) -> TableLayout {
-        let meta = self
-            .root
-            .clone()
-            .join("_lakeshore")
-            .join(self.opts.pipeline.as_str())
-            .join(table);
-        TableLayout {
+    fn layout(&self, table: &str) -> Result<TableLayout> {
+        let meta = format!("{}/_lakeshore/{}/{table}", self.root, self.opts.pipeline);
+        Ok(TableLayout {
             table: table.to_string(),
-            data: self.root.clone().join(table),
-            staging: meta.clone().join("staging"),
-            marker: meta.join("commit.json"),
-        }
+            data: path_of(&format!("{}/{table}", self.root))?,
+            staging: path_of(&format!("{meta}/staging"))?,
+            marker: path_of(&format!("{meta}/commit.json"))?,
+        })
     }
 
     async fn read_marker(&self, layout: &TableLayout) -> Result<Option<Marker>> {
@@ -239,7 +260,7 @@ impl HiveSink {
     /// Move a staged file into the table; a file moved by an earlier attempt is skipped.
     async fn publish(&self, f: &StagedFile, checkpoint: u64) -> Result<()> {
         let store = &self.settings.store;
-        let (from, to) = (Path::from(f.staged.as_str()), Path::from(f.target.as_str()));
+        let (from, to) = (path_of(&f.staged)?, path_of(&f.target)?);
         match store.rename(&from, &to).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => match store.head(&to).await {
@@ -258,13 +279,12 @@ impl HiveSink {
     }
 
     async fn complete_partition(&self, layout: &TableLayout, partition: &str) -> Result<()> {
-        let mut dir = layout.data.clone();
-        for part in partition.split('/') {
-            dir = dir.join(part);
-        }
         self.settings
             .store
-            .put(&dir.clone().join("_SUCCESS"), PutPayload::new())
+            .put(
+                &in_partition(&layout.data, partition, "_SUCCESS")?,
+                PutPayload::new(),
+            )
             .await
             .map_err(|e| storage_error("writing _SUCCESS", e))?;
         metrics::counter!("lakeshore_hive_partitions_committed_total", "table" => layout.table.clone())
@@ -337,7 +357,7 @@ impl HiveSink {
 /// `validate --connect`: reach the store.
 pub async fn check(opts: &HiveOptions) -> Result<Vec<String>> {
     let sink = HiveSink::connect(opts.clone()).await?;
-    let tables = sink.probe().await?;
+    let tables = sink.probe().await?; // connect() probed too; this counts the entries
     Ok(vec![format!(
         "hive sink: {} answers ({tables} entries at the root)",
         opts.url
@@ -365,7 +385,7 @@ impl Sink for HiveSink {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let layout = self.layout(&target.name);
+        let layout = self.layout(&target.name)?;
         let open = self
             .read_marker(&layout)
             .await?
@@ -391,13 +411,25 @@ impl Sink for HiveSink {
                 format!("checkpoint {}: not a Hive commit: {e}", ctx.checkpoint_id),
             )
         })?;
-        let layout = self.layout(&pending.table);
+        let layout = self.layout(&pending.table)?;
         let marker = self.read_marker(&layout).await?;
-        if marker
-            .as_ref()
-            .is_some_and(|m| m.checkpoint_id >= ctx.checkpoint_id)
-        {
-            return Ok(false);
+        match &marker {
+            Some(m) if m.checkpoint_id > ctx.checkpoint_id => {
+                // Checkpoint ids only grow: the pipeline's state was reset or moved.
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "table {}: {} says pipeline {} committed checkpoint {}, but the pipeline's state is at checkpoint {}; was [pipeline] state changed or deleted? Restore it, or use a new pipeline name",
+                        pending.table,
+                        layout.marker,
+                        ctx.pipeline,
+                        m.checkpoint_id,
+                        ctx.checkpoint_id
+                    ),
+                ));
+            }
+            Some(m) if m.checkpoint_id == ctx.checkpoint_id => return Ok(false),
+            _ => {}
         }
         let open_before = marker.map(|m| m.open).unwrap_or_default();
         if p.files.is_empty() && p.complete.is_empty() && p.open == open_before {
@@ -470,7 +502,7 @@ mod tests {
     }
 
     fn batch(ids: std::ops::Range<i64>) -> ChangeBatch {
-        let regions: Vec<&str> = ids.clone().map(|i| ["eu", "us"][i as usize % 2]).collect();
+        let regions: Vec<&str> = ids.clone().map(|i| ["eu", "us/w"][i as usize % 2]).collect();
         let rows = RecordBatch::try_new(
             target().source.schema,
             vec![
@@ -522,6 +554,8 @@ mod tests {
         let first = files_under(&table);
         assert_eq!(first.len(), 2, "{first:?}");
         assert!(first.iter().any(|f| f.starts_with("region=eu/part-")));
+        // Escaped once, the Hive way.
+        assert!(first.iter().any(|f| f.starts_with("region=us%2Fw/part-")), "{first:?}");
         // Again: nothing happens.
         assert!(!sink.commit(&p1, &ctx(1)).await.unwrap());
         assert_eq!(files_under(&table), first);

@@ -230,15 +230,34 @@ impl Partitioner {
                     ));
                 }
             };
-            if e.transform != Transform::Identity
-                && e.name != e.column
-                && schema.column_with_name(&e.name).is_some()
-            {
+            // Identity columns leave the files; any other column named like a directory
+            // would reach readers twice.
+            let leaves = e.transform == Transform::Identity && e.name == e.column;
+            if !leaves && schema.column_with_name(&e.name).is_some() {
                 return Err(Error::new(
                     ErrorKind::Config,
                     format!(
                         "table {table}: partition name `{}` is also a column; readers would see two columns of that name; pick another name",
                         e.name
+                    ),
+                ));
+            }
+            if bound.iter().any(|b: &Bound| b.expr.name == e.name) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("table {table}: two partition levels are named `{}`", e.name),
+                ));
+            }
+            if e.transform == Transform::Hour
+                && !bound
+                    .iter()
+                    .any(|b| b.expr.column == e.column && b.expr.transform == Transform::Date)
+            {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "table {table}: hour({0}) names only the hour of the day; put a date level of the same column before it, e.g. [\"dt=date({0})\", \"{1}=hour({0})\"]",
+                        e.column, e.name
                     ),
                 ));
             }
@@ -267,11 +286,6 @@ impl Partitioner {
     /// The schema of the files (the table's minus identity partition columns).
     pub fn file_schema(&self) -> &SchemaRef {
         &self.file_schema
-    }
-
-    /// True when rows are grouped into directories.
-    pub fn is_partitioned(&self) -> bool {
-        !self.bound.is_empty()
     }
 
     /// Group `batch`'s rows by partition, in first-seen order.
@@ -394,7 +408,7 @@ fn micros_at(column: &ArrayRef, row: usize, kind: TimeKind) -> i64 {
             }
         }
         TimeKind::Date32 => {
-            i64::from(column.as_primitive::<Date32Type>().value(row)) * MICROS_PER_DAY
+            i64::from(column.as_primitive::<Date32Type>().value(row)).saturating_mul(MICROS_PER_DAY)
         }
         TimeKind::Date64 => column
             .as_primitive::<Date64Type>()
@@ -408,12 +422,13 @@ fn time_value(out: &mut String, transform: Transform, micros: i64) -> i64 {
     let day = micros.div_euclid(MICROS_PER_DAY);
     let date =
         NaiveDate::from_num_days_from_ce_opt((day + 719_163) as i32).unwrap_or(NaiveDate::MIN);
-    let day_start = |d: NaiveDate| i64::from(d.num_days_from_ce() - 719_163) * MICROS_PER_DAY;
+    let day_start =
+        |d: NaiveDate| i64::from(d.num_days_from_ce() - 719_163).saturating_mul(MICROS_PER_DAY);
     match transform {
         Transform::Hour => {
             let hour = micros.div_euclid(MICROS_PER_HOUR);
             let _ = write!(out, "{:02}", hour.rem_euclid(24));
-            (hour + 1) * MICROS_PER_HOUR
+            (hour + 1).saturating_mul(MICROS_PER_HOUR)
         }
         Transform::Date | Transform::Identity => {
             let _ = write!(
@@ -578,5 +593,9 @@ mod tests {
         assert!(error_of(&["ts"]).contains("date(ts)"));
         assert!(error_of(&["h=hour(region)"]).contains("timestamp"));
         assert!(error_of(&["id=date(ts)"]).contains("also a column"));
+        assert!(error_of(&["id=region"]).contains("also a column"));
+        assert!(error_of(&["ts=date(ts)"]).contains("also a column"));
+        assert!(error_of(&["h=hour(ts)"]).contains("date level"));
+        assert!(error_of(&["d=date(ts)", "d=region"]).contains("two partition levels"));
     }
 }

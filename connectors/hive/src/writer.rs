@@ -15,7 +15,7 @@ use parquet::arrow::async_writer::ParquetObjectWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::partition::{PartitionExpr, Partitioner};
-use crate::{Settings, TableLayout, storage_error};
+use crate::{Settings, TableLayout, in_partition, storage_error};
 
 /// At most this many files of a table are open at once; past it the least recently
 /// written one is closed (each open file buffers up to a row group).
@@ -96,12 +96,8 @@ impl HiveWriter {
 
     fn open_file(&self, partition: &str) -> Result<OpenFile> {
         let name = format!("part-{}.parquet", uuid::Uuid::new_v4());
-        let staged = self.layout.staging.clone().join(name.as_str());
-        let mut target = self.layout.data.clone();
-        for part in partition.split('/').filter(|p| !p.is_empty()) {
-            target = target.join(part);
-        }
-        let target = target.join(name.as_str());
+        let staged = in_partition(&self.layout.staging, "", &name)?;
+        let target = in_partition(&self.layout.data, partition, &name)?;
         let buf = BufWriter::with_capacity(self.opts.store.clone(), staged.clone(), UPLOAD_BUFFER);
         let writer = AsyncArrowWriter::try_new(
             ParquetObjectWriter::from_buf_writer(buf),
@@ -112,8 +108,8 @@ impl HiveWriter {
         Ok(OpenFile {
             writer,
             file: StagedFile {
-                staged: staged.to_string(),
-                target: target.to_string(),
+                staged: staged.as_ref().to_string(),
+                target: target.as_ref().to_string(),
                 rows: 0,
             },
             opened: Instant::now(),

@@ -103,15 +103,22 @@ pub struct WatermarkOptions {
 /// Event time per partition; the watermark is the slowest active partition's newest
 /// event time minus the lateness, so a partition read behind the others (a backfill
 /// reads partitions at different paces) does not make its rows late.
+///
+/// "Idle" is measured in time the source spent waiting for messages (starved), not in
+/// wall time: while the sink holds the source back (a slow or unreachable store), no
+/// partition turns idle just because none was read.
 #[derive(Default)]
 struct EventTime {
-    /// (topic index, partition) → (newest event time in µs, when it last had a message).
-    partitions: HashMap<(usize, i32), (i64, Instant)>,
+    /// (topic index, partition) → (newest event time in µs, `starved` when last seen).
+    partitions: HashMap<(usize, i32), (i64, Duration)>,
+    /// Total time the source waited for messages.
+    starved: Duration,
     emitted: i64,
 }
 
 impl EventTime {
-    fn saw(&mut self, topic: usize, partition: i32, micros: i64, now: Instant) {
+    fn saw(&mut self, topic: usize, partition: i32, micros: i64) {
+        let now = self.starved;
         let e = self
             .partitions
             .entry((topic, partition))
@@ -121,11 +128,12 @@ impl EventTime {
     }
 
     /// A new watermark, if it moved forward.
-    fn advance(&mut self, w: &WatermarkOptions, now: Instant) -> Option<i64> {
+    fn advance(&mut self, w: &WatermarkOptions) -> Option<i64> {
+        let now = self.starved;
         let active = self
             .partitions
             .values()
-            .filter(|(_, seen)| now.duration_since(*seen) < w.idle);
+            .filter(|(_, seen)| now.saturating_sub(*seen) < w.idle);
         // Every partition idle: the newest event time of all.
         let slowest = active
             .map(|(t, _)| *t)
@@ -429,7 +437,7 @@ impl KafkaSource {
                     // A partition with messages to read holds the watermark back from
                     // the start, until it delivers them or goes quiet.
                     if highs.get(&(topic.clone(), p)).is_some_and(|h| o < *h) {
-                        event_time.saw(t, p, i64::MIN, Instant::now());
+                        event_time.saw(t, p, i64::MIN);
                     }
                 }
             }
@@ -582,13 +590,12 @@ impl KafkaSource {
             if let Some(column) = self.opts.watermark.as_ref().and_then(|w| w.column.as_ref())
                 && let Some(times) = decode::timestamps(&rows, column)
             {
-                let now = Instant::now();
                 for (row, msg) in row_messages.iter().enumerate() {
                     if let Some(t) =
                         arrow_array::Array::is_valid(times, row).then(|| times.value(row))
                     {
                         let m = &chunk.metas[indices[*msg]];
-                        self.event_time.saw(m.topic, m.partition, t, now);
+                        self.event_time.saw(m.topic, m.partition, t);
                     }
                 }
             }
@@ -611,16 +618,15 @@ impl KafkaSource {
             self.bad_messages(&msgs, &all_bad)?;
         }
         if let Some(w) = &self.opts.watermark {
-            let now = Instant::now();
             if w.column.is_none() {
                 for m in &chunk.metas {
                     if let Some(ms) = m.timestamp {
                         self.event_time
-                            .saw(m.topic, m.partition, ms.saturating_mul(1000), now);
+                            .saw(m.topic, m.partition, ms.saturating_mul(1000));
                     }
                 }
             }
-            if let Some(watermark) = self.event_time.advance(w, now) {
+            if let Some(watermark) = self.event_time.advance(w) {
                 self.out.push_back(SourceEvent::Watermark(watermark));
             }
         }
@@ -918,14 +924,18 @@ impl Source for KafkaSource {
             if self.finished {
                 return Ok(None);
             }
-            match tokio::time::timeout(Duration::from_secs(1), self.rx.recv()).await {
+            let waiting = Instant::now();
+            let received = tokio::time::timeout(Duration::from_secs(1), self.rx.recv()).await;
+            self.event_time.starved += waiting.elapsed();
+            match received {
                 // Idle: let the engine handle barriers and acks.
                 Err(_) => {
                     // Partitions that went quiet stop holding the watermark back.
-                    let now = Instant::now();
                     let w = self.opts.watermark.as_ref();
-                    let moved = w.and_then(|w| self.event_time.advance(w, now));
-                    return Ok(Some(SourceEvent::Watermark(moved.unwrap_or(0))));
+                    let moved = w.and_then(|w| self.event_time.advance(w));
+                    return Ok(Some(
+                        moved.map_or(SourceEvent::Idle, SourceEvent::Watermark),
+                    ));
                 }
                 Ok(None) => {
                     return Err(Error::new(

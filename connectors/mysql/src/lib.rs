@@ -598,7 +598,7 @@ impl Source for MysqlSource {
                 self.flush_all()?;
                 if self.out.is_empty() {
                     self.last_yield = std::time::Instant::now();
-                    return Ok(Some(SourceEvent::Watermark(0)));
+                    return Ok(Some(SourceEvent::Idle));
                 }
                 continue;
             }
@@ -636,7 +636,7 @@ impl Source for MysqlSource {
                         self.flush_all()?;
                     }
                     if self.out.is_empty() {
-                        return Ok(Some(SourceEvent::Watermark(0)));
+                        return Ok(Some(SourceEvent::Idle));
                     }
                 }
             }

@@ -624,7 +624,7 @@ impl Source for PostgresSource {
                 self.flush_all()?;
                 if self.out.is_empty() {
                     self.last_yield = std::time::Instant::now();
-                    return Ok(Some(SourceEvent::Watermark(0)));
+                    return Ok(Some(SourceEvent::Idle));
                 }
                 continue;
             }
@@ -656,7 +656,7 @@ impl Source for PostgresSource {
                         self.flush_all()?;
                     }
                     if self.out.is_empty() {
-                        return Ok(Some(SourceEvent::Watermark(0)));
+                        return Ok(Some(SourceEvent::Idle));
                     }
                 }
             }
