@@ -45,7 +45,7 @@ impl StateStore {
     pub fn open(
         url: &str,
         pipeline: &str,
-        storage: &lakeshore_hive::StorageOptions,
+        storage: &lakeshore_api::StorageOptions,
     ) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Error::new(

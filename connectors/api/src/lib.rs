@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 mod error;
 pub mod files;
+mod storage;
 pub mod url;
+pub use storage::StorageOptions;
 pub use error::{Error, ErrorKind, Result};
 
 /// What happened to one row.
