@@ -20,8 +20,8 @@ mod error;
 pub mod files;
 mod storage;
 pub mod url;
-pub use storage::StorageOptions;
 pub use error::{Error, ErrorKind, Result};
+pub use storage::StorageOptions;
 
 /// What happened to one row.
 ///

@@ -483,7 +483,10 @@ mod tests {
     }
 
     fn batch(ids: std::ops::Range<i64>) -> ChangeBatch {
-        let regions: Vec<&str> = ids.clone().map(|i| ["eu", "us/w"][i as usize % 2]).collect();
+        let regions: Vec<&str> = ids
+            .clone()
+            .map(|i| ["eu", "us/w"][i as usize % 2])
+            .collect();
         let rows = RecordBatch::try_new(
             target().source.schema,
             vec![
@@ -536,7 +539,10 @@ mod tests {
         assert_eq!(first.len(), 2, "{first:?}");
         assert!(first.iter().any(|f| f.starts_with("region=eu/part-")));
         // Escaped once, the Hive way.
-        assert!(first.iter().any(|f| f.starts_with("region=us%2Fw/part-")), "{first:?}");
+        assert!(
+            first.iter().any(|f| f.starts_with("region=us%2Fw/part-")),
+            "{first:?}"
+        );
         // Again: nothing happens.
         assert!(!sink.commit(&p1, &ctx(1)).await.unwrap());
         assert_eq!(files_under(&table), first);
