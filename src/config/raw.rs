@@ -324,8 +324,8 @@ pub struct HiveSection {
     /// Shell command run once per committed partition (after its `_SUCCESS`), e.g. to
     /// add it to a metastore: `"hive -e 'MSCK REPAIR TABLE $LAKESHORE_TABLE'"`. It sees
     /// `LAKESHORE_TABLE`, `LAKESHORE_PARTITION` (`dt=2026-11-27/hour=13`) and
-    /// `LAKESHORE_PARTITION_URL`. A failure is retried with the commit; after a crash it
-    /// may run again, so it should be idempotent.
+    /// `LAKESHORE_PARTITION_URL`. A failure (or 5 minutes without finishing) is retried
+    /// with the commit; after a crash it may run again, so it should be idempotent.
     pub partition_commit_command: Option<String>,
 }
 

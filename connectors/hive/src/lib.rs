@@ -69,6 +69,9 @@ pub struct HiveOptions {
     pub partition_commit_command: Option<String>,
 }
 
+/// How long `partition_commit_command` may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What the writers share.
 pub(crate) struct Settings {
     pub store: Arc<dyn ObjectStore>,
@@ -278,15 +281,28 @@ impl HiveSink {
                 layout.table,
                 partition
             );
-            let out = tokio::process::Command::new("sh")
+            let run = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
                 .env("LAKESHORE_TABLE", &layout.table)
                 .env("LAKESHORE_PARTITION", partition)
                 .env("LAKESHORE_PARTITION_URL", &url)
                 .stdin(std::process::Stdio::null())
-                .output()
+                .kill_on_drop(true)
+                .output();
+            // A command that hangs must not stop the pipeline's commits for good.
+            let out = tokio::time::timeout(COMMAND_TIMEOUT, run)
                 .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Transient,
+                        format!(
+                            "partition_commit_command for {}/{partition} did not finish within {} s; it was killed and will run again",
+                            layout.table,
+                            COMMAND_TIMEOUT.as_secs()
+                        ),
+                    )
+                })?
                 .map_err(|e| {
                     Error::new(
                         ErrorKind::Config,
