@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 pub mod plan;
 pub mod raw;
+mod sinks;
 pub mod units;
 
 #[cfg(test)]

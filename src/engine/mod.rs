@@ -148,7 +148,7 @@ pub async fn run(
     let mut final_id: Option<u64> = None;
     let mut last_barrier = Instant::now();
     let mut requested_at = Instant::now();
-    // The highest watermark handed to the writers (sources also send 0 when idle).
+    // The highest watermark handed to the writers.
     let mut watermark = i64::MIN;
     let outcome: Result<()> = async {
         loop {

@@ -93,87 +93,6 @@ pub fn parse_type(name: &str) -> Option<DataType> {
     })
 }
 
-/// Keys of a JSON object in the order the message writes them.
-struct KeyOrder(Vec<String>);
-
-impl<'de> Deserialize<'de> for KeyOrder {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = KeyOrder;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<KeyOrder, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
-                }
-                Ok(KeyOrder(keys))
-            }
-        }
-        d.deserialize_map(Visitor)
-    }
-}
-
-/// Columns inferred from sample messages that hold JSON objects (others are ignored),
-/// in the order the messages write the fields: numbers become `long` or `double`,
-/// `true`/`false` `boolean`, everything else `string`; fields that hold objects or
-/// arrays are left out. Returns the columns and the names left out.
-pub fn infer_columns(payloads: &[&[u8]]) -> Result<(Vec<Field>, Vec<String>)> {
-    let mut samples: Vec<serde_json::Value> = Vec::new();
-    let mut order: Vec<String> = Vec::new();
-    for p in payloads {
-        let Ok(KeyOrder(keys)) = serde_json::from_slice::<KeyOrder>(p) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(p) else {
-            continue;
-        };
-        for k in keys {
-            if !order.contains(&k) {
-                order.push(k);
-            }
-        }
-        samples.push(v);
-    }
-    let schema = arrow_json::reader::infer_json_schema_from_iterator(samples.iter().map(Ok))
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("inferring columns: {e}")))?;
-    let mut columns = Vec::new();
-    let mut skipped = Vec::new();
-    for name in &order {
-        let Ok(f) = schema.field_with_name(name) else {
-            continue;
-        };
-        let t = match f.data_type() {
-            DataType::Int64 => DataType::Int64,
-            DataType::Float64 => DataType::Float64,
-            DataType::Boolean => DataType::Boolean,
-            DataType::Utf8 | DataType::Null => DataType::Utf8,
-            _ => {
-                skipped.push(name.clone());
-                continue;
-            }
-        };
-        columns.push(Field::new(name.as_str(), t, true));
-    }
-    Ok((columns, skipped))
-}
-
-/// The pipeline-file spelling of a type [`infer_columns`] makes.
-pub fn type_name(t: &DataType) -> &'static str {
-    match t {
-        DataType::Int64 => "long",
-        DataType::Float64 => "double",
-        DataType::Boolean => "boolean",
-        _ => "string",
-    }
-}
-
 /// Timestamp column `column` of `rows` (µs since the epoch), if it has one.
 pub fn timestamps<'a>(
     rows: &'a arrow_array::RecordBatch,
@@ -572,36 +491,5 @@ impl RowDecoder {
         let batch = arrow_select::concat::concat_batches(&self.schema, &rows)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("joining rows: {e}")))?;
         Ok((batch, kept_ops))
-    }
-}
-
-#[cfg(test)]
-mod inference_tests {
-    use super::*;
-
-    #[test]
-    fn columns_follow_the_messages_order_and_widen() {
-        let msgs: Vec<&[u8]> = vec![
-            br#"{"id": 1, "user": "a", "n": 1, "nested": {"x": 1}, "none": null}"#,
-            b"not json",
-            br#"{"id": 2, "n": 2.5, "ok": true, "user": "b"}"#,
-        ];
-        let (cols, skipped) = infer_columns(&msgs).unwrap();
-        let got: Vec<(&str, &DataType)> = cols
-            .iter()
-            .map(|f| (f.name().as_str(), f.data_type()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("id", &DataType::Int64),
-                ("user", &DataType::Utf8),
-                ("n", &DataType::Float64),
-                ("none", &DataType::Utf8),
-                ("ok", &DataType::Boolean),
-            ]
-        );
-        assert_eq!(skipped, vec!["nested".to_string()]);
-        assert_eq!(type_name(&DataType::Float64), "double");
     }
 }

@@ -34,9 +34,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub mod decode;
+mod infer;
+mod watermark;
 
 pub use decode::Format;
 use decode::{Bad, Images, Message, RowDecoder};
+use watermark::EventTime;
+pub use watermark::WatermarkOptions;
 
 /// Where a topic is read from when the lake has no offsets for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,64 +91,6 @@ pub struct KafkaOptions {
     pub batch_rows: usize,
     /// Event-time watermark, if the sink needs one.
     pub watermark: Option<WatermarkOptions>,
-}
-
-/// How the source tracks event time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatermarkOptions {
-    /// A timestamp column of the rows; `None` = the messages' Kafka timestamps.
-    pub column: Option<String>,
-    /// How far the watermark stays behind event time, in microseconds.
-    pub lateness_micros: i64,
-    /// A partition with no message for this long no longer holds the watermark back.
-    pub idle: Duration,
-}
-
-/// Event time per partition; the watermark is the slowest active partition's newest
-/// event time minus the lateness, so a partition read behind the others (a backfill
-/// reads partitions at different paces) does not make its rows late.
-///
-/// "Idle" is measured in time the source spent waiting for messages (starved), not in
-/// wall time: while the sink holds the source back (a slow or unreachable store), no
-/// partition turns idle just because none was read.
-#[derive(Default)]
-struct EventTime {
-    /// (topic index, partition) → (newest event time in µs, `starved` when last seen).
-    partitions: HashMap<(usize, i32), (i64, Duration)>,
-    /// Total time the source waited for messages.
-    starved: Duration,
-    emitted: i64,
-}
-
-impl EventTime {
-    fn saw(&mut self, topic: usize, partition: i32, micros: i64) {
-        let now = self.starved;
-        let e = self
-            .partitions
-            .entry((topic, partition))
-            .or_insert((micros, now));
-        e.0 = e.0.max(micros);
-        e.1 = now;
-    }
-
-    /// A new watermark, if it moved forward.
-    fn advance(&mut self, w: &WatermarkOptions) -> Option<i64> {
-        let now = self.starved;
-        let active = self
-            .partitions
-            .values()
-            .filter(|(_, seen)| now.saturating_sub(*seen) < w.idle);
-        // Every partition idle: the newest event time of all.
-        let slowest = active
-            .map(|(t, _)| *t)
-            .min()
-            .or_else(|| self.partitions.values().map(|(t, _)| *t).max())?;
-        let watermark = slowest.saturating_sub(w.lateness_micros);
-        (watermark > self.emitted).then(|| {
-            self.emitted = watermark;
-            watermark
-        })
-    }
 }
 
 impl std::fmt::Debug for KafkaOptions {
@@ -227,7 +173,7 @@ pub struct KafkaSource {
     event_time: EventTime,
 }
 
-fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Transient, format!("Kafka: {what}: {e}"))
 }
 
@@ -256,7 +202,7 @@ impl KafkaSource {
             .map_err(|e| Error::new(ErrorKind::Internal, format!("opening Kafka: {e}")))?
     }
 
-    fn client_config(opts: &KafkaOptions) -> ClientConfig {
+    pub(crate) fn client_config(opts: &KafkaOptions) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &opts.brokers)
             .set("group.id", &opts.group_id)
@@ -421,10 +367,7 @@ impl KafkaSource {
                 }
             }
         }
-        let mut event_time = EventTime {
-            emitted: i64::MIN,
-            ..Default::default()
-        };
+        let mut event_time = EventTime::new();
         for (topic, parts) in &position.offsets {
             for (&p, &o) in parts {
                 if let Some(t) = topics
@@ -446,7 +389,7 @@ impl KafkaSource {
         if opts.format == Format::Json && opts.columns.is_empty() {
             let names: Vec<String> = match &position.columns {
                 Some(c) => c.clone(),
-                None => infer_columns(&opts, &assignment, &highs)?,
+                None => infer::sample_columns(&opts, &assignment, &highs)?,
             };
             opts.columns = names
                 .iter()
@@ -720,76 +663,8 @@ impl KafkaSource {
     }
 }
 
-/// Messages read to infer the columns of a JSON topic.
-const INFER_MESSAGES: usize = 1000;
-
-/// Columns of a `json` topic without declared ones, from up to [`INFER_MESSAGES`]
-/// messages at the pipeline's start positions, read by a consumer of their own (the
-/// source's consumer starts at the same place).
-fn infer_columns(
-    opts: &KafkaOptions,
-    assignment: &TopicPartitionList,
-    highs: &HashMap<(String, i32), i64>,
-) -> Result<Vec<String>> {
-    let consumer: BaseConsumer = KafkaSource::client_config(opts)
-        .create()
-        .map_err(|e| kafka_error("creating the consumer that infers columns", e))?;
-    consumer
-        .assign(assignment)
-        .map_err(|e| kafka_error("assigning partitions", e))?;
-    // Partitions with something to read, and where their messages end now.
-    let mut waiting: HashMap<(String, i32), i64> = assignment
-        .elements()
-        .iter()
-        .filter_map(|e| {
-            let key = (e.topic().to_string(), e.partition());
-            let high = *highs.get(&key)?;
-            match e.offset() {
-                Offset::Offset(o) if o >= high => None,
-                _ => Some((key, high)),
-            }
-        })
-        .collect();
-    let mut samples = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while samples.len() < INFER_MESSAGES && !waiting.is_empty() && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let key = (m.topic().to_string(), m.partition());
-                if waiting.get(&key).is_some_and(|h| m.offset() + 1 >= *h) {
-                    waiting.remove(&key);
-                }
-                if let Some(p) = m.payload() {
-                    samples.push(p.to_vec());
-                }
-            }
-            Some(Err(e)) if is_transient(&e) => {}
-            Some(Err(e)) => return Err(kafka_error("reading messages to infer columns", e)),
-            None => {}
-        }
-    }
-    let payloads: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
-    let (columns, skipped) = decode::infer_columns(&payloads)?;
-    if columns.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Transient,
-            format!(
-                "cannot infer the columns of topics {}: no JSON object among the first {} messages (an empty topic?); declare columns = [\"name type\", ...] in [source]",
-                opts.topics.join(", "),
-                samples.len()
-            ),
-        ));
-    }
-    let names: Vec<String> = columns
-        .iter()
-        .map(|f| format!("{} {}", f.name(), decode::type_name(f.data_type())))
-        .collect();
-    tracing::info!(columns = ?names, left_out = ?skipped, messages = samples.len(), "inferred the columns of the JSON messages; they stay fixed for this pipeline (declare columns to change them)");
-    Ok(names)
-}
-
 /// Errors librdkafka recovers from itself (connections, timeouts).
-fn is_transient(e: &KafkaError) -> bool {
+pub(crate) fn is_transient(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(
         e.rdkafka_error_code(),
@@ -926,7 +801,7 @@ impl Source for KafkaSource {
             }
             let waiting = Instant::now();
             let received = tokio::time::timeout(Duration::from_secs(1), self.rx.recv()).await;
-            self.event_time.starved += waiting.elapsed();
+            self.event_time.waited(waiting.elapsed());
             match received {
                 // Idle: let the engine handle barriers and acks.
                 Err(_) => {

@@ -1,0 +1,365 @@
+//! `[sink]` sections → validated sink plans: Iceberg and Hive options, partition
+//! expressions, and the checks that need the source's tables.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use lakeshore_api::TableSchema;
+use lakeshore_iceberg::schema::parse_partition_expr;
+use lakeshore_iceberg::{CatalogConfig, Codec, IcebergOptions, WriteMode};
+use toml::Spanned;
+
+use super::plan::{Plan, SinkPlan, absolute};
+use super::raw::{self, SinkMode};
+use super::{ConfigError, SourceText};
+
+/// A `[sink]` section type.
+pub(super) trait SinkSection {
+    /// The validated sink and where checkpoint records go unless `[pipeline] state` says.
+    fn plan(&self, src: &SourceText<'_>, pipeline: &str)
+    -> Result<(SinkPlan, String), ConfigError>;
+
+    /// Checks that need the source's tables (when they are known without connecting).
+    fn check_tables(
+        &self,
+        src: &SourceText<'_>,
+        plan: &Plan,
+        tables: &BTreeMap<String, &TableSchema>,
+    ) -> Result<(), ConfigError>;
+}
+
+impl SinkSection for raw::IcebergSection {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        _pipeline: &str,
+    ) -> Result<(SinkPlan, String), ConfigError> {
+        let (sink, warehouse) = iceberg(src, self)?;
+        let state = warehouse.parent().unwrap_or(&warehouse).join("state");
+        Ok((sink, format!("file://{}", state.display())))
+    }
+
+    fn check_tables(
+        &self,
+        src: &SourceText<'_>,
+        plan: &Plan,
+        tables: &BTreeMap<String, &TableSchema>,
+    ) -> Result<(), ConfigError> {
+        check_partition_columns(src, tables, &self.partitioning, None, |e| {
+            parse_partition_expr(e).ok().map(|p| p.column)
+        })?;
+        let SinkPlan::Iceberg { options, .. } = &plan.sink else {
+            return Ok(());
+        };
+        if options.mode == Some(WriteMode::Upsert) {
+            for (target, t) in tables {
+                if t.key.is_empty() {
+                    return Err(src.error(
+                        self.mode.as_ref().map(|m| m.span()),
+                        format!("mode = \"upsert\" needs a primary key, and table `{target}` has none; use mode = \"append\""),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SinkSection for raw::HiveSection {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        pipeline: &str,
+    ) -> Result<(SinkPlan, String), ConfigError> {
+        let sink = hive(src, self, pipeline)?;
+        let SinkPlan::Hive { options, .. } = &sink else {
+            unreachable!("hive() makes a Hive plan");
+        };
+        let state = format!("{}/_lakeshore/state", options.url.trim_end_matches('/'));
+        Ok((sink, state))
+    }
+
+    fn check_tables(
+        &self,
+        src: &SourceText<'_>,
+        _plan: &Plan,
+        tables: &BTreeMap<String, &TableSchema>,
+    ) -> Result<(), ConfigError> {
+        let column_of = |e: &str| {
+            lakeshore_hive::partition::parse_expr(e)
+                .ok()
+                .map(|p| p.column)
+        };
+        check_partition_columns(src, tables, &self.partitioning, None, column_of)?;
+        // The default list applies to every table without its own.
+        let defaults: BTreeMap<String, Vec<Spanned<String>>> = tables
+            .keys()
+            .filter(|t| !self.partitioning.contains_key(*t))
+            .map(|t| (t.clone(), self.partition_by.clone()))
+            .collect();
+        check_partition_columns(src, tables, &defaults, Some("partition_by"), column_of)
+    }
+}
+
+fn codec(src: &SourceText<'_>, c: &Option<Spanned<String>>) -> Result<Codec, ConfigError> {
+    let Some(c) = c else {
+        return Ok(Codec::Zstd(1));
+    };
+    let text = c.get_ref().trim();
+    let bad = || {
+        src.error(
+            Some(c.span()),
+            format!("unknown compression \"{text}\"; write \"zstd\", \"zstd(N)\" with N in 1..=22, \"snappy\" or \"none\""),
+        )
+    };
+    match text {
+        "zstd" => Ok(Codec::Zstd(1)),
+        "snappy" => Ok(Codec::Snappy),
+        "none" | "uncompressed" => Ok(Codec::Uncompressed),
+        t => {
+            let level = t
+                .strip_prefix("zstd(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| (1..=22).contains(n))
+                .ok_or_else(bad)?;
+            Ok(Codec::Zstd(level))
+        }
+    }
+}
+
+/// `target_file_size` and `row_group_size`, with their defaults and lower bounds.
+fn file_sizes(
+    src: &SourceText<'_>,
+    target_file_size: &Option<Spanned<super::units::ByteSize>>,
+    row_group_size: &Option<Spanned<super::units::ByteSize>>,
+) -> Result<(u64, usize), ConfigError> {
+    let target = match target_file_size {
+        Some(t) if t.get_ref().0 < 1 << 20 => {
+            return Err(src.error(Some(t.span()), "target_file_size must be at least \"1MiB\""));
+        }
+        Some(t) => t.get_ref().0,
+        None => 128 << 20,
+    };
+    let row_group = match row_group_size {
+        Some(r) if r.get_ref().0 < 64 << 10 => {
+            return Err(src.error(Some(r.span()), "row_group_size must be at least \"64KiB\""));
+        }
+        Some(r) => r.get_ref().0 as usize,
+        None => 4 << 20,
+    };
+    Ok((target, row_group))
+}
+
+fn hive(
+    src: &SourceText<'_>,
+    s: &raw::HiveSection,
+    pipeline: &str,
+) -> Result<SinkPlan, ConfigError> {
+    let path = &s.path.get_ref().0;
+    let url = if path.starts_with("s3://") || path.starts_with("s3a://") {
+        let rest = path.split_once("://").map(|(_, r)| r).unwrap_or("");
+        if rest.split('/').next().unwrap_or("").is_empty() {
+            return Err(src.error(
+                Some(s.path.span()),
+                "path needs a bucket: write \"s3://bucket/prefix\"",
+            ));
+        }
+        format!("s3://{rest}")
+    } else if path.contains("://") && !path.starts_with("file://") {
+        return Err(src.error(
+            Some(s.path.span()),
+            format!(
+                "path {path}: this build writes Hive tables to a directory, file:// or s3:// URL"
+            ),
+        ));
+    } else {
+        let dir = absolute(path.strip_prefix("file://").unwrap_or(path));
+        format!("file://{}", dir.display())
+    };
+    let storage: BTreeMap<String, String> = s
+        .storage
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    if let Some(k) = storage.keys().find(|k| {
+        k.to_ascii_lowercase()
+            .parse::<object_store::aws::AmazonS3ConfigKey>()
+            .is_err()
+    }) {
+        return Err(src.error(
+            Some(s.path.span()),
+            format!("[sink] storage key `{k}` is unknown; use endpoint, region, access_key_id, secret_access_key, session_token, allow_http or another object_store S3 setting"),
+        ));
+    }
+    let parse_list = |list: &[Spanned<String>]| -> Result<Vec<String>, ConfigError> {
+        list.iter()
+            .map(|e| {
+                lakeshore_hive::partition::parse_expr(e.get_ref())
+                    .map(|_| e.get_ref().clone())
+                    .map_err(|m| src.error(Some(e.span()), m))
+            })
+            .collect()
+    };
+    let default_partitioning = parse_list(&s.partition_by)?;
+    let mut partitioning = BTreeMap::new();
+    for (table, exprs) in &s.partitioning {
+        partitioning.insert(table.clone(), parse_list(exprs)?);
+    }
+    let (target_file_size, row_group_bytes) =
+        file_sizes(src, &s.target_file_size, &s.row_group_size)?;
+    let options = lakeshore_hive::HiveOptions {
+        url,
+        storage: lakeshore_hive::StorageOptions(storage),
+        pipeline: pipeline.to_string(),
+        codec: codec(src, &s.compression)?,
+        row_group_bytes,
+        target_file_size,
+        rollover: s.rollover_interval.as_ref().map(|d| d.get_ref().0),
+        commit_delay: s
+            .commit_delay
+            .as_ref()
+            .map(|d| d.get_ref().0)
+            .unwrap_or_default(),
+        partition_commit_command: s.partition_commit_command.clone(),
+    };
+    Ok(SinkPlan::Hive {
+        options,
+        partitioning,
+        default_partitioning,
+    })
+}
+
+fn iceberg(
+    src: &SourceText<'_>,
+    s: &raw::IcebergSection,
+) -> Result<(SinkPlan, PathBuf), ConfigError> {
+    let cat = &s.catalog;
+    if cat.kind.get_ref() != "sql" {
+        return Err(src.error(
+            Some(cat.kind.span()),
+            format!(
+                "unknown catalog type \"{}\"; this build supports \"sql\" (SQLite or PostgreSQL)",
+                cat.kind.get_ref()
+            ),
+        ));
+    }
+    let uri = &cat.uri.0;
+    let uri = if let Some(path) = uri.strip_prefix("sqlite://") {
+        let (path, query) = path
+            .split_once('?')
+            .map(|(p, q)| (p, Some(q)))
+            .unwrap_or((path, None));
+        let abs = absolute(path);
+        match query {
+            Some(q) => format!("sqlite://{}?{q}", abs.display()),
+            None => format!("sqlite://{}", abs.display()),
+        }
+    } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+        uri.clone()
+    } else {
+        return Err(src.error(
+            None,
+            "[sink.catalog] uri must start with sqlite:// (e.g. \"sqlite://lake/catalog.db\") or postgres://",
+        ));
+    };
+    let warehouse_text = cat
+        .warehouse
+        .0
+        .strip_prefix("file://")
+        .unwrap_or(&cat.warehouse.0);
+    if warehouse_text.contains("://") {
+        return Err(src.error(
+            None,
+            "[sink.catalog] warehouse must be a local directory or file:// URL in this build",
+        ));
+    }
+    let warehouse = absolute(warehouse_text);
+    let namespace = s.namespace.get_ref();
+    if namespace.is_empty() || namespace.split('.').any(|p| p.is_empty()) {
+        return Err(src.error(
+            Some(s.namespace.span()),
+            "namespace must be a non-empty name such as \"shop\"",
+        ));
+    }
+    let (target_file_size, row_group_bytes) =
+        file_sizes(src, &s.target_file_size, &s.row_group_size)?;
+    let mut partitioning = BTreeMap::new();
+    for (table, exprs) in &s.partitioning {
+        let mut list = Vec::new();
+        for e in exprs {
+            parse_partition_expr(e.get_ref()).map_err(|m| src.error(Some(e.span()), m))?;
+            list.push(e.get_ref().clone());
+        }
+        partitioning.insert(table.clone(), list);
+    }
+    let options = IcebergOptions {
+        catalog: CatalogConfig {
+            name: cat.name.clone().unwrap_or_else(|| "lakeshore".into()),
+            uri,
+            warehouse: warehouse.display().to_string(),
+        },
+        namespace: namespace.clone(),
+        target_file_size,
+        codec: codec(src, &s.compression)?,
+        row_group_bytes,
+        mode: s.mode.as_ref().map(|m| match m.get_ref() {
+            SinkMode::Append => WriteMode::Append,
+            SinkMode::Upsert => WriteMode::Upsert,
+        }),
+    };
+    Ok((
+        SinkPlan::Iceberg {
+            options,
+            partitioning,
+        },
+        warehouse,
+    ))
+}
+
+/// Every table named in `lists` exists and has the columns its expressions use.
+/// `default_key` names the key the lists came from when they are not per table.
+fn check_partition_columns(
+    src: &SourceText<'_>,
+    tables: &BTreeMap<String, &TableSchema>,
+    lists: &BTreeMap<String, Vec<Spanned<String>>>,
+    default_key: Option<&str>,
+    column_of: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (table, exprs) in lists {
+        let Some(schema) = tables.get(table) else {
+            let known: Vec<&str> = tables.keys().map(String::as_str).collect();
+            return Err(src.error(
+                exprs.first().map(|e| e.span()),
+                format!("[sink.partitioning] names table `{table}`, which the source does not produce (tables: {})", known.join(", ")),
+            ));
+        };
+        for e in exprs {
+            let Some(column) = column_of(e.get_ref()) else {
+                continue;
+            };
+            if schema.schema.field_with_name(&column).is_err() {
+                let cols: Vec<&str> = schema
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                let hint = match default_key {
+                    Some(key) => format!(
+                        "; give it its own list under [sink.partitioning] (e.g. {table} = []) instead of {key}"
+                    ),
+                    None => String::new(),
+                };
+                return Err(src.error(
+                    Some(e.span()),
+                    format!(
+                        "table `{table}` has no column `{column}` (columns: {}){hint}",
+                        cols.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
