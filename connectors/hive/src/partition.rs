@@ -312,7 +312,9 @@ impl Partitioner {
             .collect::<Result<_>>()?;
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut groups: Vec<(String, Vec<u32>, Option<i64>)> = Vec::new();
+        // Reused per row: no allocation per row and column.
         let mut key = String::new();
+        let mut value = String::new();
         for row in 0..batch.num_rows() {
             key.clear();
             let mut end: Option<i64> = None;
@@ -331,7 +333,7 @@ impl Partitioner {
                 }
                 match (&formatters[i], b.time) {
                     (Some(f), _) => {
-                        let mut value = String::new();
+                        value.clear();
                         let _ = write!(value, "{}", f.value(row));
                         if value.is_empty() {
                             key.push_str(NULL_PARTITION);
