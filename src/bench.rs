@@ -22,7 +22,7 @@ pub async fn raw_parquet(plan: &Plan, out: &Path) -> anyhow::Result<(u64, f64)> 
     if let crate::config::plan::SourcePlan::Datagen(opts) = &mut plan.source {
         opts.rate = 0;
     }
-    let mut source = crate::pipeline::open_source(&plan, None, true).await?;
+    let mut source = crate::pipeline::open_source(&plan, None, true, None).await?;
     let mut writers: HashMap<String, ArrowWriter<File>> = HashMap::new();
     let started = Instant::now();
     let mut rows = 0u64;

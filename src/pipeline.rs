@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lakeshore_api::{Result, Sink, Source, SourcePosition};
+use lakeshore_api::{Error, ErrorKind, Ledger, Result, Sink, Source, SourcePosition};
 use lakeshore_datagen::DatagenSource;
 use lakeshore_iceberg::IcebergSink;
 use lakeshore_postgres::PostgresSource;
@@ -14,8 +14,9 @@ use tokio::sync::watch;
 
 use crate::config::Plan;
 use crate::config::plan::{SinkPlan, SourcePlan};
+use crate::engine::group::{self, GroupLedger};
 use crate::engine::state::StateStore;
-use crate::engine::{self, Observer, PipelineSpec, RunSummary};
+use crate::engine::{self, Checkpoints, Observer, PipelineSpec, RunSummary};
 
 /// Open the source of `plan` at `position`. `bounded` (`backfill`): sources that could
 /// run forever stop once they have caught up with what existed when they started.
@@ -23,6 +24,7 @@ pub async fn open_source(
     plan: &Plan,
     position: Option<&SourcePosition>,
     bounded: bool,
+    ledger: Option<Arc<dyn Ledger>>,
 ) -> Result<Box<dyn Source>> {
     match &plan.source {
         SourcePlan::Datagen(o) => Ok(Box::new(DatagenSource::open(o.clone(), position)?)),
@@ -33,7 +35,7 @@ pub async fn open_source(
             lakeshore_mysql::MysqlSource::open(o.clone(), position, bounded).await?,
         )),
         SourcePlan::Kafka(o) => Ok(Box::new(
-            lakeshore_kafka::KafkaSource::open(o.clone(), position, bounded).await?,
+            lakeshore_kafka::KafkaSource::open(o.clone(), position, bounded, ledger).await?,
         )),
     }
 }
@@ -53,8 +55,8 @@ pub async fn check_source(plan: &Plan) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-/// Connect the sink of `plan`.
-pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
+/// Connect the sink of `plan`, committing as `commit_as` (see [`PipelineSpec::commit_as`]).
+pub async fn open_sink(plan: &Plan, commit_as: &str) -> Result<Arc<dyn Sink>> {
     match &plan.sink {
         SinkPlan::Iceberg { options, .. } => {
             if let Some(path) = options.catalog.uri.strip_prefix("sqlite://") {
@@ -81,9 +83,11 @@ pub async fn open_sink(plan: &Plan) -> Result<Arc<dyn Sink>> {
             })?;
             Ok(Arc::new(IcebergSink::connect(options.clone()).await?))
         }
-        SinkPlan::Hive { options, .. } => Ok(Arc::new(
-            lakeshore_hive::HiveSink::connect(options.clone()).await?,
-        )),
+        SinkPlan::Hive { options, .. } => {
+            let mut options = options.clone();
+            options.pipeline = commit_as.to_string();
+            Ok(Arc::new(lakeshore_hive::HiveSink::connect(options).await?))
+        }
     }
 }
 
@@ -129,12 +133,54 @@ async fn run_once(
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunSummary> {
     tracing::info!(pipeline = %plan.name, file = %plan.file.display(), "starting");
-    let sink = open_sink(plan).await?;
-    let store = StateStore::open(&plan.state_url, &plan.name, &plan.sink.storage())?;
+    let storage = plan.sink.storage();
+    // A shared pipeline: each run joins the group as a new member.
+    let member = plan.scale_out().then(group::new_member);
+    let commit_as = member
+        .as_deref()
+        .map_or_else(|| plan.name.clone(), |m| group::commit_name(&plan.name, m));
+    let sink = open_sink(plan, &commit_as).await?;
+    let (store, ledger) = match member {
+        Some(member) => {
+            if bounded {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "pipeline {}: scale_out pipelines run with `lakeshore run` (a \
+                         backfill reads every partition in one process)",
+                        plan.name
+                    ),
+                ));
+            }
+            let ledger = Arc::new(
+                GroupLedger::open(&plan.state_url, &plan.name, member, &storage, sink.clone())
+                    .await?,
+            );
+            let shared: Arc<dyn Ledger> = ledger.clone();
+            (Checkpoints::Group(ledger), Some(shared))
+        }
+        None => {
+            let store = StateStore::open(&plan.state_url, &plan.name, &storage)?;
+            if store.latest().await?.is_none()
+                && group::exists(&plan.state_url, &plan.name, &storage).await?
+            {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "pipeline {} ran with scale_out = true; its state is the group's \
+                         ledger. Set scale_out = true again, or use a new pipeline name",
+                        plan.name
+                    ),
+                ));
+            }
+            (Checkpoints::Solo(store), None)
+        }
+    };
     let route_plan = plan.clone();
     let (partitioning, default_partitioning) = plan.sink.partitioning();
     let spec = PipelineSpec {
         name: plan.name.clone(),
+        commit_as,
         checkpoint_interval: plan.checkpoint_interval,
         route: Box::new(move |t| route_plan.target_table(t)),
         partitioning,
@@ -142,7 +188,7 @@ async fn run_once(
     };
     engine::run(
         spec,
-        async |p: Option<SourcePosition>| open_source(plan, p.as_ref(), bounded).await,
+        async |p: Option<SourcePosition>| open_source(plan, p.as_ref(), bounded, ledger).await,
         sink,
         store,
         observer,

@@ -130,6 +130,11 @@ pub struct RoutePlan {
 }
 
 impl Plan {
+    /// True when several processes share the source (Kafka `scale_out`).
+    pub fn scale_out(&self) -> bool {
+        matches!(&self.source, SourcePlan::Kafka(k) if k.scale_out)
+    }
+
     /// The lake table a source table lands in: the first matching route, else the
     /// source name without its database/schema prefix.
     pub fn target_table(&self, source_table: &str) -> String {
@@ -663,6 +668,30 @@ fn kafka(
             })
         }
     };
+    let scale_out = s.scale_out.as_ref().is_some_and(|v| *v.get_ref());
+    if let Some(v) = s.scale_out.as_ref().filter(|_| scale_out) {
+        if format == Format::Json && columns.is_empty() {
+            return Err(src.error(
+                Some(v.span()),
+                "scale_out needs declared columns (each process would infer its own);                  add columns = [\"name type\", ...]",
+            ));
+        }
+        if let Some(strategy) = s
+            .properties
+            .get("partition.assignment.strategy")
+            .filter(|p| p.0.contains("cooperative"))
+        {
+            return Err(src.error(
+                Some(v.span()),
+                format!(
+                    "scale_out works with the eager rebalance protocol; remove \
+                     partition.assignment.strategy = \"{}\" (or use \"range\" or \
+                     \"roundrobin\")",
+                    strategy.0
+                ),
+            ));
+        }
+    }
     Ok(SourcePlan::Kafka(KafkaOptions {
         brokers: s.brokers.0.clone(),
         topics: s.topics.iter().map(|t| t.get_ref().clone()).collect(),
@@ -688,6 +717,7 @@ fn kafka(
             .collect(),
         batch_rows: 8192,
         watermark,
+        scale_out,
     }))
 }
 

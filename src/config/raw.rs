@@ -164,10 +164,15 @@ pub struct KafkaSection {
     /// `["orders", "^events-.*"]`. Each topic is a source table of its own name unless
     /// `table` is set.
     pub topics: Vec<Spanned<String>>,
-    /// Consumer group. lakeshore assigns partitions itself and keeps its offsets in the
-    /// lake commits; it commits them to the group after each lake commit so that lag
-    /// tools see them. Default `lakeshore-<pipeline name>`.
+    /// Consumer group. lakeshore keeps its offsets in the lake commits; it commits them
+    /// to the group after each lake commit so that lag tools see them. Default
+    /// `lakeshore-<pipeline name>`.
     pub group_id: Option<Spanned<String>>,
+    /// `true`: several `lakeshore run` processes with this pipeline file share the
+    /// topics' partitions through the consumer group (scale-out); a rebalance neither
+    /// loses nor repeats a message. Default `false`: one process assigns itself every
+    /// partition. Needs declared `columns` (JSON) and the eager rebalance protocol.
+    pub scale_out: Option<Spanned<bool>>,
     /// Where a partition starts when the lake has no offset for it: `"earliest"`
     /// (default), `"latest"` or `{ timestamp = "2026-01-01T00:00:00Z" }`.
     pub startup: Option<Spanned<toml::Value>>,

@@ -28,9 +28,45 @@ use lakeshore_api::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub mod group;
 pub mod state;
 
+use group::GroupLedger;
 use state::{CheckpointRecord, StateStore};
+
+/// Where checkpoints are decided: the pipeline's own records, or the ledger of a group of
+/// processes sharing the pipeline (scale-out).
+pub enum Checkpoints {
+    /// One process runs the pipeline; a second copy is fenced off.
+    Solo(StateStore),
+    /// Several processes share the source's partitions.
+    Group(Arc<GroupLedger>),
+}
+
+impl Checkpoints {
+    /// The record to recover and resume from; a group member starts afresh (its units
+    /// come with their positions from the ledger).
+    async fn latest(&self) -> Result<Option<CheckpointRecord>> {
+        match self {
+            Checkpoints::Solo(s) => s.latest().await,
+            Checkpoints::Group(_) => Ok(None),
+        }
+    }
+
+    async fn write(&self, record: &CheckpointRecord) -> Result<()> {
+        match self {
+            Checkpoints::Solo(s) => s.write(record).await,
+            Checkpoints::Group(g) => g.decide(record).await,
+        }
+    }
+
+    async fn prune(&self) -> Result<()> {
+        match self {
+            Checkpoints::Solo(s) => s.prune().await,
+            Checkpoints::Group(g) => g.prune().await,
+        }
+    }
+}
 
 /// Batches queued per writer before the source waits.
 const CHANNEL_DEPTH: usize = 4;
@@ -39,6 +75,9 @@ const CHANNEL_DEPTH: usize = 4;
 pub struct PipelineSpec {
     /// Pipeline name.
     pub name: String,
+    /// The name commits carry (`lakeshore.pipeline`): the pipeline's, or in a shared
+    /// pipeline `<pipeline>@<member>`.
+    pub commit_as: String,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
     /// Source table → lake table.
@@ -96,7 +135,7 @@ pub async fn run(
     spec: PipelineSpec,
     open_source: impl AsyncFnOnce(Option<SourcePosition>) -> Result<Box<dyn Source>>,
     sink: Arc<dyn Sink>,
-    store: StateStore,
+    store: Checkpoints,
     observer: Arc<dyn Observer>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunSummary> {
@@ -104,7 +143,7 @@ pub async fn run(
     let last = store.latest().await?;
     let mut summary = RunSummary::default();
     if let Some(rec) = &last {
-        recover(&spec.name, rec, sink.as_ref()).await?;
+        recover(&spec.commit_as, rec, sink.as_ref()).await?;
         summary.resumed_from = Some(rec.id);
         summary.last_checkpoint = Some(rec.id);
     }
@@ -150,6 +189,8 @@ pub async fn run(
     let mut requested_at = Instant::now();
     // The highest watermark handed to the writers.
     let mut watermark = i64::MIN;
+    // The source asked for a checkpoint now.
+    let mut wanted = false;
     let outcome: Result<()> = async {
         loop {
             while let Ok((id, position)) = ack_rx.try_recv() {
@@ -169,8 +210,9 @@ pub async fn run(
                     0 => {
                         last_barrier.elapsed() >= spec.checkpoint_interval
                             || pressure.swap(false, Ordering::Relaxed)
+                            || std::mem::take(&mut wanted)
                     }
-                    1 => pressure.swap(false, Ordering::Relaxed),
+                    1 => pressure.swap(false, Ordering::Relaxed) || std::mem::take(&mut wanted),
                     _ => false,
                 };
             if final_id.is_none() && stopping && requested.is_none() {
@@ -250,6 +292,7 @@ pub async fn run(
                         return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
                     }
                 }
+                Some(SourceEvent::CheckpointNow) => wanted = requested.is_none(),
                 Some(SourceEvent::Watermark(w)) if w > watermark => {
                     watermark = w;
                     for wr in &writers {
@@ -413,7 +456,7 @@ async fn open_writers(
 
 /// Commit one table, retrying errors the sink marks retryable (a busy catalog database,
 /// a storage hiccup). Commits are idempotent, so a retry after an unknown outcome is safe.
-async fn commit_with_retry(
+pub(crate) async fn commit_with_retry(
     sink: &dyn Sink,
     pending: &PendingCommit,
     ctx: &CommitContext,
@@ -498,7 +541,7 @@ async fn writer_task(
 async fn committer_task(
     spec: Arc<PipelineSpec>,
     sink: Arc<dyn Sink>,
-    store: StateStore,
+    store: Checkpoints,
     writers: usize,
     mut inbox: mpsc::UnboundedReceiver<CommitterMsg>,
     committed: watch::Sender<u64>,
@@ -533,7 +576,7 @@ async fn committer_task(
                     .unwrap_or(0),
             };
             store.write(&record).await?;
-            let ctx = context(&spec.name, id, &position);
+            let ctx = context(&spec.commit_as, id, &position);
             for p in &pending {
                 test_pause().await;
                 commit_with_retry(sink.as_ref(), p, &ctx).await?;

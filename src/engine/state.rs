@@ -36,7 +36,41 @@ pub struct StateStore {
 /// How many records to keep; older ones are pruned after each checkpoint.
 const KEEP: usize = 3;
 
-fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+/// The object store at `url` (a `file://` directory is created) and the path it names.
+pub(crate) fn open_store(
+    url: &str,
+    storage: &lakeshore_api::StorageOptions,
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("state location {url} is not a URL; check [pipeline] state"),
+        )
+        .with_source(e)
+    })?;
+    if parsed.scheme() == "file" {
+        std::fs::create_dir_all(parsed.path()).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "cannot create the state directory {}; check [pipeline] state",
+                    parsed.path()
+                ),
+            )
+            .with_source(e)
+        })?;
+    }
+    let (store, base) = object_store::parse_url_opts(&parsed, storage.with_env()).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("unsupported state location {url}; check [pipeline] state"),
+        )
+        .with_source(e)
+    })?;
+    Ok((Arc::from(store), base))
+}
+
+pub(crate) fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Transient, format!("state store: {what}")).with_source(e)
 }
 
@@ -47,36 +81,10 @@ impl StateStore {
         pipeline: &str,
         storage: &lakeshore_api::StorageOptions,
     ) -> Result<Self> {
-        let parsed = url::Url::parse(url).map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("state location {url} is not a URL; check [pipeline] state"),
-            )
-            .with_source(e)
-        })?;
-        if parsed.scheme() == "file" {
-            std::fs::create_dir_all(parsed.path()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "cannot create the state directory {}; check [pipeline] state",
-                        parsed.path()
-                    ),
-                )
-                .with_source(e)
-            })?;
-        }
-        let (store, base) =
-            object_store::parse_url_opts(&parsed, storage.with_env()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("unsupported state location {url}; check [pipeline] state"),
-                )
-                .with_source(e)
-            })?;
+        let (store, base) = open_store(url, storage)?;
         Ok(StateStore {
-            store: Arc::from(store),
-            prefix: base.clone().join(pipeline).join("checkpoints"),
+            store,
+            prefix: base.join(pipeline).join("checkpoints"),
         })
     }
 

@@ -9,6 +9,7 @@
 //! The engine depends on this crate; connectors depend on nothing else of lakeshore.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,9 +19,11 @@ use serde::{Deserialize, Serialize};
 
 mod error;
 pub mod files;
+mod ledger;
 mod storage;
 pub mod url;
 pub use error::{Error, ErrorKind, Result};
+pub use ledger::Ledger;
 pub use storage::StorageOptions;
 
 /// What happened to one row.
@@ -83,6 +86,16 @@ impl SourcePosition {
             )
             .with_source(e)
         })
+    }
+
+    /// A shared source's position: one position per unit it owns (see [`Ledger`]).
+    pub fn from_units(units: BTreeMap<String, serde_json::Value>) -> Self {
+        SourcePosition(serde_json::json!({ "units": units }))
+    }
+
+    /// The units of a position made by [`SourcePosition::from_units`].
+    pub fn units(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.0.get("units")?.as_object()
     }
 
     /// Compact JSON, as stored in the snapshot summary `lakeshore.source-position`.
@@ -198,6 +211,9 @@ pub enum SourceEvent {
     Watermark(i64),
     /// Nothing happened; lets the engine handle barriers and acks while a source idles.
     Idle,
+    /// The source needs a checkpoint now rather than at the next interval (a shared
+    /// source is about to give partitions up and waits for the ack of the next barrier).
+    CheckpointNow,
 }
 
 /// A source of changes.

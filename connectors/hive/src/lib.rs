@@ -211,8 +211,10 @@ impl HiveSink {
         Ok(listed.common_prefixes.len())
     }
 
-    fn layout(&self, table: &str) -> Result<TableLayout> {
-        let meta = format!("{}/_lakeshore/{}/{table}", self.root, self.opts.pipeline);
+    /// Where `pipeline` (the name commits carry) keeps the staging and commit record of
+    /// `table`.
+    fn layout(&self, pipeline: &str, table: &str) -> Result<TableLayout> {
+        let meta = format!("{}/_lakeshore/{pipeline}/{table}", self.root);
         Ok(TableLayout {
             table: table.to_string(),
             data: path_of(&format!("{}/{table}", self.root))?,
@@ -382,7 +384,7 @@ impl Sink for HiveSink {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let layout = self.layout(&target.name)?;
+        let layout = self.layout(&self.opts.pipeline, &target.name)?;
         let open = self
             .read_marker(&layout)
             .await?
@@ -408,7 +410,8 @@ impl Sink for HiveSink {
                 format!("checkpoint {}: not a Hive commit: {e}", ctx.checkpoint_id),
             )
         })?;
-        let layout = self.layout(&pending.table)?;
+        // The commit's own name: a shared pipeline commits what an earlier owner left.
+        let layout = self.layout(&ctx.pipeline, &pending.table)?;
         let marker = self.read_marker(&layout).await?;
         match &marker {
             Some(m) if m.checkpoint_id > ctx.checkpoint_id => {

@@ -17,13 +17,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_schema::{Field, Schema, SchemaRef};
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Op, Result, Source, SourceEvent, SourcePosition, TableSchema,
+    ChangeBatch, Error, ErrorKind, Ledger, Op, Result, Source, SourceEvent, SourcePosition,
+    TableSchema,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -34,11 +35,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub mod decode;
+mod group;
 mod infer;
 mod watermark;
 
 pub use decode::Format;
 use decode::{Bad, Images, Message, RowDecoder};
+use group::{Group, OpenChunk, SourceConsumer, SourceContext, lock, unit};
 use watermark::EventTime;
 pub use watermark::WatermarkOptions;
 
@@ -91,6 +94,8 @@ pub struct KafkaOptions {
     pub batch_rows: usize,
     /// Event-time watermark, if the sink needs one.
     pub watermark: Option<WatermarkOptions>,
+    /// Several processes share the partitions through the consumer group.
+    pub scale_out: bool,
 }
 
 impl std::fmt::Debug for KafkaOptions {
@@ -127,7 +132,7 @@ struct Meta {
 
 /// Messages polled together: their bytes end to end, and where each one lies.
 #[derive(Default)]
-struct Chunk {
+pub(crate) struct Chunk {
     data: Vec<u8>,
     metas: Vec<Meta>,
 }
@@ -145,12 +150,21 @@ enum Polled {
     Chunk(Chunk),
     /// A bounded run reached the ends it was started with.
     Done,
+    /// Shared: partitions given to this process, with the offsets the lake holds them at
+    /// (partitions the lake never held are left out).
+    Assigned(BTreeMap<(String, i32), i64>),
+    /// Shared: the partitions are being taken away; `done` once a checkpoint after
+    /// everything read from them is committed.
+    Revoke {
+        parts: Vec<(String, i32)>,
+        done: std::sync::mpsc::Sender<()>,
+    },
 }
 
 /// The Kafka source.
 pub struct KafkaSource {
     opts: KafkaOptions,
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<SourceConsumer>,
     topics: Arc<[String]>,
     tables: Vec<TableSchema>,
     /// Source table index per topic.
@@ -171,7 +185,23 @@ pub struct KafkaSource {
     resumed: std::collections::HashSet<(usize, i32)>,
     /// Event time per partition, for the watermark.
     event_time: EventTime,
+    /// Shared (scale-out): barriers emitted and acks received so far, and revokes
+    /// waiting for the ack of barrier number `.2`.
+    shared: bool,
+    barriers: u64,
+    acks: u64,
+    revoking: Vec<Revoking>,
 }
+
+/// Shared: partitions being taken away, released by the ack of barrier number `after`.
+struct Revoking {
+    parts: Vec<(String, i32)>,
+    done: std::sync::mpsc::Sender<()>,
+    after: u64,
+}
+
+/// Where each partition of a bounded run ends.
+type Ends = HashMap<(String, i32), i64>;
 
 pub(crate) fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Transient, format!("Kafka: {what}: {e}"))
@@ -186,20 +216,26 @@ fn is_secret(name: &str) -> bool {
 
 impl KafkaSource {
     /// Connect, find the topics' partitions and position them at `position` (or
-    /// `startup`). `bounded`: stop at the ends the partitions have now.
+    /// `startup`). `bounded`: stop at the ends the partitions have now. With a `ledger`
+    /// (scale-out) the source subscribes instead and takes the partitions the consumer
+    /// group gives it over from the ledger.
     pub async fn open(
         opts: KafkaOptions,
         position: Option<&SourcePosition>,
         bounded: bool,
+        ledger: Option<Arc<dyn Ledger>>,
     ) -> Result<Self> {
         let position: Position = match position {
             Some(p) => p.decode("Kafka")?,
             None => Position::default(),
         };
         let o = opts.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(o, position, bounded))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("opening Kafka: {e}")))?
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            Self::open_blocking(o, position, bounded, ledger.map(|l| (l, runtime)))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("opening Kafka: {e}")))?
     }
 
     pub(crate) fn client_config(opts: &KafkaOptions) -> ClientConfig {
@@ -220,18 +256,39 @@ impl KafkaSource {
         c
     }
 
-    fn open_blocking(opts: KafkaOptions, mut position: Position, bounded: bool) -> Result<Self> {
-        let consumer: BaseConsumer = Self::client_config(&opts).create().map_err(|e| {
-            // librdkafka's message would repeat the value, which may be a secret.
-            let what = match &e {
-                KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
-                other => other.to_string(),
-            };
-            Error::new(
-                ErrorKind::Config,
-                format!("Kafka client settings: {what}; check [source] properties"),
-            )
-        })?;
+    fn open_blocking(
+        opts: KafkaOptions,
+        mut position: Position,
+        bounded: bool,
+        shared: Option<(Arc<dyn Ledger>, tokio::runtime::Handle)>,
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(4);
+        let open_chunk: OpenChunk = Default::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let is_shared = shared.is_some();
+        let context = SourceContext {
+            group: shared.map(|(ledger, runtime)| Group {
+                ledger,
+                runtime,
+                startup: opts.startup.clone(),
+                tx: tx.clone(),
+                chunk: open_chunk.clone(),
+                stop: stop.clone(),
+            }),
+        };
+        let consumer: SourceConsumer = Self::client_config(&opts)
+            .create_with_context(context)
+            .map_err(|e| {
+                // librdkafka's message would repeat the value, which may be a secret.
+                let what = match &e {
+                    KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
+                    other => other.to_string(),
+                };
+                Error::new(
+                    ErrorKind::Config,
+                    format!("Kafka client settings: {what}; check [source] properties"),
+                )
+            })?;
         let timeout = Duration::from_secs(15);
         let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
             Error::new(
@@ -291,12 +348,39 @@ impl KafkaSource {
                 }
             }
         }
+        let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
+        let (ends, event_time, opts) = if is_shared {
+            // The group assigns; the ledger says where each partition starts.
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&refs)
+                .map_err(|e| kafka_error("subscribing to the topics", e))?;
+            (HashMap::new(), EventTime::new(), opts)
+        } else {
+            Self::assign_all(&consumer, opts, &topics, &mut position, bounded)?
+        };
+        Self::start(
+            opts, consumer, names, position, bounded, ends, event_time, tx, rx, open_chunk, stop,
+        )
+    }
+
+    /// Assign every partition of `topics` at the lake's offsets (or `startup`); returns
+    /// the ends of a bounded run, the event-time state and the options with inferred
+    /// columns.
+    fn assign_all(
+        consumer: &SourceConsumer,
+        opts: KafkaOptions,
+        topics: &[(String, Vec<i32>)],
+        position: &mut Position,
+        bounded: bool,
+    ) -> Result<(Ends, EventTime, KafkaOptions)> {
+        let timeout = Duration::from_secs(15);
         // Where each partition starts, and (bounded) where it ends.
         let mut assignment = TopicPartitionList::new();
         let mut ends: HashMap<(String, i32), i64> = HashMap::new();
         let mut highs: HashMap<(String, i32), i64> = HashMap::new();
         let mut by_time = TopicPartitionList::new();
-        for (topic, parts) in &topics {
+        for (topic, parts) in topics {
             let stored = position.offsets.entry(topic.clone()).or_default();
             // The topic was read before: a partition without an offset is new.
             let known = !stored.is_empty();
@@ -414,8 +498,26 @@ impl KafkaSource {
         consumer
             .assign(&assignment)
             .map_err(|e| kafka_error("assigning partitions", e))?;
+        Ok((ends, event_time, opts))
+    }
+
+    /// Declare the tables and start the polling thread.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        opts: KafkaOptions,
+        consumer: SourceConsumer,
+        names: Vec<String>,
+        position: Position,
+        bounded: bool,
+        ends: HashMap<(String, i32), i64>,
+        event_time: EventTime,
+        tx: mpsc::Sender<Result<Polled>>,
+        rx: mpsc::Receiver<Result<Polled>>,
+        open_chunk: OpenChunk,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let shared = consumer.context().group.is_some();
         // Tables.
-        let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
         let schema: SchemaRef = match opts.format {
             Format::Raw => decode::raw_schema(),
             _ => Arc::new(Schema::new(opts.columns.clone())),
@@ -451,8 +553,6 @@ impl KafkaSource {
         });
         tracing::info!(brokers = %opts.brokers, topics = ?names, "Kafka source open");
         let consumer = Arc::new(consumer);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel(4);
         let thread = {
             let consumer = consumer.clone();
             let stop = stop.clone();
@@ -460,7 +560,16 @@ impl KafkaSource {
             let batch = opts.batch_rows.max(1);
             std::thread::Builder::new()
                 .name("kafka-poll".into())
-                .spawn(move || poll_loop(&consumer, &names, bounded, ends, batch, &stop, &tx))
+                .spawn(move || {
+                    let polling = Polling {
+                        bounded,
+                        batch,
+                        stop: &stop,
+                        tx: &tx,
+                        chunk: &open_chunk,
+                    };
+                    polling.run(&consumer, &names, ends)
+                })
                 .map_err(|e| Error::new(ErrorKind::Internal, format!("poll thread: {e}")))?
         };
         Ok(KafkaSource {
@@ -482,6 +591,10 @@ impl KafkaSource {
             resumed: Default::default(),
             acked: None,
             event_time,
+            shared,
+            barriers: 0,
+            acks: 0,
+            revoking: Vec::new(),
         })
     }
 
@@ -659,7 +772,36 @@ impl KafkaSource {
     }
 
     fn position_token(&self) -> SourcePosition {
+        if self.shared {
+            let units = self
+                .position
+                .offsets
+                .iter()
+                .flat_map(|(t, parts)| {
+                    parts
+                        .iter()
+                        .map(move |(p, o)| (unit(t, *p), serde_json::json!(o)))
+                })
+                .collect();
+            return SourcePosition::from_units(units);
+        }
         SourcePosition(serde_json::to_value(&self.position).unwrap_or_default())
+    }
+
+    /// The offsets of a position this source made.
+    fn position_of(&self, token: &SourcePosition) -> Option<Position> {
+        if !self.shared {
+            return token.decode("Kafka").ok();
+        }
+        let mut p = Position::default();
+        for (u, o) in token.units()? {
+            let (topic, part) = u.rsplit_once('/')?;
+            p.offsets
+                .entry(topic.to_string())
+                .or_default()
+                .insert(part.parse().ok()?, o.as_i64()?);
+        }
+        Some(p)
     }
 }
 
@@ -683,97 +825,115 @@ pub(crate) fn is_transient(e: &KafkaError) -> bool {
 }
 
 /// The polling thread: messages into chunks of at most `batch` messages (sent when full,
-/// or when polling comes back empty), until `stop`, an error, or (bounded) the ends.
-fn poll_loop(
-    consumer: &BaseConsumer,
-    topics: &[String],
+/// or when polling comes back empty), until `stop`, an error, or (bounded) the ends. The
+/// open chunk is shared with the rebalance callback, which hands it over before the
+/// partitions go.
+struct Polling<'a> {
     bounded: bool,
-    mut ends: HashMap<(String, i32), i64>,
     batch: usize,
-    stop: &AtomicBool,
-    tx: &mpsc::Sender<Result<Polled>>,
-) {
-    let topic_index: HashMap<&str, usize> = topics
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
-    let mut chunk = Chunk::default();
-    // A trickle of messages is handed over at least every second.
-    let mut chunk_started = std::time::Instant::now();
-    let send = |c: Polled| tx.blocking_send(Ok(c)).is_ok();
-    if bounded && ends.is_empty() {
-        send(Polled::Done);
-        return;
-    }
-    while !stop.load(Ordering::Relaxed) {
-        let polled = consumer.poll(Duration::from_millis(100));
-        let idle = match polled {
-            None => true,
-            // librdkafka reconnects by itself: a broker going away is worth a warning,
-            // not a stop.
-            Some(Err(e)) if is_transient(&e) => {
-                tracing::warn!(error = %e, "Kafka broker connection trouble; librdkafka retries");
-                true
-            }
-            Some(Err(e)) => {
-                let _ = tx.blocking_send(Err(kafka_error("reading messages", e)));
-                return;
-            }
-            Some(Ok(m)) => {
-                let headers = m.headers().map(|h| {
-                    let map: serde_json::Map<String, serde_json::Value> = h
-                        .iter()
-                        .map(|hd| {
-                            let v = hd
-                                .value
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                                .map_or(serde_json::Value::Null, serde_json::Value::String);
-                            (hd.key.to_string(), v)
-                        })
-                        .collect();
-                    serde_json::Value::Object(map).to_string()
-                });
-                let meta = Meta {
-                    topic: topic_index.get(m.topic()).copied().unwrap_or(0),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis(),
-                    key: chunk.add(m.key()),
-                    payload: chunk.add(m.payload()),
-                    headers: chunk.add(headers.as_deref().map(str::as_bytes)),
-                };
-                chunk.metas.push(meta);
-                false
-            }
-        };
-        let full = chunk.metas.len() >= batch || chunk.data.len() >= 16 << 20;
-        let old = chunk_started.elapsed() >= Duration::from_secs(1);
-        if chunk.metas.is_empty() {
-            chunk_started = std::time::Instant::now();
-        } else if idle || full || old {
-            if !send(Polled::Chunk(std::mem::take(&mut chunk))) {
-                return;
-            }
-            chunk_started = std::time::Instant::now();
+    stop: &'a AtomicBool,
+    tx: &'a mpsc::Sender<Result<Polled>>,
+    chunk: &'a Mutex<Chunk>,
+}
+
+impl Polling<'_> {
+    fn run(
+        &self,
+        consumer: &SourceConsumer,
+        topics: &[String],
+        mut ends: HashMap<(String, i32), i64>,
+    ) {
+        let topic_index: HashMap<&str, usize> = topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        // A trickle of messages is handed over at least every second.
+        let mut chunk_started = std::time::Instant::now();
+        let send = |c: Polled| self.tx.blocking_send(Ok(c)).is_ok();
+        if self.bounded && ends.is_empty() {
+            send(Polled::Done);
+            return;
         }
-        if bounded && (idle || chunk.metas.is_empty()) {
-            // Done when every partition's position reached the end it had at the start
-            // (control records of transactions count: the position is past them).
-            if let Ok(at) = consumer.position() {
-                for e in at.elements() {
-                    if let Offset::Offset(o) = e.offset()
-                        && ends
-                            .get(&(e.topic().to_string(), e.partition()))
-                            .is_some_and(|end| o >= *end)
-                    {
-                        ends.remove(&(e.topic().to_string(), e.partition()));
+        while !self.stop.load(Ordering::Relaxed) {
+            // Rebalance callbacks run inside `poll`: the chunk is not locked here.
+            let polled = consumer.poll(Duration::from_millis(100));
+            let idle = match polled {
+                None => true,
+                // librdkafka reconnects by itself: a broker going away is worth a
+                // warning, not a stop.
+                Some(Err(e)) if is_transient(&e) => {
+                    tracing::warn!(error = %e, "Kafka broker connection trouble; librdkafka retries");
+                    true
+                }
+                Some(Err(e)) => {
+                    let _ = self
+                        .tx
+                        .blocking_send(Err(kafka_error("reading messages", e)));
+                    return;
+                }
+                Some(Ok(m)) => {
+                    let headers = m.headers().map(|h| {
+                        let map: serde_json::Map<String, serde_json::Value> = h
+                            .iter()
+                            .map(|hd| {
+                                let v = hd
+                                    .value
+                                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                                    .map_or(serde_json::Value::Null, serde_json::Value::String);
+                                (hd.key.to_string(), v)
+                            })
+                            .collect();
+                        serde_json::Value::Object(map).to_string()
+                    });
+                    let mut chunk = lock(self.chunk);
+                    let meta = Meta {
+                        topic: topic_index.get(m.topic()).copied().unwrap_or(0),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis(),
+                        key: chunk.add(m.key()),
+                        payload: chunk.add(m.payload()),
+                        headers: chunk.add(headers.as_deref().map(str::as_bytes)),
+                    };
+                    chunk.metas.push(meta);
+                    false
+                }
+            };
+            let (messages, bytes) = {
+                let c = lock(self.chunk);
+                (c.metas.len(), c.data.len())
+            };
+            let full = messages >= self.batch || bytes >= 16 << 20;
+            let old = chunk_started.elapsed() >= Duration::from_secs(1);
+            if messages == 0 {
+                chunk_started = std::time::Instant::now();
+            } else if idle || full || old {
+                let chunk = std::mem::take(&mut *lock(self.chunk));
+                if !send(Polled::Chunk(chunk)) {
+                    return;
+                }
+                chunk_started = std::time::Instant::now();
+            }
+            if self.bounded && (idle || messages == 0) {
+                // Done when every partition's position reached the end it had at the
+                // start (control records of transactions count: the position is past
+                // them).
+                if let Ok(at) = consumer.position() {
+                    for e in at.elements() {
+                        if let Offset::Offset(o) = e.offset()
+                            && ends
+                                .get(&(e.topic().to_string(), e.partition()))
+                                .is_some_and(|end| o >= *end)
+                        {
+                            ends.remove(&(e.topic().to_string(), e.partition()));
+                        }
                     }
                 }
-            }
-            if ends.is_empty() {
-                let _ = send(Polled::Done);
-                return;
+                if ends.is_empty() {
+                    let _ = send(Polled::Done);
+                    return;
+                }
             }
         }
     }
@@ -791,6 +951,7 @@ impl Source for KafkaSource {
                 return Ok(Some(e));
             }
             if let Some(id) = self.barrier.take() {
+                self.barriers += 1;
                 return Ok(Some(SourceEvent::Barrier {
                     id,
                     position: self.position_token(),
@@ -821,6 +982,20 @@ impl Source for KafkaSource {
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(Some(Ok(Polled::Done))) => self.finished = true,
                 Ok(Some(Ok(Polled::Chunk(chunk)))) => self.take(chunk)?,
+                Ok(Some(Ok(Polled::Assigned(start)))) => {
+                    for ((topic, p), o) in start {
+                        self.position.offsets.entry(topic).or_default().insert(p, o);
+                    }
+                }
+                Ok(Some(Ok(Polled::Revoke { parts, done }))) => {
+                    // The next barrier covers everything read from them.
+                    self.revoking.push(Revoking {
+                        parts,
+                        done,
+                        after: self.barriers + 1,
+                    });
+                    return Ok(Some(SourceEvent::CheckpointNow));
+                }
             }
         }
     }
@@ -831,9 +1006,24 @@ impl Source for KafkaSource {
 
     /// Commit the lake's offsets to the consumer group, for monitoring (lag tools).
     async fn ack(&mut self, position: &SourcePosition) -> Result<()> {
-        if let Ok(p) = position.decode::<Position>("Kafka") {
+        self.acks += 1;
+        if let Some(p) = self.position_of(position) {
             self.commit_offsets(&p, CommitMode::Async);
             self.acked = Some(p);
+        }
+        // Revoked partitions whose last reads are in the lake: let them go.
+        let acks = self.acks;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.revoking)
+            .into_iter()
+            .partition(|r| r.after <= acks);
+        self.revoking = waiting;
+        for r in done {
+            for (topic, p) in r.parts {
+                if let Some(offsets) = self.position.offsets.get_mut(&topic) {
+                    offsets.remove(&p);
+                }
+            }
+            let _ = r.done.send(());
         }
         Ok(())
     }
@@ -917,7 +1107,8 @@ pub fn bare_consume(opts: &KafkaOptions) -> Result<(u64, u64, f64)> {
 pub async fn check(opts: &KafkaOptions) -> Result<Vec<String>> {
     let mut o = opts.clone();
     o.startup = Startup::Latest;
-    let source = KafkaSource::open(o, None, false).await?;
+    o.scale_out = false;
+    let source = KafkaSource::open(o, None, false, None).await?;
     let mut lines = vec![format!("brokers {} answer", opts.brokers)];
     for (topic, parts) in &source.position.offsets {
         lines.push(format!("topic {topic}: {} partitions", parts.len()));

@@ -1,0 +1,207 @@
+//! Scale-out (`scale_out = true`): the consumer group hands the partitions out; the
+//! pipeline's ledger (see [`lakeshore_api::Ledger`]) says where each resumes.
+//!
+//! A rebalance is handled inside librdkafka's rebalance callback, on the polling thread
+//! (the eager protocol: every member gives up all its partitions, then gets its new
+//! share, and no member gets a partition before every member gave its own up):
+//! - **revoke:** the open chunk is handed to the source, which asks the engine for a
+//!   checkpoint; the callback returns only when that checkpoint is committed. So the
+//!   lake holds everything this process read from the partitions before another one
+//!   can get them.
+//! - **assign:** the partitions are taken over in the ledger (which first commits what
+//!   an earlier owner decided but did not commit, e.g. one that was killed) and read
+//!   from the positions it holds, or from `startup` for partitions never committed.
+//!
+//! A process that stalls past the session timeout loses its partitions without a
+//! revoke; its next checkpoint finds them owned by another member and is refused by the
+//! ledger, and the pipeline restarts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lakeshore_api::{Error, ErrorKind, Ledger, Result};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::{Chunk, Polled, Startup, kafka_error};
+
+/// How long a revoke waits for the checkpoint that covers the partitions. Past it the
+/// partitions go anyway and the ledger refuses that checkpoint (the pipeline restarts).
+const REVOKE_WAIT: Duration = Duration::from_secs(120);
+
+/// The source's consumer.
+pub(crate) type SourceConsumer = BaseConsumer<SourceContext>;
+
+/// A partition's name in the ledger.
+pub(crate) fn unit(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// The open chunk of the polling thread, shared with the rebalance callback.
+pub(crate) type OpenChunk = Arc<Mutex<Chunk>>;
+
+pub(crate) fn lock(chunk: &Mutex<Chunk>) -> MutexGuard<'_, Chunk> {
+    chunk.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// librdkafka callbacks of the source's consumer.
+pub(crate) struct SourceContext {
+    pub(crate) group: Option<Group>,
+}
+
+/// What a shared source's rebalance callback needs.
+pub(crate) struct Group {
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) startup: Startup,
+    pub(crate) tx: mpsc::Sender<Result<Polled>>,
+    pub(crate) chunk: OpenChunk,
+    /// Set when the source closes: callbacks then do nothing.
+    pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        // Only a subscribed (shared) consumer rebalances.
+        let Some(g) = &self.group else { return };
+        let closing = g.stop.load(std::sync::atomic::Ordering::Relaxed)
+            || tokio::runtime::Handle::try_current().is_ok();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if !closing => {
+                match g.assign(consumer, tpl) {
+                    Ok(()) => {
+                        if let Err(e) = consumer.assign(tpl) {
+                            g.fail(kafka_error("assigning partitions", e));
+                        }
+                    }
+                    Err(e) => {
+                        // Read nothing rather than from the wrong place.
+                        let _ = consumer.unassign();
+                        g.fail(e);
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if !closing {
+                    g.revoke(tpl);
+                }
+                let _ = consumer.unassign();
+            }
+            other => {
+                if !closing {
+                    tracing::warn!(error = ?other, "Kafka rebalance failed; giving the partitions up");
+                }
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl Group {
+    fn fail(&self, e: Error) {
+        let _ = self.tx.blocking_send(Err(e));
+    }
+
+    /// Take the partitions of `tpl` over and set where each is read from.
+    fn assign(&self, consumer: &SourceConsumer, tpl: &mut TopicPartitionList) -> Result<()> {
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let units: Vec<String> = parts.iter().map(|(t, p)| unit(t, *p)).collect();
+        let held = self.runtime.block_on(self.ledger.acquire(&units))?;
+        let mut start: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut by_time = TopicPartitionList::new();
+        for (topic, p) in &parts {
+            let offset = match held.get(&unit(topic, *p)).map(|v| v.as_i64()) {
+                Some(Some(o)) => {
+                    start.insert((topic.clone(), *p), o);
+                    Offset::Offset(o)
+                }
+                Some(None) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("the ledger's position of {topic}/{p} is not an offset"),
+                    ));
+                }
+                None => match self.startup {
+                    Startup::Earliest => Offset::Beginning,
+                    Startup::Latest => Offset::End,
+                    Startup::Timestamp(ms) => {
+                        by_time
+                            .add_partition_offset(topic, *p, Offset::Offset(ms))
+                            .map_err(|e| kafka_error("offsets by time", e))?;
+                        continue;
+                    }
+                },
+            };
+            tpl.set_partition_offset(topic, *p, offset)
+                .map_err(|e| kafka_error("assigning partitions", e))?;
+        }
+        if by_time.count() > 0 {
+            let found = consumer
+                .offsets_for_times(by_time, Duration::from_secs(15))
+                .map_err(|e| kafka_error("finding offsets by time", e))?;
+            for e in found.elements() {
+                // No message at or after the time: start at the end.
+                let o = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::End,
+                };
+                tpl.set_partition_offset(e.topic(), e.partition(), o)
+                    .map_err(|e| kafka_error("assigning partitions", e))?;
+            }
+        }
+        tracing::info!(partitions = ?units, "Kafka partitions assigned");
+        let _ = self.tx.blocking_send(Ok(Polled::Assigned(start)));
+        Ok(())
+    }
+
+    /// Hand everything read from the partitions of `tpl` to the lake before they go.
+    fn revoke(&self, tpl: &TopicPartitionList) {
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let chunk = std::mem::take(&mut *lock(&self.chunk));
+        if !chunk.metas.is_empty() && self.tx.blocking_send(Ok(Polled::Chunk(chunk))).is_err() {
+            return;
+        }
+        let (done, wait) = std::sync::mpsc::channel();
+        let count = parts.len();
+        if self
+            .tx
+            .blocking_send(Ok(Polled::Revoke { parts, done }))
+            .is_err()
+        {
+            return;
+        }
+        match wait.recv_timeout(REVOKE_WAIT) {
+            Ok(()) => {
+                tracing::info!(
+                    partitions = count,
+                    "Kafka partitions given up after a checkpoint"
+                )
+            }
+            // The source stopped: what it did not commit is read again by the next owner.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                "the checkpoint before giving Kafka partitions up took over {}s; giving them up anyway (this process's next checkpoint will be refused and the pipeline restarts)",
+                REVOKE_WAIT.as_secs()
+            ),
+        }
+    }
+}
