@@ -68,6 +68,8 @@ class Pipeline:
 
 
 def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, str):
         return f'"{v}"'
     if isinstance(v, list):

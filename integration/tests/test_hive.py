@@ -10,7 +10,7 @@ import time
 
 import duckdb
 from conftest import BIN, Pipeline, start_run
-from test_kafka import COLUMNS, event, produce_in_background, want_digest
+from test_kafka import COLUMNS, event, produce_in_background, start_member, want_digest
 
 HOUR_MS = 3_600_000
 BASE_MS = 1_700_000_000_000  # event(i) happens at BASE_MS + i seconds
@@ -182,3 +182,44 @@ def test_broker_restart_loses_and_duplicates_nothing(tmp_path, s3, duck):
         assert_table_matches(duck, s3, bucket, topic, range(2_000))
     finally:
         broker.stop()
+
+
+def test_a_member_too_slow_for_a_rebalance_restarts_and_the_union_stays_exact(tmp_path, kafka, s3, duck):
+    """scale_out into Hive on S3 (the group's ledger is on S3 too). Member a is slow: its
+    checkpoints take 4 s while it waits only 0.2 s at a rebalance before giving its
+    partitions up. When b joins, a's partitions move to b while a still holds messages
+    read from them: a drops that work and restarts as a new member from the ledger (b
+    first commits anything a had decided), and the table holds every message once."""
+    bucket = s3.bucket("hive-group")
+    topic = kafka.topic("events-group", 3)
+    total = 60_000
+    producer, sent = produce_in_background(kafka, topic, total)
+    source = {"type": "kafka", "brokers": kafka.brokers, "topics": [topic], "columns": COLUMNS,
+              "scale_out": True,
+              "properties": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}}
+    sink = {"type": "hive", "path": f"s3://{bucket}/lake", "storage": s3.storage(),
+            "partition_by": ["dt=date(ts)", "hour=hour(ts)"]}
+    p = Pipeline(tmp_path, "hgroup", source, sink, interval="300ms")
+    procs = []
+    slow = {"LAKESHORE_TEST_COMMIT_PAUSE_MS": "2000", "LAKESHORE_TEST_REVOKE_WAIT_MS": "200"}
+    try:
+        a = start_member(p, tmp_path / "a.log", env=slow)
+        procs.append(a)
+        time.sleep(5)
+        b = start_member(p, tmp_path / "b.log")
+        procs.append(b)
+        producer.join()
+        wait_until(lambda: hive_digest(duck, s3, bucket, topic)[0] >= total, b, 180, "all messages in the lake")
+        for proc in (a, b):
+            proc.send_signal(signal.SIGTERM)
+        for name, proc in (("a", a), ("b", b)):
+            assert proc.wait(timeout=60) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert hive_digest(duck, s3, bucket, topic) == want_digest(duck, range(total))
+    log_a = (tmp_path / "a.log").read_text()
+    assert "given up anyway and the pipeline restarts" in log_a, log_a[-3000:]
+    assert "restarting from its last checkpoint" in log_a
+    assert "took partitions over" in (tmp_path / "b.log").read_text()

@@ -3,6 +3,7 @@ once (DuckDB reads it back and compares with what the producer sent), under kill
 change-event topics fold into upsert tables; bad messages stop with their offset or land
 in the dead-letter table."""
 import json
+import os
 import random
 import signal
 import subprocess
@@ -279,3 +280,76 @@ def test_json_columns_are_inferred_once_and_then_stay_fixed(tmp_path, kafka, duc
     cols = [c[0] for c in duck.execute(f"describe select * from {rel}").fetchall()]
     assert cols == ["id", "user", "score", "ok"]
     assert duck.execute(f"select count(*), count(distinct id) from {rel}").fetchone() == (600, 600)
+
+
+def start_member(p, log, env=None):
+    """`lakeshore run` with its log in a file (a long run would fill a pipe)."""
+    return subprocess.Popen([BIN, "run", str(p.file)], cwd=p.dir, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"), env={**os.environ, **(env or {})})
+
+
+def wait_for_count(duck, p, table, want, timeout=120):
+    deadline = time.time() + timeout
+    got = None
+    while time.time() < deadline:
+        try:
+            got = lake_digest(duck, p, table)[0]
+        except Exception:  # the table may not exist yet
+            got = None
+        if got is not None and got >= want:
+            return got
+        time.sleep(1)
+    raise AssertionError(f"{table}: {got} rows after {timeout}s, want {want}")
+
+
+def test_two_processes_in_one_group_share_the_partitions_exactly(tmp_path, kafka, duck):
+    """scale_out: two `lakeshore run` processes of one pipeline share a topic. One joins
+    late (a rebalance moves partitions while messages flow), one is killed -9 (its
+    partitions move after the session timeout, its decided checkpoint is committed by
+    the new owner) and comes back, one stops with SIGTERM: the union in the lake is every
+    message once, and commits came from several members."""
+    topic = kafka.topic("orders-group", 3)
+    total = 80_000
+    producer, sent = produce_in_background(kafka, topic, total)
+    p = kafka_pipeline(tmp_path, "kgroup", kafka, [topic], interval="300ms", scale_out=True,
+                       properties={"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"})
+    procs = []
+
+    def member(name):
+        procs.append(start_member(p, tmp_path / f"{name}.log"))
+        return procs[-1]
+
+    def log(name):
+        return (tmp_path / f"{name}.log").read_text()[-3000:]
+
+    try:
+        a = member("a")
+        time.sleep(4)
+        b = member("b")
+        time.sleep(6)
+        a.send_signal(signal.SIGKILL)
+        a.wait(timeout=30)
+        time.sleep(8)
+        c = member("c")
+        time.sleep(8)
+        b.send_signal(signal.SIGTERM)
+        assert b.wait(timeout=60) == 0, log("b")
+        producer.join()
+        wait_for_count(duck, p, topic, total)
+        c.send_signal(signal.SIGTERM)
+        assert c.wait(timeout=60) == 0, log("c")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert lake_digest(duck, p, topic) == want_digest(duck, range(total))
+    location = lake.metadata_location(p.catalog_db, p.table(topic)).removeprefix("file://")
+    snapshots = json.loads(open(location).read())["snapshots"]
+    members = {s["summary"]["lakeshore.pipeline"] for s in snapshots if int(s["summary"].get("added-records", 0)) > 0}
+    assert len(members) >= 3 and all(m.startswith("kgroup@m") for m in members), members
+    logs = "".join((tmp_path / f"{x}.log").read_text() for x in "abc")
+    assert "took partitions over" in logs and "given up after a checkpoint" in logs
+    # A single-process run of the shared pipeline's state is refused.
+    p2 = kafka_pipeline(tmp_path, "kgroup", kafka, [topic], interval="300ms")
+    r = subprocess.run([BIN, "backfill", str(p2.file)], cwd=p2.dir, capture_output=True, text=True)
+    assert r.returncode == 2 and "scale_out = true" in r.stderr, r.stderr

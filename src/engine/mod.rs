@@ -193,6 +193,11 @@ pub async fn run(
     let mut wanted = false;
     let outcome: Result<()> = async {
         loop {
+            // A failed commit stops the run even while the source only idles (its
+            // error is taken from the committer below).
+            if committer.is_finished() {
+                return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
+            }
             while let Ok((id, position)) = ack_rx.try_recv() {
                 source.ack(&position).await?;
                 summary.last_checkpoint = Some(id);
@@ -475,8 +480,9 @@ pub(crate) async fn commit_with_retry(
     unreachable!("the loop returns")
 }
 
-/// Crash tests set `LAKESHORE_TEST_COMMIT_PAUSE_MS` to widen the window between the
-/// checkpoint record and the table commits, so that random kills land inside it.
+/// Crash tests set `LAKESHORE_TEST_COMMIT_PAUSE_MS` to widen the windows before the
+/// checkpoint record and between it and the table commits, so that random kills (and
+/// rebalances) land inside them.
 async fn test_pause() {
     static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
     let pause = PAUSE.get_or_init(|| {
@@ -575,6 +581,7 @@ async fn committer_task(
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
             };
+            test_pause().await;
             store.write(&record).await?;
             let ctx = context(&spec.commit_as, id, &position);
             for p in &pending {

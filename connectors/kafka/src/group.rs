@@ -13,8 +13,9 @@
 //!   from the positions it holds, or from `startup` for partitions never committed.
 //!
 //! A process that stalls past the session timeout loses its partitions without a
-//! revoke; its next checkpoint finds them owned by another member and is refused by the
-//! ledger, and the pipeline restarts.
+//! revoke, and one whose checkpoint does not finish within the revoke's wait gives them
+//! up without it: its next checkpoint finds them owned by another member and is refused
+//! by the ledger, and the pipeline restarts from the ledger as a new member.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +32,13 @@ use crate::{Chunk, Polled, Startup, kafka_error};
 
 /// How long a revoke waits for the checkpoint that covers the partitions. Past it the
 /// partitions go anyway and the ledger refuses that checkpoint (the pipeline restarts).
-const REVOKE_WAIT: Duration = Duration::from_secs(120);
+/// Tests shorten it with `LAKESHORE_TEST_REVOKE_WAIT_MS` to make a member stall.
+fn revoke_wait() -> Duration {
+    std::env::var("LAKESHORE_TEST_REVOKE_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(120), Duration::from_millis)
+}
 
 /// The source's consumer.
 pub(crate) type SourceConsumer = BaseConsumer<SourceContext>;
@@ -176,6 +183,9 @@ impl Group {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
+        if parts.is_empty() {
+            return;
+        }
         let chunk = std::mem::take(&mut *lock(&self.chunk));
         if !chunk.metas.is_empty() && self.tx.blocking_send(Ok(Polled::Chunk(chunk))).is_err() {
             return;
@@ -189,7 +199,7 @@ impl Group {
         {
             return;
         }
-        match wait.recv_timeout(REVOKE_WAIT) {
+        match wait.recv_timeout(revoke_wait()) {
             Ok(()) => {
                 tracing::info!(
                     partitions = count,
@@ -198,10 +208,20 @@ impl Group {
             }
             // The source stopped: what it did not commit is read again by the next owner.
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
-                "the checkpoint before giving Kafka partitions up took over {}s; giving them up anyway (this process's next checkpoint will be refused and the pipeline restarts)",
-                REVOKE_WAIT.as_secs()
-            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // What was read from them may not be decided now: start afresh from the
+                // ledger as a new member (a checkpoint this process still decides with
+                // them is refused once another member took them).
+                self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.fail(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "the checkpoint before giving Kafka partitions up took over {} ms; \
+                         they are given up anyway and the pipeline restarts",
+                        revoke_wait().as_millis()
+                    ),
+                ));
+            }
         }
     }
 }
