@@ -673,7 +673,8 @@ fn kafka(
         if format == Format::Json && columns.is_empty() {
             return Err(src.error(
                 Some(v.span()),
-                "scale_out needs declared columns (each process would infer its own);                  add columns = [\"name type\", ...]",
+                "scale_out needs declared columns (each process would infer its own); \
+                 add columns = [\"name type\", ...]",
             ));
         }
         if let Some(strategy) = s

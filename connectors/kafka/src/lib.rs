@@ -1035,6 +1035,8 @@ impl Source for KafkaSource {
         }
         self.stop.store(true, Ordering::Relaxed);
         self.rx.close();
+        // A revoke waiting for a checkpoint that will not come now ends at once.
+        self.revoking.clear();
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
