@@ -49,6 +49,13 @@ class PgServer:
     def restart(self):
         subprocess.run([self.SCRIPT, "restart", self.dir], check=True, env=self.env)
 
+    def down(self):
+        """Stop the server, keeping its data (`up` starts it again)."""
+        subprocess.run([self.SCRIPT, "down", self.dir], check=True, env=self.env)
+
+    def up(self):
+        subprocess.run([self.SCRIPT, "up", self.dir], check=True, env=self.env)
+
     def stop(self):
         subprocess.run([self.SCRIPT, "stop", self.dir], check=False)
         import shutil

@@ -4,6 +4,7 @@
 #   integration/postgres.sh start DIR PORT  initdb + start under DIR on 127.0.0.1:PORT
 #   integration/postgres.sh stop DIR        stop the server started under DIR
 #   integration/postgres.sh restart DIR     stop then start again (same data)
+#   integration/postgres.sh down DIR / up DIR   stop, keeping the data / start it again
 # Runs as root (the server itself runs as the `postgres` user, since initdb refuses root).
 set -euo pipefail
 BIN=/usr/lib/postgresql/15/bin
@@ -65,6 +66,12 @@ EOF
     ;;
   restart)
     as_postgres "$BIN/pg_ctl" -D "$2/data" -m fast -w stop >/dev/null
+    pg_start "$2"
+    ;;
+  down)
+    as_postgres "$BIN/pg_ctl" -D "$2/data" -m fast -w stop >/dev/null
+    ;;
+  up)
     pg_start "$2"
     ;;
   *)

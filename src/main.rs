@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 mod bench;
 mod config;
+mod daemon;
 mod engine;
 mod expected;
 mod pipeline;
@@ -31,11 +32,30 @@ enum Command {
         /// The pipeline file.
         pipeline: PathBuf,
     },
-    /// Run pipelines until stopped (SIGTERM or Ctrl-C take a final checkpoint first).
+    /// Run pipelines until stopped (SIGTERM or Ctrl-C take a final checkpoint first): the
+    /// daemon. Directories are watched: added, changed and removed files start, restart
+    /// and stop their pipelines (SIGHUP re-reads them at once).
     Run {
         /// Pipeline files or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The daemon file (HTTP address, defaults, restart policy), e.g.
+        /// configs/lakeshore.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Serve /health, /ready, /metrics and /pipelines on this address (wins over the
+        /// daemon file), e.g. 0.0.0.0:8080.
+        #[arg(long)]
+        http: Option<String>,
+        /// "text" or "json" (wins over the daemon file).
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+    /// Show the pipelines of a running daemon (from its /pipelines endpoint).
+    Status {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
     },
     /// Check pipeline files and report every problem with file, line and column.
     Validate {
@@ -99,14 +119,40 @@ impl From<lakeshore_api::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pg_walstream=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The daemon file decides the log format, so it is read before logging starts.
+    let daemon_config = match &cli.command {
+        Command::Run {
+            config,
+            http,
+            log_format,
+            ..
+        } => match daemon_settings(config.as_deref(), http.as_deref(), log_format.as_deref()) {
+            Ok(c) => Some(c),
+            Err(m) => {
+                eprintln!("error: {m}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pg_walstream=warn"));
+    let json = daemon_config
+        .as_ref()
+        .is_some_and(|c| c.log_format == config::daemon::LogFormat::Json);
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -114,7 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.command, daemon_config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(m)) => {
             eprintln!("error: {m}");
@@ -155,7 +201,83 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
-async fn dispatch(command: Command) -> Result<(), Failure> {
+/// The daemon file (if any) with the command line's overrides.
+fn daemon_settings(
+    file: Option<&std::path::Path>,
+    http: Option<&str>,
+    log_format: Option<&str>,
+) -> Result<config::daemon::DaemonConfig, String> {
+    let mut cfg = match file {
+        Some(f) => config::daemon::load(f).map_err(|e| e.to_string())?,
+        None => Default::default(),
+    };
+    if let Some(h) = http {
+        cfg.http = Some(config::daemon::parse_addr(h).ok_or_else(|| {
+            format!("--http {h} is not an address; write host:port, e.g. 0.0.0.0:8080")
+        })?);
+    }
+    if let Some(f) = log_format {
+        cfg.log_format = config::daemon::LogFormat::parse(f)
+            .ok_or_else(|| format!("--log-format {f} is unknown; write text or json"))?;
+    }
+    Ok(cfg)
+}
+
+/// `lakeshore run`: the daemon, with its HTTP endpoints if an address is set.
+async fn run_daemon(paths: Vec<PathBuf>, cfg: config::daemon::DaemonConfig) -> Result<(), Failure> {
+    // Every file must load at the start (later, bad files are only rejected).
+    let files = config::pipeline_files(&paths)?;
+    for f in &files {
+        config::load(f)?;
+    }
+    let shutdown = shutdown_signal();
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(8);
+    let daemon = daemon::Daemon::new(cfg.clone(), paths);
+    let server = match cfg.http {
+        Some(addr) => {
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| Failure::Runtime(format!("metrics: {e}")))?;
+            let upkeep = metrics.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    upkeep.run_upkeep();
+                }
+            });
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Failure::Config(format!(
+                    "cannot listen on {addr}: {e}; change http in the daemon file or --http"
+                ))
+            })?;
+            drop(listener);
+            Some(tokio::spawn(daemon::http::serve(
+                addr,
+                daemon.clone(),
+                metrics,
+                control_tx.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let clean = daemon.run(shutdown, control_rx).await;
+    if let Some(s) = server {
+        s.abort();
+    }
+    if clean {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(
+            "stopped before every pipeline finished its final checkpoint (grace period)".into(),
+        ))
+    }
+}
+
+async fn dispatch(
+    command: Command,
+    daemon_config: Option<config::daemon::DaemonConfig>,
+) -> Result<(), Failure> {
     match command {
         Command::Validate { paths, connect } => {
             let files = config::pipeline_files(&paths)?;
@@ -188,7 +310,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             let plan = config::load(&file)?;
             let total = plan.source.size_hint();
             let progress = Arc::new(pipeline::Progress::new(&plan.name, total));
-            let result = pipeline::run(&plan, true, progress.clone(), shutdown_signal()).await;
+            let result =
+                pipeline::run(&plan, true, progress.clone(), shutdown_signal(), None).await;
             progress.finish();
             let summary = result?;
             let rows: u64 = summary.rows.values().sum();
@@ -212,37 +335,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Run { paths } => {
-            let files = config::pipeline_files(&paths)?;
-            let plans = files
-                .iter()
-                .map(|f| config::load(f))
-                .collect::<Result<Vec<_>, _>>()?;
-            let shutdown = shutdown_signal();
-            let mut tasks = Vec::new();
-            for plan in plans {
-                let shutdown = shutdown.clone();
-                tasks.push(tokio::spawn(async move {
-                    let progress = Arc::new(pipeline::Progress::new(&plan.name, None));
-                    let result = pipeline::run(&plan, false, progress, shutdown).await;
-                    (plan.name, result)
-                }));
-            }
-            let mut failure = None;
-            for t in tasks {
-                match t.await {
-                    Ok((name, Ok(s))) => {
-                        tracing::info!(pipeline = %name, checkpoint = ?s.last_checkpoint, "stopped")
-                    }
-                    Ok((name, Err(e))) => {
-                        tracing::error!(pipeline = %name, error = %e, "pipeline failed");
-                        failure = Some(Failure::from(e));
-                    }
-                    Err(e) => failure = Some(Failure::Runtime(format!("pipeline task: {e}"))),
-                }
-            }
-            failure.map_or(Ok(()), Err)
-        }
+        Command::Run { paths, .. } => run_daemon(paths, daemon_config.unwrap_or_default()).await,
+        Command::Status { url } => status(&url).await,
         Command::BenchRaw {
             pipeline: file,
             out,
@@ -284,4 +378,71 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             expected::write(&plan, &out).map_err(|e| Failure::Runtime(e.to_string()))
         }
     }
+}
+
+/// `lakeshore status`: the daemon's `/pipelines` as a table.
+async fn status(url: &str) -> Result<(), Failure> {
+    let url = format!("{}/pipelines", url.trim_end_matches('/'));
+    let body: serde_json::Value = reqwest::get(&url)
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot read {url}: {e}; is the daemon running with http set?"
+            ))
+        })?
+        .json()
+        .await
+        .map_err(|e| Failure::Runtime(format!("{url} did not answer with JSON: {e}")))?;
+    let now = daemon::status::now_ms();
+    let mut rows = vec![[
+        "PIPELINE".to_string(),
+        "PHASE".into(),
+        "ROWS".into(),
+        "CHECKPOINT".into(),
+        "AGE".into(),
+        "RESTARTS".into(),
+        "LAST ERROR".into(),
+    ]];
+    for p in body["pipelines"].as_array().into_iter().flatten() {
+        let cp = &p["last_checkpoint"];
+        let age = cp["at_ms"]
+            .as_u64()
+            .map(|at| format!("{:.1}s", now.saturating_sub(at) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let error: String = p["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(60)
+            .collect();
+        rows.push([
+            p["name"].as_str().unwrap_or("?").to_string(),
+            p["phase"].as_str().unwrap_or("?").to_string(),
+            p["rows"].to_string(),
+            cp["id"].as_u64().map_or("-".into(), |i| i.to_string()),
+            age,
+            p["restarts"].to_string(),
+            error,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    for f in body["rejected"].as_array().into_iter().flatten() {
+        println!(
+            "rejected {}: {}",
+            f["file"].as_str().unwrap_or("?"),
+            f["error"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
 }

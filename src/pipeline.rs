@@ -13,6 +13,7 @@ use lakeshore_postgres::PostgresSource;
 use tokio::sync::watch;
 
 use crate::config::Plan;
+use crate::config::daemon::RestartPolicy;
 use crate::config::plan::{SinkPlan, SourcePlan};
 use crate::engine::group::{self, GroupLedger};
 use crate::engine::state::StateStore;
@@ -92,34 +93,42 @@ pub async fn open_sink(plan: &Plan, commit_as: &str) -> Result<Arc<dyn Sink>> {
 }
 
 /// Run `plan` to the end of its source, or until `shutdown`.
+///
+/// With a `restart` policy (`lakeshore run`), a failure restarts the pipeline from its
+/// last checkpoint after a pause that doubles up to the policy's maximum (and starts
+/// over once a run lasted a minute); configuration errors are not retried, since the
+/// same settings would fail the same way. Without one (`backfill`) the first failure is
+/// reported.
 pub async fn run(
     plan: &Plan,
     bounded: bool,
     observer: Arc<dyn Observer>,
     mut shutdown: watch::Receiver<bool>,
+    restart: Option<RestartPolicy>,
 ) -> Result<RunSummary> {
-    // `run` outlives servers that restart: a retryable failure (a connection lost, a
-    // server briefly down) restarts the pipeline from its last checkpoint after a pause
-    // that doubles up to a minute. `backfill` reports the first failure.
-    let mut pause = Duration::from_secs(1);
+    let mut pause = restart.map(|r| r.initial).unwrap_or_default();
     loop {
         let started = Instant::now();
         match run_once(plan, bounded, observer.clone(), shutdown.clone()).await {
-            Err(e) if !bounded && e.is_retryable() && !*shutdown.borrow() => {
+            Err(e) if e.kind() != ErrorKind::Config && !*shutdown.borrow() => {
+                let Some(policy) = restart else {
+                    return Err(e);
+                };
                 if started.elapsed() > Duration::from_secs(60) {
-                    pause = Duration::from_secs(1);
+                    pause = policy.initial;
                 }
                 tracing::warn!(
                     pipeline = %plan.name,
                     error = %e,
-                    retry_in_s = pause.as_secs(),
+                    retry_in_ms = pause.as_millis() as u64,
                     "pipeline failed; restarting from its last checkpoint"
                 );
+                observer.restarting(&e, pause);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => {}
                 }
-                pause = (pause * 2).min(Duration::from_secs(60));
+                pause = (pause * 2).min(policy.max);
             }
             other => return other,
         }
@@ -254,7 +263,7 @@ impl Observer for Progress {
         }
     }
 
-    fn checkpoint(&self, id: u64, total_rows: u64, took: Duration) {
+    fn checkpoint(&self, id: u64, _position: &SourcePosition, total_rows: u64, took: Duration) {
         if self.bar.is_none() {
             let rows = self.rows.load(Ordering::Relaxed);
             tracing::info!(

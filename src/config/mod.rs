@@ -6,6 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub mod daemon;
 pub mod plan;
 pub mod raw;
 mod sinks;
@@ -76,6 +77,11 @@ pub fn load(file: &Path) -> Result<Plan, ConfigError> {
         message: format!("cannot read the pipeline file: {e}"),
     })?;
     plan::parse(&SourceText { file, text: &text })
+}
+
+/// Validate a pipeline file's `text` (already read from `file`).
+pub fn load_text(file: &Path, text: &str) -> Result<Plan, ConfigError> {
+    plan::parse(&SourceText { file, text })
 }
 
 /// The pipeline files named by `paths`: files as given, directories by their `*.toml`

@@ -30,6 +30,8 @@ pub struct Plan {
     pub checkpoint_interval: Duration,
     /// Checkpoint store URL (`file:///...` or `s3://...`).
     pub state_url: String,
+    /// Settings the file left to their defaults.
+    pub defaulted: Defaulted,
     /// The source.
     pub source: SourcePlan,
     /// The sink.
@@ -129,7 +131,31 @@ pub struct RoutePlan {
     pub to: String,
 }
 
+/// Which settings the pipeline file left to their defaults (the daemon file may set
+/// them for every pipeline).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Defaulted {
+    /// `[pipeline] checkpoint_interval`.
+    pub checkpoint_interval: bool,
+    /// `[pipeline] state`.
+    pub state: bool,
+}
+
 impl Plan {
+    /// Apply the daemon file's defaults to the settings the pipeline file left out.
+    pub fn apply_defaults(&mut self, daemon: &super::daemon::DaemonConfig) {
+        if self.defaulted.checkpoint_interval
+            && let Some(i) = daemon.checkpoint_interval
+        {
+            self.checkpoint_interval = i;
+        }
+        if self.defaulted.state
+            && let Some(s) = &daemon.state
+        {
+            self.state_url = s.clone();
+        }
+    }
+
     /// True when several processes share the source (Kafka `scale_out`).
     pub fn scale_out(&self) -> bool {
         matches!(&self.source, SourcePlan::Kafka(k) if k.scale_out)
@@ -231,7 +257,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn toml_error(src: &SourceText<'_>, e: toml::de::Error) -> ConfigError {
+pub(super) fn toml_error(src: &SourceText<'_>, e: toml::de::Error) -> ConfigError {
     src.error(e.span(), with_hint(e.message()))
 }
 
@@ -365,6 +391,10 @@ fn build<S, K: SinkSection>(
         file: src.file.to_path_buf(),
         checkpoint_interval,
         state_url,
+        defaulted: Defaulted {
+            checkpoint_interval: p.checkpoint_interval.is_none(),
+            state: p.state.is_none(),
+        },
         source,
         sink,
         routes,
@@ -379,7 +409,7 @@ fn build<S, K: SinkSection>(
     Ok(plan)
 }
 
-fn location_url(s: &str) -> String {
+pub(super) fn location_url(s: &str) -> String {
     if s.contains("://") {
         s.to_string()
     } else {
@@ -675,6 +705,20 @@ fn kafka(
                 Some(v.span()),
                 "scale_out needs declared columns (each process would infer its own); \
                  add columns = [\"name type\", ...]",
+            ));
+        }
+        if let Some(protocol) = s
+            .properties
+            .get("group.protocol")
+            .filter(|p| p.0 != "classic")
+        {
+            return Err(src.error(
+                Some(v.span()),
+                format!(
+                    "scale_out works with the classic group protocol; remove group.protocol = \
+                     \"{}\"",
+                    protocol.0
+                ),
             ));
         }
         if let Some(strategy) = s

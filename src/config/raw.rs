@@ -360,3 +360,42 @@ pub struct CatalogSection {
     /// `"lakeshore"`.
     pub name: Option<String>,
 }
+
+/// The daemon file (`lakeshore run --config configs/lakeshore.toml`): settings of the
+/// process that runs every pipeline file it is given. All keys are optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonFile {
+    /// Address of the HTTP endpoints (`/health`, `/ready`, `/metrics`, `/pipelines`),
+    /// e.g. `"0.0.0.0:8080"`. `--http` on the command line wins. Default: no HTTP.
+    pub http: Option<Spanned<String>>,
+    /// `"text"` (default) or `"json"` (one object per line). `--log-format` wins.
+    pub log_format: Option<Spanned<String>>,
+    /// Where pipelines without `[pipeline] state` keep their checkpoints: a directory or
+    /// `file://` / `s3://` URL; each pipeline gets its own prefix under it.
+    pub state: Option<EnvString>,
+    /// Checkpoint interval of pipelines that do not set one. Default `"10s"`.
+    pub checkpoint_interval: Option<Spanned<HumanDuration>>,
+    /// How long SIGTERM waits for every pipeline's final checkpoint before the process
+    /// exits with status 1. Default `"30s"`.
+    pub grace_period: Option<Spanned<HumanDuration>>,
+    /// How often the pipeline files are checked for changes (SIGHUP checks at once).
+    /// Default `"2s"`.
+    pub watch_interval: Option<Spanned<HumanDuration>>,
+    /// `[restart]`: how a failed pipeline is restarted.
+    pub restart: Option<RestartSection>,
+}
+
+/// `[restart]` of the daemon file. A failed pipeline restarts alone from its last
+/// checkpoint after a pause that doubles from `initial_backoff` up to `max_backoff`
+/// (back to `initial_backoff` once it ran for a minute). Configuration errors (a wrong
+/// setting on the server too) are not retried: the pipeline shows `failed` until its
+/// file changes or it is resumed (`POST /pipelines/{name}/resume`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSection {
+    /// First pause. Default `"1s"`.
+    pub initial_backoff: Option<Spanned<HumanDuration>>,
+    /// Longest pause. Default `"60s"`.
+    pub max_backoff: Option<Spanned<HumanDuration>>,
+}

@@ -22,10 +22,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use lakeshore_api::{
-    CommitContext, Error, ErrorKind, Ledger, PendingCommit, Result, Sink, SourcePosition,
+    Acquired, CommitContext, Error, ErrorKind, Ledger, PendingCommit, Result, Sink, SourcePosition,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -34,8 +35,15 @@ use tokio::sync::Mutex;
 
 use super::state::{CheckpointRecord, StateStore, open_store, store_error};
 
-/// Records kept behind the head; older ones are pruned.
+/// Records kept behind the head; older ones are pruned once they are [`PRUNE_AGE`] old.
 const KEEP: u64 = 20;
+
+/// Age at which records behind the head may be deleted. A deleted record frees its
+/// sequence number, so a member whose view of the head is older than
+/// [`RELIST_AFTER`] lists the ledger before writing: it can never write into a freed
+/// slot on a stale view (clocks may differ by up to the margin between the two).
+const PRUNE_AGE: Duration = Duration::from_secs(3600);
+const RELIST_AFTER: Duration = Duration::from_secs(1800);
 
 /// One unit: who owns it and where the lake holds it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,8 +79,8 @@ pub struct GroupLedger {
     pipeline: String,
     member: String,
     sink: Arc<dyn Sink>,
-    /// The newest record this process knows of.
-    head: Mutex<GroupRecord>,
+    /// The newest record this process knows of, and when it was known to be the head.
+    head: Mutex<(GroupRecord, Instant)>,
     /// Earlier owners' checkpoints this process committed: (member, checkpoint).
     recovered: std::sync::Mutex<BTreeSet<(String, u64)>>,
 }
@@ -156,14 +164,17 @@ impl GroupLedger {
             pipeline: pipeline.to_string(),
             member,
             sink,
-            head: Mutex::new(GroupRecord {
-                pipeline: pipeline.to_string(),
-                ..Default::default()
-            }),
+            head: Mutex::new((
+                GroupRecord {
+                    pipeline: pipeline.to_string(),
+                    ..Default::default()
+                },
+                Instant::now(),
+            )),
             recovered: Default::default(),
         };
         let head = ledger.read_head().await?;
-        *ledger.head.lock().await = head;
+        *ledger.head.lock().await = (head, Instant::now());
         tracing::info!(pipeline, member = %ledger.member, "joined the pipeline's group");
         Ok(ledger)
     }
@@ -209,9 +220,13 @@ impl GroupLedger {
         &self,
         mut change: impl FnMut(&GroupRecord) -> Result<(GroupRecord, T)>,
     ) -> Result<T> {
-        let mut head = self.head.lock().await;
+        let mut guard = self.head.lock().await;
+        if guard.1.elapsed() > RELIST_AFTER {
+            *guard = (self.read_head().await?, Instant::now());
+        }
+        let (head, known_at) = &mut *guard;
         loop {
-            let (mut next, out) = change(&head)?;
+            let (mut next, out) = change(head)?;
             next.seq = head.seq + 1;
             next.pipeline = self.pipeline.clone();
             next.written_by = self.member.clone();
@@ -233,6 +248,7 @@ impl GroupLedger {
             {
                 Ok(_) => {
                     *head = next;
+                    *known_at = Instant::now();
                     return Ok(out);
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {
@@ -248,6 +264,7 @@ impl GroupLedger {
                         // Pruned under us (far behind): list.
                         None => self.read_head().await?,
                     };
+                    *known_at = Instant::now();
                 }
                 Err(e) => return Err(store_error("writing the group ledger", e)),
             }
@@ -302,15 +319,42 @@ impl GroupLedger {
         .await
     }
 
-    /// Delete records far behind the head.
+    /// The head as the store has it now (read forward from the one known).
+    async fn fresh_head(&self) -> Result<GroupRecord> {
+        let mut guard = self.head.lock().await;
+        if guard.1.elapsed() > RELIST_AFTER {
+            *guard = (self.read_head().await?, Instant::now());
+        }
+        while let Some(next) = self.read(guard.0.seq + 1).await? {
+            guard.0 = next;
+        }
+        guard.1 = Instant::now();
+        Ok(guard.0.clone())
+    }
+
+    /// Delete records far behind the head and an hour old.
     pub async fn prune(&self) -> Result<()> {
-        let seq = self.head.lock().await.seq;
+        let seq = self.head.lock().await.0.seq;
         if seq % KEEP != 0 {
             return Ok(());
         }
-        for old in sequence_numbers(self.store.as_ref(), &self.prefix).await? {
-            if old + KEEP < seq {
-                match self.store.delete(&path_of(&self.prefix, old)).await {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| store_error("listing the group ledger", e))?;
+        let old_ms = now_ms().saturating_sub(PRUNE_AGE.as_millis() as u64) as i64;
+        for meta in metas {
+            let Some(old) = meta
+                .location
+                .filename()
+                .and_then(|f| f.strip_suffix(".json")?.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if old + KEEP < seq && meta.last_modified.timestamp_millis() < old_ms {
+                match self.store.delete(&meta.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(store_error("pruning the group ledger", e)),
                 }
@@ -333,48 +377,85 @@ impl Ledger for GroupLedger {
         &self.member
     }
 
-    async fn acquire(&self, units: &[String]) -> Result<BTreeMap<String, serde_json::Value>> {
-        let (positions, earlier) = self
-            .update(|head| {
-                let mut next = head.clone();
-                let mut positions = BTreeMap::new();
-                let mut earlier: BTreeMap<String, Decided> = BTreeMap::new();
-                for name in units {
-                    let unit = next.units.entry(name.clone()).or_insert(Unit {
-                        owner: self.member.clone(),
-                        position: None,
-                    });
-                    if unit.owner != self.member {
-                        if let Some(d) = head.members.get(&unit.owner) {
-                            earlier.insert(unit.owner.clone(), d.clone());
-                        }
-                        unit.owner = self.member.clone();
-                    }
-                    if let Some(p) = &unit.position {
-                        positions.insert(name.clone(), p.clone());
-                    }
-                }
-                Ok((next, (positions, earlier)))
-            })
-            .await?;
-        // The lake must hold everything up to the positions before this member reads on.
-        for (member, d) in earlier {
-            let ctx = CommitContext {
-                pipeline: commit_name(&self.pipeline, &member),
-                checkpoint_id: d.checkpoint,
-                position: d.position.clone(),
-            };
-            for p in &d.pending {
-                if super::commit_with_retry(self.sink.as_ref(), p, &ctx).await? {
-                    tracing::info!(pipeline = %self.pipeline, table = %p.table, from = %member, checkpoint = d.checkpoint, "committed the last checkpoint of an earlier owner");
-                }
+    async fn acquire(&self, units: &[String]) -> Result<Acquired> {
+        loop {
+            // What earlier owners decided must be in the lake before the takeover is
+            // recorded: once it is, nobody else would look for it.
+            let head = self.fresh_head().await?;
+            let earlier = earlier_owners(&head, units, &self.member);
+            for (member, d) in &earlier {
+                self.commit_decided(member, d).await?;
             }
-            if let Ok(mut r) = self.recovered.lock() {
-                r.insert((member, d.checkpoint));
+            let outcome = self
+                .update(|head| {
+                    let now = earlier_owners(head, units, &self.member);
+                    if now
+                        .iter()
+                        .any(|(m, d)| earlier.get(m).map(|e| e.checkpoint) != Some(d.checkpoint))
+                    {
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            "an earlier owner decided another checkpoint",
+                        ));
+                    }
+                    let mut next = head.clone();
+                    let mut got = Acquired {
+                        positions: BTreeMap::new(),
+                        known: head.units.keys().cloned().collect(),
+                    };
+                    for name in units {
+                        let unit = next.units.entry(name.clone()).or_insert(Unit {
+                            owner: self.member.clone(),
+                            position: None,
+                        });
+                        unit.owner = self.member.clone();
+                        if let Some(p) = &unit.position {
+                            got.positions.insert(name.clone(), p.clone());
+                        }
+                    }
+                    Ok((next, got))
+                })
+                .await;
+            match outcome {
+                Ok(got) => {
+                    if let Ok(mut r) = self.recovered.lock() {
+                        r.extend(earlier.into_iter().map(|(m, d)| (m, d.checkpoint)));
+                    }
+                    tracing::info!(pipeline = %self.pipeline, member = %self.member, units = ?units, "took partitions over");
+                    return Ok(got);
+                }
+                // Commit that one too, then try again.
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                Err(e) => return Err(e),
             }
         }
-        tracing::info!(pipeline = %self.pipeline, member = %self.member, units = ?units, "took partitions over");
-        Ok(positions)
+    }
+}
+
+/// The last decided checkpoints of the other members owning any of `units`.
+fn earlier_owners(head: &GroupRecord, units: &[String], me: &str) -> BTreeMap<String, Decided> {
+    units
+        .iter()
+        .filter_map(|u| head.units.get(u))
+        .filter(|u| u.owner != me)
+        .filter_map(|u| Some((u.owner.clone(), head.members.get(&u.owner)?.clone())))
+        .collect()
+}
+
+impl GroupLedger {
+    /// Commit `member`'s decided checkpoint (idempotent: a no-op if it is in the lake).
+    async fn commit_decided(&self, member: &str, d: &Decided) -> Result<()> {
+        let ctx = CommitContext {
+            pipeline: commit_name(&self.pipeline, member),
+            checkpoint_id: d.checkpoint,
+            position: d.position.clone(),
+        };
+        for p in &d.pending {
+            if super::commit_with_retry(self.sink.as_ref(), p, &ctx).await? {
+                tracing::info!(pipeline = %self.pipeline, table = %p.table, from = %member, checkpoint = d.checkpoint, "committed the last checkpoint of an earlier owner");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -436,7 +517,13 @@ mod tests {
         let units = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
         // a owns both partitions and decides two checkpoints.
-        assert!(a.acquire(&units(&["t/0", "t/1"])).await.unwrap().is_empty());
+        assert!(
+            a.acquire(&units(&["t/0", "t/1"]))
+                .await
+                .unwrap()
+                .positions
+                .is_empty()
+        );
         a.decide(&record(1, &[("t/0", 10), ("t/1", 5)]))
             .await
             .unwrap();
@@ -446,7 +533,8 @@ mod tests {
         // b (its view is old) takes t/1 over: it reads the new head, resumes at a's
         // decided offset, and commits a's last checkpoint first.
         let got = b.acquire(&units(&["t/1"])).await.unwrap();
-        assert_eq!(got["t/1"], serde_json::json!(7));
+        assert_eq!(got.positions["t/1"], serde_json::json!(7));
+        assert_eq!(got.known.len(), 2);
         assert!(
             sink.0
                 .lock()
@@ -464,7 +552,7 @@ mod tests {
         b.decide(&record(1, &[("t/1", 12)])).await.unwrap();
         // A new member c takes both: positions are the latest decided ones.
         let c = open("c").await.unwrap();
-        let got = c.acquire(&units(&["t/0", "t/1"])).await.unwrap();
+        let got = c.acquire(&units(&["t/0", "t/1"])).await.unwrap().positions;
         assert_eq!(got["t/0"], serde_json::json!(30));
         assert_eq!(got["t/1"], serde_json::json!(12));
         // c's first decision drops a and b, whose checkpoints it committed.

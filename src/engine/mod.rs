@@ -92,8 +92,12 @@ pub struct PipelineSpec {
 pub trait Observer: Send + Sync {
     /// Called after rows were routed; `events` is the source's progress, if it knows it.
     fn rows(&self, _total_rows: u64, _events: Option<u64>) {}
-    /// Called after each committed checkpoint.
-    fn checkpoint(&self, _id: u64, _total_rows: u64, _took: Duration) {}
+    /// Called after each committed checkpoint, with the position it resumes from.
+    fn checkpoint(&self, _id: u64, _position: &SourcePosition, _total_rows: u64, _took: Duration) {}
+    /// A table's snapshot started (`done = false`) or finished.
+    fn snapshot(&self, _table: &str, _done: bool) {}
+    /// The run failed with `error` and restarts after `pause`.
+    fn restarting(&self, _error: &Error, _pause: Duration) {}
 }
 
 /// What a run did.
@@ -178,6 +182,16 @@ pub async fn run(
     ));
 
     let mut rows_per_writer = vec![0u64; writers.len()];
+    let counters: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let labels = [("pipeline", spec.name.clone()), ("table", t.clone())];
+            (
+                metrics::counter!("lakeshore_rows_total", &labels),
+                metrics::counter!("lakeshore_bytes_total", &labels),
+            )
+        })
+        .collect();
     let mut total_rows = 0u64;
     let mut next_id = first_id;
     // Asked of the source and not emitted yet (never more than one: a new request would
@@ -224,6 +238,8 @@ pub async fn run(
                 final_id = Some(next_id);
             }
             if due || final_id == Some(next_id) {
+                // One barrier answers every request made so far.
+                wanted = false;
                 requested = Some(next_id);
                 source.request_barrier(next_id);
                 requested_at = Instant::now();
@@ -238,6 +254,10 @@ pub async fn run(
                         ));
                     };
                     let n = batch.num_rows() as u64;
+                    counters[w].0.increment(n);
+                    counters[w]
+                        .1
+                        .increment(batch.rows.get_array_memory_size() as u64);
                     rows_per_writer[w] += n;
                     total_rows += n;
                     if writers[w].tx.send(WriterMsg::Batch(batch)).await.is_err() {
@@ -298,6 +318,8 @@ pub async fn run(
                     }
                 }
                 Some(SourceEvent::CheckpointNow) => wanted = requested.is_none(),
+                Some(SourceEvent::SnapshotStarted(t)) => observer.snapshot(&t, false),
+                Some(SourceEvent::SnapshotDone(t)) => observer.snapshot(&t, true),
                 Some(SourceEvent::Watermark(w)) if w > watermark => {
                     watermark = w;
                     for wr in &writers {
@@ -586,7 +608,10 @@ async fn committer_task(
             let ctx = context(&spec.commit_as, id, &position);
             for p in &pending {
                 test_pause().await;
+                let started = Instant::now();
                 commit_with_retry(sink.as_ref(), p, &ctx).await?;
+                metrics::histogram!("lakeshore_commit_seconds", "pipeline" => spec.name.clone(), "table" => p.table.clone())
+                    .record(started.elapsed().as_secs_f64());
                 total_rows += p.added_rows;
             }
             let took = at.elapsed();
@@ -594,7 +619,7 @@ async fn committer_task(
                 .record(took.as_secs_f64());
             metrics::gauge!("lakeshore_engine_last_checkpoint_id", "pipeline" => spec.name.clone())
                 .set(id as f64);
-            observer.checkpoint(id, total_rows, took);
+            observer.checkpoint(id, &position, total_rows, took);
             tracing::debug!(pipeline = %spec.name, checkpoint = id, ms = took.as_millis() as u64, "checkpoint committed");
             committed.send_replace(id);
             let _ = ack.send((id, position));

@@ -9,9 +9,19 @@
 //! its position is still owned by the process deciding it, so a process that stalled
 //! while its partitions moved on can never commit them twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Result;
+
+/// What [`Ledger::acquire`] found.
+#[derive(Debug, Default, Clone)]
+pub struct Acquired {
+    /// Where the lake holds each taken unit that was ever committed.
+    pub positions: BTreeMap<String, serde_json::Value>,
+    /// Every unit the ledger knows (taken or not), e.g. to tell a new partition of a
+    /// topic read before from one of a topic never read.
+    pub known: BTreeSet<String>,
+}
 
 /// The ledger a shared source takes its units over from.
 #[async_trait::async_trait]
@@ -20,8 +30,8 @@ pub trait Ledger: Send + Sync {
     fn member(&self) -> &str;
 
     /// Take `units` over for this process and return where the lake holds each one that
-    /// was ever committed (units missing from the map start by the source's `startup`).
-    /// Before returning, the last decided checkpoint of every earlier owner is committed,
-    /// so the lake is complete up to the returned positions.
-    async fn acquire(&self, units: &[String]) -> Result<BTreeMap<String, serde_json::Value>>;
+    /// was ever committed. The last decided checkpoint of every earlier owner is
+    /// committed before the takeover is recorded, so the lake is complete up to the
+    /// returned positions.
+    async fn acquire(&self, units: &[String]) -> Result<Acquired>;
 }

@@ -23,7 +23,7 @@ mod ledger;
 mod storage;
 pub mod url;
 pub use error::{Error, ErrorKind, Result};
-pub use ledger::Ledger;
+pub use ledger::{Acquired, Ledger};
 pub use storage::StorageOptions;
 
 /// What happened to one row.

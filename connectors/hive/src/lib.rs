@@ -414,6 +414,13 @@ impl Sink for HiveSink {
         let layout = self.layout(&ctx.pipeline, &pending.table)?;
         let marker = self.read_marker(&layout).await?;
         match &marker {
+            // Another member's checkpoint, committed on its behalf (scale-out hand-over):
+            // it commits in order, so a later one in the marker means this one is in.
+            Some(m)
+                if m.checkpoint_id > ctx.checkpoint_id && ctx.pipeline != self.opts.pipeline =>
+            {
+                return Ok(false);
+            }
             Some(m) if m.checkpoint_id > ctx.checkpoint_id => {
                 // Checkpoint ids only grow: the pipeline's state was reset or moved.
                 return Err(Error::new(
@@ -539,6 +546,37 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    /// Scale-out: member b commits what member a decided (a hand-over); a's own marker
+    /// says whether it is in, and a later one from a means it is.
+    #[tokio::test]
+    async fn a_member_commits_another_members_checkpoint_under_its_name() {
+        let dir = std::env::temp_dir().join(format!("lakeshore-hive-{}", uuid::Uuid::new_v4()));
+        let as_member = |m: &str| HiveOptions {
+            pipeline: format!("p@{m}"),
+            ..options(&dir)
+        };
+        let a = HiveSink::connect(as_member("a")).await.unwrap();
+        let b = HiveSink::connect(as_member("b")).await.unwrap();
+        let mut w = a.open_table(&target()).await.unwrap();
+        let ctx_a = |id| CommitContext {
+            pipeline: "p@a".into(),
+            ..ctx(id)
+        };
+        w.write(batch(0..10)).await.unwrap();
+        let p1 = w.prepare(1).await.unwrap();
+        w.write(batch(10..20)).await.unwrap();
+        let p2 = w.prepare(2).await.unwrap();
+        assert!(b.commit(&p1, &ctx_a(1)).await.unwrap());
+        assert!(dir.join("_lakeshore/p@a/t/commit.json").exists());
+        assert!(!dir.join("_lakeshore/p@b").exists());
+        assert!(!a.commit(&p1, &ctx_a(1)).await.unwrap());
+        assert!(a.commit(&p2, &ctx_a(2)).await.unwrap());
+        // b late with a's checkpoint 1: already in.
+        assert!(!b.commit(&p1, &ctx_a(1)).await.unwrap());
+        assert_eq!(files_under(&dir.join("t")).len(), 4);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -120,7 +120,9 @@ impl Group {
         let _ = self.tx.blocking_send(Err(e));
     }
 
-    /// Take the partitions of `tpl` over and set where each is read from.
+    /// Take the partitions of `tpl` over and set where each is read from: the ledger's
+    /// offset, or (never committed) `startup`; a new partition of a topic the ledger
+    /// knows starts at its beginning.
     fn assign(&self, consumer: &SourceConsumer, tpl: &mut TopicPartitionList) -> Result<()> {
         let parts: Vec<(String, i32)> = tpl
             .elements()
@@ -128,48 +130,59 @@ impl Group {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         let units: Vec<String> = parts.iter().map(|(t, p)| unit(t, *p)).collect();
-        let held = self.runtime.block_on(self.ledger.acquire(&units))?;
+        let got = self.runtime.block_on(self.ledger.acquire(&units))?;
+        let timeout = Duration::from_secs(15);
+        // Every start is resolved to an offset now, so that it is in the position (and
+        // decided at the next hand-over) even if nothing is read before then.
         let mut start: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut by_time = TopicPartitionList::new();
         for (topic, p) in &parts {
-            let offset = match held.get(&unit(topic, *p)).map(|v| v.as_i64()) {
-                Some(Some(o)) => {
-                    start.insert((topic.clone(), *p), o);
-                    Offset::Offset(o)
-                }
-                Some(None) => {
-                    return Err(Error::new(
+            let offset = match got.positions.get(&unit(topic, *p)) {
+                Some(v) => v.as_i64().ok_or_else(|| {
+                    Error::new(
                         ErrorKind::Internal,
                         format!("the ledger's position of {topic}/{p} is not an offset"),
-                    ));
-                }
-                None => match self.startup {
-                    Startup::Earliest => Offset::Beginning,
-                    Startup::Latest => Offset::End,
-                    Startup::Timestamp(ms) => {
-                        by_time
-                            .add_partition_offset(topic, *p, Offset::Offset(ms))
-                            .map_err(|e| kafka_error("offsets by time", e))?;
-                        continue;
+                    )
+                })?,
+                None => {
+                    let (low, high) =
+                        consumer.fetch_watermarks(topic, *p, timeout).map_err(|e| {
+                            kafka_error(&format!("reading the offsets of {topic}/{p}"), e)
+                        })?;
+                    // A new partition of a topic read before: everything in it is new.
+                    let known = got
+                        .known
+                        .iter()
+                        .any(|k| k.rsplit_once('/').is_some_and(|(t, _)| t == topic));
+                    match self.startup {
+                        _ if known => low,
+                        Startup::Earliest => low,
+                        Startup::Latest => high,
+                        Startup::Timestamp(ms) => {
+                            by_time
+                                .add_partition_offset(topic, *p, Offset::Offset(ms))
+                                .map_err(|e| kafka_error("offsets by time", e))?;
+                            high
+                        }
                     }
-                },
+                }
             };
-            tpl.set_partition_offset(topic, *p, offset)
-                .map_err(|e| kafka_error("assigning partitions", e))?;
+            start.insert((topic.clone(), *p), offset);
         }
         if by_time.count() > 0 {
             let found = consumer
-                .offsets_for_times(by_time, Duration::from_secs(15))
+                .offsets_for_times(by_time, timeout)
                 .map_err(|e| kafka_error("finding offsets by time", e))?;
             for e in found.elements() {
-                // No message at or after the time: start at the end.
-                let o = match e.offset() {
-                    Offset::Offset(o) => Offset::Offset(o),
-                    _ => Offset::End,
-                };
-                tpl.set_partition_offset(e.topic(), e.partition(), o)
-                    .map_err(|e| kafka_error("assigning partitions", e))?;
+                // No message at or after the time: start at the end (already set).
+                if let Offset::Offset(o) = e.offset() {
+                    start.insert((e.topic().to_string(), e.partition()), o);
+                }
             }
+        }
+        for ((topic, p), o) in &start {
+            tpl.set_partition_offset(topic, *p, Offset::Offset(*o))
+                .map_err(|e| kafka_error("assigning partitions", e))?;
         }
         tracing::info!(partitions = ?units, "Kafka partitions assigned");
         let _ = self.tx.blocking_send(Ok(Polled::Assigned(start)));

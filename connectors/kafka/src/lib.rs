@@ -952,6 +952,17 @@ impl Source for KafkaSource {
             }
             if let Some(id) = self.barrier.take() {
                 self.barriers += 1;
+                // Partitions whose hand-over barrier is out are no longer this
+                // process's to decide (their position cannot move: nothing is read).
+                if self.shared {
+                    for r in self.revoking.iter().filter(|r| r.after < self.barriers) {
+                        for (topic, p) in &r.parts {
+                            if let Some(offsets) = self.position.offsets.get_mut(topic) {
+                                offsets.remove(p);
+                            }
+                        }
+                    }
+                }
                 return Ok(Some(SourceEvent::Barrier {
                     id,
                     position: self.position_token(),
@@ -1035,8 +1046,10 @@ impl Source for KafkaSource {
         }
         self.stop.store(true, Ordering::Relaxed);
         self.rx.close();
-        // A revoke waiting for a checkpoint that will not come now ends at once.
+        // A revoke waiting for a checkpoint that will not come now ends at once (also
+        // one still queued in the channel).
         self.revoking.clear();
+        while self.rx.try_recv().is_ok() {}
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }

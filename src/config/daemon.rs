@@ -1,0 +1,197 @@
+//! The daemon file: settings of `lakeshore run` itself (see [`raw::DaemonFile`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::plan::location_url;
+use super::raw::{self, DaemonFile};
+use super::{ConfigError, SourceText};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `"text"` or `"json"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Pause before restarting a failed pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// First pause.
+    pub initial: Duration,
+    /// Longest pause.
+    pub max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Validated daemon settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// HTTP endpoints' address.
+    pub http: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Default state location (a URL).
+    pub state: Option<String>,
+    /// Default checkpoint interval.
+    pub checkpoint_interval: Option<Duration>,
+    /// SIGTERM's wait for final checkpoints.
+    pub grace_period: Duration,
+    /// How often pipeline files are checked.
+    pub watch_interval: Duration,
+    /// Restarts of failed pipelines.
+    pub restart: RestartPolicy,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            http: None,
+            log_format: LogFormat::Text,
+            state: None,
+            checkpoint_interval: None,
+            grace_period: Duration::from_secs(30),
+            watch_interval: Duration::from_secs(2),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+/// Parse an address written in a file or on the command line.
+pub fn parse_addr(s: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs().ok()?.next()
+}
+
+/// Read and validate the daemon file.
+pub fn load(file: &Path) -> Result<DaemonConfig, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        location: None,
+        message: format!("cannot read the daemon file: {e}"),
+    })?;
+    let src = SourceText { file, text: &text };
+    let raw: DaemonFile = toml::from_str(&text).map_err(|e| super::plan::toml_error(&src, e))?;
+    parse(&src, raw)
+}
+
+fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigError> {
+    let mut cfg = DaemonConfig::default();
+    if let Some(h) = &raw.http {
+        cfg.http = Some(parse_addr(h.get_ref()).ok_or_else(|| {
+            src.error(
+                Some(h.span()),
+                format!(
+                    "http = \"{}\" is not an address; write host:port, e.g. \"0.0.0.0:8080\"",
+                    h.get_ref()
+                ),
+            )
+        })?);
+    }
+    if let Some(f) = &raw.log_format {
+        cfg.log_format = LogFormat::parse(f.get_ref()).ok_or_else(|| {
+            src.error(
+                Some(f.span()),
+                format!(
+                    "log_format \"{}\" is unknown; write \"text\" or \"json\"",
+                    f.get_ref()
+                ),
+            )
+        })?;
+    }
+    cfg.state = raw.state.as_ref().map(|s| location_url(&s.0));
+    let positive = |d: &Option<toml::Spanned<super::units::HumanDuration>>, key: &str| match d {
+        Some(v) if v.get_ref().0.is_zero() => Err(src.error(
+            Some(v.span()),
+            format!("{key} must be more than zero, e.g. \"10s\""),
+        )),
+        Some(v) => Ok(Some(v.get_ref().0)),
+        None => Ok(None),
+    };
+    if let Some(d) = &raw.checkpoint_interval
+        && d.get_ref().0 < Duration::from_millis(100)
+    {
+        return Err(src.error(
+            Some(d.span()),
+            "checkpoint_interval must be at least \"100ms\"",
+        ));
+    }
+    cfg.checkpoint_interval = raw.checkpoint_interval.as_ref().map(|d| d.get_ref().0);
+    if let Some(d) = positive(&raw.grace_period, "grace_period")? {
+        cfg.grace_period = d;
+    }
+    if let Some(d) = positive(&raw.watch_interval, "watch_interval")? {
+        cfg.watch_interval = d;
+    }
+    if let Some(r) = &raw.restart {
+        let r: &raw::RestartSection = r;
+        if let Some(d) = positive(&r.initial_backoff, "initial_backoff")? {
+            cfg.restart.initial = d;
+        }
+        if let Some(d) = positive(&r.max_backoff, "max_backoff")? {
+            cfg.restart.max = d;
+        }
+        cfg.restart.max = cfg.restart.max.max(cfg.restart.initial);
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<DaemonConfig, String> {
+        let file = Path::new("lakeshore.toml");
+        let src = SourceText { file, text };
+        let raw: DaemonFile = toml::from_str(text)
+            .map_err(|e| super::super::plan::toml_error(&src, e).to_string())?;
+        parse(&src, raw).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_example_daemon_file_is_valid() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/lakeshore.toml");
+        let cfg = load(&file).unwrap();
+        assert!(cfg.http.is_some());
+    }
+
+    #[test]
+    fn daemon_settings_are_checked_with_their_location() {
+        let cfg = parse_text("http = \"127.0.0.1:9000\"\nlog_format = \"json\"\n[restart]\ninitial_backoff = \"2s\"\n").unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!(cfg.restart.initial, Duration::from_secs(2));
+        assert_eq!(
+            parse_text("log_format = \"xml\"\n").unwrap_err(),
+            "lakeshore.toml:1:14: log_format \"xml\" is unknown; write \"text\" or \"json\""
+        );
+        assert!(
+            parse_text("http = \"nowhere\"\n")
+                .unwrap_err()
+                .contains("is not an address")
+        );
+        assert!(parse_text("htp = \"x\"\n").unwrap_err().contains("1:1"));
+    }
+}

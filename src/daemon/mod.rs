@@ -1,0 +1,434 @@
+//! `lakeshore run`: the daemon. Runs every pipeline file of the given paths in one
+//! process, each in its own task, and keeps them running for months:
+//!
+//! - **reload:** the files are re-read every `watch_interval` and on SIGHUP; an added file
+//!   starts, a removed one stops after a final checkpoint, a changed one restarts; an
+//!   invalid one is rejected with its reason (a running pipeline keeps its last valid
+//!   version) while the others go on;
+//! - **isolation:** a failing pipeline restarts alone, from its last checkpoint, with
+//!   exponential backoff ([`pipeline::run`]); the others never wait for it;
+//! - **control:** `pause` stops a pipeline after a final checkpoint until `resume`;
+//! - **shutdown:** SIGTERM/SIGINT stop every pipeline with a final checkpoint, within the
+//!   grace period.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::daemon::DaemonConfig;
+use crate::config::{self, Plan};
+use crate::pipeline;
+
+pub mod http;
+pub mod status;
+
+use status::{Phase, StatusCell};
+
+/// A request from the HTTP endpoints to the supervisor.
+pub enum Control {
+    /// Stop after a final checkpoint, until resumed.
+    Pause(String, oneshot::Sender<Result<(), String>>),
+    /// Start a paused, failed or finished pipeline again.
+    Resume(String, oneshot::Sender<Result<(), String>>),
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Entry {
+    file: PathBuf,
+    /// The text the running plan came from.
+    text: String,
+    plan: Plan,
+    status: StatusCell,
+    run: Option<Running>,
+    paused: bool,
+}
+
+/// A file that does not load, with the text that failed (so it is reported once).
+struct Invalid {
+    text: String,
+    error: String,
+}
+
+#[derive(Default)]
+struct Registry {
+    pipelines: BTreeMap<String, Entry>,
+    invalid: BTreeMap<PathBuf, Invalid>,
+}
+
+/// The supervisor of a process's pipelines.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    paths: Vec<PathBuf>,
+    registry: Mutex<Registry>,
+    /// When the supervisor loop last went round (for `/health`).
+    heartbeat: Mutex<Instant>,
+    /// At least one reload happened (for `/ready`).
+    loaded: std::sync::atomic::AtomicBool,
+}
+
+/// What a reload decided, carried out after the registry lock is released.
+enum Action {
+    Start(String),
+    Stop(Running),
+}
+
+impl Daemon {
+    /// A daemon over the pipeline files of `paths`.
+    pub fn new(cfg: DaemonConfig, paths: Vec<PathBuf>) -> Arc<Self> {
+        Arc::new(Daemon {
+            cfg,
+            paths,
+            registry: Mutex::new(Registry::default()),
+            heartbeat: Mutex::new(Instant::now()),
+            loaded: false.into(),
+        })
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The statuses of every pipeline, in name order.
+    pub fn statuses(&self) -> Vec<status::PipelineStatus> {
+        self.registry()
+            .pipelines
+            .values()
+            .map(|e| e.status.get())
+            .collect()
+    }
+
+    /// Files that were rejected, with the reason.
+    pub fn invalid_files(&self) -> Vec<(String, String)> {
+        self.registry()
+            .invalid
+            .iter()
+            .map(|(f, i)| (f.display().to_string(), i.error.clone()))
+            .collect()
+    }
+
+    /// True while the supervisor loop goes round.
+    pub fn healthy(&self) -> bool {
+        let beat = *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner());
+        beat.elapsed() < self.cfg.watch_interval * 3 + Duration::from_secs(30)
+    }
+
+    /// True once the files were loaded and no pipeline is starting, restarting or failed.
+    pub fn ready(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .statuses()
+                .iter()
+                .all(|s| !matches!(s.phase, Phase::Starting | Phase::Restarting | Phase::Failed))
+    }
+
+    /// Supervise until `shutdown`; then stop every pipeline with a final checkpoint.
+    /// Returns false when the grace period ran out first.
+    pub async fn run(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+        mut control: mpsc::Receiver<Control>,
+    ) -> bool {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        self.reload().await;
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        loop {
+            *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.watch_interval) => self.reload().await,
+                _ = hangup => {
+                    tracing::info!("SIGHUP: reloading the pipeline files");
+                    self.reload().await;
+                }
+                Some(c) = control.recv() => self.control(c).await,
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.stop_all().await
+    }
+
+    /// Compare the files with what runs, and start, stop or restart pipelines.
+    async fn reload(&self) {
+        let files = match config::pipeline_files(&self.paths) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the pipeline files; keeping what runs");
+                return;
+            }
+        };
+        let mut actions = Vec::new();
+        {
+            let mut reg = self.registry();
+            for file in &files {
+                let text = match std::fs::read_to_string(file) {
+                    Ok(t) => t,
+                    // Gone between listing and reading: the next round sees it missing.
+                    Err(_) => continue,
+                };
+                self.consider(&mut reg, file, text, &mut actions);
+            }
+            // Removed files: their pipelines stop; rejections are forgotten.
+            let gone: Vec<String> = reg
+                .pipelines
+                .iter()
+                .filter(|(_, e)| !files.contains(&e.file))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in gone {
+                if let Some(mut e) = reg.pipelines.remove(&name) {
+                    tracing::info!(pipeline = %name, file = %e.file.display(), "file removed: stopping the pipeline");
+                    if let Some(r) = e.run.take() {
+                        actions.push(Action::Stop(r));
+                    }
+                }
+            }
+            reg.invalid.retain(|f, _| files.contains(f));
+        }
+        self.act(actions).await;
+    }
+
+    /// One file: unchanged, new, changed or invalid.
+    fn consider(
+        &self,
+        reg: &mut Registry,
+        file: &PathBuf,
+        text: String,
+        actions: &mut Vec<Action>,
+    ) {
+        let current = reg
+            .pipelines
+            .iter()
+            .find(|(_, e)| e.file == *file)
+            .map(|(n, _)| n.clone());
+        if let Some(name) = &current
+            && reg.pipelines[name].text == text
+        {
+            return;
+        }
+        if reg.invalid.get(file).is_some_and(|i| i.text == text) {
+            return;
+        }
+        let loaded = config::load_text(file, &text).map(|mut p| {
+            p.apply_defaults(&self.cfg);
+            p
+        });
+        let plan = match loaded {
+            Ok(plan) => match reg.pipelines.get(&plan.name) {
+                Some(other) if other.file != *file => Err(format!(
+                    "{}: pipeline name {} is already used by {}; names must be unique",
+                    file.display(),
+                    plan.name,
+                    other.file.display()
+                )),
+                _ => Ok(plan),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match plan {
+            Err(error) => {
+                match &current {
+                    Some(name) => {
+                        tracing::error!(pipeline = %name, %error, "the changed file is invalid; the pipeline keeps running its last valid version");
+                        reg.pipelines[name]
+                            .status
+                            .update(|s| s.config_error = Some(error.clone()));
+                    }
+                    None => tracing::error!(%error, "pipeline file rejected"),
+                }
+                reg.invalid.insert(file.clone(), Invalid { text, error });
+            }
+            Ok(plan) => {
+                reg.invalid.remove(file);
+                let name = plan.name.clone();
+                let paused = match current.and_then(|old| reg.pipelines.remove(&old)) {
+                    Some(mut old) => {
+                        tracing::info!(pipeline = %name, file = %file.display(), "file changed: restarting the pipeline");
+                        if let Some(r) = old.run.take() {
+                            actions.push(Action::Stop(r));
+                        }
+                        old.paused
+                    }
+                    None => {
+                        tracing::info!(pipeline = %name, file = %file.display(), "new pipeline file");
+                        false
+                    }
+                };
+                let status = StatusCell::new(&name, &file.display().to_string());
+                if paused {
+                    status.update(|s| s.phase = Phase::Paused);
+                } else {
+                    actions.push(Action::Start(name.clone()));
+                }
+                reg.pipelines.insert(
+                    name,
+                    Entry {
+                        file: file.clone(),
+                        text,
+                        plan,
+                        status,
+                        run: None,
+                        paused,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Stops first (a restarted pipeline's old run must end before the new one starts).
+    async fn act(&self, actions: Vec<Action>) {
+        let (stops, starts): (Vec<_>, Vec<_>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::Stop(_)));
+        for a in stops {
+            if let Action::Stop(r) = a {
+                stop(r).await;
+            }
+        }
+        for a in starts {
+            if let Action::Start(name) = a {
+                self.start(&name);
+            }
+        }
+    }
+
+    fn start(&self, name: &str) {
+        let mut reg = self.registry();
+        let Some(entry) = reg.pipelines.get_mut(name) else {
+            return;
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let plan = entry.plan.clone();
+        let status = entry.status.clone();
+        status.update(|s| s.phase = Phase::Starting);
+        let policy = self.cfg.restart;
+        let task = tokio::spawn(async move {
+            let observer = Arc::new(status.clone());
+            let result = pipeline::run(&plan, false, observer, stop_rx.clone(), Some(policy)).await;
+            let stopped = *stop_rx.borrow();
+            match result {
+                Ok(summary) => {
+                    tracing::info!(pipeline = %plan.name, checkpoint = ?summary.last_checkpoint, "stopped");
+                    if !stopped {
+                        status.update(|s| s.phase = Phase::Finished);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = %plan.name, error = %e, "pipeline failed; fix it and change its file or resume it");
+                    status.update(|s| {
+                        s.phase = Phase::Failed;
+                        s.last_error = Some(e.to_string());
+                    });
+                }
+            }
+        });
+        entry.run = Some(Running {
+            stop: stop_tx,
+            task,
+        });
+        entry.paused = false;
+    }
+
+    async fn control(&self, c: Control) {
+        match c {
+            Control::Pause(name, reply) => {
+                let run = {
+                    let mut reg = self.registry();
+                    match reg.pipelines.get_mut(&name) {
+                        None => Err(format!("no pipeline named {name}")),
+                        Some(e) => {
+                            e.paused = true;
+                            e.status.update(|s| s.phase = Phase::Stopping);
+                            Ok((e.run.take(), e.status.clone()))
+                        }
+                    }
+                };
+                match run {
+                    Ok((r, status)) => {
+                        if let Some(r) = r {
+                            stop(r).await;
+                        }
+                        status.update(|s| s.phase = Phase::Paused);
+                        tracing::info!(pipeline = %name, "paused");
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Control::Resume(name, reply) => {
+                let outcome = {
+                    let reg = self.registry();
+                    match reg.pipelines.get(&name) {
+                        None => Err(format!("no pipeline named {name}")),
+                        Some(e) if e.run.as_ref().is_some_and(|r| !r.task.is_finished()) => {
+                            Err(format!("pipeline {name} is running"))
+                        }
+                        Some(_) => Ok(()),
+                    }
+                };
+                if outcome.is_ok() {
+                    tracing::info!(pipeline = %name, "resumed");
+                    self.start(&name);
+                }
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Stop every pipeline with a final checkpoint; false if the grace period ran out.
+    async fn stop_all(&self) -> bool {
+        let runs: Vec<Running> = {
+            let mut reg = self.registry();
+            reg.pipelines
+                .values_mut()
+                .filter_map(|e| {
+                    e.status.update(|s| {
+                        if !matches!(s.phase, Phase::Finished | Phase::Failed | Phase::Paused) {
+                            s.phase = Phase::Stopping;
+                        }
+                    });
+                    e.run.take()
+                })
+                .collect()
+        };
+        for r in &runs {
+            let _ = r.stop.send(true);
+        }
+        let all = futures::future::join_all(runs.into_iter().map(|r| r.task));
+        match tokio::time::timeout(self.cfg.grace_period, all).await {
+            Ok(_) => true,
+            Err(_) => {
+                tracing::error!(
+                    grace_period_s = self.cfg.grace_period.as_secs(),
+                    "pipelines did not finish their final checkpoints within the grace period"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Ask a run for its final checkpoint and wait for it to end.
+async fn stop(r: Running) {
+    let _ = r.stop.send(true);
+    let _ = r.task.await;
+}

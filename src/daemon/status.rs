@@ -1,0 +1,170 @@
+//! What the daemon knows about each pipeline, as served by `/pipelines` and shown by
+//! `lakeshore status`; kept up to date by the engine's [`Observer`] callbacks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lakeshore_api::{Error, SourcePosition};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Observer;
+
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Opening the sink and the source, recovering.
+    Starting,
+    /// Reading a consistent snapshot of at least one table.
+    Snapshot,
+    /// Following the change stream.
+    Streaming,
+    /// Failed; restarts after a pause.
+    Restarting,
+    /// Stopped by `POST /pipelines/{name}/pause`.
+    Paused,
+    /// Taking its final checkpoint.
+    Stopping,
+    /// A bounded source was read to its end.
+    Finished,
+    /// Failed with an error that a restart cannot fix (see `last_error`).
+    Failed,
+}
+
+/// The last committed checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointStatus {
+    /// Checkpoint id.
+    pub id: u64,
+    /// When it committed, ms since the epoch.
+    pub at_ms: u64,
+    /// From its barrier to its last table commit.
+    pub duration_ms: u64,
+}
+
+/// One pipeline, as `/pipelines/{name}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    /// Pipeline name.
+    pub name: String,
+    /// Its file.
+    pub file: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// Rows routed to the lake since the daemon started it.
+    pub rows: u64,
+    /// Restarts after failures.
+    pub restarts: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// The last committed checkpoint.
+    pub last_checkpoint: Option<CheckpointStatus>,
+    /// Where the source resumes after that checkpoint.
+    pub source_position: Option<serde_json::Value>,
+    /// Snapshot state per source table: `"running"` or `"done"`.
+    pub snapshot: BTreeMap<String, String>,
+    /// The pipeline's file changed to something invalid; the last valid version runs.
+    pub config_error: Option<String>,
+    /// Rows of earlier runs (before restarts).
+    #[serde(skip)]
+    rows_before: u64,
+}
+
+/// A pipeline's status, shared by its task, the HTTP handlers and the metrics.
+#[derive(Clone)]
+pub struct StatusCell(Arc<Mutex<PipelineStatus>>);
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl StatusCell {
+    /// A pipeline about to start.
+    pub fn new(name: &str, file: &str) -> Self {
+        StatusCell(Arc::new(Mutex::new(PipelineStatus {
+            name: name.to_string(),
+            file: file.to_string(),
+            phase: Phase::Starting,
+            rows: 0,
+            restarts: 0,
+            last_error: None,
+            last_checkpoint: None,
+            source_position: None,
+            snapshot: BTreeMap::new(),
+            config_error: None,
+            rows_before: 0,
+        })))
+    }
+
+    /// Change it.
+    pub fn update(&self, f: impl FnOnce(&mut PipelineStatus)) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+    }
+
+    /// A copy.
+    pub fn get(&self) -> PipelineStatus {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Moves the phase from `Starting` on once data flows or a checkpoint commits.
+fn running(s: &mut PipelineStatus) {
+    if matches!(s.phase, Phase::Starting | Phase::Restarting) {
+        s.phase = if s.snapshot.values().any(|v| v == "running") {
+            Phase::Snapshot
+        } else {
+            Phase::Streaming
+        };
+    }
+}
+
+impl Observer for StatusCell {
+    fn rows(&self, total_rows: u64, _events: Option<u64>) {
+        self.update(|s| {
+            s.rows = s.rows_before + total_rows;
+            running(s);
+        });
+    }
+
+    fn checkpoint(&self, id: u64, position: &SourcePosition, _total_rows: u64, took: Duration) {
+        self.update(|s| {
+            s.last_checkpoint = Some(CheckpointStatus {
+                id,
+                at_ms: now_ms(),
+                duration_ms: took.as_millis() as u64,
+            });
+            s.source_position = Some(position.0.clone());
+            running(s);
+        });
+    }
+
+    fn snapshot(&self, table: &str, done: bool) {
+        self.update(|s| {
+            s.snapshot.insert(
+                table.to_string(),
+                if done { "done" } else { "running" }.to_string(),
+            );
+            if s.phase == Phase::Snapshot && s.snapshot.values().all(|v| v == "done") {
+                s.phase = Phase::Streaming;
+            } else if !done && s.phase == Phase::Streaming {
+                s.phase = Phase::Snapshot;
+            }
+        });
+    }
+
+    fn restarting(&self, error: &Error, _pause: Duration) {
+        metrics::counter!("lakeshore_pipeline_restarts_total", "pipeline" => self.get().name)
+            .increment(1);
+        self.update(|s| {
+            s.phase = Phase::Restarting;
+            s.rows_before = s.rows;
+            s.restarts += 1;
+            s.last_error = Some(error.to_string());
+        });
+    }
+}
