@@ -5,6 +5,7 @@
 #   integration/bench.sh postgres [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
 #   integration/bench.sh mysql [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
 #   integration/bench.sh kafka [--sizes 1000000,5000000]
+#   integration/bench.sh daemon [--pipelines 1,20] [--hold 30]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -34,5 +35,9 @@ fi
 if [ "${1:-}" = kafka ]; then
   shift
   exec "$VENV/bin/python" integration/bench_kafka.py "$@"
+fi
+if [ "${1:-}" = daemon ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_daemon.py "$@"
 fi
 exec "$VENV/bin/python" integration/bench.py "$@"

@@ -62,6 +62,9 @@ enum Command {
         /// Pipeline files or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also check this daemon file (see `run --config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Also connect to each source and check its server set-up (privileges, WAL
         /// settings, tables and keys, publication and slot), saying what to change.
         #[arg(long)]
@@ -279,9 +282,19 @@ async fn dispatch(
     daemon_config: Option<config::daemon::DaemonConfig>,
 ) -> Result<(), Failure> {
     match command {
-        Command::Validate { paths, connect } => {
+        Command::Validate {
+            paths,
+            connect,
+            config: daemon_file,
+        } => {
             let files = config::pipeline_files(&paths)?;
             let mut failed = Vec::new();
+            if let Some(f) = &daemon_file {
+                match config::daemon::load(f) {
+                    Ok(_) => println!("ok: {} (daemon file)", f.display()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
             for f in &files {
                 match config::load(f) {
                     Ok(plan) => {

@@ -97,7 +97,7 @@ pub async fn open_sink(plan: &Plan, commit_as: &str) -> Result<Arc<dyn Sink>> {
 /// With a `restart` policy (`lakeshore run`), a failure restarts the pipeline from its
 /// last checkpoint after a pause that doubles up to the policy's maximum (and starts
 /// over once a run lasted a minute); configuration errors are not retried, since the
-/// same settings would fail the same way. Without one (`backfill`) the first failure is
+/// same settings would fail the same way, nor is a copy fenced off by another one. Without one (`backfill`) the first failure is
 /// reported.
 pub async fn run(
     plan: &Plan,
@@ -110,7 +110,12 @@ pub async fn run(
     loop {
         let started = Instant::now();
         match run_once(plan, bounded, observer.clone(), shutdown.clone()).await {
-            Err(e) if e.kind() != ErrorKind::Config && !*shutdown.borrow() => {
+            // A configuration error fails the same way again; a fenced copy must not
+            // take turns with the copy that fenced it.
+            Err(e)
+                if !matches!(e.kind(), ErrorKind::Config | ErrorKind::Fenced)
+                    && !*shutdown.borrow() =>
+            {
                 let Some(policy) = restart else {
                     return Err(e);
                 };

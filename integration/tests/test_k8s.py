@@ -1,0 +1,52 @@
+"""The Kubernetes manifests in configs/k8s/ validate against the Kubernetes API schemas
+(kubernetes-validate, schemas bundled, offline), and what they carry — the daemon file
+and the pipeline files of the ConfigMaps — passes `lakeshore validate`; the probes and
+the scrape annotations point at endpoints the daemon serves."""
+import os
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import yaml
+from conftest import BIN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def documents():
+    for f in sorted((ROOT / "configs" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if doc:
+                yield f.name, doc
+
+
+def test_manifests_validate_against_the_kubernetes_schemas():
+    kinds = set()
+    for name, doc in documents():
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+        kinds.add(doc["kind"])
+    assert {"Deployment", "ConfigMap", "Secret", "Service"} <= kinds
+
+
+def test_what_the_manifests_carry_is_valid_and_consistent(tmp_path):
+    docs = dict(((d["kind"], d["metadata"]["name"]), d) for _, d in documents())
+    daemon = tmp_path / "lakeshore.toml"
+    daemon.write_text(docs[("ConfigMap", "lakeshore-daemon")]["data"]["lakeshore.toml"])
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    for file, text in docs[("ConfigMap", "lakeshore-pipelines")]["data"].items():
+        (pipelines / file).write_text(text)
+    secrets = docs[("Secret", "lakeshore-secrets")]["stringData"]
+    r = subprocess.run([BIN, "validate", "--config", str(daemon), str(pipelines)], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, **secrets})
+    assert r.returncode == 0, r.stderr
+    deployment = docs[("Deployment", "lakeshore")]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    assert 'http = "0.0.0.0:8080"' in daemon.read_text()
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    # The pod's grace period leaves room for the daemon's own.
+    assert pod["spec"]["terminationGracePeriodSeconds"] > 45
