@@ -264,16 +264,17 @@ async fn run_daemon(paths: Vec<PathBuf>, cfg: config::daemon::DaemonConfig) -> R
         }
         None => None,
     };
-    let clean = daemon.run(shutdown, control_rx).await;
+    let ended = daemon.run(shutdown, control_rx).await;
     if let Some(s) = server {
         s.abort();
     }
-    if clean {
-        Ok(())
-    } else {
-        Err(Failure::Runtime(
+    match ended {
+        daemon::Ended::Stopped(true) | daemon::Ended::AllDone(None) => Ok(()),
+        daemon::Ended::Stopped(false) => Err(Failure::Runtime(
             "stopped before every pipeline finished its final checkpoint (grace period)".into(),
-        ))
+        )),
+        daemon::Ended::AllDone(Some((message, true))) => Err(Failure::Config(message)),
+        daemon::Ended::AllDone(Some((message, false))) => Err(Failure::Runtime(message)),
     }
 }
 

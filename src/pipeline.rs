@@ -72,16 +72,18 @@ pub async fn open_sink(plan: &Plan, commit_as: &str) -> Result<Arc<dyn Sink>> {
                     })?;
                 }
             }
-            std::fs::create_dir_all(&options.catalog.warehouse).map_err(|e| {
-                lakeshore_api::Error::new(
-                    lakeshore_api::ErrorKind::Config,
-                    format!(
-                        "cannot create the warehouse {}; check [sink.catalog] warehouse",
-                        options.catalog.warehouse
-                    ),
-                )
-                .with_source(e)
-            })?;
+            if !options.catalog.warehouse.starts_with("s3://") {
+                std::fs::create_dir_all(&options.catalog.warehouse).map_err(|e| {
+                    lakeshore_api::Error::new(
+                        lakeshore_api::ErrorKind::Config,
+                        format!(
+                            "cannot create the warehouse {}; check [sink.catalog] warehouse",
+                            options.catalog.warehouse
+                        ),
+                    )
+                    .with_source(e)
+                })?;
+            }
             Ok(Arc::new(IcebergSink::connect(options.clone()).await?))
         }
         SinkPlan::Hive { options, .. } => {
@@ -97,7 +99,8 @@ pub async fn open_sink(plan: &Plan, commit_as: &str) -> Result<Arc<dyn Sink>> {
 /// With a `restart` policy (`lakeshore run`), a failure restarts the pipeline from its
 /// last checkpoint after a pause that doubles up to the policy's maximum (and starts
 /// over once a run lasted a minute); configuration errors are not retried, since the
-/// same settings would fail the same way, nor is a copy fenced off by another one. Without one (`backfill`) the first failure is
+/// same settings would fail the same way, nor unsupported input, nor a copy fenced off
+/// by another one. Without one (`backfill`) the first failure is
 /// reported.
 pub async fn run(
     plan: &Plan,
@@ -110,11 +113,14 @@ pub async fn run(
     loop {
         let started = Instant::now();
         match run_once(plan, bounded, observer.clone(), shutdown.clone()).await {
-            // A configuration error fails the same way again; a fenced copy must not
-            // take turns with the copy that fenced it.
+            // A configuration error fails the same way again, unsupported input (a
+            // type, a DDL) needs a person, and a fenced copy must not take turns with
+            // the copy that fenced it.
             Err(e)
-                if !matches!(e.kind(), ErrorKind::Config | ErrorKind::Fenced)
-                    && !*shutdown.borrow() =>
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::Config | ErrorKind::Fenced | ErrorKind::Unsupported
+                ) && !*shutdown.borrow() =>
             {
                 let Some(policy) = restart else {
                     return Err(e);

@@ -239,7 +239,8 @@ def test_files_added_changed_removed_and_invalid_while_running(tmp_path):
 def test_sigterm_mid_stream_then_restart_is_exactly_once(tmp_path, duck):
     """A bounded generator in the daemon, SIGTERM twice on the way (exit 0 within the
     grace period), run again until it finishes: the lake equals the source. A second
-    file added while the daemon waits for changes only on SIGHUP shows SIGHUP reloads."""
+    file added while the daemon waits for changes only on SIGHUP shows SIGHUP reloads.
+    Once every pipeline has ended by itself, the daemon exits 0."""
     d = tmp_path / "pipelines"
     d.mkdir()
     daemon_file = tmp_path / "lakeshore.toml"
@@ -253,16 +254,24 @@ def test_sigterm_mid_stream_then_restart_is_exactly_once(tmp_path, duck):
         time.sleep(0.7)
         assert daemon.stop() == 0, daemon.log.read_text()[-2000:]
         assert "stopping: taking a final checkpoint" in daemon.log.read_text()
+    # An unbounded pipeline keeps the daemon up after the generator is done.
+    generator(d, "idle", rate=1)
     daemon = Daemon(d, [d], "--config", str(daemon_file))
     try:
         daemon.wait(lambda: daemon.status()[0]["orders"]["phase"] == "finished", 120, "the generator finishes")
-        generator(d, "later")
+        bounded_later = generator(d, "later", events=500)
         time.sleep(1)
         assert "later" not in daemon.status()[0]
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait(lambda: "later" in daemon.status()[0], 20, "SIGHUP loads the new file")
+        # Without the unbounded one, nothing is left to run once `later` is done.
+        (d / "idle.toml").unlink()
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.proc.wait(timeout=60) == 0, daemon.log.read_text()[-2000:]
+        assert bounded_later.file.exists()
     finally:
-        assert daemon.stop() == 0
+        if daemon.proc.poll() is None:
+            assert daemon.stop() == 0
     bounded = Pipeline(tmp_path / "expected", "orders", source, {"namespace": "shop", "mode": "upsert"}) \
         if (tmp_path / "expected").mkdir() is None else None
     assert_same_rows(duck, p, "orders", bounded.expected() / "orders.parquet", ORDER_COLUMNS)

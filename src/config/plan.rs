@@ -116,7 +116,7 @@ impl SinkPlan {
     /// Settings for the state store when it shares the sink's storage.
     pub fn storage(&self) -> lakeshore_hive::StorageOptions {
         match self {
-            SinkPlan::Iceberg { .. } => Default::default(),
+            SinkPlan::Iceberg { options, .. } => options.catalog.storage.clone(),
             SinkPlan::Hive { options, .. } => options.storage.clone(),
         }
     }

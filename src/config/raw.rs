@@ -261,10 +261,17 @@ pub struct IcebergSection {
     #[serde(rename = "type")]
     #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
     pub kind: String,
-    /// The catalog, e.g. `{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }`.
+    /// The catalog, e.g. `{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }`
+    /// (`warehouse` may be `s3://bucket/prefix`, with `storage`).
     pub catalog: CatalogSection,
     /// Namespace of the tables (dots separate levels).
     pub namespace: Spanned<String>,
+    /// S3 settings of an `s3://` warehouse, as for the Hive sink: `{ endpoint = "...",
+    /// region = "...", access_key_id = "${AWS_ACCESS_KEY_ID}", secret_access_key =
+    /// "${AWS_SECRET_ACCESS_KEY}" }`; keys left out come from the `AWS_*` environment.
+    /// The state store uses them too. Values are never logged.
+    #[serde(default)]
+    pub storage: BTreeMap<String, EnvString>,
     /// `"append"` (data files only) or `"upsert"` (one row per primary key; updates and
     /// deletes become position deletes). Default `"upsert"` for keyed tables.
     pub mode: Option<Spanned<SinkMode>>,
@@ -354,7 +361,8 @@ pub struct CatalogSection {
     /// `sqlite://path/catalog.db` (relative paths are resolved against the working
     /// directory) or `postgres://user:${PASSWORD}@host:5432/db`.
     pub uri: EnvString,
-    /// Warehouse directory (relative to the working directory) or `file://` URL.
+    /// Warehouse directory (relative to the working directory), `file://` URL or
+    /// `s3://bucket/prefix` (S3 settings in `[sink] storage`).
     pub warehouse: EnvString,
     /// Catalog name recorded with every table; readers must use the same. Default
     /// `"lakeshore"`.

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::plan::{Plan, SinkPlan, absolute};
 use super::raw::{self, SinkMode};
+use super::units::EnvString;
 use super::{ConfigError, SourceText};
 
 /// A `[sink]` section type.
@@ -35,8 +36,19 @@ impl SinkSection for raw::IcebergSection {
         _pipeline: &str,
     ) -> Result<(SinkPlan, String), ConfigError> {
         let (sink, warehouse) = iceberg(src, self)?;
-        let state = warehouse.parent().unwrap_or(&warehouse).join("state");
-        Ok((sink, format!("file://{}", state.display())))
+        // Checkpoints go next to the warehouse: `<parent>/state`.
+        let state = match warehouse.strip_prefix("s3://") {
+            Some(rest) => match rest.trim_end_matches('/').rsplit_once('/') {
+                Some((parent, _)) => format!("s3://{parent}/state"),
+                None => format!("s3://{rest}/state"),
+            },
+            None => {
+                let dir = PathBuf::from(&warehouse);
+                let state = dir.parent().unwrap_or(&dir).join("state");
+                format!("file://{}", state.display())
+            }
+        };
+        Ok((sink, state))
     }
 
     fn check_tables(
@@ -177,21 +189,7 @@ fn hive(
         let dir = absolute(path.strip_prefix("file://").unwrap_or(path));
         format!("file://{}", dir.display())
     };
-    let storage: BTreeMap<String, String> = s
-        .storage
-        .iter()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    if let Some(k) = storage.keys().find(|k| {
-        k.to_ascii_lowercase()
-            .parse::<object_store::aws::AmazonS3ConfigKey>()
-            .is_err()
-    }) {
-        return Err(src.error(
-            Some(s.path.span()),
-            format!("[sink] storage key `{k}` is unknown; use endpoint, region, access_key_id, secret_access_key, session_token, allow_http or another object_store S3 setting"),
-        ));
-    }
+    let storage = storage_options(src, &s.storage, Some(s.path.span()))?.0;
     let parse_list = |list: &[Spanned<String>]| -> Result<Vec<String>, ConfigError> {
         list.iter()
             .map(|e| {
@@ -233,7 +231,7 @@ fn hive(
 fn iceberg(
     src: &SourceText<'_>,
     s: &raw::IcebergSection,
-) -> Result<(SinkPlan, PathBuf), ConfigError> {
+) -> Result<(SinkPlan, String), ConfigError> {
     let cat = &s.catalog;
     if cat.kind.get_ref() != "sql" {
         return Err(src.error(
@@ -268,13 +266,17 @@ fn iceberg(
         .0
         .strip_prefix("file://")
         .unwrap_or(&cat.warehouse.0);
-    if warehouse_text.contains("://") {
+    let warehouse = if warehouse_text.starts_with("s3://") {
+        warehouse_text.trim_end_matches('/').to_string()
+    } else if warehouse_text.contains("://") {
         return Err(src.error(
             None,
-            "[sink.catalog] warehouse must be a local directory or file:// URL in this build",
+            "[sink.catalog] warehouse must be a local directory, a file:// or an s3:// URL",
         ));
-    }
-    let warehouse = absolute(warehouse_text);
+    } else {
+        absolute(warehouse_text).display().to_string()
+    };
+    let storage = storage_options(src, &s.storage, None)?;
     let namespace = s.namespace.get_ref();
     if namespace.is_empty() || namespace.split('.').any(|p| p.is_empty()) {
         return Err(src.error(
@@ -297,7 +299,8 @@ fn iceberg(
         catalog: CatalogConfig {
             name: cat.name.clone().unwrap_or_else(|| "lakeshore".into()),
             uri,
-            warehouse: warehouse.display().to_string(),
+            warehouse: warehouse.clone(),
+            storage,
         },
         namespace: namespace.clone(),
         target_file_size,
@@ -315,6 +318,29 @@ fn iceberg(
         },
         warehouse,
     ))
+}
+
+/// `[sink] storage`: S3 settings, every key one object_store knows.
+fn storage_options(
+    src: &SourceText<'_>,
+    storage: &BTreeMap<String, EnvString>,
+    span: Option<std::ops::Range<usize>>,
+) -> Result<lakeshore_api::StorageOptions, ConfigError> {
+    let storage: BTreeMap<String, String> = storage
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    if let Some(k) = storage.keys().find(|k| {
+        k.to_ascii_lowercase()
+            .parse::<object_store::aws::AmazonS3ConfigKey>()
+            .is_err()
+    }) {
+        return Err(src.error(
+            span,
+            format!("[sink] storage key `{k}` is unknown; use endpoint, region, access_key_id, secret_access_key, session_token, allow_http or another object_store S3 setting"),
+        ));
+    }
+    Ok(lakeshore_api::StorageOptions(storage))
 }
 
 /// Every table named in `lists` exists and has the columns its expressions use.

@@ -72,6 +72,17 @@ pub struct Daemon {
     heartbeat: Mutex<Instant>,
     /// At least one reload happened (for `/ready`).
     loaded: std::sync::atomic::AtomicBool,
+    /// A pipeline task ended by itself.
+    ended: tokio::sync::Notify,
+}
+
+/// Why [`Daemon::run`] returned.
+pub enum Ended {
+    /// Asked to stop; `false` if the grace period ran out first.
+    Stopped(bool),
+    /// Every pipeline ended by itself (bounded sources read, or failed for good); the
+    /// first failure, if any, and whether it was a configuration error.
+    AllDone(Option<(String, bool)>),
 }
 
 /// What a reload decided, carried out after the registry lock is released.
@@ -89,6 +100,7 @@ impl Daemon {
             registry: Mutex::new(Registry::default()),
             heartbeat: Mutex::new(Instant::now()),
             loaded: false.into(),
+            ended: tokio::sync::Notify::new(),
         })
     }
 
@@ -129,13 +141,36 @@ impl Daemon {
                 .all(|s| !matches!(s.phase, Phase::Starting | Phase::Restarting | Phase::Failed))
     }
 
-    /// Supervise until `shutdown`; then stop every pipeline with a final checkpoint.
-    /// Returns false when the grace period ran out first.
+    /// Every pipeline ended by itself (none runs, none is paused): the outcome.
+    fn all_done(&self) -> Option<Ended> {
+        let reg = self.registry();
+        if reg.pipelines.is_empty() {
+            return None;
+        }
+        let mut failure = None;
+        for e in reg.pipelines.values() {
+            let running = e.run.as_ref().is_some_and(|r| !r.task.is_finished());
+            if running || e.paused || e.run.is_none() {
+                return None;
+            }
+            let s = e.status.get();
+            if s.phase == Phase::Failed && failure.is_none() {
+                failure = Some((
+                    format!("pipeline {}: {}", s.name, s.last_error.unwrap_or_default()),
+                    e.status.failed_on_config(),
+                ));
+            }
+        }
+        Some(Ended::AllDone(failure))
+    }
+
+    /// Supervise until `shutdown` (then stop every pipeline with a final checkpoint) or
+    /// until every pipeline ended by itself.
     pub async fn run(
         self: Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
         mut control: mpsc::Receiver<Control>,
-    ) -> bool {
+    ) -> Ended {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         self.reload().await;
@@ -143,6 +178,9 @@ impl Daemon {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         loop {
             *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            if let Some(done) = self.all_done() {
+                return done;
+            }
             #[cfg(unix)]
             let hangup = async {
                 match hup.as_mut() {
@@ -159,14 +197,15 @@ impl Daemon {
                     self.reload().await;
                 }
                 Some(c) = control.recv() => self.control(c).await,
+                _ = self.ended.notified() => {}
                 _ = shutdown.changed() => break,
             }
         }
-        self.stop_all().await
+        Ended::Stopped(self.stop_all().await)
     }
 
     /// Compare the files with what runs, and start, stop or restart pipelines.
-    async fn reload(&self) {
+    async fn reload(self: &Arc<Self>) {
         let files = match config::pipeline_files(&self.paths) {
             Ok(f) => f,
             Err(e) => {
@@ -293,7 +332,7 @@ impl Daemon {
     }
 
     /// Stops first (a restarted pipeline's old run must end before the new one starts).
-    async fn act(&self, actions: Vec<Action>) {
+    async fn act(self: &Arc<Self>, actions: Vec<Action>) {
         let (stops, starts): (Vec<_>, Vec<_>) = actions
             .into_iter()
             .partition(|a| matches!(a, Action::Stop(_)));
@@ -309,7 +348,7 @@ impl Daemon {
         }
     }
 
-    fn start(&self, name: &str) {
+    fn start(self: &Arc<Self>, name: &str) {
         let mut reg = self.registry();
         let Some(entry) = reg.pipelines.get_mut(name) else {
             return;
@@ -319,6 +358,7 @@ impl Daemon {
         let status = entry.status.clone();
         status.update(|s| s.phase = Phase::Starting);
         let policy = self.cfg.restart;
+        let daemon = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let observer = Arc::new(status.clone());
             let result = pipeline::run(&plan, false, observer, stop_rx.clone(), Some(policy)).await;
@@ -332,11 +372,11 @@ impl Daemon {
                 }
                 Err(e) => {
                     tracing::error!(pipeline = %plan.name, error = %e, "pipeline failed; fix it and change its file or resume it");
-                    status.update(|s| {
-                        s.phase = Phase::Failed;
-                        s.last_error = Some(e.to_string());
-                    });
+                    status.failed(&e);
                 }
+            }
+            if let Some(d) = daemon.upgrade() {
+                d.ended.notify_one();
             }
         });
         entry.run = Some(Running {
@@ -346,7 +386,7 @@ impl Daemon {
         entry.paused = false;
     }
 
-    async fn control(&self, c: Control) {
+    async fn control(self: &Arc<Self>, c: Control) {
         match c {
             Control::Pause(name, reply) => {
                 let run = {

@@ -69,6 +69,9 @@ pub struct PipelineStatus {
     /// Rows of earlier runs (before restarts).
     #[serde(skip)]
     rows_before: u64,
+    /// The failure was a configuration error.
+    #[serde(skip)]
+    failed_on_config: bool,
 }
 
 /// A pipeline's status, shared by its task, the HTTP handlers and the metrics.
@@ -97,6 +100,7 @@ impl StatusCell {
             snapshot: BTreeMap::new(),
             config_error: None,
             rows_before: 0,
+            failed_on_config: false,
         })))
     }
 
@@ -104,6 +108,20 @@ impl StatusCell {
     pub fn update(&self, f: impl FnOnce(&mut PipelineStatus)) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut s);
+    }
+
+    /// The pipeline failed for good with `e`.
+    pub fn failed(&self, e: &Error) {
+        self.update(|s| {
+            s.phase = Phase::Failed;
+            s.last_error = Some(e.to_string());
+            s.failed_on_config = e.kind() == lakeshore_api::ErrorKind::Config;
+        });
+    }
+
+    /// True when it failed with a configuration error.
+    pub fn failed_on_config(&self) -> bool {
+        self.get().failed_on_config
     }
 
     /// A copy.
@@ -131,8 +149,15 @@ impl Observer for StatusCell {
         });
     }
 
-    fn checkpoint(&self, id: u64, position: &SourcePosition, _total_rows: u64, took: Duration) {
+    fn checkpoint(&self, id: u64, position: &SourcePosition, total_rows: u64, took: Duration) {
         self.update(|s| {
+            tracing::info!(
+                pipeline = %s.name,
+                checkpoint = id,
+                committed_rows = total_rows,
+                checkpoint_ms = took.as_millis() as u64,
+                "checkpoint committed"
+            );
             s.last_checkpoint = Some(CheckpointStatus {
                 id,
                 at_ms: now_ms(),

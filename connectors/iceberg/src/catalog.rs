@@ -19,8 +19,12 @@ pub struct CatalogConfig {
     pub name: String,
     /// `sqlite:///abs/path/catalog.db` or `postgres://user:pass@host/db`.
     pub uri: String,
-    /// Warehouse root: an absolute local path (or `file://` URL).
+    /// Warehouse root: an absolute local path, or an `s3://bucket/prefix` URL.
     pub warehouse: String,
+    /// S3 settings of an `s3://` warehouse (`endpoint`, `region`, `access_key_id`,
+    /// `secret_access_key`, `session_token`); missing ones come from the `AWS_*`
+    /// environment. Never printed.
+    pub storage: lakeshore_api::StorageOptions,
 }
 
 impl std::fmt::Debug for CatalogConfig {
@@ -29,6 +33,7 @@ impl std::fmt::Debug for CatalogConfig {
             .field("name", &self.name)
             .field("uri", &redact(&self.uri))
             .field("warehouse", &self.warehouse)
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -38,6 +43,29 @@ pub struct CatalogHandle {
     catalog: Arc<SqlCatalog>,
     pool: AnyPool,
     name: String,
+}
+
+/// The warehouse's S3 settings as iceberg FileIO properties. An explicit endpoint (MinIO,
+/// moto, any S3-compatible store) is addressed path-style.
+fn s3_props(storage: &lakeshore_api::StorageOptions) -> Vec<(String, String)> {
+    let mut props = Vec::new();
+    for (k, v) in &storage.0 {
+        let key = match k.to_ascii_lowercase().trim_start_matches("aws_") {
+            "endpoint" | "endpoint_url" => {
+                props.push(("s3.path-style-access".to_string(), "true".to_string()));
+                "s3.endpoint"
+            }
+            "region" | "default_region" => "s3.region",
+            "access_key_id" => "s3.access-key-id",
+            "secret_access_key" => "s3.secret-access-key",
+            "session_token" | "token" => "s3.session-token",
+            // object_store settings with no FileIO counterpart (allow_http: the endpoint's
+            // scheme says it).
+            _ => continue,
+        };
+        props.push((key.to_string(), v.clone()));
+    }
+    props
 }
 
 fn is_sqlite(uri: &str) -> bool {
@@ -59,11 +87,15 @@ impl CatalogHandle {
         } else {
             SqlBindStyle::DollarNumeric
         };
-        let props = HashMap::from([
+        let mut props = HashMap::from([
             ("uri".to_string(), uri.clone()),
             ("warehouse".to_string(), cfg.warehouse.clone()),
             ("sql_bind_style".to_string(), style.to_string()),
         ]);
+        let s3 = cfg.warehouse.starts_with("s3://");
+        if s3 {
+            props.extend(s3_props(&cfg.storage));
+        }
         let unreachable = |e: &dyn std::fmt::Display| {
             Error::new(
                 ErrorKind::Config,
@@ -73,8 +105,15 @@ impl CatalogHandle {
                 ),
             )
         };
+        let storage: Arc<dyn iceberg::io::StorageFactory> = if s3 {
+            Arc::new(iceberg_storage_opendal::OpenDalStorageFactory::S3 {
+                customized_credential_load: None,
+            })
+        } else {
+            Arc::new(LocalFsStorageFactory)
+        };
         let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .with_storage_factory(storage)
             .load(cfg.name.clone(), props)
             .await
             .map_err(|e| unreachable(&e))?;
@@ -147,6 +186,9 @@ mod tests {
             name: "c".into(),
             uri: "postgres://u:secret@h/db".into(),
             warehouse: "/w".into(),
+            storage: lakeshore_api::StorageOptions(
+                [("secret_access_key".to_string(), "secret".to_string())].into(),
+            ),
         };
         assert!(!format!("{cfg:?}").contains("secret"));
         assert_eq!(

@@ -16,6 +16,7 @@ async fn swap_refuses_a_stale_base() {
         name: "lakeshore".into(),
         uri: format!("sqlite://{}/catalog.db", dir.display()),
         warehouse: dir.join("warehouse").display().to_string(),
+        storage: Default::default(),
     };
     let sink = IcebergSink::connect(IcebergOptions {
         catalog: cfg.clone(),

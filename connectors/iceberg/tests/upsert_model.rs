@@ -149,6 +149,7 @@ async fn upserts_match_a_folded_model() {
                 name: "lakeshore".into(),
                 uri: format!("sqlite://{}/catalog.db", dir.display()),
                 warehouse: dir.join("warehouse").display().to_string(),
+                storage: Default::default(),
             },
             namespace: "m".into(),
             mode: Some(WriteMode::Upsert),
