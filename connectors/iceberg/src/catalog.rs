@@ -187,10 +187,14 @@ mod tests {
             uri: "postgres://u:secret@h/db".into(),
             warehouse: "/w".into(),
             storage: lakeshore_api::StorageOptions(
-                [("secret_access_key".to_string(), "secret".to_string())].into(),
+                [("secret_access_key".to_string(), "hunter2".to_string())].into(),
             ),
         };
-        assert!(!format!("{cfg:?}").contains("secret"));
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains(":secret@") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         assert_eq!(
             redact("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
