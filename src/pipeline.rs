@@ -205,6 +205,7 @@ async fn run_once(
         route: Box::new(move |t| route_plan.target_table(t)),
         partitioning,
         default_partitioning,
+        isolate_tables: plan.isolate_tables,
     };
     engine::run(
         spec,

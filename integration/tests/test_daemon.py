@@ -275,3 +275,43 @@ def test_sigterm_mid_stream_then_restart_is_exactly_once(tmp_path, duck):
     bounded = Pipeline(tmp_path / "expected", "orders", source, {"namespace": "shop", "mode": "upsert"}) \
         if (tmp_path / "expected").mkdir() is None else None
     assert_same_rows(duck, p, "orders", bounded.expected() / "orders.parquet", ORDER_COLUMNS)
+
+
+def test_a_table_that_cannot_take_a_change_is_parked_and_the_others_go_on(tmp_path, postgres, duck):
+    """on_table_error = "isolate": a column of table a changes to a type Iceberg cannot
+    promote; a is parked with the reason in /pipelines and a metric, while table b of the
+    same pipeline keeps landing its changes."""
+    db = postgres.create_db("isolate")
+    postgres.execute("create table a (id int primary key, n int)", db)
+    postgres.execute("create table b (id int primary key, v text)", db)
+    postgres.execute("insert into a select g, g from generate_series(1, 100) g", db)
+    postgres.execute("insert into b select g, 'b' || g from generate_series(1, 100) g", db)
+    d = tmp_path / "pipelines"
+    d.mkdir()
+    p = Pipeline(d, "iso", {"type": "postgres", "url": postgres.url(db), "tables": ["public.a", "public.b"]},
+                 {"namespace": "iso"}, interval="300ms")
+    p.file.write_text(p.file.read_text().replace("[pipeline]\n", '[pipeline]\non_table_error = "isolate"\n', 1))
+    daemon = Daemon(d, [d])
+    try:
+        daemon.wait(lambda: daemon.status()[0]["iso"]["phase"] == "streaming", 60, "iso streams")
+        daemon.committing("iso")
+        with postgres.connect(db) as c:
+            c.execute("ALTER TABLE a ALTER COLUMN n TYPE text")
+            c.execute("UPDATE a SET n = 'x' WHERE id = 1")
+            c.execute("INSERT INTO b SELECT g, 'late' FROM generate_series(101, 300) g")
+        daemon.wait(lambda: "a" in daemon.status()[0]["iso"]["failed_tables"], 60, "table a is parked")
+        reason = daemon.status()[0]["iso"]["failed_tables"]["a"]
+        assert "table public.a, column n: its type changed from integer" in reason, reason
+        def rows_of_b():
+            return duck.execute(f"select count(*) from {lake.scan(p.catalog_db, 'iso.b')}").fetchone()[0]
+
+        daemon.wait(lambda: rows_of_b() == 300, 60, "b goes on")
+        postgres.execute("INSERT INTO b SELECT g, 'later' FROM generate_series(301, 400) g", db)
+        daemon.wait(lambda: rows_of_b() == 400, 60, "b still goes on")
+        status = daemon.status()[0]["iso"]
+        assert status["phase"] == "streaming" and status["restarts"] == 0, status
+        families = {f.name: f for f in text_string_to_metric_families(daemon.get("/metrics")[1])}
+        parked = {s.labels["table"]: s.value for s in families["lakeshore_table_parked"].samples}
+        assert parked == {"a": 1.0}
+    finally:
+        assert daemon.stop() == 0

@@ -32,6 +32,8 @@ pub struct Plan {
     pub state_url: String,
     /// Settings the file left to their defaults.
     pub defaulted: Defaulted,
+    /// `on_table_error = "isolate"`.
+    pub isolate_tables: bool,
     /// The source.
     pub source: SourcePlan,
     /// The sink.
@@ -373,6 +375,19 @@ fn build<S, K: SinkSection>(
         Some(d) => d.get_ref().0,
     };
 
+    let isolate_tables = match &p.on_table_error {
+        None => false,
+        Some(v) => match v.get_ref().as_str() {
+            "fail" => false,
+            "isolate" => true,
+            other => {
+                return Err(src.error(
+                    Some(v.span()),
+                    format!("on_table_error \"{other}\" is unknown; write \"fail\" or \"isolate\""),
+                ));
+            }
+        },
+    };
     let (sink, default_state) = raw.sink.plan(src, &name)?;
     let state_url = match &p.state {
         Some(s) => location_url(&s.0),
@@ -395,6 +410,7 @@ fn build<S, K: SinkSection>(
             checkpoint_interval: p.checkpoint_interval.is_none(),
             state: p.state.is_none(),
         },
+        isolate_tables,
         source,
         sink,
         routes,

@@ -39,6 +39,12 @@ pub struct PipelineSection {
     /// Where checkpoint records live: a directory path or `file://` / `s3://` URL.
     /// Default: `state/` next to the Iceberg warehouse directory.
     pub state: Option<EnvString>,
+    /// A table whose writer meets input it cannot take (a type change Iceberg cannot
+    /// promote, rows that do not fit the lake table): `"fail"` (default: the pipeline
+    /// stops, naming table and column) or `"isolate"` (the table is parked, its reason
+    /// shown in `/pipelines`, and the pipeline's other tables go on; the parked table
+    /// misses the changes made while parked: re-read it with a new pipeline).
+    pub on_table_error: Option<Spanned<String>>,
 }
 
 /// `[[route]]`

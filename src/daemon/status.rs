@@ -66,6 +66,8 @@ pub struct PipelineStatus {
     pub snapshot: BTreeMap<String, String>,
     /// The pipeline's file changed to something invalid; the last valid version runs.
     pub config_error: Option<String>,
+    /// Lake tables parked by `on_table_error = "isolate"`, with the reason.
+    pub failed_tables: BTreeMap<String, String>,
     /// Rows of earlier runs (before restarts).
     #[serde(skip)]
     rows_before: u64,
@@ -99,6 +101,7 @@ impl StatusCell {
             source_position: None,
             snapshot: BTreeMap::new(),
             config_error: None,
+            failed_tables: BTreeMap::new(),
             rows_before: 0,
             failed_on_config: false,
         })))
@@ -179,6 +182,12 @@ impl Observer for StatusCell {
             } else if !done && s.phase == Phase::Streaming {
                 s.phase = Phase::Snapshot;
             }
+        });
+    }
+
+    fn table_failed(&self, table: &str, error: &Error) {
+        self.update(|s| {
+            s.failed_tables.insert(table.to_string(), error.to_string());
         });
     }
 

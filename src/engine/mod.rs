@@ -86,6 +86,9 @@ pub struct PipelineSpec {
     pub partitioning: BTreeMap<String, Vec<String>>,
     /// Partition expressions of tables not in `partitioning`.
     pub default_partitioning: Vec<String>,
+    /// `on_table_error = "isolate"`: a table whose writer meets unsupported input is
+    /// parked and the others go on (instead of the pipeline failing).
+    pub isolate_tables: bool,
 }
 
 /// Progress callbacks for a terminal bar or log lines.
@@ -98,6 +101,8 @@ pub trait Observer: Send + Sync {
     fn snapshot(&self, _table: &str, _done: bool) {}
     /// The run failed with `error` and restarts after `pause`.
     fn restarting(&self, _error: &Error, _pause: Duration) {}
+    /// A lake table was parked (`on_table_error = "isolate"`) after `error`.
+    fn table_failed(&self, _table: &str, _error: &Error) {}
 }
 
 /// What a run did.
@@ -126,11 +131,66 @@ enum CommitterMsg {
         at: Instant,
     },
     Prepared(PendingCommit),
+    /// The table's writer failed and is parked: checkpoints no longer wait for it.
+    Parked(String),
 }
 
 struct Writer {
     tx: mpsc::Sender<WriterMsg>,
     task: JoinHandle<Result<()>>,
+    /// Parked after this error (`on_table_error = "isolate"`): gets nothing more.
+    parked: bool,
+}
+
+/// Hand `msg` to writer `w`. A writer that stopped fails the run, unless tables are
+/// isolated and it stopped on unsupported input: then it is parked and `Ok(false)`.
+async fn deliver(
+    spec: &PipelineSpec,
+    writers: &mut [Writer],
+    targets: &[String],
+    w: usize,
+    msg: WriterMsg,
+    to_committer: &mpsc::UnboundedSender<CommitterMsg>,
+    observer: &dyn Observer,
+) -> Result<bool> {
+    if writers[w].parked {
+        return Ok(false);
+    }
+    if writers[w].tx.send(msg).await.is_ok() {
+        return Ok(true);
+    }
+    let stopped = Error::new(ErrorKind::Internal, "a table writer stopped");
+    if !spec.isolate_tables {
+        return Err(stopped);
+    }
+    match (&mut writers[w].task).await {
+        Ok(Err(e)) if e.kind() == ErrorKind::Unsupported => {
+            park(spec, writers, targets, w, &e, to_committer, observer);
+            Ok(false)
+        }
+        Ok(Err(e)) => Err(e),
+        _ => Err(stopped),
+    }
+}
+
+/// Park writer `w` after `error` (`on_table_error = "isolate"`): it gets nothing more and
+/// checkpoints no longer wait for it; its open files are never committed.
+fn park(
+    spec: &PipelineSpec,
+    writers: &mut [Writer],
+    targets: &[String],
+    w: usize,
+    error: &Error,
+    to_committer: &mpsc::UnboundedSender<CommitterMsg>,
+    observer: &dyn Observer,
+) {
+    tracing::error!(pipeline = %spec.name, table = %targets[w], error = %error, "table parked (on_table_error = \"isolate\"); the pipeline's other tables go on");
+    metrics::gauge!("lakeshore_table_parked", "pipeline" => spec.name.clone(), "table" => targets[w].clone()).set(1.0);
+    observer.table_failed(&targets[w], error);
+    writers[w].parked = true;
+    // Closing its channel ends the writer task.
+    drop(std::mem::replace(&mut writers[w].tx, mpsc::channel(1).0));
+    let _ = to_committer.send(CommitterMsg::Parked(targets[w].clone()));
 }
 
 /// Open the sink's tables, recover, and run the source to its end (bounded) or until
@@ -159,7 +219,7 @@ pub async fn run(
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
     // Set by a writer whose checkpoint state outgrew its budget.
     let pressure = Arc::new(AtomicBool::new(false));
-    let (writers, targets, route) = open_writers(
+    let (mut writers, targets, route) = open_writers(
         &spec,
         source.tables(),
         sink.as_ref(),
@@ -174,7 +234,7 @@ pub async fn run(
         spec.clone(),
         sink.clone(),
         store,
-        writers.len(),
+        targets.iter().cloned().collect(),
         commit_rx,
         committed_tx,
         ack_tx,
@@ -260,9 +320,16 @@ pub async fn run(
                         .increment(batch.rows.get_array_memory_size() as u64);
                     rows_per_writer[w] += n;
                     total_rows += n;
-                    if writers[w].tx.send(WriterMsg::Batch(batch)).await.is_err() {
-                        return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
-                    }
+                    deliver(
+                        &spec,
+                        &mut writers,
+                        &targets,
+                        w,
+                        WriterMsg::Batch(batch),
+                        &to_committer,
+                        observer.as_ref(),
+                    )
+                    .await?;
                     observer.rows(total_rows, source.progress());
                 }
                 Some(SourceEvent::Barrier { id, position }) => {
@@ -272,10 +339,17 @@ pub async fn run(
                         position,
                         at: requested_at,
                     };
-                    for w in &writers {
-                        if w.tx.send(WriterMsg::Barrier(id)).await.is_err() {
-                            return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
-                        }
+                    for w in 0..writers.len() {
+                        deliver(
+                            &spec,
+                            &mut writers,
+                            &targets,
+                            w,
+                            WriterMsg::Barrier(id),
+                            &to_committer,
+                            observer.as_ref(),
+                        )
+                        .await?;
                     }
                     if requested == Some(id) {
                         requested = None;
@@ -298,9 +372,16 @@ pub async fn run(
                         ));
                     };
                     tracing::info!(pipeline = %spec.name, table = %t, "truncate");
-                    if writers[w].tx.send(WriterMsg::Truncate).await.is_err() {
-                        return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
-                    }
+                    deliver(
+                        &spec,
+                        &mut writers,
+                        &targets,
+                        w,
+                        WriterMsg::Truncate,
+                        &to_committer,
+                        observer.as_ref(),
+                    )
+                    .await?;
                 }
                 Some(SourceEvent::SchemaChange(t)) => {
                     let Some(&w) = route.get(&t.name) else {
@@ -313,19 +394,52 @@ pub async fn run(
                         ));
                     };
                     tracing::info!(pipeline = %spec.name, table = %t.name, "schema change");
-                    if writers[w].tx.send(WriterMsg::Evolve(t)).await.is_err() {
-                        return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
-                    }
+                    deliver(
+                        &spec,
+                        &mut writers,
+                        &targets,
+                        w,
+                        WriterMsg::Evolve(t),
+                        &to_committer,
+                        observer.as_ref(),
+                    )
+                    .await?;
                 }
                 Some(SourceEvent::CheckpointNow) => wanted = requested.is_none(),
+                Some(SourceEvent::TableFailed { table, message }) => {
+                    let error = Error::new(ErrorKind::Unsupported, message);
+                    match route.get(&table) {
+                        Some(&w) if spec.isolate_tables => {
+                            if !writers[w].parked {
+                                park(
+                                    &spec,
+                                    &mut writers,
+                                    &targets,
+                                    w,
+                                    &error,
+                                    &to_committer,
+                                    observer.as_ref(),
+                                );
+                            }
+                        }
+                        _ => return Err(error),
+                    }
+                }
                 Some(SourceEvent::SnapshotStarted(t)) => observer.snapshot(&t, false),
                 Some(SourceEvent::SnapshotDone(t)) => observer.snapshot(&t, true),
                 Some(SourceEvent::Watermark(w)) if w > watermark => {
                     watermark = w;
-                    for wr in &writers {
-                        if wr.tx.send(WriterMsg::Watermark(w)).await.is_err() {
-                            return Err(Error::new(ErrorKind::Internal, "a table writer stopped"));
-                        }
+                    for i in 0..writers.len() {
+                        deliver(
+                            &spec,
+                            &mut writers,
+                            &targets,
+                            i,
+                            WriterMsg::Watermark(w),
+                            &to_committer,
+                            observer.as_ref(),
+                        )
+                        .await?;
                     }
                 }
                 Some(_) => {}
@@ -354,8 +468,10 @@ pub async fn run(
     // run, as after a crash.
     let mut first_error = outcome.err();
     drop(to_committer);
+    // Parked writers are done with (their tasks were awaited when they were parked).
     let mut tasks: Vec<_> = writers
         .into_iter()
+        .filter(|w| !w.parked)
         .map(|w| {
             drop(w.tx);
             w.task
@@ -471,7 +587,11 @@ async fn open_writers(
                     committed.clone(),
                     pressure.clone(),
                 ));
-                writers.push(Writer { tx, task });
+                writers.push(Writer {
+                    tx,
+                    task,
+                    parked: false,
+                });
                 targets.push(target);
                 targets.len() - 1
             }
@@ -570,7 +690,7 @@ async fn committer_task(
     spec: Arc<PipelineSpec>,
     sink: Arc<dyn Sink>,
     store: Checkpoints,
-    writers: usize,
+    mut expected: std::collections::BTreeSet<String>,
     mut inbox: mpsc::UnboundedReceiver<CommitterMsg>,
     committed: watch::Sender<u64>,
     ack: mpsc::UnboundedSender<(u64, SourcePosition)>,
@@ -585,10 +705,18 @@ async fn committer_task(
                 started.insert(id, (position, at));
             }
             CommitterMsg::Prepared(p) => prepared.entry(p.checkpoint_id).or_default().push(p),
+            CommitterMsg::Parked(table) => {
+                expected.remove(&table);
+            }
         }
         // Commit every complete checkpoint, in order.
         while let Some((&id, _)) = started.first_key_value() {
-            if prepared.get(&id).map(Vec::len).unwrap_or(0) < writers {
+            let ready = prepared.get(&id).map_or(expected.is_empty(), |p| {
+                expected
+                    .iter()
+                    .all(|t| p.iter().any(|pending| pending.table == *t))
+            });
+            if !ready {
                 break;
             }
             let (position, at) = started.remove(&id).expect("first key exists");

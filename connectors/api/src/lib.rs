@@ -211,6 +211,16 @@ pub enum SourceEvent {
     Watermark(i64),
     /// Nothing happened; lets the engine handle barriers and acks while a source idles.
     Idle,
+    /// The source cannot go on with this table (input it cannot read or follow, such as
+    /// a column type change the lake cannot take) and produces nothing more of it. The
+    /// engine fails the pipeline with `message`, or with `on_table_error = "isolate"`
+    /// parks the table and goes on with the others.
+    TableFailed {
+        /// Source table name.
+        table: String,
+        /// What happened and what to do, naming the column.
+        message: String,
+    },
     /// The source needs a checkpoint now rather than at the next interval (a shared
     /// source is about to give partitions up and waits for the ack of the next barrier).
     CheckpointNow,

@@ -251,7 +251,9 @@ impl PostgresSource {
             } => self.row_change(&schema, &table, Op::Delete, &old_data)?,
             EventType::Truncate { tables, .. } => {
                 for name in tables {
-                    if let Some(&t) = self.by_name.get(name.as_ref()) {
+                    if let Some(&t) = self.by_name.get(name.as_ref())
+                        && !self.failed.contains(&t)
+                    {
                         self.truncate(t)?;
                     }
                 }
@@ -409,16 +411,21 @@ impl PostgresSource {
                         // (its values decode as the wider type).
                         Some(k) if k.widens_to(col.kind) => {}
                         _ => {
-                            return Err(Error::new(
-                                ErrorKind::Unsupported,
-                                format!(
-                                    "table {}, column {name}: its type changed from {} in a way \
-                                     Iceberg cannot follow (it widens int to bigint, real to \
-                                     double precision and numeric precision only). Re-snapshot \
-                                     the table with a new pipeline name",
-                                    self.tables[t].name, col.type_name
-                                ),
-                            ));
+                            let message = format!(
+                                "table {}, column {name}: its type changed from {} in a way \
+                                 Iceberg cannot follow (it widens int to bigint, real to \
+                                 double precision and numeric precision only). Re-snapshot \
+                                 the table with a new pipeline name",
+                                self.tables[t].name, col.type_name
+                            );
+                            // Rows before the change have the old shape and stand.
+                            self.flush_table(t)?;
+                            self.failed.insert(t);
+                            self.out.push_back(SourceEvent::TableFailed {
+                                table: self.tables[t].name.clone(),
+                                message,
+                            });
+                            return Ok(());
                         }
                     }
                 }

@@ -177,6 +177,9 @@ pub struct PostgresSource {
     /// Per table and column: present in the stream's current relation (dropped columns
     /// read as null from then on).
     live: Vec<Vec<bool>>,
+    /// Tables the source gave up on (`SourceEvent::TableFailed`): their changes are
+    /// skipped from then on.
+    failed: std::collections::HashSet<usize>,
     position: Position,
     stream: Option<Stream>,
     /// Xids whose changes were dropped as not-yet-read, per table, since its last chunk.
@@ -300,6 +303,7 @@ impl PostgresSource {
             chunks,
             _holder: holder,
             live,
+            failed: Default::default(),
             readers,
             prefetch: HashMap::new(),
             opts,
@@ -465,7 +469,10 @@ impl PostgresSource {
     }
 
     fn table_index(&self, schema: &str, table: &str) -> Option<usize> {
-        self.by_name.get(&format!("{schema}.{table}")).copied()
+        self.by_name
+            .get(&format!("{schema}.{table}"))
+            .copied()
+            .filter(|t| !self.failed.contains(t))
     }
 
     fn position(&self) -> SourcePosition {
