@@ -121,6 +121,9 @@ impl From<lakeshore_api::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Two TLS crypto providers are linked in (dependencies want ring and aws-lc-rs), so
+    // rustls cannot pick one by itself: TLS connections (MySQL, S3, PostgreSQL) use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The daemon file decides the log format, so it is read before logging starts.
     let daemon_config = match &cli.command {

@@ -33,7 +33,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::state::{CheckpointRecord, StateStore, open_store, store_error};
+use super::state::{CheckpointRecord, StateStore, numbered, open_store, store_error};
 
 /// Records kept behind the head; older ones are pruned once they are [`PRUNE_AGE`] old.
 const KEEP: u64 = 20;
@@ -105,17 +105,7 @@ pub fn new_member() -> String {
 }
 
 async fn sequence_numbers(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<u64>> {
-    let metas: Vec<_> = store
-        .list(Some(prefix))
-        .try_collect()
-        .await
-        .map_err(|e| store_error("listing the group ledger", e))?;
-    let mut seqs: Vec<u64> = metas
-        .iter()
-        .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
-        .collect();
-    seqs.sort_unstable();
-    Ok(seqs)
+    numbered(store, prefix, "listing the group ledger").await
 }
 
 /// True when `pipeline` has a group ledger at `url` (it ran with `scale_out = true`).

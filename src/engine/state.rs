@@ -70,6 +70,25 @@ pub(crate) fn open_store(
     Ok((Arc::from(store), base))
 }
 
+/// The numbers of the `<n>.json` records under `prefix`, ascending.
+pub(crate) async fn numbered(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    what: &str,
+) -> Result<Vec<u64>> {
+    let metas: Vec<_> = store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|e| store_error(what, e))?;
+    let mut ids: Vec<u64> = metas
+        .iter()
+        .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 pub(crate) fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Transient, format!("state store: {what}")).with_source(e)
 }
@@ -93,18 +112,7 @@ impl StateStore {
     }
 
     async fn ids(&self) -> Result<Vec<u64>> {
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing checkpoints", e))?;
-        let mut ids: Vec<u64> = metas
-            .iter()
-            .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
-            .collect();
-        ids.sort_unstable();
-        Ok(ids)
+        numbered(self.store.as_ref(), &self.prefix, "listing checkpoints").await
     }
 
     /// The newest record, if any.
