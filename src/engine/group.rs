@@ -33,7 +33,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::state::{CheckpointRecord, StateStore, numbered, open_store, store_error};
+use super::state::{CheckpointRecord, StateStore, numbered, open_store, read_record, store_error};
 
 /// Records kept behind the head; older ones are pruned once they are [`PRUNE_AGE`] old.
 const KEEP: u64 = 20;
@@ -170,24 +170,12 @@ impl GroupLedger {
     }
 
     async fn read(&self, seq: u64) -> Result<Option<GroupRecord>> {
-        match self.store.get(&path_of(&self.prefix, seq)).await {
-            Ok(r) => {
-                let bytes = r
-                    .bytes()
-                    .await
-                    .map_err(|e| store_error("reading the group ledger", e))?;
-                let rec = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        format!("group ledger record {seq} is unreadable"),
-                    )
-                    .with_source(e)
-                })?;
-                Ok(Some(rec))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(store_error("reading the group ledger", e)),
-        }
+        read_record(
+            self.store.as_ref(),
+            &path_of(&self.prefix, seq),
+            "group ledger record",
+        )
+        .await
     }
 
     /// The newest record in the store.

@@ -70,6 +70,26 @@ pub(crate) fn open_store(
     Ok((Arc::from(store), base))
 }
 
+/// The JSON record at `path` (`what` names it in errors), or `None` if there is none.
+pub(crate) async fn read_record<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>> {
+    let bytes = match store.get(path).await {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map_err(|e| store_error(&format!("reading a {what}"), e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_error(&format!("reading a {what}"), e)),
+    };
+    let record = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::new(ErrorKind::Internal, format!("{what} {path} is unreadable")).with_source(e)
+    })?;
+    Ok(Some(record))
+}
+
 /// The numbers of the `<n>.json` records under `prefix`, ascending.
 pub(crate) async fn numbered(
     store: &dyn ObjectStore,
@@ -120,22 +140,7 @@ impl StateStore {
         let Some(id) = self.ids().await?.pop() else {
             return Ok(None);
         };
-        let bytes = self
-            .store
-            .get(&self.path_of(id))
-            .await
-            .map_err(|e| store_error("reading a checkpoint", e))?
-            .bytes()
-            .await
-            .map_err(|e| store_error("reading a checkpoint", e))?;
-        let record = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("checkpoint record {id} is unreadable"),
-            )
-            .with_source(e)
-        })?;
-        Ok(Some(record))
+        read_record(self.store.as_ref(), &self.path_of(id), "checkpoint record").await
     }
 
     /// Write `record`; fails with [`ErrorKind::Fenced`] if it already exists.

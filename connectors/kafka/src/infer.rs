@@ -11,7 +11,8 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use crate::{KafkaOptions, KafkaSource, is_transient, kafka_error};
+use crate::poll::is_transient;
+use crate::{KafkaOptions, KafkaSource, kafka_error};
 
 /// Messages read to infer the columns of a JSON topic.
 const INFER_MESSAGES: usize = 1000;
