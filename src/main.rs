@@ -328,7 +328,7 @@ async fn dispatch(
             let total = plan.source.size_hint();
             let progress = Arc::new(pipeline::Progress::new(&plan.name, total));
             let result =
-                pipeline::run(&plan, true, progress.clone(), shutdown_signal(), None).await;
+                pipeline::run(&plan, true, progress.clone(), shutdown_signal(), None, None).await;
             progress.finish();
             let summary = result?;
             let rows: u64 = summary.rows.values().sum();
@@ -418,6 +418,7 @@ async fn status(url: &str) -> Result<(), Failure> {
         "ROWS".into(),
         "CHECKPOINT".into(),
         "AGE".into(),
+        "LAG".into(),
         "RESTARTS".into(),
         "LAST ERROR".into(),
     ]];
@@ -427,6 +428,13 @@ async fn status(url: &str) -> Result<(), Failure> {
             .as_u64()
             .map(|at| format!("{:.1}s", now.saturating_sub(at) as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
+        let lag = &p["lag"];
+        let lag = match (lag["seconds"].as_f64(), lag["behind"].as_u64()) {
+            (Some(s), Some(b)) => format!("{s:.1}s/{b} {}", lag["unit"].as_str().unwrap_or("")),
+            (Some(s), None) => format!("{s:.1}s"),
+            (None, Some(b)) => format!("{b} {}", lag["unit"].as_str().unwrap_or("")),
+            (None, None) => "-".into(),
+        };
         let error: String = p["last_error"]
             .as_str()
             .unwrap_or("")
@@ -439,11 +447,12 @@ async fn status(url: &str) -> Result<(), Failure> {
             p["rows"].to_string(),
             cp["id"].as_u64().map_or("-".into(), |i| i.to_string()),
             age,
+            lag,
             p["restarts"].to_string(),
             error,
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     for r in &rows {

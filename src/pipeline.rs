@@ -10,14 +10,14 @@ use lakeshore_api::{Error, ErrorKind, Ledger, Result, Sink, Source, SourcePositi
 use lakeshore_datagen::DatagenSource;
 use lakeshore_iceberg::IcebergSink;
 use lakeshore_postgres::PostgresSource;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Plan;
 use crate::config::daemon::RestartPolicy;
 use crate::config::plan::{SinkPlan, SourcePlan};
 use crate::engine::group::{self, GroupLedger};
 use crate::engine::state::StateStore;
-use crate::engine::{self, Checkpoints, Observer, PipelineSpec, RunSummary};
+use crate::engine::{self, Checkpoints, Command, Observer, PipelineSpec, RunSummary};
 
 /// Open the source of `plan` at `position`. `bounded` (`backfill`): sources that could
 /// run forever stop once they have caught up with what existed when they started.
@@ -108,11 +108,19 @@ pub async fn run(
     observer: Arc<dyn Observer>,
     mut shutdown: watch::Receiver<bool>,
     restart: Option<RestartPolicy>,
+    mut commands: Option<&mut mpsc::UnboundedReceiver<Command>>,
 ) -> Result<RunSummary> {
     let mut pause = restart.map(|r| r.initial).unwrap_or_default();
     loop {
         let started = Instant::now();
-        match run_once(plan, bounded, observer.clone(), shutdown.clone()).await {
+        let once = run_once(
+            plan,
+            bounded,
+            observer.clone(),
+            shutdown.clone(),
+            commands.as_deref_mut(),
+        );
+        match once.await {
             // A configuration error fails the same way again, unsupported input (a
             // type, a DDL) needs a person, and a fenced copy must not take turns with
             // the copy that fenced it.
@@ -151,6 +159,7 @@ async fn run_once(
     bounded: bool,
     observer: Arc<dyn Observer>,
     shutdown: watch::Receiver<bool>,
+    commands: Option<&mut mpsc::UnboundedReceiver<Command>>,
 ) -> Result<RunSummary> {
     tracing::info!(pipeline = %plan.name, file = %plan.file.display(), "starting");
     let storage = plan.sink.storage();
@@ -214,6 +223,7 @@ async fn run_once(
         store,
         observer,
         shutdown,
+        commands,
     )
     .await
 }

@@ -231,7 +231,8 @@ def test_files_added_changed_removed_and_invalid_while_running(tmp_path):
         assert daemon.post("/pipelines/gen_b/resume")[0] == 200
         daemon.committing("gen_b")
         assert daemon.post("/pipelines/nope/pause")[0] == 404
-        assert daemon.post("/pipelines/gen_b/resnapshot?table=orders")[0] == 501
+        code, text = daemon.post("/pipelines/gen_b/resnapshot?table=orders")
+        assert code == 409 and "only database sources" in text, (code, text)
     finally:
         assert daemon.stop() == 0
 

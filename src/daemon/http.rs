@@ -1,11 +1,11 @@
 //! The daemon's HTTP endpoints: `/health`, `/ready`, `/metrics` (Prometheus text),
-//! `/pipelines`, `/pipelines/{name}` (JSON) and `POST /pipelines/{name}/pause|resume`.
+//! `/pipelines`, `/pipelines/{name}` (JSON) and `POST /pipelines/{name}/pause|resume|resnapshot`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::status::{Phase, PipelineStatus, now_ms};
-use super::{Control, Daemon};
+use super::{Control, Daemon, Refused};
 
 #[derive(Clone)]
 struct App {
@@ -184,13 +184,56 @@ async fn resume(State(app): State<App>, Path(name): Path<String>) -> Response {
     send(&app, |tx| Control::Resume(name, tx)).await
 }
 
-/// Not built yet: say so rather than pretend.
-async fn resnapshot(Path(name): Path<String>) -> Response {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "re-snapshotting a table is not built yet; to re-read {name} from scratch, stop it and start it under a new pipeline name\n"
-        ),
-    )
-        .into_response()
+/// `?table=` of a re-snapshot.
+#[derive(serde::Deserialize)]
+struct TableQuery {
+    table: Option<String>,
+}
+
+/// `POST /pipelines/{name}/resnapshot?table=T`: answers once the checkpoint that empties
+/// the lake table is committed; the table then refills while changes keep flowing.
+async fn resnapshot(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(query): Query<TableQuery>,
+) -> Response {
+    let Some(table) = query.table.filter(|t| !t.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "name the table: POST /pipelines/{name}/resnapshot?table=schema.table\n",
+        )
+            .into_response();
+    };
+    let (tx, rx) = oneshot::channel();
+    let control = Control::Resnapshot {
+        pipeline: name,
+        table: table.clone(),
+        reply: tx,
+    };
+    if app.control.send(control).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(checkpoint)) => axum::Json(serde_json::json!({
+            "table": table,
+            "checkpoint": checkpoint,
+            "state": "running",
+        }))
+        .into_response(),
+        Ok(Err(Refused::NotFound(e))) => (StatusCode::NOT_FOUND, e + "\n").into_response(),
+        Ok(Err(Refused::NotRunning(e))) => (StatusCode::CONFLICT, e + "\n").into_response(),
+        Ok(Err(Refused::Rejected(e))) => {
+            let status = if e.kind() == lakeshore_api::ErrorKind::Config {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CONFLICT
+            };
+            (status, format!("{e}\n")).into_response()
+        }
+        Ok(Err(Refused::Stopped)) | Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline stopped before the re-snapshot was committed; ask again once it runs\n",
+        )
+            .into_response(),
+    }
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::daemon::DaemonConfig;
 use crate::config::{self, Plan};
+use crate::engine::Command;
 use crate::pipeline;
 
 pub mod http;
@@ -34,11 +35,31 @@ pub enum Control {
     Pause(String, oneshot::Sender<Result<(), String>>),
     /// Start a paused, failed or finished pipeline again.
     Resume(String, oneshot::Sender<Result<(), String>>),
+    /// Read a table of a running pipeline again (see [`Command::Resnapshot`]).
+    Resnapshot {
+        pipeline: String,
+        table: String,
+        reply: oneshot::Sender<Result<u64, Refused>>,
+    },
+}
+
+/// Why a request was refused.
+#[derive(Debug)]
+pub enum Refused {
+    /// No such pipeline.
+    NotFound(String),
+    /// The pipeline is not running.
+    NotRunning(String),
+    /// The pipeline refused it (a wrong table name, a source without snapshots).
+    Rejected(lakeshore_api::Error),
+    /// The pipeline stopped before it was done; ask again.
+    Stopped,
 }
 
 struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 struct Entry {
@@ -354,6 +375,7 @@ impl Daemon {
             return;
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (commands_tx, mut commands) = mpsc::unbounded_channel();
         let plan = entry.plan.clone();
         let status = entry.status.clone();
         status.update(|s| s.phase = Phase::Starting);
@@ -361,7 +383,15 @@ impl Daemon {
         let daemon = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let observer = Arc::new(status.clone());
-            let result = pipeline::run(&plan, false, observer, stop_rx.clone(), Some(policy)).await;
+            let result = pipeline::run(
+                &plan,
+                false,
+                observer,
+                stop_rx.clone(),
+                Some(policy),
+                Some(&mut commands),
+            )
+            .await;
             let stopped = *stop_rx.borrow();
             match result {
                 Ok(summary) => {
@@ -382,6 +412,7 @@ impl Daemon {
         entry.run = Some(Running {
             stop: stop_tx,
             task,
+            commands: commands_tx,
         });
         entry.paused = false;
     }
@@ -430,6 +461,42 @@ impl Daemon {
                     self.start(&name);
                 }
                 let _ = reply.send(outcome);
+            }
+            Control::Resnapshot {
+                pipeline,
+                table,
+                reply,
+            } => {
+                let reg = self.registry();
+                let running = match reg.pipelines.get(&pipeline) {
+                    None => Err(Refused::NotFound(format!("no pipeline named {pipeline}"))),
+                    Some(e) => match &e.run {
+                        Some(r) if !r.task.is_finished() && !e.paused => Ok(r.commands.clone()),
+                        _ => Err(Refused::NotRunning(format!(
+                            "pipeline {pipeline} is not running; resume it first"
+                        ))),
+                    },
+                };
+                drop(reg);
+                match running {
+                    Ok(commands) => {
+                        // The pipeline answers once the re-snapshot's first checkpoint
+                        // is committed.
+                        let (tx, rx) = oneshot::channel();
+                        let _ = commands.send(Command::Resnapshot { table, reply: tx });
+                        tokio::spawn(async move {
+                            let outcome = match rx.await {
+                                Ok(Ok(id)) => Ok(id),
+                                Ok(Err(e)) => Err(Refused::Rejected(e)),
+                                Err(_) => Err(Refused::Stopped),
+                            };
+                            let _ = reply.send(outcome);
+                        });
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Err(refused));
+                    }
+                }
             }
         }
     }

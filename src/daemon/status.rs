@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lakeshore_api::{Error, SourcePosition};
+use lakeshore_api::{Error, Lag, SourcePosition};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Observer;
@@ -43,6 +43,17 @@ pub struct CheckpointStatus {
     pub duration_ms: u64,
 }
 
+/// A source's lag (see [`lakeshore_api::Lag`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LagStatus {
+    /// Age of the newest change read, in seconds; 0 when caught up.
+    pub seconds: Option<f64>,
+    /// What is left to read, in `unit`.
+    pub behind: Option<u64>,
+    /// `bytes` or `messages`.
+    pub unit: String,
+}
+
 /// One pipeline, as `/pipelines/{name}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PipelineStatus {
@@ -68,6 +79,8 @@ pub struct PipelineStatus {
     pub config_error: Option<String>,
     /// Lake tables parked by `on_table_error = "isolate"`, with the reason.
     pub failed_tables: BTreeMap<String, String>,
+    /// How far the source's read position is behind the source, as last measured.
+    pub lag: Option<LagStatus>,
     /// Rows of earlier runs (before restarts).
     #[serde(skip)]
     rows_before: u64,
@@ -102,6 +115,7 @@ impl StatusCell {
             snapshot: BTreeMap::new(),
             config_error: None,
             failed_tables: BTreeMap::new(),
+            lag: None,
             rows_before: 0,
             failed_on_config: false,
         })))
@@ -182,6 +196,16 @@ impl Observer for StatusCell {
             } else if !done && s.phase == Phase::Streaming {
                 s.phase = Phase::Snapshot;
             }
+        });
+    }
+
+    fn lag(&self, lag: &Lag) {
+        self.update(|s| {
+            s.lag = Some(LagStatus {
+                seconds: lag.seconds,
+                behind: lag.behind,
+                unit: lag.unit.to_string(),
+            });
         });
     }
 

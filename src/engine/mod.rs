@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lakeshore_api::{
-    ChangeBatch, CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, Source, SourceEvent,
-    SourcePosition, TableSchema, TableTarget, TableWriter,
+    ChangeBatch, CommitContext, Error, ErrorKind, Lag, PendingCommit, Result, Sink, Source,
+    SourceEvent, SourcePosition, TableSchema, TableTarget, TableWriter,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub mod group;
@@ -103,6 +103,83 @@ pub trait Observer: Send + Sync {
     fn restarting(&self, _error: &Error, _pause: Duration) {}
     /// A lake table was parked (`on_table_error = "isolate"`) after `error`.
     fn table_failed(&self, _table: &str, _error: &Error) {}
+    /// The source's lag, measured about once a second.
+    fn lag(&self, _lag: &Lag) {}
+}
+
+/// A request to a running pipeline (from the daemon's HTTP endpoints).
+pub enum Command {
+    /// Read source table `table` (or the one source table routed to lake table `table`)
+    /// again: the lake table is emptied and refilled while changes keep flowing. The
+    /// reply comes once the checkpoint that starts it is committed, with its id.
+    Resnapshot {
+        /// Source or lake table name.
+        table: String,
+        /// The checkpoint id, or why not.
+        reply: oneshot::Sender<Result<u64>>,
+    },
+}
+
+/// Start a re-snapshot of `table` (see [`Command::Resnapshot`]), if the source, the sink
+/// and the table's writer allow it.
+fn resnapshot(
+    table: &str,
+    source: &mut dyn Source,
+    sink: &dyn Sink,
+    route: &HashMap<String, usize>,
+    writers: &[Writer],
+    targets: &[String],
+) -> Result<()> {
+    let config = |m: String| Error::new(ErrorKind::Config, m);
+    let (name, w) = match route.get(table) {
+        Some(&w) => (table.to_string(), w),
+        None => {
+            let mut from: Vec<_> = route
+                .iter()
+                .filter(|(_, w)| targets[**w] == table)
+                .collect();
+            from.sort();
+            match from.as_slice() {
+                [(name, w)] => ((*name).clone(), **w),
+                [] => {
+                    let mut known: Vec<_> = route.keys().cloned().collect();
+                    known.sort();
+                    return Err(config(format!(
+                        "no table {table} in this pipeline; its tables are {}",
+                        known.join(", ")
+                    )));
+                }
+                several => {
+                    let names: Vec<_> = several.iter().map(|(n, _)| n.as_str()).collect();
+                    return Err(config(format!(
+                        "lake table {table} is written from {}; name one of them",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    if writers[w].parked {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "lake table {} is parked after an error; fix the cause, then pause and resume \
+                 the pipeline",
+                targets[w]
+            ),
+        ));
+    }
+    if !sink.truncates() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "cannot read {name} again: this sink cannot empty lake table {} (re-snapshots \
+                 need an Iceberg sink)",
+                targets[w]
+            ),
+        ));
+    }
+    source.resnapshot(&name)
 }
 
 /// What a run did.
@@ -202,6 +279,7 @@ pub async fn run(
     store: Checkpoints,
     observer: Arc<dyn Observer>,
     mut shutdown: watch::Receiver<bool>,
+    mut commands: Option<&mut mpsc::UnboundedReceiver<Command>>,
 ) -> Result<RunSummary> {
     let spec = Arc::new(spec);
     let last = store.latest().await?;
@@ -265,6 +343,11 @@ pub async fn run(
     let mut watermark = i64::MIN;
     // The source asked for a checkpoint now.
     let mut wanted = false;
+    // Re-snapshots started, answered once checkpoint `.0` (or a later one) commits.
+    let mut resnapshots: Vec<(u64, oneshot::Sender<Result<u64>>)> = Vec::new();
+    let lag_seconds =
+        metrics::gauge!("lakeshore_source_lag_seconds", "pipeline" => spec.name.clone());
+    let mut lag_measured = Instant::now();
     let outcome: Result<()> = async {
         loop {
             // A failed commit stops the run even while the source only idles (its
@@ -277,6 +360,40 @@ pub async fn run(
                 summary.last_checkpoint = Some(id);
                 while uncommitted.front().is_some_and(|u| *u <= id) {
                     uncommitted.pop_front();
+                }
+                let (done, waiting) = std::mem::take(&mut resnapshots)
+                    .into_iter()
+                    .partition(|(after, _)| *after <= id);
+                resnapshots = waiting;
+                for (_, reply) in done {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            while let Some(Ok(command)) = commands.as_deref_mut().map(|c| c.try_recv()) {
+                let Command::Resnapshot { table, reply } = command;
+                match resnapshot(&table, source.as_mut(), sink.as_ref(), &route, &writers, &targets) {
+                    Ok(()) => {
+                        tracing::info!(pipeline = %spec.name, table = %table, "re-snapshot requested");
+                        // Answered by the ack of a barrier asked for after this point.
+                        wanted = true;
+                        resnapshots.push((next_id, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            if lag_measured.elapsed() >= Duration::from_secs(1) {
+                lag_measured = Instant::now();
+                if let Some(lag) = source.lag() {
+                    if let Some(seconds) = lag.seconds {
+                        lag_seconds.set(seconds);
+                    }
+                    if let Some(behind) = lag.behind {
+                        metrics::gauge!("lakeshore_source_lag", "pipeline" => spec.name.clone(), "unit" => lag.unit)
+                            .set(behind as f64);
+                    }
+                    observer.lag(&lag);
                 }
             }
             let stopping = *shutdown.borrow_and_update();

@@ -270,6 +270,37 @@ pub trait Source: Send {
     fn progress(&self) -> Option<u64> {
         None
     }
+
+    /// How far the source's read position is behind the source's head, as last measured;
+    /// `None` for sources without a head (generators).
+    fn lag(&self) -> Option<Lag> {
+        None
+    }
+
+    /// Read source table `table` again from its start while changes keep flowing: emit
+    /// [`SourceEvent::Truncate`] for it, then a new snapshot of it chunk by chunk, merged
+    /// with the change stream as at the first start; the resume position covers the
+    /// re-read, so a restart goes on with it. Sources without a snapshot refuse.
+    fn resnapshot(&mut self, table: &str) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "cannot read {table} again: only database sources (postgres, mysql) take \
+                 snapshots"
+            ),
+        ))
+    }
+}
+
+/// How far a source's read position is behind the source's head.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Lag {
+    /// Age of the newest change read, in seconds; 0 when nothing is left to read.
+    pub seconds: Option<f64>,
+    /// What is left to read, in `unit`.
+    pub behind: Option<u64>,
+    /// The unit of `behind`: `"bytes"` (WAL, binlog) or `"messages"` (Kafka).
+    pub unit: &'static str,
 }
 
 /// Everything a sink needs to know about one table it will write.
@@ -329,6 +360,12 @@ pub trait Sink: Send + Sync {
     /// Make the pending files visible in one atomic commit per table. Returns `false`
     /// when the table already holds this pipeline's checkpoint (nothing was done).
     async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool>;
+
+    /// True when its writers empty a table on [`TableWriter::truncate`] (a re-snapshot
+    /// needs it).
+    fn truncates(&self) -> bool {
+        false
+    }
 }
 
 /// Writes one table's changes between two checkpoints.

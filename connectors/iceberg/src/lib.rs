@@ -225,4 +225,8 @@ impl Sink for IcebergSink {
             ),
         ))
     }
+
+    fn truncates(&self) -> bool {
+        true
+    }
 }

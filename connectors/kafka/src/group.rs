@@ -18,12 +18,14 @@
 //! by the ledger, and the pipeline restarts from the ledger as a new member.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use lakeshore_api::{Error, ErrorKind, Ledger, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -58,7 +60,13 @@ pub(crate) fn lock(chunk: &Mutex<Chunk>) -> MutexGuard<'_, Chunk> {
 /// librdkafka callbacks of the source's consumer.
 pub(crate) struct SourceContext {
     pub(crate) group: Option<Group>,
+    /// Messages between the read position and the end of the assigned partitions, from
+    /// librdkafka's statistics (-1 until known).
+    pub(crate) behind: AtomicI64,
 }
+
+/// How often librdkafka reports statistics (for the lag).
+pub(crate) const STATS_INTERVAL_MS: &str = "5000";
 
 /// What a shared source's rebalance callback needs.
 pub(crate) struct Group {
@@ -71,7 +79,34 @@ pub(crate) struct Group {
     pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// The lag: per assigned partition, its last stable offset (the end a read_committed
+    /// consumer reads to) minus the offset after the last message handed to us.
+    fn stats(&self, statistics: Statistics) {
+        let mut behind = 0i64;
+        let mut known = false;
+        for topic in statistics.topics.values() {
+            for p in topic.partitions.values() {
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                let read = if p.app_offset >= 0 {
+                    p.app_offset
+                } else {
+                    p.committed_offset
+                };
+                if p.partition >= 0 && p.desired && end >= 0 && read >= 0 {
+                    behind += (end - read).max(0);
+                    known = true;
+                }
+            }
+        }
+        self.behind
+            .store(if known { behind } else { -1 }, Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn rebalance(

@@ -17,12 +17,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow_schema::{Field, Schema, SchemaRef};
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Ledger, Op, Result, Source, SourceEvent, SourcePosition,
+    ChangeBatch, Error, ErrorKind, Lag, Ledger, Op, Result, Source, SourceEvent, SourcePosition,
     TableSchema,
 };
 use rdkafka::config::ClientConfig;
@@ -144,6 +144,8 @@ pub struct KafkaSource {
     resumed: std::collections::HashSet<(usize, i32)>,
     /// Event time per partition, for the watermark.
     event_time: EventTime,
+    /// Broker timestamp (ms) of the newest message read, for the lag in seconds.
+    newest_ms: Option<i64>,
     /// Shared (scale-out): barriers emitted and acks received so far, and revokes
     /// waiting for the ack of barrier number `.2`.
     shared: bool,
@@ -226,6 +228,7 @@ impl KafkaSource {
         let stop = Arc::new(AtomicBool::new(false));
         let is_shared = shared.is_some();
         let context = SourceContext {
+            behind: AtomicI64::new(-1),
             group: shared.map(|(ledger, runtime)| Group {
                 ledger,
                 runtime,
@@ -235,19 +238,21 @@ impl KafkaSource {
                 stop: stop.clone(),
             }),
         };
-        let consumer: SourceConsumer = Self::client_config(&opts)
-            .create_with_context(context)
-            .map_err(|e| {
-                // librdkafka's message would repeat the value, which may be a secret.
-                let what = match &e {
-                    KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
-                    other => other.to_string(),
-                };
-                Error::new(
-                    ErrorKind::Config,
-                    format!("Kafka client settings: {what}; check [source] properties"),
-                )
-            })?;
+        let mut config = Self::client_config(&opts);
+        if config.get("statistics.interval.ms").is_none() {
+            config.set("statistics.interval.ms", group::STATS_INTERVAL_MS);
+        }
+        let consumer: SourceConsumer = config.create_with_context(context).map_err(|e| {
+            // librdkafka's message would repeat the value, which may be a secret.
+            let what = match &e {
+                KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
+                other => other.to_string(),
+            };
+            Error::new(
+                ErrorKind::Config,
+                format!("Kafka client settings: {what}; check [source] properties"),
+            )
+        })?;
         let timeout = Duration::from_secs(15);
         let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
             Error::new(
@@ -550,6 +555,7 @@ impl KafkaSource {
             resumed: Default::default(),
             acked: None,
             event_time,
+            newest_ms: None,
             shared,
             barriers: 0,
             acks: 0,
@@ -576,6 +582,9 @@ impl KafkaSource {
                     .and_then(|r| std::str::from_utf8(&chunk.data[r]).ok()),
             })
             .collect();
+        if let Some(ms) = msgs.iter().filter_map(|m| m.timestamp).max() {
+            self.newest_ms = Some(self.newest_ms.map_or(ms, |n| n.max(ms)));
+        }
         // Messages of each table, in order.
         let mut per_table: Vec<Vec<usize>> = vec![Vec::new(); self.tables.len()];
         for (i, m) in chunk.metas.iter().enumerate() {
@@ -768,6 +777,27 @@ impl KafkaSource {
 impl Source for KafkaSource {
     fn tables(&self) -> Vec<TableSchema> {
         self.tables.clone()
+    }
+
+    /// Messages left to read (librdkafka's statistics, every 5 s), and how old the newest
+    /// message read is while any are left.
+    fn lag(&self) -> Option<Lag> {
+        let behind = u64::try_from(self.consumer.context().behind.load(Ordering::Relaxed)).ok()?;
+        let seconds = if behind == 0 {
+            Some(0.0)
+        } else {
+            self.newest_ms.map(|ms| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                (now - ms).max(0) as f64 / 1000.0
+            })
+        };
+        Some(Lag {
+            seconds,
+            behind: Some(behind),
+            unit: "messages",
+        })
     }
 
     async fn next_event(&mut self) -> Result<Option<SourceEvent>> {

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Op, Result, Source, SourceEvent, SourcePosition, TableSchema,
+    ChangeBatch, Error, ErrorKind, Lag, Op, Result, Source, SourceEvent, SourcePosition,
+    TableSchema,
 };
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -659,6 +660,47 @@ impl Source for MysqlSource {
 
     fn progress(&self) -> Option<u64> {
         Some(self.snapshot_rows)
+    }
+
+    fn lag(&self) -> Option<Lag> {
+        let bits = self
+            .stream
+            .as_ref()?
+            .lag
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let seconds = f64::from_bits(bits);
+        (!seconds.is_nan()).then_some(Lag {
+            seconds: Some(seconds),
+            behind: None,
+            unit: "bytes",
+        })
+    }
+
+    /// Like a `TRUNCATE` met before the table's snapshot ended: the lake table is emptied
+    /// and the table's chunks are read again, merged with the binlog (changes to keys not
+    /// read again yet are dropped, as during the first snapshot).
+    fn resnapshot(&mut self, table: &str) -> Result<()> {
+        let Some(t) = self.by_name.get(table).copied() else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("the pipeline reads no table {table}"),
+            ));
+        };
+        if self.stream.is_none() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "cannot read {table} again: a pipeline without a binlog reads its tables \
+                     once; run it again under a new pipeline name"
+                ),
+            ));
+        }
+        self.flush_table(t)?;
+        self.out.push_back(SourceEvent::Truncate(table.to_string()));
+        self.position.tables.remove(table);
+        self.position.windows.retain(|w| w.table != table);
+        tracing::info!(table, "reading the table again (re-snapshot)");
+        Ok(())
     }
 }
 

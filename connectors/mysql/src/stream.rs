@@ -3,6 +3,7 @@
 //! are not known to `mysql_common`; the GTID event is parsed here).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use lakeshore_api::{Error, ErrorKind, Result};
@@ -59,6 +60,8 @@ pub enum Msg {
 pub struct Stream {
     pub rx: mpsc::Receiver<std::result::Result<Msg, Error>>,
     pub task: tokio::task::JoinHandle<()>,
+    /// Binlog lag in seconds as last measured (`f64` bits; NaN until known).
+    pub lag: Arc<AtomicU64>,
 }
 
 impl Drop for Stream {
@@ -143,6 +146,8 @@ pub async fn start(
     let mut file = from.file.clone();
     let lag =
         metrics::gauge!("lakeshore_mysql_binlog_lag_seconds", "server_id" => server_id.to_string());
+    let lag_cell = Arc::new(AtomicU64::new(f64::NAN.to_bits()));
+    let lag_seen = lag_cell.clone();
     let task = tokio::spawn(async move {
         let mut fde_seen = false;
         while let Some(ev) = stream.next().await {
@@ -150,7 +155,10 @@ pub async fn start(
                 Err(e) => Err(stream_error(e, &file)),
                 Ok(ev) => {
                     let end = ev.header().log_pos() as u64;
-                    record_lag(&lag, &ev.header());
+                    if let Some(seconds) = lag_of(&ev.header()) {
+                        lag.set(seconds);
+                        lag_seen.store(seconds.to_bits(), Ordering::Relaxed);
+                    }
                     let here = |pos: u64| BinlogPos {
                         file: file.clone(),
                         pos,
@@ -216,24 +224,28 @@ pub async fn start(
             )))
             .await;
     });
-    Ok(Stream { rx, task })
+    Ok(Stream {
+        rx,
+        task,
+        lag: lag_cell,
+    })
 }
 
 /// Binlog lag in seconds: how old the transaction just read is (its GTID event's write
 /// time); 0 on a heartbeat, which the server sends only when nothing is left to read.
-fn record_lag(lag: &metrics::Gauge, header: &mysql_common::binlog::events::BinlogEventHeader) {
+fn lag_of(header: &mysql_common::binlog::events::BinlogEventHeader) -> Option<f64> {
     const HEARTBEAT: u8 = 27;
     const MYSQL_GTID: u8 = 33;
     match header.event_type_raw() {
-        HEARTBEAT => lag.set(0.0),
+        HEARTBEAT => Some(0.0),
         MYSQL_GTID | MARIADB_GTID_EVENT => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0);
-            lag.set((now - header.timestamp() as f64).max(0.0));
+            Some((now - header.timestamp() as f64).max(0.0))
         }
-        _ => {}
+        _ => None,
     }
 }
 

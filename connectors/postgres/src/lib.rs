@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Op, Result, Source, SourceEvent, SourcePosition, TableSchema,
+    ChangeBatch, Error, ErrorKind, Lag, Op, Result, Source, SourceEvent, SourcePosition,
+    TableSchema,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -203,6 +204,8 @@ pub struct PostgresSource {
     last_yield: std::time::Instant,
     /// Commit time of the last source transaction read, for the lag in seconds.
     last_commit: Option<std::time::SystemTime>,
+    /// The lag as last measured.
+    lag: Option<Lag>,
 }
 
 impl PostgresSource {
@@ -324,9 +327,13 @@ impl PostgresSource {
             snapshot_rows: 0,
             since_chunk: 0,
             last_event: std::time::Instant::now(),
-            last_status: std::time::Instant::now(),
+            // Lag is measured at the first chance, then every `STATUS_INTERVAL`.
+            last_status: std::time::Instant::now()
+                .checked_sub(STATUS_INTERVAL)
+                .unwrap_or_else(std::time::Instant::now),
             last_yield: std::time::Instant::now(),
             last_commit: None,
+            lag: None,
         })
     }
 
@@ -519,6 +526,11 @@ impl PostgresSource {
         };
         metrics::gauge!("lakeshore_postgres_replication_lag_seconds", "slot" => self.opts.slot.clone())
             .set(seconds);
+        self.lag = Some(Lag {
+            seconds: Some(seconds),
+            behind: Some(lag),
+            unit: "bytes",
+        });
         if let Some(restart) = row.get::<_, Option<String>>(1) {
             let retained = current.saturating_sub(parse_lsn(&restart)?);
             metrics::gauge!("lakeshore_postgres_slot_retained_wal_bytes", "slot" => self.opts.slot.clone())
@@ -712,6 +724,43 @@ impl Source for PostgresSource {
 
     fn progress(&self) -> Option<u64> {
         Some(self.snapshot_rows)
+    }
+
+    fn lag(&self) -> Option<Lag> {
+        self.lag
+    }
+
+    /// Like a `TRUNCATE` met before the table's snapshot ended: the lake table is emptied
+    /// and the table's chunks are read again, merged with the stream (changes to keys not
+    /// read again yet are dropped, as during the first snapshot).
+    fn resnapshot(&mut self, table: &str) -> Result<()> {
+        let Some(t) = self.by_name.get(table).copied() else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("the pipeline reads no table {table}"),
+            ));
+        };
+        if self.stream.is_none() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "cannot read {table} again: a startup = \"snapshot-only\" pipeline reads its \
+                     tables once; run it again under a new pipeline name"
+                ),
+            ));
+        }
+        if self.failed.contains(&t) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("cannot read {table} again: the source stopped following it"),
+            ));
+        }
+        self.flush_table(t)?;
+        self.out.push_back(SourceEvent::Truncate(table.to_string()));
+        self.position.tables.remove(table);
+        self.position.windows.retain(|w| w.table != table);
+        tracing::info!(table, "reading the table again (re-snapshot)");
+        Ok(())
     }
 }
 
