@@ -316,3 +316,43 @@ def test_a_table_that_cannot_take_a_change_is_parked_and_the_others_go_on(tmp_pa
         assert parked == {"a": 1.0}
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_mysql_table_the_source_cannot_follow_is_parked_and_the_others_go_on(tmp_path, mysql, duck):
+    """on_table_error = "isolate" with MariaDB: table a is renamed (lakeshore does not follow
+    renames), so the source gives it up; a is parked with the reason, a re-snapshot of it
+    is refused, and table b of the same pipeline keeps landing its changes."""
+    db = mysql.create_db("isolate")
+    mysql.execute("create table a (id int primary key, n int)", db)
+    mysql.execute("create table b (id int primary key, v text)", db)
+    mysql.execute("insert into a select seq, seq from seq_1_to_100", db)
+    mysql.execute("insert into b select seq, concat('b', seq) from seq_1_to_100", db)
+    d = tmp_path / "pipelines"
+    d.mkdir()
+    p = Pipeline(d, "iso", {"type": "mysql", "url": mysql.url(), "tables": ["isolate.a", "isolate.b"]},
+                 {"namespace": "iso"}, interval="300ms")
+    p.file.write_text(p.file.read_text().replace("[pipeline]\n", '[pipeline]\non_table_error = "isolate"\n', 1))
+    daemon = Daemon(d, [d])
+    try:
+        daemon.wait(lambda: daemon.status()[0]["iso"]["phase"] == "streaming", 60, "iso streams")
+        daemon.committing("iso")
+        mysql.execute("insert into a values (101, 101)", db)
+        mysql.execute("rename table a to a_old", db)
+        mysql.execute("insert into b select seq, 'late' from seq_101_to_300", db)
+        daemon.wait(lambda: "a" in daemon.status()[0]["iso"]["failed_tables"], 60, "table a is parked")
+        reason = daemon.status()[0]["iso"]["failed_tables"]["a"]
+        assert "table isolate.a was renamed" in reason, reason
+        code, text = daemon.post("/pipelines/iso/resnapshot?table=isolate.a")
+        assert code == 409 and "parked" in text, (code, text)
+
+        def rows_of(table):
+            return duck.execute(f"select count(*) from {lake.scan(p.catalog_db, 'iso.' + table)}").fetchone()[0]
+
+        daemon.wait(lambda: rows_of("b") == 300, 60, "b goes on")
+        mysql.execute("insert into b select seq, 'later' from seq_301_to_400", db)
+        daemon.wait(lambda: rows_of("b") == 400, 60, "b still goes on")
+        assert rows_of("a") in (100, 101)
+        status = daemon.status()[0]["iso"]
+        assert status["phase"] == "streaming" and status["restarts"] == 0, status
+    finally:
+        assert daemon.stop() == 0

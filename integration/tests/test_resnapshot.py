@@ -3,7 +3,6 @@ source (here: a foreign writer added rows) is emptied and read again while chang
 flowing, across a kill -9 in the middle, and ends equal to the source; the source's lag
 is reported per pipeline. Checked with DuckDB against the source's own rows."""
 import signal
-import time
 
 import lake
 import pyarrow as pa
@@ -20,7 +19,7 @@ def source_setup(kind, server, d):
     if kind == "postgres":
         db = test_postgres.setup_acct(server, "resnap", 300000)
         churn = test_postgres.Churn(server, db, 300001, seed=11)
-        p = test_postgres.pg_pipeline(d, "resnap_pg", server, db, ["public.acct"], chunk_size=1000)
+        p = test_postgres.pg_pipeline(d, "resnap_pg", server, db, ["public.acct"], chunk_size=300)
         table = "public.acct"
 
         def same(duck):
@@ -28,7 +27,7 @@ def source_setup(kind, server, d):
     else:
         db = test_mysql.setup_acct(server, "resnap", 300000)
         churn = test_mysql.Churn(server, db, 300001, seed=11)
-        p = test_mysql.my_pipeline(d, "resnap_my", server, ["resnap.acct"], chunk_size=1000)
+        p = test_mysql.my_pipeline(d, "resnap_my", server, ["resnap.acct"], chunk_size=300)
         table = "resnap.acct"
 
         def same(duck):
@@ -75,7 +74,6 @@ def test_resnapshot_refills_a_drifted_table_while_changes_flow(tmp_path, request
         assert code == 200 and '"checkpoint"' in text, (code, text)
         assert count("where id < 0") == 0, "the foreign rows survived the checkpoint that started the re-snapshot"
         # kill -9 while the table is read again; a new daemon goes on from the checkpoint.
-        time.sleep(0.5)
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait(timeout=30)
         killed_log = daemon.log.read_text()

@@ -43,7 +43,8 @@ pub struct PipelineSection {
     /// promote, rows that do not fit the lake table): `"fail"` (default: the pipeline
     /// stops, naming table and column) or `"isolate"` (the table is parked, its reason
     /// shown in `/pipelines`, and the pipeline's other tables go on; the parked table
-    /// misses the changes made while parked: re-read it with a new pipeline).
+    /// misses the changes made while parked: once the cause is fixed, re-read it with
+    /// `POST /pipelines/{name}/resnapshot`).
     pub on_table_error: Option<Spanned<String>>,
 }
 

@@ -203,6 +203,40 @@ impl MysqlSource {
         let Some(&t) = self.by_name.get(&format!("{db}.{table}")) else {
             return Ok(());
         };
+        if self.failed.contains(&t) {
+            return Ok(());
+        }
+        match self.table_rows(t, op, columns, rows).await {
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                self.fail_table(t, e);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The source cannot go on with table `t` (a value or change it cannot read): its
+    /// unflushed rows are dropped (the lake keeps the table as of its last checkpoint),
+    /// and the engine is told, which fails the pipeline or parks the table
+    /// (`on_table_error = "isolate"`).
+    pub(crate) fn fail_table(&mut self, t: usize, error: Error) {
+        tracing::error!(table = %self.tables[t].name, %error, "the source stops following the table");
+        self.pending[t] = None;
+        self.dropped[t] = None;
+        self.failed.insert(t);
+        self.out.push_back(SourceEvent::TableFailed {
+            table: self.tables[t].name.clone(),
+            message: error.to_string(),
+        });
+    }
+
+    async fn table_rows(
+        &mut self,
+        t: usize,
+        op: RowOp,
+        columns: &Arc<[String]>,
+        rows: Vec<(Option<stream::Image>, Option<stream::Image>)>,
+    ) -> Result<()> {
         let map = self.mapping(t, columns).await?;
         for (before, after) in rows {
             match op {
@@ -331,16 +365,20 @@ impl MysqlSource {
             None
         };
         if let Some(name) = renamed
-            && self.by_name.contains_key(&name)
+            && let Some(&t) = self.by_name.get(&name)
+            && !self.failed.contains(&t)
         {
-            return Err(Error::new(
+            let error = Error::new(
                 ErrorKind::Unsupported,
                 format!(
                     "table {name} was renamed ({}); lakeshore does not follow renames. Start a \
                      new pipeline for the new name (the lake table {name} keeps its rows)",
                     sql.trim()
                 ),
-            ));
+            );
+            self.flush_table(t)?;
+            self.fail_table(t, error);
+            return Ok(());
         }
         if words.first().map(String::as_str) == Some("TRUNCATE") {
             let name = sql
@@ -358,7 +396,9 @@ impl MysqlSource {
             } else {
                 format!("{db}.{name}")
             };
-            if let Some(&t) = self.by_name.get(&full) {
+            if let Some(&t) = self.by_name.get(&full)
+                && !self.failed.contains(&t)
+            {
                 self.flush_table(t)?;
                 self.out.push_back(SourceEvent::Truncate(full.clone()));
                 let done = self.position.tables.get(&full) == Some(&Progress::Done);

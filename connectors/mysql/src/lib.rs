@@ -244,6 +244,8 @@ pub struct MysqlSource {
     /// Column index in our table of each binlog column, per table, cached by the
     /// binlog's column names.
     mapping: HashMap<(usize, Arc<[String]>), ColumnMap>,
+    /// Tables the source gave up on (`SourceEvent::TableFailed`): skipped from then on.
+    failed: std::collections::HashSet<usize>,
 }
 
 /// Our column index of each binlog column (`None`: not one of ours).
@@ -370,6 +372,7 @@ impl MysqlSource {
             last_yield: std::time::Instant::now(),
             last_heard: std::time::Instant::now(),
             mapping: HashMap::new(),
+            failed: Default::default(),
             opts,
         })
     }
@@ -380,7 +383,8 @@ impl MysqlSource {
 
     /// The next table with rows left to read; prefers one whose read-ahead is ready.
     fn next_chunk_table(&self) -> Option<usize> {
-        let pending = |t: &usize| self.progress_of(*t) != Some(&Progress::Done);
+        let pending =
+            |t: &usize| self.progress_of(*t) != Some(&Progress::Done) && !self.failed.contains(t);
         (0..self.tables.len())
             .filter(pending)
             .find(|t| self.prefetch.get(t).is_some_and(|p| p.task.is_finished()))
@@ -394,7 +398,7 @@ impl MysqlSource {
             if self.readers.is_empty() {
                 return;
             }
-            if self.prefetch.contains_key(&t) {
+            if self.prefetch.contains_key(&t) || self.failed.contains(&t) {
                 continue;
             }
             let after = match self.progress_of(t) {
@@ -576,7 +580,10 @@ impl Source for MysqlSource {
                 if caught_up {
                     if let Some(t) = self.next_chunk_table() {
                         self.flush_all()?;
-                        self.read_chunk(t).await?;
+                        match self.read_chunk(t).await {
+                            Err(e) if e.kind() == ErrorKind::Unsupported => self.fail_table(t, e),
+                            other => other?,
+                        }
                         self.since_chunk = 0;
                         continue;
                     }
@@ -693,6 +700,12 @@ impl Source for MysqlSource {
                     "cannot read {table} again: a pipeline without a binlog reads its tables \
                      once; run it again under a new pipeline name"
                 ),
+            ));
+        }
+        if self.failed.contains(&t) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("cannot read {table} again: the source stopped following it"),
             ));
         }
         self.flush_table(t)?;

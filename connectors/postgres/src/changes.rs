@@ -274,6 +274,20 @@ impl PostgresSource {
         Ok(())
     }
 
+    /// The source cannot go on with table `t` (a change or value it cannot read): its
+    /// unflushed rows are dropped, nothing of it is read from then on, and the engine is
+    /// told, which fails the pipeline or parks the table (`on_table_error = "isolate"`).
+    pub(crate) fn fail_table(&mut self, t: usize, error: Error) {
+        tracing::error!(table = %self.tables[t].name, %error, "the source stops following the table");
+        self.pending[t] = None;
+        self.dropped[t].clear();
+        self.failed.insert(t);
+        self.out.push_back(SourceEvent::TableFailed {
+            table: self.tables[t].name.clone(),
+            message: error.to_string(),
+        });
+    }
+
     /// `TRUNCATE` of table `t`: the rows before it (sent first) are gone in the lake.
     /// A table not fully read, or with a chunk read whose window is still open (that read
     /// may already show the table after the truncation), starts its snapshot over: its
@@ -420,11 +434,7 @@ impl PostgresSource {
                             );
                             // Rows before the change have the old shape and stand.
                             self.flush_table(t)?;
-                            self.failed.insert(t);
-                            self.out.push_back(SourceEvent::TableFailed {
-                                table: self.tables[t].name.clone(),
-                                message,
-                            });
+                            self.fail_table(t, Error::new(ErrorKind::Unsupported, message));
                             return Ok(());
                         }
                     }

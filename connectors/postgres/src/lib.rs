@@ -344,7 +344,8 @@ impl PostgresSource {
     /// The next table with rows left to read.
     /// Prefers a table whose read-ahead chunk is ready.
     fn next_chunk_table(&self) -> Option<usize> {
-        let pending = |t: &usize| self.progress_of(*t) != Some(&Progress::Done);
+        let pending =
+            |t: &usize| self.progress_of(*t) != Some(&Progress::Done) && !self.failed.contains(t);
         (0..self.tables.len())
             .filter(pending)
             .find(|t| self.prefetch.get(t).is_some_and(|p| p.task.is_finished()))
@@ -358,7 +359,7 @@ impl PostgresSource {
             if self.readers.is_empty() {
                 return;
             }
-            if self.prefetch.contains_key(&t) {
+            if self.prefetch.contains_key(&t) || self.failed.contains(&t) {
                 continue;
             }
             let after = match self.progress_of(t) {
@@ -611,7 +612,10 @@ impl Source for PostgresSource {
                 if caught_up {
                     if let Some(t) = self.next_chunk_table() {
                         self.flush_all()?;
-                        self.read_chunk(t).await?;
+                        match self.read_chunk(t).await {
+                            Err(e) if e.kind() == ErrorKind::Unsupported => self.fail_table(t, e),
+                            other => other?,
+                        }
                         self.since_chunk = 0;
                         if self.stream.is_some() {
                             // Lets the stream pass this chunk's window even when idle.
