@@ -6,6 +6,7 @@
 #   integration/bench.sh mysql [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
 #   integration/bench.sh kafka [--sizes 1000000,5000000]
 #   integration/bench.sh daemon [--pipelines 1,20] [--hold 30]
+#   integration/bench.sh maintenance [--rows 1000000] [--checkpoints 1000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -35,6 +36,10 @@ fi
 if [ "${1:-}" = kafka ]; then
   shift
   exec "$VENV/bin/python" integration/bench_kafka.py "$@"
+fi
+if [ "${1:-}" = maintenance ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_maintenance.py "$@"
 fi
 if [ "${1:-}" = daemon ]; then
   shift

@@ -14,6 +14,7 @@ mod config;
 mod daemon;
 mod engine;
 mod expected;
+mod maintain;
 mod pipeline;
 
 /// Keeps lakehouse tables in sync with operational databases and event streams.
@@ -50,6 +51,15 @@ enum Command {
         /// "text" or "json" (wins over the daemon file).
         #[arg(long)]
         log_format: Option<String>,
+    },
+    /// Compact the Iceberg tables of a pipeline (every table of its sink's namespace, or
+    /// the ones named), as its [sink.maintenance] says; safe while the pipeline runs.
+    Maintain {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Only this lake table (repeatable).
+        #[arg(long = "table")]
+        tables: Vec<String>,
     },
     /// Show the pipelines of a running daemon (from its /pipelines endpoint).
     Status {
@@ -354,6 +364,35 @@ async fn dispatch(
         }
         Command::Run { paths, .. } => run_daemon(paths, daemon_config.unwrap_or_default()).await,
         Command::Status { url } => status(&url).await,
+        Command::Maintain {
+            pipeline: file,
+            tables,
+        } => {
+            let plan = config::load(&file)?;
+            let done = maintain::run(&plan, &tables).await?;
+            for m in done {
+                let r = &m.report;
+                println!(
+                    "{}: {} partitions compacted: {} data files and {} delete files replaced by {} \
+                     ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts); now {} \
+                     data files, {} delete files; {:.1} s, {:.0} rows/s",
+                    m.table,
+                    r.partitions,
+                    r.data_files_removed,
+                    r.delete_files_removed,
+                    r.data_files_added,
+                    r.rows,
+                    r.rows_dropped,
+                    r.deletes_moved,
+                    r.conflicts,
+                    m.stats.data_files,
+                    m.stats.delete_files,
+                    m.took.as_secs_f64(),
+                    (r.rows + r.rows_dropped) as f64 / m.took.as_secs_f64().max(1e-3),
+                );
+            }
+            Ok(())
+        }
         Command::BenchRaw {
             pipeline: file,
             out,

@@ -294,6 +294,34 @@ pub struct IcebergSection {
     /// `day(c)`, `hour(c)`, `bucket[N](c)`, `truncate[W](c)`.
     #[serde(default)]
     pub partitioning: BTreeMap<String, Vec<Spanned<String>>>,
+    /// Table maintenance (`lakeshore maintain`, and in the daemon every `interval`).
+    pub maintenance: Option<MaintenanceSection>,
+}
+
+/// `[sink.maintenance]` of an Iceberg sink: compaction of the pipeline's tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSection {
+    /// How often the daemon (`lakeshore run`) maintains the pipeline's tables, e.g.
+    /// `"10m"`. Default: never (only `lakeshore maintain`).
+    pub interval: Option<Spanned<HumanDuration>>,
+    /// When a partition is compacted (any one suffices), e.g.
+    /// `{ delete_files = 10, deleted_ratio = 0.1, small_files = 10 }` (the defaults).
+    pub compact_when: Option<CompactWhenSection>,
+    /// Size of the files compaction writes. Default: the sink's `target_file_size`.
+    pub target_file_size: Option<Spanned<ByteSize>>,
+}
+
+/// `compact_when` of `[sink.maintenance]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactWhenSection {
+    /// At least this many delete files in the partition. Default 10.
+    pub delete_files: Option<usize>,
+    /// Deleted rows are at least this fraction of the partition's rows. Default 0.1.
+    pub deleted_ratio: Option<Spanned<f64>>,
+    /// At least this many data files under 3/4 of the target size. Default 10.
+    pub small_files: Option<usize>,
 }
 
 /// `[sink]` with `type = "hive"`: Hive-style `key=value/` directories of Parquet files,

@@ -306,6 +306,7 @@ fn iceberg(
         target_file_size,
         codec: codec(src, &s.compression)?,
         row_group_bytes,
+        maintenance: maintenance(src, s.maintenance.as_ref(), target_file_size)?,
         mode: s.mode.as_ref().map(|m| match m.get_ref() {
             SinkMode::Append => WriteMode::Append,
             SinkMode::Upsert => WriteMode::Upsert,
@@ -318,6 +319,58 @@ fn iceberg(
         },
         warehouse,
     ))
+}
+
+/// `[sink.maintenance]`, with its defaults.
+fn maintenance(
+    src: &SourceText<'_>,
+    m: Option<&raw::MaintenanceSection>,
+    sink_file_size: u64,
+) -> Result<lakeshore_iceberg::MaintenanceOptions, ConfigError> {
+    let defaults = lakeshore_iceberg::compact::CompactWhen::default();
+    let Some(m) = m else {
+        return Ok(lakeshore_iceberg::MaintenanceOptions {
+            compact_when: defaults,
+            target_file_size: sink_file_size,
+            interval: None,
+        });
+    };
+    let when = m.compact_when.as_ref();
+    let ratio = when.and_then(|w| w.deleted_ratio.as_ref());
+    if let Some(r) = ratio
+        && !(0.0..=1.0).contains(r.get_ref())
+    {
+        return Err(src.error(
+            Some(r.span()),
+            "deleted_ratio is a fraction of the rows, between 0.0 and 1.0 (e.g. 0.1)",
+        ));
+    }
+    let (target_file_size, _) = file_sizes(src, &m.target_file_size, &None)?;
+    if let Some(i) = &m.interval
+        && i.get_ref().0 < std::time::Duration::from_secs(1)
+    {
+        return Err(src.error(
+            Some(i.span()),
+            "interval must be at least \"1s\" (e.g. \"10m\")",
+        ));
+    }
+    Ok(lakeshore_iceberg::MaintenanceOptions {
+        compact_when: lakeshore_iceberg::compact::CompactWhen {
+            delete_files: when
+                .and_then(|w| w.delete_files)
+                .unwrap_or(defaults.delete_files),
+            deleted_ratio: ratio.map_or(defaults.deleted_ratio, |r| *r.get_ref()),
+            small_files: when
+                .and_then(|w| w.small_files)
+                .unwrap_or(defaults.small_files),
+        },
+        target_file_size: if m.target_file_size.is_some() {
+            target_file_size
+        } else {
+            sink_file_size
+        },
+        interval: m.interval.as_ref().map(|i| i.get_ref().0),
+    })
 }
 
 /// `[sink] storage`: S3 settings, every key one object_store knows.

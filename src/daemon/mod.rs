@@ -383,6 +383,14 @@ impl Daemon {
         let daemon = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let observer = Arc::new(status.clone());
+            // [sink.maintenance] interval: compaction alongside the pipeline.
+            let maintenance = match &plan.sink {
+                crate::config::plan::SinkPlan::Iceberg { options, .. } => options
+                    .maintenance
+                    .interval
+                    .map(|i| tokio::spawn(crate::maintain::every(plan.clone(), i))),
+                _ => None,
+            };
             let result = pipeline::run(
                 &plan,
                 false,
@@ -392,6 +400,9 @@ impl Daemon {
                 Some(&mut commands),
             )
             .await;
+            if let Some(m) = maintenance {
+                m.abort();
+            }
             let stopped = *stop_rx.borrow();
             match result {
                 Ok(summary) => {

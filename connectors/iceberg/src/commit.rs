@@ -39,6 +39,8 @@ pub const PIPELINE_KEY: &str = "lakeshore.pipeline";
 pub const CHECKPOINT_KEY: &str = "lakeshore.checkpoint-id";
 /// Source position of the checkpoint.
 pub const POSITION_KEY: &str = "lakeshore.source-position";
+/// Set on snapshots written by table maintenance (`compaction`).
+pub const MAINTENANCE_KEY: &str = "lakeshore.maintenance";
 
 /// The files of one commit.
 #[derive(Debug, Default, Clone)]
@@ -196,6 +198,257 @@ async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Opti
     Ok(None)
 }
 
+/// Files a compaction replaces, against the snapshot it read (`base`).
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    /// The snapshot the compaction read.
+    pub base: i64,
+    /// Its sequence number: the rewritten data files keep it, so equality deletes that
+    /// land after `base` still apply to them.
+    pub base_seq: i64,
+    /// Data files read and replaced.
+    pub removed_data: HashSet<String>,
+    /// Delete files applied by the rewrite and no longer needed.
+    pub removed_deletes: HashSet<String>,
+    /// Partitions rewritten, as (spec id, partition).
+    pub partitions: HashSet<(i32, iceberg::spec::Struct)>,
+    /// The rewritten data files.
+    pub added: Vec<(DataFile, i32)>,
+    /// Position deletes that landed after `base` into removed files, moved onto the
+    /// rewritten files.
+    pub moved_deletes: Vec<(DataFile, i32)>,
+    /// The position-delete files `moved_deletes` came from.
+    pub moved_from: HashSet<String>,
+}
+
+/// How a rewrite attempt ended.
+#[derive(Debug)]
+pub enum RewriteOutcome {
+    /// The replace snapshot is in the table.
+    Committed,
+    /// Position-delete files committed since `base` in the rewritten partitions, not yet
+    /// in `moved_from`: move their deletes of removed files onto the new files, then try
+    /// again.
+    LateDeletes(Vec<String>),
+    /// A commit since `base` removed one of the files read (another compaction, a
+    /// truncation) or the history no longer holds `base`: give up; nothing was changed.
+    Conflict(String),
+}
+
+/// Commit `rewrite` as a `replace` snapshot with optimistic concurrency: the table's
+/// history since `rewrite.base` is checked on every attempt.
+pub async fn commit_rewrite(
+    catalog: &CatalogHandle,
+    ident: &TableIdent,
+    rewrite: &Rewrite,
+) -> Result<RewriteOutcome> {
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 0.. {
+        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        match since_base(&table, rewrite).await? {
+            Err(why) => return Ok(RewriteOutcome::Conflict(why)),
+            Ok(late) if !late.is_empty() => return Ok(RewriteOutcome::LateDeletes(late)),
+            Ok(_) => {}
+        }
+        let mut written = Vec::new();
+        let staged = stage_rewrite(&table, rewrite, attempt, &mut written).await;
+        let location = match staged {
+            Ok(l) => l,
+            Err(e) => {
+                discard(table.file_io(), &written).await;
+                return Err(e);
+            }
+        };
+        written.push(location.clone());
+        if catalog
+            .swap_metadata(
+                ident,
+                table.metadata_location_result().map_err(ice)?,
+                &location,
+            )
+            .await?
+        {
+            return Ok(RewriteOutcome::Committed);
+        }
+        discard(table.file_io(), &written).await;
+        if attempt >= 20 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("table {ident}: compaction gave up after {attempt} commit conflicts"),
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    unreachable!("the retry loop returns")
+}
+
+async fn discard(file_io: &iceberg::io::FileIO, files: &[String]) {
+    for f in files {
+        if let Err(e) = file_io.delete(f).await {
+            tracing::debug!(file = %f, error = %e, "could not remove a file of a failed commit attempt");
+        }
+    }
+}
+
+/// What happened since `rewrite.base`: `Err(why)` when the rewrite cannot land, else the
+/// position-delete files added in its partitions that it has not moved yet.
+async fn since_base(
+    table: &Table,
+    rewrite: &Rewrite,
+) -> Result<std::result::Result<Vec<String>, String>> {
+    let md = table.metadata_ref();
+    let Some(current) = md.current_snapshot_id() else {
+        return Ok(Err("the table has no snapshot any more".into()));
+    };
+    let mut late = Vec::new();
+    let mut saw_base = false;
+    for snap in iceberg::util::snapshot::ancestors_of(&md, current) {
+        if snap.snapshot_id() == rewrite.base {
+            saw_base = true;
+            break;
+        }
+        let list = table
+            .manifest_list_reader(&snap)
+            .load()
+            .await
+            .map_err(ice)?;
+        for manifest in list.entries() {
+            if manifest.added_snapshot_id != snap.snapshot_id() {
+                continue;
+            }
+            let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
+            for entry in m.entries() {
+                let f = entry.data_file();
+                let path = f.file_path();
+                match entry.status() {
+                    ManifestStatus::Deleted
+                        if rewrite.removed_data.contains(path)
+                            || rewrite.removed_deletes.contains(path) =>
+                    {
+                        return Ok(Err(format!("{path} was removed by another commit")));
+                    }
+                    ManifestStatus::Added
+                        if f.content_type() == iceberg::spec::DataContentType::PositionDeletes
+                            && rewrite
+                                .partitions
+                                .contains(&(manifest.partition_spec_id, f.partition().clone()))
+                            && !rewrite.moved_from.contains(path) =>
+                    {
+                        late.push(path.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !saw_base {
+        return Ok(Err(
+            "the snapshot the compaction read is no longer in the table's history".into(),
+        ));
+    }
+    Ok(Ok(late))
+}
+
+/// Manifests, manifest list and metadata of the replace snapshot; returns the metadata
+/// path.
+async fn stage_rewrite(
+    table: &Table,
+    rewrite: &Rewrite,
+    attempt: u32,
+    written: &mut Vec<String>,
+) -> Result<String> {
+    let md = table.metadata();
+    let file_io = table.file_io();
+    let schema = md.current_schema().clone();
+    let snapshot_id = new_snapshot_id(md);
+    let commit_uuid = uuid::Uuid::new_v4();
+    let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+    let parent = md
+        .current_snapshot()
+        .cloned()
+        .ok_or_else(|| internal("a compaction needs a snapshot to replace files of"))?;
+    let mut collector = SnapshotSummaryCollector::default();
+    let mut manifests = Vec::new();
+    let list = table
+        .manifest_list_reader(&parent)
+        .load()
+        .await
+        .map_err(ice)?;
+    // Manifests holding a replaced file are written again with it marked deleted and
+    // their other live entries as existing; the rest are carried as they are.
+    let carried: Vec<iceberg::spec::ManifestFile> = list.consume_entries().into_iter().collect();
+    for (n, manifest) in carried.into_iter().enumerate() {
+        let m = manifest.load_manifest(file_io).await.map_err(ice)?;
+        let replaced =
+            |p: &str| rewrite.removed_data.contains(p) || rewrite.removed_deletes.contains(p);
+        if !m
+            .entries()
+            .iter()
+            .any(|e| e.is_alive() && replaced(e.data_file().file_path()))
+        {
+            manifests.push(manifest);
+            continue;
+        }
+        let deletes = manifest.content == ManifestContentType::Deletes;
+        let path = format!("{meta_dir}/{commit_uuid}-c{n}.avro");
+        let (mut writer, spec) = manifest_writer(
+            table,
+            &path,
+            snapshot_id,
+            manifest.partition_spec_id,
+            deletes,
+        )?;
+        written.push(path);
+        for e in m.entries().iter().filter(|e| e.is_alive()) {
+            let seq = e.sequence_number().unwrap_or(0);
+            let f = e.data_file().clone();
+            if replaced(f.file_path()) {
+                collector.remove_file(&f, schema.clone(), spec.clone());
+                writer
+                    .add_delete_file(f, seq, e.file_sequence_number)
+                    .map_err(ice)?;
+            } else {
+                let added_by = e.snapshot_id().unwrap_or(manifest.added_snapshot_id);
+                writer
+                    .add_existing_file(f, added_by, seq, e.file_sequence_number)
+                    .map_err(ice)?;
+            }
+        }
+        manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+    }
+    // The rewritten files keep the base's sequence number; moved deletes take this
+    // snapshot's (they must apply to the rewritten files).
+    let mut groups: HashMap<(bool, i32), Vec<DataFile>> = HashMap::new();
+    for (f, spec) in &rewrite.added {
+        groups.entry((false, *spec)).or_default().push(f.clone());
+    }
+    for (f, spec) in &rewrite.moved_deletes {
+        groups.entry((true, *spec)).or_default().push(f.clone());
+    }
+    for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {
+        let path = format!("{meta_dir}/{commit_uuid}-a{n}.avro");
+        let (mut writer, spec) = manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
+        written.push(path);
+        for f in files {
+            collector.add_file(&f, schema.clone(), spec.clone());
+            let seq = if deletes { -1 } else { rewrite.base_seq };
+            writer.add_file(f, seq).map_err(ice)?;
+        }
+        manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+    }
+    let mut props = collector.build();
+    props.insert(MAINTENANCE_KEY.into(), "compaction".into());
+    let next = NextSnapshot {
+        id: snapshot_id,
+        uuid: commit_uuid,
+        attempt,
+        operation: Operation::Replace,
+        props,
+    };
+    write_snapshot(table, Some(&parent), manifests, next, written).await
+}
+
 /// Make `change(current schema)` the table's current schema, in a metadata-only commit
 /// landed by compare-and-swap (retried on a fresh table when another commit won).
 pub async fn commit_schema(
@@ -252,7 +505,7 @@ impl Staged {
     }
 }
 
-fn new_snapshot_id(md: &TableMetadata) -> i64 {
+pub(crate) fn new_snapshot_id(md: &TableMetadata) -> i64 {
     loop {
         let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
         let id = ((hi ^ lo) & (i64::MAX as u64)) as i64;
@@ -277,7 +530,7 @@ async fn write_next_metadata(
 }
 
 /// A v2 manifest writer (data or deletes) for files of partition spec `spec_id`.
-fn manifest_writer(
+pub(crate) fn manifest_writer(
     table: &Table,
     path: &str,
     snapshot_id: i64,
@@ -319,7 +572,6 @@ async fn stage(
     let schema = md.current_schema().clone();
     let snapshot_id = new_snapshot_id(md);
     let commit_uuid = uuid::Uuid::new_v4();
-    let seq = md.next_sequence_number();
     let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
     let mut written = Vec::new();
 
@@ -383,18 +635,6 @@ async fn stage(
         }
     }
     manifests.extend(new_manifests);
-    let list_path = format!("{meta_dir}/snap-{snapshot_id}-{attempt}-{commit_uuid}.avro");
-    let list_out = file_io.new_output(&list_path).map_err(ice)?;
-    let mut list = ManifestListWriter::v2(
-        list_out.writer().await.map_err(ice)?,
-        snapshot_id,
-        parent.as_ref().map(|p| p.snapshot_id()),
-        seq,
-    );
-    list.add_manifests(manifests.into_iter()).map_err(ice)?;
-    list.close().await.map_err(ice)?;
-    written.push(list_path.clone());
-
     let no_deletes = delta.all_deletes().next().is_none();
     let operation = match (delta.data_files.is_empty(), no_deletes) {
         _ if delta.truncate => Operation::Overwrite,
@@ -403,11 +643,66 @@ async fn stage(
         _ => Operation::Overwrite,
     };
     let mut props = collector.build();
-    add_totals(&mut props, parent.as_ref().map(|p| p.summary()));
     props.insert(PIPELINE_KEY.into(), ctx.pipeline.clone());
     props.insert(CHECKPOINT_KEY.into(), ctx.checkpoint_id.to_string());
     props.insert(POSITION_KEY.into(), ctx.position.to_json_string());
+    let next = NextSnapshot {
+        id: snapshot_id,
+        uuid: commit_uuid,
+        attempt,
+        operation,
+        props,
+    };
+    let location = write_snapshot(table, parent.as_ref(), manifests, next, &mut written).await?;
+    Ok(Staged {
+        location,
+        files: written,
+    })
+}
 
+/// A snapshot about to be written on top of the table's current one.
+pub(crate) struct NextSnapshot {
+    pub(crate) id: i64,
+    pub(crate) uuid: uuid::Uuid,
+    pub(crate) attempt: u32,
+    pub(crate) operation: Operation,
+    /// Summary properties (the `total-*` keys are added here).
+    pub(crate) props: HashMap<String, String>,
+}
+
+/// Write the manifest list of `manifests`, the snapshot and the next metadata file;
+/// returns the metadata file's path (what the catalog swap installs). Paths written are
+/// added to `written`.
+pub(crate) async fn write_snapshot(
+    table: &Table,
+    parent: Option<&iceberg::spec::SnapshotRef>,
+    manifests: Vec<iceberg::spec::ManifestFile>,
+    next: NextSnapshot,
+    written: &mut Vec<String>,
+) -> Result<String> {
+    let md = table.metadata();
+    let file_io = table.file_io();
+    let schema = md.current_schema().clone();
+    let seq = md.next_sequence_number();
+    let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+    let snapshot_id = next.id;
+    let list_path = format!(
+        "{meta_dir}/snap-{snapshot_id}-{}-{}.avro",
+        next.attempt, next.uuid
+    );
+    let list_out = file_io.new_output(&list_path).map_err(ice)?;
+    let mut list = ManifestListWriter::v2(
+        list_out.writer().await.map_err(ice)?,
+        snapshot_id,
+        parent.map(|p| p.snapshot_id()),
+        seq,
+    );
+    list.add_manifests(manifests.into_iter()).map_err(ice)?;
+    list.close().await.map_err(ice)?;
+    written.push(list_path.clone());
+
+    let mut props = next.props;
+    add_totals(&mut props, parent.map(|p| p.summary()));
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -415,12 +710,12 @@ async fn stage(
         .max(md.last_updated_ms());
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(parent.as_ref().map(|p| p.snapshot_id()))
+        .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
         .with_sequence_number(seq)
         .with_timestamp_ms(now_ms)
         .with_manifest_list(list_path)
         .with_summary(Summary {
-            operation,
+            operation: next.operation,
             additional_properties: props,
         })
         .with_schema_id(schema.schema_id())
@@ -435,12 +730,8 @@ async fn stage(
         .build()
         .map_err(ice)?
         .metadata;
-    let location = write_next_metadata(file_io, current_location, &new_md).await?;
     debug_assert_eq!(new_md.format_version(), FormatVersion::V2);
-    Ok(Staged {
-        location,
-        files: written,
-    })
+    write_next_metadata(file_io, current_location, &new_md).await
 }
 
 /// The `total-*` summary keys: the parent's totals plus this commit's additions, minus

@@ -22,6 +22,7 @@ use lakeshore_api::{
 
 pub mod catalog;
 pub mod commit;
+pub mod compact;
 mod error;
 pub mod lookup;
 pub mod position_delete;
@@ -63,6 +64,29 @@ pub struct IcebergOptions {
     pub codec: Codec,
     /// Close a Parquet row group past this many encoded bytes.
     pub row_group_bytes: usize,
+    /// Table maintenance settings (`[sink.maintenance]`).
+    pub maintenance: MaintenanceOptions,
+}
+
+/// `[sink.maintenance]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaintenanceOptions {
+    /// When a partition is compacted.
+    pub compact_when: compact::CompactWhen,
+    /// Size of the files compaction writes.
+    pub target_file_size: u64,
+    /// How often the daemon runs maintenance; `None`: only `lakeshore maintain`.
+    pub interval: Option<std::time::Duration>,
+}
+
+impl Default for MaintenanceOptions {
+    fn default() -> Self {
+        MaintenanceOptions {
+            compact_when: compact::CompactWhen::default(),
+            target_file_size: 128 << 20,
+            interval: None,
+        }
+    }
 }
 
 /// The Iceberg sink.
@@ -118,6 +142,70 @@ impl IcebergSink {
             target_file_size: self.opts.target_file_size as usize,
         };
         Ok((files, arrow_schema))
+    }
+
+    /// Names of the tables in the sink's namespace.
+    pub async fn tables(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .catalog
+            .catalog()
+            .list_tables(&self.namespace)
+            .await
+            .map_err(ice)?
+            .into_iter()
+            .map(|t| t.name().to_string())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Compact `table` as `[sink.maintenance]` says, and publish its file metrics.
+    pub async fn maintain(
+        &self,
+        table: &str,
+    ) -> Result<(compact::CompactReport, compact::TableStats)> {
+        let ident = self.ident(table);
+        if !self
+            .catalog
+            .catalog()
+            .table_exists(&ident)
+            .await
+            .map_err(ice)?
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "no table {}.{table} in the catalog; the pipeline creates it on its first run",
+                    self.opts.namespace
+                ),
+            ));
+        }
+        let loaded = self.load(&ident).await?;
+        let (mut files, arrow_schema) = self.file_settings(&loaded)?;
+        files.target_file_size = self.opts.maintenance.target_file_size as usize;
+        let m = &self.opts.maintenance;
+        let report = compact::compact(
+            &self.catalog,
+            &ident,
+            &files,
+            &arrow_schema,
+            &m.compact_when,
+        )
+        .await?;
+        let stats = compact::stats(&self.load(&ident).await?).await?;
+        let name = format!("{}.{table}", self.opts.namespace);
+        metrics::gauge!("lakeshore_table_data_files", "table" => name.clone())
+            .set(stats.data_files as f64);
+        metrics::gauge!("lakeshore_table_delete_files", "table" => name.clone())
+            .set(stats.delete_files as f64);
+        metrics::gauge!("lakeshore_table_deleted_ratio", "table" => name.clone())
+            .set(stats.deleted_ratio());
+        metrics::gauge!("lakeshore_table_last_maintenance_timestamp_seconds", "table" => name).set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        Ok((report, stats))
     }
 
     async fn load_or_create(&self, target: &TableTarget) -> Result<iceberg::table::Table> {

@@ -25,6 +25,7 @@ async fn swap_refuses_a_stale_base() {
         target_file_size: 1 << 20,
         codec: Codec::Snappy,
         row_group_bytes: 1 << 20,
+        maintenance: Default::default(),
     })
     .await
     .unwrap();

@@ -140,6 +140,7 @@ async fn read_table(catalog: &dyn Catalog, ident: &TableIdent) -> BTreeMap<i64, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upserts_match_a_folded_model() {
     let mut truncations = 0;
+    let mut compactions = 0;
     for seed in 1..=4u64 {
         let dir =
             std::env::temp_dir().join(format!("lakeshore-upsert-model-{}", uuid::Uuid::new_v4()));
@@ -156,6 +157,14 @@ async fn upserts_match_a_folded_model() {
             target_file_size: 1 << 20,
             codec: Codec::Snappy,
             row_group_bytes: 1 << 20,
+            maintenance: lakeshore_iceberg::MaintenanceOptions {
+                compact_when: lakeshore_iceberg::compact::CompactWhen {
+                    delete_files: 1,
+                    deleted_ratio: 0.5,
+                    small_files: 2,
+                },
+                ..Default::default()
+            },
         };
         let sink = IcebergSink::connect(opts.clone()).await.unwrap();
         let target = TableTarget {
@@ -203,8 +212,18 @@ async fn upserts_match_a_folded_model() {
             assert!(!sink.commit(&pending, &ctx).await.unwrap());
             let got = read_table(catalog.catalog(), &ident).await;
             assert_eq!(got, model, "seed {seed}, checkpoint {checkpoint}");
+            // Compaction between checkpoints: the same rows, no delete files left, and
+            // the writer's next lookups find the rewritten rows.
+            if checkpoint % 2 == 0 {
+                let (report, stats) = sink.maintain("t").await.unwrap();
+                let got = read_table(catalog.catalog(), &ident).await;
+                assert_eq!(got, model, "seed {seed}, compacted after {checkpoint}");
+                assert_eq!(stats.delete_files, 0, "seed {seed}: {report:?}");
+                compactions += report.partitions;
+            }
         }
         std::fs::remove_dir_all(&dir).ok();
     }
     assert!(truncations > 0, "no run truncated the table");
+    assert!(compactions > 0, "no partition was compacted");
 }

@@ -1,0 +1,132 @@
+"""`lakeshore maintain`: compaction of an upsert table written over many checkpoints.
+The compacted table read by DuckDB and pyiceberg equals the state before and the
+generator's folded state; its delete files are gone; ingestion committing meanwhile loses
+and duplicates nothing; kill -9 in the middle of a compaction leaves the table as it was,
+and the next run finishes the job."""
+import random
+import re
+import signal
+import subprocess
+import time
+
+import lake
+from conftest import BIN, Pipeline, assert_same_rows, table_digest
+from test_lake import ORDER_COLUMNS
+
+
+def orders(d, name, events, rate, spec=None, interval="100ms", when=None):
+    sink = {"namespace": "shop", "mode": "upsert"}
+    if when is not None:
+        sink["maintenance"] = {"compact_when": when}
+    return Pipeline(d, name, {"type": "datagen", "profile": "orders", "events": events, "initial_rows": 20_000,
+                              "seed": 9, "rate": rate, "batch_events": 1000},
+                    sink, partitioning={"orders": spec} if spec else None, interval=interval)
+
+
+def maintain(p, *args):
+    out = subprocess.run([BIN, "maintain", str(p.file), *args], cwd=p.dir, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def files_by_content(duck, p):
+    """Live files by manifest content (DATA, DELETE), as DuckDB reads the metadata."""
+    rows = duck.execute(f"select manifest_content, count(*) from iceberg_metadata('{lake.metadata_location(p.catalog_db, p.table('orders'))}') "
+                        "where status != 'DELETED' group by all").fetchall()
+    return dict(rows)
+
+
+def digest(duck, p):
+    return table_digest(duck, lake.scan(p.catalog_db, p.table("orders")), ORDER_COLUMNS)
+
+
+def test_compaction_keeps_every_row_and_drops_the_deletes(tmp_path, duck):
+    p = orders(tmp_path, "compact", 120_000, 30_000, spec=["status"])
+    p.backfill()
+    before = digest(duck, p)
+    files = files_by_content(duck, p)
+    assert files.get("DELETE", 0) >= 10 and files["DATA"] >= 20, files
+    out = maintain(p)
+    assert re.search(r"orders: [1-9]\d* partitions compacted", out), out
+    assert "now" in out and ", 0 delete files" in out, out
+    after = files_by_content(duck, p)
+    assert after.get("DELETE", 0) == 0 and after["DATA"] < files["DATA"], after
+    assert digest(duck, p) == before
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+    table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
+    assert table.scan().to_arrow().num_rows == before[0]
+    assert table.current_snapshot().summary.operation.value == "replace"
+    # Nothing left to do: a second run changes nothing.
+    assert "orders: 0 partitions compacted" in maintain(p)
+    # Ingestion goes on over the compacted files (its lookups find the rewritten rows).
+    p.file.write_text(p.file.read_text().replace("events = 120000", "events = 160000"))
+    p.backfill()
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+
+
+def test_compaction_while_ingestion_commits_loses_nothing(tmp_path, duck):
+    """Compaction runs again and again while the pipeline commits every 100 ms; deletes
+    that land on files being rewritten are moved onto the new files."""
+    p = orders(tmp_path, "busy", 200_000, 15_000, when={"delete_files": 1, "small_files": 2})
+    run = p.start()
+    outs = []
+    try:
+        deadline = time.time() + 120
+        while run.poll() is None and time.time() < deadline:
+            try:
+                lake.metadata_location(p.catalog_db, p.table("orders"))
+            except (KeyError, Exception):
+                time.sleep(0.2)
+                continue
+            outs.append(maintain(p))
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    finally:
+        if run.poll() is None:
+            run.kill()
+    compacted = [o for o in outs if not re.search(r"orders: 0 partitions compacted", o)]
+    assert len(compacted) >= 3, outs
+    moved = sum(int(m) for o in outs for m in re.findall(r"(\d+) deletes moved", o))
+    conflicts = sum(int(m) for o in outs for m in re.findall(r"(\d+) conflicts", o))
+    print(f"{len(outs)} runs, {len(compacted)} compacted, {moved} deletes moved, {conflicts} conflicts")
+    assert moved > 0, outs
+    maintain(p)
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+    assert files_by_content(duck, p).get("DELETE", 0) == 0
+
+
+def test_kill_9_during_compaction_leaves_the_table_as_it_was(tmp_path, duck):
+    p = orders(tmp_path, "killed", 150_000, 40_000, spec=["bucket[4](customer_id)"], interval="100ms")
+    p.backfill()
+    before = digest(duck, p)
+    rng = random.Random(3)
+    killed = 0
+    for _ in range(6):
+        m = subprocess.Popen([BIN, "maintain", str(p.file)], cwd=p.dir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.05, 0.6))
+        if m.poll() is None:
+            m.send_signal(signal.SIGKILL)
+            killed += 1
+        m.communicate(timeout=60)
+        assert digest(duck, p) == before
+        if m.returncode == 0:
+            break
+    assert killed >= 1, "every compaction finished before its kill"
+    out = maintain(p)
+    assert ", 0 delete files" in out, out
+    assert digest(duck, p) == before
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+
+
+def test_bad_maintenance_settings_say_what_to_write(tmp_path):
+    p = orders(tmp_path, "bad", 1000, 0, when={"deleted_ratio": 5})
+    out = subprocess.run([BIN, "validate", str(p.file)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert re.search(r"bad.toml:\d+:\d+: deleted_ratio is a fraction of the rows, between 0.0 and 1.0", out.stderr), \
+        out.stderr
+    hive = Pipeline(tmp_path, "hv", {"type": "datagen", "profile": "orders", "events": 10},
+                    {"type": "hive", "path": "lake/hive"})
+    out = subprocess.run([BIN, "maintain", str(hive.file)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "maintenance works on Iceberg tables" in out.stderr, out.stderr

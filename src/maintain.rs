@@ -1,0 +1,85 @@
+//! `lakeshore maintain` and the daemon's periodic maintenance: compaction of the Iceberg
+//! tables a pipeline writes (every table of its sink's namespace), while ingestion goes on.
+
+use std::time::{Duration, Instant};
+
+use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_iceberg::IcebergSink;
+use lakeshore_iceberg::compact::{CompactReport, TableStats};
+
+use crate::config::Plan;
+use crate::config::plan::SinkPlan;
+
+/// One table's maintenance.
+pub struct Maintained {
+    /// Lake table name (without namespace).
+    pub table: String,
+    /// What compaction did.
+    pub report: CompactReport,
+    /// The table's files afterwards.
+    pub stats: TableStats,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// The sink of `plan`, which must be Iceberg.
+pub async fn sink(plan: &Plan) -> Result<IcebergSink> {
+    let SinkPlan::Iceberg { options, .. } = &plan.sink else {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{}: maintenance works on Iceberg tables; this pipeline writes a Hive sink",
+                plan.file.display()
+            ),
+        ));
+    };
+    IcebergSink::connect(options.clone()).await
+}
+
+/// Maintain `tables` (all tables of the sink's namespace when empty), one after another.
+pub async fn run(plan: &Plan, tables: &[String]) -> Result<Vec<Maintained>> {
+    let sink = sink(plan).await?;
+    let tables = if tables.is_empty() {
+        sink.tables().await?
+    } else {
+        tables.to_vec()
+    };
+    let mut done = Vec::new();
+    for table in tables {
+        let started = Instant::now();
+        let (report, stats) = sink.maintain(&table).await?;
+        done.push(Maintained {
+            table,
+            report,
+            stats,
+            took: started.elapsed(),
+        });
+    }
+    Ok(done)
+}
+
+/// The daemon's maintenance of `plan` every `interval`, until the pipeline stops; a failed
+/// round is logged and tried again at the next one.
+pub async fn every(plan: Plan, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match run(&plan, &[]).await {
+            Ok(done) => {
+                for m in done {
+                    tracing::info!(
+                        pipeline = %plan.name,
+                        table = %m.table,
+                        partitions = m.report.partitions,
+                        data_files = m.stats.data_files,
+                        delete_files = m.stats.delete_files,
+                        took_ms = m.took.as_millis() as u64,
+                        "maintenance done"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %plan.name, error = %e, "maintenance failed; trying again at the next interval");
+            }
+        }
+    }
+}
