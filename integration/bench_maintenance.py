@@ -41,7 +41,8 @@ def main():
         rate = int(n / (args.checkpoints * interval))
         f = pipeline(work / "p.toml", "maint",
                      f'profile = "orders"\ninitial_rows = {n}\nevents = {2 * n}\nseed = 1\nrate = {rate}\nbatch_events = 1000',
-                     'namespace = "shop"\nmode = "upsert"\n[sink.maintenance]\ncompact_when = { delete_files = 1 }',
+                     'namespace = "shop"\nmode = "upsert"\n[sink.maintenance]\ncompact_when = { delete_files = 1 }\n'
+                     'expire_snapshots_older_than = "1s"',
                      interval="100ms")
         started = time.perf_counter()
         wall, rss, _ = rss_of([BIN, "backfill", str(f)], work)
@@ -63,6 +64,7 @@ def main():
         before = scan_seconds(con, lake.scan(catalog, "shop.orders"))
         files_before = files(con, catalog, "shop.orders")
 
+        time.sleep(1.5)  # every snapshot is older than expire_snapshots_older_than
         mwall, mrss, _ = rss_of([BIN, "maintain", str(f), "--table", "orders"], work)
         out = subprocess.run([BIN, "maintain", str(f), "--table", "orders"], cwd=work, capture_output=True,
                              text=True, check=True).stdout

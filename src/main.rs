@@ -371,11 +371,18 @@ async fn dispatch(
             let plan = config::load(&file)?;
             let done = maintain::run(&plan, &tables).await?;
             for m in done {
-                let r = &m.report;
+                let r = &m.done.compacted;
+                let s = &m.done.stats;
+                let expired = m.done.expired.as_ref().map_or(String::new(), |e| {
+                    format!(
+                        "; {} snapshots expired, {} files deleted",
+                        e.snapshots, e.files_deleted
+                    )
+                });
                 println!(
                     "{}: {} partitions compacted: {} data files and {} delete files replaced by {} \
-                     ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts); now {} \
-                     data files, {} delete files; {:.1} s, {:.0} rows/s",
+                     ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts){expired}; \
+                     now {} data files, {} delete files; {:.1} s, {:.0} rows/s",
                     m.table,
                     r.partitions,
                     r.data_files_removed,
@@ -385,8 +392,8 @@ async fn dispatch(
                     r.rows_dropped,
                     r.deletes_moved,
                     r.conflicts,
-                    m.stats.data_files,
-                    m.stats.delete_files,
+                    s.data_files,
+                    s.delete_files,
                     m.took.as_secs_f64(),
                     (r.rows + r.rows_dropped) as f64 / m.took.as_secs_f64().max(1e-3),
                 );

@@ -4,8 +4,7 @@
 use std::time::{Duration, Instant};
 
 use lakeshore_api::{Error, ErrorKind, Result};
-use lakeshore_iceberg::IcebergSink;
-use lakeshore_iceberg::compact::{CompactReport, TableStats};
+use lakeshore_iceberg::{IcebergSink, Maintenance};
 
 use crate::config::Plan;
 use crate::config::plan::SinkPlan;
@@ -14,10 +13,8 @@ use crate::config::plan::SinkPlan;
 pub struct Maintained {
     /// Lake table name (without namespace).
     pub table: String,
-    /// What compaction did.
-    pub report: CompactReport,
-    /// The table's files afterwards.
-    pub stats: TableStats,
+    /// What was done.
+    pub done: Maintenance,
     /// How long it took.
     pub took: Duration,
 }
@@ -47,11 +44,10 @@ pub async fn run(plan: &Plan, tables: &[String]) -> Result<Vec<Maintained>> {
     let mut done = Vec::new();
     for table in tables {
         let started = Instant::now();
-        let (report, stats) = sink.maintain(&table).await?;
+        let result = sink.maintain(&table).await?;
         done.push(Maintained {
             table,
-            report,
-            stats,
+            done: result,
             took: started.elapsed(),
         });
     }
@@ -69,9 +65,10 @@ pub async fn every(plan: Plan, interval: Duration) {
                     tracing::info!(
                         pipeline = %plan.name,
                         table = %m.table,
-                        partitions = m.report.partitions,
-                        data_files = m.stats.data_files,
-                        delete_files = m.stats.delete_files,
+                        partitions = m.done.compacted.partitions,
+                        expired = m.done.expired.as_ref().map_or(0, |e| e.snapshots),
+                        data_files = m.done.stats.data_files,
+                        delete_files = m.done.stats.delete_files,
                         took_ms = m.took.as_millis() as u64,
                         "maintenance done"
                     );

@@ -130,3 +130,43 @@ def test_bad_maintenance_settings_say_what_to_write(tmp_path):
                     {"type": "hive", "path": "lake/hive"})
     out = subprocess.run([BIN, "maintain", str(hive.file)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "maintenance works on Iceberg tables" in out.stderr, out.stderr
+
+
+def test_snapshot_expiry_deletes_what_only_old_snapshots_reach(tmp_path, duck):
+    """Expiry after compaction: the old snapshots and the files only they reached go; the
+    pipeline's newest commit stays (its recovery walks back to it), every remaining
+    snapshot reads, and the pipeline resumes on the expired table."""
+    p = orders(tmp_path, "expire", 80_000, 40_000, spec=["status"])
+    text = p.file.read_text()
+    p.file.write_text(text + '\n[sink.maintenance]\nexpire_snapshots_older_than = "1s"\n')
+    p.backfill()
+    data_dir = p.warehouse / "shop" / "orders" / "data"
+    table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
+    assert len(table.snapshots()) >= 10
+    time.sleep(1.5)
+    out = maintain(p)
+    # The pipeline's newest commit and the compaction after it stay; the rest expired.
+    m = re.search(r"(\d+) snapshots expired, (\d+) files deleted", out)
+    assert m and int(m.group(1)) >= 8 and int(m.group(2)) > 0, out
+    table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
+    assert [s.summary.operation.value for s in table.snapshots()][-1] == "replace"
+    assert "lakeshore.pipeline" in table.snapshots()[-2].summary.additional_properties
+    # More ingestion, then expiry again: the compacted-away files go too.
+    p.file.write_text(p.file.read_text().replace("events = 80000", "events = 100000"))
+    p.backfill()
+    time.sleep(1.5)
+    maintain(p)
+    table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
+    live = set()
+    for s in table.snapshots():
+        assert table.scan(snapshot_id=s.snapshot_id).to_arrow().num_rows > 0  # every remaining snapshot reads
+        live |= {r["data_file"]["file_path"].removeprefix("file://")
+                 for r in table.inspect.entries(snapshot_id=s.snapshot_id).to_pylist() if r["status"] != 2}
+    live = {f for f in live if "/data/" in f}
+    disk = {str(f) for f in data_dir.rglob("*.parquet")}
+    assert disk == live, f"{len(disk - live)} files on disk that no snapshot reaches, {len(live - disk)} missing"
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+    # The pipeline's recovery still finds its last checkpoint: a re-run adds nothing.
+    before = digest(duck, p)
+    p.backfill()
+    assert digest(duck, p) == before

@@ -310,6 +310,12 @@ pub struct MaintenanceSection {
     pub compact_when: Option<CompactWhenSection>,
     /// Size of the files compaction writes. Default: the sink's `target_file_size`.
     pub target_file_size: Option<Spanned<ByteSize>>,
+    /// Expire snapshots older than this, e.g. `"5d"`, and delete the files only they
+    /// reach. Default: keep every snapshot. A pipeline's newest commit and those after it
+    /// are always kept (its recovery reads them).
+    pub expire_snapshots_older_than: Option<Spanned<HumanDuration>>,
+    /// Snapshots always kept, however old. Default 1.
+    pub keep_last_snapshots: Option<Spanned<usize>>,
 }
 
 /// `compact_when` of `[sink.maintenance]`.

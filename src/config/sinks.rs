@@ -330,9 +330,8 @@ fn maintenance(
     let defaults = lakeshore_iceberg::compact::CompactWhen::default();
     let Some(m) = m else {
         return Ok(lakeshore_iceberg::MaintenanceOptions {
-            compact_when: defaults,
             target_file_size: sink_file_size,
-            interval: None,
+            ..Default::default()
         });
     };
     let when = m.compact_when.as_ref();
@@ -370,7 +369,23 @@ fn maintenance(
             sink_file_size
         },
         interval: m.interval.as_ref().map(|i| i.get_ref().0),
+        expire_older_than: m
+            .expire_snapshots_older_than
+            .as_ref()
+            .map(|d| d.get_ref().0),
+        keep_last: keep_last(src, m)?,
     })
+}
+
+fn keep_last(src: &SourceText<'_>, m: &raw::MaintenanceSection) -> Result<usize, ConfigError> {
+    match &m.keep_last_snapshots {
+        Some(k) if *k.get_ref() == 0 => Err(src.error(
+            Some(k.span()),
+            "keep_last_snapshots must be at least 1 (the current snapshot stays)",
+        )),
+        Some(k) => Ok(*k.get_ref()),
+        None => Ok(1),
+    }
 }
 
 /// `[sink] storage`: S3 settings, every key one object_store knows.

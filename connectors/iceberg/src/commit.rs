@@ -375,13 +375,21 @@ async fn stage_rewrite(
         .load()
         .await
         .map_err(ice)?;
-    // Manifests holding a replaced file are written again with it marked deleted and
-    // their other live entries as existing; the rest are carried as they are.
+    // Manifests holding a replaced file are merged, per content and spec, into one that
+    // marks the replaced files deleted and keeps their other live entries as existing
+    // (so a compaction also leaves fewer manifests); manifests with no live file are
+    // dropped; the rest are carried as they are.
     let carried: Vec<iceberg::spec::ManifestFile> = list.consume_entries().into_iter().collect();
-    for (n, manifest) in carried.into_iter().enumerate() {
+    let replaced =
+        |p: &str| rewrite.removed_data.contains(p) || rewrite.removed_deletes.contains(p);
+    // Per (deletes?, spec id): entries with whether they are replaced and who added them.
+    type Merged = HashMap<(bool, i32), Vec<(ManifestEntry, bool, i64)>>;
+    let mut merged: Merged = HashMap::new();
+    for manifest in carried {
+        if !has_live_files(&manifest) {
+            continue;
+        }
         let m = manifest.load_manifest(file_io).await.map_err(ice)?;
-        let replaced =
-            |p: &str| rewrite.removed_data.contains(p) || rewrite.removed_deletes.contains(p);
         if !m
             .entries()
             .iter()
@@ -390,28 +398,31 @@ async fn stage_rewrite(
             manifests.push(manifest);
             continue;
         }
-        let deletes = manifest.content == ManifestContentType::Deletes;
-        let path = format!("{meta_dir}/{commit_uuid}-c{n}.avro");
-        let (mut writer, spec) = manifest_writer(
-            table,
-            &path,
-            snapshot_id,
+        let key = (
+            manifest.content == ManifestContentType::Deletes,
             manifest.partition_spec_id,
-            deletes,
-        )?;
-        written.push(path);
+        );
+        let group = merged.entry(key).or_default();
         for e in m.entries().iter().filter(|e| e.is_alive()) {
+            let gone = replaced(e.data_file().file_path());
+            let added_by = e.snapshot_id().unwrap_or(manifest.added_snapshot_id);
+            group.push((e.as_ref().clone(), gone, added_by));
+        }
+    }
+    for (n, ((deletes, spec_id), entries)) in merged.into_iter().enumerate() {
+        let path = format!("{meta_dir}/{commit_uuid}-c{n}.avro");
+        let (mut writer, spec) = manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
+        written.push(path);
+        for (e, gone, added_by) in entries {
             let seq = e.sequence_number().unwrap_or(0);
-            let f = e.data_file().clone();
-            if replaced(f.file_path()) {
+            let file_seq = e.file_sequence_number;
+            let f = e.data_file;
+            if gone {
                 collector.remove_file(&f, schema.clone(), spec.clone());
-                writer
-                    .add_delete_file(f, seq, e.file_sequence_number)
-                    .map_err(ice)?;
+                writer.add_delete_file(f, seq, file_seq).map_err(ice)?;
             } else {
-                let added_by = e.snapshot_id().unwrap_or(manifest.added_snapshot_id);
                 writer
-                    .add_existing_file(f, added_by, seq, e.file_sequence_number)
+                    .add_existing_file(f, added_by, seq, file_seq)
                     .map_err(ice)?;
             }
         }
@@ -447,6 +458,15 @@ async fn stage_rewrite(
         props,
     };
     write_snapshot(table, Some(&parent), manifests, next, written).await
+}
+
+/// False for a manifest that only records removals (all its entries are deleted): it
+/// need not be carried into later snapshots.
+fn has_live_files(m: &iceberg::spec::ManifestFile) -> bool {
+    match (m.added_files_count, m.existing_files_count) {
+        (Some(a), Some(e)) => a + e > 0,
+        _ => true,
+    }
 }
 
 /// Make `change(current schema)` the table's current schema, in a metadata-only commit
@@ -516,7 +536,7 @@ pub(crate) fn new_snapshot_id(md: &TableMetadata) -> i64 {
 }
 
 /// Write `new_md` as the next version after the metadata file at `current`; its path.
-async fn write_next_metadata(
+pub(crate) async fn write_next_metadata(
     file_io: &iceberg::io::FileIO,
     current: &str,
     new_md: &TableMetadata,
@@ -631,7 +651,7 @@ async fn stage(
                 written.push(path);
             }
         } else {
-            manifests.extend(list.consume_entries());
+            manifests.extend(list.consume_entries().into_iter().filter(has_live_files));
         }
     }
     manifests.extend(new_manifests);

@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod commit;
 pub mod compact;
 mod error;
+pub mod expire;
 pub mod lookup;
 pub mod position_delete;
 pub mod schema;
@@ -68,6 +69,17 @@ pub struct IcebergOptions {
     pub maintenance: MaintenanceOptions,
 }
 
+/// What maintenance did to one table.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    /// Compaction.
+    pub compacted: compact::CompactReport,
+    /// Snapshot expiry, when configured.
+    pub expired: Option<expire::ExpireReport>,
+    /// The table's files afterwards.
+    pub stats: compact::TableStats,
+}
+
 /// `[sink.maintenance]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MaintenanceOptions {
@@ -77,6 +89,10 @@ pub struct MaintenanceOptions {
     pub target_file_size: u64,
     /// How often the daemon runs maintenance; `None`: only `lakeshore maintain`.
     pub interval: Option<std::time::Duration>,
+    /// Expire snapshots older than this; `None`: keep every snapshot.
+    pub expire_older_than: Option<std::time::Duration>,
+    /// Snapshots of the main branch always kept.
+    pub keep_last: usize,
 }
 
 impl Default for MaintenanceOptions {
@@ -85,6 +101,8 @@ impl Default for MaintenanceOptions {
             compact_when: compact::CompactWhen::default(),
             target_file_size: 128 << 20,
             interval: None,
+            expire_older_than: None,
+            keep_last: 1,
         }
     }
 }
@@ -160,10 +178,7 @@ impl IcebergSink {
     }
 
     /// Compact `table` as `[sink.maintenance]` says, and publish its file metrics.
-    pub async fn maintain(
-        &self,
-        table: &str,
-    ) -> Result<(compact::CompactReport, compact::TableStats)> {
+    pub async fn maintain(&self, table: &str) -> Result<Maintenance> {
         let ident = self.ident(table);
         if !self
             .catalog
@@ -192,6 +207,10 @@ impl IcebergSink {
             &m.compact_when,
         )
         .await?;
+        let expired = match m.expire_older_than {
+            Some(age) => Some(expire::expire(&self.catalog, &ident, age, m.keep_last).await?),
+            None => None,
+        };
         let stats = compact::stats(&self.load(&ident).await?).await?;
         let name = format!("{}.{table}", self.opts.namespace);
         metrics::gauge!("lakeshore_table_data_files", "table" => name.clone())
@@ -205,7 +224,11 @@ impl IcebergSink {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
-        Ok((report, stats))
+        Ok(Maintenance {
+            compacted: report,
+            expired,
+            stats,
+        })
     }
 
     async fn load_or_create(&self, target: &TableTarget) -> Result<iceberg::table::Table> {

@@ -1,0 +1,237 @@
+//! Snapshot expiry: snapshots older than a cut-off leave the table's metadata, and the
+//! files only they reached (manifest lists, manifests, data and delete files) are
+//! deleted.
+//!
+//! What is never expired:
+//! - the newest `keep_last` snapshots of the main branch, and snapshots that refs point to;
+//! - for every pipeline that committed to the table (`lakeshore.pipeline`), its newest
+//!   snapshot and every snapshot after it: a pipeline's recovery finds its last
+//!   checkpoint by walking the main branch back from the current snapshot, so that walk
+//!   must still reach it (else a crash-recovered checkpoint would be committed twice).
+//!
+//! The metadata change lands by compare-and-swap, retried on a fresh table (commits
+//! since only add snapshots on top). Files are deleted after it landed and only if no
+//! remaining snapshot reaches them; a crash in between leaves orphans, never a dangling
+//! reference.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use iceberg::TableIdent;
+use iceberg::spec::{ManifestFile, ManifestStatus, SnapshotRef, TableMetadataRef};
+use iceberg::table::Table;
+use lakeshore_api::{Error, ErrorKind, Result};
+
+use crate::catalog::CatalogHandle;
+use crate::commit::PIPELINE_KEY;
+use crate::error::ice;
+
+/// What an expiry did.
+#[derive(Debug, Default, Clone)]
+pub struct ExpireReport {
+    /// Snapshots removed from the metadata.
+    pub snapshots: usize,
+    /// Files deleted (manifest lists, manifests, data and delete files).
+    pub files_deleted: usize,
+}
+
+/// The snapshots of `md` that may go: older than `cutoff_ms`, not among the newest
+/// `keep_last` of the main branch, not referenced, not needed by a pipeline's recovery.
+pub fn expirable(md: &TableMetadataRef, cutoff_ms: i64, keep_last: usize) -> Vec<i64> {
+    let Some(current) = md.current_snapshot_id() else {
+        return Vec::new();
+    };
+    let chain: Vec<SnapshotRef> = iceberg::util::snapshot::ancestors_of(md, current).collect();
+    // How much of the main branch, newest first, must stay.
+    let mut keep_prefix = keep_last.max(1);
+    let mut seen_pipelines = HashSet::new();
+    for (i, s) in chain.iter().enumerate() {
+        if s.timestamp_ms() >= cutoff_ms {
+            keep_prefix = keep_prefix.max(i + 1);
+        }
+        if let Some(p) = s.summary().additional_properties.get(PIPELINE_KEY)
+            && seen_pipelines.insert(p.clone())
+        {
+            keep_prefix = keep_prefix.max(i + 1);
+        }
+    }
+    let kept: HashSet<i64> = chain
+        .iter()
+        .take(keep_prefix)
+        .map(|s| s.snapshot_id())
+        .chain(referenced(md))
+        .collect();
+    md.snapshots()
+        .filter(|s| !kept.contains(&s.snapshot_id()) && s.timestamp_ms() < cutoff_ms)
+        .map(|s| s.snapshot_id())
+        .collect()
+}
+
+/// Snapshots that branches and tags point to (iceberg-rust lists refs only in the
+/// metadata's serialised form).
+fn referenced(md: &TableMetadataRef) -> Vec<i64> {
+    let json = serde_json::to_value(md.as_ref()).unwrap_or_default();
+    json.get("refs")
+        .and_then(|r| r.as_object())
+        .map(|refs| {
+            refs.values()
+                .filter_map(|r| r.get("snapshot-id").and_then(|v| v.as_i64()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Manifests loaded once each (snapshots share most of them).
+#[derive(Default)]
+struct Manifests {
+    files: HashMap<String, Vec<(String, bool)>>,
+}
+
+impl Manifests {
+    /// Paths reached by `snapshot`: its manifest list, manifests, and their files (with
+    /// whether the file is live in the snapshot).
+    async fn reached(
+        &mut self,
+        table: &Table,
+        snapshot: &SnapshotRef,
+        out: &mut Reach,
+    ) -> Result<()> {
+        out.paths.insert(snapshot.manifest_list().to_string());
+        let list = table
+            .manifest_list_reader(snapshot)
+            .load()
+            .await
+            .map_err(ice)?;
+        for m in list.entries() {
+            out.paths.insert(m.manifest_path.clone());
+            let entries = match self.files.get(&m.manifest_path) {
+                Some(e) => e,
+                None => {
+                    let loaded = load(table, m).await?;
+                    self.files.entry(m.manifest_path.clone()).or_insert(loaded)
+                }
+            };
+            for (path, live) in entries {
+                if *live {
+                    out.live.insert(path.clone());
+                } else {
+                    out.dead.insert(path.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn load(table: &Table, m: &ManifestFile) -> Result<Vec<(String, bool)>> {
+    let manifest = m.load_manifest(table.file_io()).await.map_err(ice)?;
+    Ok(manifest
+        .entries()
+        .iter()
+        .map(|e| {
+            (
+                e.data_file().file_path().to_string(),
+                e.status() != ManifestStatus::Deleted,
+            )
+        })
+        .collect())
+}
+
+/// Files reached by a set of snapshots.
+#[derive(Default)]
+struct Reach {
+    /// Manifest lists and manifests.
+    paths: HashSet<String>,
+    /// Data and delete files live in at least one of the snapshots.
+    live: HashSet<String>,
+    /// Data and delete files that entries mark deleted (live only in a parent).
+    dead: HashSet<String>,
+}
+
+/// Expire the snapshots of `ident` older than `older_than`, keeping at least `keep_last`.
+pub async fn expire(
+    catalog: &CatalogHandle,
+    ident: &TableIdent,
+    older_than: Duration,
+    keep_last: usize,
+) -> Result<ExpireReport> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let cutoff = now_ms - older_than.as_millis() as i64;
+    let mut report = ExpireReport::default();
+    let mut committed: Option<(Table, Vec<SnapshotRef>)> = None;
+    for _ in 0..20 {
+        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        let md = table.metadata();
+        let ids = expirable(&table.metadata_ref(), cutoff, keep_last);
+        if ids.is_empty() {
+            return Ok(report);
+        }
+        let expired: Vec<SnapshotRef> = ids
+            .iter()
+            .filter_map(|id| md.snapshot_by_id(*id).cloned())
+            .collect();
+        let current_location = table.metadata_location_result().map_err(ice)?;
+        let new_md = md
+            .clone()
+            .into_builder(Some(current_location.to_string()))
+            .remove_snapshots(&ids)
+            .build()
+            .map_err(ice)?
+            .metadata;
+        let next =
+            crate::commit::write_next_metadata(table.file_io(), current_location, &new_md).await?;
+        if catalog
+            .swap_metadata(ident, current_location, &next)
+            .await?
+        {
+            committed = Some((
+                catalog.catalog().load_table(ident).await.map_err(ice)?,
+                expired,
+            ));
+            break;
+        }
+        let _ = table.file_io().delete(&next).await;
+    }
+    let Some((table, expired)) = committed else {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("table {ident}: snapshot expiry gave up after 20 commit conflicts"),
+        ));
+    };
+    report.snapshots = expired.len();
+    // What the remaining snapshots reach stays; the rest of what the expired ones reached
+    // goes.
+    let mut manifests = Manifests::default();
+    let mut keep = Reach::default();
+    for s in table.metadata().snapshots() {
+        manifests.reached(&table, s, &mut keep).await?;
+    }
+    let mut gone = Reach::default();
+    for s in &expired {
+        manifests.reached(&table, s, &mut gone).await?;
+    }
+    // A file no remaining snapshot holds live is read by nobody: those the expired
+    // snapshots reached, and those the remaining ones only mark deleted.
+    let mut doomed: Vec<&String> = gone
+        .paths
+        .iter()
+        .chain(&gone.live)
+        .chain(&gone.dead)
+        .chain(&keep.dead)
+        .filter(|p| !keep.paths.contains(*p) && !keep.live.contains(*p))
+        .collect();
+    doomed.sort();
+    doomed.dedup();
+    for path in doomed {
+        match table.file_io().delete(path).await {
+            Ok(()) => report.files_deleted += 1,
+            Err(e) => {
+                tracing::warn!(file = %path, error = %e, "could not delete an expired file; orphan cleanup will")
+            }
+        }
+    }
+    tracing::info!(table = %ident, snapshots = report.snapshots, files_deleted = report.files_deleted, "snapshots expired");
+    Ok(report)
+}
