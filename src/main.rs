@@ -373,12 +373,15 @@ async fn dispatch(
             for m in done {
                 let r = &m.done.compacted;
                 let s = &m.done.stats;
-                let expired = m.done.expired.as_ref().map_or(String::new(), |e| {
+                let mut expired = m.done.expired.as_ref().map_or(String::new(), |e| {
                     format!(
                         "; {} snapshots expired, {} files deleted",
                         e.snapshots, e.files_deleted
                     )
                 });
+                if let Some(o) = &m.done.orphans {
+                    expired += &format!("; {} orphan files deleted", o.files_deleted);
+                }
                 println!(
                     "{}: {} partitions compacted: {} data files and {} delete files replaced by {} \
                      ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts){expired}; \

@@ -8,6 +8,7 @@ use lakeshore_iceberg::{IcebergSink, Maintenance};
 
 use crate::config::Plan;
 use crate::config::plan::SinkPlan;
+use crate::engine::state::StateStore;
 
 /// One table's maintenance.
 pub struct Maintained {
@@ -36,6 +37,13 @@ pub async fn sink(plan: &Plan) -> Result<IcebergSink> {
 /// Maintain `tables` (all tables of the sink's namespace when empty), one after another.
 pub async fn run(plan: &Plan, tables: &[String]) -> Result<Vec<Maintained>> {
     let sink = sink(plan).await?;
+    // The files of the pipeline's pending checkpoint are not referenced yet, and must not
+    // be taken for orphans.
+    let pending = StateStore::open(&plan.state_url, &plan.name, &plan.sink.storage())?
+        .latest()
+        .await?
+        .map(|r| r.pending)
+        .unwrap_or_default();
     let tables = if tables.is_empty() {
         sink.tables().await?
     } else {
@@ -44,7 +52,7 @@ pub async fn run(plan: &Plan, tables: &[String]) -> Result<Vec<Maintained>> {
     let mut done = Vec::new();
     for table in tables {
         let started = Instant::now();
-        let result = sink.maintain(&table).await?;
+        let result = sink.maintain(&table, &pending).await?;
         done.push(Maintained {
             table,
             done: result,
@@ -67,6 +75,7 @@ pub async fn every(plan: Plan, interval: Duration) {
                         table = %m.table,
                         partitions = m.done.compacted.partitions,
                         expired = m.done.expired.as_ref().map_or(0, |e| e.snapshots),
+                        orphans = m.done.orphans.as_ref().map_or(0, |o| o.files_deleted),
                         data_files = m.done.stats.data_files,
                         delete_files = m.done.stats.delete_files,
                         took_ms = m.took.as_millis() as u64,

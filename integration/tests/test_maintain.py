@@ -3,6 +3,7 @@ The compacted table read by DuckDB and pyiceberg equals the state before and the
 generator's folded state; its delete files are gone; ingestion committing meanwhile loses
 and duplicates nothing; kill -9 in the middle of a compaction leaves the table as it was,
 and the next run finishes the job."""
+import os
 import random
 import re
 import signal
@@ -170,3 +171,40 @@ def test_snapshot_expiry_deletes_what_only_old_snapshots_reach(tmp_path, duck):
     before = digest(duck, p)
     p.backfill()
     assert digest(duck, p) == before
+
+
+def test_orphan_cleanup_keeps_what_is_referenced_and_the_pending_checkpoint(tmp_path, duck):
+    """A pipeline killed between writing its checkpoint record and committing it leaves
+    written-but-unreferenced files that its recovery needs; a lost file nobody needs is
+    an orphan. With every file's age pushed back two hours, cleanup removes the orphan
+    only: the recovery then commits the pending checkpoint and the table equals the
+    generator's state."""
+    p = orders(tmp_path, "orphans", 60_000, 20_000, interval="300ms")
+    p.file.write_text(p.file.read_text() + '\n[sink.maintenance]\nremove_orphans_older_than = "1h"\n')
+    records = tmp_path / "lake" / "state" / "orphans" / "checkpoints"
+    run = p.start(env={"LAKESHORE_TEST_COMMIT_PAUSE_MS": "4000"})
+    deadline = time.time() + 60
+    while not (records.exists() and len(list(records.glob("*.json"))) >= 2):
+        assert time.time() < deadline and run.poll() is None, run.communicate()[1]
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the 4 s pause after the second record
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=30)
+    data_dir = p.warehouse / "shop" / "orders" / "data"
+    orphan = data_dir / "lost-by-a-killed-commit.parquet"
+    orphan.write_bytes(next(iter(data_dir.rglob("*.parquet"))).read_bytes())
+    old = time.time() - 7200
+    for f in (tmp_path / "lake").rglob("*"):
+        if f.is_file():
+            os.utime(f, (old, old))
+    fresh_orphan = data_dir / "written-a-moment-ago.parquet"
+    fresh_orphan.write_bytes(orphan.read_bytes())
+    out = maintain(p)
+    assert re.search(r"[1-9]\d* orphan files deleted", out), out
+    assert not orphan.exists() and fresh_orphan.exists()
+    fresh_orphan.unlink()
+    # The recovery commits the pending checkpoint: had cleanup taken its files, rows would
+    # be missing (or the scan would fail).
+    _, err = p.backfill()
+    assert "recovered: committed pending files of the last checkpoint" in err, err[-2000:]
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)

@@ -316,6 +316,10 @@ pub struct MaintenanceSection {
     pub expire_snapshots_older_than: Option<Spanned<HumanDuration>>,
     /// Snapshots always kept, however old. Default 1.
     pub keep_last_snapshots: Option<Spanned<usize>>,
+    /// Delete files under the table's location that no snapshot references (left by
+    /// killed or lost commits) once older than this, e.g. `"3d"`; at least `"1h"`.
+    /// Default: never.
+    pub remove_orphans_older_than: Option<Spanned<HumanDuration>>,
 }
 
 /// `compact_when` of `[sink.maintenance]`.

@@ -374,7 +374,23 @@ fn maintenance(
             .as_ref()
             .map(|d| d.get_ref().0),
         keep_last: keep_last(src, m)?,
+        remove_orphans_older_than: orphan_age(src, m)?,
     })
+}
+
+fn orphan_age(
+    src: &SourceText<'_>,
+    m: &raw::MaintenanceSection,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    match &m.remove_orphans_older_than {
+        Some(d) if d.get_ref().0 < std::time::Duration::from_secs(3600) => Err(src.error(
+            Some(d.span()),
+            "remove_orphans_older_than must be at least \"1h\" (e.g. \"3d\"): a checkpoint's \
+             files exist before its commit references them",
+        )),
+        Some(d) => Ok(Some(d.get_ref().0)),
+        None => Ok(None),
+    }
 }
 
 fn keep_last(src: &SourceText<'_>, m: &raw::MaintenanceSection) -> Result<usize, ConfigError> {

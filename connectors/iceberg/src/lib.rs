@@ -26,6 +26,7 @@ pub mod compact;
 mod error;
 pub mod expire;
 pub mod lookup;
+pub mod orphans;
 pub mod position_delete;
 pub mod schema;
 pub mod table_writer;
@@ -76,6 +77,8 @@ pub struct Maintenance {
     pub compacted: compact::CompactReport,
     /// Snapshot expiry, when configured.
     pub expired: Option<expire::ExpireReport>,
+    /// Orphan-file cleanup, when configured.
+    pub orphans: Option<orphans::OrphanReport>,
     /// The table's files afterwards.
     pub stats: compact::TableStats,
 }
@@ -93,6 +96,8 @@ pub struct MaintenanceOptions {
     pub expire_older_than: Option<std::time::Duration>,
     /// Snapshots of the main branch always kept.
     pub keep_last: usize,
+    /// Delete unreferenced files older than this; `None`: never.
+    pub remove_orphans_older_than: Option<std::time::Duration>,
 }
 
 impl Default for MaintenanceOptions {
@@ -103,6 +108,7 @@ impl Default for MaintenanceOptions {
             interval: None,
             expire_older_than: None,
             keep_last: 1,
+            remove_orphans_older_than: None,
         }
     }
 }
@@ -178,7 +184,9 @@ impl IcebergSink {
     }
 
     /// Compact `table` as `[sink.maintenance]` says, and publish its file metrics.
-    pub async fn maintain(&self, table: &str) -> Result<Maintenance> {
+    /// `pending`: the pipeline's pending checkpoint (its files are kept from orphan
+    /// cleanup).
+    pub async fn maintain(&self, table: &str, pending: &[PendingCommit]) -> Result<Maintenance> {
         let ident = self.ident(table);
         if !self
             .catalog
@@ -211,6 +219,29 @@ impl IcebergSink {
             Some(age) => Some(expire::expire(&self.catalog, &ident, age, m.keep_last).await?),
             None => None,
         };
+        let orphans = match m.remove_orphans_older_than {
+            Some(age) => {
+                let current = self.load(&ident).await?;
+                // The pending checkpoint's files are written but not yet referenced.
+                let mut protected = std::collections::HashSet::new();
+                for p in pending.iter().filter(|p| p.table == table) {
+                    let decoded = decode_pending(&current, p)?;
+                    let delta = &decoded.delta;
+                    for (f, _) in delta
+                        .data_files
+                        .iter()
+                        .chain(&delta.delete_files)
+                        .chain(&delta.lookup_delete_files)
+                    {
+                        protected.insert(f.file_path().to_string());
+                    }
+                    protected.extend(decoded.keys_file.clone());
+                }
+                let storage = &self.opts.catalog.storage;
+                Some(orphans::remove_orphans(&current, age, storage, &protected).await?)
+            }
+            None => None,
+        };
         let stats = compact::stats(&self.load(&ident).await?).await?;
         let name = format!("{}.{table}", self.opts.namespace);
         metrics::gauge!("lakeshore_table_data_files", "table" => name.clone())
@@ -227,6 +258,7 @@ impl IcebergSink {
         Ok(Maintenance {
             compacted: report,
             expired,
+            orphans,
             stats,
         })
     }

@@ -215,7 +215,7 @@ async fn upserts_match_a_folded_model() {
             // Compaction between checkpoints: the same rows, no delete files left, and
             // the writer's next lookups find the rewritten rows.
             if checkpoint % 2 == 0 {
-                let done = sink.maintain("t").await.unwrap();
+                let done = sink.maintain("t", &[]).await.unwrap();
                 let (report, stats) = (done.compacted, done.stats);
                 let got = read_table(catalog.catalog(), &ident).await;
                 assert_eq!(got, model, "seed {seed}, compacted after {checkpoint}");
