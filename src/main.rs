@@ -379,6 +379,9 @@ async fn dispatch(
                         e.snapshots, e.files_deleted
                     )
                 });
+                if m.done.manifests_merged {
+                    expired += "; manifests merged";
+                }
                 if let Some(o) = &m.done.orphans {
                     expired += &format!("; {} orphan files deleted", o.files_deleted);
                 }

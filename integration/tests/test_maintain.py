@@ -24,9 +24,9 @@ def orders(d, name, events, rate, spec=None, interval="100ms", when=None):
                     sink, partitioning={"orders": spec} if spec else None, interval=interval)
 
 
-def maintain(p, *args):
+def maintain(p, *args, env=None):
     out = subprocess.run([BIN, "maintain", str(p.file), *args], cwd=p.dir, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env={**os.environ, **(env or {})})
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -58,6 +58,10 @@ def test_compaction_keeps_every_row_and_drops_the_deletes(tmp_path, duck):
     table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
     assert table.scan().to_arrow().num_rows == before[0]
     assert table.current_snapshot().summary.operation.value == "replace"
+    # Compaction's removals and the commits' manifests merged: one manifest per content.
+    assert "manifests merged" in out, out
+    manifests = duck.execute(f"select count(distinct manifest_path) from iceberg_metadata('{lake.metadata_location(p.catalog_db, p.table('orders'))}')").fetchone()[0]
+    assert manifests == 1, manifests
     # Nothing left to do: a second run changes nothing.
     assert "orders: 0 partitions compacted" in maintain(p)
     # Ingestion goes on over the compacted files (its lookups find the rewritten rows).
@@ -80,7 +84,10 @@ def test_compaction_while_ingestion_commits_loses_nothing(tmp_path, duck):
             except (KeyError, Exception):
                 time.sleep(0.2)
                 continue
-            outs.append(maintain(p))
+            # Every other run holds its rewrite 300 ms before committing: ingestion
+            # commits deletes into the files being rewritten meanwhile.
+            pause = "300" if len(outs) % 2 else "0"
+            outs.append(maintain(p, env={"LAKESHORE_TEST_COMPACT_PAUSE_MS": pause}))
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
     finally:
@@ -150,8 +157,9 @@ def test_snapshot_expiry_deletes_what_only_old_snapshots_reach(tmp_path, duck):
     m = re.search(r"(\d+) snapshots expired, (\d+) files deleted", out)
     assert m and int(m.group(1)) >= 8 and int(m.group(2)) > 0, out
     table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
-    assert [s.summary.operation.value for s in table.snapshots()][-1] == "replace"
-    assert "lakeshore.pipeline" in table.snapshots()[-2].summary.additional_properties
+    remaining = sorted(table.snapshots(), key=lambda s: s.sequence_number)
+    assert remaining[-1].summary.operation.value == "replace"
+    assert "lakeshore.pipeline" in remaining[0].summary.additional_properties, remaining
     # More ingestion, then expiry again: the compacted-away files go too.
     p.file.write_text(p.file.read_text().replace("events = 80000", "events = 100000"))
     p.backfill()
@@ -207,4 +215,33 @@ def test_orphan_cleanup_keeps_what_is_referenced_and_the_pending_checkpoint(tmp_
     # be missing (or the scan would fail).
     _, err = p.backfill()
     assert "recovered: committed pending files of the last checkpoint" in err, err[-2000:]
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+
+
+def test_the_daemon_maintains_in_the_background(tmp_path, duck):
+    """`[sink.maintenance] interval`: the daemon compacts the pipeline's table while the
+    pipeline runs, and publishes the table's file metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_daemon import Daemon
+
+    d = tmp_path / "pipelines"
+    d.mkdir()
+    p = orders(d, "bg", 60_000, 3_000, interval="200ms")
+    p.file.write_text(p.file.read_text() + '\n[sink.maintenance]\ninterval = "2s"\n'
+                      'compact_when = { delete_files = 3 }\n')
+    daemon = Daemon(d, [d])
+    try:
+        def metric(name):
+            families = {f.name: f for f in text_string_to_metric_families(daemon.get("/metrics")[1])}
+            return {s.labels.get("table"): s.value for s in families[name].samples} if name in families else {}
+
+        daemon.wait(lambda: "shop.orders" in metric("lakeshore_table_last_maintenance_timestamp_seconds"), 30,
+                    "the daemon maintains the table")
+        daemon.wait(lambda: "maintenance done" in daemon.log.read_text()
+                    and re.search(r"maintenance done.*partitions=[1-9]", daemon.log.read_text()), 60,
+                    "a background compaction")
+        assert metric("lakeshore_table_data_files")["shop.orders"] >= 1
+    finally:
+        assert daemon.stop() == 0
+    p.backfill()  # the rest of the bounded source
     assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)

@@ -323,6 +323,13 @@ async fn run_job(
         .iter()
         .map(|i| (Arc::from(i.path.as_str()), i.partition.clone()))
         .collect();
+    // Tests widen the window in which ingestion commits under a running compaction.
+    if let Some(ms) = std::env::var("LAKESHORE_TEST_COMPACT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let mut moved = 0u64;
     loop {
         match commit_rewrite(catalog, ident, &rewrite).await? {

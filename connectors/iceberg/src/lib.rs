@@ -75,6 +75,8 @@ pub struct IcebergOptions {
 pub struct Maintenance {
     /// Compaction.
     pub compacted: compact::CompactReport,
+    /// The manifests were merged into one per content and spec.
+    pub manifests_merged: bool,
     /// Snapshot expiry, when configured.
     pub expired: Option<expire::ExpireReport>,
     /// Orphan-file cleanup, when configured.
@@ -215,6 +217,8 @@ impl IcebergSink {
             &m.compact_when,
         )
         .await?;
+        // Fewer manifests for readers (compaction's removals, one or two per commit).
+        let merged = commit::merge_manifests(&self.catalog, &ident).await?;
         let expired = match m.expire_older_than {
             Some(age) => Some(expire::expire(&self.catalog, &ident, age, m.keep_last).await?),
             None => None,
@@ -257,6 +261,7 @@ impl IcebergSink {
         );
         Ok(Maintenance {
             compacted: report,
+            manifests_merged: merged,
             expired,
             orphans,
             stats,
