@@ -245,3 +245,20 @@ def test_the_daemon_maintains_in_the_background(tmp_path, duck):
         assert daemon.stop() == 0
     p.backfill()  # the rest of the bounded source
     assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+
+
+def test_a_million_rows_and_a_million_changes_compact_to_the_source_state(tmp_path, duck):
+    """The issue's scale: 1M rows, then 1M changes over 1 s checkpoints (hundreds of
+    thousands of position deletes into committed files), compacted: DuckDB reads the
+    generator's folded state, with no delete file left."""
+    p = Pipeline(tmp_path, "million", {"type": "datagen", "profile": "orders", "events": 2_000_000,
+                                        "initial_rows": 1_000_000, "seed": 1, "rate": 200_000},
+                 {"namespace": "shop", "mode": "upsert"}, interval="1s")
+    p.backfill()
+    before = digest(duck, p)
+    assert files_by_content(duck, p).get("DELETE", 0) >= 5
+    out = maintain(p)
+    assert re.search(r"orders: [1-9]\d* partitions compacted", out), out
+    assert files_by_content(duck, p).get("DELETE", 0) == 0
+    assert digest(duck, p) == before
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)

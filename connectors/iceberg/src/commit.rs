@@ -136,17 +136,30 @@ pub async fn commit_row_delta(
             return Ok(CommitOutcome::Committed);
         }
         // Lost the race: remove what this attempt wrote, then retry on the fresh table.
-        staged.discard(table.file_io()).await;
-        if attempt >= 20 {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("table {ident}: gave up after {attempt} commit conflicts"),
-            ));
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        discard(table.file_io(), &staged.files).await;
+        discard(table.file_io(), &[staged.location]).await;
+        lost_race(ident, "commit", attempt, &mut backoff).await?;
     }
     unreachable!("the retry loop returns")
+}
+
+/// After losing the catalog race `attempt` times: wait (backing off) before the next
+/// try, or give up after 20.
+async fn lost_race(
+    ident: &TableIdent,
+    what: &str,
+    attempt: u32,
+    backoff: &mut Duration,
+) -> Result<()> {
+    if attempt >= 20 {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("table {ident}: {what} gave up after {attempt} commit conflicts"),
+        ));
+    }
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    Ok(())
 }
 
 /// A data file that our lookup deletes point into and that a commit since the lookup's
@@ -271,14 +284,7 @@ pub async fn commit_rewrite(
             return Ok(RewriteOutcome::Committed);
         }
         discard(table.file_io(), &written).await;
-        if attempt >= 20 {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("table {ident}: compaction gave up after {attempt} commit conflicts"),
-            ));
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        lost_race(ident, "compaction", attempt, &mut backoff).await?;
     }
     unreachable!("the retry loop returns")
 }
@@ -601,16 +607,6 @@ pub async fn commit_schema(
 struct Staged {
     location: String,
     files: Vec<String>,
-}
-
-impl Staged {
-    async fn discard(self, file_io: &iceberg::io::FileIO) {
-        for f in self.files.iter().chain(std::iter::once(&self.location)) {
-            if let Err(e) = file_io.delete(f).await {
-                tracing::debug!(file = %f, error = %e, "could not remove a file of a failed commit attempt");
-            }
-        }
-    }
 }
 
 pub(crate) fn new_snapshot_id(md: &TableMetadata) -> i64 {

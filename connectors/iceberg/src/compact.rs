@@ -237,49 +237,32 @@ pub async fn compact(
     }
     // Stable order (and so stable file layout) across runs.
     chosen.sort_by_key(|(k, _)| format!("{}:{:?}", k.0, k.1));
-    let mut job: Vec<(PartitionKey, Partition)> = Vec::new();
+    // Partitions into commits of at most ROWS_PER_COMMIT rows each.
+    let mut jobs: Vec<Vec<(PartitionKey, Partition)>> = vec![Vec::new()];
     let mut job_rows = 0u64;
     for (key, p) in chosen {
-        job_rows += p.data.iter().map(|e| e.file.record_count()).sum::<u64>();
-        job.push((key, p));
         if job_rows >= ROWS_PER_COMMIT {
-            run_job(
-                catalog,
-                ident,
-                &table,
-                &base,
-                settings,
-                arrow_schema,
-                std::mem::take(&mut job),
-                &mut report,
-            )
-            .await?;
+            jobs.push(Vec::new());
             job_rows = 0;
         }
+        job_rows += p.data.iter().map(|e| e.file.record_count()).sum::<u64>();
+        jobs.last_mut().expect("one job at least").push((key, p));
     }
-    if !job.is_empty() {
-        run_job(
-            catalog,
-            ident,
-            &table,
-            &base,
-            settings,
-            arrow_schema,
-            job,
-            &mut report,
-        )
-        .await?;
+    for job in jobs.into_iter().filter(|j| !j.is_empty()) {
+        let job_ctx = (catalog, ident, &table, &base);
+        run_job(job_ctx, settings, arrow_schema, job, &mut report).await?;
     }
     Ok(report)
 }
 
 /// Rewrite the partitions of `job` and commit them in one snapshot.
-#[allow(clippy::too_many_arguments)]
 async fn run_job(
-    catalog: &CatalogHandle,
-    ident: &TableIdent,
-    table: &Table,
-    base: &iceberg::spec::SnapshotRef,
+    (catalog, ident, table, base): (
+        &CatalogHandle,
+        &TableIdent,
+        &Table,
+        &iceberg::spec::SnapshotRef,
+    ),
     settings: &FileSettings,
     arrow_schema: &ArrowSchemaRef,
     job: Vec<(PartitionKey, Partition)>,

@@ -148,6 +148,22 @@ struct Reach {
     dead: HashSet<String>,
 }
 
+/// Every manifest list, manifest, data and delete file (live or marked deleted) that a
+/// snapshot of `table` reaches.
+pub(crate) async fn reached_by_any_snapshot(table: &Table) -> Result<HashSet<String>> {
+    let mut manifests = Manifests::default();
+    let mut reach = Reach::default();
+    for s in table.metadata().snapshots() {
+        manifests.reached(table, s, &mut reach).await?;
+    }
+    Ok(reach
+        .paths
+        .into_iter()
+        .chain(reach.live)
+        .chain(reach.dead)
+        .collect())
+}
+
 /// Expire the snapshots of `ident` older than `older_than`, keeping at least `keep_last`.
 pub async fn expire(
     catalog: &CatalogHandle,

@@ -16,8 +16,6 @@ use iceberg::table::Table;
 use lakeshore_api::{Error, ErrorKind, Result, StorageOptions};
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::error::ice;
-
 /// What a cleanup did.
 #[derive(Debug, Default, Clone)]
 pub struct OrphanReport {
@@ -41,25 +39,8 @@ async fn referenced(table: &Table) -> Result<HashSet<String>> {
     for log in md.metadata_log() {
         paths.insert(normalise(&log.metadata_file).to_string());
     }
-    let mut seen_manifests = HashSet::new();
-    for snapshot in md.snapshots() {
-        paths.insert(normalise(snapshot.manifest_list()).to_string());
-        let list = table
-            .manifest_list_reader(snapshot)
-            .load()
-            .await
-            .map_err(ice)?;
-        for m in list.entries() {
-            paths.insert(normalise(&m.manifest_path).to_string());
-            if !seen_manifests.insert(m.manifest_path.clone()) {
-                continue;
-            }
-            let manifest = m.load_manifest(table.file_io()).await.map_err(ice)?;
-            // Files that entries mark deleted too: removing those is expiry's job.
-            for e in manifest.entries() {
-                paths.insert(normalise(e.data_file().file_path()).to_string());
-            }
-        }
+    for p in crate::expire::reached_by_any_snapshot(table).await? {
+        paths.insert(normalise(&p).to_string());
     }
     Ok(paths)
 }
