@@ -373,21 +373,21 @@ async fn dispatch(
             for m in done {
                 let r = &m.done.compacted;
                 let s = &m.done.stats;
-                let mut expired = m.done.expired.as_ref().map_or(String::new(), |e| {
+                let mut extra = m.done.expired.as_ref().map_or(String::new(), |e| {
                     format!(
                         "; {} snapshots expired, {} files deleted",
                         e.snapshots, e.files_deleted
                     )
                 });
                 if m.done.manifests_merged {
-                    expired += "; manifests merged";
+                    extra += "; manifests merged";
                 }
                 if let Some(o) = &m.done.orphans {
-                    expired += &format!("; {} orphan files deleted", o.files_deleted);
+                    extra += &format!("; {} orphan files deleted", o.files_deleted);
                 }
                 println!(
                     "{}: {} partitions compacted: {} data files and {} delete files replaced by {} \
-                     ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts){expired}; \
+                     ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts){extra}; \
                      now {} data files, {} delete files; {:.1} s, {:.0} rows/s",
                     m.table,
                     r.partitions,

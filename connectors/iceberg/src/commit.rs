@@ -20,9 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use iceberg::spec::{
-    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestListWriter,
-    ManifestStatus, ManifestWriterBuilder, Operation, Snapshot, SnapshotSummaryCollector, Summary,
-    TableMetadata,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestEntryRef,
+    ManifestListWriter, ManifestStatus, ManifestWriterBuilder, Operation, Snapshot,
+    SnapshotSummaryCollector, Summary, TableMetadata,
 };
 use iceberg::table::Table;
 use std::str::FromStr;
@@ -162,25 +162,22 @@ async fn lost_race(
     Ok(())
 }
 
-/// A data file that our lookup deletes point into and that a commit since the lookup's
-/// base snapshot removed (or a reason the base cannot be checked), if any.
-async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Option<String>> {
-    let (Some(base), false) = (delta.lookup_base, delta.referenced_files.is_empty()) else {
-        return Ok(None);
-    };
+/// The manifest entries written by the snapshots after `base` up to the current one
+/// (only `content`'s, when given), each with its manifest's partition spec id; `Err`
+/// with the reason when `base` is not in the current snapshot's history.
+async fn entries_since(
+    table: &Table,
+    base: i64,
+    content: Option<ManifestContentType>,
+) -> Result<std::result::Result<Vec<(i32, ManifestEntryRef)>, String>> {
     let md = table.metadata_ref();
     let Some(current) = md.current_snapshot_id() else {
-        return Ok(Some("the table has no snapshot any more".into()));
+        return Ok(Err("the table has no snapshot any more".into()));
     };
-    if current == base {
-        return Ok(None);
-    }
-    let referenced: HashSet<&str> = delta.referenced_files.iter().map(String::as_str).collect();
-    let mut saw_base = false;
+    let mut entries = Vec::new();
     for snap in iceberg::util::snapshot::ancestors_of(&md, current) {
         if snap.snapshot_id() == base {
-            saw_base = true;
-            break;
+            return Ok(Ok(entries));
         }
         let list = table
             .manifest_list_reader(&snap)
@@ -189,26 +186,36 @@ async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Opti
             .map_err(ice)?;
         for manifest in list.entries() {
             if manifest.added_snapshot_id != snap.snapshot_id()
-                || manifest.content != ManifestContentType::Data
+                || content.as_ref().is_some_and(|c| manifest.content != *c)
             {
                 continue;
             }
             let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
-            for entry in m.entries() {
-                if entry.status() == ManifestStatus::Deleted
-                    && referenced.contains(entry.data_file().file_path())
-                {
-                    return Ok(Some(entry.data_file().file_path().to_string()));
-                }
-            }
+            let spec_id = manifest.partition_spec_id;
+            entries.extend(m.entries().iter().map(|e| (spec_id, e.clone())));
         }
     }
-    if !saw_base {
-        return Ok(Some(
-            "the lookup's base snapshot is no longer an ancestor".into(),
-        ));
-    }
-    Ok(None)
+    Ok(Err("it is no longer in the table's history".into()))
+}
+
+/// A data file that our lookup deletes point into and that a commit since the lookup's
+/// base snapshot removed (or a reason the base cannot be checked), if any.
+async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Option<String>> {
+    let (Some(base), false) = (delta.lookup_base, delta.referenced_files.is_empty()) else {
+        return Ok(None);
+    };
+    let referenced: HashSet<&str> = delta.referenced_files.iter().map(String::as_str).collect();
+    let entries = match entries_since(table, base, Some(ManifestContentType::Data)).await? {
+        Ok(entries) => entries,
+        Err(why) => return Ok(Some(format!("the lookup's base snapshot: {why}"))),
+    };
+    Ok(entries
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| {
+            e.status() == ManifestStatus::Deleted && referenced.contains(e.data_file().file_path())
+        })
+        .map(|e| e.data_file().file_path().to_string()))
 }
 
 /// Files a compaction replaces, against the snapshot it read (`base`).
@@ -303,55 +310,32 @@ async fn since_base(
     table: &Table,
     rewrite: &Rewrite,
 ) -> Result<std::result::Result<Vec<String>, String>> {
-    let md = table.metadata_ref();
-    let Some(current) = md.current_snapshot_id() else {
-        return Ok(Err("the table has no snapshot any more".into()));
+    let entries = match entries_since(table, rewrite.base, None).await? {
+        Ok(entries) => entries,
+        Err(why) => return Ok(Err(format!("the snapshot the compaction read: {why}"))),
     };
     let mut late = Vec::new();
-    let mut saw_base = false;
-    for snap in iceberg::util::snapshot::ancestors_of(&md, current) {
-        if snap.snapshot_id() == rewrite.base {
-            saw_base = true;
-            break;
-        }
-        let list = table
-            .manifest_list_reader(&snap)
-            .load()
-            .await
-            .map_err(ice)?;
-        for manifest in list.entries() {
-            if manifest.added_snapshot_id != snap.snapshot_id() {
-                continue;
+    for (spec_id, entry) in &entries {
+        let f = entry.data_file();
+        let path = f.file_path();
+        match entry.status() {
+            ManifestStatus::Deleted
+                if rewrite.removed_data.contains(path)
+                    || rewrite.removed_deletes.contains(path) =>
+            {
+                return Ok(Err(format!("{path} was removed by another commit")));
             }
-            let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
-            for entry in m.entries() {
-                let f = entry.data_file();
-                let path = f.file_path();
-                match entry.status() {
-                    ManifestStatus::Deleted
-                        if rewrite.removed_data.contains(path)
-                            || rewrite.removed_deletes.contains(path) =>
-                    {
-                        return Ok(Err(format!("{path} was removed by another commit")));
-                    }
-                    ManifestStatus::Added
-                        if f.content_type() == iceberg::spec::DataContentType::PositionDeletes
-                            && rewrite
-                                .partitions
-                                .contains(&(manifest.partition_spec_id, f.partition().clone()))
-                            && !rewrite.moved_from.contains(path) =>
-                    {
-                        late.push(path.to_string());
-                    }
-                    _ => {}
-                }
+            ManifestStatus::Added
+                if f.content_type() == iceberg::spec::DataContentType::PositionDeletes
+                    && rewrite
+                        .partitions
+                        .contains(&(*spec_id, f.partition().clone()))
+                    && !rewrite.moved_from.contains(path) =>
+            {
+                late.push(path.to_string());
             }
+            _ => {}
         }
-    }
-    if !saw_base {
-        return Ok(Err(
-            "the snapshot the compaction read is no longer in the table's history".into(),
-        ));
     }
     Ok(Ok(late))
 }
