@@ -379,6 +379,15 @@ async fn dispatch(
                         e.snapshots, e.files_deleted
                     )
                 });
+                if r.deletes_merged > 0 {
+                    extra += &format!(
+                        "; {} delete files of {} partitions merged",
+                        r.merged_delete_files, r.deletes_merged
+                    );
+                }
+                if r.equality_rows > 0 {
+                    extra += &format!("; {} rows removed by equality deletes", r.equality_rows);
+                }
                 if m.done.manifests_merged {
                     extra += "; manifests merged";
                 }

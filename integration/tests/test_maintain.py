@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import lake
 from conftest import BIN, Pipeline, assert_same_rows, table_digest
@@ -73,7 +74,7 @@ def test_compaction_keeps_every_row_and_drops_the_deletes(tmp_path, duck):
 def test_compaction_while_ingestion_commits_loses_nothing(tmp_path, duck):
     """Compaction runs again and again while the pipeline commits every 100 ms; deletes
     that land on files being rewritten are moved onto the new files."""
-    p = orders(tmp_path, "busy", 200_000, 15_000, when={"delete_files": 1, "small_files": 2})
+    p = orders(tmp_path, "busy", 200_000, 15_000, when={"delete_files": 1, "small_files": 2, "deleted_ratio": 0.0})
     run = p.start()
     outs = []
     try:
@@ -262,3 +263,101 @@ def test_a_million_rows_and_a_million_changes_compact_to_the_source_state(tmp_pa
     assert files_by_content(duck, p).get("DELETE", 0) == 0
     assert digest(duck, p) == before
     assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+
+
+EQ_DELETES = str(Path(BIN).parent / "examples" / "equality_deletes")
+
+
+def foreign_equality_deletes(duck, p, where):
+    """Another writer (iceberg-rust's equality-delete writer, as Flink CDC writes them)
+    deletes the live rows `where` picks, by order_id; returns how many."""
+    rows = p.dir / f"eq-{abs(hash(where))}.parquet"
+    duck.execute(f"copy (select * from {lake.scan(p.catalog_db, p.table('orders'))} where {where}) to '{rows}'")
+    n = duck.execute(f"select count(*) from read_parquet('{rows}')").fetchone()[0]
+    out = subprocess.run([EQ_DELETES, f"sqlite:///{p.catalog_db.resolve()}", str(p.warehouse.resolve()),
+                          p.table("orders"), "order_id", str(rows)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return n
+
+
+def expected_without(duck, p, where):
+    """The generator's folded state minus the rows `where` picks."""
+    out = p.dir / f"expected-{abs(hash(where))}.parquet"
+    duck.execute(f"copy (select * from read_parquet('{p.expected() / 'orders.parquet'}') where not ({where})) to '{out}'")
+    return out
+
+
+def content_counts(p):
+    """Live files by content (0 data, 1 position deletes, 2 equality deletes), as
+    pyiceberg reads the metadata."""
+    files = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders").inspect.files().to_pylist()
+    counts = {}
+    for f in files:
+        counts[f["content"]] = counts.get(f["content"], 0) + 1
+    return counts
+
+
+def data_paths(duck, p):
+    return set(r[0] for r in duck.execute(
+        f"select file_path from iceberg_metadata('{lake.metadata_location(p.catalog_db, p.table('orders'))}') "
+        "where status != 'DELETED' and manifest_content = 'DATA'").fetchall())
+
+
+def test_equality_deletes_of_another_writer_are_applied_and_keep_applying(tmp_path, duck):
+    """Equality deletes committed before the compaction are applied by its rewrite;
+    those committed while it runs still apply to the rewritten files (they keep the
+    base's sequence number); the next run turns them into position deletes without
+    rewriting any data file, and pyiceberg (which refuses equality deletes) reads it."""
+    p = orders(tmp_path, "foreign", 60_000, 0, spec=["status"], when={"deleted_ratio": 0.0})
+    p.backfill()
+    first, second = "order_id % 40 = 0", "order_id % 40 = 1"
+    n1 = foreign_equality_deletes(duck, p, first)
+    assert n1 > 100 and content_counts(p).get(2, 0) >= 2
+    assert_same_rows(duck, p, "orders", expected_without(duck, p, first), ORDER_COLUMNS)
+    # A compaction that holds its rewrite 4 s: the second writer commits meanwhile.
+    m = subprocess.Popen([BIN, "maintain", str(p.file)], cwd=p.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "LAKESHORE_TEST_COMPACT_PAUSE_MS": "4000"})
+    time.sleep(1.5)
+    n2 = foreign_equality_deletes(duck, p, second)
+    out, err = m.communicate(timeout=120)
+    assert m.returncode == 0, err
+    assert re.search(rf"{n1} rows removed by equality deletes", out), out
+    assert n2 > 100
+    both = f"({first}) or ({second})"
+    assert_same_rows(duck, p, "orders", expected_without(duck, p, both), ORDER_COLUMNS)
+    counts = content_counts(p)
+    assert counts.get(1, 0) == 0 and counts.get(2, 0) >= 2, (counts, out)  # only the late ones
+    # The late equality deletes are few: merged into position deletes, data kept.
+    p.file.write_text(p.file.read_text().replace('"deleted_ratio" = 0.0', '"deleted_ratio" = 0.5'))
+    assert '"deleted_ratio" = 0.5' in p.file.read_text()
+    data = data_paths(duck, p)
+    out = maintain(p)
+    assert re.search(rf"{n2} rows removed by equality deletes", out) and "partitions merged" in out, out
+    assert "orders: 0 partitions compacted" in out, out
+    assert data_paths(duck, p) == data
+    counts = content_counts(p)
+    assert counts.get(2, 0) == 0 and 1 <= counts.get(1, 0) <= counts[0], counts
+    assert_same_rows(duck, p, "orders", expected_without(duck, p, both), ORDER_COLUMNS)
+    table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
+    assert table.scan().to_arrow().num_rows == duck.execute(
+        f"select count(*) from {lake.scan(p.catalog_db, p.table('orders'))}").fetchone()[0]
+
+
+def test_many_small_delete_files_merge_without_a_rewrite(tmp_path, duck):
+    """Few deleted rows in many delete files: the data files stay, each partition's
+    delete files become one."""
+    p = orders(tmp_path, "merge", 40_000, 20_000, spec=["status"], when={"delete_files": 2, "deleted_ratio": 0.99, "small_files": 100000})
+    p.backfill()
+    before = digest(duck, p)
+    data = data_paths(duck, p)
+    counts = content_counts(p)
+    assert counts.get(1, 0) > 2 * 4, counts
+    out = maintain(p)
+    assert "orders: 0 partitions compacted" in out and "partitions merged" in out, out
+    assert data_paths(duck, p) == data
+    after = content_counts(p)
+    partitions = duck.execute(f"select count(distinct status) from {lake.scan(p.catalog_db, p.table('orders'))}").fetchone()[0]
+    assert 1 <= after.get(1, 0) <= partitions, after
+    assert digest(duck, p) == before
+    assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
+    assert "partitions merged" not in maintain(p)

@@ -234,11 +234,14 @@ pub struct Rewrite {
     pub partitions: HashSet<(i32, iceberg::spec::Struct)>,
     /// The rewritten data files.
     pub added: Vec<(DataFile, i32)>,
-    /// Position deletes that landed after `base` into removed files, moved onto the
-    /// rewritten files.
-    pub moved_deletes: Vec<(DataFile, i32)>,
-    /// The position-delete files `moved_deletes` came from.
+    /// New position-delete files: deletes that landed after `base` into removed files,
+    /// moved onto the rewritten files; or a partition's deletes merged into one file.
+    pub added_deletes: Vec<(DataFile, i32)>,
+    /// The position-delete files whose deletes were moved into `added_deletes`.
     pub moved_from: HashSet<String>,
+    /// Data files that `added_deletes` point to and that stay: a commit since `base`
+    /// that removed one of them is a conflict.
+    pub referenced: HashSet<String>,
 }
 
 /// How a rewrite attempt ended.
@@ -321,7 +324,8 @@ async fn since_base(
         match entry.status() {
             ManifestStatus::Deleted
                 if rewrite.removed_data.contains(path)
-                    || rewrite.removed_deletes.contains(path) =>
+                    || rewrite.removed_deletes.contains(path)
+                    || rewrite.referenced.contains(path) =>
             {
                 return Ok(Err(format!("{path} was removed by another commit")));
             }
@@ -418,13 +422,14 @@ async fn stage_rewrite(
         }
         manifests.push(writer.write_manifest_file().await.map_err(ice)?);
     }
-    // The rewritten files keep the base's sequence number; moved deletes take this
-    // snapshot's (they must apply to the rewritten files).
+    // The rewritten files keep the base's sequence number; new delete files take this
+    // snapshot's (moved deletes must apply to the rewritten files; merged ones name
+    // their files by path, which all predate them).
     let mut groups: HashMap<(bool, i32), Vec<DataFile>> = HashMap::new();
     for (f, spec) in &rewrite.added {
         groups.entry((false, *spec)).or_default().push(f.clone());
     }
-    for (f, spec) in &rewrite.moved_deletes {
+    for (f, spec) in &rewrite.added_deletes {
         groups.entry((true, *spec)).or_default().push(f.clone());
     }
     for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {

@@ -13,32 +13,43 @@
 //! - **Conflicts:** if a commit since `base` removed a file compaction read (another
 //!   compaction, a truncation), nothing is committed and the next run starts over. A
 //!   crash leaves only unreferenced files (orphans), never a changed table.
-//! - **Equality deletes** (written by other tools; lakeshore writes none) are not applied
-//!   here yet: partitions that carry them are left alone, with a warning.
+//! - **Equality deletes** (written by other tools; lakeshore writes none) are applied
+//!   too (see [`crate::equality`]); those of the partition go with the rewrite. Equality
+//!   deletes of an unpartitioned spec in a partitioned table apply to every partition and
+//!   stay (they no longer match the rewritten files, whose sequence number is not lower).
+//!
+//! **Cheaper than a rewrite:** a partition whose data files are fine (few deleted rows,
+//! few small files) but that has many delete files, or any equality delete, keeps its
+//! data files: its position deletes, and the rows its equality deletes remove (found
+//! by reading only the equality columns), are written into one position-delete file,
+//! which replaces all its delete files. One file per partition rather than one per data
+//! file: readers attach every position-delete file of a partition to each of its data
+//! files, so one file is the least they open; its `file_path` bounds let them skip it.
 //!
 //! Memory: one Parquet batch at a time, the positions deleted in the partitions of one
-//! commit, and 8 bytes per row rewritten (where it went); commits are cut at
-//! [`ROWS_PER_COMMIT`] rows.
+//! commit, the equality-delete keys of one partition, and 8 bytes per row rewritten
+//! (where it went); commits are cut at [`ROWS_PER_COMMIT`] rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
+use arrow_array::{BooleanArray, RecordBatch, StringArray};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use futures::TryStreamExt;
 use iceberg::TableIdent;
 use iceberg::spec::{DataContentType, DataFile, ManifestStatus, Struct};
 use iceberg::table::Table;
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::Result;
 
 use crate::catalog::CatalogHandle;
 use crate::commit::{Rewrite, RewriteOutcome, commit_rewrite};
+use crate::equality::EqualityDeletes;
 use crate::error::{ice, internal, io};
 use crate::lookup::open_parquet;
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
-use crate::schema::widen;
+use crate::schema::{column_sources, conform_file};
 use crate::writer::{FileSettings, PartitionedWriter, RowLocation};
 
 /// Rows rewritten per commit at most (bounds the row map, 8 bytes per row).
@@ -70,6 +81,12 @@ impl Default for CompactWhen {
 pub struct CompactReport {
     /// Partitions rewritten (committed).
     pub partitions: usize,
+    /// Partitions whose delete files were merged into one, data files kept.
+    pub deletes_merged: usize,
+    /// Delete files replaced by those merges.
+    pub merged_delete_files: usize,
+    /// Rows removed by equality deletes, dropped or turned into position deletes.
+    pub equality_rows: u64,
     /// Data files read and replaced.
     pub data_files_removed: usize,
     /// Delete files no longer needed.
@@ -84,8 +101,6 @@ pub struct CompactReport {
     pub deletes_moved: u64,
     /// Commits given up because another commit removed files they read.
     pub conflicts: usize,
-    /// Partitions left alone because they carry equality deletes.
-    pub skipped_equality: usize,
 }
 
 /// The files of a table's current snapshot, for metrics and reports.
@@ -114,16 +129,16 @@ pub async fn stats(table: &Table) -> Result<TableStats> {
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
         return Ok(s);
     };
-    for p in inventory(table, &snapshot).await?.values() {
+    for p in inventory(table, &snapshot).await?.parts.values() {
         s.data_files += p.data.len();
         s.data_rows += p.data.iter().map(|e| e.file.record_count()).sum::<u64>();
-        s.delete_files += p.position_deletes.len() + p.equality_deletes;
+        s.delete_files += p.position_deletes.len() + p.equality_deletes.len();
         s.deleted_rows += p
             .position_deletes
             .iter()
+            .chain(&p.equality_deletes)
             .map(|e| e.file.record_count())
-            .sum::<u64>()
-            + p.equality_rows;
+            .sum::<u64>();
     }
     Ok(s)
 }
@@ -142,8 +157,39 @@ type PartitionKey = (i32, Struct);
 struct Partition {
     data: Vec<Entry>,
     position_deletes: Vec<Entry>,
-    equality_deletes: usize,
-    equality_rows: u64,
+    equality_deletes: Vec<Entry>,
+}
+
+/// The live files of a snapshot.
+struct Inventory {
+    parts: HashMap<PartitionKey, Partition>,
+    /// Equality deletes of an unpartitioned spec: they apply to every partition (they are
+    /// in `parts` too, under their own key).
+    global: Vec<(PartitionKey, Entry)>,
+}
+
+impl Inventory {
+    /// The equality deletes that apply to partition `key`, with their sequence numbers.
+    fn equality_for<'a>(
+        &'a self,
+        key: &PartitionKey,
+        p: &'a Partition,
+    ) -> Vec<(&'a DataFile, i64)> {
+        p.equality_deletes
+            .iter()
+            .chain(self.global.iter().filter(|(k, _)| k != key).map(|(_, e)| e))
+            .map(|e| (&e.file, e.seq))
+            .collect()
+    }
+}
+
+/// What compaction does to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Rewrite its data files with every delete applied.
+    Rewrite,
+    /// Keep its data files; merge its deletes into one position-delete file.
+    MergeDeletes,
 }
 
 /// Per file read: where each of its rows went (`NONE`: deleted), packed as file id << 40
@@ -152,17 +198,19 @@ type RowMap = HashMap<String, Vec<u64>>;
 const NONE: u64 = u64::MAX;
 
 /// The live files of `snapshot`, by partition.
-async fn inventory(
-    table: &Table,
-    snapshot: &iceberg::spec::SnapshotRef,
-) -> Result<HashMap<PartitionKey, Partition>> {
+async fn inventory(table: &Table, snapshot: &iceberg::spec::SnapshotRef) -> Result<Inventory> {
     let list = table
         .manifest_list_reader(snapshot)
         .load()
         .await
         .map_err(ice)?;
     let mut parts: HashMap<PartitionKey, Partition> = HashMap::new();
+    let mut global = Vec::new();
     for manifest in list.entries() {
+        let unpartitioned = table
+            .metadata()
+            .partition_spec_by_id(manifest.partition_spec_id)
+            .is_none_or(|s| s.is_unpartitioned());
         let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
         for e in m.entries() {
             if e.status() == ManifestStatus::Deleted {
@@ -179,34 +227,54 @@ async fn inventory(
                 DataContentType::Data => p.data.push(entry),
                 DataContentType::PositionDeletes => p.position_deletes.push(entry),
                 DataContentType::EqualityDeletes => {
-                    p.equality_deletes += 1;
-                    p.equality_rows += f.record_count();
+                    if unpartitioned {
+                        global.push((
+                            (manifest.partition_spec_id, f.partition().clone()),
+                            entry.clone(),
+                        ));
+                    }
+                    p.equality_deletes.push(entry);
                 }
             }
         }
     }
-    Ok(parts)
+    Ok(Inventory { parts, global })
 }
 
-fn worth_it(p: &Partition, when: &CompactWhen, target_file_size: u64) -> bool {
+/// What `when` asks for partition `p` (with `equality` applying to it), if anything: a
+/// rewrite when many rows are deleted or many files are small; else a merge of its
+/// delete files when they are many or include equality deletes.
+fn action(
+    p: &Partition,
+    equality: &[(&DataFile, i64)],
+    when: &CompactWhen,
+    target_file_size: u64,
+) -> Option<Action> {
     if p.data.is_empty() {
-        return false;
+        return None;
     }
     let rows: u64 = p.data.iter().map(|e| e.file.record_count()).sum();
     let deleted: u64 = p
         .position_deletes
         .iter()
         .map(|e| e.file.record_count())
+        .chain(equality.iter().map(|(f, _)| f.record_count()))
         .sum();
     let small = p
         .data
         .iter()
         .filter(|e| e.file.file_size_in_bytes() < target_file_size / 4 * 3)
         .count();
-    let deletes = p.position_deletes.len();
-    (deletes > 0 && deletes >= when.delete_files)
-        || (deleted > 0 && deleted as f64 >= when.deleted_ratio * rows.max(1) as f64)
+    let deletes = p.position_deletes.len() + equality.len();
+    if (deleted > 0 && deleted as f64 >= when.deleted_ratio * rows.max(1) as f64)
         || (small > 1 && small >= when.small_files)
+    {
+        Some(Action::Rewrite)
+    } else if !equality.is_empty() || (deletes > 1 && deletes >= when.delete_files) {
+        Some(Action::MergeDeletes)
+    } else {
+        None
+    }
 }
 
 /// Compact the partitions of `ident` that `when` picks.
@@ -222,25 +290,47 @@ pub async fn compact(
     let Some(base) = table.metadata().current_snapshot().cloned() else {
         return Ok(report);
     };
-    let mut parts = inventory(&table, &base).await?;
-    let mut chosen: Vec<(PartitionKey, Partition)> = Vec::new();
-    for (key, p) in parts.drain() {
-        if !worth_it(&p, when, settings.target_file_size as u64) {
+    let mut inv = inventory(&table, &base).await?;
+    let mut rewrite: Vec<(PartitionKey, Partition)> = Vec::new();
+    let mut merge: Vec<(PartitionKey, Partition)> = Vec::new();
+    let keys: Vec<PartitionKey> = inv.parts.keys().cloned().collect();
+    for key in keys {
+        let p = &inv.parts[&key];
+        let equality = inv.equality_for(&key, p);
+        let Some(act) = action(p, &equality, when, settings.target_file_size as u64) else {
             continue;
+        };
+        let p = inv.parts.remove(&key).expect("listed above");
+        match act {
+            Action::Rewrite => rewrite.push((key, p)),
+            Action::MergeDeletes => merge.push((key, p)),
         }
-        if p.equality_deletes > 0 {
-            tracing::warn!(table = %ident, partition = ?key.1, "partition carries equality deletes (from another writer); not compacted");
-            report.skipped_equality += 1;
-            continue;
-        }
-        chosen.push((key, p));
     }
-    // Stable order (and so stable file layout) across runs.
-    chosen.sort_by_key(|(k, _)| format!("{}:{:?}", k.0, k.1));
-    // Partitions into commits of at most ROWS_PER_COMMIT rows each.
+    let ctx = Job {
+        catalog,
+        ident,
+        table: &table,
+        base: &base,
+        inv: &inv,
+        settings,
+        arrow_schema,
+    };
+    for job in commits(rewrite) {
+        ctx.rewrite(job, &mut report).await?;
+    }
+    for job in commits(merge) {
+        ctx.merge_deletes(job, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// `parts` in a stable order (and so a stable file layout across runs), cut into
+/// commits of at most [`ROWS_PER_COMMIT`] data rows each.
+fn commits(mut parts: Vec<(PartitionKey, Partition)>) -> Vec<Vec<(PartitionKey, Partition)>> {
+    parts.sort_by_key(|(k, _)| format!("{}:{:?}", k.0, k.1));
     let mut jobs: Vec<Vec<(PartitionKey, Partition)>> = vec![Vec::new()];
     let mut job_rows = 0u64;
-    for (key, p) in chosen {
+    for (key, p) in parts {
         if job_rows >= ROWS_PER_COMMIT {
             jobs.push(Vec::new());
             job_rows = 0;
@@ -248,115 +338,227 @@ pub async fn compact(
         job_rows += p.data.iter().map(|e| e.file.record_count()).sum::<u64>();
         jobs.last_mut().expect("one job at least").push((key, p));
     }
-    for job in jobs.into_iter().filter(|j| !j.is_empty()) {
-        let job_ctx = (catalog, ident, &table, &base);
-        run_job(job_ctx, settings, arrow_schema, job, &mut report).await?;
-    }
-    Ok(report)
+    jobs.retain(|j| !j.is_empty());
+    jobs
 }
 
-/// Rewrite the partitions of `job` and commit them in one snapshot.
-async fn run_job(
-    (catalog, ident, table, base): (
-        &CatalogHandle,
-        &TableIdent,
-        &Table,
-        &iceberg::spec::SnapshotRef,
-    ),
-    settings: &FileSettings,
-    arrow_schema: &ArrowSchemaRef,
-    job: Vec<(PartitionKey, Partition)>,
-    report: &mut CompactReport,
-) -> Result<()> {
-    let file_io = table.file_io();
-    let mut writer = PartitionedWriter::new(settings.clone())?;
-    let mut rewrite = Rewrite {
-        base: base.snapshot_id(),
-        base_seq: base.sequence_number(),
-        ..Default::default()
-    };
-    let mut map: RowMap = HashMap::new();
-    let mut rows = 0u64;
-    let mut dropped = 0u64;
-    for (key, p) in &job {
-        let deleted = deleted_positions(file_io, p).await?;
-        let mut data = p.data.clone();
-        data.sort_by(|a, b| a.file.file_path().cmp(b.file.file_path()));
-        for e in &data {
-            let path = e.file.file_path();
-            let gone = deleted.get(path);
-            let (kept, lost, where_) =
-                rewrite_file(file_io, path, gone, arrow_schema, &mut writer).await?;
-            rows += kept;
-            dropped += lost;
-            map.insert(path.to_string(), where_);
-            rewrite.removed_data.insert(path.to_string());
+/// What every commit of one compaction run shares.
+struct Job<'a> {
+    catalog: &'a CatalogHandle,
+    ident: &'a TableIdent,
+    table: &'a Table,
+    base: &'a iceberg::spec::SnapshotRef,
+    inv: &'a Inventory,
+    settings: &'a FileSettings,
+    arrow_schema: &'a ArrowSchemaRef,
+}
+
+impl Job<'_> {
+    fn new_rewrite(&self) -> Rewrite {
+        Rewrite {
+            base: self.base.snapshot_id(),
+            base_seq: self.base.sequence_number(),
+            ..Default::default()
         }
-        for d in &p.position_deletes {
+    }
+
+    /// Every position partition `p` (under `key`) deletes, per data file: its position
+    /// deletes and the rows its equality deletes remove; with the count of the latter.
+    async fn deleted(
+        &self,
+        key: &PartitionKey,
+        p: &Partition,
+    ) -> Result<(HashMap<String, HashSet<i64>>, u64)> {
+        let file_io = self.table.file_io();
+        let mut deleted = deleted_positions(file_io, p).await?;
+        let equality = self.inv.equality_for(key, p);
+        let eq = EqualityDeletes::load(file_io, &equality, self.arrow_schema).await?;
+        let mut by_equality = 0u64;
+        if !eq.is_empty() {
+            for e in &p.data {
+                let out = deleted.entry(e.file.file_path().to_string()).or_default();
+                by_equality += eq.deleted_in(file_io, &e.file, e.seq, out).await?;
+            }
+        }
+        Ok((deleted, by_equality))
+    }
+
+    /// Commit `rewrite`: moving the deletes that land meanwhile (via `map`, onto
+    /// `new_paths`), or giving up (and removing what it wrote) on a conflict. Returns
+    /// false when it gave up, with the number of deletes moved.
+    async fn land(
+        &self,
+        rewrite: &mut Rewrite,
+        map: &RowMap,
+        new_paths: &[(Arc<str>, Struct)],
+        report: &mut CompactReport,
+    ) -> Result<(bool, u64)> {
+        let file_io = self.table.file_io();
+        let spec_id = self.settings.spec.spec_id();
+        let mut moved = 0u64;
+        loop {
+            match commit_rewrite(self.catalog, self.ident, rewrite).await? {
+                RewriteOutcome::Committed => return Ok((true, moved)),
+                RewriteOutcome::LateDeletes(late) => {
+                    for path in late {
+                        let (files, n) =
+                            move_deletes(file_io, self.settings, &path, map, new_paths).await?;
+                        moved += n;
+                        rewrite
+                            .added_deletes
+                            .extend(files.into_iter().map(|f| (f, spec_id)));
+                        rewrite.moved_from.insert(path);
+                    }
+                }
+                RewriteOutcome::Conflict(why) => {
+                    tracing::warn!(table = %self.ident, reason = %why, "compaction gave up; the next run starts over");
+                    report.conflicts += 1;
+                    for (f, _) in rewrite.added.iter().chain(&rewrite.added_deletes) {
+                        let _ = file_io.delete(f.file_path()).await;
+                    }
+                    return Ok((false, moved));
+                }
+            }
+        }
+    }
+
+    /// Rewrite the partitions of `job` and commit them in one snapshot.
+    async fn rewrite(
+        &self,
+        job: Vec<(PartitionKey, Partition)>,
+        report: &mut CompactReport,
+    ) -> Result<()> {
+        let file_io = self.table.file_io();
+        let mut writer = PartitionedWriter::new(self.settings.clone())?;
+        let mut rewrite = self.new_rewrite();
+        let mut map: RowMap = HashMap::new();
+        let (mut rows, mut dropped, mut by_equality) = (0u64, 0u64, 0u64);
+        for (key, p) in &job {
+            let (deleted, eq) = self.deleted(key, p).await?;
+            by_equality += eq;
+            let mut data = p.data.clone();
+            data.sort_by(|a, b| a.file.file_path().cmp(b.file.file_path()));
+            for e in &data {
+                let path = e.file.file_path();
+                let gone = deleted.get(path);
+                let (kept, lost, where_) =
+                    rewrite_file(file_io, path, gone, self.arrow_schema, &mut writer).await?;
+                rows += kept;
+                dropped += lost;
+                map.insert(path.to_string(), where_);
+                rewrite.removed_data.insert(path.to_string());
+            }
+            for d in p.position_deletes.iter().chain(&p.equality_deletes) {
+                rewrite
+                    .removed_deletes
+                    .insert(d.file.file_path().to_string());
+            }
+            rewrite.partitions.insert(key.clone());
+        }
+        let (files, infos) = writer.close().await?;
+        let spec_id = self.settings.spec.spec_id();
+        rewrite.added = files.into_iter().map(|f| (f, spec_id)).collect();
+        let new_paths: Vec<(Arc<str>, Struct)> = infos
+            .iter()
+            .map(|i| (Arc::from(i.path.as_str()), i.partition.clone()))
+            .collect();
+        // Tests widen the window in which ingestion commits under a running compaction.
+        if let Some(ms) = std::env::var("LAKESHORE_TEST_COMPACT_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let (landed, moved) = self.land(&mut rewrite, &map, &new_paths, report).await?;
+        if !landed {
+            return Ok(());
+        }
+        report.partitions += job.len();
+        report.data_files_removed += rewrite.removed_data.len();
+        report.delete_files_removed += rewrite.removed_deletes.len();
+        report.data_files_added += rewrite.added.len();
+        report.rows += rows;
+        report.rows_dropped += dropped;
+        report.deletes_moved += moved;
+        report.equality_rows += by_equality;
+        tracing::info!(
+            table = %self.ident,
+            partitions = job.len(),
+            data_files_removed = rewrite.removed_data.len(),
+            delete_files_removed = rewrite.removed_deletes.len(),
+            data_files_added = rewrite.added.len(),
+            rows,
+            rows_dropped = dropped,
+            equality_rows = by_equality,
+            deletes_moved = moved,
+            "compacted"
+        );
+        Ok(())
+    }
+
+    /// Merge the delete files of each partition of `job` into one position-delete file
+    /// (equality deletes turned into positions), its data files kept; one snapshot.
+    async fn merge_deletes(
+        &self,
+        job: Vec<(PartitionKey, Partition)>,
+        report: &mut CompactReport,
+    ) -> Result<()> {
+        let file_io = self.table.file_io();
+        let md = self.table.metadata();
+        let mut rewrite = self.new_rewrite();
+        let mut by_equality = 0u64;
+        for (key, p) in &job {
+            let (deleted, eq) = self.deleted(key, p).await?;
+            by_equality += eq;
+            let deletes: PartitionDeletes = deleted
+                .into_iter()
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(path, d)| (Arc::from(path.as_str()), d.into_iter().collect()))
+                .collect();
             rewrite
-                .removed_deletes
-                .insert(d.file.file_path().to_string());
-        }
-        rewrite.partitions.insert(key.clone());
-    }
-    let (files, infos) = writer.close().await?;
-    let spec_id = settings.spec.spec_id();
-    rewrite.added = files.into_iter().map(|f| (f, spec_id)).collect();
-    let new_paths: Vec<(Arc<str>, Struct)> = infos
-        .iter()
-        .map(|i| (Arc::from(i.path.as_str()), i.partition.clone()))
-        .collect();
-    // Tests widen the window in which ingestion commits under a running compaction.
-    if let Some(ms) = std::env::var("LAKESHORE_TEST_COMPACT_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
-    let mut moved = 0u64;
-    loop {
-        match commit_rewrite(catalog, ident, &rewrite).await? {
-            RewriteOutcome::Committed => break,
-            RewriteOutcome::LateDeletes(late) => {
-                for path in late {
-                    let (files, n) =
-                        move_deletes(file_io, settings, &path, &map, &new_paths).await?;
-                    moved += n;
-                    rewrite
-                        .moved_deletes
-                        .extend(files.into_iter().map(|f| (f, spec_id)));
-                    rewrite.moved_from.insert(path);
-                }
+                .referenced
+                .extend(deletes.keys().map(|k| k.to_string()));
+            if !deletes.is_empty() {
+                let spec = md
+                    .partition_spec_by_id(key.0)
+                    .ok_or_else(|| internal(format!("partition spec {} is gone", key.0)))?;
+                let file = write_position_deletes(
+                    file_io,
+                    &self.settings.locations,
+                    md.current_schema(),
+                    spec,
+                    key.1.clone(),
+                    deletes,
+                    &self.settings.props,
+                )
+                .await?;
+                rewrite.added_deletes.push((file, key.0));
             }
-            RewriteOutcome::Conflict(why) => {
-                tracing::warn!(table = %ident, reason = %why, "compaction gave up; the next run starts over");
-                report.conflicts += 1;
-                for (f, _) in rewrite.added.iter().chain(&rewrite.moved_deletes) {
-                    let _ = file_io.delete(f.file_path()).await;
-                }
-                return Ok(());
+            for d in p.position_deletes.iter().chain(&p.equality_deletes) {
+                rewrite
+                    .removed_deletes
+                    .insert(d.file.file_path().to_string());
             }
         }
+        let (landed, _) = self
+            .land(&mut rewrite, &HashMap::new(), &[], report)
+            .await?;
+        if !landed {
+            return Ok(());
+        }
+        report.deletes_merged += job.len();
+        report.merged_delete_files += rewrite.removed_deletes.len();
+        report.equality_rows += by_equality;
+        tracing::info!(
+            table = %self.ident,
+            partitions = job.len(),
+            delete_files_removed = rewrite.removed_deletes.len(),
+            delete_files_added = rewrite.added_deletes.len(),
+            equality_rows = by_equality,
+            "delete files merged"
+        );
+        Ok(())
     }
-    report.partitions += job.len();
-    report.data_files_removed += rewrite.removed_data.len();
-    report.delete_files_removed += rewrite.removed_deletes.len();
-    report.data_files_added += rewrite.added.len();
-    report.rows += rows;
-    report.rows_dropped += dropped;
-    report.deletes_moved += moved;
-    tracing::info!(
-        table = %ident,
-        partitions = job.len(),
-        data_files_removed = rewrite.removed_data.len(),
-        delete_files_removed = rewrite.removed_deletes.len(),
-        data_files_added = rewrite.added.len(),
-        rows,
-        rows_dropped = dropped,
-        deletes_moved = moved,
-        "compacted"
-    );
-    Ok(())
 }
 
 /// Positions removed by the partition's live position deletes, per data file of it.
@@ -421,7 +623,7 @@ async fn rewrite_file(
     let mut locations = Vec::new();
     while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
         let n = batch.num_rows();
-        let conformed = conform(&batch, &columns, arrow_schema)?;
+        let conformed = conform_file(&batch, &columns, arrow_schema)?;
         let keep: Vec<bool> = (0..n)
             .map(|i| deleted.is_none_or(|d| !d.contains(&(offset + i as i64))))
             .collect();
@@ -450,58 +652,6 @@ async fn rewrite_file(
         offset += n as i64;
     }
     Ok((kept, lost, where_))
-}
-
-/// For each column of the table schema, the file column holding it (matched by field id,
-/// or by name in files without ids); `None`: the file predates the column.
-fn column_sources(
-    file: &ArrowSchemaRef,
-    table: &ArrowSchemaRef,
-    path: &str,
-) -> Result<Vec<Option<usize>>> {
-    const FIELD_ID: &str = "PARQUET:field_id";
-    let by_id: HashMap<&str, usize> = file
-        .fields()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| f.metadata().get(FIELD_ID).map(|id| (id.as_str(), i)))
-        .collect();
-    table
-        .fields()
-        .iter()
-        .map(|f| {
-            let found = match f.metadata().get(FIELD_ID) {
-                Some(id) if !by_id.is_empty() => by_id.get(id.as_str()).copied(),
-                _ => file.index_of(f.name()).ok(),
-            };
-            if found.is_none() && !f.is_nullable() {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("{path}: required column {} is missing", f.name()),
-                ));
-            }
-            Ok(found)
-        })
-        .collect()
-}
-
-/// `batch` in the table's schema: columns by their source, widened where the file has a
-/// narrower type, null where the file predates the column.
-fn conform(
-    batch: &RecordBatch,
-    sources: &[Option<usize>],
-    table: &ArrowSchemaRef,
-) -> Result<RecordBatch> {
-    let columns: Vec<ArrayRef> = table
-        .fields()
-        .iter()
-        .zip(sources)
-        .map(|(f, s)| match s {
-            Some(i) => widen(batch.column(*i).clone(), f.data_type()),
-            None => new_null_array(f.data_type(), batch.num_rows()),
-        })
-        .collect();
-    RecordBatch::try_new(table.clone(), columns).map_err(|e| internal(e.to_string()))
 }
 
 /// The deletes of position-delete file `path` that point into rewritten files, moved

@@ -23,6 +23,7 @@ use lakeshore_api::{
 pub mod catalog;
 pub mod commit;
 pub mod compact;
+mod equality;
 mod error;
 pub mod expire;
 pub mod lookup;

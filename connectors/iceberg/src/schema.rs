@@ -2,10 +2,11 @@
 //! identifier fields, partition expressions (`day(created_at)`, `bucket[16](id)`) →
 //! partition specs, and re-stamping batches with the table's field ids.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
 use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
@@ -311,6 +312,58 @@ pub fn conform(table: &str, target: &ArrowSchemaRef, batch: &RecordBatch) -> Res
         )
         .with_source(e)
     })
+}
+
+/// For each column of the table schema, the file column holding it (matched by field id,
+/// or by name in files without ids); `None`: the file predates the column.
+pub(crate) fn column_sources(
+    file: &ArrowSchemaRef,
+    table: &ArrowSchemaRef,
+    path: &str,
+) -> Result<Vec<Option<usize>>> {
+    const FIELD_ID: &str = "PARQUET:field_id";
+    let by_id: HashMap<&str, usize> = file
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.metadata().get(FIELD_ID).map(|id| (id.as_str(), i)))
+        .collect();
+    table
+        .fields()
+        .iter()
+        .map(|f| {
+            let found = match f.metadata().get(FIELD_ID) {
+                Some(id) if !by_id.is_empty() => by_id.get(id.as_str()).copied(),
+                _ => file.index_of(f.name()).ok(),
+            };
+            if found.is_none() && !f.is_nullable() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("{path}: required column {} is missing", f.name()),
+                ));
+            }
+            Ok(found)
+        })
+        .collect()
+}
+
+/// `batch` in the table's schema: columns by their source, widened where the file has a
+/// narrower type, null where the file predates the column.
+pub(crate) fn conform_file(
+    batch: &RecordBatch,
+    sources: &[Option<usize>],
+    table: &ArrowSchemaRef,
+) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = table
+        .fields()
+        .iter()
+        .zip(sources)
+        .map(|(f, s)| match s {
+            Some(i) => widen(batch.column(*i).clone(), f.data_type()),
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(table.clone(), columns).map_err(|e| internal(e.to_string()))
 }
 
 #[cfg(test)]
