@@ -172,3 +172,125 @@ impl EqualityDeletes {
         Ok(added)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat, Struct};
+    use parquet::arrow::ArrowWriter;
+
+    use super::*;
+
+    fn field(name: &str, id: i32, dt: DataType) -> Field {
+        Field::new(name, dt, true)
+            .with_metadata(HashMap::from([(FIELD_ID.to_string(), id.to_string())]))
+    }
+
+    /// A Parquet file of `columns` at `dir/name`, described as an equality-delete file on
+    /// `ids` (or a data file when `ids` is empty).
+    fn file(
+        dir: &std::path::Path,
+        name: &str,
+        columns: Vec<(Field, ArrayRef)>,
+        ids: &[i32],
+    ) -> DataFile {
+        let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+        let path = dir.join(name);
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None)
+                .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let mut b = DataFileBuilder::default();
+        b.content(if ids.is_empty() {
+            DataContentType::Data
+        } else {
+            DataContentType::EqualityDeletes
+        })
+        .file_path(path.display().to_string())
+        .file_format(DataFileFormat::Parquet)
+        .partition(Struct::empty())
+        .record_count(batch.num_rows() as u64)
+        .file_size_in_bytes(std::fs::metadata(&path).unwrap().len())
+        .equality_ids((!ids.is_empty()).then(|| ids.to_vec()));
+        b.build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn deletes_apply_to_older_files_by_value_null_matching_null() {
+        let dir = std::env::temp_dir().join(format!("lakeshore-eq-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = field("id", 1, DataType::Int64);
+        let name = field("name", 2, DataType::Utf8);
+        let table = Arc::new(Schema::new(vec![id.clone(), name.clone()]));
+        let data = file(
+            &dir,
+            "data.parquet",
+            vec![
+                (
+                    id.clone(),
+                    Arc::new(Int64Array::from(vec![
+                        Some(1),
+                        Some(2),
+                        None,
+                        Some(4),
+                        Some(5),
+                    ])),
+                ),
+                (
+                    name.clone(),
+                    Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e"])),
+                ),
+            ],
+            &[],
+        );
+        // Written by a writer whose id column is still 32-bit: widened to the table's.
+        let newer = file(
+            &dir,
+            "newer.parquet",
+            vec![(
+                field("id", 1, DataType::Int32),
+                Arc::new(Int32Array::from(vec![Some(2), None, Some(9)])),
+            )],
+            &[1],
+        );
+        // Same sequence number as the data file: does not apply to it.
+        let same = file(
+            &dir,
+            "same.parquet",
+            vec![
+                (id.clone(), Arc::new(Int64Array::from(vec![4, 5]))),
+                (name.clone(), Arc::new(StringArray::from(vec!["x", "e"]))),
+            ],
+            &[1, 2],
+        );
+        let older = file(
+            &dir,
+            "older.parquet",
+            vec![(id.clone(), Arc::new(Int64Array::from(vec![1])))],
+            &[1],
+        );
+        let io = FileIO::new_with_fs();
+        let files = [(&newer, 6), (&same, 5), (&older, 4)];
+        let eq = EqualityDeletes::load(&io, &files, &table).await.unwrap();
+        assert!(!eq.is_empty());
+        let mut out = HashSet::new();
+        assert_eq!(eq.deleted_in(&io, &data, 5, &mut out).await.unwrap(), 2);
+        assert_eq!(out, HashSet::from([1, 2]));
+        // Positions already deleted are not counted again.
+        let mut out = HashSet::from([1]);
+        assert_eq!(eq.deleted_in(&io, &data, 5, &mut out).await.unwrap(), 1);
+        // A file as new as the newest delete is untouched.
+        let mut out = HashSet::new();
+        assert_eq!(eq.deleted_in(&io, &data, 6, &mut out).await.unwrap(), 0);
+        // An older data file: the (4, "x") row does not match "d", (5, "e") does.
+        let mut out = HashSet::new();
+        assert_eq!(eq.deleted_in(&io, &data, 3, &mut out).await.unwrap(), 4);
+        assert_eq!(out, HashSet::from([0, 1, 2, 4]));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
