@@ -60,6 +60,15 @@ struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Set by the task just before it wakes the supervisor: the task itself may not
+    /// count as finished yet when the supervisor looks.
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Running {
+    fn ended(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire) || self.task.is_finished()
+    }
 }
 
 struct Entry {
@@ -170,7 +179,7 @@ impl Daemon {
         }
         let mut failure = None;
         for e in reg.pipelines.values() {
-            let running = e.run.as_ref().is_some_and(|r| !r.task.is_finished());
+            let running = e.run.as_ref().is_some_and(|r| !r.ended());
             if running || e.paused || e.run.is_none() {
                 return None;
             }
@@ -381,6 +390,8 @@ impl Daemon {
         status.update(|s| s.phase = Phase::Starting);
         let policy = self.cfg.restart;
         let daemon = Arc::downgrade(self);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done_in_task = done.clone();
         let task = tokio::spawn(async move {
             let observer = Arc::new(status.clone());
             // [sink.maintenance] interval: compaction alongside the pipeline.
@@ -416,6 +427,7 @@ impl Daemon {
                     status.failed(&e);
                 }
             }
+            done_in_task.store(true, std::sync::atomic::Ordering::Release);
             if let Some(d) = daemon.upgrade() {
                 d.ended.notify_one();
             }
@@ -424,6 +436,7 @@ impl Daemon {
             stop: stop_tx,
             task,
             commands: commands_tx,
+            done,
         });
         entry.paused = false;
     }

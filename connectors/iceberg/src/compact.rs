@@ -15,8 +15,9 @@
 //!   crash leaves only unreferenced files (orphans), never a changed table.
 //! - **Equality deletes** (written by other tools; lakeshore writes none) are applied
 //!   too (see [`crate::equality`]); those of the partition go with the rewrite. Equality
-//!   deletes of an unpartitioned spec in a partitioned table apply to every partition and
-//!   stay (they no longer match the rewritten files, whose sequence number is not lower).
+//!   deletes of an unpartitioned spec ("global") apply to every partition: partitions
+//!   with older data are rewritten, and a global delete goes with the last partition
+//!   that needed it, or on its own once no data file is older than it.
 //!
 //! **Cheaper than a rewrite:** a partition whose data files are fine (few deleted rows,
 //! few small files) but that has many delete files, or any equality delete, keeps its
@@ -129,16 +130,18 @@ pub async fn stats(table: &Table) -> Result<TableStats> {
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
         return Ok(s);
     };
-    for p in inventory(table, &snapshot).await?.parts.values() {
+    let inv = inventory(table, &snapshot).await?;
+    for p in inv.parts.values() {
         s.data_files += p.data.len();
         s.data_rows += p.data.iter().map(|e| e.file.record_count()).sum::<u64>();
-        s.delete_files += p.position_deletes.len() + p.equality_deletes.len();
-        s.deleted_rows += p
-            .position_deletes
-            .iter()
-            .chain(&p.equality_deletes)
-            .map(|e| e.file.record_count())
-            .sum::<u64>();
+    }
+    let deletes = inv
+        .parts
+        .values()
+        .flat_map(|p| p.position_deletes.iter().chain(&p.equality_deletes));
+    for e in deletes.chain(inv.global.iter().map(|(_, e)| e)) {
+        s.delete_files += 1;
+        s.deleted_rows += e.file.record_count();
     }
     Ok(s)
 }
@@ -157,28 +160,55 @@ type PartitionKey = (i32, Struct);
 struct Partition {
     data: Vec<Entry>,
     position_deletes: Vec<Entry>,
+    /// Equality deletes of a partitioned spec, scoped to this partition.
     equality_deletes: Vec<Entry>,
+    /// Delete files that compacting this partition makes obsolete: its own position
+    /// and equality deletes, and global ones no other partition needs (set when chosen).
+    obsolete: Vec<String>,
+}
+
+impl Partition {
+    /// The lowest data sequence number of its data files.
+    fn min_seq(&self) -> i64 {
+        self.data.iter().map(|e| e.seq).min().unwrap_or(i64::MAX)
+    }
 }
 
 /// The live files of a snapshot.
 struct Inventory {
     parts: HashMap<PartitionKey, Partition>,
-    /// Equality deletes of an unpartitioned spec: they apply to every partition (they are
-    /// in `parts` too, under their own key).
+    /// Equality deletes of an unpartitioned spec, with their own key: they apply to every
+    /// partition.
     global: Vec<(PartitionKey, Entry)>,
 }
 
 impl Inventory {
-    /// The equality deletes that apply to partition `key`, with their sequence numbers.
-    fn equality_for<'a>(
-        &'a self,
-        key: &PartitionKey,
-        p: &'a Partition,
-    ) -> Vec<(&'a DataFile, i64)> {
+    /// The equality deletes that still apply to a data file of `p` (a higher sequence
+    /// number than its oldest), with their sequence numbers.
+    fn equality_for<'a>(&'a self, p: &'a Partition) -> Vec<(&'a DataFile, i64)> {
+        let oldest = p.min_seq();
         p.equality_deletes
             .iter()
-            .chain(self.global.iter().filter(|(k, _)| k != key).map(|(_, e)| e))
+            .chain(self.global.iter().map(|(_, e)| e))
+            .filter(|e| e.seq > oldest)
             .map(|e| (&e.file, e.seq))
+            .collect()
+    }
+
+    /// Global equality deletes that no data file of a partition other than `key` needs
+    /// (all of `key` itself: `None`).
+    fn globals_needed_only_by(&self, key: Option<&PartitionKey>) -> Vec<String> {
+        self.global
+            .iter()
+            .filter(|(k, e)| {
+                key.is_none_or(|key| k == key)
+                    && self
+                        .parts
+                        .iter()
+                        .filter(|(other, _)| key != Some(*other))
+                        .all(|(_, p)| p.min_seq() >= e.seq)
+            })
+            .map(|(_, e)| e.file.file_path().to_string())
             .collect()
     }
 }
@@ -210,7 +240,13 @@ async fn inventory(table: &Table, snapshot: &iceberg::spec::SnapshotRef) -> Resu
         let unpartitioned = table
             .metadata()
             .partition_spec_by_id(manifest.partition_spec_id)
-            .is_none_or(|s| s.is_unpartitioned());
+            .ok_or_else(|| {
+                internal(format!(
+                    "a manifest names partition spec {}, which the table does not have",
+                    manifest.partition_spec_id
+                ))
+            })?
+            .is_unpartitioned();
         let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
         for e in m.entries() {
             if e.status() == ManifestStatus::Deleted {
@@ -226,15 +262,10 @@ async fn inventory(table: &Table, snapshot: &iceberg::spec::SnapshotRef) -> Resu
             match f.content_type() {
                 DataContentType::Data => p.data.push(entry),
                 DataContentType::PositionDeletes => p.position_deletes.push(entry),
-                DataContentType::EqualityDeletes => {
-                    if unpartitioned {
-                        global.push((
-                            (manifest.partition_spec_id, f.partition().clone()),
-                            entry.clone(),
-                        ));
-                    }
-                    p.equality_deletes.push(entry);
+                DataContentType::EqualityDeletes if unpartitioned => {
+                    global.push(((manifest.partition_spec_id, f.partition().clone()), entry));
                 }
+                DataContentType::EqualityDeletes => p.equality_deletes.push(entry),
             }
         }
     }
@@ -243,7 +274,9 @@ async fn inventory(table: &Table, snapshot: &iceberg::spec::SnapshotRef) -> Resu
 
 /// What `when` asks for partition `p` (with `equality` applying to it), if anything: a
 /// rewrite when many rows are deleted or many files are small; else a merge of its
-/// delete files when they are many or include equality deletes.
+/// delete files when they are many or some of them are equality deletes it can drop;
+/// else a rewrite when global equality deletes it cannot drop apply (only rewritten
+/// files escape them).
 fn action(
     p: &Partition,
     equality: &[(&DataFile, i64)],
@@ -265,13 +298,16 @@ fn action(
         .iter()
         .filter(|e| e.file.file_size_in_bytes() < target_file_size / 4 * 3)
         .count();
-    let deletes = p.position_deletes.len() + equality.len();
+    let own_equality = p.obsolete.len() - p.position_deletes.len();
+    let deletes = p.obsolete.len();
     if (deleted > 0 && deleted as f64 >= when.deleted_ratio * rows.max(1) as f64)
         || (small > 1 && small >= when.small_files)
     {
         Some(Action::Rewrite)
-    } else if !equality.is_empty() || (deletes > 1 && deletes >= when.delete_files) {
+    } else if own_equality > 0 || (deletes > 1 && deletes >= when.delete_files) {
         Some(Action::MergeDeletes)
+    } else if !equality.is_empty() {
+        Some(Action::Rewrite)
     } else {
         None
     }
@@ -293,10 +329,29 @@ pub async fn compact(
     let mut inv = inventory(&table, &base).await?;
     let mut rewrite: Vec<(PartitionKey, Partition)> = Vec::new();
     let mut merge: Vec<(PartitionKey, Partition)> = Vec::new();
+    let unneeded = inv.globals_needed_only_by(None);
     let keys: Vec<PartitionKey> = inv.parts.keys().cloned().collect();
+    let mut plans = Vec::new();
     for key in keys {
         let p = &inv.parts[&key];
-        let equality = inv.equality_for(&key, p);
+        let mut obsolete: Vec<String> = p
+            .position_deletes
+            .iter()
+            .chain(&p.equality_deletes)
+            .map(|e| e.file.file_path().to_string())
+            .collect();
+        obsolete.extend(
+            inv.globals_needed_only_by(Some(&key))
+                .into_iter()
+                .filter(|g| !unneeded.contains(g)),
+        );
+        plans.push((key, obsolete));
+    }
+    for (key, obsolete) in plans {
+        let p = inv.parts.get_mut(&key).expect("listed above");
+        p.obsolete = obsolete;
+        let p = &inv.parts[&key];
+        let equality = inv.equality_for(p);
         let Some(act) = action(p, &equality, when, settings.target_file_size as u64) else {
             continue;
         };
@@ -314,12 +369,18 @@ pub async fn compact(
         inv: &inv,
         settings,
         arrow_schema,
+        when,
     };
+    if !unneeded.is_empty() {
+        ctx.drop_deletes(unneeded, &mut report).await?;
+    }
+    // Merges first: a partition whose equality deletes turn out to match many rows is
+    // rewritten instead.
+    for job in commits(merge) {
+        rewrite.extend(ctx.merge_deletes(job, &mut report).await?);
+    }
     for job in commits(rewrite) {
         ctx.rewrite(job, &mut report).await?;
-    }
-    for job in commits(merge) {
-        ctx.merge_deletes(job, &mut report).await?;
     }
     Ok(report)
 }
@@ -351,6 +412,7 @@ struct Job<'a> {
     inv: &'a Inventory,
     settings: &'a FileSettings,
     arrow_schema: &'a ArrowSchemaRef,
+    when: &'a CompactWhen,
 }
 
 impl Job<'_> {
@@ -362,16 +424,27 @@ impl Job<'_> {
         }
     }
 
-    /// Every position partition `p` (under `key`) deletes, per data file: its position
-    /// deletes and the rows its equality deletes remove; with the count of the latter.
+    /// Every position partition `p` deletes, per data file: its position deletes and the
+    /// rows its equality deletes remove; with the count of the latter. `None` (with a
+    /// warning) when a delete file cannot be applied: the partition is left alone.
     async fn deleted(
         &self,
         key: &PartitionKey,
         p: &Partition,
-    ) -> Result<(HashMap<String, HashSet<i64>>, u64)> {
+    ) -> Result<Option<(HashMap<String, HashSet<i64>>, u64)>> {
+        match self.read_deletes(p).await {
+            Ok(d) => Ok(Some(d)),
+            Err(e) => {
+                tracing::warn!(table = %self.ident, partition = ?key.1, error = %e, "a delete file of this partition cannot be applied; partition not compacted");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn read_deletes(&self, p: &Partition) -> Result<(HashMap<String, HashSet<i64>>, u64)> {
         let file_io = self.table.file_io();
         let mut deleted = deleted_positions(file_io, p).await?;
-        let equality = self.inv.equality_for(key, p);
+        let equality = self.inv.equality_for(p);
         let eq = EqualityDeletes::load(file_io, &equality, self.arrow_schema).await?;
         let mut by_equality = 0u64;
         if !eq.is_empty() {
@@ -433,8 +506,12 @@ impl Job<'_> {
         let mut rewrite = self.new_rewrite();
         let mut map: RowMap = HashMap::new();
         let (mut rows, mut dropped, mut by_equality) = (0u64, 0u64, 0u64);
+        let mut partitions = 0;
         for (key, p) in &job {
-            let (deleted, eq) = self.deleted(key, p).await?;
+            let Some((deleted, eq)) = self.deleted(key, p).await? else {
+                continue;
+            };
+            partitions += 1;
             by_equality += eq;
             let mut data = p.data.clone();
             data.sort_by(|a, b| a.file.file_path().cmp(b.file.file_path()));
@@ -448,12 +525,11 @@ impl Job<'_> {
                 map.insert(path.to_string(), where_);
                 rewrite.removed_data.insert(path.to_string());
             }
-            for d in p.position_deletes.iter().chain(&p.equality_deletes) {
-                rewrite
-                    .removed_deletes
-                    .insert(d.file.file_path().to_string());
-            }
+            rewrite.removed_deletes.extend(p.obsolete.iter().cloned());
             rewrite.partitions.insert(key.clone());
+        }
+        if partitions == 0 {
+            return Ok(());
         }
         let (files, infos) = writer.close().await?;
         let spec_id = self.settings.spec.spec_id();
@@ -473,7 +549,7 @@ impl Job<'_> {
         if !landed {
             return Ok(());
         }
-        report.partitions += job.len();
+        report.partitions += partitions;
         report.data_files_removed += rewrite.removed_data.len();
         report.delete_files_removed += rewrite.removed_deletes.len();
         report.data_files_added += rewrite.added.len();
@@ -483,7 +559,7 @@ impl Job<'_> {
         report.equality_rows += by_equality;
         tracing::info!(
             table = %self.ident,
-            partitions = job.len(),
+            partitions,
             data_files_removed = rewrite.removed_data.len(),
             delete_files_removed = rewrite.removed_deletes.len(),
             data_files_added = rewrite.added.len(),
@@ -498,17 +574,29 @@ impl Job<'_> {
 
     /// Merge the delete files of each partition of `job` into one position-delete file
     /// (equality deletes turned into positions), its data files kept; one snapshot.
+    /// Returns the partitions whose deletes turned out to remove at least
+    /// `deleted_ratio` of their rows: they are better rewritten.
     async fn merge_deletes(
         &self,
         job: Vec<(PartitionKey, Partition)>,
         report: &mut CompactReport,
-    ) -> Result<()> {
+    ) -> Result<Vec<(PartitionKey, Partition)>> {
         let file_io = self.table.file_io();
         let md = self.table.metadata();
         let mut rewrite = self.new_rewrite();
-        let mut by_equality = 0u64;
-        for (key, p) in &job {
-            let (deleted, eq) = self.deleted(key, p).await?;
+        let (mut by_equality, mut partitions) = (0u64, 0);
+        let mut heavy = Vec::new();
+        for (key, p) in job {
+            let Some((deleted, eq)) = self.deleted(&key, &p).await? else {
+                continue;
+            };
+            let rows: u64 = p.data.iter().map(|e| e.file.record_count()).sum();
+            let gone: usize = deleted.values().map(HashSet::len).sum();
+            if gone > 0 && gone as f64 >= self.when.deleted_ratio * rows.max(1) as f64 {
+                heavy.push((key, p));
+                continue;
+            }
+            partitions += 1;
             by_equality += eq;
             let deletes: PartitionDeletes = deleted
                 .into_iter()
@@ -534,29 +622,43 @@ impl Job<'_> {
                 .await?;
                 rewrite.added_deletes.push((file, key.0));
             }
-            for d in p.position_deletes.iter().chain(&p.equality_deletes) {
-                rewrite
-                    .removed_deletes
-                    .insert(d.file.file_path().to_string());
-            }
+            rewrite.removed_deletes.extend(p.obsolete.iter().cloned());
+        }
+        if rewrite.removed_deletes.is_empty() && rewrite.added_deletes.is_empty() {
+            return Ok(heavy);
         }
         let (landed, _) = self
             .land(&mut rewrite, &HashMap::new(), &[], report)
             .await?;
         if !landed {
-            return Ok(());
+            return Ok(heavy);
         }
-        report.deletes_merged += job.len();
+        report.deletes_merged += partitions;
         report.merged_delete_files += rewrite.removed_deletes.len();
         report.equality_rows += by_equality;
         tracing::info!(
             table = %self.ident,
-            partitions = job.len(),
+            partitions,
             delete_files_removed = rewrite.removed_deletes.len(),
             delete_files_added = rewrite.added_deletes.len(),
             equality_rows = by_equality,
             "delete files merged"
         );
+        Ok(heavy)
+    }
+
+    /// Remove global equality deletes that no live data file needs any more (every
+    /// data file has a sequence number at least theirs).
+    async fn drop_deletes(&self, paths: Vec<String>, report: &mut CompactReport) -> Result<()> {
+        let mut rewrite = self.new_rewrite();
+        rewrite.removed_deletes.extend(paths);
+        let (landed, _) = self
+            .land(&mut rewrite, &HashMap::new(), &[], report)
+            .await?;
+        if landed {
+            report.delete_files_removed += rewrite.removed_deletes.len();
+            tracing::info!(table = %self.ident, delete_files_removed = rewrite.removed_deletes.len(), "equality deletes no data file needs removed");
+        }
         Ok(())
     }
 }
@@ -716,4 +818,98 @@ async fn move_deletes(
         );
     }
     Ok((out, moved))
+}
+
+#[cfg(test)]
+mod tests {
+    use iceberg::spec::{DataFileBuilder, DataFileFormat, Literal};
+
+    use super::*;
+
+    fn entry(path: &str, content: DataContentType, partition: &Struct, seq: i64) -> Entry {
+        let mut b = DataFileBuilder::default();
+        b.content(content)
+            .file_path(path.into())
+            .file_format(DataFileFormat::Parquet)
+            .partition(partition.clone())
+            .record_count(10)
+            .file_size_in_bytes(1000);
+        if content == DataContentType::EqualityDeletes {
+            b.equality_ids(Some(vec![1]));
+        }
+        Entry {
+            file: b.build().unwrap(),
+            seq,
+        }
+    }
+
+    /// An unpartitioned partition `u` (data of sequence number `u_seq`, if any), two
+    /// partitions of spec 1 (data of `a_seq` and `b_seq`), and a global equality delete
+    /// of sequence number 4.
+    fn table(u_seq: Option<i64>, a_seq: i64, b_seq: i64) -> Inventory {
+        let u: PartitionKey = (0, Struct::empty());
+        let a = Struct::from_iter([Some(Literal::string("a"))]);
+        let b = Struct::from_iter([Some(Literal::string("b"))]);
+        let mut parts = HashMap::new();
+        let mut part = |key: PartitionKey, path: &str, seq: i64| {
+            let p = Partition {
+                data: vec![entry(path, DataContentType::Data, &key.1, seq)],
+                ..Default::default()
+            };
+            parts.insert(key, p);
+        };
+        if let Some(s) = u_seq {
+            part(u.clone(), "u.parquet", s);
+        }
+        part((1, a), "a.parquet", a_seq);
+        part((1, b), "b.parquet", b_seq);
+        let g = entry("g.parquet", DataContentType::EqualityDeletes, &u.1, 4);
+        Inventory {
+            parts,
+            global: vec![(u, g)],
+        }
+    }
+
+    fn applies(inv: &Inventory, partition: &str) -> bool {
+        let p = inv
+            .parts
+            .values()
+            .find(|p| p.data[0].file.file_path().starts_with(partition))
+            .unwrap();
+        !inv.equality_for(p).is_empty()
+    }
+
+    #[test]
+    fn global_equality_deletes_apply_to_older_files_everywhere_and_go_when_none_needs_them() {
+        let u: PartitionKey = (0, Struct::empty());
+        let inv = table(Some(1), 3, 5);
+        assert!(applies(&inv, "u") && applies(&inv, "a") && !applies(&inv, "b"));
+        // Partition a still needs it: compacting u must not drop it.
+        assert!(inv.globals_needed_only_by(Some(&u)).is_empty());
+        assert!(inv.globals_needed_only_by(None).is_empty());
+        // Only u's own data needs it: compacting u drops it.
+        let inv = table(Some(1), 6, 5);
+        assert_eq!(inv.globals_needed_only_by(Some(&u)), vec!["g.parquet"]);
+        assert!(inv.globals_needed_only_by(None).is_empty());
+        // No data file needs it (every one was rewritten since): dropped on its own.
+        let inv = table(Some(7), 6, 5);
+        assert_eq!(inv.globals_needed_only_by(None), vec!["g.parquet"]);
+        let inv = table(None, 6, 5);
+        assert_eq!(inv.globals_needed_only_by(None), vec!["g.parquet"]);
+    }
+
+    #[test]
+    fn global_deletes_a_partition_cannot_drop_ask_for_a_rewrite() {
+        let inv = table(Some(1), 3, 5);
+        let when = CompactWhen::default();
+        for (path, expected) in [("a", Some(Action::Rewrite)), ("b", None)] {
+            let p = inv
+                .parts
+                .values()
+                .find(|p| p.data[0].file.file_path().starts_with(path))
+                .unwrap();
+            let eq = inv.equality_for(p);
+            assert_eq!(action(p, &eq, &when, 1 << 20), expected, "{path}");
+        }
+    }
 }

@@ -63,6 +63,16 @@ impl EqualityDeletes {
                 .build()
                 .map_err(|e| io(path, e))?;
             let sources = column_sources(&stream.schema().clone(), &g.schema, path)?;
+            // A missing column would read as null and delete every null row.
+            if let Some(i) = sources.iter().position(Option::is_none) {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{path}: equality column {} is missing from the delete file",
+                        g.schema.field(i).name()
+                    ),
+                ));
+            }
             while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
                 let batch = conform_file(&batch, &sources, &g.schema)?;
                 let rows = g
