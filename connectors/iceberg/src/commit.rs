@@ -124,20 +124,11 @@ pub async fn commit_row_delta(
             tracing::warn!(table = %ident, file = %removed, "a concurrent commit removed a data file this checkpoint deletes from");
             return Ok(CommitOutcome::StaleLookup);
         }
-        let staged = stage(&table, delta, ctx, attempt).await?;
-        if catalog
-            .swap_metadata(
-                ident,
-                table.metadata_location_result().map_err(ice)?,
-                &staged.location,
-            )
-            .await?
-        {
+        let mut staged = stage(&table, delta, ctx, attempt).await?;
+        staged.files.push(staged.location.clone());
+        if swap_or_discard(catalog, ident, &table, &staged.location, &staged.files).await? {
             return Ok(CommitOutcome::Committed);
         }
-        // Lost the race: remove what this attempt wrote, then retry on the fresh table.
-        discard(table.file_io(), &staged.files).await;
-        discard(table.file_io(), &[staged.location]).await;
         lost_race(ident, "commit", attempt, &mut backoff).await?;
     }
     unreachable!("the retry loop returns")
@@ -283,20 +274,30 @@ pub async fn commit_rewrite(
             }
         };
         written.push(location.clone());
-        if catalog
-            .swap_metadata(
-                ident,
-                table.metadata_location_result().map_err(ice)?,
-                &location,
-            )
-            .await?
-        {
+        if swap_or_discard(catalog, ident, &table, &location, &written).await? {
             return Ok(RewriteOutcome::Committed);
         }
-        discard(table.file_io(), &written).await;
         lost_race(ident, "compaction", attempt, &mut backoff).await?;
     }
     unreachable!("the retry loop returns")
+}
+
+/// Point the table at `location` if it is still at the metadata `table` was loaded
+/// from. When another commit won, remove `written` (this attempt's files, `location`
+/// among them) and return false: the caller retries on a fresh table or gives up.
+pub(crate) async fn swap_or_discard(
+    catalog: &CatalogHandle,
+    ident: &TableIdent,
+    table: &Table,
+    location: &str,
+    written: &[String],
+) -> Result<bool> {
+    let current = table.metadata_location_result().map_err(ice)?;
+    if catalog.swap_metadata(ident, current, location).await? {
+        return Ok(true);
+    }
+    discard(table.file_io(), written).await;
+    Ok(false)
 }
 
 async fn discard(file_io: &iceberg::io::FileIO, files: &[String]) {
@@ -528,17 +529,9 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
         };
         let location = write_snapshot(&table, Some(&parent), manifests, next, &mut written).await?;
         written.push(location.clone());
-        if catalog
-            .swap_metadata(
-                ident,
-                table.metadata_location_result().map_err(ice)?,
-                &location,
-            )
-            .await?
-        {
+        if swap_or_discard(catalog, ident, &table, &location, &written).await? {
             return Ok(true);
         }
-        discard(table.file_io(), &written).await;
     }
     Ok(false)
 }
@@ -576,14 +569,8 @@ pub async fn commit_schema(
             .map_err(ice)?
             .metadata;
         let next = write_next_metadata(table.file_io(), current_location, &new_md).await?;
-        if catalog
-            .swap_metadata(ident, current_location, &next)
-            .await?
-        {
+        if swap_or_discard(catalog, ident, &table, &next, std::slice::from_ref(&next)).await? {
             return catalog.catalog().load_table(ident).await.map_err(ice);
-        }
-        if let Err(e) = table.file_io().delete(&next).await {
-            tracing::debug!(error = %e, "could not remove a metadata file of a lost schema commit");
         }
     }
     Err(Error::new(

@@ -331,6 +331,8 @@ pub async fn compact(
     let mut merge: Vec<(PartitionKey, Partition)> = Vec::new();
     let unneeded = inv.globals_needed_only_by(None);
     let keys: Vec<PartitionKey> = inv.parts.keys().cloned().collect();
+    // What each partition would make obsolete, decided on the whole inventory before
+    // chosen partitions leave it.
     let mut plans = Vec::new();
     for key in keys {
         let p = &inv.parts[&key];

@@ -198,9 +198,14 @@ pub async fn expire(
             .metadata;
         let next =
             crate::commit::write_next_metadata(table.file_io(), current_location, &new_md).await?;
-        if catalog
-            .swap_metadata(ident, current_location, &next)
-            .await?
+        if crate::commit::swap_or_discard(
+            catalog,
+            ident,
+            &table,
+            &next,
+            std::slice::from_ref(&next),
+        )
+        .await?
         {
             committed = Some((
                 catalog.catalog().load_table(ident).await.map_err(ice)?,
@@ -208,7 +213,6 @@ pub async fn expire(
             ));
             break;
         }
-        let _ = table.file_io().delete(&next).await;
     }
     let Some((table, expired)) = committed else {
         return Err(Error::new(
