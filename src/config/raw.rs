@@ -289,6 +289,10 @@ pub struct IcebergSection {
     /// Close a Parquet row group at this encoded size, e.g. `"4MiB"` (the default); each
     /// open data file buffers about this much.
     pub row_group_size: Option<Spanned<ByteSize>>,
+    /// At most this many files of one table are open at once, e.g. `64`; writing a
+    /// partition past it closes the least recently written file first. Each open file
+    /// holds its row group and its columns' encoders. Default `16`.
+    pub max_open_files: Option<Spanned<u64>>,
     /// Partition transforms per lake table, e.g. `orders = ["day(created_at)"]`.
     /// Transforms: a column name (identity), `identity(c)`, `year(c)`, `month(c)`,
     /// `day(c)`, `hour(c)`, `bucket[N](c)`, `truncate[W](c)`.
@@ -373,6 +377,10 @@ pub struct HiveSection {
     /// Close a Parquet row group at this encoded size, e.g. `"4MiB"` (the default); each
     /// open file buffers about this much.
     pub row_group_size: Option<Spanned<ByteSize>>,
+    /// At most this many files of one table are open at once, e.g. `64`; writing a
+    /// partition past it closes the least recently written file first. Each open file
+    /// holds its row group and its columns' encoders. Default `16`.
+    pub max_open_files: Option<Spanned<u64>>,
     /// A partition whose directories are all time functions (`dt=date(ts)`,
     /// `hour=hour(ts)`) is committed (`_SUCCESS` written, the command run) at the first
     /// checkpoint after the source's watermark passes its end plus this delay, e.g.

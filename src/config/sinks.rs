@@ -140,6 +140,21 @@ fn codec(src: &SourceText<'_>, c: &Option<Spanned<String>>) -> Result<Codec, Con
     }
 }
 
+/// `max_open_files`, with its default and lower bound.
+fn max_open_files(
+    src: &SourceText<'_>,
+    value: &Option<Spanned<u64>>,
+) -> Result<usize, ConfigError> {
+    match value {
+        Some(v) if *v.get_ref() == 0 => Err(src.error(
+            Some(v.span()),
+            "max_open_files must be at least 1, e.g. 16 (the default)",
+        )),
+        Some(v) => Ok(*v.get_ref() as usize),
+        None => Ok(16),
+    }
+}
+
 /// `target_file_size` and `row_group_size`, with their defaults and lower bounds.
 fn file_sizes(
     src: &SourceText<'_>,
@@ -213,6 +228,7 @@ fn hive(
         codec: codec(src, &s.compression)?,
         row_group_bytes,
         target_file_size,
+        max_open_files: max_open_files(src, &s.max_open_files)?,
         rollover: s.rollover_interval.as_ref().map(|d| d.get_ref().0),
         commit_delay: s
             .commit_delay
@@ -304,6 +320,7 @@ fn iceberg(
         },
         namespace: namespace.clone(),
         target_file_size,
+        max_open_files: max_open_files(src, &s.max_open_files)?,
         codec: codec(src, &s.compression)?,
         row_group_bytes,
         maintenance: maintenance(src, s.maintenance.as_ref(), target_file_size)?,

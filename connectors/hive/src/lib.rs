@@ -61,6 +61,8 @@ pub struct HiveOptions {
     pub row_group_bytes: usize,
     /// Roll a file past this many bytes.
     pub target_file_size: u64,
+    /// At most this many files of one table open at once.
+    pub max_open_files: usize,
     /// Roll a file older than this (files always close at a checkpoint).
     pub rollover: Option<Duration>,
     /// How long after a partition's end (in event time) it is committed.
@@ -77,6 +79,7 @@ pub(crate) struct Settings {
     pub store: Arc<dyn ObjectStore>,
     pub props: WriterProperties,
     pub target_file_size: u64,
+    pub max_open_files: usize,
     pub rollover: Option<Duration>,
     pub commit_delay_micros: i64,
 }
@@ -188,6 +191,7 @@ impl HiveSink {
             store: Arc::from(store),
             props: writer_properties(opts.codec, opts.row_group_bytes),
             target_file_size: opts.target_file_size,
+            max_open_files: opts.max_open_files,
             rollover: opts.rollover,
             commit_delay_micros: i64::try_from(opts.commit_delay.as_micros()).unwrap_or(i64::MAX),
         });
@@ -486,6 +490,7 @@ mod tests {
             codec: Codec::Snappy,
             row_group_bytes: 1 << 20,
             target_file_size: 128 << 20,
+            max_open_files: 16,
             rollover: None,
             commit_delay: Duration::ZERO,
             partition_commit_command: None,

@@ -17,10 +17,6 @@ use serde::{Deserialize, Serialize};
 use crate::partition::{PartitionExpr, Partitioner};
 use crate::{Settings, TableLayout, in_partition, storage_error};
 
-/// At most this many files of a table are open at once; past it the least recently
-/// written one is closed (each open file buffers up to a row group).
-const MAX_OPEN_FILES: usize = 16;
-
 /// Upload buffer per open file; S3 parts must be at least 5 MiB.
 const UPLOAD_BUFFER: usize = 5 << 20;
 
@@ -141,7 +137,7 @@ impl HiveWriter {
 
     async fn write_group(&mut self, path: &str, rows: &RecordBatch) -> Result<()> {
         if !self.open.contains_key(path) {
-            if self.open.len() >= MAX_OPEN_FILES {
+            if self.open.len() >= self.opts.max_open_files {
                 let oldest = self
                     .open
                     .iter()

@@ -63,6 +63,8 @@ pub struct IcebergOptions {
     pub mode: Option<WriteMode>,
     /// Roll data files at this size in bytes.
     pub target_file_size: u64,
+    /// At most this many data files of one table open at once.
+    pub max_open_files: usize,
     /// Parquet codec.
     pub codec: Codec,
     /// Close a Parquet row group past this many encoded bytes.
@@ -167,6 +169,7 @@ impl IcebergSink {
             locations: DefaultLocationGenerator::new(md).map_err(ice)?,
             props: writer_properties(self.opts.codec, self.opts.row_group_bytes),
             target_file_size: self.opts.target_file_size as usize,
+            max_open_files: self.opts.max_open_files,
         };
         Ok((files, arrow_schema))
     }

@@ -40,6 +40,10 @@ pub struct TableContext {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FileEntry {
     spec_id: i32,
+    /// iceberg-rust's `DataFile` JSON, as one string: as a JSON tree (how records before
+    /// 2026-11-27 hold it, still read) a file with its column statistics takes tens of
+    /// kilobytes in memory, and a checkpoint that closes thousands of files holds several
+    /// copies of its payload.
     file: serde_json::Value,
     partition: serde_json::Value,
 }
@@ -120,7 +124,7 @@ fn encode(table: &Table, files: &[(DataFile, i32)]) -> Result<Vec<FileEntry>> {
                 .map_err(ice)?;
             Ok(FileEntry {
                 spec_id: *spec_id,
-                file: serde_json::from_str(&json).map_err(|e| internal(e.to_string()))?,
+                file: serde_json::Value::String(json),
                 partition,
             })
         })
@@ -136,13 +140,12 @@ fn decode(table: &Table, entries: &[FileEntry]) -> Result<Vec<(DataFile, i32)>> 
                 .partition_spec_by_id(e.spec_id)
                 .ok_or_else(|| internal(format!("unknown partition spec {}", e.spec_id)))?;
             let ptype = spec.partition_type(md.current_schema()).map_err(ice)?;
-            let f = deserialize_data_file_from_json(
-                &e.file.to_string(),
-                e.spec_id,
-                &ptype,
-                md.current_schema(),
-            )
-            .map_err(ice)?;
+            let json = match &e.file {
+                serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                tree => std::borrow::Cow::Owned(tree.to_string()),
+            };
+            let f = deserialize_data_file_from_json(&json, e.spec_id, &ptype, md.current_schema())
+                .map_err(ice)?;
             let partition = match Literal::try_from_json(e.partition.clone(), &Type::Struct(ptype))
                 .map_err(ice)?
             {

@@ -2,7 +2,8 @@
 //!
 //! A layer over iceberg-rust's `ParquetWriter` (which computes the file statistics): rows
 //! are grouped by partition with iceberg's `PartitionValueCalculator`, each partition has
-//! one open file, a file is closed when it reaches `target_file_size`, and every written
+//! one open file, a file is closed when it reaches `target_file_size` (or, past
+//! `max_open_files` open ones, when it is the least recently written), and every written
 //! row's (file, position) can be reported back — the upsert writer needs that to express
 //! later changes of the row as position deletes.
 
@@ -56,6 +57,9 @@ pub struct FileSettings {
     pub props: WriterProperties,
     /// Roll to a new file past this many bytes.
     pub target_file_size: usize,
+    /// At most this many files open at once: each holds a row group and its columns'
+    /// encoders, so memory is bounded by this, not by how many partitions the data spans.
+    pub max_open_files: usize,
 }
 
 /// A data file of the open checkpoint: its path and partition, known before it is closed.
@@ -70,6 +74,8 @@ pub struct FileInfo {
 struct OpenFile {
     id: FileId,
     writer: ParquetWriter,
+    /// The writer's write count when this file was last written.
+    last_write: u64,
 }
 
 /// Writes one table's rows into partitioned, rolling data files.
@@ -85,6 +91,12 @@ pub struct PartitionedWriter {
     closed: Vec<DataFile>,
     run_id: uuid::Uuid,
     counter: u64,
+    writes: u64,
+    /// `writes` when the current batch began.
+    batch_start: u64,
+    /// Said once: a file closed for `max_open_files`; one batch needing more files.
+    said_closed: bool,
+    said_too_many: bool,
 }
 
 impl PartitionedWriter {
@@ -102,6 +114,10 @@ impl PartitionedWriter {
             closed: Vec::new(),
             run_id: uuid::Uuid::new_v4(),
             counter: 0,
+            writes: 0,
+            batch_start: 0,
+            said_closed: false,
+            said_too_many: false,
         })
     }
 
@@ -166,7 +182,46 @@ impl PartitionedWriter {
                 .map(|p| p.data().clone())
                 .unwrap_or_else(Struct::empty),
         });
-        Ok(OpenFile { id, writer })
+        Ok(OpenFile {
+            id,
+            writer,
+            last_write: 0,
+        })
+    }
+
+    /// Close least recently written files until another one may open.
+    async fn make_room(&mut self) -> Result<()> {
+        while self.open.len() >= self.settings.max_open_files.max(1) {
+            let Some(oldest) = self
+                .open
+                .iter()
+                .min_by_key(|(_, f)| f.last_write)
+                .map(|(k, _)| k.clone())
+            else {
+                return Ok(());
+            };
+            let file = self.open.remove(&oldest).expect("found above");
+            let path = &self.files[file.id as usize].path;
+            let max = self.settings.max_open_files;
+            if file.last_write > self.batch_start && !self.said_too_many {
+                // Every file is in use: they will all close after a few rows.
+                self.said_too_many = true;
+                tracing::warn!(
+                    file = %path,
+                    "one batch writes to more than max_open_files = {max} partitions, so data \
+                     files close after a few rows each; raise [sink] max_open_files to the \
+                     number of partitions written at once (each open file holds a row group)"
+                );
+            } else if !self.said_closed {
+                self.said_closed = true;
+                tracing::info!(
+                    file = %path,
+                    "{max} files are open (max_open_files): the least recently written one closes"
+                );
+            }
+            self.finish(file).await?;
+        }
+        Ok(())
     }
 
     async fn finish_open(&mut self) -> Result<()> {
@@ -205,6 +260,7 @@ impl PartitionedWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        self.batch_start = self.writes;
         let (Some(calc), Some(conv)) = (&self.calculator, &self.converter) else {
             let file = match self.unpartitioned.take() {
                 Some(f) => f,
@@ -248,6 +304,7 @@ impl PartitionedWriter {
             let file = match self.open.remove(&key) {
                 Some(f) => f,
                 None => {
+                    self.make_room().await?;
                     let data = self.partition_struct(&values, first)?;
                     let pk = PartitionKey::new(
                         self.settings.spec.as_ref().clone(),
@@ -294,6 +351,8 @@ impl PartitionedWriter {
     ) -> Result<()> {
         let start = file.writer.current_row_num() as u64;
         file.writer.write(batch).await.map_err(ice)?;
+        self.writes += 1;
+        file.last_write = self.writes;
         if let Some(locs) = locations {
             let id = file.id;
             locs.extend((0..batch.num_rows() as u64).map(|i| RowLocation {

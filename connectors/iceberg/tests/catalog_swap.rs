@@ -23,6 +23,7 @@ async fn swap_refuses_a_stale_base() {
         namespace: "s".into(),
         mode: None,
         target_file_size: 1 << 20,
+        max_open_files: 16,
         codec: Codec::Snappy,
         row_group_bytes: 1 << 20,
         maintenance: Default::default(),
