@@ -38,23 +38,29 @@ def test_nexmark_append_counts_and_rows(tmp_path, duck):
 
 
 ORDER_CASES = [
-    # seed, checkpoint interval, partition spec
-    (1, "100ms", []),
-    (2, "150ms", ["status"]),
-    (3, "1s", ["bucket[8](customer_id)"]),
-    (4, "100ms", ["status", "day(created_at)"]),
-    (5, "250ms", ["truncate[2](status)", "hour(updated_at)"]),
+    # seed, checkpoint interval, partition spec, max_open_files
+    (1, "100ms", [], None),
+    (2, "150ms", ["status"], None),
+    # 8 buckets in every batch, 3 open files: files close early, mid-checkpoint, and
+    # later changes of their rows must still find them.
+    (3, "1s", ["bucket[8](customer_id)"], 3),
+    (4, "100ms", ["status", "day(created_at)"], None),
+    (5, "250ms", ["truncate[2](status)", "hour(updated_at)"], None),
 ]
 
 
-@pytest.mark.parametrize("seed,interval,spec", ORDER_CASES)
-def test_orders_upsert_equals_folded_source(tmp_path, duck, seed, interval, spec):
+@pytest.mark.parametrize("seed,interval,spec,max_open", ORDER_CASES)
+def test_orders_upsert_equals_folded_source(tmp_path, duck, seed, interval, spec, max_open):
+    sink = {"namespace": "shop", "mode": "upsert"}
+    if max_open:
+        sink["max_open_files"] = max_open
     p = Pipeline(tmp_path, f"orders{seed}",
                  {"type": "datagen", "profile": "orders", "events": 60_000, "initial_rows": 10_000,
                   "seed": seed, "rate": 20_000, "batch_events": 1000},
-                 {"namespace": "shop", "mode": "upsert"}, partitioning={"orders": spec} if spec else None,
+                 sink, partitioning={"orders": spec} if spec else None,
                  interval=interval)
-    p.backfill()
+    _, err = p.backfill()
+    assert ("raise [sink] max_open_files" in err) == bool(max_open), err[-2000:]
     exp = p.expected()
     digest = assert_same_rows(duck, p, "orders", exp / "orders.parquet", ORDER_COLUMNS)
 
@@ -66,6 +72,12 @@ def test_orders_upsert_equals_folded_source(tmp_path, duck, seed, interval, spec
         f"select sum(order_id) from read_parquet('{exp / 'orders.parquet'}')").fetchone()[0]
     files = duck.execute(f"select content from iceberg_metadata('{lake.metadata_location(p.catalog_db, 'shop.orders')}')").fetchall()
     assert all(c[0] != "EQUALITY_DELETES" for c in files), files
+    if max_open:
+        # Without the cap a checkpoint writes at most one file per bucket.
+        data_files = duck.execute(
+            f"select count(*) from iceberg_metadata('{lake.metadata_location(p.catalog_db, 'shop.orders')}') "
+            "where manifest_content = 'DATA'").fetchone()[0]
+        assert data_files > 8 * len(table.snapshots()), data_files
     # The run used several checkpoints, so updates hit rows of earlier commits.
     snapshots = table.snapshots()
     assert len(snapshots) >= 2, f"only {len(snapshots)} snapshots"
