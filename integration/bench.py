@@ -104,6 +104,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,10000000", help="Nexmark event counts")
     ap.add_argument("--orders", default="1000000", help="orders initial rows (the same number of changes follows); 0 skips")
+    ap.add_argument("--hourly", default="1000000,6000000",
+                    help="orders rows appended into hour(created_at) partitions, one hour per 3,600 rows; 0 skips")
     ap.add_argument("--read-cost", nargs=2, metavar=("DIR", "PIPELINE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.read_cost:
@@ -116,6 +118,12 @@ def main():
             measure(work, f"nexmark-append-{n // 1_000_000}M" if n >= 1_000_000 else f"nexmark-append-{n}",
                     f'profile = "nexmark"\nevents = {n}\nseed = 1',
                     'namespace = "nexmark"\nmode = "append"')
+        for n in [int(x) for x in args.hourly.split(",") if int(x) > 0]:
+            # A backfill of history: every checkpoint spans hundreds of hour partitions,
+            # of which only the newest is still being written.
+            measure(work, f"orders-append-hourly-{n // 1000}k-{n // 3600}h",
+                    f'profile = "orders"\ninitial_rows = {n}\nevents = {n}\nseed = 1',
+                    'namespace = "shop"\nmode = "append"\npartitioning = { orders = ["hour(created_at)"] }')
         for n in [int(x) for x in args.orders.split(",") if int(x) > 0]:
             # As fast as possible (the changes land in one or two checkpoints), then paced so
             # that the changes spread over many 1 s checkpoints and update committed rows.
