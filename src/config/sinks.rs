@@ -148,10 +148,10 @@ fn max_open_files(
     match value {
         Some(v) if *v.get_ref() == 0 => Err(src.error(
             Some(v.span()),
-            "max_open_files must be at least 1, e.g. 16 (the default)",
+            "max_open_files must be at least 1, e.g. 128 (the default)",
         )),
         Some(v) => Ok(*v.get_ref() as usize),
-        None => Ok(16),
+        None => Ok(128),
     }
 }
 

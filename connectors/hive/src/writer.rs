@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
+use lakeshore_api::files::{LimitChange, OpenFilesLimit};
 use lakeshore_api::{
     ChangeBatch, Error, ErrorKind, PendingCommit, Result, TableSchema, TableWriter,
 };
@@ -64,6 +65,8 @@ pub struct HiveWriter {
     watermark: i64,
     rows: u64,
     writes: u64,
+    limit: OpenFilesLimit<String>,
+    said_at_max: bool,
 }
 
 impl HiveWriter {
@@ -75,6 +78,7 @@ impl HiveWriter {
         open_partitions: BTreeMap<String, i64>,
     ) -> Result<Self> {
         let partitioner = Partitioner::new(&layout.table, &exprs, &schema.schema)?;
+        let limit = OpenFilesLimit::new(opts.max_open_files);
         Ok(HiveWriter {
             opts,
             layout,
@@ -87,6 +91,8 @@ impl HiveWriter {
             watermark: i64::MIN,
             rows: 0,
             writes: 0,
+            limit,
+            said_at_max: false,
         })
     }
 
@@ -137,7 +143,17 @@ impl HiveWriter {
 
     async fn write_group(&mut self, path: &str, rows: &RecordBatch) -> Result<()> {
         if !self.open.contains_key(path) {
-            if self.open.len() >= self.opts.max_open_files {
+            let (close, change) = self.limit.before_open(&path.to_string(), self.open.len());
+            if change == LimitChange::AtMax && !self.said_at_max {
+                self.said_at_max = true;
+                tracing::warn!(
+                    table = %self.layout.table,
+                    "more partitions are written at once than max_open_files = {}, so files \
+                     close after a few rows each; raise [sink] max_open_files",
+                    self.opts.max_open_files
+                );
+            }
+            for _ in 0..close {
                 let oldest = self
                     .open
                     .iter()
@@ -145,6 +161,7 @@ impl HiveWriter {
                     .map(|(k, _)| k.clone());
                 if let Some(k) = oldest {
                     self.close_file(&k).await?;
+                    self.limit.closed_early(k);
                 }
             }
             let f = self.open_file(path)?;
@@ -217,6 +234,7 @@ impl TableWriter for HiveWriter {
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
         self.close_all().await?;
+        self.limit.checkpoint();
         let delay = self.opts.commit_delay_micros;
         let watermark = self.watermark;
         let complete: Vec<String> = self

@@ -2,8 +2,8 @@
 //!
 //! A layer over iceberg-rust's `ParquetWriter` (which computes the file statistics): rows
 //! are grouped by partition with iceberg's `PartitionValueCalculator`, each partition has
-//! one open file, a file is closed when it reaches `target_file_size` (or, past
-//! `max_open_files` open ones, when it is the least recently written), and every written
+//! one open file, a file is closed when it reaches `target_file_size` (or, past the
+//! open-file limit, when it is the least recently written), and every written
 //! row's (file, position) can be reported back — the upsert writer needs that to express
 //! later changes of the row as position deletes.
 
@@ -25,6 +25,7 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::{
     FileWriter, FileWriterBuilder, ParquetWriter, ParquetWriterBuilder,
 };
+use lakeshore_api::files::{LimitChange, OpenFilesLimit};
 use parquet::file::properties::WriterProperties;
 
 use crate::error::{ice, internal};
@@ -57,8 +58,9 @@ pub struct FileSettings {
     pub props: WriterProperties,
     /// Roll to a new file past this many bytes.
     pub target_file_size: usize,
-    /// At most this many files open at once: each holds a row group and its columns'
-    /// encoders, so memory is bounded by this, not by how many partitions the data spans.
+    /// At most this many files open at once (see [`OpenFilesLimit`]): each holds a row
+    /// group and its columns' encoders, so memory is bounded by this, not by how many
+    /// partitions the data spans.
     pub max_open_files: usize,
 }
 
@@ -92,17 +94,17 @@ pub struct PartitionedWriter {
     run_id: uuid::Uuid,
     counter: u64,
     writes: u64,
-    /// `writes` when the current batch began.
-    batch_start: u64,
-    /// Said once: a file closed for `max_open_files`; one batch needing more files.
+    limit: OpenFilesLimit<OwnedRow>,
+    /// Said once: a file closed early; the limit at `max_open_files`.
     said_closed: bool,
-    said_too_many: bool,
+    said_at_max: bool,
 }
 
 impl PartitionedWriter {
     /// A writer for `settings`; file names start with a fresh UUID so no two runs collide.
     pub fn new(settings: FileSettings) -> Result<Self> {
         let (partition_type, calculator, converter) = Self::partitioning(&settings)?;
+        let limit = OpenFilesLimit::new(settings.max_open_files);
         Ok(PartitionedWriter {
             settings,
             calculator,
@@ -115,9 +117,9 @@ impl PartitionedWriter {
             run_id: uuid::Uuid::new_v4(),
             counter: 0,
             writes: 0,
-            batch_start: 0,
+            limit,
             said_closed: false,
-            said_too_many: false,
+            said_at_max: false,
         })
     }
 
@@ -189,36 +191,46 @@ impl PartitionedWriter {
         })
     }
 
-    /// Close least recently written files until another one may open.
-    async fn make_room(&mut self) -> Result<()> {
-        while self.open.len() >= self.settings.max_open_files.max(1) {
+    /// Close the least recently written files the open-file limit asks for before a file
+    /// for `partition` opens.
+    async fn make_room(&mut self, partition: &OwnedRow) -> Result<()> {
+        let (close, change) = self.limit.before_open(partition, self.open.len());
+        let max = self.settings.max_open_files;
+        match change {
+            LimitChange::Same => {}
+            LimitChange::Raised(limit) => tracing::info!(
+                "a partition closed early is written again: up to {limit} files open \
+                 (max_open_files = {max})"
+            ),
+            LimitChange::AtMax if !self.said_at_max => {
+                self.said_at_max = true;
+                tracing::warn!(
+                    "more partitions are written at once than max_open_files = {max}, so data \
+                     files close after a few rows each; raise [sink] max_open_files to the \
+                     number of partitions written at once (each open file holds a row group)"
+                );
+            }
+            LimitChange::AtMax => {}
+        }
+        for _ in 0..close {
             let Some(oldest) = self
                 .open
                 .iter()
                 .min_by_key(|(_, f)| f.last_write)
                 .map(|(k, _)| k.clone())
             else {
-                return Ok(());
+                break;
             };
             let file = self.open.remove(&oldest).expect("found above");
-            let path = &self.files[file.id as usize].path;
-            let max = self.settings.max_open_files;
-            if file.last_write > self.batch_start && !self.said_too_many {
-                // Every file is in use: they will all close after a few rows.
-                self.said_too_many = true;
-                tracing::warn!(
-                    file = %path,
-                    "one batch writes to more than max_open_files = {max} partitions, so data \
-                     files close after a few rows each; raise [sink] max_open_files to the \
-                     number of partitions written at once (each open file holds a row group)"
-                );
-            } else if !self.said_closed {
+            if !self.said_closed {
                 self.said_closed = true;
                 tracing::info!(
-                    file = %path,
-                    "{max} files are open (max_open_files): the least recently written one closes"
+                    file = %self.files[file.id as usize].path,
+                    "{} files are open: the least recently written one closes",
+                    self.limit.limit()
                 );
             }
+            self.limit.closed_early(oldest);
             self.finish(file).await?;
         }
         Ok(())
@@ -260,7 +272,6 @@ impl PartitionedWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.batch_start = self.writes;
         let (Some(calc), Some(conv)) = (&self.calculator, &self.converter) else {
             let file = match self.unpartitioned.take() {
                 Some(f) => f,
@@ -304,7 +315,7 @@ impl PartitionedWriter {
             let file = match self.open.remove(&key) {
                 Some(f) => f,
                 None => {
-                    self.make_room().await?;
+                    self.make_room(&key).await?;
                     let data = self.partition_struct(&values, first)?;
                     let pk = PartitionKey::new(
                         self.settings.spec.as_ref().clone(),
@@ -377,6 +388,7 @@ impl PartitionedWriter {
     /// infos, and starts a fresh checkpoint.
     pub async fn close(&mut self) -> Result<(Vec<DataFile>, Vec<FileInfo>)> {
         self.finish_open().await?;
+        self.limit.checkpoint();
         Ok((
             std::mem::take(&mut self.closed),
             std::mem::take(&mut self.files),
