@@ -290,9 +290,10 @@ pub struct IcebergSection {
     /// open data file buffers about this much.
     pub row_group_size: Option<Spanned<ByteSize>>,
     /// At most this many files of one table are open at once, e.g. `32`. Each open file
-    /// holds its row group and its columns' encoders. From 16 open files on, opening
-    /// another closes the least recently written one; the limit doubles (up to this) when
-    /// a partition closed that way is written again in the same checkpoint. Default `128`.
+    /// holds its row group and its columns' encoders. From 16 open files (or this many, if
+    /// lower) on, opening another closes the least recently written one; the limit doubles
+    /// (up to this, for the rest of the run) when a partition closed that way is written
+    /// again in the same checkpoint. Default `128`.
     pub max_open_files: Option<Spanned<u64>>,
     /// Partition transforms per lake table, e.g. `orders = ["day(created_at)"]`.
     /// Transforms: a column name (identity), `identity(c)`, `year(c)`, `month(c)`,
@@ -379,9 +380,10 @@ pub struct HiveSection {
     /// open file buffers about this much.
     pub row_group_size: Option<Spanned<ByteSize>>,
     /// At most this many files of one table are open at once, e.g. `32`. Each open file
-    /// holds its row group and its columns' encoders. From 16 open files on, opening
-    /// another closes the least recently written one; the limit doubles (up to this) when
-    /// a partition closed that way is written again in the same checkpoint. Default `128`.
+    /// holds its row group and its columns' encoders. From 16 open files (or this many, if
+    /// lower) on, opening another closes the least recently written one; the limit doubles
+    /// (up to this, for the rest of the run) when a partition closed that way is written
+    /// again in the same checkpoint. Default `128`.
     pub max_open_files: Option<Spanned<u64>>,
     /// A partition whose directories are all time functions (`dt=date(ts)`,
     /// `hour=hour(ts)`) is committed (`_SUCCESS` written, the command run) at the first

@@ -170,6 +170,7 @@ impl IcebergSink {
             props: writer_properties(self.opts.codec, self.opts.row_group_bytes),
             target_file_size: self.opts.target_file_size as usize,
             max_open_files: self.opts.max_open_files,
+            table: table.identifier().to_string(),
         };
         Ok((files, arrow_schema))
     }

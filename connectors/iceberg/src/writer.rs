@@ -62,6 +62,8 @@ pub struct FileSettings {
     /// group and its columns' encoders, so memory is bounded by this, not by how many
     /// partitions the data spans.
     pub max_open_files: usize,
+    /// The table's name, for log lines.
+    pub table: String,
 }
 
 /// A data file of the open checkpoint: its path and partition, known before it is closed.
@@ -199,12 +201,14 @@ impl PartitionedWriter {
         match change {
             LimitChange::Same => {}
             LimitChange::Raised(limit) => tracing::info!(
+                table = %self.settings.table,
                 "a partition closed early is written again: up to {limit} files open \
                  (max_open_files = {max})"
             ),
             LimitChange::AtMax if !self.said_at_max => {
                 self.said_at_max = true;
                 tracing::warn!(
+                    table = %self.settings.table,
                     "more partitions are written at once than max_open_files = {max}, so data \
                      files close after a few rows each; raise [sink] max_open_files to the \
                      number of partitions written at once (each open file holds a row group)"
@@ -225,6 +229,7 @@ impl PartitionedWriter {
             if !self.said_closed {
                 self.said_closed = true;
                 tracing::info!(
+                    table = %self.settings.table,
                     file = %self.files[file.id as usize].path,
                     "{} files are open: the least recently written one closes",
                     self.limit.limit()
