@@ -13,19 +13,18 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
 use futures::TryStreamExt;
 use iceberg::io::FileIO;
 use iceberg::spec::DataFile;
 use lakeshore_api::{Error, ErrorKind, Result};
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ProjectionMask};
 
 use crate::error::{internal, io};
 use crate::lookup::open_parquet;
 use crate::schema::{column_sources, conform_file};
-
-const FIELD_ID: &str = "PARQUET:field_id";
 
 /// The keys deleted through one set of equality columns.
 struct Group {
@@ -36,6 +35,21 @@ struct Group {
     /// Deleted key → the highest sequence number deleting it.
     keys: HashMap<Box<[u8]>, i64>,
     highest: i64,
+}
+
+impl Group {
+    /// `batch`'s equality columns, widened to the table's types, as comparable keys.
+    fn encode(
+        &self,
+        batch: &RecordBatch,
+        sources: &[Option<usize>],
+        path: &str,
+    ) -> Result<arrow_row::Rows> {
+        let batch = conform_file(batch, sources, &self.schema)?;
+        self.converter
+            .convert_columns(batch.columns())
+            .map_err(|e| io(path, e))
+    }
 }
 
 /// The equality deletes that apply to one partition, loaded.
@@ -74,11 +88,7 @@ impl EqualityDeletes {
                 ));
             }
             while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
-                let batch = conform_file(&batch, &sources, &g.schema)?;
-                let rows = g
-                    .converter
-                    .convert_columns(batch.columns())
-                    .map_err(|e| io(path, e))?;
+                let rows = g.encode(&batch, &sources, path)?;
                 for row in rows.iter() {
                     let s = g.keys.entry(row.as_ref().into()).or_insert(*seq);
                     *s = (*s).max(*seq);
@@ -106,7 +116,7 @@ impl EqualityDeletes {
                 table
                     .fields()
                     .iter()
-                    .find(|f| f.metadata().get(FIELD_ID) == Some(&id.to_string()))
+                    .find(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY) == Some(&id.to_string()))
                     .cloned()
                     .ok_or_else(|| {
                         Error::new(
@@ -164,11 +174,7 @@ impl EqualityDeletes {
             let projected = column_sources(&stream.schema().clone(), &g.schema, path)?;
             let mut offset = 0i64;
             while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
-                let batch = conform_file(&batch, &projected, &g.schema)?;
-                let rows = g
-                    .converter
-                    .convert_columns(batch.columns())
-                    .map_err(|e| io(path, e))?;
+                let rows = g.encode(&batch, &projected, path)?;
                 for (i, row) in rows.iter().enumerate() {
                     if g.keys.get(row.as_ref()).is_some_and(|s| *s > seq)
                         && out.insert(offset + i as i64)
@@ -195,8 +201,10 @@ mod tests {
     use super::*;
 
     fn field(name: &str, id: i32, dt: DataType) -> Field {
-        Field::new(name, dt, true)
-            .with_metadata(HashMap::from([(FIELD_ID.to_string(), id.to_string())]))
+        Field::new(name, dt, true).with_metadata(HashMap::from([(
+            PARQUET_FIELD_ID_META_KEY.to_string(),
+            id.to_string(),
+        )]))
     }
 
     /// A Parquet file of `columns` at `dir/name`, described as an equality-delete file on

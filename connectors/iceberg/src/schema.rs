@@ -321,18 +321,21 @@ pub(crate) fn column_sources(
     table: &ArrowSchemaRef,
     path: &str,
 ) -> Result<Vec<Option<usize>>> {
-    const FIELD_ID: &str = "PARQUET:field_id";
     let by_id: HashMap<&str, usize> = file
         .fields()
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| f.metadata().get(FIELD_ID).map(|id| (id.as_str(), i)))
+        .filter_map(|(i, f)| {
+            f.metadata()
+                .get(parquet::arrow::PARQUET_FIELD_ID_META_KEY)
+                .map(|id| (id.as_str(), i))
+        })
         .collect();
     table
         .fields()
         .iter()
         .map(|f| {
-            let found = match f.metadata().get(FIELD_ID) {
+            let found = match f.metadata().get(parquet::arrow::PARQUET_FIELD_ID_META_KEY) {
                 Some(id) if !by_id.is_empty() => by_id.get(id.as_str()).copied(),
                 _ => file.index_of(f.name()).ok(),
             };
