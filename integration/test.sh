@@ -54,8 +54,8 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
-step "cargo build --release (with the test example writers)"
-cargo build --release --workspace --examples
+step "cargo build --release (the binary and the test example writers)"
+cargo build --release --workspace --bins --examples
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then

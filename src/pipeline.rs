@@ -111,6 +111,8 @@ pub async fn run(
     mut commands: Option<&mut mpsc::UnboundedReceiver<Command>>,
 ) -> Result<RunSummary> {
     let mut pause = restart.map(|r| r.initial).unwrap_or_default();
+    // The last failure's message and how many runs in a row ended with it.
+    let mut repeated: (String, u32) = (String::new(), 0);
     loop {
         let started = Instant::now();
         let once = run_once(
@@ -135,6 +137,23 @@ pub async fn run(
                 };
                 if started.elapsed() > Duration::from_secs(60) {
                     pause = policy.initial;
+                    repeated.1 = 0;
+                }
+                let message = e.to_string();
+                if repeated.0 == message {
+                    repeated.1 += 1;
+                } else {
+                    repeated = (message, 1);
+                }
+                if repeated.1 >= policy.give_up_after {
+                    tracing::error!(pipeline = %plan.name, error = %e, failures = repeated.1, "pipeline failed the same way {} times in a row; giving up (the source keeps its WAL or binlog from the last checkpoint until the pipeline is resumed)", repeated.1);
+                    return Err(Error::new(
+                        e.kind(),
+                        format!(
+                            "failed {} times in a row with the same error, not retried again (fix the cause, then resume the pipeline): {e}",
+                            repeated.1
+                        ),
+                    ));
                 }
                 tracing::warn!(
                     pipeline = %plan.name,
@@ -211,7 +230,7 @@ async fn run_once(
         name: plan.name.clone(),
         commit_as,
         checkpoint_interval: plan.checkpoint_interval,
-        route: Box::new(move |t| route_plan.target_table(t)),
+        route: Box::new(move |t| route_plan.route(t)),
         partitioning,
         default_partitioning,
         isolate_tables: plan.isolate_tables,

@@ -36,6 +36,8 @@ pub struct RestartPolicy {
     pub initial: Duration,
     /// Longest pause.
     pub max: Duration,
+    /// Consecutive failures with the same error after which the pipeline gives up.
+    pub give_up_after: u32,
 }
 
 impl Default for RestartPolicy {
@@ -43,6 +45,7 @@ impl Default for RestartPolicy {
         RestartPolicy {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(60),
+            give_up_after: 10,
         }
     }
 }
@@ -155,6 +158,12 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
             cfg.restart.max = d;
         }
         cfg.restart.max = cfg.restart.max.max(cfg.restart.initial);
+        if let Some(n) = &r.give_up_after {
+            if *n.get_ref() == 0 {
+                return Err(src.error(Some(n.span()), "give_up_after must be at least 1, e.g. 10"));
+            }
+            cfg.restart.give_up_after = *n.get_ref();
+        }
     }
     Ok(cfg)
 }

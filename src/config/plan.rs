@@ -166,16 +166,19 @@ impl Plan {
     /// The lake table a source table lands in: the first matching route, else the
     /// source name without its database/schema prefix.
     pub fn target_table(&self, source_table: &str) -> String {
+        self.route(source_table).0
+    }
+
+    /// [`Plan::target_table`], and whether a `[[route]]` chose it (several source tables
+    /// may share a lake table only by a route).
+    pub fn route(&self, source_table: &str) -> (String, bool) {
         for r in &self.routes {
             if glob_match(&r.from, source_table) {
-                return r.to.clone();
+                return (r.to.clone(), true);
             }
         }
-        source_table
-            .rsplit('.')
-            .next()
-            .unwrap_or(source_table)
-            .to_string()
+        let bare = source_table.rsplit('.').next().unwrap_or(source_table);
+        (bare.to_string(), false)
     }
 }
 

@@ -454,8 +454,9 @@ pub struct DaemonFile {
 /// `[restart]` of the daemon file. A failed pipeline restarts alone from its last
 /// checkpoint after a pause that doubles from `initial_backoff` up to `max_backoff`
 /// (back to `initial_backoff` once it ran for a minute). Configuration errors (a wrong
-/// setting on the server too) are not retried: the pipeline shows `failed` until its
-/// file changes or it is resumed (`POST /pipelines/{name}/resume`).
+/// setting on the server too) are not retried, nor is an error that repeated
+/// `give_up_after` times: the pipeline shows `failed` until its file changes or it is
+/// resumed (`POST /pipelines/{name}/resume`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSection {
@@ -463,4 +464,9 @@ pub struct RestartSection {
     pub initial_backoff: Option<Spanned<HumanDuration>>,
     /// Longest pause. Default `"60s"`.
     pub max_backoff: Option<Spanned<HumanDuration>>,
+    /// Restarts after which a pipeline that keeps failing with the same error stops
+    /// retrying and shows `failed` with that error (the source's retained WAL or binlog
+    /// would otherwise pile up behind a retry that cannot succeed). A different error, or
+    /// a run that lasted a minute, starts the count again. Default 10.
+    pub give_up_after: Option<Spanned<u32>>,
 }

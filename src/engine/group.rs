@@ -423,11 +423,12 @@ fn earlier_owners(head: &GroupRecord, units: &[String], me: &str) -> BTreeMap<St
 impl GroupLedger {
     /// Commit `member`'s decided checkpoint (idempotent: a no-op if it is in the lake).
     async fn commit_decided(&self, member: &str, d: &Decided) -> Result<()> {
-        let ctx = CommitContext {
-            pipeline: commit_name(&self.pipeline, member),
-            checkpoint_id: d.checkpoint,
-            position: d.position.clone(),
-        };
+        let ctx = CommitContext::new(
+            &commit_name(&self.pipeline, member),
+            d.checkpoint,
+            &d.position,
+            &d.pending,
+        );
         for p in &d.pending {
             if super::commit_with_retry(self.sink.as_ref(), p, &ctx).await? {
                 tracing::info!(pipeline = %self.pipeline, table = %p.table, from = %member, checkpoint = d.checkpoint, "committed the last checkpoint of an earlier owner");
@@ -478,6 +479,7 @@ mod tests {
                 checkpoint_id: id,
                 added_rows: 1,
                 payload: serde_json::Value::Null,
+                empty: false,
             }],
             created_at_ms: 0,
         }

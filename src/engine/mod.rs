@@ -60,6 +60,11 @@ impl Checkpoints {
         }
     }
 
+    /// True for a pipeline's own records (a group's ledger decides for its members).
+    fn is_solo(&self) -> bool {
+        matches!(self, Checkpoints::Solo(_))
+    }
+
     async fn prune(&self) -> Result<()> {
         match self {
             Checkpoints::Solo(s) => s.prune().await,
@@ -71,6 +76,9 @@ impl Checkpoints {
 /// Batches queued per writer before the source waits.
 const CHANNEL_DEPTH: usize = 4;
 
+/// Source table → (lake table, chosen by a `[[route]]`).
+pub type Router = Box<dyn Fn(&str) -> (String, bool) + Send + Sync>;
+
 /// What the engine needs from a plan, independent of connector types.
 pub struct PipelineSpec {
     /// Pipeline name.
@@ -80,8 +88,9 @@ pub struct PipelineSpec {
     pub commit_as: String,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
-    /// Source table → lake table.
-    pub route: Box<dyn Fn(&str) -> String + Send + Sync>,
+    /// Source table → lake table, and whether a `[[route]]` chose it (only routed
+    /// source tables may share a lake table).
+    pub route: Router,
     /// Partition expressions per lake table.
     pub partitioning: BTreeMap<String, Vec<String>>,
     /// Partition expressions of tables not in `partitioning`.
@@ -284,13 +293,21 @@ pub async fn run(
     let spec = Arc::new(spec);
     let last = store.latest().await?;
     let mut summary = RunSummary::default();
+    let mut resume = None;
     if let Some(rec) = &last {
         recover(&spec.commit_as, rec, sink.as_ref()).await?;
-        summary.resumed_from = Some(rec.id);
-        summary.last_checkpoint = Some(rec.id);
+        resume = Some((rec.id, rec.position.clone()));
     }
-    let mut source = open_source(last.as_ref().map(|r| r.position.clone())).await?;
-    let first_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
+    if store.is_solo()
+        && let Some(lake) =
+            lake_checkpoint(&spec.commit_as, sink.as_ref(), last.as_ref().map(|r| r.id)).await?
+    {
+        resume = Some(lake);
+    }
+    summary.resumed_from = resume.as_ref().map(|(id, _)| *id);
+    summary.last_checkpoint = summary.resumed_from;
+    let first_id = summary.resumed_from.map_or(1, |id| id + 1);
+    let mut source = open_source(resume.map(|(_, position)| position)).await?;
 
     // Writers, one per lake table.
     let (committed_tx, committed_rx) = watch::channel(first_id - 1);
@@ -345,6 +362,8 @@ pub async fn run(
     let mut wanted = false;
     // Re-snapshots started, answered once checkpoint `.0` (or a later one) commits.
     let mut resnapshots: Vec<(u64, oneshot::Sender<Result<u64>>)> = Vec::new();
+    // Source tables read again because another source of their lake table was truncated.
+    let mut rereading: std::collections::HashSet<String> = std::collections::HashSet::new();
     let lag_seconds =
         metrics::gauge!("lakeshore_source_lag_seconds", "pipeline" => spec.name.clone());
     let mut lag_measured = Instant::now();
@@ -489,7 +508,7 @@ pub async fn run(
                         ));
                     };
                     tracing::info!(pipeline = %spec.name, table = %t, "truncate");
-                    deliver(
+                    let delivered = deliver(
                         &spec,
                         &mut writers,
                         &targets,
@@ -499,6 +518,30 @@ pub async fn run(
                         observer.as_ref(),
                     )
                     .await?;
+                    // The lake table's rows do not say which source table they came
+                    // from, so it is emptied whole: its other source tables are read
+                    // again (their own Truncate, caused here, starts no new round).
+                    if delivered && !rereading.remove(&t) {
+                        let mut siblings: Vec<&String> = route
+                            .iter()
+                            .filter(|(name, i)| **i == w && **name != t)
+                            .map(|(name, _)| name)
+                            .collect();
+                        siblings.sort();
+                        for sibling in siblings {
+                            tracing::warn!(pipeline = %spec.name, table = %t, lake_table = %targets[w], other = %sibling, "a source table of a shared lake table was truncated: the lake table is emptied and its other source tables are read again");
+                            source.resnapshot(sibling).map_err(|e| {
+                                Error::new(
+                                    e.kind(),
+                                    format!(
+                                        "{t} was truncated, and lake table {} also holds rows of {sibling}, which cannot be read again: {e}. Give {t} a lake table of its own with a [[route]]",
+                                        targets[w]
+                                    ),
+                                )
+                            })?;
+                            rereading.insert(sibling.clone());
+                        }
+                    }
                 }
                 Some(SourceEvent::SchemaChange(t)) => {
                     let Some(&w) = route.get(&t.name) else {
@@ -657,7 +700,7 @@ pub async fn run(
 
 /// Finish the newest checkpoint record: commit its pending files (idempotent).
 async fn recover(pipeline: &str, rec: &CheckpointRecord, sink: &dyn Sink) -> Result<()> {
-    let ctx = context(pipeline, rec.id, &rec.position);
+    let ctx = CommitContext::new(pipeline, rec.id, &rec.position, &rec.pending);
     for p in &rec.pending {
         if commit_with_retry(sink, p, &ctx).await? {
             tracing::info!(pipeline, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
@@ -665,6 +708,50 @@ async fn recover(pipeline: &str, rec: &CheckpointRecord, sink: &dyn Sink) -> Res
     }
     tracing::info!(pipeline, checkpoint = rec.id, position = %rec.position, "resuming");
     Ok(())
+}
+
+/// The lake's newest checkpoint of `pipeline` and its position, when the lake is ahead of
+/// the state store (`state`: its newest record): the records were lost (a fresh pod, a
+/// deleted or changed `[pipeline] state`) or are older than the lake. The lake is the
+/// truth; resuming from the stale state would skip commits the lake already holds as
+/// "already there" while the source moved on. Refuses when that checkpoint reached only
+/// some of its tables: the missing tables' files were named only by the lost record.
+async fn lake_checkpoint(
+    pipeline: &str,
+    sink: &dyn Sink,
+    state: Option<u64>,
+) -> Result<Option<(u64, SourcePosition)>> {
+    let commits = sink.last_commits(pipeline).await?;
+    let Some(newest) = commits.iter().map(|c| c.checkpoint_id).max() else {
+        return Ok(None);
+    };
+    if state.is_some_and(|s| s >= newest) {
+        return Ok(None);
+    }
+    let at_newest: Vec<_> = commits
+        .iter()
+        .filter(|c| c.checkpoint_id == newest)
+        .collect();
+    let expected = at_newest.iter().filter_map(|c| c.tables).max().unwrap_or(0);
+    let state_says = match state {
+        Some(s) => format!("the state store's newest checkpoint record is {s}"),
+        None => "the state store has no checkpoint record".to_string(),
+    };
+    if at_newest.len() < expected {
+        let names: Vec<&str> = at_newest.iter().map(|c| c.table.as_str()).collect();
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "pipeline {pipeline}: {state_says}, and the lake's newest checkpoint {newest} reached only {} of its {expected} tables ({}); the record naming the others' files is lost. Restore the pipeline's state directory, or drop the pipeline's lake tables and run it again to start over",
+                at_newest.len(),
+                names.join(", ")
+            ),
+        ));
+    }
+    let position = at_newest[0].position.clone();
+    tracing::warn!(pipeline, checkpoint = newest, %position, "{state_says}, but the lake holds checkpoint {newest}: resuming from the lake's commit");
+    metrics::counter!("lakeshore_engine_resumed_from_lake_total", "pipeline" => pipeline.to_string()).increment(1);
+    Ok(Some((newest, position)))
 }
 
 /// One writer task per lake table (several source tables may route to one); returns the
@@ -680,10 +767,30 @@ async fn open_writers(
     let mut writers: Vec<Writer> = Vec::new();
     let mut targets: Vec<String> = Vec::new();
     let mut route: HashMap<String, usize> = HashMap::new();
+    // Lake tables that a source table reached without a route: they take no other.
+    let mut unrouted: Vec<bool> = Vec::new();
     for table in tables {
-        let target = (spec.route)(&table.name);
+        let (target, routed) = (spec.route)(&table.name);
         let idx = match targets.iter().position(|t| *t == target) {
-            Some(i) => i,
+            Some(i) if routed && !unrouted[i] => i,
+            Some(i) => {
+                let mut others: Vec<&String> = route
+                    .iter()
+                    .filter(|(_, w)| **w == i)
+                    .map(|(n, _)| n)
+                    .collect();
+                others.sort();
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "source tables {} and {} would both land in lake table {target} (the name without its schema); give {} a lake table of its own with a [[route]] (from = \"{}\", to = \"...\"), or merge them on purpose with a [[route]] that matches all of them",
+                        others.first().map_or("", |n| n.as_str()),
+                        table.name,
+                        table.name,
+                        table.name
+                    ),
+                ));
+            }
             None => {
                 let writer = sink
                     .open_table(&TableTarget {
@@ -710,6 +817,7 @@ async fn open_writers(
                     parked: false,
                 });
                 targets.push(target);
+                unrouted.push(!routed);
                 targets.len() - 1
             }
         };
@@ -752,14 +860,6 @@ async fn test_pause() {
     });
     if let Some(p) = pause {
         tokio::time::sleep(*p).await;
-    }
-}
-
-fn context(pipeline: &str, id: u64, position: &SourcePosition) -> CommitContext {
-    CommitContext {
-        pipeline: pipeline.to_string(),
-        checkpoint_id: id,
-        position: position.clone(),
     }
 }
 
@@ -850,7 +950,7 @@ async fn committer_task(
             };
             test_pause().await;
             store.write(&record).await?;
-            let ctx = context(&spec.commit_as, id, &position);
+            let ctx = CommitContext::new(&spec.commit_as, id, &position, &pending);
             for p in &pending {
                 test_pause().await;
                 let started = Instant::now();

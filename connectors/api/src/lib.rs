@@ -328,6 +328,11 @@ pub struct PendingCommit {
     pub added_rows: u64,
     /// Sink-specific description of the files.
     pub payload: serde_json::Value,
+    /// True when committing it changes nothing (no file, no delete, no truncation), so
+    /// the sink makes no commit for it. Records written before this field count as
+    /// changes.
+    #[serde(default)]
+    pub empty: bool,
 }
 
 /// What identifies a commit in the lake, written into its metadata.
@@ -339,6 +344,40 @@ pub struct CommitContext {
     pub checkpoint_id: u64,
     /// Source position of the checkpoint (`lakeshore.source-position`).
     pub position: SourcePosition,
+    /// How many lake tables this checkpoint changes (`lakeshore.checkpoint-tables`):
+    /// recovery from the lake alone (the state store lost) checks that each of them
+    /// holds the checkpoint before resuming from it.
+    pub tables: usize,
+}
+
+impl CommitContext {
+    /// The context of checkpoint `checkpoint_id` whose pending commits are `pending`.
+    pub fn new(
+        pipeline: &str,
+        checkpoint_id: u64,
+        position: &SourcePosition,
+        pending: &[PendingCommit],
+    ) -> Self {
+        CommitContext {
+            pipeline: pipeline.to_string(),
+            checkpoint_id,
+            position: position.clone(),
+            tables: pending.iter().filter(|p| !p.empty).count(),
+        }
+    }
+}
+
+/// The newest commit one pipeline made to one lake table, as the lake records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LakeCommit {
+    /// Lake table name.
+    pub table: String,
+    /// Checkpoint id of the commit.
+    pub checkpoint_id: u64,
+    /// Source position of that checkpoint.
+    pub position: SourcePosition,
+    /// Lake tables the checkpoint changed, when the commit says (older commits do not).
+    pub tables: Option<usize>,
 }
 
 /// A two-phase transactional sink.
@@ -365,6 +404,13 @@ pub trait Sink: Send + Sync {
     /// needs it).
     fn truncates(&self) -> bool {
         false
+    }
+
+    /// The newest commit of `pipeline` to each table of the sink (its namespace or root),
+    /// read from the lake itself. The engine resumes from these when the state store
+    /// lost its records or is behind the lake: the lake is the truth, state a cache.
+    async fn last_commits(&self, _pipeline: &str) -> Result<Vec<LakeCommit>> {
+        Ok(Vec::new())
     }
 }
 

@@ -33,7 +33,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use lakeshore_api::files::{Codec, writer_properties};
 use lakeshore_api::{
-    CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, TableTarget, TableWriter,
+    CommitContext, Error, ErrorKind, LakeCommit, PendingCommit, Result, Sink, SourcePosition,
+    TableTarget, TableWriter,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -102,6 +103,9 @@ struct Marker {
     /// Partitions written and not complete yet, with their end in event time.
     open: BTreeMap<String, i64>,
     committed_at_ms: u64,
+    /// Lake tables the checkpoint changed (missing in markers of older versions).
+    #[serde(default)]
+    tables: Option<usize>,
 }
 
 /// An `object_store` failure; most are worth retrying (the store may come back).
@@ -462,6 +466,7 @@ impl Sink for HiveSink {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            tables: Some(ctx.tables),
         };
         let body = serde_json::to_vec(&marker)
             .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
@@ -471,6 +476,31 @@ impl Sink for HiveSink {
             .await
             .map_err(|e| storage_error("writing commit.json", e))?;
         Ok(true)
+    }
+
+    async fn last_commits(&self, pipeline: &str) -> Result<Vec<LakeCommit>> {
+        let meta = path_of(&format!("{}/_lakeshore/{pipeline}", self.root))?;
+        let listed = self
+            .settings
+            .store
+            .list_with_delimiter(Some(&meta))
+            .await
+            .map_err(|e| storage_error("listing the pipeline's commit records", e))?;
+        let mut commits = Vec::new();
+        for dir in listed.common_prefixes {
+            let Some(table) = dir.filename() else {
+                continue;
+            };
+            if let Some(m) = self.read_marker(&self.layout(pipeline, table)?).await? {
+                commits.push(LakeCommit {
+                    table: table.to_string(),
+                    checkpoint_id: m.checkpoint_id,
+                    position: SourcePosition(m.position),
+                    tables: m.tables,
+                });
+            }
+        }
+        Ok(commits)
     }
 }
 
@@ -534,6 +564,7 @@ mod tests {
             pipeline: "p".into(),
             checkpoint_id: id,
             position: SourcePosition::sequence(id),
+            tables: 1,
         }
     }
 
@@ -581,6 +612,37 @@ mod tests {
         // b late with a's checkpoint 1: already in.
         assert!(!b.commit(&p1, &ctx_a(1)).await.unwrap());
         assert_eq!(files_under(&dir.join("t")).len(), 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The lake answers for lost state: each table's `commit.json` gives its pipeline's
+    /// newest checkpoint, position and table count; other pipelines' are not listed.
+    #[tokio::test]
+    async fn last_commits_are_read_from_the_commit_records() {
+        let dir = std::env::temp_dir().join(format!("lakeshore-hive-{}", uuid::Uuid::new_v4()));
+        let sink = HiveSink::connect(options(&dir)).await.unwrap();
+        assert!(sink.last_commits("p").await.unwrap().is_empty());
+        let mut w = sink.open_table(&target()).await.unwrap();
+        for id in 1..=3 {
+            w.write(batch(0..10)).await.unwrap();
+            let p = w.prepare(id).await.unwrap();
+            assert!(!p.empty);
+            assert!(sink.commit(&p, &ctx(id)).await.unwrap());
+        }
+        let idle = w.prepare(4).await.unwrap();
+        assert!(idle.empty);
+        assert!(!sink.commit(&idle, &ctx(4)).await.unwrap());
+        let commits = sink.last_commits("p").await.unwrap();
+        assert_eq!(
+            commits,
+            vec![LakeCommit {
+                table: "t".into(),
+                checkpoint_id: 3,
+                position: SourcePosition::sequence(3),
+                tables: Some(1),
+            }]
+        );
+        assert!(sink.last_commits("other").await.unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -251,6 +251,7 @@ impl TableWriter for HiveWriter {
             complete,
             open: self.pending_partitions.clone(),
         };
+        let empty = pending.files.is_empty() && pending.complete.is_empty();
         let payload = serde_json::to_value(&pending)
             .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
         Ok(PendingCommit {
@@ -258,6 +259,7 @@ impl TableWriter for HiveWriter {
             checkpoint_id,
             added_rows: std::mem::take(&mut self.rows),
             payload,
+            empty,
         })
     }
 

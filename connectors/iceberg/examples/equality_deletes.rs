@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as u64,
         position: SourcePosition(serde_json::Value::Null),
+        tables: 1,
     };
     match commit_row_delta(&catalog, &ident, &delta, &ctx).await? {
         CommitOutcome::Committed => println!("{n} equality-delete files committed"),

@@ -28,7 +28,7 @@ use iceberg::table::Table;
 use std::str::FromStr;
 
 use iceberg::{MetadataLocation, TableIdent};
-use lakeshore_api::{CommitContext, Error, ErrorKind, Result};
+use lakeshore_api::{CommitContext, Error, ErrorKind, LakeCommit, Result, SourcePosition};
 
 use crate::catalog::CatalogHandle;
 use crate::error::{ice, internal};
@@ -39,6 +39,8 @@ pub const PIPELINE_KEY: &str = "lakeshore.pipeline";
 pub const CHECKPOINT_KEY: &str = "lakeshore.checkpoint-id";
 /// Source position of the checkpoint.
 pub const POSITION_KEY: &str = "lakeshore.source-position";
+/// How many lake tables the checkpoint changed (recovery from the lake checks them all).
+pub const TABLES_KEY: &str = "lakeshore.checkpoint-tables";
 /// Set on snapshots written by table maintenance (`compaction`).
 pub const MAINTENANCE_KEY: &str = "lakeshore.maintenance";
 
@@ -77,12 +79,47 @@ impl RowDelta {
 
 /// The newest checkpoint id of `pipeline` in the table's main-branch history.
 pub fn last_checkpoint(table: &Table, pipeline: &str) -> Option<u64> {
+    newest_commit(table, pipeline).map(|(id, _)| id)
+}
+
+/// The newest commit of `pipeline` in the table's main-branch history, as the lake
+/// records it (the position and table count are missing from very old commits).
+pub fn last_commit(table: &Table, pipeline: &str) -> Result<Option<LakeCommit>> {
+    let Some((checkpoint_id, props)) = newest_commit(table, pipeline) else {
+        return Ok(None);
+    };
+    let name = table.identifier().name().to_string();
+    let Some(position) = props.get(POSITION_KEY) else {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "table {}: the commit of pipeline {pipeline}'s checkpoint {checkpoint_id} has no {POSITION_KEY}; restore the pipeline's state directory",
+                table.identifier()
+            ),
+        ));
+    };
+    let position = serde_json::from_str(position).map_err(|e| {
+        internal(format!(
+            "table {}: {POSITION_KEY} of checkpoint {checkpoint_id} is unreadable: {e}",
+            table.identifier()
+        ))
+    })?;
+    Ok(Some(LakeCommit {
+        table: name,
+        checkpoint_id,
+        position: SourcePosition(position),
+        tables: props.get(TABLES_KEY).and_then(|t| t.parse().ok()),
+    }))
+}
+
+fn newest_commit(table: &Table, pipeline: &str) -> Option<(u64, HashMap<String, String>)> {
     let md = table.metadata_ref();
     let current = md.current_snapshot_id()?;
     iceberg::util::snapshot::ancestors_of(&md, current).find_map(|s| {
         let props = &s.summary().additional_properties;
         if props.get(PIPELINE_KEY).map(String::as_str) == Some(pipeline) {
-            props.get(CHECKPOINT_KEY).and_then(|c| c.parse().ok())
+            let id = props.get(CHECKPOINT_KEY).and_then(|c| c.parse().ok())?;
+            Some((id, props.clone()))
         } else {
             None
         }
@@ -726,6 +763,7 @@ async fn stage(
     props.insert(PIPELINE_KEY.into(), ctx.pipeline.clone());
     props.insert(CHECKPOINT_KEY.into(), ctx.checkpoint_id.to_string());
     props.insert(POSITION_KEY.into(), ctx.position.to_json_string());
+    props.insert(TABLES_KEY.into(), ctx.tables.to_string());
     let next = NextSnapshot {
         id: snapshot_id,
         uuid: commit_uuid,

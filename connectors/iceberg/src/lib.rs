@@ -17,7 +17,8 @@ use iceberg::spec::PartitionSpec;
 use iceberg::writer::file_writer::location_generator::DefaultLocationGenerator;
 use iceberg::{NamespaceIdent, TableCreation, TableIdent};
 use lakeshore_api::{
-    CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, TableTarget, TableWriter,
+    CommitContext, Error, ErrorKind, LakeCommit, PendingCommit, Result, Sink, TableTarget,
+    TableWriter,
 };
 
 pub mod catalog;
@@ -381,5 +382,14 @@ impl Sink for IcebergSink {
 
     fn truncates(&self) -> bool {
         true
+    }
+
+    async fn last_commits(&self, pipeline: &str) -> Result<Vec<LakeCommit>> {
+        let mut commits = Vec::new();
+        for name in self.tables().await? {
+            let table = self.load(&self.ident(&name)).await?;
+            commits.extend(commit::last_commit(&table, pipeline)?);
+        }
+        Ok(commits)
     }
 }

@@ -287,6 +287,7 @@ fn pending(
         checkpoint_id,
         added_rows,
         payload: serde_json::to_value(payload).map_err(|e| internal(e.to_string()))?,
+        empty: delta.is_empty(),
     })
 }
 

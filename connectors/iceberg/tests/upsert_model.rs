@@ -236,6 +236,7 @@ async fn upserts_match_a_folded_model() {
                 pipeline: "model".into(),
                 checkpoint_id: checkpoint,
                 position: SourcePosition::sequence(checkpoint),
+                tables: 1,
             };
             sink.commit(&pending, &ctx).await.unwrap();
             // Committing the same checkpoint again is a no-op.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use lakeshore_api::{ChangeBatch, Error, ErrorKind, Op, Result, SourceEvent};
 use mysql_common::value::Value;
 
+use crate::ddl::{self, Ddl};
 use crate::discover::{self, MyTable};
 use crate::snapshot::{self, Key, compare_keys};
-use crate::stream::{self, Msg, RowOp};
-use crate::types::RowsBuilder;
+use crate::stream::{self, Declared, Msg, RowOp};
+use crate::types::{self, Kind, RowsBuilder};
 use crate::{BinlogPos, ColumnMap, MysqlSource, Pending, Progress};
 
 impl MysqlSource {
@@ -106,33 +107,113 @@ impl MysqlSource {
             self.tables[t] = now;
             self.mapping.retain(|(x, _), _| *x != t);
             m = known(&self.tables[t]);
-            if let Some((c, _)) = columns.iter().zip(&m).find(|(_, i)| i.is_none()) {
-                return Err(Error::new(
-                    ErrorKind::Transient,
-                    format!(
-                        "table {}: column {c} is in the binlog but not on the server any more; \
-                         restarting to read the new shape",
-                        self.tables[t].name
-                    ),
-                ));
+            // Events from before a column was dropped or renamed (read again after a
+            // restart, the server already without it): the column is gone from the
+            // source, so its values are not kept. A rename's own statement follows and
+            // reads the table again (`on_statement`).
+            for (c, _) in columns.iter().zip(&m).filter(|(_, i)| i.is_none()) {
+                tracing::warn!(table = %self.tables[t].name, column = %c, "a column in the binlog is no longer on the server (dropped or renamed later): its values are skipped");
             }
         }
         self.mapping.insert((t, columns.clone()), m.clone());
         Ok(m)
     }
 
+    /// Bring table `t`'s column types in line with what the row event's table map
+    /// declares (`map`: our column of each binlog column): an `ALTER TABLE ... MODIFY`
+    /// shows up here first. ENUM/SET labels are taken from the binlog (a reordered
+    /// `ENUM` decodes its index by the new labels); a wider integer, float or decimal
+    /// precision becomes a schema change the lake follows; a type that was narrower
+    /// before (a replay from before the change) fits as it is; anything else, such as
+    /// a new decimal scale or a number that became text, stops the table with an error
+    /// naming the column and the change.
+    pub(crate) fn follow_declared(
+        &mut self,
+        t: usize,
+        map: &[Option<usize>],
+        declared: &[Declared],
+    ) -> Result<()> {
+        let table = &self.tables[t];
+        let mut changed: Vec<(usize, Kind, String)> = Vec::new();
+        let mut widened = false;
+        for (d, i) in declared.iter().zip(map) {
+            let Some(i) = *i else { continue };
+            let c = &table.columns[i];
+            let to = match (&c.kind, d) {
+                (Kind::Enum(l), Declared::Enum(Some(l2))) if l != l2 => {
+                    Some((Kind::Enum(l2.clone()), enum_type("enum", l2)))
+                }
+                (Kind::Set(l), Declared::Set(Some(l2))) if l != l2 => {
+                    Some((Kind::Set(l2.clone()), enum_type("set", l2)))
+                }
+                (Kind::Enum(_) | Kind::Set(_), Declared::Varying | Declared::Fixed(_)) => {
+                    Some((Kind::Text { latin1: false }, "varchar".to_string()))
+                }
+                (Kind::Text { .. }, Declared::Enum(Some(l2))) => {
+                    Some((Kind::Enum(l2.clone()), enum_type("enum", l2)))
+                }
+                (Kind::Text { .. }, Declared::Set(Some(l2))) => {
+                    Some((Kind::Set(l2.clone()), enum_type("set", l2)))
+                }
+                (k, d) => match numeric_change(k, d) {
+                    Change::Fits => None,
+                    Change::Widen(kind, column_type) => {
+                        widened = true;
+                        Some((kind, column_type))
+                    }
+                    Change::Refuse(to, why) => return Err(type_changed(table, i, &to, why)),
+                },
+            };
+            if let Some((kind, column_type)) = to {
+                changed.push((i, kind, column_type));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        // Rows buffered so far were decoded with the old types.
+        self.flush_table(t)?;
+        let table = &mut self.tables[t];
+        for (i, kind, column_type) in changed {
+            tracing::info!(table = %table.name, column = %table.columns[i].name, from = %table.columns[i].column_type, to = %column_type, "column type changed at the source");
+            table.columns[i].kind = kind;
+            table.columns[i].column_type = column_type;
+        }
+        if widened {
+            let pairs: Vec<(String, Kind)> = table
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.kind.clone()))
+                .collect();
+            table.schema.schema = types::arrow_schema(&pairs, &table.schema.key);
+            self.out
+                .push_back(SourceEvent::SchemaChange(table.schema.clone()));
+        }
+        Ok(())
+    }
+
     /// One row image in our column order (columns the image lacks are null).
+    /// BINARY(n) values get back the trailing zero bytes the binlog dropped, so they
+    /// read as in the snapshot (and a key compares the same either way).
     pub(crate) fn key_and_row(
         &self,
         t: usize,
         map: &[Option<usize>],
+        declared: &[Declared],
         image: &[Value],
     ) -> Result<(Key, Vec<Value>)> {
         let table = &self.tables[t];
         let mut row = vec![Value::NULL; table.columns.len()];
-        for (v, i) in image.iter().zip(map) {
+        for (c, (v, i)) in image.iter().zip(map).enumerate() {
             if let Some(i) = i {
-                row[*i] = v.clone();
+                let mut v = v.clone();
+                if let (Kind::Binary, Some(Declared::Fixed(n)), Value::Bytes(b)) =
+                    (&table.columns[*i].kind, declared.get(c), &mut v)
+                    && b.len() < *n
+                {
+                    b.resize(*n, 0);
+                }
+                row[*i] = v;
             }
         }
         let key = snapshot::key_of(table, &row).ok_or_else(|| {
@@ -198,6 +279,7 @@ impl MysqlSource {
         table: &str,
         op: RowOp,
         columns: &Arc<[String]>,
+        declared: &[Declared],
         rows: Vec<(Option<stream::Image>, Option<stream::Image>)>,
     ) -> Result<()> {
         let Some(&t) = self.by_name.get(&format!("{db}.{table}")) else {
@@ -206,7 +288,7 @@ impl MysqlSource {
         if self.failed.contains(&t) {
             return Ok(());
         }
-        match self.table_rows(t, op, columns, rows).await {
+        match self.table_rows(t, op, columns, declared, rows).await {
             Err(e) if e.kind() == ErrorKind::Unsupported => {
                 self.fail_table(t, e);
                 Ok(())
@@ -235,21 +317,23 @@ impl MysqlSource {
         t: usize,
         op: RowOp,
         columns: &Arc<[String]>,
+        declared: &[Declared],
         rows: Vec<(Option<stream::Image>, Option<stream::Image>)>,
     ) -> Result<()> {
         let map = self.mapping(t, columns).await?;
+        self.follow_declared(t, &map, declared)?;
         for (before, after) in rows {
             match op {
                 RowOp::Insert => {
                     let Some(after) = after else { continue };
-                    let (key, row) = self.key_and_row(t, &map, &after)?;
+                    let (key, row) = self.key_and_row(t, &map, declared, &after)?;
                     if self.passes(t, &key) {
                         self.push_row(t, Op::Insert, &row)?;
                     }
                 }
                 RowOp::Delete => {
                     let Some(before) = before else { continue };
-                    let (key, row) = self.key_and_row(t, &map, &before)?;
+                    let (key, row) = self.key_and_row(t, &map, declared, &before)?;
                     if self.passes(t, &key) {
                         self.push_row(t, Op::Delete, &row)?;
                     }
@@ -258,8 +342,8 @@ impl MysqlSource {
                     let (Some(before), Some(after)) = (before, after) else {
                         continue;
                     };
-                    let (old_key, old_row) = self.key_and_row(t, &map, &before)?;
-                    let (new_key, new_row) = self.key_and_row(t, &map, &after)?;
+                    let (old_key, old_row) = self.key_and_row(t, &map, declared, &before)?;
+                    let (new_key, new_row) = self.key_and_row(t, &map, declared, &after)?;
                     if old_key != new_key && self.passes(t, &old_key) {
                         self.push_row(t, Op::UpdateBefore, &old_row)?;
                     }
@@ -289,8 +373,12 @@ impl MysqlSource {
                 table,
                 op,
                 columns,
+                declared,
                 rows,
-            } => self.on_rows(&db, &table, op, &columns, rows).await?,
+            } => {
+                self.on_rows(&db, &table, op, &columns, &declared, rows)
+                    .await?
+            }
             Msg::Commit { next } => {
                 self.txn = None;
                 if let Some(g) = self.txn_gtid.take() {
@@ -299,7 +387,9 @@ impl MysqlSource {
                 self.passed(next);
             }
             Msg::Statement { db, sql, next } => {
-                self.on_statement(&db, &sql)?;
+                for t in self.on_statement(&db, &sql)? {
+                    self.reread(t).await?;
+                }
                 self.txn = None;
                 if let Some(g) = self.txn_gtid.take() {
                     self.position.gtid = Some(g);
@@ -315,103 +405,143 @@ impl MysqlSource {
         Ok(())
     }
 
-    /// A statement outside row events. `TRUNCATE` of a replicated table is replicated;
-    /// other DDL on it is picked up from the next row event's column names.
-    pub(crate) fn on_statement(&mut self, db: &str, sql: &str) -> Result<()> {
-        let words: Vec<String> = sql
-            .split_whitespace()
-            .take(3)
-            .map(|w| w.to_ascii_uppercase())
-            .collect();
-        let qualify = |name: &str| {
-            let name = name.trim_end_matches([';', '(']).replace('`', "");
-            if name.contains('.') {
-                name
-            } else {
-                format!("{db}.{name}")
-            }
+    /// A statement outside row events (`ddl.rs` reads it). Returns the tables that must
+    /// be read again: their rows changed without row events (partition DDL), a column
+    /// was renamed (the lake's column of the old name would keep stale values), or
+    /// another table took their name (gh-ost / pt-online-schema-change cut-over).
+    pub(crate) fn on_statement(&mut self, db: &str, sql: &str) -> Result<Vec<usize>> {
+        let followed = |s: &Self, name: &str| {
+            s.by_name
+                .get(name)
+                .copied()
+                .filter(|t| !s.failed.contains(t))
         };
-        let tokens: Vec<&str> = sql.split_whitespace().collect();
-        let upper: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
-        let is = |i: usize, w: &str| upper.get(i).is_some_and(|u| u == w);
-        // CREATE TABLE of a table the filter names: restart, which discovers it and reads
-        // its snapshot (changes to keys not read yet are dropped, as for any table).
-        if is(0, "CREATE") && upper.iter().take(3).any(|u| u == "TABLE") {
-            let at = upper.iter().position(|u| u == "TABLE").unwrap_or(1) + 1;
-            let skip = if is(at, "IF") { 3 } else { 0 };
-            if let Some(name) = tokens.get(at + skip).map(|n| qualify(n))
-                && !self.by_name.contains_key(&name)
-                && self
-                    .opts
-                    .tables
-                    .iter()
-                    .any(|p| discover::glob_match(p, &name))
-            {
-                return Err(Error::new(
-                    ErrorKind::Transient,
-                    format!("table {name} was created; restarting to add it"),
-                ));
+        let mut reread = Vec::new();
+        match ddl::parse(db, sql) {
+            // CREATE TABLE of a table the filter names: restart, which discovers it and
+            // reads its snapshot (changes to keys not read yet are dropped, as for any
+            // table). A followed table created again after a DROP (which emptied it)
+            // fills from its row events.
+            Ddl::CreateTable(name) => {
+                if !self.by_name.contains_key(&name)
+                    && self
+                        .opts
+                        .tables
+                        .iter()
+                        .any(|p| discover::glob_match(p, &name))
+                {
+                    return Err(Error::new(
+                        ErrorKind::Transient,
+                        format!("table {name} was created; restarting to add it"),
+                    ));
+                }
             }
+            Ddl::Truncate(name) => {
+                if let Some(t) = followed(self, &name) {
+                    self.truncated(t)?;
+                }
+            }
+            Ddl::DropTables(names) => {
+                for name in names {
+                    if let Some(t) = followed(self, &name) {
+                        tracing::warn!(table = %name, "table dropped at the source: the lake table is emptied (a table created under the name fills it again)");
+                        self.truncated(t)?;
+                    }
+                }
+            }
+            Ddl::Rename(pairs) => {
+                for (from, _) in &pairs {
+                    let Some(t) = followed(self, from) else {
+                        continue;
+                    };
+                    if pairs.iter().any(|(_, to)| to == from) {
+                        // Another table took the name in the same statement: a cut-over.
+                        tracing::warn!(table = %from, statement = %sql.trim(), "another table took the name of a followed table (an online schema change's cut-over): reading it again");
+                        reread.push(t);
+                        continue;
+                    }
+                    let error = Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "table {from} was renamed ({}); lakeshore does not follow renames. Start a \
+                             new pipeline for the new name (the lake table keeps its rows)",
+                            sql.trim()
+                        ),
+                    );
+                    self.flush_table(t)?;
+                    self.fail_table(t, error);
+                }
+                // A name taken over by a followed table's rename of another: read it.
+                for (_, to) in &pairs {
+                    if let Some(t) = followed(self, to)
+                        && !reread.contains(&t)
+                        && !pairs.iter().any(|(from, _)| from == to)
+                    {
+                        reread.push(t);
+                    }
+                }
+            }
+            Ddl::Reread { table, why } => {
+                if let Some(t) = followed(self, &table) {
+                    tracing::warn!(table = %table, clause = %why, "the statement changes rows or column names without row events: reading the table again");
+                    reread.push(t);
+                }
+            }
+            Ddl::Other => {}
         }
-        // RENAME TABLE a TO b / ALTER TABLE a RENAME [TO] b of a replicated table.
-        let renamed = if is(0, "RENAME") && is(1, "TABLE") {
-            tokens.get(2).map(|n| qualify(n))
-        } else if is(0, "ALTER") && is(1, "TABLE") && upper.iter().any(|u| u == "RENAME") {
-            let to = upper.iter().position(|u| u == "RENAME").unwrap_or(0) + 1;
-            (!is(to, "COLUMN") && !is(to, "INDEX") && !is(to, "KEY"))
-                .then(|| tokens.get(2).map(|n| qualify(n)))
-                .flatten()
-        } else {
-            None
-        };
-        if let Some(name) = renamed
-            && let Some(&t) = self.by_name.get(&name)
-            && !self.failed.contains(&t)
-        {
+        Ok(reread)
+    }
+
+    /// Table `t` lost every row (TRUNCATE, DROP TABLE).
+    fn truncated(&mut self, t: usize) -> Result<()> {
+        let full = self.tables[t].name.clone();
+        self.flush_table(t)?;
+        self.out.push_back(SourceEvent::Truncate(full.clone()));
+        let done = self.position.tables.get(&full) == Some(&Progress::Done);
+        let open_window = self.position.windows.iter().any(|w| w.table == full);
+        if !done || open_window {
+            self.position.tables.remove(&full);
+            self.position.windows.retain(|w| w.table != full);
+            let start = self.txn.as_ref().unwrap_or(&self.position.binlog);
+            self.dropped[t] = Some(start.clone());
+            self.read_again();
+        }
+        Ok(())
+    }
+
+    /// A table's snapshot starts over: a bounded run reads it to its end before it takes
+    /// a new end of the binlog, rather than stopping at the old one with the table half
+    /// read.
+    pub(crate) fn read_again(&mut self) {
+        self.end_at = None;
+        self.finished = false;
+    }
+
+    /// Read table `t` again from the server as it is now: its columns (the lake gets
+    /// new ones), then its rows, merged with the stream like a re-snapshot.
+    pub(crate) async fn reread(&mut self, t: usize) -> Result<()> {
+        let (db, name) = (self.tables[t].db.clone(), self.tables[t].table.clone());
+        let now = discover::describe(&mut self.conn, &db, &name).await?;
+        self.flush_table(t)?;
+        if now.key != self.tables[t].key {
             let error = Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "table {name} was renamed ({}); lakeshore does not follow renames. Start a \
-                     new pipeline for the new name (the lake table {name} keeps its rows)",
-                    sql.trim()
+                    "table {}: its primary key changed; the lake table is keyed by the old one. Start a new pipeline (or drop the lake table) to read it with the new key",
+                    now.name
                 ),
             );
-            self.flush_table(t)?;
             self.fail_table(t, error);
             return Ok(());
         }
-        if words.first().map(String::as_str) == Some("TRUNCATE") {
-            let name = sql
-                .split_whitespace()
-                .nth(if words.get(1).map(String::as_str) == Some("TABLE") {
-                    2
-                } else {
-                    1
-                })
-                .unwrap_or_default()
-                .trim_end_matches(';')
-                .replace('`', "");
-            let full = if name.contains('.') {
-                name
-            } else {
-                format!("{db}.{name}")
-            };
-            if let Some(&t) = self.by_name.get(&full)
-                && !self.failed.contains(&t)
-            {
-                self.flush_table(t)?;
-                self.out.push_back(SourceEvent::Truncate(full.clone()));
-                let done = self.position.tables.get(&full) == Some(&Progress::Done);
-                let open_window = self.position.windows.iter().any(|w| w.table == full);
-                if !done || open_window {
-                    self.position.tables.remove(&full);
-                    self.position.windows.retain(|w| w.table != full);
-                    let start = self.txn.as_ref().unwrap_or(&self.position.binlog);
-                    self.dropped[t] = Some(start.clone());
-                }
-            }
+        if now.schema.schema != self.tables[t].schema.schema {
+            self.out
+                .push_back(SourceEvent::SchemaChange(now.schema.clone()));
         }
-        Ok(())
+        self.tables[t] = now;
+        self.mapping.retain(|(x, _), _| *x != t);
+        let table = self.tables[t].name.clone();
+        lakeshore_api::Source::resnapshot(self, &table)
     }
 }
 
@@ -431,4 +561,104 @@ pub(crate) fn warn_zero_dates(table: &MyTable, rows: &RowsBuilder) {
             .increment(rows.zero_dates);
         tracing::warn!(table = %table.name, count = rows.zero_dates, "zero dates read as null");
     }
+}
+
+/// How a column of kind `k` takes values of the declared type `d`.
+enum Change {
+    /// Every value of `d` is a value of `k` (the same type, or a replay of events from
+    /// before a widening the table has since had).
+    Fits,
+    /// The lake column widens to this kind (Iceberg's int → long, float → double,
+    /// decimal precision); the string is the new column type, for messages.
+    Widen(Kind, String),
+    /// Values of `d` cannot be written to the lake column: the new type and why.
+    Refuse(String, &'static str),
+}
+
+fn numeric_change(k: &Kind, d: &Declared) -> Change {
+    use Change::*;
+    let refuse = |why| Refuse(declared_name(d), why);
+    let int_digits = |k: &Kind| match k {
+        Kind::Int24 => 6,
+        Kind::Int32 => 9,
+        Kind::Int64 => 18,
+        Kind::UInt64 => 20,
+        Kind::Decimal(p, s) => (*p as i16 - *s as i16) as u8,
+        _ => 0,
+    };
+    let is_text = matches!(
+        k,
+        Kind::Text { .. } | Kind::Binary | Kind::Enum(_) | Kind::Set(_) | Kind::Json
+    );
+    match (k, d) {
+        (Kind::Int32 | Kind::Int24, Declared::Int) => Fits,
+        (Kind::Int32 | Kind::Int24, Declared::BigInt) => Widen(Kind::Int64, "bigint".into()),
+        (Kind::Int64 | Kind::UInt64, Declared::Int | Declared::BigInt) => Fits,
+        (Kind::Decimal(..), Declared::Int) if int_digits(k) >= 10 => Fits,
+        (Kind::Decimal(..), Declared::BigInt) if int_digits(k) >= 20 => Fits,
+        (Kind::Decimal(p, s), Declared::Decimal(p2, s2)) => {
+            let (p, s, p2, s2) = (*p as i16, *s as i16, *p2 as i16, *s2 as i16);
+            if s2 <= s && p2 - s2 <= p - s {
+                Fits
+            } else if s2 == s && p2 <= 38 {
+                Widen(
+                    Kind::Decimal(p2 as u8, s as i8),
+                    format!("decimal({p2},{s})"),
+                )
+            } else {
+                refuse("an Iceberg decimal can widen its precision but not change its scale")
+            }
+        }
+        (Kind::Int24 | Kind::Int32 | Kind::Int64 | Kind::UInt64, Declared::Decimal(p2, 0))
+            if *p2 <= int_digits(k) =>
+        {
+            Fits
+        }
+        (Kind::Float32, Declared::Float) => Fits,
+        (Kind::Float32, Declared::Double) => Widen(Kind::Float64, "double".into()),
+        (Kind::Float64, Declared::Float | Declared::Double) => Fits,
+        (Kind::Int24 | Kind::Int32 | Kind::Int64 | Kind::UInt64 | Kind::Decimal(..), _)
+        | (Kind::Float32 | Kind::Float64, _)
+            if !matches!(d, Declared::Other) =>
+        {
+            refuse("the lake column keeps its number type, which cannot hold these values")
+        }
+        (_, Declared::Int | Declared::BigInt | Declared::Float | Declared::Double)
+        | (_, Declared::Decimal(..))
+            if is_text =>
+        {
+            refuse("the lake column is text and Iceberg cannot change it to a number")
+        }
+        _ => Fits,
+    }
+}
+
+fn declared_name(d: &Declared) -> String {
+    match d {
+        Declared::Decimal(p, s) => format!("decimal({p},{s})"),
+        Declared::Fixed(n) => format!("char/binary({n})"),
+        Declared::Enum(_) => "enum".into(),
+        Declared::Set(_) => "set".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn enum_type(what: &str, labels: &[String]) -> String {
+    let quoted: Vec<String> = labels
+        .iter()
+        .map(|l| format!("'{}'", l.replace('\'', "''")))
+        .collect();
+    format!("{what}({})", quoted.join(","))
+}
+
+/// Column `i` of `table` changed to `to` in a way the lake cannot follow.
+fn type_changed(table: &MyTable, i: usize, to: &str, why: &str) -> Error {
+    let c = &table.columns[i];
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "table {}, column {}: its type changed from {} to {to} at the source; {why}. To go on, drop the lake table and read the source table again (restart, then POST /pipelines/<name>/resnapshot?table={})",
+            table.name, c.name, c.column_type, table.name
+        ),
+    )
 }

@@ -33,6 +33,7 @@ use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 
 mod changes;
+mod ddl;
 pub mod discover;
 mod server;
 pub mod snapshot;
@@ -712,6 +713,7 @@ impl Source for MysqlSource {
         self.out.push_back(SourceEvent::Truncate(table.to_string()));
         self.position.tables.remove(table);
         self.position.windows.retain(|w| w.table != table);
+        self.read_again();
         tracing::info!(table, "reading the table again (re-snapshot)");
         Ok(())
     }

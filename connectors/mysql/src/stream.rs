@@ -36,12 +36,14 @@ pub enum Msg {
     /// A transaction starts; `at` lies within it (its GTID event, or `BEGIN`). A DDL
     /// transaction ends with its [`Msg::Statement`].
     Begin { at: BinlogPos, gtid: Option<String> },
-    /// Row changes of `db.table`; `columns` are the binlog's column names.
+    /// Row changes of `db.table`; `columns` are the binlog's column names and
+    /// `declared` their types as the event's table map declares them.
     Rows {
         db: String,
         table: String,
         op: RowOp,
         columns: Arc<[String]>,
+        declared: Arc<[Declared]>,
         rows: Vec<(Option<Image>, Option<Image>)>,
     },
     /// The transaction ended; the next one starts at `next`.
@@ -54,6 +56,86 @@ pub enum Msg {
     },
     /// Nothing to apply up to `next` (rotation, heartbeat, bookkeeping events).
     Advance { next: BinlogPos },
+}
+
+/// A column's type as a row event's table map declares it: the truth at that point of
+/// the binlog, whatever `information_schema` says now. Only what decoding or the lake's
+/// column type depends on is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Declared {
+    /// TINYINT, SMALLINT, MEDIUMINT, INT, YEAR.
+    Int,
+    /// BIGINT.
+    BigInt,
+    Float,
+    Double,
+    /// DECIMAL(precision, scale).
+    Decimal(u8, u8),
+    /// ENUM, with its labels when the binlog carries them (`binlog_row_metadata=FULL`).
+    Enum(Option<Arc<[String]>>),
+    /// SET, with its labels when the binlog carries them.
+    Set(Option<Arc<[String]>>),
+    /// CHAR(n) / BINARY(n): at most `n` bytes; the binlog drops the trailing padding.
+    Fixed(usize),
+    /// VARCHAR, VARBINARY, TEXT, BLOB, JSON.
+    Varying,
+    /// Every other type (dates, times, BIT, GEOMETRY): compared by our own decoder.
+    Other,
+}
+
+/// The declared type of every column of a table map.
+pub fn declared(tme: &mysql_common::binlog::events::TableMapEvent<'_>) -> Vec<Declared> {
+    use mysql_common::binlog::events::OptionalMetadataField;
+    use mysql_common::constants::ColumnType as C;
+    let (mut enums, mut sets) = (Vec::new(), Vec::new());
+    for field in tme.iter_optional_meta().flatten() {
+        match field {
+            OptionalMetadataField::EnumStrValue(v) => {
+                for e in v.iter_values().flatten() {
+                    enums.push(e.values().iter().map(|x| x.value().into_owned()).collect());
+                }
+            }
+            OptionalMetadataField::SetStrValue(v) => {
+                for e in v.iter_values().flatten() {
+                    sets.push(e.values().iter().map(|x| x.value().into_owned()).collect());
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut enums, mut sets) = (enums.into_iter(), sets.into_iter());
+    (0..tme.columns_count() as usize)
+        .map(|i| {
+            let m = tme.get_column_metadata(i).unwrap_or(&[]);
+            match tme.get_column_type(i) {
+                Ok(Some(C::MYSQL_TYPE_TINY | C::MYSQL_TYPE_SHORT | C::MYSQL_TYPE_INT24))
+                | Ok(Some(C::MYSQL_TYPE_LONG | C::MYSQL_TYPE_YEAR)) => Declared::Int,
+                Ok(Some(C::MYSQL_TYPE_LONGLONG)) => Declared::BigInt,
+                Ok(Some(C::MYSQL_TYPE_FLOAT)) => Declared::Float,
+                Ok(Some(C::MYSQL_TYPE_DOUBLE)) => Declared::Double,
+                Ok(Some(C::MYSQL_TYPE_NEWDECIMAL)) if m.len() == 2 => Declared::Decimal(m[0], m[1]),
+                Ok(Some(C::MYSQL_TYPE_ENUM)) => Declared::Enum(enums.next()),
+                Ok(Some(C::MYSQL_TYPE_SET)) => Declared::Set(sets.next()),
+                Ok(Some(C::MYSQL_TYPE_STRING)) if m.len() == 2 => {
+                    // The real type's spare bits carry the high bits of the length (the
+                    // server's `Field_string::do_save_field_metadata`).
+                    let (b0, b1) = (m[0] as usize, m[1] as usize);
+                    if b0 & 0x30 != 0x30 {
+                        Declared::Fixed(b1 | (((b0 & 0x30) ^ 0x30) << 4))
+                    } else {
+                        Declared::Fixed(b1)
+                    }
+                }
+                Ok(Some(
+                    C::MYSQL_TYPE_VARCHAR
+                    | C::MYSQL_TYPE_VAR_STRING
+                    | C::MYSQL_TYPE_BLOB
+                    | C::MYSQL_TYPE_JSON,
+                )) => Declared::Varying,
+                _ => Declared::Other,
+            }
+        })
+        .collect()
 }
 
 /// The running reader.
@@ -406,6 +488,7 @@ fn rows_msg(
         table: tme.table_name().into_owned(),
         op,
         columns: columns.unwrap_or_else(|| Arc::from(Vec::new())),
+        declared: declared(tme).into(),
         rows: out,
     })
 }

@@ -120,9 +120,9 @@ impl PostgresSource {
             } else {
                 given[i]
             };
-            let builder = pending.rows.column(i);
+            let builder = &mut pending.rows;
             match value {
-                None | Some(ColumnValue::Null) => builder.append_null(),
+                None | Some(ColumnValue::Null) => builder.append_null(i),
                 Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => {
                     let s = std::str::from_utf8(b).map_err(|_| {
                         Error::new(
@@ -133,7 +133,7 @@ impl PostgresSource {
                             ),
                         )
                     })?;
-                    builder.append_text(s).map_err(|m| {
+                    builder.append_text(i, s).map_err(|m| {
                         Error::new(
                             ErrorKind::Unsupported,
                             format!("table {}, column {}: {m}", table.name, col.name),
@@ -154,6 +154,8 @@ impl PostgresSource {
         if let Some(mut p) = self.pending[t].take()
             && !p.ops.is_empty()
         {
+            let table = &self.tables[t];
+            p.rows.report_nulled(&table.name, &table.column_names());
             let rows = p.rows.finish()?;
             self.out.push_back(SourceEvent::Batch(ChangeBatch {
                 table: Arc::from(self.tables[t].name.as_str()),
@@ -208,18 +210,19 @@ impl PostgresSource {
             EventType::Insert {
                 schema,
                 table,
+                relation_oid,
                 data,
-                ..
-            } => self.row_change(&schema, &table, Op::Insert, &data)?,
+            } => self.row_change(relation_oid, &schema, &table, Op::Insert, &data)?,
             EventType::Update {
                 schema,
                 table,
+                relation_oid,
                 old_data,
                 new_data,
                 replica_identity,
                 ..
             } => {
-                let Some(t) = self.table_index(&schema, &table) else {
+                let Some(t) = self.table_of(relation_oid, &schema, &table)? else {
                     return Ok(());
                 };
                 let xid = self.xid.unwrap_or(0);
@@ -246,12 +249,15 @@ impl PostgresSource {
             EventType::Delete {
                 schema,
                 table,
+                relation_oid,
                 old_data,
                 ..
-            } => self.row_change(&schema, &table, Op::Delete, &old_data)?,
+            } => self.row_change(relation_oid, &schema, &table, Op::Delete, &old_data)?,
             EventType::Truncate { tables, .. } => {
+                // Named as they are now (a Relation message precedes a renamed one's).
                 for name in tables {
-                    if let Some(&t) = self.by_name.get(name.as_ref())
+                    if let Some(t) = (0..self.tables.len())
+                        .find(|&t| self.tables[t].current_name() == name.as_ref())
                         && !self.failed.contains(&t)
                     {
                         self.truncate(t)?;
@@ -259,12 +265,13 @@ impl PostgresSource {
                 }
             }
             EventType::Relation {
+                relation_id,
                 namespace,
                 relation_name,
                 columns,
                 ..
             } => {
-                let Some(t) = self.table_index(&namespace, &relation_name) else {
+                let Some(t) = self.table_of(relation_id, &namespace, &relation_name)? else {
                     return Ok(());
                 };
                 self.on_relation(t, &columns).await?;
@@ -304,6 +311,7 @@ impl PostgresSource {
             self.position.tables.remove(&name);
             self.position.windows.retain(|w| w.table != name);
             self.dropped[t].insert(self.xid.unwrap_or(0));
+            self.read_again();
         }
         Ok(())
     }
@@ -311,12 +319,13 @@ impl PostgresSource {
     /// An insert (the whole row) or a delete (its key) of `schema.table`, if it passes.
     pub(crate) fn row_change(
         &mut self,
+        oid: u32,
         schema: &str,
         table: &str,
         op: Op,
         row: &RowData,
     ) -> Result<()> {
-        let Some(t) = self.table_index(schema, table) else {
+        let Some(t) = self.table_of(oid, schema, table)? else {
             return Ok(());
         };
         let key = self.key_of(t, row)?;

@@ -21,8 +21,12 @@ pub enum KeyOrder {
 /// One source table.
 #[derive(Debug, Clone)]
 pub struct PgTable {
-    /// `schema.table` as the user names it.
+    /// `schema.table` as the user names it: the table's identity in the pipeline (its
+    /// lake table, its progress in the position), kept when the table is renamed.
     pub name: String,
+    /// The relation's OID, which a rename keeps and a re-creation changes.
+    pub oid: u32,
+    /// Its current schema and name (SQL statements use these).
     pub schema_name: String,
     pub table_name: String,
     /// Columns in attribute order.
@@ -59,6 +63,16 @@ impl PgTable {
         )
     }
 
+    /// `schema.table` as it is named now (differs from `name` after a rename).
+    pub fn current_name(&self) -> String {
+        format!("{}.{}", self.schema_name, self.table_name)
+    }
+
+    /// The column names, in order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// The column kinds, in order.
     pub fn kinds(&self) -> Vec<Kind> {
         self.columns.iter().map(|c| c.kind).collect()
@@ -93,10 +107,17 @@ fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 
 /// Find the tables matching `patterns` (`schema.table`, `*` globs) and describe them.
 /// `key_columns` gives keys for tables without a primary key (`schema.table` → columns).
+/// `known`: the tables the pipeline followed so far, by their name in the pipeline and
+/// OID (from the position). A known table found under a new name was renamed while the
+/// pipeline was stopped: it keeps its name in the pipeline. A known name that now
+/// belongs to another OID is that other table (re-created or swapped in; the caller
+/// reads it again). A known table that is gone while the patterns still name it is an
+/// error: its lake table would silently stop following it.
 pub async fn discover(
     client: &Client,
     patterns: &[String],
     key_columns: &std::collections::BTreeMap<String, Vec<String>>,
+    known: &std::collections::BTreeMap<String, u32>,
 ) -> Result<Vec<PgTable>> {
     let rows = client
         .query(
@@ -110,33 +131,45 @@ pub async fn discover(
         )
         .await
         .map_err(pg_err("listing tables"))?;
-    let mut tables = Vec::new();
+    let current = |row: &tokio_postgres::Row| {
+        format!("{}.{}", row.get::<_, String>(1), row.get::<_, String>(2))
+    };
+    let named = |name: &str| patterns.iter().any(|p| glob_match(p, name));
+    // (name in the pipeline, row) of every table to read.
+    let mut chosen: Vec<(String, &tokio_postgres::Row)> = Vec::new();
+    for (name, oid) in known {
+        if !named(name) {
+            continue;
+        }
+        if let Some(row) = rows.iter().find(|r| current(r) == *name) {
+            chosen.push((name.clone(), row));
+        } else if let Some(row) = rows.iter().find(|r| r.get::<_, u32>(0) == *oid) {
+            tracing::warn!(table = %name, now = %current(row), oid, "table renamed at the source: followed by its OID under its pipeline name");
+            chosen.push((name.clone(), row));
+        } else {
+            // Transient: a table dropped to be created again may be back on a retry.
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "table {name} (oid {oid}), which this pipeline follows, no longer exists at the source; its lake table keeps the rows it had. Re-create it, or take it out of [source] tables (and drop its lake table if it should go too)"
+                ),
+            ));
+        }
+    }
     for pattern in patterns {
-        let before = tables.len();
         for row in &rows {
+            let name = current(row);
             let oid: u32 = row.get(0);
-            let schema_name: String = row.get(1);
-            let table_name: String = row.get(2);
-            let name = format!("{schema_name}.{table_name}");
-            if !glob_match(pattern, &name) || tables.iter().any(|t: &PgTable| t.name == name) {
+            if !glob_match(pattern, &name)
+                || chosen
+                    .iter()
+                    .any(|(n, r)| *n == name || r.get::<_, u32>(0) == oid)
+            {
                 continue;
             }
-            let ident: String = row.get(3);
-            let partitioned: bool = row.get(4);
-            let mut table = describe(
-                client,
-                oid,
-                name,
-                schema_name,
-                table_name,
-                ident.chars().next().unwrap_or('d'),
-                key_columns,
-            )
-            .await?;
-            table.partitioned = partitioned;
-            tables.push(table);
+            chosen.push((name, row));
         }
-        if tables.len() == before {
+        if !chosen.iter().any(|(n, _)| glob_match(pattern, n)) {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
@@ -145,6 +178,22 @@ pub async fn discover(
                 ),
             ));
         }
+    }
+    let mut tables = Vec::new();
+    for (name, row) in chosen {
+        let ident: String = row.get(3);
+        let mut table = describe(
+            client,
+            row.get(0),
+            name,
+            row.get(1),
+            row.get(2),
+            ident.chars().next().unwrap_or('d'),
+            key_columns,
+        )
+        .await?;
+        table.partitioned = row.get(4);
+        tables.push(table);
     }
     Ok(tables)
 }
@@ -298,6 +347,7 @@ async fn describe(
     let _ = Arc::clone(&schema.schema);
     Ok(PgTable {
         name,
+        oid,
         schema_name,
         table_name,
         columns,

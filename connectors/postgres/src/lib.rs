@@ -120,6 +120,10 @@ struct Position {
     /// Chunks whose reads saw transactions the stream has not passed yet.
     #[serde(default)]
     windows: Vec<Window>,
+    /// The OID of each table (by its name in the pipeline): a rename keeps it, a table
+    /// dropped and created again gets a new one.
+    #[serde(default)]
+    oids: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,7 +176,16 @@ pub struct PostgresSource {
     /// Chunks being read ahead, at most one per table.
     prefetch: HashMap<usize, Prefetch>,
     tables: Vec<PgTable>,
+    /// Tables by their name in the pipeline (see [`PgTable::name`]).
     by_name: HashMap<String, usize>,
+    /// Tables by relation OID: stream changes are matched by it, so a renamed table
+    /// keeps feeding its lake table.
+    by_oid: HashMap<u32, usize>,
+    /// OIDs of tables dropped and created again: their changes left in the stream are
+    /// skipped (the new table is read again).
+    retired: std::collections::HashSet<u32>,
+    /// The table of the stream event being handled, once known.
+    event_table: Option<usize>,
     /// Column index by name, per table.
     columns: Vec<HashMap<String, usize>>,
     /// Per table and column: present in the stream's current relation (dropped columns
@@ -222,11 +235,30 @@ impl PostgresSource {
         if streaming {
             check_server(&client).await?;
         }
-        let tables = discover::discover(&client, &opts.tables, &opts.key_columns).await?;
         let mut position: Position = match position {
             Some(p) => p.decode("PostgreSQL")?,
             None => Position::default(),
         };
+        let tables =
+            discover::discover(&client, &opts.tables, &opts.key_columns, &position.oids).await?;
+        // A table dropped and created again (a reload, a restore, a swap) while the
+        // pipeline was stopped: the stream never carried the new table's changes from
+        // before it joined the publication, so it is read again. The old OID's changes
+        // still in the stream are skipped.
+        let mut retired = std::collections::HashSet::new();
+        let mut recreated = Vec::new();
+        for t in &tables {
+            if let Some(&old) = position.oids.get(&t.name)
+                && old != t.oid
+            {
+                tracing::warn!(table = %t.name, old_oid = old, new_oid = t.oid, "the table was dropped and created again (or another table took its name) while the pipeline was stopped: reading it again");
+                retired.insert(old);
+                recreated.push(t.name.clone());
+                position.tables.remove(&t.name);
+                position.windows.retain(|w| w.table != t.name);
+            }
+        }
+        position.oids = tables.iter().map(|t| (t.name.clone(), t.oid)).collect();
         for t in &tables {
             if let Some(Progress::After(k)) = position.tables.get(&t.name)
                 && k.len() != t.key.len()
@@ -259,6 +291,7 @@ impl PostgresSource {
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
+        let by_oid = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
         let columns = tables
             .iter()
             .map(|t| {
@@ -302,7 +335,10 @@ impl PostgresSource {
             batch_rows: opts.batch_rows,
             exported,
         };
-        Ok(PostgresSource {
+        let mut source = PostgresSource {
+            by_oid,
+            retired,
+            event_table: None,
             chunks,
             _holder: holder,
             live,
@@ -334,7 +370,18 @@ impl PostgresSource {
             last_yield: std::time::Instant::now(),
             last_commit: None,
             lag: None,
-        })
+        };
+        for name in recreated {
+            source.out.push_back(SourceEvent::Truncate(name));
+        }
+        Ok(source)
+    }
+
+    /// A table's snapshot starts over: a bounded run reads it to its end before it marks
+    /// a new end of the stream, rather than stopping at the old mark half read.
+    pub(crate) fn read_again(&mut self) {
+        self.end_marker = None;
+        self.finished = false;
     }
 
     fn progress_of(&self, t: usize) -> Option<&Progress> {
@@ -476,11 +523,39 @@ impl PostgresSource {
         Ok(())
     }
 
-    fn table_index(&self, schema: &str, table: &str) -> Option<usize> {
-        self.by_name
-            .get(&format!("{schema}.{table}"))
-            .copied()
-            .filter(|t| !self.failed.contains(t))
+    /// The table a stream change of relation `oid`, now named `schema.table`, belongs
+    /// to; `None` for relations outside the pipeline and tables it stopped following.
+    /// A followed table under a new name was renamed: it goes on feeding its lake table.
+    /// Another relation under a followed name replaced it (dropped and created again, or
+    /// swapped in by an online schema change): the pipeline restarts, which reads it
+    /// again.
+    fn table_of(&mut self, oid: u32, schema: &str, table: &str) -> Result<Option<usize>> {
+        if let Some(&t) = self.by_oid.get(&oid) {
+            let pg = &mut self.tables[t];
+            if pg.schema_name != schema || pg.table_name != table {
+                tracing::warn!(table = %pg.name, was = %pg.current_name(), now = %format!("{schema}.{table}"), oid, "table renamed at the source: it keeps feeding its lake table");
+                pg.schema_name = schema.to_string();
+                pg.table_name = table.to_string();
+            }
+            self.event_table = Some(t);
+            return Ok((!self.failed.contains(&t)).then_some(t));
+        }
+        if self.retired.contains(&oid) {
+            return Ok(None);
+        }
+        let name = format!("{schema}.{table}");
+        if let Some(&t) = self.by_name.get(&name)
+            && self.tables[t].current_name() == name
+        {
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "table {name} is now another relation (oid {oid}, was {}): it was dropped and created again or swapped; restarting to read it again",
+                    self.tables[t].oid
+                ),
+            ));
+        }
+        Ok(None)
     }
 
     fn position(&self) -> SourcePosition {
@@ -540,6 +615,7 @@ impl PostgresSource {
                 tracing::warn!(slot = %self.opts.slot, retained_bytes = retained, "replication slot retains much WAL; is the pipeline keeping up?");
             }
         }
+        self.check_identities().await?;
         if self.xid.is_none() && self.last_event.elapsed() >= STATUS_INTERVAL && lag > 0 {
             self.client
                 .query_one(
@@ -548,6 +624,58 @@ impl PostgresSource {
                 )
                 .await
                 .map_err(|e| pg_error("writing a heartbeat", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether every followed table is still the relation the stream follows. DROP and
+    /// CREATE leave no trace in the stream, and a table created under a followed name is
+    /// outside the publication, so its changes would never arrive: a dropped table, or
+    /// a followed name that now belongs to another relation, restarts the pipeline,
+    /// whose start reads a re-created table again and stops on a dropped one.
+    async fn check_identities(&mut self) -> Result<()> {
+        let followed: Vec<usize> = (0..self.tables.len())
+            .filter(|t| !self.failed.contains(t))
+            .collect();
+        if followed.is_empty() || self.stream.is_none() {
+            return Ok(());
+        }
+        let oids: Vec<u32> = followed.iter().map(|&t| self.tables[t].oid).collect();
+        let names: Vec<String> = followed
+            .iter()
+            .map(|&t| self.tables[t].name.clone())
+            .collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = ANY($1) \
+                    OR (c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($2))",
+                &[&oids, &names],
+            )
+            .await
+            .map_err(|e| pg_error("checking the tables' identities", e))?;
+        let found: Vec<(u32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for &t in &followed {
+            let table = &self.tables[t];
+            let replaced = found
+                .iter()
+                .find(|(oid, name)| *name == table.name && *oid != table.oid);
+            let gone = !found.iter().any(|(oid, _)| *oid == table.oid);
+            if replaced.is_some() || gone {
+                let what = match replaced {
+                    Some((oid, _)) => format!("now names another relation (oid {oid})"),
+                    None => "was dropped".to_string(),
+                };
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "table {} (oid {}) {what} at the source; restarting to follow it",
+                        table.name, table.oid
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -659,7 +787,17 @@ impl Source for PostgresSource {
                 Ok(Some(Ok(ev))) => {
                     self.since_chunk += 1;
                     self.last_event = std::time::Instant::now();
-                    self.on_event(ev).await?
+                    self.event_table = None;
+                    match self.on_event(ev).await {
+                        // A value or change of one table it cannot read stops that table
+                        // only (the pipeline, or with `on_table_error = "isolate"` just
+                        // the table).
+                        Err(e) if e.kind() == ErrorKind::Unsupported => match self.event_table {
+                            Some(t) => self.fail_table(t, e),
+                            None => return Err(e),
+                        },
+                        other => other?,
+                    }
                 }
                 Ok(Some(Err(message))) => {
                     return Err(Error::new(
@@ -763,6 +901,7 @@ impl Source for PostgresSource {
         self.out.push_back(SourceEvent::Truncate(table.to_string()));
         self.position.tables.remove(table);
         self.position.windows.retain(|w| w.table != table);
+        self.read_again();
         tracing::info!(table, "reading the table again (re-snapshot)");
         Ok(())
     }

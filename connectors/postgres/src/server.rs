@@ -177,7 +177,13 @@ pub async fn check(opts: &PostgresOptions) -> Result<Vec<String>> {
         check_server(&client).await?;
         report.push("wal_level=logical; the user may start replication".into());
     }
-    let tables = discover::discover(&client, &opts.tables, &opts.key_columns).await?;
+    let tables = discover::discover(
+        &client,
+        &opts.tables,
+        &opts.key_columns,
+        &Default::default(),
+    )
+    .await?;
     for t in &tables {
         let key: Vec<&str> = t.key.iter().map(|&k| t.columns[k].name.as_str()).collect();
         report.push(format!(
@@ -328,7 +334,7 @@ async fn publication_state<'t>(
 ) -> Result<Option<Vec<&'t PgTable>>> {
     let Some(row) = client
         .query_opt(
-            "SELECT puballtables, pubviaroot, pubinsert AND pubupdate AND pubdelete \
+            "SELECT puballtables, pubviaroot, pubinsert, pubupdate, pubdelete, pubtruncate \
              FROM pg_publication WHERE pubname = $1",
             &[&name],
         )
@@ -348,12 +354,19 @@ async fn publication_state<'t>(
             ),
         ));
     }
-    if !row.get::<_, bool>(2) {
+    // A TRUNCATE the publication leaves out would leave the lake with every old row.
+    let missing: Vec<&str> = [(2, "insert"), (3, "update"), (4, "delete"), (5, "truncate")]
+        .into_iter()
+        .filter(|(i, _)| !row.get::<_, bool>(*i))
+        .map(|(_, op)| op)
+        .collect();
+    if !missing.is_empty() {
         return Err(Error::new(
             ErrorKind::Config,
             format!(
-                "publication {name} does not publish every insert, update and delete; run \
+                "publication {name} does not publish {}, so those changes would never reach the lake; run \
                  ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                missing.join(", "),
                 quote_ident(name)
             ),
         ));
@@ -361,16 +374,20 @@ async fn publication_state<'t>(
     if row.get::<_, bool>(0) {
         return Ok(Some(Vec::new()));
     }
+    // By OID: a table renamed since it joined is still a member.
     let rows = client
         .query(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            "SELECT c.oid FROM pg_publication_tables pt \
+             JOIN pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = $1",
             &[&name],
         )
         .await
         .map_err(|e| pg_error("reading publication tables", e))?;
-    let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let have: Vec<u32> = rows.iter().map(|r| r.get(0)).collect();
     Ok(Some(
-        tables.iter().filter(|t| !have.contains(&t.name)).collect(),
+        tables.iter().filter(|t| !have.contains(&t.oid)).collect(),
     ))
 }
 

@@ -234,10 +234,9 @@ pub async fn read_chunk(
                 ));
             }
             for (i, f) in fields.iter().enumerate() {
-                let col = builder.column(i);
                 match f {
-                    None => col.append_null(),
-                    Some(v) => col.append_binary(v).map_err(|m| {
+                    None => builder.append_null(i),
+                    Some(v) => builder.append_binary(i, v).map_err(|m| {
                         Error::new(
                             ErrorKind::Unsupported,
                             format!(
@@ -268,6 +267,7 @@ pub async fn read_chunk(
     if !builder.is_empty() {
         batches.push(builder.finish()?);
     }
+    builder.report_nulled(&table.name, &table.column_names());
     tx.commit().await.map_err(pg("commit"))?;
     Ok(ChunkRead {
         batches,

@@ -186,10 +186,24 @@ impl ColumnBuilder {
     }
 
     /// Append a value in PostgreSQL's text format. The error says what could not be read;
-    /// the caller adds table and column.
-    pub fn append_text(&mut self, v: &str) -> Result<(), String> {
+    /// the caller adds table and column. `Ok(true)`: the value has no Iceberg form (a
+    /// numeric NaN or infinity, an infinite date or timestamp) and a null was appended.
+    pub fn append_text(&mut self, v: &str) -> Result<bool, String> {
         let bad = || format!("cannot read {v:?}");
+        let infinite = matches!(v, "infinity" | "-infinity");
         match self {
+            ColumnBuilder::Decimal(b, _) if matches!(v, "NaN" | "Infinity" | "-Infinity") => {
+                b.append_null();
+                return Ok(true);
+            }
+            ColumnBuilder::Date(b) if infinite => {
+                b.append_null();
+                return Ok(true);
+            }
+            ColumnBuilder::Timestamp(b, _) if infinite => {
+                b.append_null();
+                return Ok(true);
+            }
             ColumnBuilder::Bool(b) => b.append_value(match v {
                 "t" => true,
                 "f" => false,
@@ -205,32 +219,53 @@ impl ColumnBuilder {
                 _ => v.parse().map_err(|_| bad())?,
             }),
             ColumnBuilder::Float64(b) => b.append_value(parse_float(v).ok_or_else(bad)?),
-            ColumnBuilder::Decimal(b, s) => b.append_value(parse_decimal(v, *s).ok_or_else(|| {
-                format!("cannot read {v:?} as a decimal (NaN and infinity have no decimal form)")
-            })?),
+            ColumnBuilder::Decimal(b, s) => b.append_value(
+                parse_decimal(v, *s)
+                    .ok_or_else(|| format!("cannot read {v:?} as a decimal of scale {s}"))?,
+            ),
             ColumnBuilder::Text(b) => b.append_value(v),
             ColumnBuilder::Bytea(b) => b.append_value(parse_bytea(v).ok_or_else(bad)?),
-            ColumnBuilder::Date(b) => b.append_value(parse_date(v).ok_or_else(|| {
-                format!("cannot read {v:?} as a date (infinite dates have no Iceberg form)")
-            })?),
+            ColumnBuilder::Date(b) => b.append_value(parse_date(v).ok_or_else(bad)?),
             ColumnBuilder::Time(b) => b.append_value(parse_time(v).ok_or_else(bad)?),
             ColumnBuilder::Timestamp(b, tz) => {
-                b.append_value(parse_timestamp(v, *tz).ok_or_else(|| {
-                    format!(
-                        "cannot read {v:?} as a timestamp (infinite timestamps have no Iceberg form)"
-                    )
-                })?)
+                b.append_value(parse_timestamp(v, *tz).ok_or_else(bad)?)
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Append a value in PostgreSQL's binary format (`COPY ... (FORMAT binary)`); columns
-    /// mapped to strings arrive as text (see `snapshot::chunk_sql`).
-    pub fn append_binary(&mut self, v: &[u8]) -> Result<(), String> {
+    /// mapped to strings arrive as text (see `snapshot::chunk_sql`). `Ok(true)` as for
+    /// [`ColumnBuilder::append_text`].
+    pub fn append_binary(&mut self, v: &[u8]) -> Result<bool, String> {
         let bad = || format!("cannot read a {}-byte binary value", v.len());
         let be8 = |v: &[u8]| -> Result<[u8; 8], String> { v.try_into().map_err(|_| bad()) };
         match self {
+            // The sign word: NaN 0xC000, +infinity 0xD000, -infinity 0xF000.
+            ColumnBuilder::Decimal(b, _)
+                if matches!(v.get(4..6), Some([0xC0 | 0xD0 | 0xF0, 0])) =>
+            {
+                b.append_null();
+                return Ok(true);
+            }
+            ColumnBuilder::Date(b)
+                if matches!(
+                    v.try_into().map(i32::from_be_bytes),
+                    Ok(i32::MAX | i32::MIN)
+                ) =>
+            {
+                b.append_null();
+                return Ok(true);
+            }
+            ColumnBuilder::Timestamp(b, _)
+                if matches!(
+                    v.try_into().map(i64::from_be_bytes),
+                    Ok(i64::MAX | i64::MIN)
+                ) =>
+            {
+                b.append_null();
+                return Ok(true);
+            }
             ColumnBuilder::Bool(b) => b.append_value(*v.first().ok_or_else(bad)? != 0),
             ColumnBuilder::Int16(b) => {
                 b.append_value(i16::from_be_bytes(v.try_into().map_err(|_| bad())?))
@@ -250,33 +285,25 @@ impl ColumnBuilder {
                 b.append_value(f32::from_be_bytes(v.try_into().map_err(|_| bad())?))
             }
             ColumnBuilder::Float64(b) => b.append_value(f64::from_be_bytes(be8(v)?)),
-            ColumnBuilder::Decimal(b, s) => {
-                b.append_value(numeric_binary(v, *s).ok_or_else(|| {
-                    "cannot read a numeric as a decimal (NaN and infinity have no decimal form)"
-                        .to_string()
-                })?)
-            }
+            ColumnBuilder::Decimal(b, s) => b.append_value(
+                numeric_binary(v, *s)
+                    .ok_or_else(|| format!("cannot read a numeric as a decimal of scale {s}"))?,
+            ),
             ColumnBuilder::Text(b) => b.append_value(
                 std::str::from_utf8(v).map_err(|_| "value is not UTF-8".to_string())?,
             ),
             ColumnBuilder::Bytea(b) => b.append_value(v),
             ColumnBuilder::Date(b) => {
                 let days = i32::from_be_bytes(v.try_into().map_err(|_| bad())?);
-                if days == i32::MAX || days == i32::MIN {
-                    return Err("infinite dates have no Iceberg form".into());
-                }
                 b.append_value(days.checked_add(PG_EPOCH_DAYS).ok_or_else(bad)?)
             }
             ColumnBuilder::Time(b) => b.append_value(i64::from_be_bytes(be8(v)?)),
             ColumnBuilder::Timestamp(b, _) => {
                 let us = i64::from_be_bytes(be8(v)?);
-                if us == i64::MAX || us == i64::MIN {
-                    return Err("infinite timestamps have no Iceberg form".into());
-                }
                 b.append_value(us.checked_add(PG_EPOCH_US).ok_or_else(bad)?)
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The finished array.
@@ -304,6 +331,8 @@ pub struct RowsBuilder {
     columns: Vec<ColumnBuilder>,
     kinds: Vec<Kind>,
     rows: usize,
+    /// Per column: values with no Iceberg form written as null since the last report.
+    nulled: Vec<u64>,
 }
 
 impl RowsBuilder {
@@ -317,12 +346,49 @@ impl RowsBuilder {
                 .collect(),
             kinds: kinds.to_vec(),
             rows: 0,
+            nulled: vec![0; kinds.len()],
         }
     }
 
-    /// Column `i`'s builder.
-    pub fn column(&mut self, i: usize) -> &mut ColumnBuilder {
-        &mut self.columns[i]
+    /// Append a null to column `i`.
+    pub fn append_null(&mut self, i: usize) {
+        self.columns[i].append_null();
+    }
+
+    /// Append a text-format value to column `i` (see [`ColumnBuilder::append_text`]).
+    pub fn append_text(&mut self, i: usize, v: &str) -> Result<(), String> {
+        let nulled = self.columns[i].append_text(v)?;
+        self.nulled[i] += nulled as u64;
+        Ok(())
+    }
+
+    /// Append a binary-format value to column `i` (see [`ColumnBuilder::append_binary`]).
+    pub fn append_binary(&mut self, i: usize, v: &[u8]) -> Result<(), String> {
+        let nulled = self.columns[i].append_binary(v)?;
+        self.nulled[i] += nulled as u64;
+        Ok(())
+    }
+
+    /// Count (metric `lakeshore_postgres_values_nulled_total`) and, once per column and
+    /// process, warn about the values written as null since the last report because
+    /// Iceberg cannot hold them.
+    pub fn report_nulled(&mut self, table: &str, columns: &[String]) {
+        static WARNED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+        for (i, n) in self.nulled.iter_mut().enumerate() {
+            if *n == 0 {
+                continue;
+            }
+            let column = columns.get(i).cloned().unwrap_or_default();
+            metrics::counter!("lakeshore_postgres_values_nulled_total", "table" => table.to_string(), "column" => column.clone())
+                .increment(*n);
+            let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (table.to_string(), column);
+            if !warned.contains(&key) {
+                tracing::warn!(table, column = %key.1, count = *n, "values Iceberg cannot hold (numeric NaN or infinity, infinite dates and timestamps) are written as null; lakeshore_postgres_values_nulled_total counts them");
+                warned.push(key);
+            }
+            *n = 0;
+        }
     }
 
     /// Count a finished row.
