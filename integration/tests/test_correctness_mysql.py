@@ -49,11 +49,21 @@ def test_binary_padding_and_column_type_changes(tmp_path, mysql, duck):
     described = duck.execute(f"describe select * from {lake.scan(p.catalog_db, p.table('t'))}").fetchall()
     types = {r[0]: r[1] for r in described}
     assert types["amt"] == "DECIMAL(14,2)" and types["n"] == "BIGINT", types
-    # A new scale cannot be followed: a stop that names table, column and change.
+    # A new scale cannot be followed: a stop that names table, column and change, seen
+    # in the stream (the table map) ...
+    run = start_run(p)
+    time.sleep(1.5)
     mysql.execute("ALTER TABLE t MODIFY amt decimal(16,4)", db)
     mysql.execute("INSERT INTO t VALUES (5, NULL, 1.2345, 'red', 5)", db)
-    err = run_error(p)
-    assert "table types19.t, column amt" in err and "scale" in err, err[-2000:]
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0
+    assert "table types19.t, column amt: its type changed from decimal(14,2) to decimal(16,4)" in err, err[-2000:]
+    assert "not change its scale" in err, err[-2000:]
+    # ... and at a restart (the writer compares the lake table with the source's).
+    err = run_error(p, "backfill")
+    assert "table types19.t, column amt: type change from decimal(14, 2) to decimal(16, 4)" in err, err[-2000:]
+    # Nothing after the change was committed: the lake still has 4 rows.
+    assert len(duck.execute(f"select * from {lake.scan(p.catalog_db, p.table('t'))}").fetchall()) == 4
 
 
 def test_ddl_that_changes_rows_or_names_without_row_events(tmp_path, mysql, duck):
