@@ -112,18 +112,38 @@ pub fn last_commit(table: &Table, pipeline: &str) -> Result<Option<LakeCommit>> 
     }))
 }
 
+/// The table property that mirrors `pipeline`'s newest commit (its snapshot summary's
+/// lakeshore keys, as JSON): a snapshot expiry by another engine may remove that
+/// snapshot from the history, and recovery must still find the checkpoint.
+fn checkpoint_property(pipeline: &str) -> String {
+    format!("lakeshore.last-checkpoint.{pipeline}")
+}
+
+/// The newest commit of `pipeline`: from the main branch's history, or — when a foreign
+/// snapshot expiry removed it from there — from the table property that mirrors it.
 fn newest_commit(table: &Table, pipeline: &str) -> Option<(u64, HashMap<String, String>)> {
     let md = table.metadata_ref();
-    let current = md.current_snapshot_id()?;
-    iceberg::util::snapshot::ancestors_of(&md, current).find_map(|s| {
-        let props = &s.summary().additional_properties;
-        if props.get(PIPELINE_KEY).map(String::as_str) == Some(pipeline) {
-            let id = props.get(CHECKPOINT_KEY).and_then(|c| c.parse().ok())?;
-            Some((id, props.clone()))
-        } else {
-            None
-        }
-    })
+    let in_history = md.current_snapshot_id().and_then(|current| {
+        iceberg::util::snapshot::ancestors_of(&md, current).find_map(|s| {
+            let props = &s.summary().additional_properties;
+            if props.get(PIPELINE_KEY).map(String::as_str) == Some(pipeline) {
+                let id = props.get(CHECKPOINT_KEY).and_then(|c| c.parse().ok())?;
+                Some((id, props.clone()))
+            } else {
+                None
+            }
+        })
+    });
+    let mirrored = md
+        .properties()
+        .get(&checkpoint_property(pipeline))
+        .and_then(|json| serde_json::from_str::<HashMap<String, String>>(json).ok())
+        .and_then(|props| Some((props.get(CHECKPOINT_KEY)?.parse().ok()?, props)));
+    match (in_history, mirrored) {
+        (Some(h), Some(m)) if m.0 > h.0 => Some(m),
+        (Some(h), _) => Some(h),
+        (None, m) => m,
+    }
 }
 
 /// How a commit attempt ended.
@@ -821,6 +841,17 @@ pub(crate) async fn write_snapshot(
 
     let mut props = next.props;
     add_totals(&mut props, parent.map(|p| p.summary()));
+    // A pipeline's commit is mirrored into a table property (see `newest_commit`).
+    let mirror = props.get(PIPELINE_KEY).map(|pipeline| {
+        let keys: HashMap<&String, &String> = props
+            .iter()
+            .filter(|(k, _)| k.starts_with("lakeshore.") && *k != MAINTENANCE_KEY)
+            .collect();
+        HashMap::from([(
+            checkpoint_property(pipeline),
+            serde_json::to_string(&keys).unwrap_or_default(),
+        )])
+    });
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -840,14 +871,15 @@ pub(crate) async fn write_snapshot(
         .build();
 
     let current_location = table.metadata_location_result().map_err(ice)?;
-    let new_md = md
+    let mut builder = md
         .clone()
         .into_builder(Some(current_location.to_string()))
         .set_branch_snapshot(snapshot, MAIN_BRANCH)
-        .map_err(ice)?
-        .build()
-        .map_err(ice)?
-        .metadata;
+        .map_err(ice)?;
+    if let Some(mirror) = mirror {
+        builder = builder.set_properties(mirror).map_err(ice)?;
+    }
+    let new_md = builder.build().map_err(ice)?.metadata;
     debug_assert_eq!(new_md.format_version(), FormatVersion::V2);
     write_next_metadata(file_io, current_location, &new_md).await
 }

@@ -16,8 +16,9 @@ pub enum Ddl {
     /// `RENAME TABLE a TO b, c TO d` (and `ALTER TABLE a RENAME [TO|AS] b`), in order.
     Rename(Vec<(String, String)>),
     /// `ALTER TABLE t` that changes the rows without row events or renames a column
-    /// (`RENAME COLUMN`, `CHANGE a b`, `TRUNCATE` / `DROP` / `EXCHANGE PARTITION`): the
-    /// table must be read again. `why` names the clause.
+    /// (`RENAME COLUMN`, `CHANGE a b`, `TRUNCATE` / `DROP` / `EXCHANGE PARTITION`, `ADD`
+    /// of a column that is `NOT NULL`, has a `DEFAULT` or is generated): the table must
+    /// be read again. `why` names the clause.
     Reread {
         /// The table.
         table: String,
@@ -202,7 +203,32 @@ pub fn parse(db: &str, sql: &str) -> Ddl {
                 });
             let partition_rows = c.iter().any(|u| u == "PARTITION")
                 && (w(0, "TRUNCATE") || w(0, "DROP") || w(0, "EXCHANGE"));
-            if renames_column || partition_rows {
+            // A column added NOT NULL, with a DEFAULT or generated gives the existing
+            // rows values that no row event carries.
+            let adds_column = w(0, "ADD")
+                && !c.get(1).is_some_and(|u| {
+                    matches!(
+                        u.as_str(),
+                        "INDEX"
+                            | "KEY"
+                            | "UNIQUE"
+                            | "PRIMARY"
+                            | "FOREIGN"
+                            | "CONSTRAINT"
+                            | "FULLTEXT"
+                            | "SPATIAL"
+                            | "CHECK"
+                            | "PARTITION"
+                            | "PERIOD"
+                            | "SYSTEM"
+                    )
+                });
+            let fills_rows = adds_column
+                && c.iter().enumerate().any(|(k, u)| {
+                    matches!(u.as_str(), "DEFAULT" | "AS" | "GENERATED")
+                        || (u == "NOT" && c.get(k + 1).is_some_and(|n| n == "NULL"))
+                });
+            if renames_column || partition_rows || fills_rows {
                 let why = t[clause_start..i.min(clause_start + 4)].join(" ");
                 return Ddl::Reread { table, why };
             }
@@ -299,6 +325,19 @@ mod tests {
         );
         assert_eq!(
             parse("d", "ALTER TABLE t ADD COLUMN c enum('a,b','c')"),
+            Ddl::Other
+        );
+        assert_eq!(
+            parse("d", "ALTER TABLE t ADD COLUMN c int NULL, ADD INDEX i (c)"),
+            Ddl::Other
+        );
+        // Existing rows get values without row events.
+        assert!(reread("ALTER TABLE t ADD COLUMN c int NOT NULL"));
+        assert!(reread("ALTER TABLE t ADD c varchar(5) DEFAULT 'x'"));
+        assert!(reread("ALTER TABLE t ADD COLUMN (c int, d int DEFAULT 1)"));
+        assert!(reread("ALTER TABLE t ADD COLUMN g int AS (id * 2) STORED"));
+        assert_eq!(
+            parse("d", "ALTER TABLE t ADD CONSTRAINT c CHECK (id IS NOT NULL)"),
             Ddl::Other
         );
     }

@@ -459,8 +459,29 @@ fn rows_msg(
     };
     let mut columns: Option<Arc<[String]>> = None;
     let mut out = Vec::new();
+    let all = tme.columns_count() as usize;
     for row in rows.rows(tme) {
         let (before, after) = row.map_err(|e| bad(e.to_string()))?;
+        // A MINIMAL or NOBLOB row image (the server's setting changed while we run)
+        // leaves columns out, which would read as null: refuse rather than guess.
+        if [&before, &after]
+            .into_iter()
+            .flatten()
+            .any(|r| r.columns_ref().len() < all)
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "binlog {file} at {end}, table {}.{}: a row image without every column \
+                     (binlog_row_image is not FULL); set binlog_row_image = FULL on the server \
+                     (SET GLOBAL and in its configuration). Changes already logged this way \
+                     cannot be read: then start the pipeline under a new name to read the \
+                     tables again",
+                    tme.database_name(),
+                    tme.table_name()
+                ),
+            ));
+        }
         if columns.is_none() {
             let any = before.as_ref().or(after.as_ref());
             if let Some(r) = any {

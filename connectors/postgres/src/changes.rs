@@ -414,7 +414,64 @@ impl PostgresSource {
     /// columns are added to the lake table (a schema change after the rows before it);
     /// dropped ones stay in the lake and read as null; a type widened the way Iceberg
     /// allows is widened in the lake; any other type change is refused.
+    /// A Relation message: the table's columns as of this point of the stream. Compared
+    /// with the previous shape (kept in the position, so a restart compares with what
+    /// the lake was written with): a renamed column, or an added one whose existing
+    /// rows got values without WAL (a `DEFAULT`, `NOT NULL`, a generated column), makes
+    /// the table be read again — the lake would otherwise keep nulls or stale values.
     pub(crate) async fn on_relation(
+        &mut self,
+        t: usize,
+        columns: &[pg_walstream::RelationColumn],
+    ) -> Result<()> {
+        let now: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();
+        let name = self.tables[t].name.clone();
+        let before = self.position.columns.insert(name.clone(), now.clone());
+        self.follow_columns(t, columns).await?;
+        let Some(before) = before.filter(|b| *b != now) else {
+            return Ok(());
+        };
+        if self.failed.contains(&t) {
+            return Ok(());
+        }
+        let renamed = before
+            .iter()
+            .zip(&now)
+            .find(|(b, n)| b != n && !now.contains(b) && !before.contains(n));
+        let added: Vec<&String> = now.iter().filter(|n| !before.contains(n)).collect();
+        let why = if let Some((b, n)) = renamed {
+            Some(format!("column {b} is now {n}"))
+        } else if added.is_empty() {
+            None
+        } else {
+            let filled: Vec<String> = self
+                .client
+                .query(
+                    "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 \
+                     AND attname = ANY($2) AND NOT attisdropped \
+                     AND (atthasdef OR atthasmissing OR attnotnull OR attgenerated <> '')",
+                    &[&self.tables[t].oid, &added],
+                )
+                .await
+                .map_err(|e| pg_error("reading added columns", e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            (!filled.is_empty()).then(|| {
+                format!(
+                    "column {} was added with values for the existing rows",
+                    filled.join(", ")
+                )
+            })
+        };
+        if let Some(why) = why {
+            tracing::warn!(table = %name, change = %why, "the table's existing rows changed without WAL: reading it again");
+            lakeshore_api::Source::resnapshot(self, &name)?;
+        }
+        Ok(())
+    }
+
+    async fn follow_columns(
         &mut self,
         t: usize,
         columns: &[pg_walstream::RelationColumn],

@@ -124,6 +124,10 @@ struct Position {
     /// dropped and created again gets a new one.
     #[serde(default)]
     oids: BTreeMap<String, u32>,
+    /// The column names of each table as the stream last described them (its last
+    /// Relation message), to tell renamed and added columns from the next one.
+    #[serde(default)]
+    columns: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,6 +263,15 @@ impl PostgresSource {
             }
         }
         position.oids = tables.iter().map(|t| (t.name.clone(), t.oid)).collect();
+        for t in &tables {
+            // Tables new to the position are read whole: their shape is the current one.
+            if !position.columns.contains_key(&t.name) || recreated.contains(&t.name) {
+                position.columns.insert(t.name.clone(), t.column_names());
+            }
+        }
+        position
+            .columns
+            .retain(|name, _| position.oids.contains_key(name));
         for t in &tables {
             if let Some(Progress::After(k)) = position.tables.get(&t.name)
                 && k.len() != t.key.len()
