@@ -387,8 +387,12 @@ impl MysqlSource {
                 self.passed(next);
             }
             Msg::Statement { db, sql, next } => {
-                for t in self.on_statement(&db, &sql)? {
+                let (reread, altered) = self.on_statement(&db, &sql)?;
+                for t in reread {
                     self.reread(t).await?;
+                }
+                for t in altered {
+                    self.add_new_columns(t).await?;
                 }
                 self.txn = None;
                 if let Some(g) = self.txn_gtid.take() {
@@ -406,17 +410,18 @@ impl MysqlSource {
     }
 
     /// A statement outside row events (`ddl.rs` reads it). Returns the tables that must
-    /// be read again: their rows changed without row events (partition DDL), a column
+    /// be read again — their rows changed without row events (partition DDL), a column
     /// was renamed (the lake's column of the old name would keep stale values), or
-    /// another table took their name (gh-ost / pt-online-schema-change cut-over).
-    pub(crate) fn on_statement(&mut self, db: &str, sql: &str) -> Result<Vec<usize>> {
+    /// another table took their name (gh-ost / pt-online-schema-change cut-over) — and
+    /// the other altered tables.
+    pub(crate) fn on_statement(&mut self, db: &str, sql: &str) -> Result<(Vec<usize>, Vec<usize>)> {
         let followed = |s: &Self, name: &str| {
             s.by_name
                 .get(name)
                 .copied()
                 .filter(|t| !s.failed.contains(t))
         };
-        let mut reread = Vec::new();
+        let (mut reread, mut altered) = (Vec::new(), Vec::new());
         match ddl::parse(db, sql) {
             // CREATE TABLE of a table the filter names: restart, which discovers it and
             // reads its snapshot (changes to keys not read yet are dropped, as for any
@@ -487,9 +492,50 @@ impl MysqlSource {
                     reread.push(t);
                 }
             }
+            Ddl::Alter(table) => {
+                if let Some(t) = followed(self, &table) {
+                    altered.push(t);
+                }
+            }
             Ddl::Other => {}
         }
-        Ok(reread)
+        Ok((reread, altered))
+    }
+
+    /// After an `ALTER TABLE` of table `t`: columns the server now has and the table
+    /// lacks are added (the lake shows them at once, not only with the next row event).
+    /// Types are not taken from here: the server may be ahead of the binlog, whose
+    /// table maps declare them in order (`follow_declared`).
+    pub(crate) async fn add_new_columns(&mut self, t: usize) -> Result<()> {
+        let (db, name) = (self.tables[t].db.clone(), self.tables[t].table.clone());
+        let now = match discover::describe(&mut self.conn, &db, &name).await {
+            Ok(now) => now,
+            // Gone or changed beyond reading since: the next row events tell.
+            Err(e) if e.kind() != ErrorKind::Transient => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let added: Vec<_> = now
+            .columns
+            .into_iter()
+            .filter(|c| !self.tables[t].columns.iter().any(|x| x.name == c.name))
+            .collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        self.flush_table(t)?;
+        let table = &mut self.tables[t];
+        tracing::info!(table = %table.name, columns = ?added.iter().map(|c| &c.name).collect::<Vec<_>>(), "columns added");
+        table.columns.extend(added);
+        let pairs: Vec<(String, Kind)> = table
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.kind.clone()))
+            .collect();
+        table.schema.schema = types::arrow_schema(&pairs, &table.schema.key);
+        self.mapping.retain(|(x, _), _| *x != t);
+        self.out
+            .push_back(SourceEvent::SchemaChange(table.schema.clone()));
+        Ok(())
     }
 
     /// Table `t` lost every row (TRUNCATE, DROP TABLE).

@@ -25,6 +25,9 @@ pub enum Ddl {
         /// The clause, for messages.
         why: String,
     },
+    /// Any other `ALTER TABLE t`: added columns show in the lake at once (type changes
+    /// wait for the next row event's table map).
+    Alter(String),
     /// Anything else.
     Other,
 }
@@ -234,6 +237,7 @@ pub fn parse(db: &str, sql: &str) -> Ddl {
             }
             clause_start = i + 1;
         }
+        return Ddl::Alter(table);
     }
     Ddl::Other
 }
@@ -299,6 +303,7 @@ mod tests {
     #[test]
     fn alter_clauses_that_need_a_new_read() {
         let reread = |sql| matches!(parse("d", sql), Ddl::Reread { table, .. } if table == "d.t");
+        let alter = || Ddl::Alter("d.t".into());
         assert!(reread("ALTER TABLE t RENAME COLUMN a TO b"));
         assert!(reread(
             "ALTER TABLE t ADD COLUMN z int, CHANGE COLUMN a b int"
@@ -310,26 +315,26 @@ mod tests {
             "ALTER TABLE t EXCHANGE PARTITION p0 WITH TABLE t_old"
         ));
         // Same name: a type change, which the next table map declares.
-        assert_eq!(parse("d", "ALTER TABLE t CHANGE a a bigint"), Ddl::Other);
+        assert_eq!(parse("d", "ALTER TABLE t CHANGE a a bigint"), alter());
         assert_eq!(
             parse("d", "ALTER TABLE t MODIFY amt decimal(12,4)"),
-            Ddl::Other
+            alter()
         );
-        assert_eq!(parse("d", "ALTER TABLE t RENAME INDEX i TO j"), Ddl::Other);
+        assert_eq!(parse("d", "ALTER TABLE t RENAME INDEX i TO j"), alter());
         assert_eq!(
             parse(
                 "d",
                 "ALTER TABLE t ADD PARTITION (PARTITION p3 VALUES LESS THAN (10))"
             ),
-            Ddl::Other
+            alter()
         );
         assert_eq!(
             parse("d", "ALTER TABLE t ADD COLUMN c enum('a,b','c')"),
-            Ddl::Other
+            alter()
         );
         assert_eq!(
             parse("d", "ALTER TABLE t ADD COLUMN c int NULL, ADD INDEX i (c)"),
-            Ddl::Other
+            alter()
         );
         // Existing rows get values without row events.
         assert!(reread("ALTER TABLE t ADD COLUMN c int NOT NULL"));
@@ -338,7 +343,7 @@ mod tests {
         assert!(reread("ALTER TABLE t ADD COLUMN g int AS (id * 2) STORED"));
         assert_eq!(
             parse("d", "ALTER TABLE t ADD CONSTRAINT c CHECK (id IS NOT NULL)"),
-            Ddl::Other
+            alter()
         );
     }
 }

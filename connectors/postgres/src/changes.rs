@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use crate::discover::{self, quote_ident};
 use crate::snapshot::{Key, compare_keys};
 use crate::types::{self, RowsBuilder};
-use crate::{Pending, PostgresSource, Progress, column_exists, pg_error, type_kind};
+use crate::{Pending, PostgresSource, Progress, SHAPE_MARKER, column_exists, pg_error, type_kind};
 
 impl PostgresSource {
     /// Whether a change to `key` of table `t` by transaction `xid` is emitted.
@@ -205,6 +205,16 @@ impl PostgresSource {
                 {
                     // Transactional: the run ends at the marker transaction's commit.
                     *seen = true;
+                }
+                if let Some(oid) = std::str::from_utf8(&content)
+                    .ok()
+                    .and_then(|c| c.strip_prefix(SHAPE_MARKER))
+                    .and_then(|oid| oid.parse::<u32>().ok())
+                {
+                    self.shape_marked.remove(&oid);
+                    if let Some(&t) = self.by_oid.get(&oid) {
+                        self.follow_catalog_shape(t).await?;
+                    }
                 }
             }
             EventType::Insert {
@@ -467,6 +477,55 @@ impl PostgresSource {
         if let Some(why) = why {
             tracing::warn!(table = %name, change = %why, "the table's existing rows changed without WAL: reading it again");
             lakeshore_api::Source::resnapshot(self, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Table `t`'s columns as the catalog has them now, in the form of a Relation
+    /// message's.
+    async fn catalog_columns(&self, t: usize) -> Result<Vec<pg_walstream::RelationColumn>> {
+        let table = &self.tables[t];
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text, atttypid, atttypmod FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[&table.oid],
+            )
+            .await
+            .map_err(|e| pg_error("reading the table's columns", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                pg_walstream::RelationColumn {
+                    is_key: table.key.iter().any(|&k| table.columns[k].name == name),
+                    name: name.into(),
+                    type_id: r.get(1),
+                    type_modifier: r.get(2),
+                }
+            })
+            .collect())
+    }
+
+    /// The stream read back a shape marker of table `t` (see
+    /// [`PostgresSource::check_shapes`]): every DDL committed before the marker is behind
+    /// the stream, so the catalog's columns are as current as the stream. A difference
+    /// from the last Relation message is a column change that no row change has shown
+    /// yet (logical decoding carries no DDL): it is followed as a Relation message would
+    /// be.
+    pub(crate) async fn follow_catalog_shape(&mut self, t: usize) -> Result<()> {
+        if self.failed.contains(&t) {
+            return Ok(());
+        }
+        let columns = self.catalog_columns(t).await?;
+        if columns.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();
+        if self.position.columns.get(&self.tables[t].name) != Some(&names) {
+            self.event_table = Some(t);
+            self.on_relation(t, &columns).await?;
         }
         Ok(())
     }

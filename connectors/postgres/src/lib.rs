@@ -104,6 +104,10 @@ impl fmt::Debug for PostgresOptions {
 /// The longest a busy stream keeps its rows before handing them to the engine.
 const YIELD_EVERY: Duration = Duration::from_millis(100);
 
+/// The content prefix of the logical message that asks the stream to compare a table's
+/// catalog columns with its last Relation message (then the table's OID).
+const SHAPE_MARKER: &str = "lakeshore shape ";
+
 /// How often lag is measured and, on a quiet stream, a heartbeat is written.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Retained WAL above which a warning is logged.
@@ -190,6 +194,8 @@ pub struct PostgresSource {
     retired: std::collections::HashSet<u32>,
     /// The table of the stream event being handled, once known.
     event_table: Option<usize>,
+    /// Tables (by OID) whose shape marker is on its way through the stream.
+    shape_marked: std::collections::HashSet<u32>,
     /// Column index by name, per table.
     columns: Vec<HashMap<String, usize>>,
     /// Per table and column: present in the stream's current relation (dropped columns
@@ -352,6 +358,7 @@ impl PostgresSource {
             by_oid,
             retired,
             event_table: None,
+            shape_marked: Default::default(),
             chunks,
             _holder: holder,
             live,
@@ -629,6 +636,7 @@ impl PostgresSource {
             }
         }
         self.check_identities().await?;
+        self.check_shapes().await?;
         if self.xid.is_none() && self.last_event.elapsed() >= STATUS_INTERVAL && lag > 0 {
             self.client
                 .query_one(
@@ -689,6 +697,50 @@ impl PostgresSource {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Whether a followed table's catalog columns differ from the shape the stream last
+    /// described (a column renamed or added, and no row changed since, so no Relation
+    /// message shows it). The catalog may be ahead of the stream: for such a table a
+    /// transactional marker is written, and when the stream reads it back the catalog
+    /// is compared again and followed ([`PostgresSource::follow_catalog_shape`]).
+    async fn check_shapes(&mut self) -> Result<()> {
+        let oids: Vec<u32> = (0..self.tables.len())
+            .filter(|t| !self.failed.contains(t))
+            .map(|t| self.tables[t].oid)
+            .filter(|oid| !self.shape_marked.contains(oid))
+            .collect();
+        if oids.is_empty() || self.stream.is_none() {
+            return Ok(());
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT attrelid, array_agg(attname::text ORDER BY attnum) FROM pg_attribute \
+                 WHERE attrelid = ANY($1) AND attnum > 0 AND NOT attisdropped GROUP BY attrelid",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| pg_error("reading the tables' columns", e))?;
+        for row in rows {
+            let oid: u32 = row.get(0);
+            let names: Vec<String> = row.get(1);
+            let Some(&t) = self.by_oid.get(&oid) else {
+                continue;
+            };
+            if self.position.columns.get(&self.tables[t].name) == Some(&names) {
+                continue;
+            }
+            self.client
+                .query_one(
+                    "SELECT pg_logical_emit_message(true, 'lakeshore', $1)::text",
+                    &[&format!("{SHAPE_MARKER}{oid}")],
+                )
+                .await
+                .map_err(|e| pg_error("writing a shape marker", e))?;
+            self.shape_marked.insert(oid);
         }
         Ok(())
     }
