@@ -334,7 +334,7 @@ namespace = "{self.pipeline}"
                 col = self.rng.choice(ints)
                 self.run_sql("widen int to bigint", self.db.widen(t.source, col))
                 t.columns[col] = "bigint"
-        elif r < 0.72:
+        elif r < 0.72 and any(typ in ("int", "bigint") for typ in t.columns.values()):
             ints = [c for c in t.columns if t.columns[c] in ("int", "bigint")]
             col = self.rng.choice(ints)
             self.run_sql("number to text (cannot be followed)", self.db.to_text(t.source, col))
@@ -447,6 +447,10 @@ namespace = "{self.pipeline}"
                 deadline = time.time() + CONVERGE_SECONDS
                 continue
             if time.time() > deadline:
+                if self.proc.poll() is None and shutil.which("gdb") and os.environ.get("LAKESHORE_DIFF_STACKS"):
+                    with open(self.dir / "stacks.txt", "w") as out:
+                        subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-ex", "thread apply all bt"],
+                                       stdout=out, stderr=subprocess.STDOUT, timeout=120)
                 raise SilentDifference(
                     f"{self.db.kind} seed {self.seed}: silent difference after {len(self.oplog)} operations:\n  "
                     + "\n  ".join(diffs) + f"\nreplay: python integration/differential.py --source {self.db.kind} "

@@ -374,6 +374,22 @@ pub async fn run(
             if committer.is_finished() {
                 return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
             }
+            // A writer that failed in `prepare` would otherwise go unnoticed until the
+            // source sends its table something again: the checkpoint would wait for it
+            // without a word.
+            if let Some(w) = writers.iter().position(|w| !w.parked && w.task.is_finished()) {
+                let stopped = Error::new(ErrorKind::Internal, "a table writer stopped");
+                if !spec.isolate_tables {
+                    return Err(stopped);
+                }
+                match (&mut writers[w].task).await {
+                    Ok(Err(e)) if e.kind() == ErrorKind::Unsupported => {
+                        park(&spec, &mut writers, &targets, w, &e, &to_committer, observer.as_ref());
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    _ => return Err(stopped),
+                }
+            }
             while let Ok((id, position)) = ack_rx.try_recv() {
                 source.ack(&position).await?;
                 summary.last_checkpoint = Some(id);
@@ -891,7 +907,9 @@ async fn writer_task(
                     .wait_for(|c| *c + 1 >= id)
                     .await
                     .map_err(|_| Error::new(ErrorKind::Internal, "the committer stopped"))?;
+                tracing::debug!(checkpoint = id, "preparing");
                 let pending = writer.prepare(id).await?;
+                tracing::debug!(checkpoint = id, table = %pending.table, "prepared");
                 asked = false;
                 if done.send(CommitterMsg::Prepared(pending)).is_err() {
                     return Ok(());
@@ -949,11 +967,13 @@ async fn committer_task(
                     .unwrap_or(0),
             };
             test_pause().await;
+            tracing::debug!(checkpoint = id, "writing the checkpoint record");
             store.write(&record).await?;
             let ctx = CommitContext::new(&spec.commit_as, id, &position, &pending);
             for p in &pending {
                 test_pause().await;
                 let started = Instant::now();
+                tracing::debug!(checkpoint = id, table = %p.table, "committing");
                 commit_with_retry(sink.as_ref(), p, &ctx).await?;
                 metrics::histogram!("lakeshore_commit_seconds", "pipeline" => spec.name.clone(), "table" => p.table.clone())
                     .record(started.elapsed().as_secs_f64());

@@ -428,12 +428,15 @@ async fn rewrite_without(
             .collect();
         offset += n;
         let kept = filter_record_batch(&batch, &keep).map_err(|e| internal(e.to_string()))?;
-        // The file may predate a widening of a column type in this checkpoint.
-        let columns = kept
-            .columns()
+        // The file may predate a schema change in this checkpoint: columns added since
+        // read as null, widened ones are widened.
+        let columns = arrow_schema
+            .fields()
             .iter()
-            .zip(arrow_schema.fields())
-            .map(|(c, f)| crate::schema::widen(c.clone(), f.data_type()))
+            .map(|f| match kept.column_by_name(f.name()) {
+                Some(c) => crate::schema::widen(c.clone(), f.data_type()),
+                None => arrow_array::new_null_array(f.data_type(), kept.num_rows()),
+            })
             .collect();
         let kept = RecordBatch::try_new(arrow_schema.clone(), columns)
             .map_err(|e| internal(e.to_string()))?;

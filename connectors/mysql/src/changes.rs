@@ -685,6 +685,7 @@ fn declared_name(d: &Declared) -> String {
         Declared::Fixed(n) => format!("char/binary({n})"),
         Declared::Enum(_) => "enum".into(),
         Declared::Set(_) => "set".into(),
+        Declared::Varying => "varchar/text/blob".into(),
         other => format!("{other:?}").to_lowercase(),
     }
 }

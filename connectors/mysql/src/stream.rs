@@ -232,6 +232,7 @@ pub async fn start(
     let lag_seen = lag_cell.clone();
     let task = tokio::spawn(async move {
         let mut fde_seen = false;
+        let mut declared = DeclaredCache::default();
         while let Some(ev) = stream.next().await {
             let msg = match ev {
                 Err(e) => Err(stream_error(e, &file)),
@@ -267,7 +268,14 @@ pub async fn start(
                                 format!("cannot decode a binlog event in {file} at {end}: {e}"),
                             )),
                             Ok(data) => {
-                                let out = to_msg(data, &stream, &mut file, &mut fde_seen, end);
+                                let out = to_msg(
+                                    data,
+                                    &stream,
+                                    &mut file,
+                                    &mut fde_seen,
+                                    end,
+                                    &mut declared,
+                                );
                                 out.map(|m| {
                                     m.or_else(|| {
                                         (end > 0).then(|| Msg::Advance {
@@ -355,6 +363,7 @@ fn to_msg(
     file: &mut String,
     fde_seen: &mut bool,
     end: u64,
+    declared: &mut DeclaredCache,
 ) -> Result<Option<Msg>> {
     let here = |file: &str, pos: u64| BinlogPos {
         file: file.to_string(),
@@ -407,7 +416,7 @@ fn to_msg(
         Some(EventData::XidEvent(_)) => Some(Msg::Commit {
             next: here(file, end),
         }),
-        Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, stream, file, end)?),
+        Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, stream, file, end, declared)?),
         _ => None,
     })
 }
@@ -430,11 +439,39 @@ fn mysql_gtid(g: &mysql_common::binlog::events::GtidEvent) -> String {
     }
 }
 
+/// The declared types of the last table map of each table id: a table map repeats
+/// before every transaction's rows, unchanged until the table's definition changes.
+#[derive(Default)]
+struct DeclaredCache(
+    std::collections::HashMap<
+        u64,
+        (
+            mysql_common::binlog::events::TableMapEvent<'static>,
+            Arc<[Declared]>,
+        ),
+    >,
+);
+
+impl DeclaredCache {
+    fn of(&mut self, tme: &mysql_common::binlog::events::TableMapEvent<'_>) -> Arc<[Declared]> {
+        match self.0.get(&tme.table_id()) {
+            Some((seen, d)) if seen == tme => d.clone(),
+            _ => {
+                let d: Arc<[Declared]> = declared(tme).into();
+                self.0
+                    .insert(tme.table_id(), (tme.clone().into_owned(), d.clone()));
+                d
+            }
+        }
+    }
+}
+
 fn rows_msg(
     rows: &RowsEventData<'_>,
     stream: &mysql_async::BinlogStream,
     file: &str,
     end: u64,
+    cache: &mut DeclaredCache,
 ) -> Result<Msg> {
     let tme = stream.get_tme(rows.table_id()).ok_or_else(|| {
         Error::new(
@@ -509,7 +546,7 @@ fn rows_msg(
         table: tme.table_name().into_owned(),
         op,
         columns: columns.unwrap_or_else(|| Arc::from(Vec::new())),
-        declared: declared(tme).into(),
+        declared: cache.of(tme),
         rows: out,
     })
 }
