@@ -2,6 +2,7 @@
 tables followed by identity, values Iceberg cannot hold, publications that hide changes,
 and shards routed into one lake table. Each case ends with the lake (DuckDB) equal to
 the source (psycopg), or a stop naming the cause and the fix."""
+import contextlib
 import signal
 import subprocess
 import time
@@ -21,20 +22,13 @@ def test_renamed_table_keeps_feeding_its_lake_table(tmp_path, postgres, duck):
         c.execute("INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 1000) g")
     p = pg_pipeline(tmp_path, "rename19", postgres, db, ["public.a"])
     p.backfill()
-    run = start_run(p)
-    log = Log(run)
-    log.start()
-    time.sleep(1.5)
-    with postgres.connect(db) as c:
-        c.execute("ALTER TABLE a RENAME TO b")
-        c.execute("INSERT INTO b SELECT g, 'new' || g FROM generate_series(2001, 2050) g")
-        c.execute("UPDATE b SET v = 'updated' WHERE id <= 10")
     cols = ["id", "v"]
-    try:
+    with streaming(p) as log:
+        with postgres.connect(db) as c:
+            c.execute("ALTER TABLE a RENAME TO b")
+            c.execute("INSERT INTO b SELECT g, 'new' || g FROM generate_series(2001, 2050) g")
+            c.execute("UPDATE b SET v = 'updated' WHERE id <= 10")
         wait_lake(lambda: _same(duck, postgres, db, p, "a", "public.b", cols))
-    finally:
-        run.send_signal(signal.SIGTERM)
-        run.wait(timeout=60)
     assert "table renamed at the source" in log.text(), log.text()[-3000:]
     # After a restart the configured name is gone; the OID in the position finds it.
     with postgres.connect(db) as c:
@@ -42,6 +36,39 @@ def test_renamed_table_keeps_feeding_its_lake_table(tmp_path, postgres, duck):
     _, err = p.backfill()
     _same(duck, postgres, db, p, "a", "public.b", cols)
     assert "followed by its OID" in err, err[-3000:]
+
+
+@contextlib.contextmanager
+def streaming(p):
+    """`lakeshore run` of the pipeline, streaming, while the body runs; yields its log."""
+    run = start_run(p)
+    log = Log(run)
+    log.start()
+    time.sleep(1.5)
+    try:
+        yield log
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+
+
+def test_column_changes_without_a_row_change_reach_the_lake(tmp_path, postgres, duck):
+    """A dropped column shifts the others; a rename after it, and no row changes since
+    (so no Relation message): the catalog check reads the table again, and the lake's
+    renamed column holds every value. Found by the differential test (PostgreSQL seed
+    10), whose positional comparison missed this rename."""
+    db = postgres.create_db("shape19")
+    with postgres.connect(db) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, a int, x8 int, x9 text, x12 text)")
+        c.execute("INSERT INTO t SELECT g, g, g, 'n' || g, 'v' || g FROM generate_series(1, 500) g")
+    p = pg_pipeline(tmp_path, "shape19", postgres, db, ["public.t"])
+    p.backfill()
+    with streaming(p) as log:
+        with postgres.connect(db) as c:
+            c.execute("ALTER TABLE t DROP COLUMN x8")
+            c.execute("ALTER TABLE t RENAME COLUMN x12 TO x13")
+        wait_lake(lambda: _same(duck, postgres, db, p, "t", "public.t", ["id", "a", "x9", "x13"]), timeout=60)
+    assert "reading it again" in log.text(), log.text()[-3000:]
 
 
 def _same(duck, postgres, db, p, lake_table, source_table, cols):
@@ -69,19 +96,12 @@ def test_table_dropped_and_created_again_while_stopped_is_read_again(tmp_path, p
     assert "dropped and created again" in err, err[-3000:]
     assert_lake_equals_source(duck, postgres, db, p, "t", ["id", "v"])
     # While streaming: the poll of the tables' identities sees the new relation.
-    run = start_run(p)
-    log = Log(run)
-    log.start()
-    time.sleep(1.5)
-    with postgres.connect(db) as c:
-        c.execute("DROP TABLE t")
-        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        c.execute("INSERT INTO t SELECT g, 'newer' || g FROM generate_series(1, 300) g")
-    try:
+    with streaming(p) as log:
+        with postgres.connect(db) as c:
+            c.execute("DROP TABLE t")
+            c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            c.execute("INSERT INTO t SELECT g, 'newer' || g FROM generate_series(1, 300) g")
         wait_lake(lambda: assert_lake_equals_source(duck, postgres, db, p, "t", ["id", "v"]), timeout=60)
-    finally:
-        run.send_signal(signal.SIGTERM)
-        run.wait(timeout=60)
     assert "now names another relation" in log.text() or "was dropped" in log.text(), log.text()[-3000:]
 
 
@@ -141,19 +161,12 @@ def test_truncate_of_one_routed_shard_keeps_the_others(tmp_path, postgres, duck)
     p.backfill()
     union = "(select id, v from d2.s_1 union all select id, v from d2.s_2) u"
     _same(duck, postgres, db, p, "s", union, ["id", "v"])
-    run = start_run(p)
-    log = Log(run)
-    log.start()
-    time.sleep(1.5)
-    with postgres.connect(db) as c:
-        c.execute("TRUNCATE d2.s_1")
-        c.execute("INSERT INTO d2.s_1 VALUES (1001, 'after')")
-        c.execute("UPDATE d2.s_2 SET v = 'changed' WHERE id < 50")
-    try:
+    with streaming(p) as log:
+        with postgres.connect(db) as c:
+            c.execute("TRUNCATE d2.s_1")
+            c.execute("INSERT INTO d2.s_1 VALUES (1001, 'after')")
+            c.execute("UPDATE d2.s_2 SET v = 'changed' WHERE id < 50")
         wait_lake(lambda: _same(duck, postgres, db, p, "s", union, ["id", "v"]), timeout=60)
-    finally:
-        run.send_signal(signal.SIGTERM)
-        run.wait(timeout=60)
     assert "its other source tables are read again" in log.text(), log.text()[-3000:]
 
 

@@ -9,17 +9,19 @@ SEEDS = [0, 1]
 OPS = 40
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_mysql_random_operations_land_exactly_or_stop_loudly(tmp_path, mysql, seed):
-    db = differential.MyDb(mysql, mysql.create_db(f"diff{seed}"))
+def run(db, seed, tmp_path):
     counts = differential.Run(db, seed, OPS, tmp_path).run()
     print(dict(counts))
     assert counts["checks equal"] >= OPS // 5
+
+
+# Seed 0 of MySQL found a checkpoint that waited silently for a failed writer (a column
+# added in the checkpoint of a rewritten file): kept as a regression case.
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mysql_random_operations_land_exactly_or_stop_loudly(tmp_path, mysql, seed):
+    run(differential.MyDb(mysql, mysql.create_db(f"diff{seed}")), seed, tmp_path)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_postgres_random_operations_land_exactly_or_stop_loudly(tmp_path, postgres, seed):
-    db = differential.PgDb(postgres, postgres.create_db(f"diff{seed}"))
-    counts = differential.Run(db, seed, OPS, tmp_path).run()
-    print(dict(counts))
-    assert counts["checks equal"] >= OPS // 5
+    run(differential.PgDb(postgres, postgres.create_db(f"diff{seed}")), seed, tmp_path)

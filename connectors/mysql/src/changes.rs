@@ -11,7 +11,7 @@ use crate::ddl::{self, Ddl};
 use crate::discover::{self, MyTable};
 use crate::snapshot::{self, Key, compare_keys};
 use crate::stream::{self, Declared, Msg, RowOp};
-use crate::types::{self, Kind, RowsBuilder};
+use crate::types::{Kind, RowsBuilder};
 use crate::{BinlogPos, ColumnMap, MysqlSource, Pending, Progress};
 
 impl MysqlSource {
@@ -180,14 +180,8 @@ impl MysqlSource {
             table.columns[i].column_type = column_type;
         }
         if widened {
-            let pairs: Vec<(String, Kind)> = table
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), c.kind.clone()))
-                .collect();
-            table.schema.schema = types::arrow_schema(&pairs, &table.schema.key);
-            self.out
-                .push_back(SourceEvent::SchemaChange(table.schema.clone()));
+            let schema = table.rebuild_schema();
+            self.out.push_back(SourceEvent::SchemaChange(schema));
         }
         Ok(())
     }
@@ -526,15 +520,9 @@ impl MysqlSource {
         let table = &mut self.tables[t];
         tracing::info!(table = %table.name, columns = ?added.iter().map(|c| &c.name).collect::<Vec<_>>(), "columns added");
         table.columns.extend(added);
-        let pairs: Vec<(String, Kind)> = table
-            .columns
-            .iter()
-            .map(|c| (c.name.clone(), c.kind.clone()))
-            .collect();
-        table.schema.schema = types::arrow_schema(&pairs, &table.schema.key);
+        let schema = table.rebuild_schema();
         self.mapping.retain(|(x, _), _| *x != t);
-        self.out
-            .push_back(SourceEvent::SchemaChange(table.schema.clone()));
+        self.out.push_back(SourceEvent::SchemaChange(schema));
         Ok(())
     }
 
@@ -708,4 +696,53 @@ fn type_changed(table: &MyTable, i: usize, to: &str, why: &str) -> Error {
             table.name, c.name, c.column_type, table.name
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fits(k: Kind, d: Declared) -> bool {
+        matches!(numeric_change(&k, &d), Change::Fits)
+    }
+
+    fn widens_to(k: Kind, d: Declared) -> Option<Kind> {
+        match numeric_change(&k, &d) {
+            Change::Widen(kind, _) => Some(kind),
+            _ => None,
+        }
+    }
+
+    fn refused(k: Kind, d: Declared) -> bool {
+        matches!(numeric_change(&k, &d), Change::Refuse(..))
+    }
+
+    /// What a row event's declared type does to a column: the Iceberg promotions widen
+    /// the lake column, older (narrower) table maps of a replay fit, the rest stop.
+    #[test]
+    fn declared_types_widen_fit_or_stop() {
+        assert_eq!(widens_to(Kind::Int32, Declared::BigInt), Some(Kind::Int64));
+        assert_eq!(
+            widens_to(Kind::Float32, Declared::Double),
+            Some(Kind::Float64)
+        );
+        assert_eq!(
+            widens_to(Kind::Decimal(10, 2), Declared::Decimal(14, 2)),
+            Some(Kind::Decimal(14, 2))
+        );
+        // A replay of events from before a widening the table has since had.
+        assert!(fits(Kind::Int64, Declared::Int));
+        assert!(fits(Kind::Decimal(14, 2), Declared::Decimal(10, 2)));
+        assert!(fits(Kind::Decimal(12, 4), Declared::Decimal(10, 2)));
+        assert!(fits(Kind::Int64, Declared::Decimal(9, 0)));
+        // What Iceberg cannot follow.
+        assert!(refused(Kind::Decimal(10, 2), Declared::Decimal(12, 4)));
+        assert!(refused(Kind::Decimal(10, 2), Declared::Double));
+        assert!(refused(Kind::Int32, Declared::Varying));
+        assert!(refused(Kind::Text { latin1: false }, Declared::Int));
+        assert!(refused(Kind::Int32, Declared::Decimal(12, 2)));
+        // Not numbers on either side: not this check's business.
+        assert!(fits(Kind::Text { latin1: false }, Declared::Varying));
+        assert!(fits(Kind::Date, Declared::Other));
+    }
 }

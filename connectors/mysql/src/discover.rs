@@ -33,6 +33,17 @@ pub struct MyTable {
 }
 
 impl MyTable {
+    /// The table's schema rebuilt from its columns after they changed (added, widened).
+    pub fn rebuild_schema(&mut self) -> TableSchema {
+        let pairs: Vec<(String, Kind)> = self
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.kind.clone()))
+            .collect();
+        self.schema.schema = types::arrow_schema(&pairs, &self.schema.key);
+        self.schema.clone()
+    }
+
     /// `` `db`.`table` ``.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.db), quote_ident(&self.table))

@@ -444,13 +444,14 @@ impl PostgresSource {
         if self.failed.contains(&t) {
             return Ok(());
         }
-        let renamed = before
-            .iter()
-            .zip(&now)
-            .find(|(b, n)| b != n && !now.contains(b) && !before.contains(n));
+        // Names alone cannot tell a rename from a drop and an add (a drop shifts the
+        // positions): columns that went while others came may be renamed ones.
+        let removed: Vec<&String> = before.iter().filter(|b| !now.contains(b)).collect();
         let added: Vec<&String> = now.iter().filter(|n| !before.contains(n)).collect();
-        let why = if let Some((b, n)) = renamed {
-            Some(format!("column {b} is now {n}"))
+        let why = if !removed.is_empty() && !added.is_empty() {
+            Some(format!(
+                "columns {removed:?} went and {added:?} came (renamed, perhaps)"
+            ))
         } else if added.is_empty() {
             None
         } else {
