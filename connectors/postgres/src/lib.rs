@@ -108,6 +108,10 @@ const YIELD_EVERY: Duration = Duration::from_millis(100);
 /// catalog columns with its last Relation message (then the table's OID).
 const SHAPE_MARKER: &str = "lakeshore shape ";
 
+/// How long a requested barrier may wait (inside a transaction, or for a chunk to read
+/// dropped changes) before a warning says why.
+const BARRIER_WARN: Duration = Duration::from_secs(30);
+
 /// How often lag is measured and, on a quiet stream, a heartbeat is written.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Retained WAL above which a warning is logged.
@@ -212,6 +216,8 @@ pub struct PostgresSource {
     pending: Vec<Option<Pending>>,
     out: VecDeque<SourceEvent>,
     barrier: Option<u64>,
+    /// When the pending barrier was asked for (a barrier held back long is reported).
+    barrier_asked: std::time::Instant,
     /// Bounded runs stop once a message written at this LSN is read back.
     /// (content of the message, read back) once written.
     end_marker: Option<(String, bool)>,
@@ -378,6 +384,7 @@ impl PostgresSource {
             pending: (0..n).map(|_| None).collect(),
             out: VecDeque::new(),
             barrier: None,
+            barrier_asked: std::time::Instant::now(),
             end_marker: None,
             finished: false,
             snapshot_rows: 0,
@@ -587,6 +594,23 @@ impl PostgresSource {
         // Not inside a source transaction, and not while changes were dropped for keys
         // that the next chunk must read: a restart from here would not replay them.
         if self.xid.is_some() || self.dropped.iter().any(|d| !d.is_empty()) {
+            // A checkpoint that cannot happen must not go unnoticed.
+            if self.barrier.is_some() && self.barrier_asked.elapsed() > BARRIER_WARN {
+                let waiting: Vec<String> = (0..self.tables.len())
+                    .filter(|&t| !self.dropped[t].is_empty())
+                    .map(|t| {
+                        format!(
+                            "{} ({} transactions, progress {:?})",
+                            self.tables[t].name,
+                            self.dropped[t].len(),
+                            self.progress_of(t)
+                        )
+                    })
+                    .collect();
+                tracing::warn!(xid = ?self.xid, waiting_for_chunks = ?waiting, "a checkpoint has been held back for {} s", self.barrier_asked.elapsed().as_secs());
+                metrics::counter!("lakeshore_postgres_barrier_held_back_total").increment(1);
+                self.barrier_asked = std::time::Instant::now();
+            }
             return Ok(false);
         }
         if let Some(id) = self.barrier.take() {
@@ -890,6 +914,9 @@ impl Source for PostgresSource {
     }
 
     fn request_barrier(&mut self, id: u64) {
+        if self.barrier.is_none() {
+            self.barrier_asked = std::time::Instant::now();
+        }
         self.barrier = Some(id);
     }
 

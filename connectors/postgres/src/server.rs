@@ -80,6 +80,18 @@ fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
             "PostgreSQL refused the login; check the user and password in [source] url"
         }
         Some("3D000") => "the database does not exist; check the database name in [source] url",
+        // Shutting down, starting up, out of connections: a moment's condition that a
+        // retry gets past, not a setting (class 57 operator intervention, 53300).
+        Some(code) if code.starts_with("57") || code == "53300" => {
+            return Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "PostgreSQL ({target}) is shutting down, starting or full for now: {}",
+                    e.as_db_error().map(|d| d.message()).unwrap_or_default()
+                ),
+            )
+            .with_source(e);
+        }
         Some(_) => "PostgreSQL refused the connection; check [source] url",
         None => {
             // No answer from the server: it may be down for a moment (`run` retries).
