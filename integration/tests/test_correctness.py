@@ -111,3 +111,25 @@ def test_foreign_expiry_of_the_newest_commit_does_not_commit_it_twice(tmp_path, 
     got = duck.execute(f"select count(*), count(*) filter (where auction = -1) from {rel}").fetchone()
     want = duck.execute(f"select count(*) from read_parquet('{exp / 'bid.parquet'}')").fetchone()[0]
     assert got == (want + 1, 1), (got, want, err[-2000:])
+
+
+def test_a_failure_that_repeats_ends_in_failed(tmp_path):
+    """A source that fails the same way at every restart (here: nothing listens on its
+    port) is not retried forever while its WAL piles up: after give_up_after identical
+    failures the pipeline is failed with the error, and a daemon with no other pipeline
+    exits."""
+    import socket
+    import subprocess
+    from conftest import BIN
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = Pipeline(tmp_path, "unreachable", {"type": "postgres", "url": f"postgres://u@127.0.0.1:{port}/db",
+                                           "tables": ["public.t"]}, {"namespace": "pg"})
+    (tmp_path / "daemon.toml").write_text(
+        '[restart]\ninitial_backoff = "100ms"\nmax_backoff = "200ms"\ngive_up_after = 3\n')
+    r = subprocess.run([BIN, "run", "--config", "daemon.toml", str(p.file)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "failed 3 times in a row with the same error, not retried again" in r.stderr, r.stderr[-2000:]
+    assert r.stderr.count("pipeline failed; restarting") == 2, r.stderr[-2000:]
