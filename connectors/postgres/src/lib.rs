@@ -108,6 +108,9 @@ const YIELD_EVERY: Duration = Duration::from_millis(100);
 /// catalog columns with its last Relation message (then the table's OID).
 const SHAPE_MARKER: &str = "lakeshore shape ";
 
+/// How long the stream may stay silent inside a transaction before it counts as stuck.
+const STUCK_IN_TRANSACTION: Duration = Duration::from_secs(20);
+
 /// How long a requested barrier may wait (inside a transaction, or for a chunk to read
 /// dropped changes) before a warning says why.
 const BARRIER_WARN: Duration = Duration::from_secs(30);
@@ -901,6 +904,20 @@ impl Source for PostgresSource {
                     ));
                 }
                 Err(_) => {
+                    // pgoutput sends a transaction whole once it committed: silence in the
+                    // middle of one means the stream is stuck, and every checkpoint would
+                    // wait for its end. Start over from the last checkpoint instead.
+                    if let Some(xid) = self.xid
+                        && self.last_event.elapsed() > STUCK_IN_TRANSACTION
+                    {
+                        return Err(Error::new(
+                            ErrorKind::Transient,
+                            format!(
+                                "the replication stream stopped inside transaction {xid} for {} s; restarting from the last checkpoint",
+                                self.last_event.elapsed().as_secs()
+                            ),
+                        ));
+                    }
                     // Idle: hand out what is buffered and let the engine look around.
                     if self.xid.is_none() {
                         self.flush_all()?;

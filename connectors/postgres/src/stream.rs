@@ -45,6 +45,17 @@ pub(crate) async fn start_stream(opts: &PostgresOptions, lsn: u64) -> Result<Str
     let mut stream = LogicalReplicationStream::new(&conninfo, config)
         .await
         .map_err(|e| {
+            // A server going down or coming up is a moment's condition (`run` retries);
+            // anything else is the URL or the user's rights.
+            if e.is_transient() {
+                return Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "cannot open a replication connection ({}) for now: {e}",
+                        redact(&opts.url)
+                    ),
+                );
+            }
             Error::new(
                 ErrorKind::Config,
                 format!(
