@@ -97,7 +97,7 @@ def test_foreign_expiry_of_the_newest_commit_does_not_commit_it_twice(tmp_path, 
     exp = p.expected()
     table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "nexmark.bid")
     ours = table.current_snapshot().snapshot_id
-    one = duck.execute(f"select * from {lake.scan(p.catalog_db, 'nexmark.bid')} limit 1").fetch_arrow_table()
+    one = duck.execute(f"select * from {lake.scan(p.catalog_db, 'nexmark.bid')} limit 1").to_arrow_table()
     one = one.set_column(0, "auction", pa.array([-1], one.schema.field("auction").type))
     table.append(one.cast(table.schema().as_arrow()))
     table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in table.snapshots()
