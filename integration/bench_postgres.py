@@ -9,7 +9,10 @@
 3. Freshness at a steady 5k changes/s with `lakeshore run`: for each source transaction,
    the time from its commit to the first Iceberg snapshot whose source position covers it
    (snapshot timestamps and `lakeshore.source-position` from the table metadata).
-Peak RSS is the child's ru_maxrss.
+4. One transaction that updates every row of a 10M-row table (`--big-transaction`): a
+   checkpoint cannot fall inside it, so this measures the upsert writer's spilled key
+   index; lakeshore changes/s and peak RSS vs `pg_recvlogical` over the same WAL.
+Peak RSS is the child's ru_maxrss. `--parts` runs a subset (e.g. `--parts big`).
 """
 import argparse
 import os
@@ -31,7 +34,7 @@ BIN = os.environ["LAKESHORE_BIN"]
 PGBIN = "/usr/lib/postgresql/15/bin"
 
 
-def write_pipeline(d: Path, name, url, interval="10s"):
+def write_pipeline(d: Path, name, url, interval="10s", table="public.bench"):
     f = d / "p.toml"
     f.write_text(f"""[pipeline]
 name = "{name}"
@@ -40,7 +43,7 @@ checkpoint_interval = "{interval}"
 [source]
 type = "postgres"
 url = "{url}"
-tables = ["public.bench"]
+tables = ["{table}"]
 
 [sink]
 type = "iceberg"
@@ -76,7 +79,10 @@ def main():
     ap.add_argument("--changes", type=int, default=100_000)
     ap.add_argument("--fresh-seconds", type=int, default=20)
     ap.add_argument("--fresh-rate", type=int, default=5000)
+    ap.add_argument("--big-transaction", type=int, default=10_000_000)
+    ap.add_argument("--parts", default="snapshot,cdc,fresh,big")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     import psycopg
 
     server = PgServer()
@@ -84,6 +90,10 @@ def main():
     print(f"machine: {os.cpu_count()} cores; workdir {work}", flush=True)
     try:
         db = server.create_db("bench")
+        if "big" in parts:
+            big_transaction(server, db, work, args.big_transaction)
+        if not parts & {"snapshot", "cdc", "fresh"}:
+            return
         with server.connect(db) as c:
             c.execute("""create table bench (id bigint primary key, n int, name varchar(40), amount numeric(12,2),
                          note text, created_at timestamp, updated_at timestamptz)""")
@@ -109,12 +119,7 @@ def main():
         rng = random.Random(1)
         with server.connect(db) as c:
             changes(c, rng, args.rows + 1, args.changes)
-        end_lsn = server.execute("select pg_current_wal_lsn()::text", db)[0][0]
-        raw_wall = timed([f"{PGBIN}/pg_recvlogical", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
-                                "-d", db, "--slot", "raw_reader", "--start", "--endpos", end_lsn,
-                                "-o", "proto_version=1", "-o", "publication_names=lakeshore_bench",
-                                "-f", "/dev/null", "--no-loop"])
-        server.execute("select pg_drop_replication_slot('raw_reader')", db)
+        raw_wall = raw_wal_read(server, db, "raw_reader", "lakeshore_bench")
         wall, rss, _ = rss_of([BIN, "backfill", str(f)], d)
         m = args.changes
         print(f"{'postgres-cdc-' + str(m // 1000) + 'k':<32} chg  {m:>10,}  lakeshore {m / wall:>10,.0f} chg/s   "
@@ -164,6 +169,40 @@ def main():
         server.stop()
         import shutil
         shutil.rmtree(work, ignore_errors=True)
+
+
+def raw_wal_read(server, db, slot, publication):
+    """Seconds `pg_recvlogical` takes to read the slot's WAL up to now."""
+    end_lsn = server.execute("select pg_current_wal_lsn()::text", db)[0][0]
+    wall = timed([f"{PGBIN}/pg_recvlogical", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
+                  "-d", db, "--slot", slot, "--start", "--endpos", end_lsn,
+                  "-o", "proto_version=1", "-o", f"publication_names={publication}",
+                  "-f", "/dev/null", "--no-loop"])
+    server.execute(f"select pg_drop_replication_slot('{slot}')", db)
+    return wall
+
+
+def big_transaction(server, db, work, n):
+    """Part 4: one UPDATE of all `n` rows, read back by `lakeshore backfill`."""
+    with server.connect(db) as c:
+        c.execute("create table big (id bigint primary key, v int, s text)")
+        c.execute(f"insert into big select g, 0, 'row ' || g from generate_series(1, {n}) g")
+        c.execute("vacuum analyze big")
+    d = work / "big"
+    d.mkdir()
+    f = write_pipeline(d, "big", server.url(db), table="public.big")
+    subprocess.run([BIN, "backfill", str(f)], cwd=d, check=True, capture_output=True)
+    server.execute("select pg_create_logical_replication_slot('raw_big', 'pgoutput')", db)
+    with server.connect(db) as c:
+        c.execute("update big set v = 1")
+    raw_wall = raw_wal_read(server, db, "raw_big", "lakeshore_big")
+    wall, rss, _ = rss_of([BIN, "backfill", str(f)], d)
+    print(f"{'postgres-one-txn-' + str(n // 1_000_000) + 'M':<32} chg  {n:>10,}  lakeshore {n / wall:>10,.0f} chg/s   "
+          f"pg_recvlogical {n / raw_wall:>10,.0f} chg/s  ratio {raw_wall / wall:5.2f}  peak RSS {rss:6.1f} MiB",
+          flush=True)
+    got = lake.sql(lake.duck(), d / "lake" / "catalog.db",
+                   "select count(*), count(distinct id), min(v), max(v) from {pg.big}")[0]
+    assert tuple(got) == (n, n, 1, 1), got
 
 
 if __name__ == "__main__":

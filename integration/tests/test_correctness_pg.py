@@ -183,3 +183,37 @@ def test_same_named_tables_of_two_schemas_need_a_route(tmp_path, postgres):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "source tables a.t and b.t would both land in lake table t" in r.stderr, r.stderr[-2000:]
     assert "[[route]]" in r.stderr
+
+
+def test_one_transaction_larger_than_the_key_index_lands_exactly(tmp_path, postgres, duck):
+    """Issue 19, a huge transaction: a checkpoint cannot fall inside it, so the upsert
+    writer's key index of that one checkpoint outgrows memory and goes to local disk in
+    sorted runs. One transaction updates 600k rows, updates every 7th again (keys now in
+    older runs), deletes every 11th, inserts 50k new rows and updates some of them; a
+    `kill -9` while the runs are merged; the restart lands it exactly once. (The memory
+    of a 10M-row transaction is measured in `integration/bench.sh postgres`.)"""
+    db = postgres.create_db("bigtxn19")
+    with postgres.connect(db) as c:
+        c.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, s text)")
+        c.execute("INSERT INTO t SELECT g, 0, 'row' || g FROM generate_series(1, 600000) g")
+    p = pg_pipeline(tmp_path, "bigtxn19", postgres, db, ["public.t"])
+    p.backfill()
+    with postgres.connect(db) as c:
+        c.execute("UPDATE t SET v = 1")
+        c.execute("UPDATE t SET v = 2, s = 'again' WHERE id % 7 = 0")
+        c.execute("DELETE FROM t WHERE id % 11 = 0")
+        c.execute("INSERT INTO t SELECT g, 3, 'new' || g FROM generate_series(600001, 650000) g")
+        c.execute("UPDATE t SET v = 4 WHERE id > 640000 OR id % 13 = 0")
+    run = start_run(p)
+    log = Log(run)
+    log.start()
+    log.wait_for("merging the spilled key index", timeout=300)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+    assert "the index goes to local disk" in log.text()
+    p.backfill()
+    assert_lake_equals_source(duck, postgres, db, p, "t", ["id", "v", "s"])
+    # Nothing of the checkpoint is visible twice, and no data file keeps a dead row
+    # that a delete does not cover: the row count DuckDB sees is the source's.
+    got = duck.execute(f"select count(*), count(distinct id) from {lake.scan(p.catalog_db, p.table('t'))}").fetchone()
+    assert got[0] == got[1] == len(pg_rows(postgres, db, "t", ["id"]))

@@ -31,6 +31,7 @@ pub mod lookup;
 pub mod orphans;
 pub mod position_delete;
 pub mod schema;
+mod spill;
 pub mod table_writer;
 pub mod upsert;
 pub mod writer;

@@ -21,6 +21,7 @@ use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::{DataType, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
 use arrow_select::filter::filter_record_batch;
 use futures::TryStreamExt;
+use iceberg::io::FileWrite;
 use iceberg::spec::{DataContentType, DataFile, Struct};
 use iceberg::table::Table;
 use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
@@ -34,6 +35,7 @@ use crate::error::{ice, internal, io};
 use crate::lookup::{Key, KeyQuery, KeySet, find_live_rows, open_parquet};
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::conform;
+use crate::spill::{KeyState, Spill};
 use crate::table_writer::OpenTable;
 use crate::writer::{FileInfo, FileSettings, RowLocation};
 
@@ -173,33 +175,129 @@ impl KeyCodec {
         })
     }
 
-    /// Store `keys` as a Parquet file of the key columns at `path`.
-    async fn write_keys(&self, files: &FileSettings, path: &str, keys: &KeySet) -> Result<()> {
-        let batch = self.decode(keys)?;
-        let mut buf = Vec::new();
-        let mut w =
-            ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| io(path, e))?;
-        w.write(&batch).map_err(|e| io(path, e))?;
-        w.close().map_err(|e| io(path, e))?;
-        let out = files.file_io.new_output(path).map_err(ice)?;
-        out.write(buf.into()).await.map_err(ice)
+    /// The keys of `batch` (key columns, possibly of a narrower type), encoded.
+    fn encode_keys(&self, path: &str, batch: &RecordBatch) -> Result<Vec<Key>> {
+        let rows = self
+            .converter
+            .convert_columns(&self.widened(batch.columns()))
+            .map_err(|e| io(path, e))?;
+        Ok(rows.iter().map(|r| Key::from_slice(r.as_ref())).collect())
+    }
+}
+
+/// A Parquet file of looked-up keys (their key columns), written chunk by chunk.
+struct KeysWriter {
+    path: String,
+    parquet: ArrowWriter<Vec<u8>>,
+    out: Box<dyn FileWrite>,
+}
+
+impl KeysWriter {
+    async fn create(files: &FileSettings, path: String, codec: &KeyCodec) -> Result<Self> {
+        let parquet = ArrowWriter::try_new(Vec::new(), codec.schema.clone(), None)
+            .map_err(|e| io(&path, e))?;
+        let out = files
+            .file_io
+            .new_output(&path)
+            .map_err(ice)?
+            .writer()
+            .await
+            .map_err(ice)?;
+        Ok(KeysWriter { path, parquet, out })
     }
 
-    /// Read keys written by [`KeyCodec::write_keys`].
-    async fn read_keys(&self, files: &FileSettings, path: &str) -> Result<KeySet> {
-        let mut stream = open_parquet(&files.file_io, path)
-            .await?
-            .build()
-            .map_err(|e| io(path, e))?;
-        let mut keys = KeySet::default();
-        while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
-            let rows = self
-                .converter
-                .convert_columns(&self.widened(batch.columns()))
-                .map_err(|e| io(path, e))?;
-            keys.extend(rows.iter().map(|r| Key::from_slice(r.as_ref())));
+    async fn append(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.parquet.write(batch).map_err(|e| io(&self.path, e))?;
+        self.parquet.flush().map_err(|e| io(&self.path, e))?;
+        // The encoded row group goes out now; the Parquet writer only counts bytes, it
+        // never reads back what it wrote.
+        let bytes = std::mem::take(self.parquet.inner_mut());
+        if !bytes.is_empty() {
+            self.out.write(bytes.into()).await.map_err(ice)?;
         }
-        Ok(keys)
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<String> {
+        let rest = self.parquet.into_inner().map_err(|e| io(&self.path, e))?;
+        self.out.write(rest.into()).await.map_err(ice)?;
+        self.out.close().await.map_err(ice)?;
+        Ok(self.path)
+    }
+}
+
+/// Committed-row lookups of any number of keys, [`LOOKUP_CHUNK`] keys at a time (memory
+/// stays bounded however many keys one checkpoint replaces). With `keys_at`, the keys of
+/// every chunk that found rows are written to a keys file there, for a later re-lookup.
+struct ChunkedLookup<'a> {
+    table: &'a Table,
+    files: &'a FileSettings,
+    codec: &'a KeyCodec,
+    keys_at: Option<String>,
+    keys_out: Option<KeysWriter>,
+    chunk: KeySet,
+    found: LookupDeletes,
+}
+
+impl<'a> ChunkedLookup<'a> {
+    fn new(
+        table: &'a Table,
+        files: &'a FileSettings,
+        codec: &'a KeyCodec,
+        keys_at: Option<String>,
+    ) -> Self {
+        ChunkedLookup {
+            table,
+            files,
+            codec,
+            keys_at,
+            keys_out: None,
+            chunk: KeySet::default(),
+            found: LookupDeletes::default(),
+        }
+    }
+
+    async fn add(&mut self, key: Key) -> Result<()> {
+        self.chunk.insert(key);
+        if self.chunk.len() >= LOOKUP_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let d = committed_deletes(self.table, self.files, self.codec, &self.chunk).await?;
+        if !d.files.is_empty()
+            && let Some(path) = &self.keys_at
+        {
+            if self.keys_out.is_none() {
+                self.keys_out =
+                    Some(KeysWriter::create(self.files, path.clone(), self.codec).await?);
+            }
+            if let Some(w) = &mut self.keys_out {
+                w.append(&self.codec.decode(&self.chunk)?).await?;
+            }
+        }
+        self.found.files.extend(d.files);
+        self.found.referenced.extend(d.referenced);
+        self.found.base = self.found.base.or(d.base);
+        self.chunk.clear();
+        Ok(())
+    }
+
+    /// The deletes of all keys, and the keys file if one was written.
+    async fn finish(mut self) -> Result<(LookupDeletes, Option<String>)> {
+        self.flush().await?;
+        self.found.referenced.sort();
+        self.found.referenced.dedup();
+        let keys_file = match self.keys_out {
+            Some(w) => Some(w.finish().await?),
+            None => None,
+        };
+        Ok((self.found, keys_file))
     }
 }
 
@@ -290,15 +388,17 @@ pub async fn relookup(
     keys_file: &str,
 ) -> Result<LookupDeletes> {
     let codec = KeyCodec::new(files, arrow_schema, key)?;
-    let keys = codec.read_keys(files, keys_file).await?;
-    committed_deletes(table, files, &codec, &keys).await
-}
-
-/// State of a key within the open checkpoint.
-#[derive(Debug, Clone, Copy)]
-enum KeyState {
-    Live(RowLocation),
-    Deleted,
+    let mut stream = open_parquet(&files.file_io, keys_file)
+        .await?
+        .build()
+        .map_err(|e| io(keys_file, e))?;
+    let mut lookup = ChunkedLookup::new(table, files, &codec, None);
+    while let Some(batch) = stream.try_next().await.map_err(|e| io(keys_file, e))? {
+        for key in codec.encode_keys(keys_file, &batch)? {
+            lookup.add(key).await?;
+        }
+    }
+    Ok(lookup.finish().await?.0)
 }
 
 /// Rewrite a data file of the open checkpoint when at least this fraction of its rows
@@ -310,6 +410,14 @@ const REWRITE_DEAD_FRACTION: f64 = 0.05;
 /// interval drains them, e.g. during a snapshot.
 const MAX_INDEXED_KEYS: usize = 128 * 1024;
 
+/// Keys the open checkpoint holds in memory before its index goes to local disk
+/// ([`Spill`]): reached only when the checkpoint the writer asked for cannot come, i.e.
+/// inside one source transaction of more rows.
+const SPILL_KEYS: usize = 2 * MAX_INDEXED_KEYS;
+
+/// Keys looked up in the committed table at a time.
+const LOOKUP_CHUNK: usize = MAX_INDEXED_KEYS;
+
 /// Upsert mode: a live row per key; changes become position deletes.
 pub struct UpsertWriter {
     t: OpenTable,
@@ -317,6 +425,8 @@ pub struct UpsertWriter {
     index: foldhash::HashMap<Key, KeyState>,
     own_deletes: Vec<RowLocation>,
     lookup: KeySet,
+    /// The index of this checkpoint spilled to disk, when it outgrew [`SPILL_KEYS`].
+    spill: Spill,
     locations: Vec<RowLocation>,
 }
 
@@ -330,6 +440,7 @@ impl UpsertWriter {
             index: Default::default(),
             own_deletes: Vec::new(),
             lookup: KeySet::default(),
+            spill: Spill::default(),
             locations: Vec::new(),
         })
     }
@@ -499,15 +610,65 @@ impl TableWriter for UpsertWriter {
                 }
             }
         }
+        if self.index.len() >= SPILL_KEYS {
+            if self.spill.is_empty() {
+                tracing::info!(
+                    table = %self.t.name,
+                    keys = self.index.len(),
+                    "one checkpoint changes more keys than the index holds in memory (a \
+                     large source transaction): the index goes to local disk"
+                );
+            }
+            self.spill.write_run(&mut self.index, &mut self.lookup)?;
+        }
         Ok(())
     }
 
     fn wants_checkpoint(&self) -> bool {
-        self.index.len() >= MAX_INDEXED_KEYS
+        self.index.len() >= MAX_INDEXED_KEYS || !self.spill.is_empty()
     }
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
         let (files, infos) = self.t.data.close().await?;
+        // Committed rows replaced by this checkpoint: every earlier checkpoint is
+        // committed (the engine waits for it), so look them up in the table as it is now.
+        let mut keys_file = None;
+        let mut looked_up = LookupDeletes::default();
+        if !self.lookup.is_empty() || !self.spill.is_empty() {
+            self.t.table = self
+                .t
+                .catalog
+                .catalog()
+                .load_table(&self.t.ctx.ident)
+                .await
+                .map_err(ice)?;
+            let path = format!(
+                "{}/metadata/lakeshore-keys-{}.parquet",
+                self.t.table.metadata().location().trim_end_matches('/'),
+                uuid::Uuid::new_v4()
+            );
+            let mut lookup =
+                ChunkedLookup::new(&self.t.table, &self.t.ctx.files, &self.codec, Some(path));
+            if self.spill.is_empty() {
+                for key in self.lookup.drain() {
+                    lookup.add(key).await?;
+                }
+            } else {
+                // Merge the spilled runs: key by key, whether its first change replaces a
+                // committed row, and which of the checkpoint's own rows later changes of
+                // the key superseded.
+                tracing::info!(table = %self.t.name, runs = self.spill.runs() + 1, "merging the spilled key index");
+                self.spill.write_run(&mut self.index, &mut self.lookup)?;
+                for merged in std::mem::take(&mut self.spill).merge()? {
+                    let merged = merged?;
+                    self.own_deletes.extend(merged.superseded);
+                    if merged.lookup {
+                        lookup.add(merged.key).await?;
+                    }
+                }
+            }
+            (looked_up, keys_file) = lookup.finish().await?;
+        }
         let files = self.drop_dead_rows(files, &infos).await?;
         let spec_id = self.t.ctx.files.spec.spec_id();
         let own = self.own_deletes.drain(..).map(|loc| {
@@ -521,33 +682,6 @@ impl TableWriter for UpsertWriter {
         });
         let own_deletes =
             write_delete_groups(&self.t.table, &self.t.ctx.files, own.collect::<Vec<_>>()).await?;
-        let mut keys_file = None;
-        let mut looked_up = LookupDeletes::default();
-        if !self.lookup.is_empty() {
-            // Every earlier checkpoint is committed (the engine waits for it): look up
-            // the committed rows in the table as it is now.
-            self.t.table = self
-                .t
-                .catalog
-                .catalog()
-                .load_table(&self.t.ctx.ident)
-                .await
-                .map_err(ice)?;
-            looked_up =
-                committed_deletes(&self.t.table, &self.t.ctx.files, &self.codec, &self.lookup)
-                    .await?;
-            if !looked_up.files.is_empty() {
-                let path = format!(
-                    "{}/metadata/lakeshore-keys-{}.parquet",
-                    self.t.table.metadata().location().trim_end_matches('/'),
-                    uuid::Uuid::new_v4()
-                );
-                self.codec
-                    .write_keys(&self.t.ctx.files, &path, &self.lookup)
-                    .await?;
-                keys_file = Some(path);
-            }
-        }
         self.index.clear();
         self.lookup.clear();
         let delta = RowDelta {
@@ -574,6 +708,8 @@ impl TableWriter for UpsertWriter {
                 .reencode(&self.codec, lookup.iter())?
                 .into_iter()
                 .collect();
+            self.spill
+                .map_keys(|keys| codec.reencode(&self.codec, keys.iter()))?;
         }
         self.codec = codec;
         Ok(())
@@ -584,6 +720,7 @@ impl TableWriter for UpsertWriter {
         self.index.clear();
         self.own_deletes.clear();
         self.lookup.clear();
+        self.spill.clear();
         Ok(())
     }
 }
