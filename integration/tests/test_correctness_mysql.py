@@ -125,3 +125,48 @@ def test_dropped_and_renamed_columns_replayed_after_a_restart(tmp_path, mysql, d
     mysql.execute("UPDATE t SET bb = 'y' WHERE id BETWEEN 55 AND 70", db)
     p.backfill()
     assert_same(duck, mysql, db, p, "t", ["id", "a", "bb"])
+
+
+def test_character_set_changes_follow_the_table_map(tmp_path, mysql, duck):
+    """Issue 19, suspected: a charset change of a column while streaming. The binlog
+    carries text as stored, so after `MODIFY ... CHARACTER SET latin1` (or back to
+    utf8mb4) each row event is decoded by the character set its table map names; the
+    same when the events are replayed after a restart, when the server already has the
+    newer charset. A charset lakeshore cannot decode stops the table, naming the column;
+    at discovery too."""
+    db = mysql.create_db("charset19")
+    mysql.execute("CREATE TABLE t (id int PRIMARY KEY, a varchar(20) CHARACTER SET utf8mb4, "
+                  "b text CHARACTER SET latin1, e enum('x','y'), c char(6) CHARACTER SET latin1, "
+                  "bin varbinary(8))", db)
+    mysql.execute("INSERT INTO t VALUES (1, 'café', 'naïve', 'x', 'olé', x'00ff'), "
+                  "(2, 'plain', 'plain', 'y', 'ab', NULL)", db)
+    p = my_pipeline(tmp_path, "charset19", mysql, ["charset19.t"])
+    p.backfill()
+    cols = ["id", "a", "b", "e", "c", "bin"]
+    run = start_run(p)
+    time.sleep(1.5)
+    mysql.execute("ALTER TABLE t MODIFY a varchar(20) CHARACTER SET latin1, "
+                  "MODIFY b text CHARACTER SET utf8mb4, MODIFY c char(6) CHARACTER SET utf8mb4", db)
+    mysql.execute("INSERT INTO t VALUES (3, 'Größe', 'Ærø €', 'y', 'ñü😀', x'01')", db)
+    mysql.execute("UPDATE t SET a = 'über', b = concat(b, ' ✓') WHERE id = 1", db)
+    wait_lake(lambda: assert_same(duck, mysql, db, p, "t", cols))
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+    # While stopped: back the other way, then rows in both; the restart replays the
+    # events from its checkpoint with the server already at the last charsets.
+    mysql.execute("UPDATE t SET a = 'déjà' WHERE id = 2", db)
+    mysql.execute("ALTER TABLE t CONVERT TO CHARACTER SET utf8mb4", db)
+    mysql.execute("INSERT INTO t VALUES (4, 'ça 😀', 'ok', 'x', 'fin', NULL)", db)
+    p.backfill()
+    assert_same(duck, mysql, db, p, "t", cols)
+    # A character set lakeshore does not decode: a stop naming table and column.
+    run = start_run(p)
+    time.sleep(1.5)
+    mysql.execute("UPDATE t SET a = concat('r', id)", db)  # values cp1251 can hold
+    mysql.execute("ALTER TABLE t MODIFY a varchar(20) CHARACTER SET cp1251", db)
+    mysql.execute("INSERT INTO t VALUES (5, 'Привет', 'x', 'x', 'x', NULL)", db)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0
+    assert "table charset19.t, column a" in err and "character set cp1251" in err, err[-2000:]
+    err = run_error(p, "backfill")
+    assert "column a: character set cp1251 is not supported" in err, err[-2000:]

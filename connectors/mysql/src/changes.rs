@@ -11,7 +11,7 @@ use crate::ddl::{self, Ddl};
 use crate::discover::{self, MyTable};
 use crate::snapshot::{self, Key, compare_keys};
 use crate::stream::{self, Declared, Msg, RowOp};
-use crate::types::{Kind, RowsBuilder};
+use crate::types::{Charset, Kind, RowsBuilder};
 use crate::{BinlogPos, ColumnMap, MysqlSource, Pending, Progress};
 
 impl MysqlSource {
@@ -38,6 +38,12 @@ impl MysqlSource {
                 && w.to.as_ref().is_none_or(|to| compare_keys(key, to).is_le())
                 && *start < w.seen
         })
+    }
+
+    /// How text in the collation `id` of a table map decodes (`None`: not said, or an
+    /// id the server did not list).
+    fn charset_of(&self, id: Option<u16>) -> Option<Charset> {
+        self.charsets.get(&id?).map(|name| Charset::of(name))
     }
 
     /// The stream is at `pos` between transactions.
@@ -146,8 +152,48 @@ impl MysqlSource {
                 (Kind::Set(l), Declared::Set(Some(l2))) if l != l2 => {
                     Some((Kind::Set(l2.clone()), enum_type("set", l2)))
                 }
-                (Kind::Enum(_) | Kind::Set(_), Declared::Varying | Declared::Fixed(_)) => {
-                    Some((Kind::Text { latin1: false }, "varchar".to_string()))
+                (Kind::Enum(_) | Kind::Set(_), Declared::Varying(cs) | Declared::Fixed(_, cs)) => {
+                    let latin1 = self.charset_of(*cs) == Some(Charset::Latin1);
+                    Some((Kind::Text { latin1 }, "varchar".to_string()))
+                }
+                // The character set of a text column changed (ALTER ... CHARACTER SET,
+                // CONVERT TO): the binlog's bytes are in the new one.
+                (Kind::Text { latin1 }, Declared::Varying(cs) | Declared::Fixed(_, cs)) => {
+                    match self.charset_of(*cs) {
+                        Some(Charset::Latin1) if !latin1 => {
+                            Some((Kind::Text { latin1: true }, c.column_type.clone()))
+                        }
+                        Some(Charset::Utf8) if *latin1 => {
+                            Some((Kind::Text { latin1: false }, c.column_type.clone()))
+                        }
+                        Some(Charset::Binary) => {
+                            return Err(type_changed(
+                                table,
+                                i,
+                                "a binary type",
+                                "Iceberg cannot change a string column to binary",
+                            ));
+                        }
+                        Some(Charset::Unsupported(name)) => {
+                            return Err(type_changed(
+                                table,
+                                i,
+                                &format!("character set {name}"),
+                                "lakeshore decodes utf8mb4, utf8mb3, ascii and latin1 text only",
+                            ));
+                        }
+                        _ => None,
+                    }
+                }
+                (Kind::Binary, Declared::Varying(cs) | Declared::Fixed(_, cs))
+                    if matches!(self.charset_of(*cs), Some(c) if c != Charset::Binary) =>
+                {
+                    return Err(type_changed(
+                        table,
+                        i,
+                        "a text type",
+                        "Iceberg cannot change a binary column to string",
+                    ));
                 }
                 (Kind::Text { .. }, Declared::Enum(Some(l2))) => {
                     Some((Kind::Enum(l2.clone()), enum_type("enum", l2)))
@@ -175,7 +221,15 @@ impl MysqlSource {
         self.flush_table(t)?;
         let table = &mut self.tables[t];
         for (i, kind, column_type) in changed {
-            tracing::info!(table = %table.name, column = %table.columns[i].name, from = %table.columns[i].column_type, to = %column_type, "column type changed at the source");
+            if let (Kind::Text { latin1: from }, Kind::Text { latin1: to }) =
+                (&table.columns[i].kind, &kind)
+                && from != to
+            {
+                let name = |l: bool| if l { "latin1" } else { "utf8" };
+                tracing::info!(table = %table.name, column = %table.columns[i].name, from = name(*from), to = name(*to), "character set changed at the source");
+            } else {
+                tracing::info!(table = %table.name, column = %table.columns[i].name, from = %table.columns[i].column_type, to = %column_type, "column type changed at the source");
+            }
             table.columns[i].kind = kind;
             table.columns[i].column_type = column_type;
         }
@@ -201,7 +255,7 @@ impl MysqlSource {
         for (c, (v, i)) in image.iter().zip(map).enumerate() {
             if let Some(i) = i {
                 let mut v = v.clone();
-                if let (Kind::Binary, Some(Declared::Fixed(n)), Value::Bytes(b)) =
+                if let (Kind::Binary, Some(Declared::Fixed(n, _)), Value::Bytes(b)) =
                     (&table.columns[*i].kind, declared.get(c), &mut v)
                     && b.len() < *n
                 {
@@ -670,10 +724,10 @@ fn numeric_change(k: &Kind, d: &Declared) -> Change {
 fn declared_name(d: &Declared) -> String {
     match d {
         Declared::Decimal(p, s) => format!("decimal({p},{s})"),
-        Declared::Fixed(n) => format!("char/binary({n})"),
+        Declared::Fixed(n, _) => format!("char/binary({n})"),
         Declared::Enum(_) => "enum".into(),
         Declared::Set(_) => "set".into(),
-        Declared::Varying => "varchar/text/blob".into(),
+        Declared::Varying(_) => "varchar/text/blob".into(),
         other => format!("{other:?}").to_lowercase(),
     }
 }
@@ -738,11 +792,11 @@ mod tests {
         // What Iceberg cannot follow.
         assert!(refused(Kind::Decimal(10, 2), Declared::Decimal(12, 4)));
         assert!(refused(Kind::Decimal(10, 2), Declared::Double));
-        assert!(refused(Kind::Int32, Declared::Varying));
+        assert!(refused(Kind::Int32, Declared::Varying(None)));
         assert!(refused(Kind::Text { latin1: false }, Declared::Int));
         assert!(refused(Kind::Int32, Declared::Decimal(12, 2)));
         // Not numbers on either side: not this check's business.
-        assert!(fits(Kind::Text { latin1: false }, Declared::Varying));
+        assert!(fits(Kind::Text { latin1: false }, Declared::Varying(Some(45))));
         assert!(fits(Kind::Date, Declared::Other));
     }
 }

@@ -153,13 +153,19 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
             charset.as_deref(),
         )
         .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!(
+            let message = match charset.as_deref().map(types::Charset::of) {
+                Some(types::Charset::Unsupported(cs)) => format!(
+                    "table {name}, column {col}: character set {cs} is not supported (the \
+                     binlog carries text as stored, and lakeshore decodes utf8mb4, utf8mb3, \
+                     ascii and latin1); convert it (ALTER TABLE {name} MODIFY {col} \
+                     {column_type} CHARACTER SET utf8mb4) or exclude the table"
+                ),
+                _ => format!(
                     "table {name}, column {col}: type {column_type} is not supported; exclude \
                      the table or change the column's type"
                 ),
-            )
+            };
+            Error::new(ErrorKind::Unsupported, message)
         })?;
         columns.push(MyColumn {
             name: col,

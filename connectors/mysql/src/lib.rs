@@ -247,6 +247,8 @@ pub struct MysqlSource {
     mapping: HashMap<(usize, Arc<[String]>), ColumnMap>,
     /// Tables the source gave up on (`SourceEvent::TableFailed`): skipped from then on.
     failed: std::collections::HashSet<usize>,
+    /// Character set of each collation id (the table maps name a column's by id).
+    charsets: HashMap<u16, String>,
 }
 
 /// Our column index of each binlog column (`None`: not one of ours).
@@ -281,8 +283,10 @@ impl MysqlSource {
     ) -> Result<Self> {
         let mut conn = connect(&opts.url).await?;
         let streaming = opts.startup != Startup::SnapshotOnly;
+        let mut charsets = HashMap::new();
         if streaming {
             check_server(&mut conn).await?;
+            charsets = server::collation_charsets(&mut conn).await?;
         }
         let tables = discover::discover(&mut conn, &opts.tables).await?;
         let position: Position = match position {
@@ -374,6 +378,7 @@ impl MysqlSource {
             last_heard: std::time::Instant::now(),
             mapping: HashMap::new(),
             failed: Default::default(),
+            charsets,
             opts,
         })
     }

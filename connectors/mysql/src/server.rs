@@ -253,6 +253,33 @@ pub(crate) async fn binlog_problems(conn: &mut Conn) -> Result<Vec<String>> {
     Ok(problems)
 }
 
+/// The character set of each collation id the server knows: a binlog table map names a
+/// text column's collation by id.
+pub(crate) async fn collation_charsets(
+    conn: &mut Conn,
+) -> Result<std::collections::HashMap<u16, String>> {
+    let mut out: std::collections::HashMap<u16, String> = conn
+        .query::<(u16, String), _>(
+            "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL",
+        )
+        .await
+        .map_err(|e| my_error("reading the server's collations", e))?
+        .into_iter()
+        .collect();
+    // MariaDB 10.10+ lists the ids of its full collation names (UCA 14.0.0) only here;
+    // MySQL has no such column, and the query fails harmlessly.
+    if let Ok(rows) = conn
+        .query::<(u16, String), _>(
+            "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY \
+             WHERE ID IS NOT NULL",
+        )
+        .await
+    {
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
 /// Fail with the first binlog setting that is wrong.
 pub(crate) async fn check_server(conn: &mut Conn) -> Result<()> {
     match binlog_problems(conn).await?.into_iter().next() {

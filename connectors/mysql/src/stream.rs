@@ -76,9 +76,11 @@ pub enum Declared {
     /// SET, with its labels when the binlog carries them.
     Set(Option<Arc<[String]>>),
     /// CHAR(n) / BINARY(n): at most `n` bytes; the binlog drops the trailing padding.
-    Fixed(usize),
-    /// VARCHAR, VARBINARY, TEXT, BLOB, JSON.
-    Varying,
+    /// With the column's collation id (`binlog_row_metadata` MINIMAL or FULL; 63 is
+    /// binary).
+    Fixed(usize, Option<u16>),
+    /// VARCHAR, VARBINARY, TEXT, BLOB (with the collation id), JSON (without).
+    Varying(Option<u16>),
     /// Every other type (dates, times, BIT, GEOMETRY): compared by our own decoder.
     Other,
 }
@@ -88,8 +90,24 @@ pub fn declared(tme: &mysql_common::binlog::events::TableMapEvent<'_>) -> Vec<De
     use mysql_common::binlog::events::OptionalMetadataField;
     use mysql_common::constants::ColumnType as C;
     let (mut enums, mut sets) = (Vec::new(), Vec::new());
+    // Collation ids of the character columns (CHAR, VARCHAR, TEXT, BLOB; not ENUM/SET),
+    // in column order: either one default with exceptions by character-column index,
+    // or one per character column.
+    let mut charsets: Vec<u16> = Vec::new();
+    let mut default_charset: Option<(u16, Vec<(usize, u16)>)> = None;
     for field in tme.iter_optional_meta().flatten() {
         match field {
+            OptionalMetadataField::DefaultCharset(d) => {
+                let exceptions = d
+                    .iter_non_default()
+                    .flatten()
+                    .map(|n| (n.column_index() as usize, n.charset()))
+                    .collect();
+                default_charset = Some((d.default_charset(), exceptions));
+            }
+            OptionalMetadataField::ColumnCharset(c) => {
+                charsets = c.iter_charsets().flatten().collect();
+            }
             OptionalMetadataField::EnumStrValue(v) => {
                 for e in v.iter_values().flatten() {
                     enums.push(e.values().iter().map(|x| x.value().into_owned()).collect());
@@ -103,10 +121,26 @@ pub fn declared(tme: &mysql_common::binlog::events::TableMapEvent<'_>) -> Vec<De
             _ => {}
         }
     }
+    let character_columns = (0..tme.columns_count() as usize)
+        .filter(|&i| matches!(tme.get_column_type(i), Ok(Some(t)) if t.is_character_type()))
+        .count();
+    if let Some((default, exceptions)) = default_charset {
+        charsets = vec![default; character_columns];
+        for (i, c) in exceptions {
+            if let Some(slot) = charsets.get_mut(i) {
+                *slot = c;
+            }
+        }
+    }
+    let mut charsets = charsets.into_iter();
     let (mut enums, mut sets) = (enums.into_iter(), sets.into_iter());
     (0..tme.columns_count() as usize)
         .map(|i| {
             let m = tme.get_column_metadata(i).unwrap_or(&[]);
+            let charset = match tme.get_column_type(i) {
+                Ok(Some(t)) if t.is_character_type() => charsets.next(),
+                _ => None,
+            };
             match tme.get_column_type(i) {
                 Ok(Some(C::MYSQL_TYPE_TINY | C::MYSQL_TYPE_SHORT | C::MYSQL_TYPE_INT24))
                 | Ok(Some(C::MYSQL_TYPE_LONG | C::MYSQL_TYPE_YEAR)) => Declared::Int,
@@ -121,9 +155,9 @@ pub fn declared(tme: &mysql_common::binlog::events::TableMapEvent<'_>) -> Vec<De
                     // server's `Field_string::do_save_field_metadata`).
                     let (b0, b1) = (m[0] as usize, m[1] as usize);
                     if b0 & 0x30 != 0x30 {
-                        Declared::Fixed(b1 | (((b0 & 0x30) ^ 0x30) << 4))
+                        Declared::Fixed(b1 | (((b0 & 0x30) ^ 0x30) << 4), charset)
                     } else {
-                        Declared::Fixed(b1)
+                        Declared::Fixed(b1, charset)
                     }
                 }
                 Ok(Some(
@@ -131,7 +165,7 @@ pub fn declared(tme: &mysql_common::binlog::events::TableMapEvent<'_>) -> Vec<De
                     | C::MYSQL_TYPE_VAR_STRING
                     | C::MYSQL_TYPE_BLOB
                     | C::MYSQL_TYPE_JSON,
-                )) => Declared::Varying,
+                )) => Declared::Varying(charset),
                 _ => Declared::Other,
             }
         })

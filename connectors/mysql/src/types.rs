@@ -23,6 +23,32 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use lakeshore_api::{Error, ErrorKind, Result};
 use mysql_common::value::Value;
 
+/// How the bytes of a text column's character set are decoded: the binlog carries them
+/// as stored (the snapshot converts them, except latin1, read as bytes too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charset {
+    /// utf8mb4, utf8mb3 and its subset ascii: taken as UTF-8.
+    Utf8,
+    /// latin1: one byte per character.
+    Latin1,
+    /// The `binary` pseudo character set of BINARY, VARBINARY and BLOB.
+    Binary,
+    /// Any other (cp1251, gbk, utf16, ...): not decoded.
+    Unsupported(String),
+}
+
+impl Charset {
+    /// The class of the character set `name` (as `information_schema` spells it).
+    pub fn of(name: &str) -> Charset {
+        match name {
+            "utf8mb4" | "utf8mb3" | "utf8" | "ascii" => Charset::Utf8,
+            "latin1" => Charset::Latin1,
+            "binary" => Charset::Binary,
+            other => Charset::Unsupported(other.to_string()),
+        }
+    }
+}
+
 /// How one column is decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -82,7 +108,8 @@ impl Kind {
 }
 
 /// Map a column from `information_schema.COLUMNS`: `DATA_TYPE`, `COLUMN_TYPE`,
-/// precision, scale and character set. `None` = not supported.
+/// precision, scale and character set. `None` = not supported (also text in a character
+/// set other than those [`Charset::of`] decodes).
 pub fn kind_of(
     data_type: &str,
     column_type: &str,
@@ -110,9 +137,13 @@ pub fn kind_of(
         "float" => Kind::Float32,
         "double" | "real" => Kind::Float64,
         "bit" => Kind::Bit,
-        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => Kind::Text {
-            latin1: charset == Some("latin1"),
-        },
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
+            match charset.map(Charset::of) {
+                Some(Charset::Latin1) => Kind::Text { latin1: true },
+                None | Some(Charset::Utf8) => Kind::Text { latin1: false },
+                Some(Charset::Binary | Charset::Unsupported(_)) => return None,
+            }
+        }
         "uuid" => Kind::Uuid,
         "inet4" => Kind::Inet4,
         "inet6" => Kind::Inet6,
