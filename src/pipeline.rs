@@ -94,6 +94,28 @@ pub async fn open_sink(plan: &Plan, commit_as: &str) -> Result<Arc<dyn Sink>> {
     }
 }
 
+/// What the source keeps for a stopped pipeline, in bytes, and what it is: a PostgreSQL
+/// slot's WAL (it piles up until the pipeline resumes or the slot is dropped), or the
+/// binlog MySQL wrote since the last checkpoint (purged by the server's own expiry,
+/// after which a new snapshot is needed). `None` for sources that keep nothing for a
+/// pipeline, or before its first checkpoint.
+pub async fn held_at_source(plan: &Plan) -> Result<Option<(u64, &'static str)>> {
+    match &plan.source {
+        SourcePlan::Postgres(o) => Ok(lakeshore_postgres::retained_wal(o)
+            .await?
+            .map(|b| (b, "WAL kept by its replication slot"))),
+        SourcePlan::Mysql(o) => {
+            let store = StateStore::open(&plan.state_url, &plan.name, &plan.sink.storage())?;
+            let Some(record) = store.latest().await? else {
+                return Ok(None);
+            };
+            let behind = lakeshore_mysql::binlog_behind(o, &record.position).await?;
+            Ok(Some((behind, "binlog written since its last checkpoint")))
+        }
+        SourcePlan::Datagen(_) | SourcePlan::Kafka(_) => Ok(None),
+    }
+}
+
 /// Run `plan` to the end of its source, or until `shutdown`.
 ///
 /// With a `restart` policy (`lakeshore run`), a failure restarts the pipeline from its

@@ -217,3 +217,40 @@ def test_one_transaction_larger_than_the_key_index_lands_exactly(tmp_path, postg
     # that a delete does not cover: the row count DuckDB sees is the source's.
     got = duck.execute(f"select count(*), count(distinct id) from {lake.scan(p.catalog_db, p.table('t'))}").fetchone()
     assert got[0] == got[1] == len(pg_rows(postgres, db, "t", ["id"]))
+
+
+def test_a_failed_pipeline_reports_the_wal_its_slot_holds(tmp_path, postgres):
+    """Issue 19, repeating failures end: a pipeline that failed for good keeps its
+    replication slot, whose WAL piles up until someone acts. While it stays failed, the
+    daemon measures that WAL: `source_held_bytes` in /pipelines, the gauge
+    `lakeshore_failed_pipeline_source_held_bytes` in /metrics, and a warning; the other
+    pipeline goes on."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_daemon import Daemon, generator
+    db = postgres.create_db("held19")
+    with postgres.connect(db) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, a int)")
+        c.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g")
+    d = tmp_path / "pipelines"
+    d.mkdir()
+    pg_pipeline(d, "held19", postgres, db, ["public.t"])
+    generator(d, "gen", rate=200)
+    daemon = Daemon(d, [d])
+    try:
+        daemon.committing("held19")
+        with postgres.connect(db) as c:
+            c.execute("ALTER TABLE t ALTER COLUMN a TYPE text")
+            c.execute("INSERT INTO t VALUES (1000, 'x')")
+            # WAL the slot must keep: written after the pipeline's last confirmed position.
+            c.execute("CREATE TABLE filler AS SELECT g, repeat('x', 200) AS s FROM generate_series(1, 20000) g")
+        daemon.wait(lambda: daemon.status()[0]["held19"]["phase"] == "failed", 60, "held19 fails")
+        daemon.wait(lambda: (daemon.status()[0]["held19"]["source_held_bytes"] or 0) > 1_000_000, 30,
+                    "the WAL the slot holds is reported")
+        _, text = daemon.get("/metrics")
+        held = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "lakeshore_failed_pipeline_source_held_bytes" and s.labels.get("pipeline") == "held19"]
+        assert held and held[0] > 1_000_000, held
+        daemon.committing("gen")
+        assert "its source holds" in daemon.log.read_text()
+    finally:
+        daemon.stop()

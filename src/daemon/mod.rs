@@ -27,7 +27,7 @@ use crate::pipeline;
 pub mod http;
 pub mod status;
 
-use status::{Phase, StatusCell};
+use status::{Phase, StatusCell, WeakStatusCell};
 
 /// A request from the HTTP endpoints to the supervisor.
 pub enum Control {
@@ -425,6 +425,7 @@ impl Daemon {
                 Err(e) => {
                     tracing::error!(pipeline = %plan.name, error = %e, "pipeline failed; fix it and change its file or resume it");
                     status.failed(&e);
+                    tokio::spawn(report_held(plan.clone(), status.weak()));
                 }
             }
             done_in_task.store(true, std::sync::atomic::Ordering::Release);
@@ -555,6 +556,50 @@ impl Daemon {
                 false
             }
         }
+    }
+}
+
+/// How often a failed pipeline's source is asked what it keeps for it.
+const HELD_EVERY: Duration = Duration::from_secs(60);
+
+/// While a pipeline stays failed, measure what its source keeps for it (a slot's WAL
+/// piles up until the pipeline resumes or the slot is dropped): `source_held_bytes` in
+/// `/pipelines`, the gauge `lakeshore_failed_pipeline_source_held_bytes{pipeline}`, and
+/// a warning (the first time, then every ten minutes). Ends when the pipeline starts
+/// again or its entry goes.
+async fn report_held(plan: Plan, status: WeakStatusCell) {
+    let gauge = metrics::gauge!("lakeshore_failed_pipeline_source_held_bytes", "pipeline" => plan.name.clone());
+    let mut rounds = 0u64;
+    let failure = status.upgrade().map(|s| s.get().failures);
+    loop {
+        let still_failed = status.upgrade().is_some_and(|s| {
+            let s = s.get();
+            s.phase == Phase::Failed && Some(s.failures) == failure
+        });
+        if !still_failed {
+            break;
+        }
+        match crate::pipeline::held_at_source(&plan).await {
+            Ok(Some((bytes, what))) => {
+                gauge.set(bytes as f64);
+                if let Some(s) = status.upgrade() {
+                    s.update(|s| s.source_held_bytes = Some(bytes));
+                }
+                if rounds.is_multiple_of(10) {
+                    tracing::warn!(pipeline = %plan.name, held_mib = bytes >> 20, "the pipeline is failed and its source holds {} MiB ({what}); fix the cause and resume it, or remove the pipeline and its slot", bytes >> 20);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(pipeline = %plan.name, error = %e, "cannot measure what the source holds");
+            }
+        }
+        rounds += 1;
+        tokio::time::sleep(HELD_EVERY).await;
+    }
+    gauge.set(0.0);
+    if let Some(s) = status.upgrade() {
+        s.update(|s| s.source_held_bytes = None);
     }
 }
 

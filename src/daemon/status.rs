@@ -81,17 +81,33 @@ pub struct PipelineStatus {
     pub failed_tables: BTreeMap<String, String>,
     /// How far the source's read position is behind the source, as last measured.
     pub lag: Option<LagStatus>,
+    /// While failed: bytes the source keeps for the pipeline (a slot's WAL, or the binlog
+    /// since its last checkpoint), measured every minute.
+    pub source_held_bytes: Option<u64>,
     /// Rows of earlier runs (before restarts).
     #[serde(skip)]
     rows_before: u64,
     /// The failure was a configuration error.
     #[serde(skip)]
     failed_on_config: bool,
+    /// Counts failures, so that only the newest one's watch of the source goes on.
+    #[serde(skip)]
+    pub(crate) failures: u64,
 }
 
 /// A pipeline's status, shared by its task, the HTTP handlers and the metrics.
 #[derive(Clone)]
 pub struct StatusCell(Arc<Mutex<PipelineStatus>>);
+
+/// A [`StatusCell`] that may be gone (its pipeline's file changed or was removed).
+pub struct WeakStatusCell(std::sync::Weak<Mutex<PipelineStatus>>);
+
+impl WeakStatusCell {
+    /// The cell, while its pipeline is still known.
+    pub fn upgrade(&self) -> Option<StatusCell> {
+        self.0.upgrade().map(StatusCell)
+    }
+}
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -116,9 +132,16 @@ impl StatusCell {
             config_error: None,
             failed_tables: BTreeMap::new(),
             lag: None,
+            source_held_bytes: None,
             rows_before: 0,
             failed_on_config: false,
+            failures: 0,
         })))
+    }
+
+    /// A reference that does not keep the pipeline's entry alive.
+    pub fn weak(&self) -> WeakStatusCell {
+        WeakStatusCell(Arc::downgrade(&self.0))
     }
 
     /// Change it.
@@ -133,6 +156,7 @@ impl StatusCell {
             s.phase = Phase::Failed;
             s.last_error = Some(e.to_string());
             s.failed_on_config = e.kind() == lakeshore_api::ErrorKind::Config;
+            s.failures += 1;
         });
     }
 

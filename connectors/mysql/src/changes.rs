@@ -185,8 +185,7 @@ impl MysqlSource {
                         _ => None,
                     }
                 }
-                (Kind::Binary, Declared::Varying(cs) | Declared::Fixed(_, cs))
-                    if matches!(self.charset_of(*cs), Some(c) if c != Charset::Binary) =>
+                (Kind::Binary, Declared::Varying(cs) | Declared::Fixed(_, cs)) if matches!(self.charset_of(*cs), Some(c) if c != Charset::Binary) =>
                 {
                     return Err(type_changed(
                         table,
@@ -796,7 +795,10 @@ mod tests {
         assert!(refused(Kind::Text { latin1: false }, Declared::Int));
         assert!(refused(Kind::Int32, Declared::Decimal(12, 2)));
         // Not numbers on either side: not this check's business.
-        assert!(fits(Kind::Text { latin1: false }, Declared::Varying(Some(45))));
+        assert!(fits(
+            Kind::Text { latin1: false },
+            Declared::Varying(Some(45))
+        ));
         assert!(fits(Kind::Date, Declared::Other));
     }
 }

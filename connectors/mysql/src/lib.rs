@@ -40,7 +40,7 @@ pub mod snapshot;
 mod stream;
 pub mod types;
 
-pub use server::{check, connect, redact};
+pub use server::{binlog_behind, check, connect, redact};
 use server::{check_server, my_error};
 
 use changes::{value_error, warn_zero_dates};
@@ -135,7 +135,7 @@ pub struct BinlogPos {
 }
 
 impl BinlogPos {
-    fn sequence(&self) -> u64 {
+    pub(crate) fn sequence(&self) -> u64 {
         self.file
             .rsplit('.')
             .next()

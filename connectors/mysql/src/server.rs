@@ -1,7 +1,7 @@
 //! Connecting (errors that name the setting to change, passwords redacted), the server's
 //! binlog settings, and `validate --connect`.
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, ErrorKind, Result, SourcePosition};
 use mysql_async::prelude::Queryable;
 use std::path::PathBuf;
 
@@ -253,6 +253,55 @@ pub(crate) async fn binlog_problems(conn: &mut Conn) -> Result<Vec<String>> {
     Ok(problems)
 }
 
+/// Bytes of binlog the server wrote since `position` (a checkpoint's), by the sizes of
+/// its binlog files: how far a stopped pipeline is behind. The server purges files by
+/// its own expiry, not for lakeshore; a checkpoint whose file is gone needs a new
+/// snapshot.
+pub async fn binlog_behind(opts: &MysqlOptions, position: &SourcePosition) -> Result<u64> {
+    let pos: crate::BinlogPos = position
+        .0
+        .get("binlog")
+        .cloned()
+        .and_then(|b| serde_json::from_value(b).ok())
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "not a MySQL position"))?;
+    let mut conn = connect(&opts.url).await?;
+    let files: Vec<(String, u64)> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| my_error("listing the binlog files", e))?
+        .into_iter()
+        .map(|row: mysql_async::Row| {
+            (
+                row.get::<String, _>(0).unwrap_or_default(),
+                row.get::<u64, _>(1).unwrap_or(0),
+            )
+        })
+        .collect();
+    Ok(bytes_after(&files, &pos))
+}
+
+/// Bytes in `files` (name, size; in order) after `pos`.
+fn bytes_after(files: &[(String, u64)], pos: &crate::BinlogPos) -> u64 {
+    files
+        .iter()
+        .filter(|(name, _)| {
+            crate::BinlogPos {
+                file: name.clone(),
+                pos: 0,
+            }
+            .sequence()
+                >= pos.sequence()
+        })
+        .map(|(name, size)| {
+            if *name == pos.file {
+                size.saturating_sub(pos.pos)
+            } else {
+                *size
+            }
+        })
+        .sum()
+}
+
 /// The character set of each collation id the server knows: a binlog table map names a
 /// text column's collation by id.
 pub(crate) async fn collation_charsets(
@@ -350,6 +399,22 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binlog_behind_counts_from_the_position_on() {
+        let files = [
+            ("bin.000001".to_string(), 1000),
+            ("bin.000002".to_string(), 500),
+            ("bin.000003".to_string(), 300),
+        ];
+        let at = |file: &str, pos| crate::BinlogPos {
+            file: file.into(),
+            pos,
+        };
+        assert_eq!(bytes_after(&files, &at("bin.000002", 100)), 400 + 300);
+        assert_eq!(bytes_after(&files, &at("bin.000003", 300)), 0);
+        assert_eq!(bytes_after(&files, &at("bin.000001", 4)), 996 + 800);
+    }
 
     #[test]
     fn passwords_are_redacted() {

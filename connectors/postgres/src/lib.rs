@@ -43,7 +43,7 @@ mod stream;
 mod tls;
 pub mod types;
 
-pub use server::{check, connect, redact};
+pub use server::{check, connect, redact, retained_wal};
 use server::{
     check_server, column_exists, current_wal_lsn, ensure_publication, ensure_slot, format_lsn,
     parse_lsn, pg_error, type_kind,

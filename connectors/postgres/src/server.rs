@@ -448,6 +448,15 @@ pub(crate) async fn ensure_slot(client: &Client, slot: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of WAL the pipeline's replication slot keeps on the server (`None`: there is
+/// no such slot), for a pipeline that stopped: nothing else reports it then.
+pub async fn retained_wal(opts: &PostgresOptions) -> Result<Option<u64>> {
+    let client = connect(&opts.url).await?;
+    Ok(slot_state(&client, &opts.slot)
+        .await?
+        .map(|s| s.retained_bytes.max(0) as u64))
+}
+
 /// An existing slot.
 struct SlotState {
     active: bool,
