@@ -66,6 +66,9 @@ enum Command {
         /// The daemon's HTTP address.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// The daemon file, for its [auth] token (else LAKESHORE_API_TOKEN is used).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Check pipeline files and report every problem with file, line and column.
     Validate {
@@ -236,6 +239,21 @@ fn daemon_settings(
         cfg.log_format = config::daemon::LogFormat::parse(f)
             .ok_or_else(|| format!("--log-format {f} is unknown; write text or json"))?;
     }
+    if cfg.auth.token.is_none() {
+        cfg.auth.token = config::daemon::token_from_env()?;
+    }
+    if let Some(addr) = cfg.http
+        && cfg.auth.token.is_none()
+        && !addr.ip().is_loopback()
+    {
+        return Err(format!(
+            "refusing to serve the HTTP endpoints on {addr} without a token: anyone who \
+             reaches that address could pause pipelines or start re-snapshots. Set [auth] \
+             token_file (or token = \"${{VAR}}\") in the daemon file, or the {} environment \
+             variable; or listen on 127.0.0.1",
+            config::daemon::TOKEN_ENV
+        ));
+    }
     Ok(cfg)
 }
 
@@ -267,8 +285,16 @@ async fn run_daemon(paths: Vec<PathBuf>, cfg: config::daemon::DaemonConfig) -> R
                 ))
             })?;
             drop(listener);
-            Some(tokio::spawn(daemon::http::serve(
+            if let Some(tls) = &cfg.tls {
+                daemon::http::tls_config(tls).map_err(Failure::Config)?;
+            }
+            let endpoints = daemon::http::Endpoints {
                 addr,
+                auth: cfg.auth.clone(),
+                tls: cfg.tls.clone(),
+            };
+            Some(tokio::spawn(daemon::http::serve(
+                endpoints,
                 daemon.clone(),
                 metrics,
                 control_tx.clone(),
@@ -363,7 +389,7 @@ async fn dispatch(
             Ok(())
         }
         Command::Run { paths, .. } => run_daemon(paths, daemon_config.unwrap_or_default()).await,
-        Command::Status { url } => status(&url).await,
+        Command::Status { url, config } => status(&url, config.as_deref()).await,
         Command::Maintain {
             pipeline: file,
             tables,
@@ -459,9 +485,22 @@ async fn dispatch(
 }
 
 /// `lakeshore status`: the daemon's `/pipelines` as a table.
-async fn status(url: &str) -> Result<(), Failure> {
+async fn status(url: &str, daemon_file: Option<&std::path::Path>) -> Result<(), Failure> {
+    let token = match daemon_file {
+        Some(f) => config::daemon::load(f)?.auth.token,
+        None => None,
+    };
+    let token = match token {
+        Some(t) => Some(t),
+        None => config::daemon::token_from_env().map_err(Failure::Config)?,
+    };
     let url = format!("{}/pipelines", url.trim_end_matches('/'));
-    let body: serde_json::Value = reqwest::get(&url)
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(t) = &token {
+        request = request.bearer_auth(&t.0);
+    }
+    let body: serde_json::Value = request
+        .send()
         .await
         .and_then(|r| r.error_for_status())
         .map_err(|e| {

@@ -144,7 +144,22 @@ pub async fn run(
             shutdown.clone(),
             commands.as_deref_mut(),
         );
-        match once.await {
+        // A panic is a bug, but it must not leave the pipeline silently stopped: it fails
+        // the run like any error (and the restart policy restarts it).
+        let once = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(once))
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("lakeshore panicked ({what}); this is a bug, please report it"),
+                ))
+            });
+        match once {
             // A configuration error fails the same way again, unsupported input (a
             // type, a DDL) needs a person, and a fenced copy must not take turns with
             // the copy that fenced it.

@@ -50,6 +50,66 @@ impl Default for RestartPolicy {
     }
 }
 
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
+
+/// The environment variable a token may come from when the daemon file names none.
+pub const TOKEN_ENV: &str = "LAKESHORE_API_TOKEN";
+
+/// Who may use the HTTP endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct ApiAuth {
+    /// Required as `Authorization: Bearer ...`; `None`: loopback only, no token.
+    pub token: Option<ApiToken>,
+    /// `/metrics` without the token.
+    pub metrics_open: bool,
+}
+
+/// Certificate and key files of the HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpTls {
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+}
+
+/// A token read from `file` (surrounding whitespace ignored).
+pub fn read_token_file(file: &Path) -> Result<ApiToken, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?;
+    checked_token(text.trim())
+}
+
+fn checked_token(t: &str) -> Result<ApiToken, String> {
+    if t.chars().count() < 16 {
+        return Err(
+            "the API token must have at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+        );
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the API token must not contain spaces or control characters".into());
+    }
+    Ok(ApiToken(t.to_string()))
+}
+
+/// The token from the environment, if [`TOKEN_ENV`] is set.
+pub fn token_from_env() -> Result<Option<ApiToken>, String> {
+    match std::env::var(TOKEN_ENV) {
+        Ok(t) => checked_token(t.trim())
+            .map(Some)
+            .map_err(|e| format!("{TOKEN_ENV}: {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Validated daemon settings.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -67,6 +127,10 @@ pub struct DaemonConfig {
     pub watch_interval: Duration,
     /// Restarts of failed pipelines.
     pub restart: RestartPolicy,
+    /// The HTTP endpoints' token.
+    pub auth: ApiAuth,
+    /// HTTPS for the endpoints.
+    pub tls: Option<HttpTls>,
 }
 
 impl Default for DaemonConfig {
@@ -79,6 +143,8 @@ impl Default for DaemonConfig {
             grace_period: Duration::from_secs(30),
             watch_interval: Duration::from_secs(2),
             restart: RestartPolicy::default(),
+            auth: ApiAuth::default(),
+            tls: None,
         }
     }
 }
@@ -87,6 +153,15 @@ impl Default for DaemonConfig {
 pub fn parse_addr(s: &str) -> Option<SocketAddr> {
     use std::net::ToSocketAddrs;
     s.to_socket_addrs().ok()?.next()
+}
+
+/// `p` as written in `file`: relative paths are relative to the file's directory.
+fn beside(file: &Path, p: &str) -> std::path::PathBuf {
+    let p = Path::new(p);
+    match file.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
 }
 
 /// Read and validate the daemon file.
@@ -164,6 +239,43 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
             }
             cfg.restart.give_up_after = *n.get_ref();
         }
+    }
+    if let Some(a) = &raw.auth {
+        let a: &raw::AuthSection = a;
+        cfg.auth.token = match (&a.token, &a.token_file) {
+            (Some(_), Some(f)) => {
+                return Err(src.error(
+                    Some(f.span()),
+                    "write either token or token_file in [auth], not both",
+                ));
+            }
+            (Some(t), None) => {
+                Some(checked_token(&t.get_ref().0).map_err(|e| src.error(Some(t.span()), e))?)
+            }
+            (None, Some(f)) => Some(
+                read_token_file(&beside(src.file, f.get_ref()))
+                    .map_err(|e| src.error(Some(f.span()), e))?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(m) = &a.metrics {
+            cfg.auth.metrics_open = match m.get_ref().as_str() {
+                "open" => true,
+                "token" => false,
+                other => {
+                    return Err(src.error(
+                        Some(m.span()),
+                        format!("metrics = \"{other}\" is unknown; write \"token\" or \"open\""),
+                    ));
+                }
+            };
+        }
+    }
+    if let Some(t) = &raw.tls {
+        cfg.tls = Some(HttpTls {
+            cert: beside(src.file, t.cert.get_ref()),
+            key: beside(src.file, t.key.get_ref()),
+        });
     }
     Ok(cfg)
 }

@@ -432,7 +432,8 @@ pub struct CatalogSection {
 #[serde(deny_unknown_fields)]
 pub struct DaemonFile {
     /// Address of the HTTP endpoints (`/health`, `/ready`, `/metrics`, `/pipelines`),
-    /// e.g. `"0.0.0.0:8080"`. `--http` on the command line wins. Default: no HTTP.
+    /// e.g. `"127.0.0.1:8080"`. `--http` on the command line wins. Default: no HTTP.
+    /// Any address other than loopback needs a token (`[auth]`).
     pub http: Option<Spanned<String>>,
     /// `"text"` (default) or `"json"` (one object per line). `--log-format` wins.
     pub log_format: Option<Spanned<String>>,
@@ -449,6 +450,39 @@ pub struct DaemonFile {
     pub watch_interval: Option<Spanned<HumanDuration>>,
     /// `[restart]`: how a failed pipeline is restarted.
     pub restart: Option<RestartSection>,
+    /// `[auth]`: the token the HTTP endpoints require.
+    pub auth: Option<AuthSection>,
+    /// `[tls]`: serve the HTTP endpoints over TLS.
+    pub tls: Option<TlsSection>,
+}
+
+/// `[auth]` of the daemon file. With a token, every HTTP endpoint except `/health` and
+/// `/ready` answers only requests with `Authorization: Bearer <token>` (401 otherwise),
+/// `/metrics` too unless `metrics = "open"`. Without one (and without the
+/// `LAKESHORE_API_TOKEN` environment variable), the daemon listens only on a loopback
+/// address. `lakeshore status --config` reads the token from the same place.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The token, e.g. `"${LAKESHORE_API_TOKEN}"`; at least 16 characters.
+    pub token: Option<Spanned<EnvString>>,
+    /// A file holding the token, e.g. a mounted Kubernetes Secret
+    /// (`"/etc/lakeshore/token/token"`); surrounding whitespace is ignored.
+    pub token_file: Option<Spanned<String>>,
+    /// `"token"` (default): `/metrics` needs the token too; `"open"`: whoever reaches the
+    /// port may scrape it (e.g. behind a NetworkPolicy that admits only Prometheus).
+    pub metrics: Option<Spanned<String>>,
+}
+
+/// `[tls]` of the daemon file: the HTTP endpoints speak HTTPS with this certificate
+/// (for clusters without a service mesh).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM file with its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
 }
 
 /// `[restart]` of the daemon file. A failed pipeline restarts alone from its last

@@ -1,12 +1,20 @@
 //! The daemon's HTTP endpoints: `/health`, `/ready`, `/metrics` (Prometheus text),
 //! `/pipelines`, `/pipelines/{name}` (JSON) and `POST /pipelines/{name}/pause|resume|resnapshot`.
+//!
+//! Access ([`guard`]): with a token, everything but `/health` and `/ready` (and
+//! `/metrics` when `[auth] metrics = "open"`) needs `Authorization: Bearer <token>`,
+//! compared in constant time; a request a browser sends from another origin never
+//! changes anything (a cross-site form cannot set that header, and any request whose
+//! `Origin` is not the daemon's own is refused). Without a token the daemon listens only
+//! on loopback (checked at start). Optionally over TLS (`[tls]`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -15,12 +23,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::status::{Phase, PipelineStatus, now_ms};
 use super::{Control, Daemon, Refused};
+use crate::config::daemon::{ApiAuth, HttpTls};
 
 #[derive(Clone)]
 struct App {
     daemon: Arc<Daemon>,
     metrics: PrometheusHandle,
     control: mpsc::Sender<Control>,
+    auth: ApiAuth,
 }
 
 /// `GET /pipelines`.
@@ -37,14 +47,57 @@ struct Rejected {
     error: String,
 }
 
-/// Serve on `addr` until `shutdown`.
+/// What the endpoints serve and who may use them.
+pub struct Endpoints {
+    /// Where.
+    pub addr: SocketAddr,
+    /// The token.
+    pub auth: ApiAuth,
+    /// HTTPS instead of HTTP.
+    pub tls: Option<HttpTls>,
+}
+
+/// A server config for `[tls]`, or why not (naming the file).
+pub fn tls_config(tls: &HttpTls) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("[tls] cert {}: {e}", tls.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "[tls] cert {}: no certificate in the file",
+            tls.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("[tls] key {}: {e}", tls.key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("[tls]: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("[tls] the key does not fit the certificate: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// Serve until `shutdown`.
 pub async fn serve(
-    addr: SocketAddr,
+    endpoints: Endpoints,
     daemon: Arc<Daemon>,
     metrics: PrometheusHandle,
     control: mpsc::Sender<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let Endpoints { addr, auth, tls } = endpoints;
+    let state = App {
+        daemon,
+        metrics,
+        control,
+        auth,
+    };
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -54,18 +107,106 @@ pub async fn serve(
         .route("/pipelines/{name}/pause", post(pause))
         .route("/pipelines/{name}/resume", post(resume))
         .route("/pipelines/{name}/resnapshot", post(resnapshot))
-        .with_state(App {
-            daemon,
-            metrics,
-            control,
-        });
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "HTTP endpoints: /health /ready /metrics /pipelines");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    let token = if state.auth.token.is_some() {
+        "token required"
+    } else {
+        "loopback, no token"
+    };
+    let Some(tls) = tls else {
+        tracing::info!(%addr, access = token, "HTTP endpoints: /health /ready /metrics /pipelines");
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+    };
+    let config = tls_config(&tls).map_err(std::io::Error::other)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tracing::info!(%addr, access = token, "HTTPS endpoints: /health /ready /metrics /pipelines");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended");
+            }
+        });
+    }
+}
+
+/// Access control for every request (see the module documentation).
+async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD && cross_origin(req.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "requests from another origin may not change pipelines\n",
+        )
+            .into_response();
+    }
+    let path = req.uri().path();
+    let open =
+        path == "/health" || path == "/ready" || (path == "/metrics" && app.auth.metrics_open);
+    if let Some(token) = &app.auth.token
+        && !open
+        && !bearer_matches(req.headers(), &token.0)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"lakeshore\"")],
+            "this endpoint needs the daemon's token: Authorization: Bearer <token> (lakeshore status reads it from the daemon file or LAKESHORE_API_TOKEN)\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// The request carries the token as `Authorization: Bearer ...` (compared in constant
+/// time).
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+/// A browser request from a page of another origin (`Origin` names another host than
+/// the request's `Host`, or the browser says `Sec-Fetch-Site: cross-site`).
+fn cross_origin(headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site")
+    {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    host != Some(origin_host)
 }
 
 async fn health(State(app): State<App>) -> Response {
