@@ -45,7 +45,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Serve /health, /ready, /metrics and /pipelines on this address (wins over the
-        /// daemon file), e.g. 0.0.0.0:8080.
+        /// daemon file), e.g. 127.0.0.1:8080 (another address needs [auth]).
         #[arg(long)]
         http: Option<String>,
         /// "text" or "json" (wins over the daemon file).
@@ -232,7 +232,7 @@ fn daemon_settings(
     };
     if let Some(h) = http {
         cfg.http = Some(config::daemon::parse_addr(h).ok_or_else(|| {
-            format!("--http {h} is not an address; write host:port, e.g. 0.0.0.0:8080")
+            format!("--http {h} is not an address; write host:port, e.g. 127.0.0.1:8080")
         })?);
     }
     if let Some(f) = log_format {

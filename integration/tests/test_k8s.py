@@ -25,13 +25,18 @@ def test_manifests_validate_against_the_kubernetes_schemas():
     for name, doc in documents():
         kubernetes_validate.validate(doc, "1.37.0", strict=True)
         kinds.add(doc["kind"])
-    assert {"Deployment", "ConfigMap", "Secret", "Service"} <= kinds
+    assert {"Deployment", "ConfigMap", "Secret", "Service", "NetworkPolicy"} <= kinds
 
 
 def test_what_the_manifests_carry_is_valid_and_consistent(tmp_path):
     docs = dict(((d["kind"], d["metadata"]["name"]), d) for _, d in documents())
     daemon = tmp_path / "lakeshore.toml"
-    daemon.write_text(docs[("ConfigMap", "lakeshore-daemon")]["data"]["lakeshore.toml"])
+    daemon_text = docs[("ConfigMap", "lakeshore-daemon")]["data"]["lakeshore.toml"]
+    # The token file is where the Deployment mounts the token Secret.
+    token_mount = "/etc/lakeshore/token"
+    assert f'token_file = "{token_mount}/token"' in daemon_text
+    (tmp_path / "token").write_text(docs[("Secret", "lakeshore-api-token")]["stringData"]["token"])
+    daemon.write_text(daemon_text.replace(f"{token_mount}/token", str(tmp_path / "token")))
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
     for file, text in docs[("ConfigMap", "lakeshore-pipelines")]["data"].items():
@@ -48,5 +53,14 @@ def test_what_the_manifests_carry_is_valid_and_consistent(tmp_path):
     assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
     assert 'http = "0.0.0.0:8080"' in daemon.read_text()
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert mounts["api-token"] == token_mount
+    assert volumes["api-token"]["secret"]["secretName"] == "lakeshore-api-token"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert mounts["tmp"] == "/tmp" and "emptyDir" in volumes["tmp"]
+    policy = docs[("NetworkPolicy", "lakeshore")]
+    assert policy["spec"]["podSelector"]["matchLabels"] == pod["metadata"]["labels"]
+    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 8080
     # The pod's grace period leaves room for the daemon's own.
     assert pod["spec"]["terminationGracePeriodSeconds"] > 45

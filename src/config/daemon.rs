@@ -183,7 +183,7 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
             src.error(
                 Some(h.span()),
                 format!(
-                    "http = \"{}\" is not an address; write host:port, e.g. \"0.0.0.0:8080\"",
+                    "http = \"{}\" is not an address; write host:port, e.g. \"127.0.0.1:8080\"",
                     h.get_ref()
                 ),
             )
