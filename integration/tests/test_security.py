@@ -131,3 +131,92 @@ def test_https_with_a_token_file_and_open_metrics(tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+# Every character that means something in a URL, a libpq string or SQL quoting.
+ODD = "Zq@9:w/r?d#x%2Fk&=+ 'q\"\\;"
+
+
+def fragments(secret, n=6):
+    """Pieces of the secret long enough not to occur by chance, raw and percent-encoded."""
+    from urllib.parse import quote
+    out = set()
+    for s in (secret, quote(secret, safe="")):
+        out |= {s[i:i + n] for i in range(len(s) - n + 1)}
+    return out
+
+
+def assert_nowhere(secret, texts, paths):
+    pieces = fragments(secret)
+    for name, text in texts.items():
+        leaked = [p for p in pieces if p in text]
+        assert not leaked, f"{name} shows {leaked}"
+    for root in paths:
+        for f in root.rglob("*"):
+            if f.is_file():
+                data = f.read_bytes()
+                leaked = [p for p in pieces if p.encode() in data]
+                assert not leaked, f"{f} holds {leaked}"
+
+
+def run_cmd(args, cwd, env):
+    r = subprocess.run([BIN, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout + r.stderr
+
+
+def test_a_postgres_password_with_url_metacharacters(tmp_path, postgres, duck):
+    """Issue 20: the password reaches the server whole through `${ENV}` (snapshot and
+    replication connection alike) and appears nowhere: not in any output, state or lake
+    file."""
+    from conftest import Pipeline
+    from test_postgres import assert_lake_equals_source
+    db = postgres.create_db("odd20")
+    quoted = ODD.replace("'", "''")
+    postgres.execute(f"CREATE ROLE odd LOGIN REPLICATION PASSWORD '{quoted}'")
+    postgres.execute("GRANT CREATE ON DATABASE odd20 TO odd")
+    with postgres.connect(db) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g")
+        c.execute("ALTER TABLE t OWNER TO odd")
+    url = postgres.url(db, "odd", "${ODD_PW}")
+    p = Pipeline(tmp_path, "odd20", {"type": "postgres", "url": url, "tables": ["public.t"]}, {"namespace": "pg"})
+    env = {**os.environ, "ODD_PW": ODD}
+    out = run_cmd(["validate", "--connect", str(p.file)], tmp_path, env)
+    out += run_cmd(["backfill", str(p.file)], tmp_path, env)
+    with postgres.connect(db) as c:
+        c.execute("UPDATE t SET v = 'changed' WHERE id <= 50")
+        c.execute("INSERT INTO t VALUES (1000, 'new')")
+    out += run_cmd(["backfill", str(p.file)], tmp_path, env)
+    assert_lake_equals_source(duck, postgres, db, p, "t", ["id", "v"])
+    # A wrong password: refused, saying what to check, still without the secret.
+    bad = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**env, "ODD_PW": ODD[::-1]})
+    assert bad.returncode != 0 and "refused the login" in bad.stderr, bad.stderr
+    assert_nowhere(ODD, {"output": out, "bad output": bad.stdout + bad.stderr}, [tmp_path / "lake", tmp_path / "state"]
+                   if (tmp_path / "state").exists() else [tmp_path / "lake"])
+
+
+def test_a_mariadb_password_with_url_metacharacters(tmp_path, mysql, duck):
+    from conftest import Pipeline
+    from test_mysql import assert_same
+    db = mysql.create_db("odd20")
+    escaped = ODD.replace("\\", "\\\\").replace("'", "\\'")
+    mysql.execute("DROP USER IF EXISTS 'odd'@'%'")
+    mysql.execute(f"CREATE USER 'odd'@'%' IDENTIFIED BY '{escaped}'")
+    mysql.execute("GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT, RELOAD ON *.* TO 'odd'@'%'")
+    mysql.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(20))", db)
+    mysql.execute("INSERT INTO t SELECT seq, concat('v', seq) FROM seq_1_to_500", db)
+    url = mysql.url(user="odd", password="${ODD_PW}")
+    p = Pipeline(tmp_path, "odd20", {"type": "mysql", "url": url, "tables": ["odd20.t"]}, {"namespace": "my"})
+    env = {**os.environ, "ODD_PW": ODD}
+    out = run_cmd(["validate", "--connect", str(p.file)], tmp_path, env)
+    out += run_cmd(["backfill", str(p.file)], tmp_path, env)
+    mysql.execute("UPDATE t SET v = 'changed' WHERE id <= 50", db)
+    mysql.execute("INSERT INTO t VALUES (1000, 'new')", db)
+    out += run_cmd(["backfill", str(p.file)], tmp_path, env)
+    assert_same(duck, mysql, db, p, "t", ["id", "v"])
+    bad = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**env, "ODD_PW": ODD[::-1]})
+    assert bad.returncode != 0, bad.stderr
+    assert_nowhere(ODD, {"output": out, "bad output": bad.stdout + bad.stderr}, [tmp_path / "lake"])

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{ByteSize, EnvString, HumanDuration};
+use super::units::{ByteSize, EnvString, EnvUrl, HumanDuration};
 
 /// A pipeline file. The source and sink sections are chosen by their `type`, so that
 /// unknown keys are reported at their own line.
@@ -97,10 +97,12 @@ pub struct PostgresSection {
     pub kind: String,
     /// Connection URL, e.g. `"postgres://app:${PGPASSWORD}@db:5432/shop"`. The user needs
     /// the REPLICATION attribute (unless `startup = "snapshot-only"`) and SELECT on the
-    /// tables. The password never appears in logs or messages. TLS as in libpq:
+    /// tables. A `${VAR}` in the user information or as `password=` is percent-encoded,
+    /// so any password works. The password never appears in logs or messages. TLS as in
+    /// libpq:
     /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` (`disable`, `prefer` (default),
     /// `require`, `verify-ca`, `verify-full`).
-    pub url: EnvString,
+    pub url: EnvUrl,
     /// Tables to replicate as `schema.table`; `*` matches any run of characters, e.g.
     /// `["public.orders", "shop.*"]`.
     pub tables: Vec<Spanned<String>>,
@@ -133,11 +135,12 @@ pub struct MysqlSection {
     #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
     pub kind: String,
     /// Connection URL, e.g. `"mysql://cdc:${MYSQL_PASSWORD}@db:3306"`. The user needs
-    /// REPLICATION SLAVE, REPLICATION CLIENT and SELECT. The password never appears in
-    /// logs or messages. TLS as the `mysql` client names it:
+    /// REPLICATION SLAVE, REPLICATION CLIENT and SELECT. A `${VAR}` in the user
+    /// information is percent-encoded, so any password works; it never appears in logs or
+    /// messages. TLS as the `mysql` client names it:
     /// `?ssl-mode=verify_identity&ssl-ca=/path/ca.pem` (`disabled`, `preferred` (default),
     /// `required`, `verify_ca`, `verify_identity`).
-    pub url: EnvString,
+    pub url: EnvUrl,
     /// Tables to replicate as `db.table`; `*` matches any run of characters, e.g.
     /// `["shop.orders_*"]` (route them into one lake table with `[[route]]`).
     pub tables: Vec<Spanned<String>>,
@@ -417,7 +420,7 @@ pub struct CatalogSection {
     pub kind: Spanned<String>,
     /// `sqlite://path/catalog.db` (relative paths are resolved against the working
     /// directory) or `postgres://user:${PASSWORD}@host:5432/db`.
-    pub uri: EnvString,
+    pub uri: EnvUrl,
     /// Warehouse directory (relative to the working directory), `file://` URL or
     /// `s3://bucket/prefix` (S3 settings in `[sink] storage`).
     pub warehouse: EnvString,

@@ -50,6 +50,86 @@ impl<'de> Deserialize<'de> for EnvString {
     }
 }
 
+/// A connection URL whose `${NAME}` references are replaced; a value placed in the
+/// URL's user information (`user:${PASSWORD}@`) or as a `password=` query value is
+/// percent-encoded (RFC 3986: everything but unreserved characters), so that a password
+/// such as `p@ss:w/rd?#%` lands in the URL as one piece and the driver decodes it back.
+/// In a libpq `key=value` string a `password=` value is quoted as libpq reads it. Values
+/// elsewhere (host, path, other parameters) are placed as they are, and a string
+/// that is nothing but one reference (`"${DATABASE_URL}"`) is a whole URL.
+#[derive(Clone)]
+pub struct EnvUrl(pub String);
+
+impl fmt::Debug for EnvUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvUrl(..)")
+    }
+}
+
+/// `value` with every byte outside RFC 3986's unreserved set percent-encoded.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// [`EnvUrl`]'s expansion of `text`.
+pub fn expand_env_url(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    // Where user information ends (the template's `@` after `scheme://`).
+    let userinfo = text.find("://").and_then(|s| {
+        let start = s + 3;
+        text[start..].find('@').map(|at| start..start + at)
+    });
+    let mut out = String::with_capacity(text.len());
+    let mut offset = 0;
+    let mut rest = text;
+    let whole = text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1;
+    while let Some(start) = rest.find("${") {
+        let at = offset + start;
+        let is_url = text.contains("://");
+        let after_password = text[..at].ends_with("password=");
+        let encode = !whole
+            && (userinfo.as_ref().is_some_and(|u| u.contains(&at)) || (is_url && after_password));
+        // A libpq `key=value` string: the value quoted as libpq reads it.
+        let quote = !whole && !is_url && after_password;
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| "`${` without a closing `}`; write ${NAME}".to_string())?;
+        let reference = &rest[start..start + end + 1];
+        let value = expand_env(reference, &lookup)?;
+        out.push_str(&rest[..start]);
+        out.push_str(&if encode {
+            percent_encode(&value)
+        } else if quote {
+            format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+        } else {
+            value
+        });
+        offset += start + end + 1;
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl<'de> Deserialize<'de> for EnvUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env_url(&raw, |n| std::env::var(n).ok())
+            .map(EnvUrl)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A duration written with a unit: `"500ms"`, `"10s"`, `"5m"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -146,6 +226,37 @@ mod tests {
                 .find("s3cret")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn values_placed_into_urls_are_percent_encoded() {
+        let env = |n: &str| match n {
+            "PW" => Some("Zq@9:w/r?d#x%2Fk p".to_string()),
+            "URL" => Some("postgres://u:p@h/db".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            expand_env_url("postgres://app:${PW}@db:5432/shop", env).unwrap(),
+            "postgres://app:Zq%409%3Aw%2Fr%3Fd%23x%252Fk%20p@db:5432/shop"
+        );
+        // A whole URL from one variable is taken as it is; paths and hosts too.
+        assert_eq!(
+            expand_env_url("${URL}", env).unwrap(),
+            "postgres://u:p@h/db"
+        );
+        assert_eq!(
+            expand_env_url("sqlite://${HOME}/lake.db", |_| Some("/root".into())).unwrap(),
+            "sqlite:///root/lake.db"
+        );
+        assert_eq!(
+            expand_env_url("host=db user=app password=${PW}", env).unwrap(),
+            r"host=db user=app password='Zq@9:w/r?d#x%2Fk p'"
+        );
+        assert_eq!(
+            expand_env_url("mysql://${PW}@db?ssl-ca=${PW}", env).unwrap(),
+            "mysql://Zq%409%3Aw%2Fr%3Fd%23x%252Fk%20p@db?ssl-ca=Zq@9:w/r?d#x%2Fk p"
+        );
+        assert_eq!(percent_encode("a-b_c.d~e"), "a-b_c.d~e");
     }
 
     #[test]

@@ -369,8 +369,14 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
             .await
             .map_err(|e| my_error("reading grants", e))?;
         let all = grants.join(" ").to_uppercase();
-        for privilege in ["REPLICATION SLAVE", "REPLICATION CLIENT"] {
-            let has = all.contains("ALL PRIVILEGES ON *.*") || all.contains(privilege);
+        // MariaDB 10.5+ shows REPLICATION CLIENT as BINLOG MONITOR.
+        for (privilege, alias) in [
+            ("REPLICATION SLAVE", "REPLICATION SLAVE"),
+            ("REPLICATION CLIENT", "BINLOG MONITOR"),
+        ] {
+            let has = all.contains("ALL PRIVILEGES ON *.*")
+                || all.contains(privilege)
+                || all.contains(alias);
             if !has {
                 return Err(Error::new(
                     ErrorKind::Config,
