@@ -189,6 +189,16 @@ def test_a_postgres_password_with_url_metacharacters(tmp_path, postgres, duck):
         c.execute("INSERT INTO t VALUES (1000, 'new')")
     out += run_cmd(["backfill", str(p.file)], tmp_path, env)
     assert_lake_equals_source(duck, postgres, db, p, "t", ["id", "v"])
+    # The libpq key=value form, through the query and the replication connection too.
+    kv = f"host=127.0.0.1 port={postgres.port} user=odd dbname={db} password=${{ODD_PW}}"
+    p2 = Pipeline(tmp_path, "odd20kv", {"type": "postgres", "url": kv, "tables": ["public.t"],
+                                        "slot": "odd20kv"}, {"namespace": "pgkv"})
+    out += run_cmd(["validate", "--connect", str(p2.file)], tmp_path, env)
+    out += run_cmd(["backfill", str(p2.file)], tmp_path, env)
+    with postgres.connect(db) as c:
+        c.execute("DELETE FROM t WHERE id <= 10")
+    out += run_cmd(["backfill", str(p2.file)], tmp_path, env)
+    assert_lake_equals_source(duck, postgres, db, p2, "t", ["id", "v"])
     # A wrong password: refused, saying what to check, still without the secret.
     bad = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, env={**env, "ODD_PW": ODD[::-1]})

@@ -165,16 +165,7 @@ impl CatalogHandle {
     }
 }
 
-/// A URI with any password replaced by `***`, for messages and logs.
-pub fn redact(uri: &str) -> String {
-    match url::Url::parse(uri) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => uri.to_string(),
-    }
-}
+pub use lakeshore_api::url::redact;
 
 #[cfg(test)]
 mod tests {

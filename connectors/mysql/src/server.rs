@@ -9,19 +9,7 @@ use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts};
 
 use crate::{MysqlOptions, discover};
 
-/// `url` with its password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((auth, host)) => match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
+pub use lakeshore_api::url::redact;
 
 /// An error from a query, as a transient failure (the server may be restarting).
 pub(crate) fn my_error(what: &str, e: mysql_async::Error) -> Error {

@@ -11,19 +11,7 @@ use crate::discover::{self, PgTable, quote_ident};
 use crate::types;
 use crate::{PostgresOptions, Startup};
 
-/// The URL without its password.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use lakeshore_api::url::redact;
 
 /// Session settings that fix the text formats `types` parses.
 pub(crate) const SESSION_OPTIONS: &str =

@@ -33,9 +33,17 @@ impl Drop for Stream {
 
 /// Start the replication stream at `lsn` (0 = where the slot stands) in its own task.
 pub(crate) async fn start_stream(opts: &PostgresOptions, lsn: u64) -> Result<Stream> {
-    let sep = if opts.url.contains('?') { '&' } else { '?' };
-    let options = SESSION_OPTIONS.replace(' ', "%20").replace('=', "%3D");
-    let conninfo = format!("{}{sep}replication=database&options={options}", opts.url);
+    let conninfo = if opts.url.contains("://") {
+        let sep = if opts.url.contains('?') { '&' } else { '?' };
+        let options = SESSION_OPTIONS.replace(' ', "%20").replace('=', "%3D");
+        format!("{}{sep}replication=database&options={options}", opts.url)
+    } else {
+        // libpq's key=value form.
+        format!(
+            "{} replication=database options='{SESSION_OPTIONS}'",
+            opts.url
+        )
+    };
     let config = ReplicationStreamConfig::builder(opts.slot.clone(), opts.publication.clone())
         .with_protocol_version(1)
         .with_streaming_mode(StreamingMode::Off)
