@@ -252,5 +252,12 @@ def test_a_failed_pipeline_reports_the_wal_its_slot_holds(tmp_path, postgres):
         assert held and held[0] > 1_000_000, held
         daemon.committing("gen")
         assert "its source holds" in daemon.log.read_text()
+        # Issue 20: the connection without TLS is visible (field, gauge, warning).
+        assert daemon.status()[0]["held19"]["source_transport"] == "plain"
+        plain = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "lakeshore_source_transport" and s.labels.get("pipeline") == "held19"
+                 and s.labels.get("transport") == "plain"]
+        assert plain == [1.0], plain
+        assert "the connection to the source is not encrypted" in daemon.log.read_text()
     finally:
         daemon.stop()

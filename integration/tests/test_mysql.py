@@ -311,6 +311,11 @@ def test_tls_verify_identity_and_what_a_wrong_setup_says(duck):
         r = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=d, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0 and "over TLS (TLSv1." in r.stdout, r.stdout
+        assert "certificate verified" in r.stdout, r.stdout
+        unchecked = pipeline("unchecked", "ssl-mode=required")
+        unchecked.file.write_text(unchecked.file.read_text().replace('namespace = "my"', 'namespace = "my2"'))
+        _, err = unchecked.backfill()
+        assert "the server's certificate is not checked" in err, err[-2000:]
 
         err = run_error(pipeline("plain", "ssl-mode=disabled"), "validate", "--connect")
         assert "accepts only TLS connections" in err and "ssl-mode=verify_identity" in err, err

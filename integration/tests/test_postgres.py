@@ -438,13 +438,25 @@ def test_tls_verify_full_and_what_a_wrong_setup_says(duck):
                             {"namespace": "pg"})
 
         p = pipeline("tls", f"sslmode=verify-full&sslrootcert={server.ca}")
-        p.backfill()
+        _, err = p.backfill()
+        assert "not encrypted" not in err and "not checked" not in err, err[-2000:]
+        r = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=d, capture_output=True,
+                           text=True, timeout=60)
+        assert "over TLS, certificate verified" in r.stdout, r.stdout
         server.execute("UPDATE t SET v = 'changed' WHERE id <= 10")
         server.execute("DELETE FROM t WHERE id > 400")
         p.backfill()
         got = duck.execute(f"select count(*), count(*) filter (where v = 'changed') "
                           f"from {lake.scan(p.catalog_db, p.table('t'))}").fetchone()
         assert got == (400, 10), got
+        # TLS without a check of the certificate is a warning, and said by validate.
+        unchecked = pipeline("unchecked", "sslmode=require")
+        unchecked.file.write_text(unchecked.file.read_text().replace('namespace = "pg"', 'namespace = "pg2"'))
+        _, err = unchecked.backfill()
+        assert "the server's certificate is not checked" in err, err[-2000:]
+        r = subprocess.run([BIN, "validate", "--connect", str(unchecked.file)], cwd=d, capture_output=True,
+                           text=True, timeout=60)
+        assert "certificate NOT verified" in r.stdout, r.stdout
 
         def error_of(name, query):
             r = subprocess.run([BIN, "validate", "--connect", str(pipeline(name, query).file)], cwd=d,

@@ -230,3 +230,49 @@ def test_a_mariadb_password_with_url_metacharacters(tmp_path, mysql, duck):
                          text=True, timeout=60, env={**env, "ODD_PW": ODD[::-1]})
     assert bad.returncode != 0, bad.stderr
     assert_nowhere(ODD, {"output": out, "bad output": bad.stdout + bad.stderr}, [tmp_path / "lake"])
+
+
+def test_names_that_escape_their_place_are_refused(tmp_path):
+    """Issue 20: a lake table name that is not one directory (`a/b`) is refused, as is a
+    namespace that would sit inside a table's location (namespace `shop.orders` beside
+    table `shop.orders`), and a table whose location would hold a namespace's tables.
+    Orphan cleanup deletes only under the table's own `data/` and `metadata/`: files a
+    neighbour keeps inside its location stay."""
+    import time
+    from conftest import Pipeline
+    from test_maintain import maintain, orders
+
+    def gen(name, namespace, **route):
+        p = Pipeline(tmp_path, name, {"type": "datagen", "profile": "orders", "events": 2000, "seed": 1},
+                     {"namespace": namespace})
+        if route:
+            p.file.write_text(p.file.read_text() + f'\n[[route]]\nfrom = "{route["src"]}"\nto = "{route["to"]}"\n')
+        return p
+
+    def refused(p, *texts):
+        r = subprocess.run([BIN, "backfill", str(p.file)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        for t in texts:
+            assert t in r.stderr, r.stderr[-2000:]
+
+    refused(gen("slash", "shop", src="orders", to="a/b"), 'table name "a/b" cannot be a directory')
+    refused(gen("dots", "shop", src="orders", to=".."), 'table name ".." cannot be a directory')
+    p = orders(tmp_path, "base", 5000, 0)
+    p.backfill()
+    refused(gen("nested_ns", "shop.orders"), "namespace shop.orders: a table of that name exists")
+    # A namespace first, then a table of that name beside it.
+    gen("inner", "shop.sub").backfill()
+    refused(gen("outer", "shop", src="orders", to="sub"), "table shop.sub: a namespace of that name exists")
+    # Orphan cleanup of shop.orders leaves a neighbour's file inside its location alone.
+    location = p.warehouse / "shop" / "orders"
+    neighbour = location / "other" / "kept.parquet"
+    neighbour.parent.mkdir()
+    neighbour.write_bytes(b"not ours")
+    orphan = location / "data" / "lost.parquet"
+    orphan.write_bytes(b"ours, lost")
+    old = time.time() - 7200
+    for f in (neighbour, orphan):
+        os.utime(f, (old, old))
+    p.file.write_text(p.file.read_text() + '\n[sink.maintenance]\nremove_orphans_older_than = "1h"\n')
+    maintain(p)
+    assert neighbour.exists() and not orphan.exists()

@@ -394,9 +394,10 @@ pub struct HiveSection {
     /// `"10min"`. Default `"0s"`. Needs a watermark (`[source] watermark`).
     pub commit_delay: Option<Spanned<HumanDuration>>,
     /// Shell command run once per committed partition (after its `_SUCCESS`), e.g. to
-    /// add it to a metastore: `"hive -e 'MSCK REPAIR TABLE $LAKESHORE_TABLE'"`. It sees
+    /// add it to a metastore: `'hive -e "MSCK REPAIR TABLE $LAKESHORE_TABLE"'`. It sees
     /// `LAKESHORE_TABLE`, `LAKESHORE_PARTITION` (`dt=2026-11-27/hour=13`) and
-    /// `LAKESHORE_PARTITION_URL`. A failure (or 5 minutes without finishing) is retried
+    /// `LAKESHORE_PARTITION_URL`, and not the environment variables lakeshore's
+    /// configuration takes secrets from (`${NAME}` references, `LAKESHORE_API_TOKEN`). A failure (or 5 minutes without finishing) is retried
     /// with the commit; after a crash it may run again, so it should be idempotent.
     pub partition_commit_command: Option<String>,
 }

@@ -236,6 +236,7 @@ fn hive(
             .map(|d| d.get_ref().0)
             .unwrap_or_default(),
         partition_commit_command: s.partition_commit_command.clone(),
+        command_hides_env: super::units::secret_env_names(),
     };
     Ok(SinkPlan::Hive {
         options,

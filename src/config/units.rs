@@ -17,6 +17,24 @@ impl fmt::Debug for EnvString {
     }
 }
 
+/// Names of the environment variables configuration files took values from (every
+/// `${NAME}` expanded so far, and the API token's variable): the secrets that commands
+/// lakeshore runs must not see.
+static REFERENCED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// See [`REFERENCED`].
+pub fn secret_env_names() -> Vec<String> {
+    let mut names: Vec<String> = REFERENCED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    names.push(super::daemon::TOKEN_ENV.to_string());
+    names
+}
+
 /// Replace every `${NAME}` in `text`.
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
@@ -31,6 +49,10 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("`${{{name}}}` is not an environment variable name"));
         }
+        REFERENCED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
         let value = lookup(name).ok_or_else(|| {
             format!("environment variable {name} is not set; export it before starting lakeshore")
         })?;

@@ -84,6 +84,9 @@ pub struct PipelineStatus {
     /// While failed: bytes the source keeps for the pipeline (a slot's WAL, or the binlog
     /// since its last checkpoint), measured every minute.
     pub source_held_bytes: Option<u64>,
+    /// How the connection to the source is protected: `verified`, `unverified` (TLS
+    /// without a certificate check) or `plain`; `null` for sources without one.
+    pub source_transport: Option<lakeshore_api::Transport>,
     /// Rows of earlier runs (before restarts).
     #[serde(skip)]
     rows_before: u64,
@@ -133,6 +136,7 @@ impl StatusCell {
             failed_tables: BTreeMap::new(),
             lag: None,
             source_held_bytes: None,
+            source_transport: None,
             rows_before: 0,
             failed_on_config: false,
             failures: 0,
@@ -183,6 +187,10 @@ fn running(s: &mut PipelineStatus) {
 }
 
 impl Observer for StatusCell {
+    fn transport(&self, transport: lakeshore_api::Transport) {
+        self.update(|s| s.source_transport = Some(transport));
+    }
+
     fn rows(&self, total_rows: u64, _events: Option<u64>) {
         self.update(|s| {
             s.rows = s.rows_before + total_rows;

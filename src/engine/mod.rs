@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use lakeshore_api::{
     ChangeBatch, CommitContext, Error, ErrorKind, Lag, PendingCommit, Result, Sink, Source,
-    SourceEvent, SourcePosition, TableSchema, TableTarget, TableWriter,
+    SourceEvent, SourcePosition, TableSchema, TableTarget, TableWriter, Transport,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -114,6 +114,31 @@ pub trait Observer: Send + Sync {
     fn table_failed(&self, _table: &str, _error: &Error) {}
     /// The source's lag, measured about once a second.
     fn lag(&self, _lag: &Lag) {}
+    /// How the connection to the source is protected, once per run.
+    fn transport(&self, _transport: Transport) {}
+}
+
+/// A source connection without a checked certificate is a warning, a gauge
+/// (`lakeshore_source_transport{pipeline,transport}`) and a field in `/pipelines`.
+fn report_transport(pipeline: &str, t: Transport, observer: &dyn Observer) {
+    for each in [Transport::Verified, Transport::Unverified, Transport::Plain] {
+        metrics::gauge!("lakeshore_source_transport", "pipeline" => pipeline.to_string(), "transport" => each.as_str())
+            .set(f64::from(u8::from(each == t)));
+    }
+    match t {
+        Transport::Verified => {}
+        Transport::Unverified => tracing::warn!(
+            pipeline,
+            transport = t.as_str(),
+            "the connection to the source is encrypted but the server's certificate is not checked: anyone in the path could pose as the server. Set sslmode=verify-full&sslrootcert=/path/ca.pem (PostgreSQL) or ssl-mode=verify_identity&ssl-ca=/path/ca.pem (MySQL) in [source] url"
+        ),
+        Transport::Plain => tracing::warn!(
+            pipeline,
+            transport = t.as_str(),
+            "the connection to the source is not encrypted: its password and rows cross the network readable. Enable TLS on the server and set sslmode=verify-full (PostgreSQL) or ssl-mode=verify_identity (MySQL) in [source] url"
+        ),
+    }
+    observer.transport(t);
 }
 
 /// A request to a running pipeline (from the daemon's HTTP endpoints).
@@ -308,6 +333,9 @@ pub async fn run(
     summary.last_checkpoint = summary.resumed_from;
     let first_id = summary.resumed_from.map_or(1, |id| id + 1);
     let mut source = open_source(resume.map(|(_, position)| position)).await?;
+    if let Some(t) = source.transport() {
+        report_transport(&spec.name, t, observer.as_ref());
+    }
 
     // Writers, one per lake table.
     let (committed_tx, committed_rx) = watch::channel(first_id - 1);

@@ -277,6 +277,11 @@ pub trait Source: Send {
         None
     }
 
+    /// How the connection to the source is protected; `None` for sources without one.
+    fn transport(&self) -> Option<Transport> {
+        None
+    }
+
     /// Read source table `table` again from its start while changes keep flowing: emit
     /// [`SourceEvent::Truncate`] for it, then a new snapshot of it chunk by chunk, merged
     /// with the change stream as at the first start; the resume position covers the
@@ -289,6 +294,29 @@ pub trait Source: Send {
                  snapshots"
             ),
         ))
+    }
+}
+
+/// How a source's connection is protected on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// TLS, and the server's certificate was checked against a CA.
+    Verified,
+    /// TLS without a certificate check (anyone in the path could pose as the server).
+    Unverified,
+    /// No TLS: passwords and rows cross the network readable.
+    Plain,
+}
+
+impl Transport {
+    /// The label used in metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Verified => "verified",
+            Transport::Unverified => "unverified",
+            Transport::Plain => "plain",
+        }
     }
 }
 

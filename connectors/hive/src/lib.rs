@@ -70,6 +70,9 @@ pub struct HiveOptions {
     pub commit_delay: Duration,
     /// Shell command run once per committed partition.
     pub partition_commit_command: Option<String>,
+    /// Environment variables the command must not see: the ones lakeshore's
+    /// configuration took secrets from.
+    pub command_hides_env: Vec<String>,
 }
 
 /// How long `partition_commit_command` may run.
@@ -291,7 +294,11 @@ impl HiveSink {
                 layout.table,
                 partition
             );
-            let run = tokio::process::Command::new("sh")
+            let mut command = tokio::process::Command::new("sh");
+            for name in &self.opts.command_hides_env {
+                command.env_remove(name);
+            }
+            let run = command
                 .arg("-c")
                 .arg(cmd)
                 .env("LAKESHORE_TABLE", &layout.table)
@@ -524,6 +531,7 @@ mod tests {
             rollover: None,
             commit_delay: Duration::ZERO,
             partition_commit_command: None,
+            command_hides_env: Vec::new(),
         }
     }
 
@@ -695,8 +703,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lakeshore-hive-{}", uuid::Uuid::new_v4()));
         let mut opts = options(&dir);
         let log = dir.join("log");
+        // SAFETY: a variable only this test reads.
+        unsafe { std::env::set_var("LAKESHORE_TEST_HIDDEN_SECRET", "hunter2") };
+        opts.command_hides_env = vec!["LAKESHORE_TEST_HIDDEN_SECRET".into()];
         opts.partition_commit_command = Some(format!(
-            "echo \"$LAKESHORE_TABLE $LAKESHORE_PARTITION\" >> {}",
+            "echo \"$LAKESHORE_TABLE $LAKESHORE_PARTITION${{LAKESHORE_TEST_HIDDEN_SECRET}}\" >> {}",
             log.display()
         ));
         opts.commit_delay = Duration::from_secs(60);

@@ -127,12 +127,55 @@ pub struct IcebergSink {
     namespace: NamespaceIdent,
 }
 
+/// A namespace part or table name must be one directory of the table's location.
+fn check_name(what: &str, full: &str, part: &str) -> Result<()> {
+    let bad = part.is_empty()
+        || part == "."
+        || part == ".."
+        || part.contains(['/', '\\'])
+        || part.chars().any(char::is_control);
+    if bad {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{what} name {full:?} cannot be a directory of the lake: no empty parts, `/`, \
+                 `\\`, `.` or `..`; route the table to another name ([[route]]) or change \
+                 [sink] namespace"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl IcebergSink {
     /// Open the catalog and create the namespace if it is missing.
     pub async fn connect(opts: IcebergOptions) -> Result<Self> {
         let catalog = Arc::new(CatalogHandle::open(&opts.catalog).await?);
+        for part in opts.namespace.split('.') {
+            check_name("namespace", &opts.namespace, part)?;
+        }
         let namespace = NamespaceIdent::from_strs(opts.namespace.split('.')).map_err(ice)?;
         let cat = catalog.catalog();
+        // `a.b` beside a table `b` of namespace `a`: the namespace's tables would live
+        // inside that table's location (and its orphan cleanup would see their files).
+        if let Some((parent, last)) = opts.namespace.rsplit_once('.') {
+            let parent = NamespaceIdent::from_strs(parent.split('.')).map_err(ice)?;
+            if cat.namespace_exists(&parent).await.map_err(ice)?
+                && cat
+                    .table_exists(&TableIdent::new(parent, last.to_string()))
+                    .await
+                    .map_err(ice)?
+            {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "[sink] namespace {}: a table of that name exists, and its location \
+                         would hold this namespace's tables; choose another namespace",
+                        opts.namespace
+                    ),
+                ));
+            }
+        }
         if !cat.namespace_exists(&namespace).await.map_err(ice)?
             && let Err(e) = cat.create_namespace(&namespace, Default::default()).await
             // Another pipeline (or copy) may have created it meanwhile.
@@ -280,6 +323,24 @@ impl IcebergSink {
         let cat = self.catalog.catalog();
         if cat.table_exists(&ident).await.map_err(ice)? {
             return cat.load_table(&ident).await.map_err(ice);
+        }
+        check_name("table", &target.name, &target.name)?;
+        let nested = NamespaceIdent::from_strs(
+            self.opts
+                .namespace
+                .split('.')
+                .chain(std::iter::once(target.name.as_str())),
+        )
+        .map_err(ice)?;
+        if cat.namespace_exists(&nested).await.map_err(ice)? {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "table {}.{}: a namespace of that name exists, whose tables would live \
+                     inside this table's location; route the table to another name ([[route]])",
+                    self.opts.namespace, target.name
+                ),
+            ));
         }
         let schema = schema::to_iceberg_schema(&target.source)?;
         let spec = schema::partition_spec(&target.name, &schema, &target.partitioning)?;

@@ -102,7 +102,16 @@ pub async fn remove_orphans(
         .map_err(|e| Error::new(ErrorKind::Transient, format!("listing {location}: {e}")))?
     {
         let path = full(&meta.location);
-        if meta.last_modified.timestamp_millis() < cutoff_ms
+        // Only the table's own `data/` and `metadata/` directories are its files:
+        // anything else under its location (another table nested there by a foreign
+        // writer) is left alone.
+        let own = meta
+            .location
+            .prefix_match(&base)
+            .and_then(|mut rest| rest.next())
+            .is_some_and(|dir| dir.as_ref() == "data" || dir.as_ref() == "metadata");
+        if own
+            && meta.last_modified.timestamp_millis() < cutoff_ms
             && !references.contains(&path)
             && !protected.contains(path.as_str())
         {

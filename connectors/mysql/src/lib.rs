@@ -214,6 +214,8 @@ struct Pending {
 
 /// The MySQL / MariaDB source.
 pub struct MysqlSource {
+    /// How the connection is protected (measured at open).
+    transport: lakeshore_api::Transport,
     opts: MysqlOptions,
     bounded: bool,
     conn: Conn,
@@ -282,6 +284,7 @@ impl MysqlSource {
         bounded: bool,
     ) -> Result<Self> {
         let mut conn = connect(&opts.url).await?;
+        let transport = server::transport(&mut conn, &opts.url).await?;
         let streaming = opts.startup != Startup::SnapshotOnly;
         let mut charsets = HashMap::new();
         if streaming {
@@ -379,6 +382,7 @@ impl MysqlSource {
             mapping: HashMap::new(),
             failed: Default::default(),
             charsets,
+            transport,
             opts,
         })
     }
@@ -673,6 +677,10 @@ impl Source for MysqlSource {
 
     fn progress(&self) -> Option<u64> {
         Some(self.snapshot_rows)
+    }
+
+    fn transport(&self) -> Option<lakeshore_api::Transport> {
+        Some(self.transport)
     }
 
     fn lag(&self) -> Option<Lag> {

@@ -180,6 +180,8 @@ struct Prefetch {
 
 /// The PostgreSQL source.
 pub struct PostgresSource {
+    /// How the connection is protected (measured at open).
+    transport: lakeshore_api::Transport,
     opts: PostgresOptions,
     bounded: bool,
     client: Client,
@@ -251,6 +253,7 @@ impl PostgresSource {
         bounded: bool,
     ) -> Result<Self> {
         let client = connect(&opts.url).await?;
+        let transport = tls::transport(&client, &opts.url).await?;
         let streaming = opts.startup != Startup::SnapshotOnly;
         if streaming {
             check_server(&client).await?;
@@ -378,6 +381,7 @@ impl PostgresSource {
             opts,
             bounded: bounded || !streaming,
             client,
+            transport,
             tables,
             by_name,
             columns,
@@ -845,6 +849,10 @@ impl Source for PostgresSource {
 
     fn progress(&self) -> Option<u64> {
         Some(self.snapshot_rows)
+    }
+
+    fn transport(&self) -> Option<lakeshore_api::Transport> {
+        Some(self.transport)
     }
 
     fn lag(&self) -> Option<Lag> {

@@ -171,7 +171,14 @@ pub(crate) async fn current_wal_lsn(client: &Client) -> Result<u64> {
 /// error that says what to change.
 pub async fn check(opts: &PostgresOptions) -> Result<Vec<String>> {
     let client = connect(&opts.url).await?;
-    let mut report = vec![format!("connected to {}", redact(&opts.url))];
+    let transport = match crate::tls::transport(&client, &opts.url).await? {
+        lakeshore_api::Transport::Verified => "over TLS, certificate verified",
+        lakeshore_api::Transport::Unverified => {
+            "over TLS, certificate NOT verified (set sslmode=verify-full and sslrootcert)"
+        }
+        lakeshore_api::Transport::Plain => "WITHOUT TLS (set sslmode=verify-full and sslrootcert)",
+    };
+    let mut report = vec![format!("connected to {} {transport}", redact(&opts.url))];
     let streaming = opts.startup != Startup::SnapshotOnly;
     if streaming {
         check_server(&client).await?;

@@ -39,6 +39,29 @@ pub(crate) struct Tls {
     pub root_cert: Option<String>,
 }
 
+/// How `client` (connected with `url`) is protected: what the server says of the
+/// session's TLS, and whether the URL has the certificate checked.
+pub(crate) async fn transport(
+    client: &tokio_postgres::Client,
+    url: &str,
+) -> Result<lakeshore_api::Transport> {
+    use lakeshore_api::Transport;
+    let (_, tls) = split(url)?;
+    let ssl = client
+        .query_opt(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::server::pg_error("reading the TLS status", e))?
+        .is_some_and(|r| r.get::<_, bool>(0));
+    Ok(match (ssl, tls.mode) {
+        (true, Mode::VerifyCa | Mode::VerifyFull) => Transport::Verified,
+        (true, _) => Transport::Unverified,
+        (false, _) => Transport::Plain,
+    })
+}
+
 /// Take libpq's TLS parameters off `url`: the URL `tokio-postgres` can parse, and the
 /// settings. Other query parameters stay.
 pub(crate) fn split(url: &str) -> Result<(String, Tls)> {
