@@ -346,7 +346,10 @@ def test_two_processes_in_one_group_share_the_partitions_exactly(tmp_path, kafka
     location = lake.metadata_location(p.catalog_db, p.table(topic)).removeprefix("file://")
     snapshots = json.loads(open(location).read())["snapshots"]
     members = {s["summary"]["lakeshore.pipeline"] for s in snapshots if int(s["summary"].get("added-records", 0)) > 0}
-    assert len(members) >= 3 and all(m.startswith("kgroup@m") for m in members), members
+    # Several members committed (which ones depends on how fast each joined the group:
+    # a member killed 6 s after a second one joined may have had its decided checkpoint
+    # committed by the new owner, under that owner's name).
+    assert len(members) >= 2 and all(m.startswith("kgroup@m") for m in members), members
     logs = "".join((tmp_path / f"{x}.log").read_text() for x in "abc")
     assert "took partitions over" in logs and "given up after a checkpoint" in logs
     # A single-process run of the shared pipeline's state is refused.
