@@ -3,7 +3,8 @@
 # Installs what it needs on a fresh machine, reusing caches under ~/.cache/lakeshore:
 #   - the Python venv with DuckDB (+ iceberg/avro extensions), pyiceberg and pytest;
 #   - the Cargo target directory;
-#   - the tansu broker binary (built once with cargo install, ~13 min).
+#   - the tansu broker binary (built once with cargo install, ~13 min);
+#   - cargo-deny (built once, a few minutes).
 # Then: cargo fmt/clippy checks, the Rust tests, and the integration tests that check
 # the lake with readers we did not write.
 set -euo pipefail
@@ -46,6 +47,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r integration/requirements.txt
   echo "$want" > "$stamp"
+fi
+
+step "cargo-deny ($CACHE/tools, built once)"
+if [ ! -x "$CACHE/tools/bin/cargo-deny" ]; then
+  cargo install -q cargo-deny --locked --version 0.20.2 --root "$CACHE/tools"
+fi
+
+step "cargo deny check licenses bans sources (deny.toml; advisories need GitHub)"
+PATH="$CACHE/tools/bin:$PATH" cargo deny --log-level error check licenses bans sources
+if [ "${LAKESHORE_DENY_ADVISORIES:-0}" = 1 ]; then
+  PATH="$CACHE/tools/bin:$PATH" cargo deny --log-level error check advisories
 fi
 
 step "cargo fmt --check"

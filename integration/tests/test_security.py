@@ -276,3 +276,25 @@ def test_names_that_escape_their_place_are_refused(tmp_path):
     p.file.write_text(p.file.read_text() + '\n[sink.maintenance]\nremove_orphans_older_than = "1h"\n')
     maintain(p)
     assert neighbour.exists() and not orphan.exists()
+
+
+def test_an_s3_secret_with_metacharacters_appears_nowhere(tmp_path, s3, duck):
+    """The S3 secret key through `${ENV}`: the pipeline writes its warehouse and state to S3
+    (moto does not check signatures, so this proves the secret is carried and hidden, not
+    that a real S3 accepts it), and no piece of it is in any output, any object in the
+    bucket or any local file. `allow_http` is said in a warning."""
+    from conftest import Pipeline
+    bucket = s3.bucket("odd20")
+    storage = {**s3.storage(), "secret_access_key": "${ODD_S3}"}
+    orders = {"type": "datagen", "profile": "orders", "initial_rows": 500, "seed": 2, "events": 2000}
+    p = Pipeline(tmp_path, "s3odd", orders, {"namespace": "shop", "mode": "upsert", "storage": storage})
+    p.file.write_text(p.file.read_text().replace('warehouse = "lake/warehouse"', f'warehouse = "s3://{bucket}/wh"')
+                      .replace("[source]", f'state = "s3://{bucket}/state"\n\n[source]'))
+    env = {**os.environ, "ODD_S3": ODD}
+    out = run_cmd(["validate", str(p.file)], tmp_path, env)
+    out += run_cmd(["backfill", str(p.file)], tmp_path, env)
+    assert "over plain HTTP" in out, out[-2000:]
+    keys = s3.keys(bucket)
+    assert any(k.startswith("wh/") for k in keys) and any(k.startswith("state/") for k in keys), keys
+    objects = {k: s3.client().get_object(Bucket=bucket, Key=k)["Body"].read().decode("latin-1") for k in keys}
+    assert_nowhere(ODD, {"output": out, **objects}, [tmp_path])

@@ -442,6 +442,25 @@ fn storage_options(
             format!("[sink] storage key `{k}` is unknown; use endpoint, region, access_key_id, secret_access_key, session_token, allow_http or another object_store S3 setting"),
         ));
     }
+    // Storage reached without TLS, or without checking its certificate: said, not refused
+    // (a test server or a private endpoint may need it).
+    for (key, what) in [
+        (
+            "allow_http",
+            "over plain HTTP: keys and data cross the network readable",
+        ),
+        (
+            "allow_invalid_certificates",
+            "without checking its certificate: anyone in the path could pose as it",
+        ),
+    ] {
+        if storage
+            .iter()
+            .any(|(k, v)| k.to_ascii_lowercase().ends_with(key) && v.eq_ignore_ascii_case("true"))
+        {
+            tracing::warn!(file = %src.file.display(), setting = key, "[sink] storage is reached {what}");
+        }
+    }
     Ok(lakeshore_api::StorageOptions(storage))
 }
 
