@@ -212,7 +212,7 @@ impl Observer for StatusCell {
                 at_ms: now_ms(),
                 duration_ms: took.as_millis() as u64,
             });
-            s.source_position = Some(position.0.clone());
+            s.source_position = Some(position.without_row_data());
             running(s);
         });
     }

@@ -750,7 +750,7 @@ async fn recover(pipeline: &str, rec: &CheckpointRecord, sink: &dyn Sink) -> Res
             tracing::info!(pipeline, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
         }
     }
-    tracing::info!(pipeline, checkpoint = rec.id, position = %rec.position, "resuming");
+    tracing::info!(pipeline, checkpoint = rec.id, position = %rec.position.without_row_data(), "resuming");
     Ok(())
 }
 
@@ -793,7 +793,7 @@ async fn lake_checkpoint(
         ));
     }
     let position = at_newest[0].position.clone();
-    tracing::warn!(pipeline, checkpoint = newest, %position, "{state_says}, but the lake holds checkpoint {newest}: resuming from the lake's commit");
+    tracing::warn!(pipeline, checkpoint = newest, position = %position.without_row_data(), "{state_says}, but the lake holds checkpoint {newest}: resuming from the lake's commit");
     metrics::counter!("lakeshore_engine_resumed_from_lake_total", "pipeline" => pipeline.to_string()).increment(1);
     Ok(Some((newest, position)))
 }

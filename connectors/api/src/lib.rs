@@ -67,6 +67,28 @@ impl SourcePosition {
         SourcePosition(serde_json::json!({ "seq": n }))
     }
 
+    /// The position without row data, for logs and `/pipelines`. The database sources
+    /// keep each table's snapshot progress under `tables` (`"done"`, or the last primary
+    /// key read) and the key ranges of open chunk windows under `windows`; here a table
+    /// being read shows `"reading"` and the windows are counted. Recovery uses the whole
+    /// position, never this view.
+    pub fn without_row_data(&self) -> serde_json::Value {
+        let mut v = self.0.clone();
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(tables) = obj.get_mut("tables").and_then(|t| t.as_object_mut()) {
+                for progress in tables.values_mut() {
+                    if !progress.is_string() {
+                        *progress = serde_json::json!("reading");
+                    }
+                }
+            }
+            if let Some(n) = obj.get("windows").and_then(|w| w.as_array()).map(Vec::len) {
+                obj.insert("windows".into(), serde_json::json!(n));
+            }
+        }
+        v
+    }
+
     /// The sequence number of a position made by [`SourcePosition::sequence`].
     pub fn as_sequence(&self) -> Option<u64> {
         self.0.get("seq").and_then(|v| v.as_u64())
@@ -493,6 +515,28 @@ pub trait TableWriter: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_shown_without_row_data() {
+        let p = SourcePosition(serde_json::json!({
+            "lsn": 42,
+            "tables": {"public.a": "done", "public.b": {"after": ["secret-key-17"]}},
+            "windows": [{"table": "public.b", "from": ["k1"], "to": ["k9"]}],
+        }));
+        let shown = p.without_row_data().to_string();
+        assert!(
+            !shown.contains("secret-key") && !shown.contains("k9"),
+            "{shown}"
+        );
+        assert_eq!(
+            p.without_row_data(),
+            serde_json::json!({"lsn": 42, "tables": {"public.a": "done", "public.b": "reading"}, "windows": 1})
+        );
+        assert_eq!(
+            SourcePosition::sequence(3).without_row_data(),
+            serde_json::json!({"seq": 3})
+        );
+    }
 
     #[test]
     fn sequence_positions_order_by_number() {
