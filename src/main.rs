@@ -285,13 +285,14 @@ async fn run_daemon(paths: Vec<PathBuf>, cfg: config::daemon::DaemonConfig) -> R
                 ))
             })?;
             drop(listener);
-            if let Some(tls) = &cfg.tls {
-                daemon::http::tls_config(tls).map_err(Failure::Config)?;
-            }
+            let tls = match &cfg.tls {
+                Some(tls) => Some(daemon::http::tls_config(tls).map_err(Failure::Config)?),
+                None => None,
+            };
             let endpoints = daemon::http::Endpoints {
                 addr,
                 auth: cfg.auth.clone(),
-                tls: cfg.tls.clone(),
+                tls,
             };
             Some(tokio::spawn(daemon::http::serve(
                 endpoints,

@@ -258,18 +258,7 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
             ),
             (None, None) => None,
         };
-        if let Some(m) = &a.metrics {
-            cfg.auth.metrics_open = match m.get_ref().as_str() {
-                "open" => true,
-                "token" => false,
-                other => {
-                    return Err(src.error(
-                        Some(m.span()),
-                        format!("metrics = \"{other}\" is unknown; write \"token\" or \"open\""),
-                    ));
-                }
-            };
-        }
+        cfg.auth.metrics_open = a.metrics == Some(raw::MetricsAccess::Open);
     }
     if let Some(t) = &raw.tls {
         cfg.tls = Some(HttpTls {
@@ -297,6 +286,28 @@ mod tests {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/lakeshore.toml");
         let cfg = load(&file).unwrap();
         assert!(cfg.http.is_some());
+    }
+
+    #[test]
+    fn auth_settings_are_checked_with_their_location() {
+        let token = "t".repeat(16);
+        let cfg = parse_text(&format!(
+            "[auth]\ntoken = \"{token}\"\nmetrics = \"open\"\n"
+        ))
+        .unwrap();
+        assert!(cfg.auth.metrics_open && cfg.auth.token == Some(ApiToken(token)));
+        let err = parse_text("[auth]\nmetrics = \"nope\"\n").unwrap_err();
+        assert!(
+            err.starts_with("lakeshore.toml:2:")
+                && err.contains("`token`")
+                && err.contains("`open`"),
+            "{err}"
+        );
+        let err = parse_text("[auth]\ntoken = \"short\"\n").unwrap_err();
+        assert!(
+            err.starts_with("lakeshore.toml:2:9") && err.contains("16 characters"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -475,7 +475,17 @@ pub struct AuthSection {
     pub token_file: Option<Spanned<String>>,
     /// `"token"` (default): `/metrics` needs the token too; `"open"`: whoever reaches the
     /// port may scrape it (e.g. behind a NetworkPolicy that admits only Prometheus).
-    pub metrics: Option<Spanned<String>>,
+    pub metrics: Option<MetricsAccess>,
+}
+
+/// Who may read `/metrics` (`[auth] metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// With the token only.
+    Token,
+    /// Anyone who reaches the port.
+    Open,
 }
 
 /// `[tls]` of the daemon file: the HTTP endpoints speak HTTPS with this certificate

@@ -37,9 +37,20 @@ pub fn secret_env_names() -> Vec<String> {
 
 /// Replace every `${NAME}` in `text`.
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_env_placed(text, lookup, |_, value| value)
+}
+
+/// [`expand_env`], with `place(at, value)` deciding how the value of the reference that
+/// starts at byte `at` of `text` is written.
+fn expand_env_placed(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    place: impl Fn(usize, String) -> String,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
+        let at = text.len() - rest.len() + start;
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after
@@ -56,7 +67,7 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
         let value = lookup(name).ok_or_else(|| {
             format!("environment variable {name} is not set; export it before starting lakeshore")
         })?;
-        out.push_str(&value);
+        out.push_str(&place(at, value));
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -106,41 +117,26 @@ pub fn expand_env_url(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
+    if text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1 {
+        return expand_env(text, lookup);
+    }
+    let is_url = text.contains("://");
     // Where user information ends (the template's `@` after `scheme://`).
     let userinfo = text.find("://").and_then(|s| {
         let start = s + 3;
         text[start..].find('@').map(|at| start..start + at)
     });
-    let mut out = String::with_capacity(text.len());
-    let mut offset = 0;
-    let mut rest = text;
-    let whole = text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1;
-    while let Some(start) = rest.find("${") {
-        let at = offset + start;
-        let is_url = text.contains("://");
+    expand_env_placed(text, lookup, |at, value| {
         let after_password = text[..at].ends_with("password=");
-        let encode = !whole
-            && (userinfo.as_ref().is_some_and(|u| u.contains(&at)) || (is_url && after_password));
-        // A libpq `key=value` string: the value quoted as libpq reads it.
-        let quote = !whole && !is_url && after_password;
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| "`${` without a closing `}`; write ${NAME}".to_string())?;
-        let reference = &rest[start..start + end + 1];
-        let value = expand_env(reference, &lookup)?;
-        out.push_str(&rest[..start]);
-        out.push_str(&if encode {
+        if userinfo.as_ref().is_some_and(|u| u.contains(&at)) || (is_url && after_password) {
             percent_encode(&value)
-        } else if quote {
+        } else if after_password {
+            // A libpq `key=value` string: the value quoted as libpq reads it.
             format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
         } else {
             value
-        });
-        offset += start + end + 1;
-        rest = &rest[start + end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+        }
+    })
 }
 
 impl<'de> Deserialize<'de> for EnvUrl {

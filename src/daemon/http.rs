@@ -53,8 +53,8 @@ pub struct Endpoints {
     pub addr: SocketAddr,
     /// The token.
     pub auth: ApiAuth,
-    /// HTTPS instead of HTTP.
-    pub tls: Option<HttpTls>,
+    /// HTTPS instead of HTTP, with this server configuration ([`tls_config`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A server config for `[tls]`, or why not (naming the file).
@@ -123,8 +123,7 @@ pub async fn serve(
             })
             .await;
     };
-    let config = tls_config(&tls).map_err(std::io::Error::other)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tracing::info!(%addr, access = token, "HTTPS endpoints: /health /ready /metrics /pipelines");
     loop {
         let (tcp, peer) = tokio::select! {

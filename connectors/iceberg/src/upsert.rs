@@ -265,6 +265,19 @@ impl<'a> ChunkedLookup<'a> {
         Ok(())
     }
 
+    /// Every key of `keys`; a set that fits one chunk is looked up as it is (the usual
+    /// checkpoint: no copy of its keys).
+    async fn add_all(&mut self, keys: KeySet) -> Result<()> {
+        if self.chunk.is_empty() && keys.len() <= LOOKUP_CHUNK {
+            self.chunk = keys;
+            return self.flush().await;
+        }
+        for key in keys {
+            self.add(key).await?;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<()> {
         if self.chunk.is_empty() {
             return Ok(());
@@ -650,9 +663,7 @@ impl TableWriter for UpsertWriter {
             let mut lookup =
                 ChunkedLookup::new(&self.t.table, &self.t.ctx.files, &self.codec, Some(path));
             if self.spill.is_empty() {
-                for key in self.lookup.drain() {
-                    lookup.add(key).await?;
-                }
+                lookup.add_all(std::mem::take(&mut self.lookup)).await?;
             } else {
                 // Merge the spilled runs: key by key, whether its first change replaces a
                 // committed row, and which of the checkpoint's own rows later changes of

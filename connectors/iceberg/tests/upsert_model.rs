@@ -212,7 +212,7 @@ async fn upserts_match_a_folded_model() {
             .await
             .unwrap();
         let ident = TableIdent::new(NamespaceIdent::new("m".into()), "t".into());
-        let mut rng = XorShift(seed * 0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut model = BTreeMap::new();
         let mut next_key = 1;
         for checkpoint in 1..=6u64 {

@@ -284,7 +284,7 @@ impl MysqlSource {
         bounded: bool,
     ) -> Result<Self> {
         let mut conn = connect(&opts.url).await?;
-        let transport = server::transport(&mut conn, &opts.url).await?;
+        let (transport, _) = server::transport(&mut conn, &opts.url).await?;
         let streaming = opts.startup != Startup::SnapshotOnly;
         let mut charsets = HashMap::new();
         if streaming {

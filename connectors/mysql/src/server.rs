@@ -290,21 +290,25 @@ fn bytes_after(files: &[(String, u64)], pos: &crate::BinlogPos) -> u64 {
         .sum()
 }
 
-/// How `conn` (connected with `url`) is protected: whether the session runs over TLS,
-/// and whether the URL has the certificate checked.
-pub(crate) async fn transport(conn: &mut Conn, url: &str) -> Result<lakeshore_api::Transport> {
+/// How `conn` (connected with `url`) is protected: whether the session runs over TLS
+/// (and which version), and whether the URL has the certificate checked.
+pub(crate) async fn transport(
+    conn: &mut Conn,
+    url: &str,
+) -> Result<(lakeshore_api::Transport, Option<String>)> {
     use lakeshore_api::Transport;
     let (_, tls) = split_tls(url)?;
     let cipher: Option<(String, String)> = conn
         .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
         .await
         .map_err(|e| my_error("reading the TLS status", e))?;
-    let on = cipher.is_some_and(|(_, v)| !v.is_empty());
-    Ok(match (on, tls.mode) {
-        (true, SslMode::VerifyCa | SslMode::VerifyIdentity) => Transport::Verified,
-        (true, _) => Transport::Unverified,
-        (false, _) => Transport::Plain,
-    })
+    let version = cipher.map(|(_, v)| v).filter(|v| !v.is_empty());
+    let transport = match (&version, tls.mode) {
+        (Some(_), SslMode::VerifyCa | SslMode::VerifyIdentity) => Transport::Verified,
+        (Some(_), _) => Transport::Unverified,
+        (None, _) => Transport::Plain,
+    };
+    Ok((transport, version))
 }
 
 /// The character set of each collation id the server knows: a binlog table map names a
@@ -351,12 +355,9 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
         .query_first("SELECT VERSION()")
         .await
         .map_err(|e| my_error("reading the version", e))?;
-    let cipher: Option<(String, String)> = conn
-        .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
-        .await
-        .map_err(|e| my_error("reading the TLS status", e))?;
-    let verified = transport(&mut conn, &opts.url).await? == lakeshore_api::Transport::Verified;
-    let tls = match cipher.map(|(_, v)| v).filter(|v| !v.is_empty()) {
+    let (transport, tls_version) = transport(&mut conn, &opts.url).await?;
+    let verified = transport == lakeshore_api::Transport::Verified;
+    let tls = match tls_version {
         Some(v) if verified => format!("over TLS ({v}), certificate verified"),
         Some(v) => format!(
             "over TLS ({v}), certificate NOT verified (set ssl-mode=verify_identity and ssl-ca)"

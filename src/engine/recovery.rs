@@ -1,0 +1,86 @@
+//! Starting from where the lake is: finishing the newest checkpoint record (its pending
+//! files are committed again, idempotently), and resuming from the lake's own newest
+//! commit when the state store lost its records or is behind.
+
+use std::time::Duration;
+
+use lakeshore_api::{CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, SourcePosition};
+
+use super::state::CheckpointRecord;
+
+/// Finish the newest checkpoint record: commit its pending files (idempotent).
+pub(super) async fn recover(pipeline: &str, rec: &CheckpointRecord, sink: &dyn Sink) -> Result<()> {
+    let ctx = CommitContext::new(pipeline, rec.id, &rec.position, &rec.pending);
+    for p in &rec.pending {
+        if commit_with_retry(sink, p, &ctx).await? {
+            tracing::info!(pipeline, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
+        }
+    }
+    tracing::info!(pipeline, checkpoint = rec.id, position = %rec.position.without_row_data(), "resuming");
+    Ok(())
+}
+
+/// The lake's newest checkpoint of `pipeline` and its position, when the lake is ahead of
+/// the state store (`state`: its newest record): the records were lost (a fresh pod, a
+/// deleted or changed `[pipeline] state`) or are older than the lake. The lake is the
+/// truth; resuming from the stale state would skip commits the lake already holds as
+/// "already there" while the source moved on. Refuses when that checkpoint reached only
+/// some of its tables: the missing tables' files were named only by the lost record.
+pub(super) async fn lake_checkpoint(
+    pipeline: &str,
+    sink: &dyn Sink,
+    state: Option<u64>,
+) -> Result<Option<(u64, SourcePosition)>> {
+    let commits = sink.last_commits(pipeline).await?;
+    let Some(newest) = commits.iter().map(|c| c.checkpoint_id).max() else {
+        return Ok(None);
+    };
+    if state.is_some_and(|s| s >= newest) {
+        return Ok(None);
+    }
+    let at_newest: Vec<_> = commits
+        .iter()
+        .filter(|c| c.checkpoint_id == newest)
+        .collect();
+    let expected = at_newest.iter().filter_map(|c| c.tables).max().unwrap_or(0);
+    let state_says = match state {
+        Some(s) => format!("the state store's newest checkpoint record is {s}"),
+        None => "the state store has no checkpoint record".to_string(),
+    };
+    if at_newest.len() < expected {
+        let names: Vec<&str> = at_newest.iter().map(|c| c.table.as_str()).collect();
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "pipeline {pipeline}: {state_says}, and the lake's newest checkpoint {newest} reached only {} of its {expected} tables ({}); the record naming the others' files is lost. Restore the pipeline's state directory, or drop the pipeline's lake tables and run it again to start over",
+                at_newest.len(),
+                names.join(", ")
+            ),
+        ));
+    }
+    let position = at_newest[0].position.clone();
+    tracing::warn!(pipeline, checkpoint = newest, position = %position.without_row_data(), "{state_says}, but the lake holds checkpoint {newest}: resuming from the lake's commit");
+    metrics::counter!("lakeshore_engine_resumed_from_lake_total", "pipeline" => pipeline.to_string()).increment(1);
+    Ok(Some((newest, position)))
+}
+
+/// Commit one table, retrying errors the sink marks retryable (a busy catalog database,
+/// a storage hiccup). Commits are idempotent, so a retry after an unknown outcome is safe.
+pub(crate) async fn commit_with_retry(
+    sink: &dyn Sink,
+    pending: &PendingCommit,
+    ctx: &CommitContext,
+) -> Result<bool> {
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1.. {
+        match sink.commit(pending, ctx).await {
+            Err(e) if e.is_retryable() && attempt < 8 => {
+                tracing::warn!(table = %pending.table, checkpoint = ctx.checkpoint_id, attempt, error = %e, "commit failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
+}
