@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A throw-away Kafka-compatible broker (tansu, in memory) for the tests and benchmarks.
 #   integration/kafka.sh install             build tansu once into ~/.cache/lakeshore/tansu
-#   integration/kafka.sh start DIR PORT [STORAGE]
+#   integration/kafka.sh start DIR PORT [STORAGE [--authentication]]
 #                                            start a broker on 127.0.0.1:PORT (PID in DIR);
 #                                            STORAGE defaults to memory://tansu/ (messages
 #                                            die with the broker); s3://bucket/ keeps them
-#                                            (AWS_ENDPOINT etc. from the environment)
+#                                            (AWS_ENDPOINT etc. from the environment);
+#                                            --authentication: clients must log in (SASL)
 #   integration/kafka.sh stop DIR            stop it
 #   integration/kafka.sh topic PORT NAME N   create topic NAME with N partitions
 set -euo pipefail
@@ -26,7 +27,7 @@ case "${1:-}" in
     mkdir -p "$dir"
     "$BIN" broker --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$storage" \
-      >>"$dir/broker.log" 2>&1 &
+      "${@:5}" >>"$dir/broker.log" 2>&1 &
     echo $! > "$dir/broker.pid"
     for _ in $(seq 1 100); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then exit 0; fi

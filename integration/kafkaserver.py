@@ -12,9 +12,11 @@ SCRIPT = str(ROOT / "integration" / "kafka.sh")
 class Broker:
     """A tansu broker on a free loopback port, messages kept in memory."""
 
-    def __init__(self, s3=None):
+    def __init__(self, s3=None, authentication=False):
         """`s3`: an S3Server whose bucket keeps the messages, so that the broker can be
-        killed and restarted (`restart`); otherwise they live in the broker's memory."""
+        killed and restarted (`restart`); otherwise they live in the broker's memory.
+        `authentication`: clients must log in with SASL (tansu 0.6.0 finds no SCRAM user
+        created through its own `user create`, so every login is refused)."""
         import os
         import socket
         with socket.socket() as s:
@@ -30,6 +32,10 @@ class Broker:
             self.args.append(f"s3://{bucket}/")
             self.env.update(AWS_ENDPOINT=s3.endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
                             AWS_DEFAULT_REGION=REGION, AWS_ALLOW_HTTP="true")
+        if authentication:
+            if s3 is None:
+                self.args.append("memory://tansu/")
+            self.args.append("--authentication")
         subprocess.run(self.args, check=True, env=self.env)
 
     def restart(self, down_for=0.0):

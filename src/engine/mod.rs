@@ -34,7 +34,7 @@ pub mod state;
 
 use group::GroupLedger;
 pub(crate) use recovery::commit_with_retry;
-use recovery::{lake_checkpoint, recover};
+use recovery::{lake_checkpoint, recover, table_context};
 use state::{CheckpointRecord, StateStore};
 
 /// Where checkpoints are decided: the pipeline's own records, or the ledger of a group of
@@ -323,7 +323,7 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let mut resume = None;
     if let Some(rec) = &last {
-        recover(&spec.commit_as, rec, sink.as_ref()).await?;
+        recover(&spec.commit_as, &spec.route, rec, sink.as_ref()).await?;
         resume = Some((rec.id, rec.position.clone()));
     }
     if store.is_solo()
@@ -928,7 +928,12 @@ async fn committer_task(
                 test_pause().await;
                 let started = Instant::now();
                 tracing::debug!(checkpoint = id, table = %p.table, "committing");
-                commit_with_retry(sink.as_ref(), p, &ctx).await?;
+                commit_with_retry(
+                    sink.as_ref(),
+                    p,
+                    &table_context(&ctx, &spec.route, &p.table),
+                )
+                .await?;
                 metrics::histogram!("lakeshore_commit_seconds", "pipeline" => spec.name.clone(), "table" => p.table.clone())
                     .record(started.elapsed().as_secs_f64());
                 total_rows += p.added_rows;

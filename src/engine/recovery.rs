@@ -6,13 +6,25 @@ use std::time::Duration;
 
 use lakeshore_api::{CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, SourcePosition};
 
+use super::Router;
 use super::state::CheckpointRecord;
 
+/// The context lake table `table`'s commit records: the position keeps the row data
+/// (snapshot progress, windows) of the source tables routed to it and of no other.
+pub(super) fn table_context(ctx: &CommitContext, route: &Router, table: &str) -> CommitContext {
+    ctx.for_lake_table(|source| route(source).0 == table)
+}
+
 /// Finish the newest checkpoint record: commit its pending files (idempotent).
-pub(super) async fn recover(pipeline: &str, rec: &CheckpointRecord, sink: &dyn Sink) -> Result<()> {
+pub(super) async fn recover(
+    pipeline: &str,
+    route: &Router,
+    rec: &CheckpointRecord,
+    sink: &dyn Sink,
+) -> Result<()> {
     let ctx = CommitContext::new(pipeline, rec.id, &rec.position, &rec.pending);
     for p in &rec.pending {
-        if commit_with_retry(sink, p, &ctx).await? {
+        if commit_with_retry(sink, p, &table_context(&ctx, route, &p.table)).await? {
             tracing::info!(pipeline, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
         }
     }
@@ -26,6 +38,8 @@ pub(super) async fn recover(pipeline: &str, rec: &CheckpointRecord, sink: &dyn S
 /// truth; resuming from the stale state would skip commits the lake already holds as
 /// "already there" while the source moved on. Refuses when that checkpoint reached only
 /// some of its tables: the missing tables' files were named only by the lost record.
+/// Each commit holds only its own source tables' snapshot progress; the position is put
+/// together from every table's newest commit.
 pub(super) async fn lake_checkpoint(
     pipeline: &str,
     sink: &dyn Sink,
@@ -58,7 +72,7 @@ pub(super) async fn lake_checkpoint(
             ),
         ));
     }
-    let position = at_newest[0].position.clone();
+    let position = at_newest[0].position.with_row_data_from(&commits)?;
     tracing::warn!(pipeline, checkpoint = newest, position = %position.without_row_data(), "{state_says}, but the lake holds checkpoint {newest}: resuming from the lake's commit");
     metrics::counter!("lakeshore_engine_resumed_from_lake_total", "pipeline" => pipeline.to_string()).increment(1);
     Ok(Some((newest, position)))

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 mod error;
 pub mod files;
 mod ledger;
+mod position;
 mod storage;
 pub mod url;
 pub use error::{Error, ErrorKind, Result};
@@ -65,28 +66,6 @@ impl SourcePosition {
     /// A position made of a single sequence number (generators, single-partition logs).
     pub fn sequence(n: u64) -> Self {
         SourcePosition(serde_json::json!({ "seq": n }))
-    }
-
-    /// The position without row data, for logs and `/pipelines`. The database sources
-    /// keep each table's snapshot progress under `tables` (`"done"`, or the last primary
-    /// key read) and the key ranges of open chunk windows under `windows`; here a table
-    /// being read shows `"reading"` and the windows are counted. Recovery uses the whole
-    /// position, never this view.
-    pub fn without_row_data(&self) -> serde_json::Value {
-        let mut v = self.0.clone();
-        if let Some(obj) = v.as_object_mut() {
-            if let Some(tables) = obj.get_mut("tables").and_then(|t| t.as_object_mut()) {
-                for progress in tables.values_mut() {
-                    if !progress.is_string() {
-                        *progress = serde_json::json!("reading");
-                    }
-                }
-            }
-            if let Some(n) = obj.get("windows").and_then(|w| w.as_array()).map(Vec::len) {
-                obj.insert("windows".into(), serde_json::json!(n));
-            }
-        }
-        v
     }
 
     /// The sequence number of a position made by [`SourcePosition::sequence`].
@@ -392,7 +371,8 @@ pub struct CommitContext {
     pub pipeline: String,
     /// Checkpoint id (`lakeshore.checkpoint-id`).
     pub checkpoint_id: u64,
-    /// Source position of the checkpoint (`lakeshore.source-position`).
+    /// Source position of the checkpoint (`lakeshore.source-position`); each lake table's
+    /// commit gets [`CommitContext::for_lake_table`].
     pub position: SourcePosition,
     /// How many lake tables this checkpoint changes (`lakeshore.checkpoint-tables`):
     /// recovery from the lake alone (the state store lost) checks that each of them
@@ -413,6 +393,15 @@ impl CommitContext {
             checkpoint_id,
             position: position.clone(),
             tables: pending.iter().filter(|p| !p.empty).count(),
+        }
+    }
+
+    /// The context one lake table's commit records: its position keeps only the row data
+    /// of the source tables `owns` accepts ([`SourcePosition::for_lake_table`]).
+    pub fn for_lake_table(&self, owns: impl Fn(&str) -> bool) -> CommitContext {
+        CommitContext {
+            position: self.position.for_lake_table(owns),
+            ..self.clone()
         }
     }
 }
@@ -515,28 +504,6 @@ pub trait TableWriter: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions_shown_without_row_data() {
-        let p = SourcePosition(serde_json::json!({
-            "lsn": 42,
-            "tables": {"public.a": "done", "public.b": {"after": ["secret-key-17"]}},
-            "windows": [{"table": "public.b", "from": ["k1"], "to": ["k9"]}],
-        }));
-        let shown = p.without_row_data().to_string();
-        assert!(
-            !shown.contains("secret-key") && !shown.contains("k9"),
-            "{shown}"
-        );
-        assert_eq!(
-            p.without_row_data(),
-            serde_json::json!({"lsn": 42, "tables": {"public.a": "done", "public.b": "reading"}, "windows": 1})
-        );
-        assert_eq!(
-            SourcePosition::sequence(3).without_row_data(),
-            serde_json::json!({"seq": 3})
-        );
-    }
 
     #[test]
     fn sequence_positions_order_by_number() {

@@ -25,8 +25,9 @@ use std::time::Duration;
 use lakeshore_api::{Error, ErrorKind, Ledger, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -53,8 +54,9 @@ pub(crate) fn unit(topic: &str, partition: i32) -> String {
 /// The open chunk of the polling thread, shared with the rebalance callback.
 pub(crate) type OpenChunk = Arc<Mutex<Chunk>>;
 
-pub(crate) fn lock(chunk: &Mutex<Chunk>) -> MutexGuard<'_, Chunk> {
-    chunk.lock().unwrap_or_else(|e| e.into_inner())
+/// The value behind `m`, also after a panic while it was held.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// librdkafka callbacks of the source's consumer.
@@ -63,6 +65,9 @@ pub(crate) struct SourceContext {
     /// Messages between the read position and the end of the assigned partitions, from
     /// librdkafka's statistics (-1 until known).
     pub(crate) behind: AtomicI64,
+    /// librdkafka's reason when the brokers refused the login (SASL): a metadata request
+    /// then only times out, and the error must say why.
+    pub(crate) login_refused: Mutex<Option<String>>,
 }
 
 /// How often librdkafka reports statistics (for the lag).
@@ -80,6 +85,13 @@ pub(crate) struct Group {
 }
 
 impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            *lock(&self.login_refused) = Some(reason.to_string());
+        }
+        tracing::warn!(%error, reason, "Kafka client");
+    }
+
     /// The lag: per assigned partition, its last stable offset (the end a read_committed
     /// consumer reads to) minus the offset after the last message handed to us.
     fn stats(&self, statistics: Statistics) {

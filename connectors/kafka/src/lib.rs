@@ -28,6 +28,7 @@ use lakeshore_api::{
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -229,6 +230,7 @@ impl KafkaSource {
         let is_shared = shared.is_some();
         let context = SourceContext {
             behind: AtomicI64::new(-1),
+            login_refused: Default::default(),
             group: shared.map(|(ledger, runtime)| Group {
                 ledger,
                 runtime,
@@ -255,6 +257,17 @@ impl KafkaSource {
         })?;
         let timeout = Duration::from_secs(15);
         let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
+            if let Some(reason) = login_refused(&consumer) {
+                return Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the Kafka brokers at {} refused the login: {reason}; check [source] \
+                         properties security.protocol, sasl.mechanism, sasl.username and \
+                         sasl.password",
+                        opts.brokers
+                    ),
+                );
+            }
             Error::new(
                 ErrorKind::Transient,
                 format!(
@@ -921,6 +934,23 @@ impl Drop for KafkaSource {
         self.stop.store(true, Ordering::Relaxed);
         self.rx.close();
     }
+}
+
+/// Why the brokers refused the login, if they did: librdkafka reports it as a client
+/// error, queued for the consumer shortly after the request that failed (its reason
+/// reaches the context only when the client serves its own queue).
+fn login_refused(consumer: &SourceConsumer) -> Option<String> {
+    let mut refused = group::lock(&consumer.context().login_refused).clone();
+    for _ in 0..64 {
+        match consumer.poll(Duration::from_millis(300)) {
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) => {
+                refused.get_or_insert_with(|| e.to_string());
+            }
+            None => break,
+            _ => {}
+        }
+    }
+    refused
 }
 
 /// `lakeshore validate --connect`: the brokers answer and the topics exist.
