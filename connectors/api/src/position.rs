@@ -251,7 +251,10 @@ mod tests {
         assert_eq!(got.0["tables"]["public.c"], json!({"after": [8]}));
         assert!(got.0.get("row_data_of").is_none());
         // Without b's commit, b's progress is nowhere: a loud stop, not a guess.
-        let err = c.position.with_row_data_from(&[c.clone()]).unwrap_err();
+        let err = c
+            .position
+            .with_row_data_from(std::slice::from_ref(&c))
+            .unwrap_err();
         assert!(err.to_string().contains("source table public.b"), "{err}");
     }
 
