@@ -42,6 +42,10 @@ class PgServer:
             return cur.fetchall() if cur.description else None
 
     def create_db(self, name, options=""):
+        # Every pipeline of the suite keeps its slot until the server stops (64 allowed);
+        # a database made again starts without the old ones.
+        self.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE database = %s AND NOT active", params=(name,))
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.execute(f'CREATE DATABASE "{name}" {options}')
         return name

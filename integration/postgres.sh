@@ -18,7 +18,7 @@ pg_start() {
   port=$(cat "$dir/port")
   as_postgres "$BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c wal_level=${LAKESHORE_PG_WAL_LEVEL:-logical} \
-        -c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off \
+        -c max_replication_slots=64 -c max_wal_senders=64 -c fsync=off \
         -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB \
         -c max_connections=200 -c wal_sender_timeout=30s" start >/dev/null
 }
