@@ -12,7 +12,6 @@ use tokio::sync::watch;
 mod bench;
 mod config;
 mod daemon;
-mod engine;
 mod expected;
 mod maintain;
 mod pipeline;

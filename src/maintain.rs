@@ -8,7 +8,7 @@ use lakeshore_iceberg::{IcebergSink, Maintenance};
 
 use crate::config::Plan;
 use crate::config::plan::SinkPlan;
-use crate::engine::state::StateStore;
+use lakeshore_engine::state::StateStore;
 
 /// One table's maintenance.
 pub struct Maintained {

@@ -15,9 +15,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Plan;
 use crate::config::daemon::RestartPolicy;
 use crate::config::plan::{SinkPlan, SourcePlan};
-use crate::engine::group::{self, GroupLedger};
-use crate::engine::state::StateStore;
-use crate::engine::{self, Checkpoints, Command, Observer, PipelineSpec, RunSummary};
+use lakeshore_engine::group::{self, GroupLedger};
+use lakeshore_engine::state::StateStore;
+use lakeshore_engine::{self as engine, Checkpoints, Command, Observer, PipelineSpec, RunSummary};
 
 /// Open the source of `plan` at `position`. `bounded` (`backfill`): sources that could
 /// run forever stop once they have caught up with what existed when they started.
@@ -271,6 +271,7 @@ async fn run_once(
         partitioning,
         default_partitioning,
         isolate_tables: plan.isolate_tables,
+        failpoints: crash_test_pause(),
     };
     engine::run(
         spec,
@@ -282,6 +283,25 @@ async fn run_once(
         commands,
     )
     .await
+}
+
+/// Crash tests set `LAKESHORE_TEST_COMMIT_PAUSE_MS` to widen the windows before the
+/// checkpoint record and between it and the table commits, so that random kills (and
+/// rebalances) land inside them.
+fn crash_test_pause() -> Option<engine::Failpoints> {
+    let pause = std::env::var("LAKESHORE_TEST_COMMIT_PAUSE_MS").ok()?;
+    let pause = Duration::from_millis(pause.parse().ok()?);
+    Some(Arc::new(move |point| {
+        Box::pin(async move {
+            if matches!(
+                point,
+                engine::Failpoint::BeforeRecord(_) | engine::Failpoint::BeforeCommit(..)
+            ) {
+                tokio::time::sleep(pause).await;
+            }
+            Ok(())
+        })
+    }))
 }
 
 /// Progress on a terminal (bar with rows, rows/s and ETA) or as log lines.

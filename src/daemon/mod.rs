@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::daemon::DaemonConfig;
 use crate::config::{self, Plan};
-use crate::engine::Command;
 use crate::pipeline;
+use lakeshore_engine::Command;
 
 pub mod http;
 pub mod status;

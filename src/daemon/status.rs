@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lakeshore_api::{Error, Lag, SourcePosition};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Observer;
+use lakeshore_engine::Observer;
 
 /// Where a pipeline is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ pub struct CheckpointRecord {
 }
 
 /// Checkpoint records of one pipeline.
+#[derive(Clone)]
 pub struct StateStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
@@ -127,6 +128,14 @@ impl StateStore {
         })
     }
 
+    /// The records of `pipeline` on `store` (tests use `object_store::memory::InMemory`).
+    pub fn on(store: Arc<dyn ObjectStore>, pipeline: &str) -> Self {
+        StateStore {
+            store,
+            prefix: Path::from(pipeline).join("checkpoints"),
+        }
+    }
+
     fn path_of(&self, id: u64) -> Path {
         self.prefix.clone().join(format!("{id:020}.json"))
     }
@@ -140,6 +149,11 @@ impl StateStore {
         let Some(id) = self.ids().await?.pop() else {
             return Ok(None);
         };
+        self.read(id).await
+    }
+
+    /// Record `id`, if it is kept.
+    pub async fn read(&self, id: u64) -> Result<Option<CheckpointRecord>> {
         read_record(self.store.as_ref(), &self.path_of(id), "checkpoint record").await
     }
 

@@ -1,0 +1,128 @@
+//! The committer: once every writer prepared checkpoint `n`, it writes the checkpoint
+//! record {n, P(n), pending} (create-if-absent: a second copy of the pipeline is fenced
+//! off here), commits every table, and only then lets the source be acked.
+//! Checkpoints commit one at a time, in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lakeshore_api::{CommitContext, PendingCommit, Result, Sink, SourcePosition};
+use tokio::sync::{mpsc, watch};
+
+use crate::recovery::{commit_with_retry, table_context};
+use crate::state::CheckpointRecord;
+use crate::{Checkpoints, Failpoint, Observer, PipelineSpec};
+
+pub(crate) enum CommitterMsg {
+    /// The source emitted barrier `id` at `position`; it was asked for `at`.
+    Started {
+        id: u64,
+        position: SourcePosition,
+        at: Instant,
+    },
+    /// A writer's files of one checkpoint are durable.
+    Prepared(PendingCommit),
+    /// The table's writer failed and is parked: checkpoints no longer wait for it.
+    Parked(String),
+}
+
+pub(crate) struct Committer {
+    pub spec: Arc<PipelineSpec>,
+    pub sink: Arc<dyn Sink>,
+    pub store: Checkpoints,
+    /// The lake tables whose writers must prepare each checkpoint.
+    pub expected: BTreeSet<String>,
+    /// The newest committed checkpoint, for writers that look committed rows up.
+    pub committed: watch::Sender<u64>,
+    /// Committed checkpoints, for the source's ack.
+    pub ack: mpsc::UnboundedSender<(u64, SourcePosition)>,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl Committer {
+    /// Commit every checkpoint as soon as it is complete, until the writers and the run
+    /// are gone.
+    pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<CommitterMsg>) -> Result<()> {
+        let mut started: BTreeMap<u64, (SourcePosition, Instant)> = BTreeMap::new();
+        let mut prepared: BTreeMap<u64, Vec<PendingCommit>> = BTreeMap::new();
+        let mut total_rows = 0u64;
+        while let Some(msg) = inbox.recv().await {
+            match msg {
+                CommitterMsg::Started { id, position, at } => {
+                    started.insert(id, (position, at));
+                }
+                CommitterMsg::Prepared(p) => prepared.entry(p.checkpoint_id).or_default().push(p),
+                CommitterMsg::Parked(table) => {
+                    self.expected.remove(&table);
+                }
+            }
+            // Commit every complete checkpoint, in order.
+            while let Some((&id, _)) = started.first_key_value() {
+                if !self.ready(prepared.get(&id)) {
+                    break;
+                }
+                let (position, at) = started.remove(&id).expect("first key exists");
+                let pending = prepared.remove(&id).unwrap_or_default();
+                total_rows += pending.iter().map(|p| p.added_rows).sum::<u64>();
+                self.commit(id, &position, pending).await?;
+                let took = at.elapsed();
+                let pipeline = &self.spec.name;
+                metrics::histogram!("lakeshore_engine_checkpoint_duration_seconds", "pipeline" => pipeline.clone())
+                    .record(took.as_secs_f64());
+                metrics::gauge!("lakeshore_engine_last_checkpoint_id", "pipeline" => pipeline.clone())
+                    .set(id as f64);
+                self.observer.checkpoint(id, &position, total_rows, took);
+                tracing::debug!(%pipeline, checkpoint = id, ms = took.as_millis() as u64, "checkpoint committed");
+                self.committed.send_replace(id);
+                let _ = self.ack.send((id, position));
+                self.store.prune().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when every expected writer prepared the checkpoint.
+    fn ready(&self, prepared: Option<&Vec<PendingCommit>>) -> bool {
+        prepared.map_or(self.expected.is_empty(), |p| {
+            self.expected
+                .iter()
+                .all(|t| p.iter().any(|pending| pending.table == *t))
+        })
+    }
+
+    /// Write the record of checkpoint `id`, then commit each table.
+    async fn commit(
+        &self,
+        id: u64,
+        position: &SourcePosition,
+        pending: Vec<PendingCommit>,
+    ) -> Result<()> {
+        let record = CheckpointRecord {
+            pipeline: self.spec.name.clone(),
+            id,
+            position: position.clone(),
+            pending,
+            created_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        self.spec.failpoint(Failpoint::BeforeRecord(id)).await?;
+        tracing::debug!(checkpoint = id, "writing the checkpoint record");
+        self.store.write(&record).await?;
+        let ctx = CommitContext::new(&self.spec.commit_as, id, position, &record.pending);
+        for p in &record.pending {
+            self.spec
+                .failpoint(Failpoint::BeforeCommit(id, p.table.clone()))
+                .await?;
+            let started = Instant::now();
+            tracing::debug!(checkpoint = id, table = %p.table, "committing");
+            let table_ctx = table_context(&ctx, &self.spec.route, &p.table);
+            commit_with_retry(self.sink.as_ref(), p, &table_ctx).await?;
+            metrics::histogram!("lakeshore_commit_seconds", "pipeline" => self.spec.name.clone(), "table" => p.table.clone())
+                .record(started.elapsed().as_secs_f64());
+        }
+        self.spec.failpoint(Failpoint::AfterCommits(id)).await
+    }
+}

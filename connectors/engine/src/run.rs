@@ -1,0 +1,409 @@
+//! One run of a pipeline: the loop that routes the source's events to the writers, asks
+//! for barriers on the schedule, acks what the committer committed, and answers the
+//! daemon's commands.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lakeshore_api::{
+    ChangeBatch, Error, ErrorKind, Result, Sink, Source, SourceEvent, SourcePosition, TableSchema,
+    Transport,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::committer::{Committer, CommitterMsg};
+use crate::schedule::CheckpointSchedule;
+use crate::writers::{WriterMsg, Writers};
+use crate::{Checkpoints, Command, Observer, PipelineSpec, RunSummary};
+
+/// Whether the loop goes on after an event.
+enum Flow {
+    Continue,
+    /// The final barrier was handed on: the run ends.
+    Done,
+}
+
+/// The state of one run between its start and its end.
+pub(crate) struct Run {
+    spec: Arc<PipelineSpec>,
+    source: Box<dyn Source>,
+    sink: Arc<dyn Sink>,
+    writers: Writers,
+    schedule: CheckpointSchedule,
+    to_committer: mpsc::UnboundedSender<CommitterMsg>,
+    committer: JoinHandle<Result<()>>,
+    acks: mpsc::UnboundedReceiver<(u64, SourcePosition)>,
+    observer: Arc<dyn Observer>,
+    /// Set by a writer whose checkpoint state outgrew its budget.
+    pressure: Arc<AtomicBool>,
+    summary: RunSummary,
+    rows: Vec<u64>,
+    counters: Vec<(metrics::Counter, metrics::Counter)>,
+    total_rows: u64,
+    /// The highest watermark handed to the writers.
+    watermark: i64,
+    /// Re-snapshots started, answered once checkpoint `.0` (or a later one) commits.
+    resnapshots: Vec<(u64, oneshot::Sender<Result<u64>>)>,
+    /// Source tables read again because another source of their lake table was truncated.
+    rereading: HashSet<String>,
+    lag_measured: Instant,
+}
+
+impl Run {
+    /// Open the writers and start the committer; the first checkpoint gets `first_id`.
+    pub async fn start(
+        spec: Arc<PipelineSpec>,
+        source: Box<dyn Source>,
+        sink: Arc<dyn Sink>,
+        store: Checkpoints,
+        observer: Arc<dyn Observer>,
+        first_id: u64,
+        summary: RunSummary,
+    ) -> Result<Run> {
+        let (committed_tx, committed_rx) = watch::channel(first_id - 1);
+        let (to_committer, inbox) = mpsc::unbounded_channel();
+        let pressure = Arc::new(AtomicBool::new(false));
+        let writers = Writers::open(
+            &spec,
+            source.tables(),
+            sink.as_ref(),
+            &to_committer,
+            &committed_rx,
+            &pressure,
+            &observer,
+        )
+        .await?;
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(
+            Committer {
+                spec: spec.clone(),
+                sink: sink.clone(),
+                store,
+                expected: writers.targets.iter().cloned().collect(),
+                committed: committed_tx,
+                ack: ack_tx,
+                observer: observer.clone(),
+            }
+            .run(inbox),
+        );
+        let counters = writers
+            .targets
+            .iter()
+            .map(|t| {
+                let labels = [("pipeline", spec.name.clone()), ("table", t.clone())];
+                (
+                    metrics::counter!("lakeshore_rows_total", &labels),
+                    metrics::counter!("lakeshore_bytes_total", &labels),
+                )
+            })
+            .collect();
+        let now = Instant::now();
+        Ok(Run {
+            schedule: CheckpointSchedule::new(spec.checkpoint_interval, first_id, now),
+            rows: vec![0; writers.len()],
+            spec,
+            source,
+            sink,
+            writers,
+            to_committer,
+            committer,
+            acks,
+            observer,
+            pressure,
+            summary,
+            counters,
+            total_rows: 0,
+            watermark: i64::MIN,
+            resnapshots: Vec::new(),
+            rereading: HashSet::new(),
+            lag_measured: now,
+        })
+    }
+
+    /// Route events until the final barrier is handed on (shutdown, or the end of a
+    /// bounded source) or something fails.
+    pub async fn event_loop(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        mut commands: Option<&mut mpsc::UnboundedReceiver<Command>>,
+    ) -> Result<()> {
+        loop {
+            // A failed commit stops the run even while the source only idles (its error
+            // is taken from the committer at the end).
+            if self.committer.is_finished() {
+                return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
+            }
+            self.writers.check().await?;
+            self.take_acks().await?;
+            while let Some(Ok(command)) = commands.as_deref_mut().map(|c| c.try_recv()) {
+                self.command(command);
+            }
+            self.measure_lag();
+            let stopping = *shutdown.borrow_and_update();
+            let pressure = &self.pressure;
+            if let Some(id) = self.schedule.request(Instant::now(), stopping, || {
+                pressure.swap(false, Ordering::Relaxed)
+            }) {
+                self.source.request_barrier(id);
+            }
+            let event = self.source.next_event().await?;
+            if let Flow::Done = self.event(event).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ack the source for every checkpoint the committer committed.
+    async fn take_acks(&mut self) -> Result<()> {
+        while let Ok((id, position)) = self.acks.try_recv() {
+            self.spec.failpoint(crate::Failpoint::BeforeAck(id)).await?;
+            self.source.ack(&position).await?;
+            self.summary.last_checkpoint = Some(id);
+            self.schedule.committed(id);
+            let (done, waiting) = std::mem::take(&mut self.resnapshots)
+                .into_iter()
+                .partition(|(after, _)| *after <= id);
+            self.resnapshots = waiting;
+            for (_, reply) in done {
+                let _ = reply.send(Ok(id));
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, command: Command) {
+        let Command::Resnapshot { table, reply } = command;
+        match self.resnapshot(&table) {
+            Ok(()) => {
+                tracing::info!(pipeline = %self.spec.name, table = %table, "re-snapshot requested");
+                // Answered by the ack of a barrier asked for after this point.
+                self.schedule.want();
+                self.resnapshots.push((self.schedule.next_id(), reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Start a re-snapshot of `table` (see [`Command::Resnapshot`]), if the source, the
+    /// sink and the table's writer allow it.
+    fn resnapshot(&mut self, table: &str) -> Result<()> {
+        let (name, w) = self.writers.resolve(table)?;
+        let lake_table = &self.writers.targets[w];
+        if self.writers.is_parked(w) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "lake table {lake_table} is parked after an error; fix the cause, then \
+                     pause and resume the pipeline"
+                ),
+            ));
+        }
+        if !self.sink.truncates() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "cannot read {name} again: this sink cannot empty lake table {lake_table} \
+                     (re-snapshots need an Iceberg sink)"
+                ),
+            ));
+        }
+        self.source.resnapshot(&name)
+    }
+
+    /// The source's lag, about once a second: gauges and the observer.
+    fn measure_lag(&mut self) {
+        if self.lag_measured.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.lag_measured = Instant::now();
+        let Some(lag) = self.source.lag() else { return };
+        let pipeline = self.spec.name.clone();
+        if let Some(seconds) = lag.seconds {
+            metrics::gauge!("lakeshore_source_lag_seconds", "pipeline" => pipeline.clone())
+                .set(seconds);
+        }
+        if let Some(behind) = lag.behind {
+            metrics::gauge!("lakeshore_source_lag", "pipeline" => pipeline, "unit" => lag.unit)
+                .set(behind as f64);
+        }
+        self.observer.lag(&lag);
+    }
+
+    async fn event(&mut self, event: Option<SourceEvent>) -> Result<Flow> {
+        match event {
+            Some(SourceEvent::Batch(batch)) => self.batch(batch).await?,
+            Some(SourceEvent::Barrier { id, position }) => return self.barrier(id, position).await,
+            Some(SourceEvent::Truncate(t)) => self.truncate(t).await?,
+            Some(SourceEvent::SchemaChange(t)) => self.schema_change(t).await?,
+            Some(SourceEvent::CheckpointNow) => self.schedule.source_wants(),
+            Some(SourceEvent::TableFailed { table, message }) => {
+                let error = Error::new(ErrorKind::Unsupported, message);
+                match self.writers.route.get(&table) {
+                    Some(&w) if self.spec.isolate_tables => {
+                        if !self.writers.is_parked(w) {
+                            self.writers.park(w, &error);
+                        }
+                    }
+                    _ => return Err(error),
+                }
+            }
+            Some(SourceEvent::SnapshotStarted(t)) => self.observer.snapshot(&t, false),
+            Some(SourceEvent::SnapshotDone(t)) => self.observer.snapshot(&t, true),
+            Some(SourceEvent::Watermark(w)) if w > self.watermark => {
+                self.watermark = w;
+                self.writers.deliver_all(|| WriterMsg::Watermark(w)).await?;
+            }
+            Some(_) => {}
+            None => match self.schedule.source_ended(Instant::now()) {
+                Some(id) => self.source.request_barrier(id),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "the source ended without emitting the final barrier",
+                    ));
+                }
+            },
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn batch(&mut self, batch: ChangeBatch) -> Result<()> {
+        let Some(&w) = self.writers.route.get(batch.table.as_ref()) else {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("source produced rows for undeclared table {}", batch.table),
+            ));
+        };
+        let n = batch.num_rows() as u64;
+        self.counters[w].0.increment(n);
+        self.counters[w]
+            .1
+            .increment(batch.rows.get_array_memory_size() as u64);
+        self.rows[w] += n;
+        self.total_rows += n;
+        self.writers.deliver(w, WriterMsg::Batch(batch)).await?;
+        self.observer.rows(self.total_rows, self.source.progress());
+        Ok(())
+    }
+
+    /// Barrier `id`: every writer prepares it, and the committer commits it once they
+    /// all did.
+    async fn barrier(&mut self, id: u64, position: SourcePosition) -> Result<Flow> {
+        let seen = self.schedule.barrier(id, Instant::now());
+        self.writers.deliver_all(|| WriterMsg::Barrier(id)).await?;
+        let started = CommitterMsg::Started {
+            id,
+            position,
+            at: seen.requested_at,
+        };
+        if self.to_committer.send(started).is_err() {
+            return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
+        }
+        Ok(if seen.is_final {
+            Flow::Done
+        } else {
+            Flow::Continue
+        })
+    }
+
+    async fn truncate(&mut self, t: String) -> Result<()> {
+        let Some(&w) = self.writers.route.get(&t) else {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("source truncated undeclared table {t}"),
+            ));
+        };
+        tracing::info!(pipeline = %self.spec.name, table = %t, "truncate");
+        let delivered = self.writers.deliver(w, WriterMsg::Truncate).await?;
+        // The lake table's rows do not say which source table they came from, so it is
+        // emptied whole: its other source tables are read again (their own Truncate,
+        // caused here, starts no new round).
+        if !delivered || self.rereading.remove(&t) {
+            return Ok(());
+        }
+        let lake_table = self.writers.targets[w].clone();
+        for sibling in self.writers.siblings(w, &t) {
+            tracing::warn!(pipeline = %self.spec.name, table = %t, %lake_table, other = %sibling, "a source table of a shared lake table was truncated: the lake table is emptied and its other source tables are read again");
+            self.source.resnapshot(&sibling).map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!(
+                        "{t} was truncated, and lake table {lake_table} also holds rows of {sibling}, which cannot be read again: {e}. Give {t} a lake table of its own with a [[route]]"
+                    ),
+                )
+            })?;
+            self.rereading.insert(sibling);
+        }
+        Ok(())
+    }
+
+    async fn schema_change(&mut self, t: TableSchema) -> Result<()> {
+        let Some(&w) = self.writers.route.get(&t.name) else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {} appeared while running; restart the pipeline to add it",
+                    t.name
+                ),
+            ));
+        };
+        tracing::info!(pipeline = %self.spec.name, table = %t.name, "schema change");
+        self.writers.deliver(w, WriterMsg::Evolve(t)).await?;
+        Ok(())
+    }
+
+    /// Close the writers and the committer after the loop ended with `outcome`; ack what
+    /// was committed and close the source.
+    pub async fn finish(mut self, outcome: Result<()>) -> Result<RunSummary> {
+        drop(self.to_committer);
+        let targets = std::mem::take(&mut self.writers.targets);
+        let first_error = self.writers.close(outcome.err(), &self.committer).await;
+        let first_error = match self.committer.await {
+            Ok(Ok(())) => first_error,
+            Ok(Err(e)) => Some(e),
+            Err(e) if e.is_cancelled() => first_error,
+            Err(e) => first_error.or(Some(Error::new(
+                ErrorKind::Internal,
+                format!("committer task: {e}"),
+            ))),
+        };
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        while let Ok((id, position)) = self.acks.try_recv() {
+            self.source.ack(&position).await?;
+            self.summary.last_checkpoint = Some(id);
+        }
+        self.source.close().await?;
+        self.summary.rows = targets.into_iter().zip(self.rows).collect();
+        Ok(self.summary)
+    }
+}
+
+/// A source connection without a checked certificate is a warning, a gauge
+/// (`lakeshore_source_transport{pipeline,transport}`) and a field in `/pipelines`.
+pub(crate) fn report_transport(pipeline: &str, t: Transport, observer: &dyn Observer) {
+    for each in [Transport::Verified, Transport::Unverified, Transport::Plain] {
+        metrics::gauge!("lakeshore_source_transport", "pipeline" => pipeline.to_string(), "transport" => each.as_str())
+            .set(f64::from(u8::from(each == t)));
+    }
+    match t {
+        Transport::Verified => {}
+        Transport::Unverified => tracing::warn!(
+            pipeline,
+            transport = t.as_str(),
+            "the connection to the source is encrypted but the server's certificate is not checked: anyone in the path could pose as the server. Set sslmode=verify-full&sslrootcert=/path/ca.pem (PostgreSQL) or ssl-mode=verify_identity&ssl-ca=/path/ca.pem (MySQL) in [source] url"
+        ),
+        Transport::Plain => tracing::warn!(
+            pipeline,
+            transport = t.as_str(),
+            "the connection to the source is not encrypted: its password and rows cross the network readable. Enable TLS on the server and set sslmode=verify-full (PostgreSQL) or ssl-mode=verify_identity (MySQL) in [source] url"
+        ),
+    }
+    observer.transport(t);
+}
