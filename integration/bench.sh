@@ -23,7 +23,7 @@ if [ ! -x /usr/bin/time ]; then  # peak RSS of the measured child
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq time; else sudo apt-get install -y -qq time; fi
 fi
 "$VENV/bin/pip" install -q -r integration/requirements.txt
-cargo build --release -q --workspace --examples
+cargo build --release -q --workspace --bins --examples --features lakeshore/bench
 export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
 if [ "${1:-}" = postgres ]; then
   shift

@@ -65,15 +65,16 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
+cargo clippy --release --workspace --all-targets --all-features -- -D warnings
 
 step "cargo build --release (the binary and the test example writers)"
-cargo build --release --workspace --bins --examples
+cargo build --release --workspace --bins --examples --features lakeshore/bench
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --release --workspace
+  cargo nextest run --release --workspace --features lakeshore/bench
 else
-  cargo test --release --workspace
+  cargo test --release --workspace --features lakeshore/bench
 fi
 
 step "integration tests (DuckDB + pyiceberg against the source's own state)"

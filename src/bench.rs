@@ -1,16 +1,97 @@
-//! `lakeshore bench-raw`: the physical limit for a generator pipeline — the same Arrow
-//! batches, from the same source code, written straight to Parquet with the sink's
-//! compression and row-group settings, with no engine, no Iceberg and no checkpoints.
+//! Benchmark and test helpers (`--features bench`, hidden): `bench-raw`, the physical
+//! limit for a generator pipeline — the same Arrow batches, from the same source code,
+//! written straight to Parquet with the sink's compression and row-group settings, with
+//! no engine, no Iceberg and no checkpoints; `bench-kafka`, the raw consume limit of a
+//! Kafka pipeline's topics; `expected`, what a generator pipeline's tables must hold.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lakeshore_api::SourceEvent;
 use parquet::arrow::ArrowWriter;
 
-use crate::config::Plan;
+use crate::Failure;
+use crate::config::{self, Plan};
+
+/// The helpers, hidden from `--help`.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Measure the raw Parquet write limit of a generator pipeline (for benchmarks).
+    #[command(hide = true)]
+    BenchRaw {
+        /// The pipeline file (a datagen source).
+        pipeline: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Measure the raw consume limit of a Kafka pipeline's topics (for benchmarks).
+    #[command(hide = true)]
+    BenchKafka {
+        /// The pipeline file (a kafka source).
+        pipeline: PathBuf,
+        /// Also write the result (JSON) to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Write what a generator pipeline's tables must hold after it ran (for tests).
+    #[command(hide = true)]
+    Expected {
+        /// The pipeline file (a datagen source).
+        pipeline: PathBuf,
+        /// Output directory; one Parquet file per table.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Run one of the helpers.
+pub async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::BenchRaw {
+            pipeline: file,
+            out,
+        } => {
+            let plan = config::load(&file)?;
+            let (rows, secs) = raw_parquet(&plan, &out)
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+            println!("{{\"rows\": {rows}, \"seconds\": {secs:.3}}}");
+            Ok(())
+        }
+        Command::BenchKafka {
+            pipeline: file,
+            report,
+        } => {
+            let plan = config::load(&file)?;
+            let config::plan::SourcePlan::Kafka(opts) = &plan.source else {
+                return Err(Failure::Config("bench-kafka needs a kafka source".into()));
+            };
+            let opts = opts.clone();
+            let (messages, bytes, secs) =
+                tokio::task::spawn_blocking(move || lakeshore_kafka::bare_consume(&opts))
+                    .await
+                    .map_err(|e| Failure::Runtime(e.to_string()))?
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+            let json =
+                format!("{{\"messages\": {messages}, \"bytes\": {bytes}, \"seconds\": {secs:.3}}}");
+            if let Some(path) = report {
+                std::fs::write(&path, &json).map_err(|e| Failure::Runtime(e.to_string()))?;
+            }
+            println!("{json}");
+            Ok(())
+        }
+        Command::Expected {
+            pipeline: file,
+            out,
+        } => {
+            let plan = config::load(&file)?;
+            crate::expected::write(&plan, &out).map_err(|e| Failure::Runtime(e.to_string()))
+        }
+    }
+}
 
 /// Write every batch of the plan's source to `<out>/<table>.parquet`; returns (rows, seconds).
 pub async fn raw_parquet(plan: &Plan, out: &Path) -> anyhow::Result<(u64, f64)> {

@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 use lakeshore_api::ErrorKind;
 use tokio::sync::watch;
 
+#[cfg(feature = "bench")]
 mod bench;
 mod config;
 mod daemon;
+#[cfg(feature = "bench")]
 mod expected;
 mod maintain;
 mod pipeline;
@@ -82,37 +84,14 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
-    /// Measure the raw Parquet write limit of a generator pipeline (for benchmarks).
-    #[command(hide = true)]
-    BenchRaw {
-        /// The pipeline file (a datagen source).
-        pipeline: PathBuf,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Measure the raw consume limit of a Kafka pipeline's topics (for benchmarks).
-    #[command(hide = true)]
-    BenchKafka {
-        /// The pipeline file (a kafka source).
-        pipeline: PathBuf,
-        /// Also write the result (JSON) to this file.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// Write what a generator pipeline's tables must hold after it ran (for tests).
-    #[command(hide = true)]
-    Expected {
-        /// The pipeline file (a datagen source).
-        pipeline: PathBuf,
-        /// Output directory; one Parquet file per table.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Benchmark and test helpers, built only with `--features bench`.
+    #[cfg(feature = "bench")]
+    #[command(flatten)]
+    Bench(bench::Command),
 }
 
 /// A failure and its exit code.
-enum Failure {
+pub(crate) enum Failure {
     Config(String),
     Runtime(String),
 }
@@ -441,46 +420,8 @@ async fn dispatch(
             }
             Ok(())
         }
-        Command::BenchRaw {
-            pipeline: file,
-            out,
-        } => {
-            let plan = config::load(&file)?;
-            let (rows, secs) = bench::raw_parquet(&plan, &out)
-                .await
-                .map_err(|e| Failure::Runtime(e.to_string()))?;
-            println!("{{\"rows\": {rows}, \"seconds\": {secs:.3}}}");
-            Ok(())
-        }
-        Command::BenchKafka {
-            pipeline: file,
-            report,
-        } => {
-            let plan = config::load(&file)?;
-            let config::plan::SourcePlan::Kafka(opts) = &plan.source else {
-                return Err(Failure::Config("bench-kafka needs a kafka source".into()));
-            };
-            let opts = opts.clone();
-            let (messages, bytes, secs) =
-                tokio::task::spawn_blocking(move || lakeshore_kafka::bare_consume(&opts))
-                    .await
-                    .map_err(|e| Failure::Runtime(e.to_string()))?
-                    .map_err(|e| Failure::Runtime(e.to_string()))?;
-            let json =
-                format!("{{\"messages\": {messages}, \"bytes\": {bytes}, \"seconds\": {secs:.3}}}");
-            if let Some(path) = report {
-                std::fs::write(&path, &json).map_err(|e| Failure::Runtime(e.to_string()))?;
-            }
-            println!("{json}");
-            Ok(())
-        }
-        Command::Expected {
-            pipeline: file,
-            out,
-        } => {
-            let plan = config::load(&file)?;
-            expected::write(&plan, &out).map_err(|e| Failure::Runtime(e.to_string()))
-        }
+        #[cfg(feature = "bench")]
+        Command::Bench(command) => bench::run(command).await,
     }
 }
 

@@ -108,6 +108,7 @@ impl SinkPlan {
     }
 
     /// Parquet codec and row-group size of the sink's files.
+    #[cfg(feature = "bench")]
     pub fn parquet(&self) -> (lakeshore_api::files::Codec, usize) {
         match self {
             SinkPlan::Iceberg { options, .. } => (options.codec, options.row_group_bytes),

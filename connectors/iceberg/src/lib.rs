@@ -6,7 +6,11 @@
 //! - `table_writer`: append and upsert writers (upserts as position deletes);
 //! - `lookup`: key → (file, position) over the committed table;
 //! - `position_delete`: position-delete files;
-//! - `commit`: the hand-built row-delta snapshot with optimistic concurrency;
+//! - `upsert`, `spill`: the upsert writer and its key index spilled to disk;
+//! - `commit`: one file per commit action (row delta, rewrite, manifest merge, schema)
+//!   over a shared snapshot producer, with optimistic concurrency;
+//! - `maintain`: compaction (planning as pure code, and the rewrite), equality deletes,
+//!   snapshot expiry, orphan files;
 //! - `catalog`: the SQL catalog and its compare-and-swap.
 
 use std::sync::Arc;
@@ -23,12 +27,9 @@ use lakeshore_api::{
 
 pub mod catalog;
 pub mod commit;
-pub mod compact;
-mod equality;
 mod error;
-pub mod expire;
 pub mod lookup;
-pub mod orphans;
+pub mod maintain;
 pub mod position_delete;
 pub mod schema;
 mod spill;
@@ -38,6 +39,7 @@ pub mod writer;
 
 pub use catalog::{CatalogConfig, CatalogHandle};
 pub use lakeshore_api::files::{Codec, writer_properties};
+pub use maintain::{compact, expire, orphans};
 
 use crate::commit::CommitOutcome;
 use crate::error::ice;

@@ -33,16 +33,19 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+#[cfg(feature = "bench")]
+mod bench;
 pub mod decode;
 mod group;
 mod infer;
 mod poll;
 mod watermark;
 
+#[cfg(feature = "bench")]
+pub use bench::bare_consume;
 pub use decode::Format;
 use decode::{Bad, Images, Message, RowDecoder};
 use group::{Group, OpenChunk, SourceConsumer, SourceContext, unit};
-pub use poll::bare_consume;
 use poll::{Chunk, Polled, Polling};
 use watermark::EventTime;
 pub use watermark::WatermarkOptions;

@@ -39,7 +39,7 @@ async fn referenced(table: &Table) -> Result<HashSet<String>> {
     for log in md.metadata_log() {
         paths.insert(normalise(&log.metadata_file).to_string());
     }
-    for p in crate::expire::reached_by_any_snapshot(table).await? {
+    for p in super::expire::reached_by_any_snapshot(table).await? {
         paths.insert(normalise(&p).to_string());
     }
     Ok(paths)

@@ -1,0 +1,95 @@
+//! Manifest merging: one manifest per (content, partition spec) in a `replace`
+//! snapshot that changes no file.
+
+use std::collections::HashMap;
+
+use iceberg::TableIdent;
+use iceberg::spec::{ManifestContentType, Operation};
+use lakeshore_api::Result;
+
+use super::MAINTENANCE_KEY;
+use super::snapshot::{
+    NextSnapshot, has_live_files, manifest_writer, new_snapshot_id, swap_or_discard, write_snapshot,
+};
+use crate::catalog::CatalogHandle;
+use crate::error::ice;
+
+/// Rewrite the current snapshot's manifests into one per (content, partition spec),
+/// dropping those that only record removals: readers then open a handful of manifests
+/// instead of one or two per commit. The files, their sequence numbers and the table's
+/// rows are unchanged (a `replace` snapshot). Returns false when there was nothing to
+/// merge or a concurrent commit kept winning (the next run tries again).
+pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Result<bool> {
+    for attempt in 0..5 {
+        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        let md = table.metadata();
+        let Some(parent) = md.current_snapshot().cloned() else {
+            return Ok(false);
+        };
+        let list = table
+            .manifest_list_reader(&parent)
+            .load()
+            .await
+            .map_err(ice)?;
+        let mut groups: HashMap<(bool, i32), Vec<iceberg::spec::ManifestFile>> = HashMap::new();
+        let mut dead = 0;
+        for m in list.entries() {
+            if !has_live_files(m) {
+                dead += 1;
+                continue;
+            }
+            let key = (
+                m.content == ManifestContentType::Deletes,
+                m.partition_spec_id,
+            );
+            groups.entry(key).or_default().push(m.clone());
+        }
+        if dead == 0 && groups.values().all(|g| g.len() <= 1) {
+            return Ok(false);
+        }
+        let snapshot_id = new_snapshot_id(md);
+        let commit_uuid = uuid::Uuid::new_v4();
+        let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+        let mut written = Vec::new();
+        let mut manifests = Vec::new();
+        for (n, ((deletes, spec_id), group)) in groups.into_iter().enumerate() {
+            if group.len() == 1 {
+                manifests.extend(group);
+                continue;
+            }
+            let path = format!("{meta_dir}/{commit_uuid}-merged{n}.avro");
+            let (mut writer, _) = manifest_writer(&table, &path, snapshot_id, spec_id, deletes)?;
+            written.push(path);
+            for m in group {
+                let loaded = m.load_manifest(table.file_io()).await.map_err(ice)?;
+                for e in loaded.entries().iter().filter(|e| e.is_alive()) {
+                    let added_by = e.snapshot_id().unwrap_or(m.added_snapshot_id);
+                    writer
+                        .add_existing_file(
+                            e.data_file().clone(),
+                            added_by,
+                            e.sequence_number().unwrap_or(0),
+                            e.file_sequence_number,
+                        )
+                        .map_err(ice)?;
+                }
+            }
+            manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+        }
+        let mut props = HashMap::new();
+        props.insert(MAINTENANCE_KEY.to_string(), "manifests".to_string());
+        let next = NextSnapshot {
+            id: snapshot_id,
+            uuid: commit_uuid,
+            attempt,
+            operation: Operation::Replace,
+            props,
+        };
+        let location = write_snapshot(&table, Some(&parent), manifests, next, &mut written).await?;
+        written.push(location.clone());
+        if swap_or_discard(catalog, ident, &table, &location, &written).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,228 @@
+//! The row delta of one checkpoint: data files and position-delete files in one
+//! snapshot, idempotent per (pipeline, checkpoint), refused when a concurrent commit
+//! removed a file its lookup deletes point into.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use iceberg::TableIdent;
+use iceberg::spec::{
+    DataFile, ManifestContentType, ManifestEntry, ManifestStatus, Operation,
+    SnapshotSummaryCollector,
+};
+use iceberg::table::Table;
+use lakeshore_api::{CommitContext, Result};
+
+use super::history::{entries_since, last_checkpoint};
+use super::snapshot::{
+    NextSnapshot, has_live_files, lost_race, manifest_writer, new_snapshot_id, swap_or_discard,
+    write_snapshot,
+};
+use super::{CHECKPOINT_KEY, PIPELINE_KEY, POSITION_KEY, TABLES_KEY};
+use crate::catalog::CatalogHandle;
+use crate::error::ice;
+
+/// The files of one commit.
+#[derive(Debug, Default, Clone)]
+pub struct RowDelta {
+    /// New data files, each with its partition spec id.
+    pub data_files: Vec<(DataFile, i32)>,
+    /// New position-delete files into this commit's own data files.
+    pub delete_files: Vec<(DataFile, i32)>,
+    /// New position-delete files into committed data files (from a key lookup).
+    pub lookup_delete_files: Vec<(DataFile, i32)>,
+    /// Data files committed before this checkpoint that the position deletes point to.
+    pub referenced_files: Vec<String>,
+    /// The snapshot the position lookup read; `None` when nothing was looked up.
+    pub lookup_base: Option<i64>,
+    /// The source truncated the table during this checkpoint: every file live in the
+    /// table when the commit lands is removed by it (the new files hold only rows
+    /// written after the truncation).
+    pub truncate: bool,
+}
+
+impl RowDelta {
+    /// True when there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.data_files.is_empty()
+            && self.delete_files.is_empty()
+            && self.lookup_delete_files.is_empty()
+            && !self.truncate
+    }
+
+    fn all_deletes(&self) -> impl Iterator<Item = &(DataFile, i32)> {
+        self.delete_files.iter().chain(&self.lookup_delete_files)
+    }
+}
+
+/// How a commit attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The snapshot is in the table.
+    Committed,
+    /// The table already holds this checkpoint (or a later one), or there was nothing to
+    /// commit.
+    AlreadyThere,
+    /// A commit since the lookup removed a data file that the lookup deletes point to:
+    /// look the keys up again and retry.
+    StaleLookup,
+}
+
+/// Commit `delta` for checkpoint `ctx`.
+pub async fn commit_row_delta(
+    catalog: &CatalogHandle,
+    ident: &TableIdent,
+    delta: &RowDelta,
+    ctx: &CommitContext,
+) -> Result<CommitOutcome> {
+    if delta.is_empty() {
+        return Ok(CommitOutcome::AlreadyThere);
+    }
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 0.. {
+        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        if let Some(done) = last_checkpoint(&table, &ctx.pipeline)
+            && done >= ctx.checkpoint_id
+        {
+            return Ok(CommitOutcome::AlreadyThere);
+        }
+        if let Some(removed) = removed_referenced_file(&table, delta).await? {
+            tracing::warn!(table = %ident, file = %removed, "a concurrent commit removed a data file this checkpoint deletes from");
+            return Ok(CommitOutcome::StaleLookup);
+        }
+        let mut staged = stage(&table, delta, ctx, attempt).await?;
+        staged.files.push(staged.location.clone());
+        if swap_or_discard(catalog, ident, &table, &staged.location, &staged.files).await? {
+            return Ok(CommitOutcome::Committed);
+        }
+        lost_race(ident, "commit", attempt, &mut backoff).await?;
+    }
+    unreachable!("the retry loop returns")
+}
+
+/// A data file that our lookup deletes point into and that a commit since the lookup's
+/// base snapshot removed (or a reason the base cannot be checked), if any.
+async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Option<String>> {
+    let (Some(base), false) = (delta.lookup_base, delta.referenced_files.is_empty()) else {
+        return Ok(None);
+    };
+    let referenced: HashSet<&str> = delta.referenced_files.iter().map(String::as_str).collect();
+    let entries = match entries_since(table, base, Some(ManifestContentType::Data)).await? {
+        Ok(entries) => entries,
+        Err(why) => return Ok(Some(format!("the lookup's base snapshot: {why}"))),
+    };
+    Ok(entries
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| {
+            e.status() == ManifestStatus::Deleted && referenced.contains(e.data_file().file_path())
+        })
+        .map(|e| e.data_file().file_path().to_string()))
+}
+
+/// What one attempt wrote before the swap.
+struct Staged {
+    location: String,
+    files: Vec<String>,
+}
+
+/// Write manifests, manifest list and metadata file for `delta` on top of `table`.
+async fn stage(
+    table: &Table,
+    delta: &RowDelta,
+    ctx: &CommitContext,
+    attempt: u32,
+) -> Result<Staged> {
+    let md = table.metadata();
+    let file_io = table.file_io();
+    let schema = md.current_schema().clone();
+    let snapshot_id = new_snapshot_id(md);
+    let commit_uuid = uuid::Uuid::new_v4();
+    let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+    let mut written = Vec::new();
+
+    // One manifest per (content, spec id).
+    let mut groups: HashMap<(bool, i32), Vec<DataFile>> = HashMap::new();
+    for (f, spec) in &delta.data_files {
+        groups.entry((false, *spec)).or_default().push(f.clone());
+    }
+    for (f, spec) in delta.all_deletes() {
+        groups.entry((true, *spec)).or_default().push(f.clone());
+    }
+    let mut collector = SnapshotSummaryCollector::default();
+    let mut new_manifests = Vec::new();
+    for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {
+        let path = format!("{meta_dir}/{commit_uuid}-m{n}.avro");
+        let (mut writer, spec) = manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
+        for f in files {
+            collector.add_file(&f, schema.clone(), spec.clone());
+            writer.add_file(f, -1).map_err(ice)?;
+        }
+        new_manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+        written.push(path);
+    }
+
+    // Carry every manifest of the parent; a truncation instead marks all their live
+    // files deleted.
+    let parent = md.current_snapshot().cloned();
+    let mut manifests = Vec::new();
+    if let Some(parent) = &parent {
+        let list = table
+            .manifest_list_reader(parent)
+            .load()
+            .await
+            .map_err(ice)?;
+        if delta.truncate {
+            let mut removed: HashMap<(bool, i32), Vec<ManifestEntry>> = HashMap::new();
+            for manifest in list.entries() {
+                let m = manifest.load_manifest(file_io).await.map_err(ice)?;
+                for entry in m.entries().iter().filter(|e| e.is_alive()) {
+                    let deletes = manifest.content == ManifestContentType::Deletes;
+                    let key = (deletes, manifest.partition_spec_id);
+                    removed.entry(key).or_default().push(entry.as_ref().clone());
+                }
+            }
+            for ((deletes, spec_id), entries) in removed {
+                let path = format!("{meta_dir}/{commit_uuid}-r{spec_id}-{deletes}.avro");
+                let (mut writer, spec) =
+                    manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
+                for e in entries {
+                    collector.remove_file(&e.data_file, schema.clone(), spec.clone());
+                    let seq = e.sequence_number.unwrap_or(0);
+                    writer
+                        .add_delete_file(e.data_file, seq, e.file_sequence_number)
+                        .map_err(ice)?;
+                }
+                manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+                written.push(path);
+            }
+        } else {
+            manifests.extend(list.consume_entries().into_iter().filter(has_live_files));
+        }
+    }
+    manifests.extend(new_manifests);
+    let no_deletes = delta.all_deletes().next().is_none();
+    let operation = match (delta.data_files.is_empty(), no_deletes) {
+        _ if delta.truncate => Operation::Overwrite,
+        (false, true) => Operation::Append,
+        (true, false) => Operation::Delete,
+        _ => Operation::Overwrite,
+    };
+    let mut props = collector.build();
+    props.insert(PIPELINE_KEY.into(), ctx.pipeline.clone());
+    props.insert(CHECKPOINT_KEY.into(), ctx.checkpoint_id.to_string());
+    props.insert(POSITION_KEY.into(), ctx.position.to_json_string());
+    props.insert(TABLES_KEY.into(), ctx.tables.to_string());
+    let next = NextSnapshot {
+        id: snapshot_id,
+        uuid: commit_uuid,
+        attempt,
+        operation,
+        props,
+    };
+    let location = write_snapshot(table, parent.as_ref(), manifests, next, &mut written).await?;
+    Ok(Staged {
+        location,
+        files: written,
+    })
+}

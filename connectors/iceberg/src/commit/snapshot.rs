@@ -1,0 +1,274 @@
+//! The snapshot producer every action shares: snapshot ids, manifest writers, the
+//! manifest list, snapshot and next metadata file, and the compare-and-swap on the
+//! catalog that lands them (or removes what a lost attempt wrote).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use iceberg::spec::{
+    FormatVersion, MAIN_BRANCH, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
+    Summary, TableMetadata,
+};
+use iceberg::table::Table;
+use iceberg::{MetadataLocation, TableIdent};
+use lakeshore_api::{Error, ErrorKind, Result};
+
+use super::history::checkpoint_property;
+use super::{MAINTENANCE_KEY, PIPELINE_KEY};
+use crate::catalog::CatalogHandle;
+use crate::error::{ice, internal};
+
+pub(crate) fn new_snapshot_id(md: &TableMetadata) -> i64 {
+    loop {
+        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((hi ^ lo) & (i64::MAX as u64)) as i64;
+        if id != 0 && md.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+/// Write `new_md` as the next version after the metadata file at `current`; its path.
+pub(crate) async fn write_next_metadata(
+    file_io: &iceberg::io::FileIO,
+    current: &str,
+    new_md: &TableMetadata,
+) -> Result<String> {
+    let next = MetadataLocation::from_str(current)
+        .map_err(ice)?
+        .with_next_version()
+        .with_new_metadata(new_md);
+    new_md.write_to(file_io, &next).await.map_err(ice)?;
+    Ok(next.to_string())
+}
+
+/// A v2 manifest writer (data or deletes) for files of partition spec `spec_id`.
+pub(crate) fn manifest_writer(
+    table: &Table,
+    path: &str,
+    snapshot_id: i64,
+    spec_id: i32,
+    deletes: bool,
+) -> Result<(
+    iceberg::spec::ManifestWriter,
+    iceberg::spec::PartitionSpecRef,
+)> {
+    let md = table.metadata();
+    let spec = md
+        .partition_spec_by_id(spec_id)
+        .ok_or_else(|| internal(format!("partition spec {spec_id} is not in the table")))?
+        .clone();
+    let output = table.file_io().new_output(path).map_err(ice)?;
+    let builder = ManifestWriterBuilder::new(
+        output,
+        Some(snapshot_id),
+        md.current_schema().clone(),
+        spec.as_ref().clone(),
+    );
+    let writer = if deletes {
+        builder.build_v2_deletes()
+    } else {
+        builder.build_v2_data()
+    };
+    Ok((writer, spec))
+}
+
+/// A snapshot about to be written on top of the table's current one.
+pub(crate) struct NextSnapshot {
+    pub(crate) id: i64,
+    pub(crate) uuid: uuid::Uuid,
+    pub(crate) attempt: u32,
+    pub(crate) operation: Operation,
+    /// Summary properties (the `total-*` keys are added here).
+    pub(crate) props: HashMap<String, String>,
+}
+
+/// Write the manifest list of `manifests`, the snapshot and the next metadata file;
+/// returns the metadata file's path (what the catalog swap installs). Paths written are
+/// added to `written`.
+pub(crate) async fn write_snapshot(
+    table: &Table,
+    parent: Option<&iceberg::spec::SnapshotRef>,
+    manifests: Vec<iceberg::spec::ManifestFile>,
+    next: NextSnapshot,
+    written: &mut Vec<String>,
+) -> Result<String> {
+    let md = table.metadata();
+    let file_io = table.file_io();
+    let schema = md.current_schema().clone();
+    let seq = md.next_sequence_number();
+    let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+    let snapshot_id = next.id;
+    let list_path = format!(
+        "{meta_dir}/snap-{snapshot_id}-{}-{}.avro",
+        next.attempt, next.uuid
+    );
+    let list_out = file_io.new_output(&list_path).map_err(ice)?;
+    let mut list = ManifestListWriter::v2(
+        list_out.writer().await.map_err(ice)?,
+        snapshot_id,
+        parent.map(|p| p.snapshot_id()),
+        seq,
+    );
+    list.add_manifests(manifests.into_iter()).map_err(ice)?;
+    list.close().await.map_err(ice)?;
+    written.push(list_path.clone());
+
+    let mut props = next.props;
+    add_totals(&mut props, parent.map(|p| p.summary()));
+    // A pipeline's commit is mirrored into a table property (see `newest_commit`).
+    let mirror = props.get(PIPELINE_KEY).map(|pipeline| {
+        let keys: HashMap<&String, &String> = props
+            .iter()
+            .filter(|(k, _)| k.starts_with("lakeshore.") && *k != MAINTENANCE_KEY)
+            .collect();
+        HashMap::from([(
+            checkpoint_property(pipeline),
+            serde_json::to_string(&keys).unwrap_or_default(),
+        )])
+    });
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+        .max(md.last_updated_ms());
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
+        .with_sequence_number(seq)
+        .with_timestamp_ms(now_ms)
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation: next.operation,
+            additional_properties: props,
+        })
+        .with_schema_id(schema.schema_id())
+        .build();
+
+    let current_location = table.metadata_location_result().map_err(ice)?;
+    let mut builder = md
+        .clone()
+        .into_builder(Some(current_location.to_string()))
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)
+        .map_err(ice)?;
+    if let Some(mirror) = mirror {
+        builder = builder.set_properties(mirror).map_err(ice)?;
+    }
+    let new_md = builder.build().map_err(ice)?.metadata;
+    debug_assert_eq!(new_md.format_version(), FormatVersion::V2);
+    write_next_metadata(file_io, current_location, &new_md).await
+}
+
+/// The `total-*` summary keys: the parent's totals plus this commit's additions, minus
+/// its removals.
+fn add_totals(props: &mut HashMap<String, String>, parent: Option<&Summary>) {
+    let get = |map: &HashMap<String, String>, k: &str| -> u64 {
+        map.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    for (total, added, removed) in [
+        ("total-data-files", "added-data-files", "deleted-data-files"),
+        (
+            "total-delete-files",
+            "added-delete-files",
+            "removed-delete-files",
+        ),
+        ("total-records", "added-records", "deleted-records"),
+        ("total-files-size", "added-files-size", "removed-files-size"),
+        (
+            "total-position-deletes",
+            "added-position-deletes",
+            "removed-position-deletes",
+        ),
+        (
+            "total-equality-deletes",
+            "added-equality-deletes",
+            "removed-equality-deletes",
+        ),
+    ] {
+        let before = parent
+            .map(|p| get(&p.additional_properties, total))
+            .unwrap_or(0);
+        let value = (before + get(props, added)).saturating_sub(get(props, removed));
+        props.insert(total.to_string(), value.to_string());
+    }
+}
+
+/// After losing the catalog race `attempt` times: wait (backing off) before the next
+/// try, or give up after 20.
+pub(super) async fn lost_race(
+    ident: &TableIdent,
+    what: &str,
+    attempt: u32,
+    backoff: &mut Duration,
+) -> Result<()> {
+    if attempt >= 20 {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("table {ident}: {what} gave up after {attempt} commit conflicts"),
+        ));
+    }
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Point the table at `location` if it is still at the metadata `table` was loaded
+/// from. When another commit won, remove `written` (this attempt's files, `location`
+/// among them) and return false: the caller retries on a fresh table or gives up.
+pub(crate) async fn swap_or_discard(
+    catalog: &CatalogHandle,
+    ident: &TableIdent,
+    table: &Table,
+    location: &str,
+    written: &[String],
+) -> Result<bool> {
+    let current = table.metadata_location_result().map_err(ice)?;
+    if catalog.swap_metadata(ident, current, location).await? {
+        return Ok(true);
+    }
+    discard(table.file_io(), written).await;
+    Ok(false)
+}
+
+pub(super) async fn discard(file_io: &iceberg::io::FileIO, files: &[String]) {
+    for f in files {
+        if let Err(e) = file_io.delete(f).await {
+            tracing::debug!(file = %f, error = %e, "could not remove a file of a failed commit attempt");
+        }
+    }
+}
+
+/// False for a manifest that only records removals (all its entries are deleted): it
+/// need not be carried into later snapshots.
+pub(super) fn has_live_files(m: &iceberg::spec::ManifestFile) -> bool {
+    match (m.added_files_count, m.existing_files_count) {
+        (Some(a), Some(e)) => a + e > 0,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_continue_from_the_parent() {
+        let parent = Summary {
+            operation: Operation::Append,
+            additional_properties: HashMap::from([
+                ("total-records".to_string(), "10".to_string()),
+                ("total-data-files".to_string(), "2".to_string()),
+            ]),
+        };
+        let mut props = HashMap::from([
+            ("added-records".to_string(), "5".to_string()),
+            ("added-position-deletes".to_string(), "3".to_string()),
+        ]);
+        add_totals(&mut props, Some(&parent));
+        assert_eq!(props["total-records"], "15");
+        assert_eq!(props["total-data-files"], "2");
+        assert_eq!(props["total-position-deletes"], "3");
+        assert_eq!(props["total-equality-deletes"], "0");
+    }
+}

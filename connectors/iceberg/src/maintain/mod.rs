@@ -1,0 +1,9 @@
+//! Table maintenance: compaction (`plan`: what to do, as pure code; `compact`: the
+//! rewrite and its commit), equality deletes written by other tools (`equality`),
+//! snapshot expiry (`expire`) and orphan files (`orphans`).
+
+pub mod compact;
+mod equality;
+pub mod expire;
+pub mod orphans;
+mod plan;
