@@ -64,8 +64,10 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --release --workspace --all-targets -- -D warnings
-cargo clippy --release --workspace --all-targets --all-features -- -D warnings
+# Functions over 100 lines are refused (clippy::too_many_lines, clippy.toml); an
+# exception says why in place.
+cargo clippy --release --workspace --all-targets -- -D warnings -W clippy::too_many_lines
+cargo clippy --release --workspace --all-targets --all-features -- -D warnings -W clippy::too_many_lines
 
 step "cargo build --release (the binary and the test example writers)"
 cargo build --release --workspace --bins --examples --features lakeshore/bench

@@ -305,68 +305,8 @@ async fn dispatch(
             paths,
             connect,
             config: daemon_file,
-        } => {
-            let files = config::pipeline_files(&paths)?;
-            let mut failed = Vec::new();
-            if let Some(f) = &daemon_file {
-                match config::daemon::load(f) {
-                    Ok(_) => println!("ok: {} (daemon file)", f.display()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            for f in &files {
-                match config::load(f) {
-                    Ok(plan) => {
-                        println!("ok: {} (pipeline {})", f.display(), plan.name);
-                        if connect {
-                            match pipeline::check_source(&plan).await {
-                                Ok(lines) => {
-                                    for l in lines {
-                                        println!("  {l}");
-                                    }
-                                }
-                                Err(e) => failed.push(format!("{}: {e}", f.display())),
-                            }
-                        }
-                    }
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            if failed.is_empty() {
-                Ok(())
-            } else {
-                Err(Failure::Config(failed.join("\nerror: ")))
-            }
-        }
-        Command::Backfill { pipeline: file } => {
-            let plan = config::load(&file)?;
-            let total = plan.source.size_hint();
-            let progress = Arc::new(pipeline::Progress::new(&plan.name, total));
-            let result =
-                pipeline::run(&plan, true, progress.clone(), shutdown_signal(), None, None).await;
-            progress.finish();
-            let summary = result?;
-            let rows: u64 = summary.rows.values().sum();
-            let tables: Vec<String> = summary
-                .rows
-                .iter()
-                .map(|(t, n)| format!("{t}={n}"))
-                .collect();
-            let resumed = summary
-                .resumed_from
-                .map(|c| format!(", resumed from checkpoint {c}"))
-                .unwrap_or_default();
-            println!(
-                "backfill {} complete: checkpoint {}, {rows} rows written by this run ({}){resumed}",
-                plan.name,
-                summary
-                    .last_checkpoint
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "none".into()),
-                tables.join(", "),
-            );
-            Ok(())
-        }
+        } => validate(&paths, connect, daemon_file.as_deref()).await,
+        Command::Backfill { pipeline: file } => backfill(&file).await,
         Command::Run { paths, .. } => run_daemon(paths, daemon_config.unwrap_or_default()).await,
         Command::Status { url, config } => status(&url, config.as_deref()).await,
         Command::Maintain {
@@ -374,55 +314,126 @@ async fn dispatch(
             tables,
         } => {
             let plan = config::load(&file)?;
-            let done = maintain::run(&plan, &tables).await?;
-            for m in done {
-                let r = &m.done.compacted;
-                let s = &m.done.stats;
-                let mut extra = m.done.expired.as_ref().map_or(String::new(), |e| {
-                    format!(
-                        "; {} snapshots expired, {} files deleted",
-                        e.snapshots, e.files_deleted
-                    )
-                });
-                if r.deletes_merged > 0 {
-                    extra += &format!(
-                        "; {} delete files of {} partitions merged",
-                        r.merged_delete_files, r.deletes_merged
-                    );
-                }
-                if r.equality_rows > 0 {
-                    extra += &format!("; {} rows removed by equality deletes", r.equality_rows);
-                }
-                if m.done.manifests_merged {
-                    extra += "; manifests merged";
-                }
-                if let Some(o) = &m.done.orphans {
-                    extra += &format!("; {} orphan files deleted", o.files_deleted);
-                }
-                println!(
-                    "{}: {} partitions compacted: {} data files and {} delete files replaced by {} \
-                     ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts){extra}; \
-                     now {} data files, {} delete files; {:.1} s, {:.0} rows/s",
-                    m.table,
-                    r.partitions,
-                    r.data_files_removed,
-                    r.delete_files_removed,
-                    r.data_files_added,
-                    r.rows,
-                    r.rows_dropped,
-                    r.deletes_moved,
-                    r.conflicts,
-                    s.data_files,
-                    s.delete_files,
-                    m.took.as_secs_f64(),
-                    (r.rows + r.rows_dropped) as f64 / m.took.as_secs_f64().max(1e-3),
-                );
+            for m in maintain::run(&plan, &tables).await? {
+                println!("{}", maintained(&m));
             }
             Ok(())
         }
         #[cfg(feature = "bench")]
         Command::Bench(command) => bench::run(command).await,
     }
+}
+
+/// `lakeshore validate`: every file loads (and with `connect`, every source is set up).
+async fn validate(
+    paths: &[PathBuf],
+    connect: bool,
+    daemon_file: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    let files = config::pipeline_files(paths)?;
+    let mut failed = Vec::new();
+    if let Some(f) = daemon_file {
+        match config::daemon::load(f) {
+            Ok(_) => println!("ok: {} (daemon file)", f.display()),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    for f in &files {
+        let plan = match config::load(f) {
+            Ok(plan) => plan,
+            Err(e) => {
+                failed.push(e.to_string());
+                continue;
+            }
+        };
+        println!("ok: {} (pipeline {})", f.display(), plan.name);
+        if connect {
+            match pipeline::check_source(&plan).await {
+                Ok(lines) => lines.iter().for_each(|l| println!("  {l}")),
+                Err(e) => failed.push(format!("{}: {e}", f.display())),
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Config(failed.join("\nerror: ")))
+    }
+}
+
+/// `lakeshore backfill`: one bounded run, with a progress bar and a summary line.
+async fn backfill(file: &std::path::Path) -> Result<(), Failure> {
+    let plan = config::load(file)?;
+    let total = plan.source.size_hint();
+    let progress = Arc::new(pipeline::Progress::new(&plan.name, total));
+    let result = pipeline::run(&plan, true, progress.clone(), shutdown_signal(), None, None).await;
+    progress.finish();
+    let summary = result?;
+    let rows: u64 = summary.rows.values().sum();
+    let tables: Vec<String> = summary
+        .rows
+        .iter()
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect();
+    let resumed = summary
+        .resumed_from
+        .map(|c| format!(", resumed from checkpoint {c}"))
+        .unwrap_or_default();
+    println!(
+        "backfill {} complete: checkpoint {}, {rows} rows written by this run ({}){resumed}",
+        plan.name,
+        summary
+            .last_checkpoint
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "none".into()),
+        tables.join(", "),
+    );
+    Ok(())
+}
+
+/// The line `lakeshore maintain` prints for one table.
+fn maintained(m: &maintain::Maintained) -> String {
+    let r = &m.done.compacted;
+    let s = &m.done.stats;
+    let mut extra = m.done.expired.as_ref().map_or(String::new(), |e| {
+        format!(
+            "; {} snapshots expired, {} files deleted",
+            e.snapshots, e.files_deleted
+        )
+    });
+    if r.deletes_merged > 0 {
+        extra += &format!(
+            "; {} delete files of {} partitions merged",
+            r.merged_delete_files, r.deletes_merged
+        );
+    }
+    if r.equality_rows > 0 {
+        extra += &format!("; {} rows removed by equality deletes", r.equality_rows);
+    }
+    if m.done.manifests_merged {
+        extra += "; manifests merged";
+    }
+    if let Some(o) = &m.done.orphans {
+        extra += &format!("; {} orphan files deleted", o.files_deleted);
+    }
+    format!(
+        "{}: {} partitions compacted: {} data files and {} delete files replaced by {} \
+         ({} rows, {} deleted rows dropped, {} deletes moved, {} conflicts){extra}; \
+         now {} data files, {} delete files; {:.1} s, {:.0} rows/s",
+        m.table,
+        r.partitions,
+        r.data_files_removed,
+        r.delete_files_removed,
+        r.data_files_added,
+        r.rows,
+        r.rows_dropped,
+        r.deletes_moved,
+        r.conflicts,
+        s.data_files,
+        s.delete_files,
+        m.took.as_secs_f64(),
+        (r.rows + r.rows_dropped) as f64 / m.took.as_secs_f64().max(1e-3),
+    )
 }
 
 /// `lakeshore status`: the daemon's `/pipelines` as a table.

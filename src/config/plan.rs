@@ -555,14 +555,68 @@ fn kafka(
     s: &raw::KafkaSection,
     pipeline: &str,
 ) -> Result<SourcePlan, ConfigError> {
-    use lakeshore_kafka::{Format, OnError, Startup};
+    use lakeshore_kafka::{Format, Startup};
     if s.topics.is_empty() {
         return Err(src.error(
             None,
             "[source] topics is empty; list topic names (or ^regex), e.g. topics = [\"orders\"]",
         ));
     }
-    let format = match s.format.as_ref().map(|f| f.get_ref().as_str()) {
+    let format = kafka_format(src, s)?;
+    let columns = kafka_columns(src, s, format)?;
+    let key = kafka_key(src, s, format, &columns)?;
+    let on_error = kafka_on_error(src, s)?;
+    let startup = kafka_startup(src, s)?;
+    if format == Format::Json && columns.is_empty() && startup == Startup::Latest {
+        return Err(src.error(
+            s.startup.as_ref().map(|v| v.span()),
+            "columns are inferred from the messages at the start, and startup = \"latest\" starts after all of them: declare columns = [\"name type\", ...]",
+        ));
+    }
+    let watermark = match &s.watermark {
+        None => None,
+        Some(w) => Some(kafka_watermark(src, w, format, &columns)?),
+    };
+    let scale_out = s.scale_out.as_ref().is_some_and(|v| *v.get_ref());
+    if let Some(v) = s.scale_out.as_ref().filter(|_| scale_out) {
+        check_scale_out(src, s, v, format, &columns)?;
+    }
+    Ok(SourcePlan::Kafka(KafkaOptions {
+        brokers: s.brokers.0.clone(),
+        topics: s.topics.iter().map(|t| t.get_ref().clone()).collect(),
+        group_id: s
+            .group_id
+            .as_ref()
+            .map(|g| g.get_ref().clone())
+            .unwrap_or_else(|| format!("lakeshore-{pipeline}")),
+        startup,
+        format,
+        columns,
+        key,
+        on_error,
+        table: s.table.clone(),
+        dead_letter_table: s
+            .dead_letter_table
+            .clone()
+            .unwrap_or_else(|| format!("{pipeline}_dead_letters")),
+        properties: s
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+        batch_rows: 8192,
+        watermark,
+        scale_out,
+    }))
+}
+
+/// `format` of a Kafka source.
+fn kafka_format(
+    src: &SourceText<'_>,
+    s: &raw::KafkaSection,
+) -> Result<lakeshore_kafka::Format, ConfigError> {
+    use lakeshore_kafka::Format;
+    Ok(match s.format.as_ref().map(|f| f.get_ref().as_str()) {
         None | Some("json") => Format::Json,
         Some("debezium-json") => Format::DebeziumJson,
         Some("canal-json") => Format::CanalJson,
@@ -576,7 +630,16 @@ fn kafka(
                 ),
             ));
         }
-    };
+    })
+}
+
+/// The declared `columns` of a Kafka source, checked against its `format`.
+fn kafka_columns(
+    src: &SourceText<'_>,
+    s: &raw::KafkaSection,
+    format: lakeshore_kafka::Format,
+) -> Result<Vec<arrow_schema::Field>, ConfigError> {
+    use lakeshore_kafka::Format;
     let mut columns = Vec::new();
     for c in &s.columns {
         let text = c.get_ref().trim();
@@ -615,6 +678,17 @@ fn kafka(
             "a change-event format needs its columns: add columns = [\"id long\", \"name string\", ...]",
         ));
     }
+    Ok(columns)
+}
+
+/// The `key` columns of a Kafka source.
+fn kafka_key(
+    src: &SourceText<'_>,
+    s: &raw::KafkaSection,
+    format: lakeshore_kafka::Format,
+    columns: &[arrow_schema::Field],
+) -> Result<Vec<String>, ConfigError> {
+    use lakeshore_kafka::Format;
     let mut key = Vec::new();
     for k in &s.key {
         // Inferred columns (json without `columns`) are checked when they are known.
@@ -633,7 +707,16 @@ fn kafka(
             "change-event formats need the row key: add key = [\"id\"]",
         ));
     }
-    let on_error = match s.on_error.as_ref().map(|f| f.get_ref().as_str()) {
+    Ok(key)
+}
+
+/// `on_error` of a Kafka source.
+fn kafka_on_error(
+    src: &SourceText<'_>,
+    s: &raw::KafkaSection,
+) -> Result<lakeshore_kafka::OnError, ConfigError> {
+    use lakeshore_kafka::OnError;
+    Ok(match s.on_error.as_ref().map(|f| f.get_ref().as_str()) {
         None | Some("fail") => OnError::Fail,
         Some("skip") => OnError::Skip,
         Some("dead_letter") => OnError::DeadLetter,
@@ -645,8 +728,16 @@ fn kafka(
                 ),
             ));
         }
-    };
-    let startup = match s.startup.as_ref() {
+    })
+}
+
+/// `startup` of a Kafka source: `"earliest"`, `"latest"` or `{ timestamp = "..." }`.
+fn kafka_startup(
+    src: &SourceText<'_>,
+    s: &raw::KafkaSection,
+) -> Result<lakeshore_kafka::Startup, ConfigError> {
+    use lakeshore_kafka::Startup;
+    Ok(match s.startup.as_ref() {
         None => Startup::Earliest,
         Some(v) => {
             let hint = "write startup = \"earliest\", \"latest\" or { timestamp = \"2026-01-01T00:00:00Z\" }";
@@ -668,122 +759,103 @@ fn kafka(
                 _ => return Err(src.error(Some(v.span()), hint)),
             }
         }
-    };
-    if format == Format::Json && columns.is_empty() && startup == Startup::Latest {
+    })
+}
+
+/// `watermark` of a Kafka source: its column must be a timestamp of the messages.
+fn kafka_watermark(
+    src: &SourceText<'_>,
+    w: &Spanned<raw::WatermarkSection>,
+    format: lakeshore_kafka::Format,
+    columns: &[arrow_schema::Field],
+) -> Result<lakeshore_kafka::WatermarkOptions, ConfigError> {
+    use lakeshore_kafka::Format;
+    let spec = w.get_ref();
+    if let Some(c) = &spec.column {
+        let schema = if format == Format::Raw {
+            lakeshore_kafka::decode::raw_schema()
+        } else {
+            std::sync::Arc::new(arrow_schema::Schema::new(columns.to_vec()))
+        };
+        let ok = schema.field_with_name(c).is_ok_and(|f| {
+            matches!(
+                f.data_type(),
+                arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, _)
+            )
+        });
+        if !ok {
+            let declare = if columns.is_empty() && format == Format::Json {
+                " (inferred columns are never timestamps: declare columns)"
+            } else {
+                ""
+            };
+            return Err(src.error(
+                Some(w.span()),
+                format!("watermark column `{c}` must be a timestamp or timestamptz column of the messages{declare}; leave column out to use the Kafka timestamps"),
+            ));
+        }
+    }
+    Ok(lakeshore_kafka::WatermarkOptions {
+        column: spec.column.clone(),
+        lateness_micros: spec
+            .lateness
+            .as_ref()
+            .map(|d| d.0.as_micros() as i64)
+            .unwrap_or(0),
+        idle: spec
+            .idle_timeout
+            .as_ref()
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
+    })
+}
+
+/// `scale_out` needs declared columns and the classic, eager group protocol.
+fn check_scale_out(
+    src: &SourceText<'_>,
+    s: &raw::KafkaSection,
+    v: &Spanned<bool>,
+    format: lakeshore_kafka::Format,
+    columns: &[arrow_schema::Field],
+) -> Result<(), ConfigError> {
+    use lakeshore_kafka::Format;
+    if format == Format::Json && columns.is_empty() {
         return Err(src.error(
-            s.startup.as_ref().map(|v| v.span()),
-            "columns are inferred from the messages at the start, and startup = \"latest\" starts after all of them: declare columns = [\"name type\", ...]",
+            Some(v.span()),
+            "scale_out needs declared columns (each process would infer its own); \
+             add columns = [\"name type\", ...]",
         ));
     }
-    let watermark = match &s.watermark {
-        None => None,
-        Some(w) => {
-            let spec = w.get_ref();
-            if let Some(c) = &spec.column {
-                let schema = if format == Format::Raw {
-                    lakeshore_kafka::decode::raw_schema()
-                } else {
-                    std::sync::Arc::new(arrow_schema::Schema::new(columns.clone()))
-                };
-                let ok = schema.field_with_name(c).is_ok_and(|f| {
-                    matches!(
-                        f.data_type(),
-                        arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, _)
-                    )
-                });
-                if !ok {
-                    let declare = if columns.is_empty() && format == Format::Json {
-                        " (inferred columns are never timestamps: declare columns)"
-                    } else {
-                        ""
-                    };
-                    return Err(src.error(
-                        Some(w.span()),
-                        format!("watermark column `{c}` must be a timestamp or timestamptz column of the messages{declare}; leave column out to use the Kafka timestamps"),
-                    ));
-                }
-            }
-            Some(lakeshore_kafka::WatermarkOptions {
-                column: spec.column.clone(),
-                lateness_micros: spec
-                    .lateness
-                    .as_ref()
-                    .map(|d| d.0.as_micros() as i64)
-                    .unwrap_or(0),
-                idle: spec
-                    .idle_timeout
-                    .as_ref()
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(10)),
-            })
-        }
-    };
-    let scale_out = s.scale_out.as_ref().is_some_and(|v| *v.get_ref());
-    if let Some(v) = s.scale_out.as_ref().filter(|_| scale_out) {
-        if format == Format::Json && columns.is_empty() {
-            return Err(src.error(
-                Some(v.span()),
-                "scale_out needs declared columns (each process would infer its own); \
-                 add columns = [\"name type\", ...]",
-            ));
-        }
-        if let Some(protocol) = s
-            .properties
-            .get("group.protocol")
-            .filter(|p| p.0 != "classic")
-        {
-            return Err(src.error(
-                Some(v.span()),
-                format!(
-                    "scale_out works with the classic group protocol; remove group.protocol = \
-                     \"{}\"",
-                    protocol.0
-                ),
-            ));
-        }
-        if let Some(strategy) = s
-            .properties
-            .get("partition.assignment.strategy")
-            .filter(|p| p.0.contains("cooperative"))
-        {
-            return Err(src.error(
-                Some(v.span()),
-                format!(
-                    "scale_out works with the eager rebalance protocol; remove \
-                     partition.assignment.strategy = \"{}\" (or use \"range\" or \
-                     \"roundrobin\")",
-                    strategy.0
-                ),
-            ));
-        }
+    if let Some(protocol) = s
+        .properties
+        .get("group.protocol")
+        .filter(|p| p.0 != "classic")
+    {
+        return Err(src.error(
+            Some(v.span()),
+            format!(
+                "scale_out works with the classic group protocol; remove group.protocol = \
+                 \"{}\"",
+                protocol.0
+            ),
+        ));
     }
-    Ok(SourcePlan::Kafka(KafkaOptions {
-        brokers: s.brokers.0.clone(),
-        topics: s.topics.iter().map(|t| t.get_ref().clone()).collect(),
-        group_id: s
-            .group_id
-            .as_ref()
-            .map(|g| g.get_ref().clone())
-            .unwrap_or_else(|| format!("lakeshore-{pipeline}")),
-        startup,
-        format,
-        columns,
-        key,
-        on_error,
-        table: s.table.clone(),
-        dead_letter_table: s
-            .dead_letter_table
-            .clone()
-            .unwrap_or_else(|| format!("{pipeline}_dead_letters")),
-        properties: s
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect(),
-        batch_rows: 8192,
-        watermark,
-        scale_out,
-    }))
+    if let Some(strategy) = s
+        .properties
+        .get("partition.assignment.strategy")
+        .filter(|p| p.0.contains("cooperative"))
+    {
+        return Err(src.error(
+            Some(v.span()),
+            format!(
+                "scale_out works with the eager rebalance protocol; remove \
+                 partition.assignment.strategy = \"{}\" (or use \"range\" or \
+                 \"roundrobin\")",
+                strategy.0
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `startup` of a MySQL source: a name, `{ gtid = "..." }` or `{ file = "...", position = N }`.

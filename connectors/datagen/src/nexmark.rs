@@ -235,6 +235,89 @@ fn ts(b: TimestampMicrosecondBuilder) -> ArrayRef {
     Arc::new(b.finish().with_timezone("+00:00"))
 }
 
+/// Person event `n` at `time`.
+fn push_person(p: &mut PersonColumns, n: u64, time: i64, rng: &mut Rng, text: &mut String) {
+    let id = last_base0_person_id(n) as i64 + FIRST_PERSON_ID;
+    p.id.append_value(id);
+    text.clear();
+    text.push_str(FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize]);
+    text.push(' ');
+    text.push_str(LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize]);
+    p.name.append_value(&*text);
+    rng.push_word(text, 7);
+    p.email
+        .append_value(format!("{}@{}.com", &text[text.len() - 7..], id));
+    p.card.append_value(format!(
+        "{:04} {:04} {:04} {:04}",
+        rng.below(10_000),
+        rng.below(10_000),
+        rng.below(10_000),
+        rng.below(10_000)
+    ));
+    p.city
+        .append_value(US_CITIES[rng.below(US_CITIES.len() as u64) as usize]);
+    p.state
+        .append_value(US_STATES[rng.below(US_STATES.len() as u64) as usize]);
+    p.time.append_value(time);
+    p.extra.append_value("");
+}
+
+/// Auction event `n` at `time`.
+fn push_auction(a: &mut AuctionColumns, n: u64, time: i64, rng: &mut Rng, text: &mut String) {
+    let id = last_base0_auction_id(n) as i64 + FIRST_AUCTION_ID;
+    text.clear();
+    rng.push_word(text, 20);
+    a.id.append_value(id);
+    a.item.append_value(&*text);
+    text.clear();
+    rng.push_word(text, 60);
+    a.description.append_value(&*text);
+    let initial = next_price(rng);
+    a.initial_bid.append_value(initial);
+    a.reserve.append_value(initial + next_price(rng));
+    a.time.append_value(time);
+    // Auctions run for up to 20 events' worth of time per in-flight auction.
+    let length_us = 1 + rng.below(NUM_IN_FLIGHT_AUCTIONS * 20) as i64;
+    a.expires
+        .append_value(time + length_us * INTER_EVENT_DELAY_US * 10);
+    let seller = if rng.below(HOT_SELLER_RATIO) > 0 {
+        (last_base0_person_id(n) / HOT_SELLER_RATIO) * HOT_SELLER_RATIO
+    } else {
+        next_base0_person_id(n, rng)
+    };
+    a.seller.append_value(seller as i64 + FIRST_PERSON_ID);
+    a.category
+        .append_value(FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64);
+    a.extra.append_value("");
+}
+
+/// Bid event `n` at `time`.
+fn push_bid(b: &mut BidColumns, n: u64, time: i64, rng: &mut Rng, text: &mut String) {
+    let auction = if rng.below(HOT_AUCTION_RATIO) > 0 {
+        (last_base0_auction_id(n) / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
+    } else {
+        next_base0_auction_id(n, rng)
+    };
+    let bidder = if rng.below(HOT_BIDDER_RATIO) > 0 {
+        (last_base0_person_id(n) / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1
+    } else {
+        next_base0_person_id(n, rng)
+    };
+    b.auction.append_value(auction as i64 + FIRST_AUCTION_ID);
+    b.bidder.append_value(bidder as i64 + FIRST_PERSON_ID);
+    b.price.append_value(next_price(rng));
+    let channel = rng.below(CHANNELS.len() as u64) as usize;
+    b.channel.append_value(CHANNELS[channel]);
+    text.clear();
+    text.push_str("https://www.nexmark.com/");
+    rng.push_word(text, 5);
+    text.push_str("/item.htm?query=1&channel_id=");
+    text.push_str(&channel.to_string());
+    b.url.append_value(&*text);
+    b.time.append_value(time);
+    b.extra.append_value("");
+}
+
 /// Generate events `[start, end)` with `seed`.
 pub fn generate(seed: u64, start: u64, end: u64) -> NexmarkBatches {
     let mut p = PersonColumns::default();
@@ -245,83 +328,9 @@ pub fn generate(seed: u64, start: u64, end: u64) -> NexmarkBatches {
         let mut rng = Rng::for_event(seed, n);
         let time = event_time_us(n);
         match event_kind(n) {
-            EventKind::Person => {
-                let id = last_base0_person_id(n) as i64 + FIRST_PERSON_ID;
-                p.id.append_value(id);
-                text.clear();
-                text.push_str(FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize]);
-                text.push(' ');
-                text.push_str(LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize]);
-                p.name.append_value(&text);
-                rng.push_word(&mut text, 7);
-                p.email
-                    .append_value(format!("{}@{}.com", &text[text.len() - 7..], id));
-                p.card.append_value(format!(
-                    "{:04} {:04} {:04} {:04}",
-                    rng.below(10_000),
-                    rng.below(10_000),
-                    rng.below(10_000),
-                    rng.below(10_000)
-                ));
-                p.city
-                    .append_value(US_CITIES[rng.below(US_CITIES.len() as u64) as usize]);
-                p.state
-                    .append_value(US_STATES[rng.below(US_STATES.len() as u64) as usize]);
-                p.time.append_value(time);
-                p.extra.append_value("");
-            }
-            EventKind::Auction => {
-                let id = last_base0_auction_id(n) as i64 + FIRST_AUCTION_ID;
-                text.clear();
-                rng.push_word(&mut text, 20);
-                a.id.append_value(id);
-                a.item.append_value(&text);
-                text.clear();
-                rng.push_word(&mut text, 60);
-                a.description.append_value(&text);
-                let initial = next_price(&mut rng);
-                a.initial_bid.append_value(initial);
-                a.reserve.append_value(initial + next_price(&mut rng));
-                a.time.append_value(time);
-                // Auctions run for up to 20 events' worth of time per in-flight auction.
-                let length_us = 1 + rng.below(NUM_IN_FLIGHT_AUCTIONS * 20) as i64;
-                a.expires
-                    .append_value(time + length_us * INTER_EVENT_DELAY_US * 10);
-                let seller = if rng.below(HOT_SELLER_RATIO) > 0 {
-                    (last_base0_person_id(n) / HOT_SELLER_RATIO) * HOT_SELLER_RATIO
-                } else {
-                    next_base0_person_id(n, &mut rng)
-                };
-                a.seller.append_value(seller as i64 + FIRST_PERSON_ID);
-                a.category
-                    .append_value(FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64);
-                a.extra.append_value("");
-            }
-            EventKind::Bid => {
-                let auction = if rng.below(HOT_AUCTION_RATIO) > 0 {
-                    (last_base0_auction_id(n) / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
-                } else {
-                    next_base0_auction_id(n, &mut rng)
-                };
-                let bidder = if rng.below(HOT_BIDDER_RATIO) > 0 {
-                    (last_base0_person_id(n) / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1
-                } else {
-                    next_base0_person_id(n, &mut rng)
-                };
-                b.auction.append_value(auction as i64 + FIRST_AUCTION_ID);
-                b.bidder.append_value(bidder as i64 + FIRST_PERSON_ID);
-                b.price.append_value(next_price(&mut rng));
-                let channel = rng.below(CHANNELS.len() as u64) as usize;
-                b.channel.append_value(CHANNELS[channel]);
-                text.clear();
-                text.push_str("https://www.nexmark.com/");
-                rng.push_word(&mut text, 5);
-                text.push_str("/item.htm?query=1&channel_id=");
-                text.push_str(&channel.to_string());
-                b.url.append_value(&text);
-                b.time.append_value(time);
-                b.extra.append_value("");
-            }
+            EventKind::Person => push_person(&mut p, n, time, &mut rng, &mut text),
+            EventKind::Auction => push_auction(&mut a, n, time, &mut rng, &mut text),
+            EventKind::Bid => push_bid(&mut b, n, time, &mut rng, &mut text),
         }
     }
     let person = RecordBatch::try_new(

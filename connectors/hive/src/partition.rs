@@ -161,6 +161,62 @@ pub struct Partitioner {
     file_schema: SchemaRef,
 }
 
+/// How a transform reads column `e.column` of type `dt`: `None` for an identity value,
+/// else the time unit; errors say which transform or column to use instead.
+fn time_kind(table: &str, e: &PartitionExpr, dt: &DataType) -> Result<Option<TimeKind>> {
+    Ok(match (e.transform, dt) {
+        (
+            Transform::Identity,
+            DataType::Timestamp(..)
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Binary
+            | DataType::LargeBinary,
+        ) => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "table {table}: column `{}` ({dt}) cannot be a partition value as it is; use date({0}) or hour({0}) for timestamps, or another column",
+                    e.column
+                ),
+            ));
+        }
+        (Transform::Identity, _) => None,
+        (_, DataType::Timestamp(unit, _)) => Some(TimeKind::Timestamp(match unit {
+            TimeUnit::Second => 1_000_000,
+            TimeUnit::Millisecond => 1_000,
+            TimeUnit::Microsecond => 1,
+            TimeUnit::Nanosecond => -1_000,
+        })),
+        (Transform::Hour, DataType::Date32 | DataType::Date64) => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "table {table}: hour({}) needs a timestamp column, and `{0}` is a date",
+                    e.column
+                ),
+            ));
+        }
+        (_, DataType::Date32) => Some(TimeKind::Date32),
+        (_, DataType::Date64) => Some(TimeKind::Date64),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "table {table}: {}({}) needs a timestamp or date column, and `{1}` is {dt}",
+                    match e.transform {
+                        Transform::Year => "year",
+                        Transform::Month => "month",
+                        Transform::Date => "date",
+                        _ => "hour",
+                    },
+                    e.column
+                ),
+            ));
+        }
+    })
+}
+
 impl Partitioner {
     /// Check `exprs` against `schema`; errors name the table and the column.
     pub fn new(table: &str, exprs: &[PartitionExpr], schema: &Schema) -> Result<Self> {
@@ -178,58 +234,7 @@ impl Partitioner {
                     ),
                 )
             })?;
-            let dt = field.data_type();
-            let time = match (e.transform, dt) {
-                (
-                    Transform::Identity,
-                    DataType::Timestamp(..)
-                    | DataType::Float32
-                    | DataType::Float64
-                    | DataType::Binary
-                    | DataType::LargeBinary,
-                ) => {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "table {table}: column `{}` ({dt}) cannot be a partition value as it is; use date({0}) or hour({0}) for timestamps, or another column",
-                            e.column
-                        ),
-                    ));
-                }
-                (Transform::Identity, _) => None,
-                (_, DataType::Timestamp(unit, _)) => Some(TimeKind::Timestamp(match unit {
-                    TimeUnit::Second => 1_000_000,
-                    TimeUnit::Millisecond => 1_000,
-                    TimeUnit::Microsecond => 1,
-                    TimeUnit::Nanosecond => -1_000,
-                })),
-                (Transform::Hour, DataType::Date32 | DataType::Date64) => {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "table {table}: hour({}) needs a timestamp column, and `{0}` is a date",
-                            e.column
-                        ),
-                    ));
-                }
-                (_, DataType::Date32) => Some(TimeKind::Date32),
-                (_, DataType::Date64) => Some(TimeKind::Date64),
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "table {table}: {}({}) needs a timestamp or date column, and `{1}` is {dt}",
-                            match e.transform {
-                                Transform::Year => "year",
-                                Transform::Month => "month",
-                                Transform::Date => "date",
-                                _ => "hour",
-                            },
-                            e.column
-                        ),
-                    ));
-                }
-            };
+            let time = time_kind(table, e, field.data_type())?;
             // Identity columns leave the files; any other column named like a directory
             // would reach readers twice.
             let leaves = e.transform == Transform::Identity && e.name == e.column;

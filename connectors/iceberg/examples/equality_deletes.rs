@@ -36,6 +36,9 @@ use lakeshore_iceberg::{CatalogConfig, CatalogHandle};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
 
+// A test helper script: one straight sequence of writes that the integration test
+// drives step by step.
+#[allow(clippy::too_many_lines)]
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

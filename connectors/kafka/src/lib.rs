@@ -46,7 +46,7 @@ pub use bench::bare_consume;
 pub use decode::Format;
 use decode::{Bad, Images, Message, RowDecoder};
 use group::{Group, OpenChunk, SourceConsumer, SourceContext, unit};
-use poll::{Chunk, Polled, Polling};
+use poll::{Chunk, Meta, Polled, Polling};
 use watermark::EventTime;
 pub use watermark::WatermarkOptions;
 
@@ -221,6 +221,26 @@ impl KafkaSource {
         c
     }
 
+    /// The source's consumer with `context`; a bad setting is named without its value
+    /// (which may be a secret).
+    fn consumer(opts: &KafkaOptions, context: SourceContext) -> Result<SourceConsumer> {
+        let mut config = Self::client_config(opts);
+        if config.get("statistics.interval.ms").is_none() {
+            config.set("statistics.interval.ms", group::STATS_INTERVAL_MS);
+        }
+        config.create_with_context(context).map_err(|e| {
+            // librdkafka's message would repeat the value, which may be a secret.
+            let what = match &e {
+                KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
+                other => other.to_string(),
+            };
+            Error::new(
+                ErrorKind::Config,
+                format!("Kafka client settings: {what}; check [source] properties"),
+            )
+        })
+    }
+
     fn open_blocking(
         opts: KafkaOptions,
         mut position: Position,
@@ -243,91 +263,8 @@ impl KafkaSource {
                 stop: stop.clone(),
             }),
         };
-        let mut config = Self::client_config(&opts);
-        if config.get("statistics.interval.ms").is_none() {
-            config.set("statistics.interval.ms", group::STATS_INTERVAL_MS);
-        }
-        let consumer: SourceConsumer = config.create_with_context(context).map_err(|e| {
-            // librdkafka's message would repeat the value, which may be a secret.
-            let what = match &e {
-                KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
-                other => other.to_string(),
-            };
-            Error::new(
-                ErrorKind::Config,
-                format!("Kafka client settings: {what}; check [source] properties"),
-            )
-        })?;
-        let timeout = Duration::from_secs(15);
-        let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
-            if let Some(reason) = login_refused(&consumer) {
-                return Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "the Kafka brokers at {} refused the login: {reason}; check [source] \
-                         properties security.protocol, sasl.mechanism, sasl.username and \
-                         sasl.password",
-                        opts.brokers
-                    ),
-                );
-            }
-            Error::new(
-                ErrorKind::Transient,
-                format!(
-                    "cannot reach the Kafka brokers at {}: {e}; check [source] brokers and that \
-                     the brokers are running",
-                    opts.brokers
-                ),
-            )
-        })?;
-        // Topics: the names given, and every topic a pattern matches.
-        let mut topics: Vec<(String, Vec<i32>)> = Vec::new();
-        for want in &opts.topics {
-            let matches: Vec<_> = if let Some(pattern) = want.strip_prefix('^') {
-                let re = regex::Regex::new(&format!("^{pattern}")).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Config,
-                        format!("[source] topics: {want:?} is not a regular expression: {e}"),
-                    )
-                })?;
-                metadata
-                    .topics()
-                    .iter()
-                    .filter(|t| re.is_match(t.name()) && !t.name().starts_with("__"))
-                    .collect()
-            } else {
-                metadata
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == want)
-                    .collect()
-            };
-            let matches: Vec<_> = matches
-                .into_iter()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                .collect();
-            if matches.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "no topic {} {want:?} on {}; create it or fix [source] topics",
-                        if want.starts_with('^') {
-                            "matches"
-                        } else {
-                            "named"
-                        },
-                        opts.brokers
-                    ),
-                ));
-            }
-            for t in matches {
-                if topics.iter().all(|(n, _)| n != t.name()) {
-                    let mut parts: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-                    parts.sort_unstable();
-                    topics.push((t.name().to_string(), parts));
-                }
-            }
-        }
+        let consumer = Self::consumer(&opts, context)?;
+        let topics = topics_of(&consumer, &opts)?;
         let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
         let (ends, event_time, opts) = if is_shared {
             // The group assigns; the ledger says where each partition starts.
@@ -406,30 +343,7 @@ impl KafkaSource {
             }
         }
         if by_time.count() > 0 {
-            let found = consumer
-                .offsets_for_times(by_time, timeout)
-                .map_err(|e| kafka_error("finding offsets by time", e))?;
-            for e in found.elements() {
-                let o = match e.offset() {
-                    Offset::Offset(o) => o,
-                    // No message at or after the time: start at the end.
-                    _ => {
-                        consumer
-                            .fetch_watermarks(e.topic(), e.partition(), timeout)
-                            .map_err(|err| kafka_error("reading offsets", err))?
-                            .1
-                    }
-                };
-                position
-                    .offsets
-                    .entry(e.topic().to_string())
-                    .or_default()
-                    .insert(e.partition(), o);
-                let key = (e.topic().to_string(), e.partition());
-                if ends.get(&key).is_some_and(|end| o >= *end) {
-                    ends.remove(&key);
-                }
-            }
+            starts_by_time(consumer, by_time, position, &mut ends)?;
         }
         let mut event_time = EventTime::new();
         for (topic, parts) in &position.offsets {
@@ -449,32 +363,7 @@ impl KafkaSource {
                 }
             }
         }
-        let mut opts = opts;
-        if opts.format == Format::Json && opts.columns.is_empty() {
-            let names: Vec<String> = match &position.columns {
-                Some(c) => c.clone(),
-                None => infer::sample_columns(&opts, &assignment, &highs)?,
-            };
-            opts.columns = names
-                .iter()
-                .filter_map(|c| {
-                    let (n, t) = c.split_once(' ')?;
-                    Some(Field::new(n, decode::parse_type(t)?, true))
-                })
-                .collect();
-            for k in &opts.key {
-                if !names.iter().any(|c| c.split(' ').next() == Some(k)) {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "key column {k} is not among the inferred columns ({}); declare columns",
-                            names.join(", ")
-                        ),
-                    ));
-                }
-            }
-            position.columns = Some(names);
-        }
+        let opts = infer_columns(opts, position, &assignment, &highs)?;
         consumer
             .assign(&assignment)
             .map_err(|e| kafka_error("assigning partitions", e))?;
@@ -657,9 +546,19 @@ impl KafkaSource {
             all_bad.sort_by_key(|b| b.index);
             self.bad_messages(&msgs, &all_bad)?;
         }
+        self.advance_watermark(&chunk.metas);
+        self.advance_offsets(&chunk.metas);
+        self.messages += chunk.metas.len() as u64;
+        metrics::counter!("lakeshore_kafka_messages_total").increment(chunk.metas.len() as u64);
+        Ok(())
+    }
+
+    /// Event time: the Kafka timestamps (no watermark column) of `metas`, and a watermark
+    /// event when it moved.
+    fn advance_watermark(&mut self, metas: &[Meta]) {
         if let Some(w) = &self.opts.watermark {
             if w.column.is_none() {
-                for m in &chunk.metas {
+                for m in metas {
                     if let Some(ms) = m.timestamp {
                         self.event_time
                             .saw(m.topic, m.partition, ms.saturating_mul(1000));
@@ -670,7 +569,11 @@ impl KafkaSource {
                 self.out.push_back(SourceEvent::Watermark(watermark));
             }
         }
-        for m in &chunk.metas {
+    }
+
+    /// The position after `metas`; a gap right after the lake's offset is worth a word.
+    fn advance_offsets(&mut self, metas: &[Meta]) {
+        for m in metas {
             // No allocation per message: the topic's entry exists after the first.
             let topic = &self.topics[m.topic];
             if !self.position.offsets.contains_key(topic) {
@@ -694,9 +597,6 @@ impl KafkaSource {
             self.resumed.insert((m.topic, m.partition));
             *next = m.offset + 1;
         }
-        self.messages += chunk.metas.len() as u64;
-        metrics::counter!("lakeshore_kafka_messages_total").increment(chunk.metas.len() as u64);
-        Ok(())
     }
 
     fn bad_messages(&mut self, msgs: &[Message<'_>], bad: &[Bad]) -> Result<()> {
@@ -937,6 +837,154 @@ impl Drop for KafkaSource {
         self.stop.store(true, Ordering::Relaxed);
         self.rx.close();
     }
+}
+
+/// Where partitions asked for by time start (their end when no message is that new);
+/// ends already passed are dropped.
+fn starts_by_time(
+    consumer: &SourceConsumer,
+    by_time: TopicPartitionList,
+    position: &mut Position,
+    ends: &mut Ends,
+) -> Result<()> {
+    let timeout = Duration::from_secs(15);
+    let found = consumer
+        .offsets_for_times(by_time, timeout)
+        .map_err(|e| kafka_error("finding offsets by time", e))?;
+    for e in found.elements() {
+        let o = match e.offset() {
+            Offset::Offset(o) => o,
+            // No message at or after the time: start at the end.
+            _ => {
+                consumer
+                    .fetch_watermarks(e.topic(), e.partition(), timeout)
+                    .map_err(|err| kafka_error("reading offsets", err))?
+                    .1
+            }
+        };
+        position
+            .offsets
+            .entry(e.topic().to_string())
+            .or_default()
+            .insert(e.partition(), o);
+        let key = (e.topic().to_string(), e.partition());
+        if ends.get(&key).is_some_and(|end| o >= *end) {
+            ends.remove(&key);
+        }
+    }
+    Ok(())
+}
+
+/// `opts` with the columns of a `json` source without declared ones: those the
+/// position recorded, else inferred from a sample of the messages to read.
+fn infer_columns(
+    mut opts: KafkaOptions,
+    position: &mut Position,
+    assignment: &TopicPartitionList,
+    highs: &HashMap<(String, i32), i64>,
+) -> Result<KafkaOptions> {
+    if opts.format == Format::Json && opts.columns.is_empty() {
+        let names: Vec<String> = match &position.columns {
+            Some(c) => c.clone(),
+            None => infer::sample_columns(&opts, assignment, highs)?,
+        };
+        opts.columns = names
+            .iter()
+            .filter_map(|c| {
+                let (n, t) = c.split_once(' ')?;
+                Some(Field::new(n, decode::parse_type(t)?, true))
+            })
+            .collect();
+        for k in &opts.key {
+            if !names.iter().any(|c| c.split(' ').next() == Some(k)) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "key column {k} is not among the inferred columns ({}); declare columns",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        position.columns = Some(names);
+    }
+    Ok(opts)
+}
+
+/// The topics the source reads, with their partitions: the names given, and every topic
+/// a pattern matches; a refused login or an unreachable broker says what to check.
+fn topics_of(consumer: &SourceConsumer, opts: &KafkaOptions) -> Result<Vec<(String, Vec<i32>)>> {
+    let timeout = Duration::from_secs(15);
+    let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
+        if let Some(reason) = login_refused(consumer) {
+            return Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the Kafka brokers at {} refused the login: {reason}; check [source] \
+                     properties security.protocol, sasl.mechanism, sasl.username and \
+                     sasl.password",
+                    opts.brokers
+                ),
+            );
+        }
+        Error::new(
+            ErrorKind::Transient,
+            format!(
+                "cannot reach the Kafka brokers at {}: {e}; check [source] brokers and that \
+                 the brokers are running",
+                opts.brokers
+            ),
+        )
+    })?;
+    // Topics: the names given, and every topic a pattern matches.
+    let mut topics: Vec<(String, Vec<i32>)> = Vec::new();
+    for want in &opts.topics {
+        let matches: Vec<_> = if let Some(pattern) = want.strip_prefix('^') {
+            let re = regex::Regex::new(&format!("^{pattern}")).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("[source] topics: {want:?} is not a regular expression: {e}"),
+                )
+            })?;
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| re.is_match(t.name()) && !t.name().starts_with("__"))
+                .collect()
+        } else {
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == want)
+                .collect()
+        };
+        let matches: Vec<_> = matches
+            .into_iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .collect();
+        if matches.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "no topic {} {want:?} on {}; create it or fix [source] topics",
+                    if want.starts_with('^') {
+                        "matches"
+                    } else {
+                        "named"
+                    },
+                    opts.brokers
+                ),
+            ));
+        }
+        for t in matches {
+            if topics.iter().all(|(n, _)| n != t.name()) {
+                let mut parts: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                parts.sort_unstable();
+                topics.push((t.name().to_string(), parts));
+            }
+        }
+    }
+    Ok(topics)
 }
 
 /// Why the brokers refused the login, if they did: librdkafka reports it as a client

@@ -105,19 +105,101 @@ fn tokens(sql: &str) -> Vec<String> {
     out
 }
 
+/// Token `i` of `t` as a table name, qualified with `db` when it is not.
+fn qualified(db: &str, t: &[String], i: usize) -> Option<String> {
+    let n = t.get(i)?;
+    Some(if n.contains('.') {
+        n.clone()
+    } else {
+        format!("{db}.{n}")
+    })
+}
+
+/// `ALTER TABLE`: a rename of the table, a change that makes existing rows differ from
+/// what the binlog will say of them (a renamed column, a partition's rows dropped or
+/// swapped, a column added with values), or another change.
+fn parse_alter(db: &str, t: &[String], up: &[String]) -> Ddl {
+    let name = |i: usize| qualified(db, t, i);
+    let Some(at) = up.iter().take(4).position(|u| u == "TABLE") else {
+        return Ddl::Other;
+    };
+    let Some(table) = name(at + 1) else {
+        return Ddl::Other;
+    };
+    // Clauses are separated by commas at nesting depth 0.
+    let mut depth = 0i32;
+    let mut clause_start = at + 2;
+    for i in at + 2..=up.len() {
+        let end = i == up.len() || (depth == 0 && up[i] == ",");
+        if i < up.len() {
+            match up[i].as_str() {
+                "(" => depth += 1,
+                ")" => depth -= 1,
+                _ => {}
+            }
+        }
+        if !end {
+            continue;
+        }
+        let c = &up[clause_start..i];
+        let w = |k: usize, s: &str| c.get(k).is_some_and(|u| u == s);
+        if w(0, "RENAME") && !w(1, "COLUMN") && !w(1, "INDEX") && !w(1, "KEY") {
+            let to = if w(1, "TO") || w(1, "AS") { 2 } else { 1 };
+            if let Some(n) = name(clause_start + to) {
+                return Ddl::Rename(vec![(table, n)]);
+            }
+        }
+        let renames_column = (w(0, "RENAME") && w(1, "COLUMN"))
+            || (w(0, "CHANGE") && {
+                let at = if w(1, "COLUMN") { 2 } else { 1 };
+                let at = if w(at, "IF") { at + 2 } else { at };
+                match (t.get(clause_start + at), t.get(clause_start + at + 1)) {
+                    (Some(a), Some(b)) => !a.eq_ignore_ascii_case(b),
+                    _ => false,
+                }
+            });
+        let partition_rows = c.iter().any(|u| u == "PARTITION")
+            && (w(0, "TRUNCATE") || w(0, "DROP") || w(0, "EXCHANGE"));
+        // A column added NOT NULL, with a DEFAULT or generated gives the existing
+        // rows values that no row event carries.
+        let adds_column = w(0, "ADD")
+            && !c.get(1).is_some_and(|u| {
+                matches!(
+                    u.as_str(),
+                    "INDEX"
+                        | "KEY"
+                        | "UNIQUE"
+                        | "PRIMARY"
+                        | "FOREIGN"
+                        | "CONSTRAINT"
+                        | "FULLTEXT"
+                        | "SPATIAL"
+                        | "CHECK"
+                        | "PARTITION"
+                        | "PERIOD"
+                        | "SYSTEM"
+                )
+            });
+        let fills_rows = adds_column
+            && c.iter().enumerate().any(|(k, u)| {
+                matches!(u.as_str(), "DEFAULT" | "AS" | "GENERATED")
+                    || (u == "NOT" && c.get(k + 1).is_some_and(|n| n == "NULL"))
+            });
+        if renames_column || partition_rows || fills_rows {
+            let why = t[clause_start..i.min(clause_start + 4)].join(" ");
+            return Ddl::Reread { table, why };
+        }
+        clause_start = i + 1;
+    }
+    Ddl::Alter(table)
+}
+
 /// Read `sql`, run in database `db`.
 pub fn parse(db: &str, sql: &str) -> Ddl {
     let t = tokens(strip_leading_comments(sql));
     let up: Vec<String> = t.iter().map(|w| w.to_ascii_uppercase()).collect();
     let is = |i: usize, w: &str| up.get(i).is_some_and(|u| u == w);
-    let name = |i: usize| -> Option<String> {
-        let n = t.get(i)?;
-        Some(if n.contains('.') {
-            n.clone()
-        } else {
-            format!("{db}.{n}")
-        })
-    };
+    let name = |i: usize| qualified(db, &t, i);
     // Skip MariaDB's `CREATE OR REPLACE`, `DROP TEMPORARY` and `IF [NOT] EXISTS`.
     let after_if = |mut i: usize| {
         if is(i, "IF") {
@@ -166,78 +248,7 @@ pub fn parse(db: &str, sql: &str) -> Ddl {
         return Ddl::Rename(pairs);
     }
     if is(0, "ALTER") {
-        let Some(at) = up.iter().take(4).position(|u| u == "TABLE") else {
-            return Ddl::Other;
-        };
-        let Some(table) = name(at + 1) else {
-            return Ddl::Other;
-        };
-        // Clauses are separated by commas at nesting depth 0.
-        let mut depth = 0i32;
-        let mut clause_start = at + 2;
-        for i in at + 2..=up.len() {
-            let end = i == up.len() || (depth == 0 && up[i] == ",");
-            if i < up.len() {
-                match up[i].as_str() {
-                    "(" => depth += 1,
-                    ")" => depth -= 1,
-                    _ => {}
-                }
-            }
-            if !end {
-                continue;
-            }
-            let c = &up[clause_start..i];
-            let w = |k: usize, s: &str| c.get(k).is_some_and(|u| u == s);
-            if w(0, "RENAME") && !w(1, "COLUMN") && !w(1, "INDEX") && !w(1, "KEY") {
-                let to = if w(1, "TO") || w(1, "AS") { 2 } else { 1 };
-                if let Some(n) = name(clause_start + to) {
-                    return Ddl::Rename(vec![(table, n)]);
-                }
-            }
-            let renames_column = (w(0, "RENAME") && w(1, "COLUMN"))
-                || (w(0, "CHANGE") && {
-                    let at = if w(1, "COLUMN") { 2 } else { 1 };
-                    let at = if w(at, "IF") { at + 2 } else { at };
-                    match (t.get(clause_start + at), t.get(clause_start + at + 1)) {
-                        (Some(a), Some(b)) => !a.eq_ignore_ascii_case(b),
-                        _ => false,
-                    }
-                });
-            let partition_rows = c.iter().any(|u| u == "PARTITION")
-                && (w(0, "TRUNCATE") || w(0, "DROP") || w(0, "EXCHANGE"));
-            // A column added NOT NULL, with a DEFAULT or generated gives the existing
-            // rows values that no row event carries.
-            let adds_column = w(0, "ADD")
-                && !c.get(1).is_some_and(|u| {
-                    matches!(
-                        u.as_str(),
-                        "INDEX"
-                            | "KEY"
-                            | "UNIQUE"
-                            | "PRIMARY"
-                            | "FOREIGN"
-                            | "CONSTRAINT"
-                            | "FULLTEXT"
-                            | "SPATIAL"
-                            | "CHECK"
-                            | "PARTITION"
-                            | "PERIOD"
-                            | "SYSTEM"
-                    )
-                });
-            let fills_rows = adds_column
-                && c.iter().enumerate().any(|(k, u)| {
-                    matches!(u.as_str(), "DEFAULT" | "AS" | "GENERATED")
-                        || (u == "NOT" && c.get(k + 1).is_some_and(|n| n == "NULL"))
-                });
-            if renames_column || partition_rows || fills_rows {
-                let why = t[clause_start..i.min(clause_start + 4)].join(" ");
-                return Ddl::Reread { table, why };
-            }
-            clause_start = i + 1;
-        }
-        return Ddl::Alter(table);
+        return parse_alter(db, &t, &up);
     }
     Ddl::Other
 }

@@ -152,21 +152,7 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
             scale,
             charset.as_deref(),
         )
-        .ok_or_else(|| {
-            let message = match charset.as_deref().map(types::Charset::of) {
-                Some(types::Charset::Unsupported(cs)) => format!(
-                    "table {name}, column {col}: character set {cs} is not supported (the \
-                     binlog carries text as stored, and lakeshore decodes utf8mb4, utf8mb3, \
-                     ascii and latin1); convert it (ALTER TABLE {name} MODIFY {col} \
-                     {column_type} CHARACTER SET utf8mb4) or exclude the table"
-                ),
-                _ => format!(
-                    "table {name}, column {col}: type {column_type} is not supported; exclude \
-                     the table or change the column's type"
-                ),
-            };
-            Error::new(ErrorKind::Unsupported, message)
-        })?;
+        .ok_or_else(|| unsupported(&name, &col, &column_type, charset.as_deref()))?;
         columns.push(MyColumn {
             name: col,
             column_type,
@@ -205,21 +191,7 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
             })
         })
         .collect::<Result<_>>()?;
-    for &k in &key {
-        let c = &columns[k];
-        let text_ci = matches!(c.kind, Kind::Text { .. }) && !collations[k].ends_with("_bin");
-        if !key_kind_supported(&c.kind) || text_ci {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {name}, key column {}: keys of type {} are not supported yet \
-                     (integer, decimal, date/time, binary and `_bin`-collated text keys are)",
-                    c.name,
-                    format!("{} {}", c.column_type, collations[k]).trim_end()
-                ),
-            ));
-        }
-    }
+    check_key(&name, &columns, &collations, &key)?;
     let pairs: Vec<(String, Kind)> = columns
         .iter()
         .map(|c| (c.name.clone(), c.kind.clone()))
@@ -237,6 +209,43 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
         key,
         schema,
     })
+}
+
+/// Why column `col` of table `name` cannot be read, and what to do.
+fn unsupported(name: &str, col: &str, column_type: &str, charset: Option<&str>) -> Error {
+    let message = match charset.map(types::Charset::of) {
+        Some(types::Charset::Unsupported(cs)) => format!(
+            "table {name}, column {col}: character set {cs} is not supported (the \
+             binlog carries text as stored, and lakeshore decodes utf8mb4, utf8mb3, \
+             ascii and latin1); convert it (ALTER TABLE {name} MODIFY {col} \
+             {column_type} CHARACTER SET utf8mb4) or exclude the table"
+        ),
+        _ => format!(
+            "table {name}, column {col}: type {column_type} is not supported; exclude \
+             the table or change the column's type"
+        ),
+    };
+    Error::new(ErrorKind::Unsupported, message)
+}
+
+/// The key columns of table `name` must be of a kind whose order lakeshore reproduces.
+fn check_key(name: &str, columns: &[MyColumn], collations: &[String], key: &[usize]) -> Result<()> {
+    for &k in key {
+        let c = &columns[k];
+        let text_ci = matches!(c.kind, Kind::Text { .. }) && !collations[k].ends_with("_bin");
+        if !key_kind_supported(&c.kind) || text_ci {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {name}, key column {}: keys of type {} are not supported yet \
+                     (integer, decimal, date/time, binary and `_bin`-collated text keys are)",
+                    c.name,
+                    format!("{} {}", c.column_type, collations[k]).trim_end()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Key kinds whose order lakeshore reproduces exactly (see `KeyValue`).

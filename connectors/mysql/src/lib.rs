@@ -274,6 +274,49 @@ async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
     Ok(BinlogPos { file, pos })
 }
 
+/// Where a pipeline without a checkpoint starts: at `startup`'s binlog file and
+/// position or GTID, or at the server's current position; every table counts as read
+/// unless the startup takes a snapshot.
+async fn first_position(
+    conn: &mut Conn,
+    startup: &Startup,
+    tables: &[MyTable],
+) -> Result<Position> {
+    let (binlog, gtid) = match startup {
+        Startup::File { file, position } => (
+            BinlogPos {
+                file: file.clone(),
+                pos: *position,
+            },
+            None,
+        ),
+        // Found by the server from the GTID; the first rotation names it.
+        Startup::Gtid(g) => (
+            BinlogPos {
+                file: String::new(),
+                pos: 4,
+            },
+            Some(g.clone()),
+        ),
+        _ => (master_position(conn).await?, None),
+    };
+    let mut p = Position {
+        binlog,
+        gtid,
+        tables: BTreeMap::new(),
+        windows: Vec::new(),
+    };
+    if matches!(
+        startup,
+        Startup::Latest | Startup::Gtid(_) | Startup::File { .. }
+    ) {
+        for t in tables {
+            p.tables.insert(t.name.clone(), Progress::Done);
+        }
+    }
+    Ok(p)
+}
+
 impl MysqlSource {
     /// Connect, check the server, discover the tables, and position at `position` (or the
     /// start). `bounded`: stop after the snapshot and the changes committed until it ended
@@ -294,41 +337,7 @@ impl MysqlSource {
         let tables = discover::discover(&mut conn, &opts.tables).await?;
         let position: Position = match position {
             Some(p) => p.decode("MySQL")?,
-            None => {
-                let (binlog, gtid) = match &opts.startup {
-                    Startup::File { file, position } => (
-                        BinlogPos {
-                            file: file.clone(),
-                            pos: *position,
-                        },
-                        None,
-                    ),
-                    // Found by the server from the GTID; the first rotation names it.
-                    Startup::Gtid(g) => (
-                        BinlogPos {
-                            file: String::new(),
-                            pos: 4,
-                        },
-                        Some(g.clone()),
-                    ),
-                    _ => (master_position(&mut conn).await?, None),
-                };
-                let mut p = Position {
-                    binlog,
-                    gtid,
-                    tables: BTreeMap::new(),
-                    windows: Vec::new(),
-                };
-                if matches!(
-                    opts.startup,
-                    Startup::Latest | Startup::Gtid(_) | Startup::File { .. }
-                ) {
-                    for t in &tables {
-                        p.tables.insert(t.name.clone(), Progress::Done);
-                    }
-                }
-                p
-            }
+            None => first_position(&mut conn, &opts.startup, &tables).await?,
         };
         let stream = if streaming {
             // Before the first event names its file, a GTID start resumes by GTID.
@@ -430,6 +439,37 @@ impl MysqlSource {
         }
     }
 
+    /// The chunk read ahead for table `t` after `after`, if it was read from there with
+    /// the columns the table has now (its connection goes back to the readers).
+    async fn take_prefetched(
+        &mut self,
+        t: usize,
+        after: Option<&Key>,
+        columns: usize,
+    ) -> Result<Option<snapshot::ChunkRead>> {
+        Ok(match self.prefetch.remove(&t) {
+            Some(p) => {
+                let (conn, read) = p
+                    .task
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Internal, format!("chunk reader: {e}")))?;
+                self.readers.push(conn);
+                match read {
+                    // Read with the columns known then: use it only if they still hold.
+                    Ok(read)
+                        if p.after.as_ref() == after
+                            && read.rows.first().is_none_or(|r| r.len() == columns) =>
+                    {
+                        Some(read)
+                    }
+                    Ok(_) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        })
+    }
+
     /// Read the next chunk of table `t` and queue its rows.
     async fn read_chunk(&mut self, t: usize) -> Result<()> {
         let table = self.tables[t].clone();
@@ -441,30 +481,10 @@ impl MysqlSource {
             self.out
                 .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
         }
-        let mut prefetched = match self.prefetch.remove(&t) {
-            Some(p) => {
-                let (conn, read) = p
-                    .task
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Internal, format!("chunk reader: {e}")))?;
-                self.readers.push(conn);
-                match read {
-                    // Read with the columns known then: use it only if they still hold.
-                    Ok(read)
-                        if p.after == after
-                            && read
-                                .rows
-                                .first()
-                                .is_none_or(|r| r.len() == table.columns.len()) =>
-                    {
-                        Some(read)
-                    }
-                    Ok(_) => None,
-                    Err(e) => return Err(e),
-                }
-            }
-            None => None,
-        };
+        let mut prefetched = self
+            .take_prefetched(t, after.as_ref(), table.columns.len())
+            .await?;
+
         let mut attempt = 0;
         let read = loop {
             let read = match prefetched.take() {

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use lakeshore_api::{Error, ErrorKind, Result};
-use mysql_async::BinlogStreamRequest;
 use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn};
 use mysql_common::binlog::events::{EventData, RowsEventData};
 use mysql_common::value::Value;
 use tokio::sync::mpsc;
@@ -186,6 +186,54 @@ impl Drop for Stream {
     }
 }
 
+/// `request` starting after GTID position `gtid`: MariaDB's through
+/// `@slave_connect_state`, MySQL's executed set through COM_BINLOG_DUMP_GTID; the other
+/// flavour's GTID is refused with an example of the right one.
+async fn from_gtid<'a>(
+    conn: &mut Conn,
+    request: BinlogStreamRequest<'a>,
+    gtid: &str,
+) -> Result<BinlogStreamRequest<'a>> {
+    let text = gtid;
+    let gtid = Gtid::parse(gtid).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            format!("[source] startup: {text:?} is not a GTID position"),
+        )
+    })?;
+    let version: Option<String> = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|e| crate::server::my_error("reading the version", e))?;
+    let mariadb = version.unwrap_or_default().contains("MariaDB");
+    Ok(match (gtid, mariadb) {
+        (Gtid::MariaDb(g), true) => {
+            conn.exec_drop("SET @slave_connect_state = ?", (g,))
+                .await
+                .map_err(|e| crate::server::my_error("setting the GTID to start from", e))?;
+            request
+        }
+        // MySQL: COM_BINLOG_DUMP_GTID with the executed set; the server skips those.
+        (Gtid::MySql(sids), false) => request.with_gtid().with_gtid_set(sids),
+        (_, mariadb) => {
+            let want = if mariadb {
+                "MariaDB's domain-server-seq, e.g. { gtid = \"0-1-100\" } (SELECT \
+                 @@gtid_binlog_pos)"
+            } else {
+                "MySQL's executed set, e.g. { gtid = \"3e11fa47-71ca-11e1-9e33-\
+                 c80aa9429562:1-100\" } (SELECT @@gtid_executed)"
+            };
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "[source] startup: {text:?} is the other server flavour's GTID; this \
+                     server needs {want}"
+                ),
+            ));
+        }
+    })
+}
+
 /// Start reading the binlog at `from` (a transaction boundary), or after the MariaDB
 /// GTID position `gtid` when given.
 pub async fn start(
@@ -209,44 +257,7 @@ pub async fn start(
         .with_filename(from.file.as_bytes())
         .with_pos(from.pos);
     if let Some(gtid) = gtid {
-        let text = gtid;
-        let gtid = Gtid::parse(gtid).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Config,
-                format!("[source] startup: {text:?} is not a GTID position"),
-            )
-        })?;
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(|e| crate::server::my_error("reading the version", e))?;
-        let mariadb = version.unwrap_or_default().contains("MariaDB");
-        request = match (gtid, mariadb) {
-            (Gtid::MariaDb(g), true) => {
-                conn.exec_drop("SET @slave_connect_state = ?", (g,))
-                    .await
-                    .map_err(|e| crate::server::my_error("setting the GTID to start from", e))?;
-                request
-            }
-            // MySQL: COM_BINLOG_DUMP_GTID with the executed set; the server skips those.
-            (Gtid::MySql(sids), false) => request.with_gtid().with_gtid_set(sids),
-            (_, mariadb) => {
-                let want = if mariadb {
-                    "MariaDB's domain-server-seq, e.g. { gtid = \"0-1-100\" } (SELECT \
-                     @@gtid_binlog_pos)"
-                } else {
-                    "MySQL's executed set, e.g. { gtid = \"3e11fa47-71ca-11e1-9e33-\
-                     c80aa9429562:1-100\" } (SELECT @@gtid_executed)"
-                };
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "[source] startup: {text:?} is the other server flavour's GTID; this \
-                         server needs {want}"
-                    ),
-                ));
-            }
-        };
+        request = from_gtid(&mut conn, request, gtid).await?;
     }
     let mut stream = conn.get_binlog_stream(request).await.map_err(|e| {
         Error::new(
@@ -276,53 +287,7 @@ pub async fn start(
                         lag.set(seconds);
                         lag_seen.store(seconds.to_bits(), Ordering::Relaxed);
                     }
-                    let here = |pos: u64| BinlogPos {
-                        file: file.clone(),
-                        pos,
-                    };
-                    if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
-                        let d = ev.data();
-                        if d.len() < 13 {
-                            Err(Error::new(ErrorKind::Internal, "short MariaDB GTID event"))
-                        } else {
-                            let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
-                            let domain =
-                                u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
-                            let server = ev.header().server_id();
-                            let start = end.saturating_sub(ev.header().event_size() as u64);
-                            Ok(Some(Msg::Begin {
-                                at: here(start),
-                                gtid: Some(format!("{domain}-{server}-{seq}")),
-                            }))
-                        }
-                    } else {
-                        match ev.read_data() {
-                            Err(e) => Err(Error::new(
-                                ErrorKind::Internal,
-                                format!("cannot decode a binlog event in {file} at {end}: {e}"),
-                            )),
-                            Ok(data) => {
-                                let out = to_msg(
-                                    data,
-                                    &stream,
-                                    &mut file,
-                                    &mut fde_seen,
-                                    end,
-                                    &mut declared,
-                                );
-                                out.map(|m| {
-                                    m.or_else(|| {
-                                        (end > 0).then(|| Msg::Advance {
-                                            next: BinlogPos {
-                                                file: file.clone(),
-                                                pos: end,
-                                            },
-                                        })
-                                    })
-                                })
-                            }
-                        }
-                    }
+                    decode(ev, &stream, &mut file, &mut fde_seen, end, &mut declared)
                 }
             };
             let stop = msg.is_err();
@@ -353,6 +318,57 @@ pub async fn start(
         task,
         lag: lag_cell,
     })
+}
+
+/// One binlog event as a message for the source (`None`: nothing to say), with the
+/// file it is in; MariaDB's GTID events begin a transaction.
+fn decode(
+    ev: mysql_common::binlog::events::Event,
+    stream: &mysql_async::BinlogStream,
+    file: &mut String,
+    fde_seen: &mut bool,
+    end: u64,
+    declared: &mut DeclaredCache,
+) -> Result<Option<Msg>> {
+    let here = |file: &str, pos: u64| BinlogPos {
+        file: file.to_string(),
+        pos,
+    };
+    if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
+        let d = ev.data();
+        if d.len() < 13 {
+            Err(Error::new(ErrorKind::Internal, "short MariaDB GTID event"))
+        } else {
+            let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+            let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+            let server = ev.header().server_id();
+            let start = end.saturating_sub(ev.header().event_size() as u64);
+            Ok(Some(Msg::Begin {
+                at: here(file, start),
+                gtid: Some(format!("{domain}-{server}-{seq}")),
+            }))
+        }
+    } else {
+        match ev.read_data() {
+            Err(e) => Err(Error::new(
+                ErrorKind::Internal,
+                format!("cannot decode a binlog event in {file} at {end}: {e}"),
+            )),
+            Ok(data) => {
+                let out = to_msg(data, stream, file, fde_seen, end, declared);
+                out.map(|m| {
+                    m.or_else(|| {
+                        (end > 0).then(|| Msg::Advance {
+                            next: BinlogPos {
+                                file: file.clone(),
+                                pos: end,
+                            },
+                        })
+                    })
+                })
+            }
+        }
+    }
 }
 
 /// Binlog lag in seconds: how old the transaction just read is (its GTID event's write

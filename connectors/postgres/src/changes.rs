@@ -232,29 +232,15 @@ impl PostgresSource {
                 replica_identity,
                 ..
             } => {
-                let Some(t) = self.table_of(relation_oid, &schema, &table)? else {
-                    return Ok(());
-                };
-                let xid = self.xid.unwrap_or(0);
-                let new_key = self.key_of(t, &new_data)?;
-                if let Some(old) = &old_data {
-                    let old_key = self.key_of(t, old)?;
-                    if old_key != new_key && self.passes(t, &old_key, xid) {
-                        self.push_row(t, Op::UpdateBefore, old, None, true)?;
-                    }
-                }
-                if self.passes(t, &new_key, xid) {
-                    // Only a full old image ('O', REPLICA IDENTITY FULL) has values; a
-                    // key image ('K') carries nulls for the columns outside the key.
-                    let full_old = old_data
-                        .as_ref()
-                        .filter(|_| matches!(replica_identity, ReplicaIdentity::Full));
-                    let base = match self.unchanged_columns(t, &new_data, full_old) {
-                        missing if missing.is_empty() => full_old.cloned(),
-                        missing => Some(self.current_values(t, &new_key, &missing).await?),
-                    };
-                    self.push_row(t, Op::UpdateAfter, &new_data, base.as_ref(), false)?;
-                }
+                self.on_update(
+                    relation_oid,
+                    &schema,
+                    &table,
+                    old_data.as_ref(),
+                    &new_data,
+                    replica_identity,
+                )
+                .await?
             }
             EventType::Delete {
                 schema,
@@ -287,6 +273,42 @@ impl PostgresSource {
                 self.on_relation(t, &columns).await?;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// An `UPDATE`: a changed key removes the old row first; the new image is completed
+    /// from the old one (REPLICA IDENTITY FULL) or read for columns the message left out
+    /// (unchanged TOASTed values).
+    async fn on_update(
+        &mut self,
+        relation_oid: u32,
+        schema: &str,
+        table: &str,
+        old_data: Option<&RowData>,
+        new_data: &RowData,
+        replica_identity: ReplicaIdentity,
+    ) -> Result<()> {
+        let Some(t) = self.table_of(relation_oid, schema, table)? else {
+            return Ok(());
+        };
+        let xid = self.xid.unwrap_or(0);
+        let new_key = self.key_of(t, new_data)?;
+        if let Some(old) = old_data {
+            let old_key = self.key_of(t, old)?;
+            if old_key != new_key && self.passes(t, &old_key, xid) {
+                self.push_row(t, Op::UpdateBefore, old, None, true)?;
+            }
+        }
+        if self.passes(t, &new_key, xid) {
+            // Only a full old image ('O', REPLICA IDENTITY FULL) has values; a
+            // key image ('K') carries nulls for the columns outside the key.
+            let full_old = old_data.filter(|_| matches!(replica_identity, ReplicaIdentity::Full));
+            let base = match self.unchanged_columns(t, new_data, full_old) {
+                missing if missing.is_empty() => full_old.cloned(),
+                missing => Some(self.current_values(t, &new_key, &missing).await?),
+            };
+            self.push_row(t, Op::UpdateAfter, new_data, base.as_ref(), false)?;
         }
         Ok(())
     }

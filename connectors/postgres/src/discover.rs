@@ -198,31 +198,11 @@ pub async fn discover(
     Ok(tables)
 }
 
-async fn describe(
-    client: &Client,
-    oid: u32,
-    name: String,
-    schema_name: String,
-    table_name: String,
-    replica_identity: char,
-    key_columns: &std::collections::BTreeMap<String, Vec<String>>,
-) -> Result<PgTable> {
-    let cols = client
-        .query(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), \
-                    coalesce(bt.typname, t.typname)::text, t.typcategory::text, \
-                    CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
-                    (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
-                    coalesce(bt.typcategory, t.typcategory)::text, a.attnotnull \
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-             LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            &[&oid],
-        )
-        .await
-        .map_err(pg_err("reading columns"))?;
+/// The columns of table `name` from its `pg_attribute` rows; a type lakeshore cannot map
+/// is refused, naming the column.
+fn columns_of(name: &str, cols: &[tokio_postgres::Row]) -> Result<Vec<PgColumn>> {
     let mut columns = Vec::new();
-    for c in &cols {
+    for c in cols {
         let col_name: String = c.get(0);
         let type_name: String = c.get(1);
         let base: String = c.get(2);
@@ -252,6 +232,72 @@ async fn describe(
             order: None,
         });
     }
+    Ok(columns)
+}
+
+/// Why a table's replica identity cannot carry the pipeline's key in updates and
+/// deletes, with the `ALTER TABLE` that fixes it.
+fn identity_problem(replica_identity: char, no_pk: bool, qualified: &str) -> Option<String> {
+    match replica_identity {
+        _ if no_pk && replica_identity != 'f' => Some(format!(
+            "has no primary key, so its updates and deletes do not carry the key columns; \
+             run ALTER TABLE {qualified} REPLICA IDENTITY FULL"
+        )),
+        'i' => Some(format!(
+            "has REPLICA IDENTITY USING INDEX, whose old images need not carry the \
+             pipeline's key; run ALTER TABLE {qualified} REPLICA IDENTITY DEFAULT (or FULL)"
+        )),
+        'n' => Some(format!(
+            "has REPLICA IDENTITY NOTHING, so updates and deletes cannot be replicated; run \
+             ALTER TABLE {qualified} REPLICA IDENTITY DEFAULT"
+        )),
+        _ => None,
+    }
+}
+
+/// How snapshot chunks order key column `k` of table `name` (of base type `base`).
+fn key_order(name: &str, k: &str, column: &PgColumn, base: &str) -> Result<KeyOrder> {
+    Ok(match (column.kind, base) {
+        (Kind::Int16 | Kind::Int32 | Kind::Int64, _) => KeyOrder::Int,
+        (Kind::Text, "text" | "varchar" | "bpchar" | "name") => KeyOrder::Bytes,
+        (Kind::Text, "uuid") | (Kind::Bytea, _) => KeyOrder::BytesNoCollate,
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "table {name}, key column {k}: snapshot chunks need an integer, text, \
+                     uuid or bytea key, not {}",
+                    column.type_name
+                ),
+            ));
+        }
+    })
+}
+
+async fn describe(
+    client: &Client,
+    oid: u32,
+    name: String,
+    schema_name: String,
+    table_name: String,
+    replica_identity: char,
+    key_columns: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<PgTable> {
+    let cols = client
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), \
+                    coalesce(bt.typname, t.typname)::text, t.typcategory::text, \
+                    CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
+                    (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
+                    coalesce(bt.typcategory, t.typcategory)::text, a.attnotnull \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(pg_err("reading columns"))?;
+    let mut columns = columns_of(&name, &cols)?;
     let pk = client
         .query(
             "SELECT a.attname FROM pg_index i \
@@ -278,21 +324,7 @@ async fn describe(
         ));
     }
     let qualified = format!("{}.{}", quote_ident(&schema_name), quote_ident(&table_name));
-    let identity_problem = match replica_identity {
-        _ if pk.is_empty() && replica_identity != 'f' => Some(format!(
-            "has no primary key, so its updates and deletes do not carry the key columns; \
-             run ALTER TABLE {qualified} REPLICA IDENTITY FULL"
-        )),
-        'i' => Some(format!(
-            "has REPLICA IDENTITY USING INDEX, whose old images need not carry the \
-             pipeline's key; run ALTER TABLE {qualified} REPLICA IDENTITY DEFAULT (or FULL)"
-        )),
-        'n' => Some(format!(
-            "has REPLICA IDENTITY NOTHING, so updates and deletes cannot be replicated; run \
-             ALTER TABLE {qualified} REPLICA IDENTITY DEFAULT"
-        )),
-        _ => None,
-    };
+    let identity_problem = identity_problem(replica_identity, pk.is_empty(), &qualified);
     if let Some(problem) = identity_problem {
         return Err(Error::new(
             ErrorKind::Config,
@@ -308,21 +340,7 @@ async fn describe(
             )
         })?;
         let base = &cols[i].get::<_, String>(2);
-        let order = match (columns[i].kind, base.as_str()) {
-            (Kind::Int16 | Kind::Int32 | Kind::Int64, _) => KeyOrder::Int,
-            (Kind::Text, "text" | "varchar" | "bpchar" | "name") => KeyOrder::Bytes,
-            (Kind::Text, "uuid") | (Kind::Bytea, _) => KeyOrder::BytesNoCollate,
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "table {name}, key column {k}: snapshot chunks need an integer, text, \
-                         uuid or bytea key, not {}",
-                        columns[i].type_name
-                    ),
-                ));
-            }
-        };
+        let order = key_order(&name, k, &columns[i], base)?;
         if pk.is_empty() && !cols[i].get::<_, bool>(7) {
             return Err(Error::new(
                 ErrorKind::Config,

@@ -243,6 +243,100 @@ pub struct PostgresSource {
     lag: Option<Lag>,
 }
 
+/// The position brought in line with the tables as discovered: a table dropped and
+/// created again (a reload, a restore, a swap) while the pipeline was stopped is read
+/// again (the stream never carried its changes from before it joined the publication;
+/// the old OID's changes still in the stream are skipped), new tables take their
+/// current shape, and a key changed under a snapshot in progress is refused. Returns
+/// the retired OIDs and the tables to read again.
+fn reconcile(
+    position: &mut Position,
+    tables: &[PgTable],
+) -> Result<(std::collections::HashSet<u32>, Vec<String>)> {
+    let mut retired = std::collections::HashSet::new();
+    let mut recreated = Vec::new();
+    for t in tables {
+        if let Some(&old) = position.oids.get(&t.name)
+            && old != t.oid
+        {
+            tracing::warn!(table = %t.name, old_oid = old, new_oid = t.oid, "the table was dropped and created again (or another table took its name) while the pipeline was stopped: reading it again");
+            retired.insert(old);
+            recreated.push(t.name.clone());
+            position.tables.remove(&t.name);
+            position.windows.retain(|w| w.table != t.name);
+        }
+    }
+    position.oids = tables.iter().map(|t| (t.name.clone(), t.oid)).collect();
+    for t in tables {
+        // Tables new to the position are read whole: their shape is the current one.
+        if !position.columns.contains_key(&t.name) || recreated.contains(&t.name) {
+            position.columns.insert(t.name.clone(), t.column_names());
+        }
+    }
+    position
+        .columns
+        .retain(|name, _| position.oids.contains_key(name));
+    for t in tables {
+        if let Some(Progress::After(k)) = position.tables.get(&t.name)
+            && k.len() != t.key.len()
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the key of {} changed since its snapshot began; start over with a new \
+                     pipeline name",
+                    t.name
+                ),
+            ));
+        }
+    }
+    Ok((retired, recreated))
+}
+
+/// Table by name, table by OID, and each table's columns by name.
+#[allow(clippy::type_complexity)]
+fn indexes(
+    tables: &[PgTable],
+) -> (
+    HashMap<String, usize>,
+    HashMap<u32, usize>,
+    Vec<HashMap<String, usize>>,
+) {
+    let by_name = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
+    let by_oid = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
+    let columns = tables
+        .iter()
+        .map(|t| {
+            t.columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect()
+        })
+        .collect();
+    (by_name, by_oid, columns)
+}
+
+/// A connection holding a repeatable-read transaction and the snapshot it exports, so
+/// that every chunk of a `snapshot-only` run reads one point in time.
+async fn export_snapshot(url: &str) -> Result<(Client, String)> {
+    let holder = connect(url).await?;
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| pg_error("starting the snapshot", e))?;
+    let id: String = holder
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| pg_error("exporting the snapshot", e))?
+        .get(0);
+    Ok((holder, id))
+}
+
 impl PostgresSource {
     /// Connect, check the server, discover the tables, make sure publication and slot
     /// exist, and position at `position` (or the start). `bounded`: stop after the
@@ -264,47 +358,7 @@ impl PostgresSource {
         };
         let tables =
             discover::discover(&client, &opts.tables, &opts.key_columns, &position.oids).await?;
-        // A table dropped and created again (a reload, a restore, a swap) while the
-        // pipeline was stopped: the stream never carried the new table's changes from
-        // before it joined the publication, so it is read again. The old OID's changes
-        // still in the stream are skipped.
-        let mut retired = std::collections::HashSet::new();
-        let mut recreated = Vec::new();
-        for t in &tables {
-            if let Some(&old) = position.oids.get(&t.name)
-                && old != t.oid
-            {
-                tracing::warn!(table = %t.name, old_oid = old, new_oid = t.oid, "the table was dropped and created again (or another table took its name) while the pipeline was stopped: reading it again");
-                retired.insert(old);
-                recreated.push(t.name.clone());
-                position.tables.remove(&t.name);
-                position.windows.retain(|w| w.table != t.name);
-            }
-        }
-        position.oids = tables.iter().map(|t| (t.name.clone(), t.oid)).collect();
-        for t in &tables {
-            // Tables new to the position are read whole: their shape is the current one.
-            if !position.columns.contains_key(&t.name) || recreated.contains(&t.name) {
-                position.columns.insert(t.name.clone(), t.column_names());
-            }
-        }
-        position
-            .columns
-            .retain(|name, _| position.oids.contains_key(name));
-        for t in &tables {
-            if let Some(Progress::After(k)) = position.tables.get(&t.name)
-                && k.len() != t.key.len()
-            {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "the key of {} changed since its snapshot began; start over with a new \
-                         pipeline name",
-                        t.name
-                    ),
-                ));
-            }
-        }
+        let (retired, recreated) = reconcile(&mut position, &tables)?;
         let fresh = position.lsn == 0 && position.tables.is_empty();
         if fresh && opts.startup == Startup::Latest {
             for t in &tables {
@@ -318,22 +372,7 @@ impl PostgresSource {
         } else {
             None
         };
-        let by_name = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
-        let by_oid = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
-        let columns = tables
-            .iter()
-            .map(|t| {
-                t.columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.name.clone(), i))
-                    .collect()
-            })
-            .collect();
+        let (by_name, by_oid, columns) = indexes(&tables);
         let n = tables.len();
         let live = tables.iter().map(|t| vec![true; t.columns.len()]).collect();
         let mut readers = Vec::new();
@@ -350,16 +389,7 @@ impl PostgresSource {
         let (holder, exported) = if streaming {
             (None, None)
         } else {
-            let holder = connect(&opts.url).await?;
-            holder
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| pg_error("starting the snapshot", e))?;
-            let id: String = holder
-                .query_one("SELECT pg_export_snapshot()", &[])
-                .await
-                .map_err(|e| pg_error("exporting the snapshot", e))?
-                .get(0);
+            let (holder, id) = export_snapshot(&opts.url).await?;
             (Some(holder), Some(id))
         };
         let chunks = snapshot::ChunkSpec {
@@ -410,6 +440,27 @@ impl PostgresSource {
             source.out.push_back(SourceEvent::Truncate(name));
         }
         Ok(source)
+    }
+
+    /// Read the next chunk of table `t` (a value it cannot read stops the table only),
+    /// then mark the stream so that it passes the chunk's window even when idle.
+    async fn chunk_of(&mut self, t: usize) -> Result<()> {
+        self.flush_all()?;
+        match self.read_chunk(t).await {
+            Err(e) if e.kind() == ErrorKind::Unsupported => self.fail_table(t, e),
+            other => other?,
+        }
+        self.since_chunk = 0;
+        if self.stream.is_some() {
+            self.client
+                .query_one(
+                    "SELECT pg_logical_emit_message(false, 'lakeshore', 'chunk')::text",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error("writing a chunk marker", e))?;
+        }
+        Ok(())
     }
 
     /// A table's snapshot starts over: a bounded run reads it to its end before it marks
@@ -705,22 +756,7 @@ impl Source for PostgresSource {
                     || self.since_chunk >= self.opts.chunk_size;
                 if caught_up {
                     if let Some(t) = self.next_chunk_table() {
-                        self.flush_all()?;
-                        match self.read_chunk(t).await {
-                            Err(e) if e.kind() == ErrorKind::Unsupported => self.fail_table(t, e),
-                            other => other?,
-                        }
-                        self.since_chunk = 0;
-                        if self.stream.is_some() {
-                            // Lets the stream pass this chunk's window even when idle.
-                            self.client
-                                .query_one(
-                                    "SELECT pg_logical_emit_message(false, 'lakeshore', 'chunk')::text",
-                                    &[],
-                                )
-                                .await
-                                .map_err(|e| pg_error("writing a chunk marker", e))?;
-                        }
+                        self.chunk_of(t).await?;
                         continue;
                     }
                     if self.stream.is_none() {

@@ -145,6 +145,45 @@ pub struct ChunkSpec {
     pub exported: Option<String>,
 }
 
+/// The chunk reads the columns (and types) known to the source; a column added, dropped
+/// or retyped since, which the stream has not told us about yet, would be read wrongly,
+/// so the read starts over (the restart sees the new shape).
+async fn same_columns(tx: &tokio_postgres::Transaction<'_>, table: &PgTable) -> Result<()> {
+    let now = tx
+        .query_one(
+            "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}'), \
+                    coalesce(array_agg(format_type(atttypid, atttypmod) ORDER BY attnum), '{}') \
+             FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                "PostgreSQL snapshot: reading the columns",
+            )
+            .with_source(e)
+        })?;
+    let (names, types): (Vec<String>, Vec<String>) = (now.get(0), now.get(1));
+    if names.len() != table.columns.len()
+        || names
+            .iter()
+            .zip(&types)
+            .zip(&table.columns)
+            .any(|((n, ty), c)| *n != c.name || *ty != c.type_name)
+    {
+        return Err(Error::new(
+            ErrorKind::Transient,
+            format!(
+                "the columns of {} changed during its snapshot; restarting to read the new ones",
+                table.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn read_chunk(
     client: &mut Client,
     table: &PgTable,
@@ -174,35 +213,7 @@ pub async fn read_chunk(
         .await
         .map_err(pg("pg_current_snapshot()"))?
         .get(0);
-    // The chunk reads the columns (and types) known to the source; a column added, dropped
-    // or retyped since, which the stream has not told us about yet, would be read wrongly,
-    // so start over (the restart sees the new shape).
-    let now = tx
-        .query_one(
-            "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}'), \
-                    coalesce(array_agg(format_type(atttypid, atttypmod) ORDER BY attnum), '{}') \
-             FROM pg_attribute \
-             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&table.quoted()],
-        )
-        .await
-        .map_err(pg("reading the columns"))?;
-    let (names, types): (Vec<String>, Vec<String>) = (now.get(0), now.get(1));
-    if names.len() != table.columns.len()
-        || names
-            .iter()
-            .zip(&types)
-            .zip(&table.columns)
-            .any(|((n, ty), c)| *n != c.name || *ty != c.type_name)
-    {
-        return Err(Error::new(
-            ErrorKind::Transient,
-            format!(
-                "the columns of {} changed during its snapshot; restarting to read the new ones",
-                table.name
-            ),
-        ));
-    }
+    same_columns(&tx, table).await?;
     let visibility = Visibility::parse(&snap).ok_or_else(|| {
         Error::new(
             ErrorKind::Internal,
