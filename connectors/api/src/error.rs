@@ -40,6 +40,33 @@ impl Error {
         }
     }
 
+    /// A configuration or remote set-up error: say what to change.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    /// A fault that may pass (network, server, storage).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Transient, message)
+    }
+
+    /// Input that cannot be represented; name the table and the column.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unsupported, message)
+    }
+
+    /// A bug or an unexpected state.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    /// The message prefixed with what was being done (`"{what}: {message}"`); kind and
+    /// cause are kept.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     /// Attach the underlying cause.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
@@ -72,5 +99,66 @@ impl std::error::Error for Error {
         self.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// [`Error::context`] on a result.
+pub trait Context<T> {
+    /// Prefix the error's message with what was being done.
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| e.into().context(what))
+    }
+}
+
+/// A cause kept as the source; the message says which library failed.
+fn caused(kind: ErrorKind, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(kind, what).with_source(e)
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        caused(ErrorKind::Internal, "JSON", e)
+    }
+}
+
+impl From<arrow_schema::ArrowError> for Error {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        caused(ErrorKind::Internal, "Arrow", e)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        caused(ErrorKind::Transient, "Parquet", e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        caused(ErrorKind::Transient, "I/O", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_keeps_the_kind_and_the_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let r: Result<()> = Err(io).context("reading the checkpoint record");
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(e.to_string(), "reading the checkpoint record: I/O: gone");
+        assert!(std::error::Error::source(&e).is_some());
+        let e = Error::config("set [source] url").context("table a");
+        assert_eq!(
+            (e.kind(), e.to_string()),
+            (ErrorKind::Config, "table a: set [source] url".into())
+        );
     }
 }

@@ -23,7 +23,7 @@ mod ledger;
 mod position;
 mod storage;
 pub mod url;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Context, Error, ErrorKind, Result};
 pub use ledger::{Acquired, Ledger};
 pub use storage::StorageOptions;
 

@@ -330,10 +330,6 @@ fn decode(
     end: u64,
     declared: &mut DeclaredCache,
 ) -> Result<Option<Msg>> {
-    let here = |file: &str, pos: u64| BinlogPos {
-        file: file.to_string(),
-        pos,
-    };
     if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
         let d = ev.data();
         if d.len() < 13 {
@@ -344,7 +340,10 @@ fn decode(
             let server = ev.header().server_id();
             let start = end.saturating_sub(ev.header().event_size() as u64);
             Ok(Some(Msg::Begin {
-                at: here(file, start),
+                at: BinlogPos {
+                    file: file.clone(),
+                    pos: start,
+                },
                 gtid: Some(format!("{domain}-{server}-{seq}")),
             }))
         }

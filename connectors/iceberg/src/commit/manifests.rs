@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 
 use iceberg::TableIdent;
-use iceberg::spec::{ManifestContentType, Operation};
+use iceberg::spec::ManifestContentType;
 use lakeshore_api::Result;
 
-use super::MAINTENANCE_KEY;
 use super::snapshot::{
     NextSnapshot, has_live_files, manifest_writer, new_snapshot_id, swap_or_discard, write_snapshot,
 };
@@ -76,15 +75,13 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
             }
             manifests.push(writer.write_manifest_file().await.map_err(ice)?);
         }
-        let mut props = HashMap::new();
-        props.insert(MAINTENANCE_KEY.to_string(), "manifests".to_string());
-        let next = NextSnapshot {
-            id: snapshot_id,
-            uuid: commit_uuid,
+        let next = NextSnapshot::maintenance(
+            snapshot_id,
+            commit_uuid,
             attempt,
-            operation: Operation::Replace,
-            props,
-        };
+            "manifests",
+            HashMap::new(),
+        );
         let location = write_snapshot(&table, Some(&parent), manifests, next, &mut written).await?;
         written.push(location.clone());
         if swap_or_discard(catalog, ident, &table, &location, &written).await? {

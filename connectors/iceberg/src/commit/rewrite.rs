@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use iceberg::TableIdent;
 use iceberg::spec::{
-    DataFile, ManifestContentType, ManifestEntry, ManifestStatus, Operation,
-    SnapshotSummaryCollector,
+    DataFile, ManifestContentType, ManifestEntry, ManifestStatus, SnapshotSummaryCollector,
 };
 use iceberg::table::Table;
 use lakeshore_api::Result;
 
-use super::MAINTENANCE_KEY;
 use super::history::entries_since;
 use super::snapshot::{
     NextSnapshot, discard, has_live_files, lost_race, manifest_writer, new_snapshot_id,
@@ -231,14 +229,12 @@ async fn stage_rewrite(
         }
         manifests.push(writer.write_manifest_file().await.map_err(ice)?);
     }
-    let mut props = collector.build();
-    props.insert(MAINTENANCE_KEY.into(), "compaction".into());
-    let next = NextSnapshot {
-        id: snapshot_id,
-        uuid: commit_uuid,
+    let next = NextSnapshot::maintenance(
+        snapshot_id,
+        commit_uuid,
         attempt,
-        operation: Operation::Replace,
-        props,
-    };
+        "compaction",
+        collector.build(),
+    );
     write_snapshot(table, Some(&parent), manifests, next, written).await
 }

@@ -84,6 +84,26 @@ pub(crate) struct NextSnapshot {
     pub(crate) props: HashMap<String, String>,
 }
 
+impl NextSnapshot {
+    /// A `replace` snapshot of table maintenance (`lakeshore.maintenance = kind`).
+    pub(crate) fn maintenance(
+        id: i64,
+        uuid: uuid::Uuid,
+        attempt: u32,
+        kind: &str,
+        mut props: HashMap<String, String>,
+    ) -> Self {
+        props.insert(MAINTENANCE_KEY.to_string(), kind.to_string());
+        NextSnapshot {
+            id,
+            uuid,
+            attempt,
+            operation: Operation::Replace,
+            props,
+        }
+    }
+}
+
 /// Write the manifest list of `manifests`, the snapshot and the next metadata file;
 /// returns the metadata file's path (what the catalog swap installs). Paths written are
 /// added to `written`.
