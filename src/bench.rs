@@ -66,10 +66,14 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             report,
         } => {
             let plan = config::load(&file)?;
-            let config::plan::SourcePlan::Kafka(opts) = &plan.source else {
+            let Some(kafka) = plan
+                .source
+                .as_any()
+                .downcast_ref::<crate::sources::kafka::Kafka>()
+            else {
                 return Err(Failure::Config("bench-kafka needs a kafka source".into()));
             };
-            let opts = opts.clone();
+            let opts = kafka.0.clone();
             let (messages, bytes, secs) =
                 tokio::task::spawn_blocking(move || lakeshore_kafka::bare_consume(&opts))
                     .await
@@ -100,10 +104,16 @@ pub async fn raw_parquet(plan: &Plan, out: &Path) -> anyhow::Result<(u64, f64)> 
     std::fs::create_dir_all(out)?;
     // The limit is measured unpaced, whatever `rate` the pipeline sets.
     let mut plan = plan.clone();
-    if let crate::config::plan::SourcePlan::Datagen(opts) = &mut plan.source {
-        opts.rate = 0;
+    if let Some(datagen) = plan
+        .source
+        .as_any()
+        .downcast_ref::<crate::sources::datagen::Datagen>()
+    {
+        let mut unpaced = datagen.clone();
+        unpaced.0.rate = 0;
+        plan.source = std::sync::Arc::new(unpaced);
     }
-    let mut source = crate::pipeline::open_source(&plan, None, true, None).await?;
+    let mut source = plan.source.open(None, true, None).await?;
     let mut writers: HashMap<String, ArrowWriter<File>> = HashMap::new();
     let started = Instant::now();
     let mut rows = 0u64;

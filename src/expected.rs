@@ -10,11 +10,11 @@ use lakeshore_datagen::{Profile, nexmark, orders};
 use parquet::arrow::ArrowWriter;
 
 use crate::config::Plan;
-use crate::config::plan::SourcePlan;
+use crate::sources::datagen::Datagen;
 
 /// Write `<out>/<lake table>.parquet` for every table of the plan's generator.
 pub fn write(plan: &Plan, out: &Path) -> anyhow::Result<()> {
-    let SourcePlan::Datagen(o) = &plan.source else {
+    let Some(Datagen(o)) = plan.source.as_any().downcast_ref::<Datagen>() else {
         anyhow::bail!(
             "only generator pipelines have an expected state; compare with the source itself"
         );

@@ -17,6 +17,8 @@ mod daemon;
 mod expected;
 mod maintain;
 mod pipeline;
+mod sinks;
+mod sources;
 
 /// Keeps lakehouse tables in sync with operational databases and event streams.
 #[derive(Parser)]
@@ -348,7 +350,7 @@ async fn validate(
         };
         println!("ok: {} (pipeline {})", f.display(), plan.name);
         if connect {
-            match pipeline::check_source(&plan).await {
+            match pipeline::check(&plan).await {
                 Ok(lines) => lines.iter().for_each(|l| println!("  {l}")),
                 Err(e) => failed.push(format!("{}: {e}", f.display())),
             }

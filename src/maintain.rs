@@ -7,7 +7,6 @@ use lakeshore_api::{Error, ErrorKind, Result};
 use lakeshore_iceberg::{IcebergSink, Maintenance};
 
 use crate::config::Plan;
-use crate::config::plan::SinkPlan;
 use lakeshore_engine::state::StateStore;
 
 /// One table's maintenance.
@@ -22,7 +21,11 @@ pub struct Maintained {
 
 /// The sink of `plan`, which must be Iceberg.
 pub async fn sink(plan: &Plan) -> Result<IcebergSink> {
-    let SinkPlan::Iceberg { options, .. } = &plan.sink else {
+    let Some(sink) = plan
+        .sink
+        .as_any()
+        .downcast_ref::<crate::sinks::iceberg::Iceberg>()
+    else {
         return Err(Error::new(
             ErrorKind::Config,
             format!(
@@ -31,7 +34,7 @@ pub async fn sink(plan: &Plan) -> Result<IcebergSink> {
             ),
         ));
     };
-    IcebergSink::connect(options.clone()).await
+    IcebergSink::connect(sink.options.clone()).await
 }
 
 /// Maintain `tables` (all tables of the sink's namespace when empty), one after another.

@@ -6,114 +6,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lakeshore_api::{Error, ErrorKind, Ledger, Result, Sink, Source, SourcePosition};
-use lakeshore_datagen::DatagenSource;
-use lakeshore_iceberg::IcebergSink;
-use lakeshore_postgres::PostgresSource;
+use lakeshore_api::{Error, ErrorKind, Ledger, Result, SourcePosition};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Plan;
 use crate::config::daemon::RestartPolicy;
-use crate::config::plan::{SinkPlan, SourcePlan};
 use lakeshore_engine::group::{self, GroupLedger};
 use lakeshore_engine::state::StateStore;
 use lakeshore_engine::{self as engine, Checkpoints, Command, Observer, PipelineSpec, RunSummary};
 
-/// Open the source of `plan` at `position`. `bounded` (`backfill`): sources that could
-/// run forever stop once they have caught up with what existed when they started.
-pub async fn open_source(
-    plan: &Plan,
-    position: Option<&SourcePosition>,
-    bounded: bool,
-    ledger: Option<Arc<dyn Ledger>>,
-) -> Result<Box<dyn Source>> {
-    match &plan.source {
-        SourcePlan::Datagen(o) => Ok(Box::new(DatagenSource::open(o.clone(), position)?)),
-        SourcePlan::Postgres(o) => Ok(Box::new(
-            PostgresSource::open(o.clone(), position, bounded).await?,
-        )),
-        SourcePlan::Mysql(o) => Ok(Box::new(
-            lakeshore_mysql::MysqlSource::open(o.clone(), position, bounded).await?,
-        )),
-        SourcePlan::Kafka(o) => Ok(Box::new(
-            lakeshore_kafka::KafkaSource::open(o.clone(), position, bounded, ledger).await?,
-        )),
-    }
-}
-
-/// `validate --connect`: check the source's server (and a Hive sink's storage) without
+/// `validate --connect`: check the source's server and the sink's storage without
 /// changing anything.
-pub async fn check_source(plan: &Plan) -> Result<Vec<String>> {
-    let mut lines = match &plan.source {
-        SourcePlan::Datagen(_) => vec!["generator source: nothing to connect to".into()],
-        SourcePlan::Postgres(o) => lakeshore_postgres::check(o).await?,
-        SourcePlan::Mysql(o) => lakeshore_mysql::check(o).await?,
-        SourcePlan::Kafka(o) => lakeshore_kafka::check(o).await?,
-    };
-    if let SinkPlan::Hive { options, .. } = &plan.sink {
-        lines.extend(lakeshore_hive::check(options).await?);
-    }
+pub async fn check(plan: &Plan) -> Result<Vec<String>> {
+    let mut lines = plan.source.check().await?;
+    lines.extend(plan.sink.check().await?);
     Ok(lines)
-}
-
-/// Connect the sink of `plan`, committing as `commit_as` (see [`PipelineSpec::commit_as`]).
-pub async fn open_sink(plan: &Plan, commit_as: &str) -> Result<Arc<dyn Sink>> {
-    match &plan.sink {
-        SinkPlan::Iceberg { options, .. } => {
-            if let Some(path) = options.catalog.uri.strip_prefix("sqlite://") {
-                let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
-                if let Some(dir) = file.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        lakeshore_api::Error::new(
-                            lakeshore_api::ErrorKind::Config,
-                            format!("cannot create {}; check [sink.catalog] uri", dir.display()),
-                        )
-                        .with_source(e)
-                    })?;
-                }
-            }
-            if !options.catalog.warehouse.starts_with("s3://") {
-                std::fs::create_dir_all(&options.catalog.warehouse).map_err(|e| {
-                    lakeshore_api::Error::new(
-                        lakeshore_api::ErrorKind::Config,
-                        format!(
-                            "cannot create the warehouse {}; check [sink.catalog] warehouse",
-                            options.catalog.warehouse
-                        ),
-                    )
-                    .with_source(e)
-                })?;
-            }
-            Ok(Arc::new(IcebergSink::connect(options.clone()).await?))
-        }
-        SinkPlan::Hive { options, .. } => {
-            let mut options = options.clone();
-            options.pipeline = commit_as.to_string();
-            Ok(Arc::new(lakeshore_hive::HiveSink::connect(options).await?))
-        }
-    }
-}
-
-/// What the source keeps for a stopped pipeline, in bytes, and what it is: a PostgreSQL
-/// slot's WAL (it piles up until the pipeline resumes or the slot is dropped), or the
-/// binlog MySQL wrote since the last checkpoint (purged by the server's own expiry,
-/// after which a new snapshot is needed). `None` for sources that keep nothing for a
-/// pipeline, or before its first checkpoint.
-pub async fn held_at_source(plan: &Plan) -> Result<Option<(u64, &'static str)>> {
-    match &plan.source {
-        SourcePlan::Postgres(o) => Ok(lakeshore_postgres::retained_wal(o)
-            .await?
-            .map(|b| (b, "WAL kept by its replication slot"))),
-        SourcePlan::Mysql(o) => {
-            let store = StateStore::open(&plan.state_url, &plan.name, &plan.sink.storage())?;
-            let Some(record) = store.latest().await? else {
-                return Ok(None);
-            };
-            let behind = lakeshore_mysql::binlog_behind(o, &record.position).await?;
-            Ok(Some((behind, "binlog written since its last checkpoint")))
-        }
-        SourcePlan::Datagen(_) | SourcePlan::Kafka(_) => Ok(None),
-    }
 }
 
 /// Run `plan` to the end of its source, or until `shutdown`.
@@ -224,7 +131,7 @@ async fn run_once(
     let commit_as = member
         .as_deref()
         .map_or_else(|| plan.name.clone(), |m| group::commit_name(&plan.name, m));
-    let sink = open_sink(plan, &commit_as).await?;
+    let sink = plan.sink.open(&commit_as).await?;
     let (store, ledger) = match member {
         Some(member) => {
             if bounded {
@@ -275,7 +182,7 @@ async fn run_once(
     };
     engine::run(
         spec,
-        async |p: Option<SourcePosition>| open_source(plan, p.as_ref(), bounded, ledger).await,
+        async |p: Option<SourcePosition>| plan.source.open(p.as_ref(), bounded, ledger).await,
         sink,
         store,
         observer,

@@ -1,15 +1,112 @@
-//! The daemon file: settings of `lakeshore run` itself (see [`raw::DaemonFile`]).
+//! The daemon file: settings of `lakeshore run` itself ([`DaemonFile`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::plan::location_url;
-use super::raw::{self, DaemonFile};
-use super::{ConfigError, SourceText};
+use serde::Deserialize;
+
+use super::units::{EnvString, HumanDuration, Spanned};
+use super::{ConfigError, SourceText, location_url};
+
+/// The daemon file (`lakeshore run --config configs/lakeshore.toml`): settings of the
+/// process that runs every pipeline file it is given. All keys are optional.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DaemonFile {
+    /// Address of the HTTP endpoints (`/health`, `/ready`, `/metrics`, `/pipelines`),
+    /// e.g. `"127.0.0.1:8080"`. `--http` on the command line wins. Default: no HTTP.
+    /// Any address other than loopback needs a token (`[auth]`).
+    pub http: Option<Spanned<String>>,
+    /// `"text"` (default) or `"json"` (one object per line). `--log-format` wins.
+    #[cfg_attr(test, schemars(with = "Option<String>"))]
+    pub log_format: Option<Spanned<LogFormat>>,
+    /// Where pipelines without `[pipeline] state` keep their checkpoints: a directory or
+    /// `file://` / `s3://` URL; each pipeline gets its own prefix under it.
+    pub state: Option<EnvString>,
+    /// Checkpoint interval of pipelines that do not set one. Default `"10s"`.
+    pub checkpoint_interval: Option<Spanned<HumanDuration>>,
+    /// How long SIGTERM waits for every pipeline's final checkpoint before the process
+    /// exits with status 1. Default `"30s"`.
+    pub grace_period: Option<Spanned<HumanDuration>>,
+    /// How often the pipeline files are checked for changes (SIGHUP checks at once).
+    /// Default `"2s"`.
+    pub watch_interval: Option<Spanned<HumanDuration>>,
+    /// `[restart]`: how a failed pipeline is restarted.
+    pub restart: Option<RestartSection>,
+    /// `[auth]`: the token the HTTP endpoints require.
+    pub auth: Option<AuthSection>,
+    /// `[tls]`: serve the HTTP endpoints over TLS.
+    pub tls: Option<TlsSection>,
+}
+
+/// `[auth]` of the daemon file. With a token, every HTTP endpoint except `/health` and
+/// `/ready` answers only requests with `Authorization: Bearer <token>` (401 otherwise),
+/// `/metrics` too unless `metrics = "open"`. Without one (and without the
+/// `LAKESHORE_API_TOKEN` environment variable), the daemon listens only on a loopback
+/// address. `lakeshore status --config` reads the token from the same place.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The token, e.g. `"${LAKESHORE_API_TOKEN}"`; at least 16 characters.
+    pub token: Option<Spanned<EnvString>>,
+    /// A file holding the token, e.g. a mounted Kubernetes Secret
+    /// (`"/etc/lakeshore/token/token"`); surrounding whitespace is ignored.
+    pub token_file: Option<Spanned<String>>,
+    /// `"token"` (default): `/metrics` needs the token too; `"open"`: whoever reaches the
+    /// port may scrape it (e.g. behind a NetworkPolicy that admits only Prometheus).
+    pub metrics: Option<MetricsAccess>,
+}
+
+/// Who may read `/metrics` (`[auth] metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// With the token only.
+    Token,
+    /// Anyone who reaches the port.
+    Open,
+}
+
+/// `[tls]` of the daemon file: the HTTP endpoints speak HTTPS with this certificate
+/// (for clusters without a service mesh).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM file with its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+}
+
+/// `[restart]` of the daemon file. A failed pipeline restarts alone from its last
+/// checkpoint after a pause that doubles from `initial_backoff` up to `max_backoff`
+/// (back to `initial_backoff` once it ran for a minute). Configuration errors (a wrong
+/// setting on the server too) are not retried, nor is an error that repeated
+/// `give_up_after` times: the pipeline shows `failed` until its file changes or it is
+/// resumed (`POST /pipelines/{name}/resume`).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RestartSection {
+    /// First pause. Default `"1s"`.
+    pub initial_backoff: Option<Spanned<HumanDuration>>,
+    /// Longest pause. Default `"60s"`.
+    pub max_backoff: Option<Spanned<HumanDuration>>,
+    /// Restarts after which a pipeline that keeps failing with the same error stops
+    /// retrying and shows `failed` with that error (the source's retained WAL or binlog
+    /// would otherwise pile up behind a retry that cannot succeed). A different error, or
+    /// a run that lasted a minute, starts the count again. Default 10.
+    pub give_up_after: Option<Spanned<u32>>,
+}
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -172,7 +269,7 @@ pub fn load(file: &Path) -> Result<DaemonConfig, ConfigError> {
         message: format!("cannot read the daemon file: {e}"),
     })?;
     let src = SourceText { file, text: &text };
-    let raw: DaemonFile = toml::from_str(&text).map_err(|e| super::plan::toml_error(&src, e))?;
+    let raw: DaemonFile = toml::from_str(&text).map_err(|e| super::toml_error(&src, e))?;
     parse(&src, raw)
 }
 
@@ -190,18 +287,10 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
         })?);
     }
     if let Some(f) = &raw.log_format {
-        cfg.log_format = LogFormat::parse(f.get_ref()).ok_or_else(|| {
-            src.error(
-                Some(f.span()),
-                format!(
-                    "log_format \"{}\" is unknown; write \"text\" or \"json\"",
-                    f.get_ref()
-                ),
-            )
-        })?;
+        cfg.log_format = *f.get_ref();
     }
     cfg.state = raw.state.as_ref().map(|s| location_url(&s.0));
-    let positive = |d: &Option<toml::Spanned<super::units::HumanDuration>>, key: &str| match d {
+    let positive = |d: &Option<Spanned<HumanDuration>>, key: &str| match d {
         Some(v) if v.get_ref().0.is_zero() => Err(src.error(
             Some(v.span()),
             format!("{key} must be more than zero, e.g. \"10s\""),
@@ -225,7 +314,7 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
         cfg.watch_interval = d;
     }
     if let Some(r) = &raw.restart {
-        let r: &raw::RestartSection = r;
+        let r: &RestartSection = r;
         if let Some(d) = positive(&r.initial_backoff, "initial_backoff")? {
             cfg.restart.initial = d;
         }
@@ -241,7 +330,7 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
         }
     }
     if let Some(a) = &raw.auth {
-        let a: &raw::AuthSection = a;
+        let a: &AuthSection = a;
         cfg.auth.token = match (&a.token, &a.token_file) {
             (Some(_), Some(f)) => {
                 return Err(src.error(
@@ -258,7 +347,7 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
             ),
             (None, None) => None,
         };
-        cfg.auth.metrics_open = a.metrics == Some(raw::MetricsAccess::Open);
+        cfg.auth.metrics_open = a.metrics == Some(MetricsAccess::Open);
     }
     if let Some(t) = &raw.tls {
         cfg.tls = Some(HttpTls {
@@ -276,8 +365,8 @@ mod tests {
     fn parse_text(text: &str) -> Result<DaemonConfig, String> {
         let file = Path::new("lakeshore.toml");
         let src = SourceText { file, text };
-        let raw: DaemonFile = toml::from_str(text)
-            .map_err(|e| super::super::plan::toml_error(&src, e).to_string())?;
+        let raw: DaemonFile =
+            toml::from_str(text).map_err(|e| super::super::toml_error(&src, e).to_string())?;
         parse(&src, raw).map_err(|e| e.to_string())
     }
 
@@ -299,8 +388,8 @@ mod tests {
         let err = parse_text("[auth]\nmetrics = \"nope\"\n").unwrap_err();
         assert!(
             err.starts_with("lakeshore.toml:2:")
-                && err.contains("`token`")
-                && err.contains("`open`"),
+                && err.contains("\"token\"")
+                && err.contains("\"open\""),
             "{err}"
         );
         let err = parse_text("[auth]\ntoken = \"short\"\n").unwrap_err();
@@ -317,7 +406,7 @@ mod tests {
         assert_eq!(cfg.restart.initial, Duration::from_secs(2));
         assert_eq!(
             parse_text("log_format = \"xml\"\n").unwrap_err(),
-            "lakeshore.toml:1:14: log_format \"xml\" is unknown; write \"text\" or \"json\""
+            "lakeshore.toml:1:14: unknown value \"xml\"; write \"text\" or \"json\""
         );
         assert!(
             parse_text("http = \"nowhere\"\n")

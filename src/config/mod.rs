@@ -7,9 +7,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub mod daemon;
+pub mod pipeline;
 pub mod plan;
-pub mod raw;
-mod sinks;
 pub mod units;
 
 #[cfg(test)]
@@ -76,12 +75,12 @@ pub fn load(file: &Path) -> Result<Plan, ConfigError> {
         location: None,
         message: format!("cannot read the pipeline file: {e}"),
     })?;
-    plan::parse(&SourceText { file, text: &text })
+    pipeline::parse(&SourceText { file, text: &text })
 }
 
 /// Validate a pipeline file's `text` (already read from `file`).
 pub fn load_text(file: &Path, text: &str) -> Result<Plan, ConfigError> {
-    plan::parse(&SourceText { file, text })
+    pipeline::parse(&SourceText { file, text })
 }
 
 /// The pipeline files named by `paths`: files as given, directories by their `*.toml`
@@ -108,9 +107,121 @@ pub fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
+/// Suggest the closest known name for an unknown field or value in a serde message, or
+/// what to add for a missing field.
+fn with_hint(message: &str) -> String {
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        return format!(
+            "missing field `{field}`: add `{field} = ...` to this section (every key is described in docs/config.md)"
+        );
+    }
+    for (prefix, what) in [("unknown field `", "field"), ("unknown variant `", "value")] {
+        let Some((name, expected)) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('`'))
+        else {
+            continue;
+        };
+        let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let best = known
+            .iter()
+            .map(|k| (edit_distance(name, k), *k))
+            .min()
+            // A value is a short word: "nope" is not a typo of "open".
+            .filter(|(d, _)| {
+                *d <= if what == "field" {
+                    2
+                } else {
+                    (name.len() / 3).clamp(1, 2)
+                }
+            })
+            .map(|(_, k)| k);
+        return if what == "field" {
+            let list = known.join(", ");
+            match best {
+                Some(k) => format!("unknown field `{name}`; did you mean `{k}`? (known: {list})"),
+                None => format!("unknown field `{name}` (known: {list})"),
+            }
+        } else {
+            let quoted: Vec<String> = known.iter().map(|k| format!("\"{k}\"")).collect();
+            let list = match quoted.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                _ => quoted.join(""),
+            };
+            match best {
+                Some(k) => format!("unknown value \"{name}\"; did you mean \"{k}\"? write {list}"),
+                None => format!("unknown value \"{name}\"; write {list}"),
+            }
+        };
+    }
+    message.trim_end().to_string()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A TOML or serde error, located, with a hint where one helps.
+pub fn toml_error(src: &SourceText<'_>, e: toml::de::Error) -> ConfigError {
+    src.error(e.span(), with_hint(e.message()))
+}
+
+/// `path` against the working directory.
+pub fn absolute(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// A directory or URL as a URL (`file://` for directories).
+pub fn location_url(s: &str) -> String {
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("file://{}", absolute(s).display())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_get_a_suggestion() {
+        let m = with_hint("unknown field `evnts`, expected one of `type`, `events`, `rate`");
+        assert_eq!(
+            m,
+            "unknown field `evnts`; did you mean `events`? (known: type, events, rate)"
+        );
+        let m = with_hint("unknown variant `apend`, expected `append` or `upsert`");
+        assert_eq!(
+            m,
+            "unknown value \"apend\"; did you mean \"append\"? write \"append\" or \"upsert\""
+        );
+        let m = with_hint("unknown variant `avro`, expected one of `json`, `raw`, `canal-json`");
+        assert_eq!(
+            m,
+            "unknown value \"avro\"; write \"json\", \"raw\" or \"canal-json\""
+        );
+    }
 
     #[test]
     fn line_and_column_are_one_based() {

@@ -6,6 +6,77 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// A value with the bytes of the file it was written at, so that a check after parsing
+/// can name its line and column. (`toml::Spanned`, wrapped so that `docs/config.md` can
+/// describe it as the value it holds.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spanned<T>(toml::Spanned<T>);
+
+impl<T> Spanned<T> {
+    /// The value.
+    pub fn get_ref(&self) -> &T {
+        self.0.get_ref()
+    }
+
+    /// Where it was written: a byte range of the file.
+    pub fn span(&self) -> std::ops::Range<usize> {
+        self.0.span()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        toml::Spanned::deserialize(d).map(Spanned)
+    }
+}
+
+/// The schemas `config::docs` renders: each value type is described as what is written.
+#[cfg(test)]
+mod schema {
+    use std::borrow::Cow;
+
+    use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+
+    impl<T: JsonSchema> JsonSchema for super::Spanned<T> {
+        fn inline_schema() -> bool {
+            T::inline_schema()
+        }
+        fn schema_name() -> Cow<'static, str> {
+            T::schema_name()
+        }
+        fn schema_id() -> Cow<'static, str> {
+            T::schema_id()
+        }
+        fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+            T::json_schema(generator)
+        }
+    }
+
+    /// A string value described by `what`.
+    macro_rules! text {
+        ($($t:ty => $what:literal),* $(,)?) => {$(
+            impl JsonSchema for $t {
+                fn inline_schema() -> bool {
+                    true
+                }
+                fn schema_name() -> Cow<'static, str> {
+                    $what.into()
+                }
+                fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                    json_schema!({ "type": "string", "format": $what })
+                }
+            }
+        )*};
+    }
+
+    text!(
+        super::EnvString => "string, ${ENV} expanded",
+        super::EnvUrl => "URL, ${ENV} expanded",
+        super::HumanDuration => "duration",
+        super::ByteSize => "size",
+    );
+}
+
 /// A string in which `${NAME}` is replaced by the environment variable `NAME`.
 /// The expanded value may hold secrets: it is never printed (see its `Debug`).
 #[derive(Clone, PartialEq, Eq)]

@@ -395,13 +395,10 @@ impl Daemon {
         let task = tokio::spawn(async move {
             let observer = Arc::new(status.clone());
             // [sink.maintenance] interval: compaction alongside the pipeline.
-            let maintenance = match &plan.sink {
-                crate::config::plan::SinkPlan::Iceberg { options, .. } => options
-                    .maintenance
-                    .interval
-                    .map(|i| tokio::spawn(crate::maintain::every(plan.clone(), i))),
-                _ => None,
-            };
+            let maintenance = plan
+                .sink
+                .maintenance_interval()
+                .map(|i| tokio::spawn(crate::maintain::every(plan.clone(), i)));
             let result = pipeline::run(
                 &plan,
                 false,
@@ -579,7 +576,7 @@ async fn report_held(plan: Plan, status: WeakStatusCell) {
         if !still_failed {
             break;
         }
-        match crate::pipeline::held_at_source(&plan).await {
+        match crate::sources::held_at_source(&plan).await {
             Ok(Some((bytes, what))) => {
                 gauge.set(bytes as f64);
                 if let Some(s) = status.upgrade() {

@@ -6,8 +6,10 @@ use std::hash::Hash;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-/// Parquet codec of data files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Parquet codec of data files (`compression` in the pipeline file: `"zstd"`,
+/// `"zstd(N)"`, `"snappy"` or `"none"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Codec {
     /// zstd at the given level.
     Zstd(i32),
@@ -15,6 +17,45 @@ pub enum Codec {
     Snappy,
     /// No compression.
     Uncompressed,
+}
+
+impl Default for Codec {
+    /// zstd level 1, the pipeline file's default (ARCHITECTURE.md, "Parquet").
+    fn default() -> Self {
+        Codec::Zstd(1)
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "zstd" => Ok(Codec::Zstd(1)),
+            "snappy" => Ok(Codec::Snappy),
+            "none" | "uncompressed" => Ok(Codec::Uncompressed),
+            t => t
+                .strip_prefix("zstd(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| (1..=22).contains(n))
+                .map(Codec::Zstd)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown compression \"{t}\"; write \"zstd\", \"zstd(N)\" with N in \
+                         1..=22, \"snappy\" or \"none\""
+                    )
+                }),
+        }
+    }
+}
+
+impl TryFrom<String> for Codec {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
 }
 
 /// Upper bound of a Parquet data page and of a column's dictionary, in bytes.

@@ -19,8 +19,9 @@ pub mod nexmark;
 pub mod orders;
 mod rng;
 
-/// Which data set to generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which data set to generate (`profile` in the pipeline file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// Nexmark persons, auctions and bids.
     Nexmark,

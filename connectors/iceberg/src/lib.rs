@@ -47,8 +47,9 @@ use crate::table_writer::{AppendWriter, OpenTable, TableContext, decode_pending}
 use crate::upsert::UpsertWriter;
 use crate::writer::FileSettings;
 
-/// How changes land in a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How changes land in a table (`mode` in the pipeline file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WriteMode {
     /// Data files only.
     Append,

@@ -19,10 +19,12 @@ use lakeshore_api::{Error, ErrorKind, Op, Result};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// How messages are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How messages are read (`format` in the pipeline file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// One JSON object per message, in the declared columns.
+    #[default]
     Json,
     /// Debezium change events (`before`, `after`, `op`; with or without the
     /// `schema`/`payload` envelope).

@@ -62,10 +62,12 @@ pub enum Startup {
     Timestamp(i64),
 }
 
-/// What happens to a message that cannot be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What happens to a message that cannot be read (`on_error` in the pipeline file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Stop, naming topic, partition and offset (default).
+    #[default]
     Fail,
     /// Count it and go on.
     Skip,
