@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use lakeshore_iceberg::{IcebergSink, Maintenance};
 
 use crate::config::Plan;
@@ -26,13 +26,10 @@ pub async fn sink(plan: &Plan) -> Result<IcebergSink> {
         .as_any()
         .downcast_ref::<crate::sinks::iceberg::Iceberg>()
     else {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "{}: maintenance works on Iceberg tables; this pipeline writes a Hive sink",
-                plan.file.display()
-            ),
-        ));
+        return Err(Error::config(format!(
+            "{}: maintenance works on Iceberg tables; this pipeline writes a Hive sink",
+            plan.file.display()
+        )));
     };
     IcebergSink::connect(sink.options.clone()).await
 }

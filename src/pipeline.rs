@@ -61,10 +61,9 @@ pub async fn run(
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("a panic");
-                Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("lakeshore panicked ({what}); this is a bug, please report it"),
-                ))
+                Err(Error::internal(format!(
+                    "lakeshore panicked ({what}); this is a bug, please report it"
+                )))
             });
         match once {
             // A configuration error fails the same way again, unsupported input (a
@@ -99,13 +98,12 @@ pub async fn run(
                         ),
                     ));
                 }
-                tracing::warn!(
-                    pipeline = %plan.name,
-                    error = %e,
-                    retry_in_ms = pause.as_millis() as u64,
-                    "pipeline failed; restarting from its last checkpoint"
-                );
-                observer.restarting(&e, pause);
+                lakeshore_engine::events::Restarting {
+                    pipeline: &plan.name,
+                    error: &e,
+                    pause,
+                }
+                .emit(observer.as_ref());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => {}
@@ -135,14 +133,11 @@ async fn run_once(
     let (store, ledger) = match member {
         Some(member) => {
             if bounded {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "pipeline {}: scale_out pipelines run with `lakeshore run` (a \
+                return Err(Error::config(format!(
+                    "pipeline {}: scale_out pipelines run with `lakeshore run` (a \
                          backfill reads every partition in one process)",
-                        plan.name
-                    ),
-                ));
+                    plan.name
+                )));
             }
             let ledger = Arc::new(
                 GroupLedger::open(&plan.state_url, &plan.name, member, &storage, sink.clone())
@@ -156,14 +151,11 @@ async fn run_once(
             if store.latest().await?.is_none()
                 && group::exists(&plan.state_url, &plan.name, &storage).await?
             {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "pipeline {} ran with scale_out = true; its state is the group's \
+                return Err(Error::config(format!(
+                    "pipeline {} ran with scale_out = true; its state is the group's \
                          ledger. Set scale_out = true again, or use a new pipeline name",
-                        plan.name
-                    ),
-                ));
+                    plan.name
+                )));
             }
             (Checkpoints::Solo(store), None)
         }

@@ -223,7 +223,7 @@ def test_a_failed_pipeline_reports_the_wal_its_slot_holds(tmp_path, postgres):
     """Issue 19, repeating failures end: a pipeline that failed for good keeps its
     replication slot, whose WAL piles up until someone acts. While it stays failed, the
     daemon measures that WAL: `source_held_bytes` in /pipelines, the gauge
-    `lakeshore_failed_pipeline_source_held_bytes` in /metrics, and a warning; the other
+    `lakeshore_pipeline_source_held_bytes` in /metrics, and a warning; the other
     pipeline goes on."""
     from prometheus_client.parser import text_string_to_metric_families
     from test_daemon import Daemon, generator
@@ -248,7 +248,7 @@ def test_a_failed_pipeline_reports_the_wal_its_slot_holds(tmp_path, postgres):
                     "the WAL the slot holds is reported")
         _, text = daemon.get("/metrics")
         held = [s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == "lakeshore_failed_pipeline_source_held_bytes" and s.labels.get("pipeline") == "held19"]
+                if s.name == "lakeshore_pipeline_source_held_bytes" and s.labels.get("pipeline") == "held19"]
         assert held and held[0] > 1_000_000, held
         daemon.committing("gen")
         assert "its source holds" in daemon.log.read_text()

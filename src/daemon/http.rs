@@ -267,9 +267,8 @@ async fn render_metrics(State(app): State<App>) -> Response {
         let done = s.snapshot.values().filter(|v| *v == "done").count() as f64;
         metrics::gauge!("lakeshore_pipeline_snapshot_tables", "pipeline" => name.clone(), "state" => "done")
             .set(done);
-        metrics::gauge!("lakeshore_pipeline_snapshot_tables", "pipeline" => name.clone(), "state" => "running")
+        metrics::gauge!("lakeshore_pipeline_snapshot_tables", "pipeline" => name, "state" => "running")
             .set(total - done);
-        metrics::gauge!("lakeshore_pipeline_restarts", "pipeline" => name).set(s.restarts as f64);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

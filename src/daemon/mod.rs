@@ -561,11 +561,12 @@ const HELD_EVERY: Duration = Duration::from_secs(60);
 
 /// While a pipeline stays failed, measure what its source keeps for it (a slot's WAL
 /// piles up until the pipeline resumes or the slot is dropped): `source_held_bytes` in
-/// `/pipelines`, the gauge `lakeshore_failed_pipeline_source_held_bytes{pipeline}`, and
+/// `/pipelines`, the gauge `lakeshore_pipeline_source_held_bytes{pipeline}`, and
 /// a warning (the first time, then every ten minutes). Ends when the pipeline starts
 /// again or its entry goes.
 async fn report_held(plan: Plan, status: WeakStatusCell) {
-    let gauge = metrics::gauge!("lakeshore_failed_pipeline_source_held_bytes", "pipeline" => plan.name.clone());
+    let gauge =
+        metrics::gauge!("lakeshore_pipeline_source_held_bytes", "pipeline" => plan.name.clone());
     let mut rounds = 0u64;
     let failure = status.upgrade().map(|s| s.get().failures);
     loop {

@@ -248,8 +248,6 @@ impl Observer for StatusCell {
     }
 
     fn restarting(&self, error: &Error, _pause: Duration) {
-        metrics::counter!("lakeshore_pipeline_restarts_total", "pipeline" => self.get().name)
-            .increment(1);
         self.update(|s| {
             s.phase = Phase::Restarting;
             s.rows_before = s.rows;

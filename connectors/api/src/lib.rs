@@ -21,6 +21,7 @@ mod error;
 pub mod files;
 mod ledger;
 mod position;
+pub mod read_ahead;
 mod storage;
 pub mod url;
 pub use error::{Context, Error, ErrorKind, Result};
@@ -78,13 +79,10 @@ impl SourcePosition {
     /// configuration error naming `source`.
     pub fn decode<T: serde::de::DeserializeOwned>(&self, source: &str) -> Result<T> {
         serde_json::from_value(self.0.clone()).map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "the checkpoint's source position is not a {source} position; was the \
+            Error::config(format!(
+                "the checkpoint's source position is not a {source} position; was the \
                      pipeline's source changed? Use a new pipeline name"
-                ),
-            )
+            ))
             .with_source(e)
         })
     }
@@ -180,7 +178,7 @@ impl ChangeBatch {
             .map(|i| Some(!self.op(i).removes()))
             .collect();
         arrow_select::filter::filter_record_batch(&self.rows, &keep)
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))
+            .map_err(|e| Error::internal(e.to_string()))
     }
 }
 
@@ -288,13 +286,10 @@ pub trait Source: Send {
     /// with the change stream as at the first start; the resume position covers the
     /// re-read, so a restart goes on with it. Sources without a snapshot refuse.
     fn resnapshot(&mut self, table: &str) -> Result<()> {
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "cannot read {table} again: only database sources (postgres, mysql) take \
+        Err(Error::unsupported(format!(
+            "cannot read {table} again: only database sources (postgres, mysql) take \
                  snapshots"
-            ),
-        ))
+        )))
     }
 }
 
@@ -480,10 +475,7 @@ pub trait TableWriter: Send {
     /// open checkpoint) are gone once the checkpoint commits; later batches start from an
     /// empty table.
     async fn truncate(&mut self) -> Result<()> {
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "this sink does not support TRUNCATE",
-        ))
+        Err(Error::unsupported("this sink does not support TRUNCATE"))
     }
 
     /// The source table's schema changed; later batches use `schema`. Writers add new
@@ -491,13 +483,10 @@ pub trait TableWriter: Send {
     /// (null from then on), and refuse other changes with an error that names the table
     /// and the column.
     async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "table {}: this sink does not support schema changes",
-                schema.name
-            ),
-        ))
+        Err(Error::unsupported(format!(
+            "table {}: this sink does not support schema changes",
+            schema.name
+        )))
     }
 }
 

@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{Error, ErrorKind, LakeCommit, Result, SourcePosition};
+use crate::{Error, LakeCommit, Result, SourcePosition};
 
 /// What a table being read shows where its progress is left out.
 const READING: &str = "reading";
@@ -102,12 +102,9 @@ impl SourcePosition {
                 match found {
                     Some(p) if p.as_str() != Some(READING) => *progress = p.clone(),
                     _ => {
-                        return Err(Error::new(
-                            ErrorKind::Config,
-                            format!(
-                                "no lake table's commit holds the snapshot progress of source table {name} (its lake table's commits are gone); restore the pipeline's state directory, or drop the pipeline's lake tables and run it again to start over"
-                            ),
-                        ));
+                        return Err(Error::config(format!(
+                            "no lake table's commit holds the snapshot progress of source table {name} (its lake table's commits are gone); restore the pipeline's state directory, or drop the pipeline's lake tables and run it again to start over"
+                        )));
                     }
                 }
             }

@@ -68,9 +68,7 @@ impl DatagenSource {
         let next = match position {
             None => 0,
             Some(p) => p.as_sequence().ok_or_else(|| {
-                lakeshore_api::Error::new(
-                    lakeshore_api::ErrorKind::Config,
-                    format!("the checkpoint's source position {p} is not a generator position; was the pipeline's source type changed?"),
+                lakeshore_api::Error::config(format!("the checkpoint's source position {p} is not a generator position; was the pipeline's source type changed?"),
                 )
             })?,
         };

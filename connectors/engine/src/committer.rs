@@ -10,6 +10,7 @@ use std::time::Instant;
 use lakeshore_api::{CommitContext, PendingCommit, Result, Sink, SourcePosition};
 use tokio::sync::{mpsc, watch};
 
+use crate::events;
 use crate::recovery::{commit_with_retry, table_context};
 use crate::state::CheckpointRecord;
 use crate::{Checkpoints, Failpoint, Observer, PipelineSpec};
@@ -67,13 +68,14 @@ impl Committer {
                 total_rows += pending.iter().map(|p| p.added_rows).sum::<u64>();
                 self.commit(id, &position, pending).await?;
                 let took = at.elapsed();
-                let pipeline = &self.spec.name;
-                metrics::histogram!("lakeshore_engine_checkpoint_duration_seconds", "pipeline" => pipeline.clone())
-                    .record(took.as_secs_f64());
-                metrics::gauge!("lakeshore_engine_last_checkpoint_id", "pipeline" => pipeline.clone())
-                    .set(id as f64);
-                self.observer.checkpoint(id, &position, total_rows, took);
-                tracing::debug!(%pipeline, checkpoint = id, ms = took.as_millis() as u64, "checkpoint committed");
+                events::CheckpointCommitted {
+                    pipeline: &self.spec.name,
+                    id,
+                    position: &position,
+                    total_rows,
+                    took,
+                }
+                .emit(self.observer.as_ref());
                 self.committed.send_replace(id);
                 let _ = self.ack.send((id, position));
                 self.store.prune().await?;
@@ -119,9 +121,13 @@ impl Committer {
             let started = Instant::now();
             tracing::debug!(checkpoint = id, table = %p.table, "committing");
             let table_ctx = table_context(&ctx, &self.spec.route, &p.table);
-            commit_with_retry(self.sink.as_ref(), p, &table_ctx).await?;
-            metrics::histogram!("lakeshore_commit_seconds", "pipeline" => self.spec.name.clone(), "table" => p.table.clone())
-                .record(started.elapsed().as_secs_f64());
+            commit_with_retry(&self.spec.name, self.sink.as_ref(), p, &table_ctx).await?;
+            events::TableCommitted {
+                pipeline: &self.spec.name,
+                table: &p.table,
+                took: started.elapsed(),
+            }
+            .emit();
         }
         self.spec.failpoint(Failpoint::AfterCommits(id)).await
     }

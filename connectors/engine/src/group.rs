@@ -137,14 +137,11 @@ impl GroupLedger {
             .await?
             .is_some()
         {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "pipeline {pipeline} has single-process checkpoints in its state; a shared \
+            return Err(Error::config(format!(
+                "pipeline {pipeline} has single-process checkpoints in its state; a shared \
                      (scale_out) run cannot take them over: remove scale_out, or use a new \
                      pipeline name"
-                ),
-            ));
+            )));
         }
         let (store, base) = open_store(url, storage)?;
         let prefix = group_prefix(&base, pipeline);
@@ -209,8 +206,7 @@ impl GroupLedger {
             next.pipeline = self.pipeline.clone();
             next.written_by = self.member.clone();
             next.created_at_ms = now_ms();
-            let body = serde_json::to_vec(&next)
-                .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+            let body = serde_json::to_vec(&next).map_err(|e| Error::internal(e.to_string()))?;
             let opts = PutOptions {
                 mode: PutMode::Create,
                 ..Default::default()
@@ -252,12 +248,10 @@ impl GroupLedger {
     /// Step 3 of the checkpoint protocol for a shared pipeline: record the checkpoint if
     /// this member still owns every unit of its position.
     pub async fn decide(&self, record: &CheckpointRecord) -> Result<()> {
-        let units = record.position.units().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                "a shared source produced a position without units",
-            )
-        })?;
+        let units = record
+            .position
+            .units()
+            .ok_or_else(|| Error::internal("a shared source produced a position without units"))?;
         let recovered = self.recovered.lock().map(|r| r.clone()).unwrap_or_default();
         self.update(|head| {
             let mut next = head.clone();
@@ -266,15 +260,12 @@ impl GroupLedger {
                     Some(u) if u.owner == self.member => u.position = Some(position.clone()),
                     other => {
                         let owner = other.map_or("nobody", |u| u.owner.as_str());
-                        return Err(Error::new(
-                            ErrorKind::Transient,
-                            format!(
-                                "pipeline {}: {name} belongs to {owner}, not to this process \
+                        return Err(Error::transient(format!(
+                            "pipeline {}: {name} belongs to {owner}, not to this process \
                                  ({}); it stalled while the group moved on. Its checkpoint {} \
                                  is dropped and the pipeline restarts",
-                                self.pipeline, self.member, record.id
-                            ),
-                        ));
+                            self.pipeline, self.member, record.id
+                        )));
                     }
                 }
             }
@@ -430,7 +421,7 @@ impl GroupLedger {
             &d.pending,
         );
         for p in &d.pending {
-            if super::commit_with_retry(self.sink.as_ref(), p, &ctx).await? {
+            if super::commit_with_retry(&self.pipeline, self.sink.as_ref(), p, &ctx).await? {
                 tracing::info!(pipeline = %self.pipeline, table = %p.table, from = %member, checkpoint = d.checkpoint, "committed the last checkpoint of an earlier owner");
             }
         }

@@ -30,6 +30,7 @@ use lakeshore_api::{Error, Lag, Result, Sink, Source, SourcePosition, Transport}
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod committer;
+pub mod events;
 pub mod group;
 mod recovery;
 mod run;
@@ -198,7 +199,11 @@ pub async fn run(
     let first_id = summary.resumed_from.map_or(1, |id| id + 1);
     let source = open_source(resume.map(|(_, position)| position)).await?;
     if let Some(t) = source.transport() {
-        run::report_transport(&spec.name, t, observer.as_ref());
+        events::SourceConnected {
+            pipeline: &spec.name,
+            transport: t,
+        }
+        .emit(observer.as_ref());
     }
     let mut run = run::Run::start(spec, source, sink, store, observer, first_id, summary).await?;
     let outcome = run.event_loop(&mut shutdown, commands).await;

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use lakeshore_api::{CommitContext, Error, ErrorKind, PendingCommit, Result, Sink, SourcePosition};
+use lakeshore_api::{CommitContext, Error, PendingCommit, Result, Sink, SourcePosition};
 
 use super::Router;
 use super::state::CheckpointRecord;
+use crate::events;
 
 /// The context lake table `table`'s commit records: the position keeps the row data
 /// (snapshot progress, windows) of the source tables routed to it and of no other.
@@ -24,7 +25,7 @@ pub(super) async fn recover(
 ) -> Result<()> {
     let ctx = CommitContext::new(pipeline, rec.id, &rec.position, &rec.pending);
     for p in &rec.pending {
-        if commit_with_retry(sink, p, &table_context(&ctx, route, &p.table)).await? {
+        if commit_with_retry(pipeline, sink, p, &table_context(&ctx, route, &p.table)).await? {
             tracing::info!(pipeline, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
         }
     }
@@ -63,24 +64,27 @@ pub(super) async fn lake_checkpoint(
     };
     if at_newest.len() < expected {
         let names: Vec<&str> = at_newest.iter().map(|c| c.table.as_str()).collect();
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "pipeline {pipeline}: {state_says}, and the lake's newest checkpoint {newest} reached only {} of its {expected} tables ({}); the record naming the others' files is lost. Restore the pipeline's state directory, or drop the pipeline's lake tables and run it again to start over",
-                at_newest.len(),
-                names.join(", ")
-            ),
-        ));
+        return Err(Error::config(format!(
+            "pipeline {pipeline}: {state_says}, and the lake's newest checkpoint {newest} reached only {} of its {expected} tables ({}); the record naming the others' files is lost. Restore the pipeline's state directory, or drop the pipeline's lake tables and run it again to start over",
+            at_newest.len(),
+            names.join(", ")
+        )));
     }
     let position = at_newest[0].position.with_row_data_from(&commits)?;
-    tracing::warn!(pipeline, checkpoint = newest, position = %position.without_row_data(), "{state_says}, but the lake holds checkpoint {newest}: resuming from the lake's commit");
-    metrics::counter!("lakeshore_engine_resumed_from_lake_total", "pipeline" => pipeline.to_string()).increment(1);
+    events::ResumedFromLake {
+        pipeline,
+        checkpoint: newest,
+        position: &position,
+        state_says: &state_says,
+    }
+    .emit();
     Ok(Some((newest, position)))
 }
 
 /// Commit one table, retrying errors the sink marks retryable (a busy catalog database,
 /// a storage hiccup). Commits are idempotent, so a retry after an unknown outcome is safe.
 pub(crate) async fn commit_with_retry(
+    pipeline: &str,
     sink: &dyn Sink,
     pending: &PendingCommit,
     ctx: &CommitContext,
@@ -89,7 +93,14 @@ pub(crate) async fn commit_with_retry(
     for attempt in 1.. {
         match sink.commit(pending, ctx).await {
             Err(e) if e.is_retryable() && attempt < 8 => {
-                tracing::warn!(table = %pending.table, checkpoint = ctx.checkpoint_id, attempt, error = %e, "commit failed; retrying");
+                events::CommitRetried {
+                    pipeline,
+                    table: &pending.table,
+                    checkpoint: ctx.checkpoint_id,
+                    attempt,
+                    error: &e,
+                }
+                .emit();
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));
             }

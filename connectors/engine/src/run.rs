@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Result, Sink, Source, SourceEvent, SourcePosition, TableSchema,
-    Transport,
+    ChangeBatch, Error, Result, Sink, Source, SourceEvent, SourcePosition, TableSchema,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::committer::{Committer, CommitterMsg};
+use crate::events;
 use crate::schedule::CheckpointSchedule;
 use crate::writers::{WriterMsg, Writers};
 use crate::{Checkpoints, Command, Observer, PipelineSpec, RunSummary};
@@ -92,13 +92,7 @@ impl Run {
         let counters = writers
             .targets
             .iter()
-            .map(|t| {
-                let labels = [("pipeline", spec.name.clone()), ("table", t.clone())];
-                (
-                    metrics::counter!("lakeshore_rows_total", &labels),
-                    metrics::counter!("lakeshore_bytes_total", &labels),
-                )
-            })
+            .map(|t| events::table_row_counters(&spec.name, t))
             .collect();
         let now = Instant::now();
         Ok(Run {
@@ -134,7 +128,7 @@ impl Run {
             // A failed commit stops the run even while the source only idles (its error
             // is taken from the committer at the end).
             if self.committer.is_finished() {
-                return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
+                return Err(Error::internal("the committer stopped"));
             }
             self.writers.check().await?;
             self.take_acks().await?;
@@ -195,22 +189,16 @@ impl Run {
         let (name, w) = self.writers.resolve(table)?;
         let lake_table = &self.writers.targets[w];
         if self.writers.is_parked(w) {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "lake table {lake_table} is parked after an error; fix the cause, then \
+            return Err(Error::unsupported(format!(
+                "lake table {lake_table} is parked after an error; fix the cause, then \
                      pause and resume the pipeline"
-                ),
-            ));
+            )));
         }
         if !self.sink.truncates() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "cannot read {name} again: this sink cannot empty lake table {lake_table} \
+            return Err(Error::unsupported(format!(
+                "cannot read {name} again: this sink cannot empty lake table {lake_table} \
                      (re-snapshots need an Iceberg sink)"
-                ),
-            ));
+            )));
         }
         self.source.resnapshot(&name)
     }
@@ -222,16 +210,11 @@ impl Run {
         }
         self.lag_measured = Instant::now();
         let Some(lag) = self.source.lag() else { return };
-        let pipeline = self.spec.name.clone();
-        if let Some(seconds) = lag.seconds {
-            metrics::gauge!("lakeshore_source_lag_seconds", "pipeline" => pipeline.clone())
-                .set(seconds);
+        events::SourceLagged {
+            pipeline: &self.spec.name,
+            lag: &lag,
         }
-        if let Some(behind) = lag.behind {
-            metrics::gauge!("lakeshore_source_lag", "pipeline" => pipeline, "unit" => lag.unit)
-                .set(behind as f64);
-        }
-        self.observer.lag(&lag);
+        .emit(self.observer.as_ref());
     }
 
     async fn event(&mut self, event: Option<SourceEvent>) -> Result<Flow> {
@@ -242,7 +225,7 @@ impl Run {
             Some(SourceEvent::SchemaChange(t)) => self.schema_change(t).await?,
             Some(SourceEvent::CheckpointNow) => self.schedule.source_wants(),
             Some(SourceEvent::TableFailed { table, message }) => {
-                let error = Error::new(ErrorKind::Unsupported, message);
+                let error = Error::unsupported(message);
                 match self.writers.route.get(&table) {
                     Some(&w) if self.spec.isolate_tables => {
                         if !self.writers.is_parked(w) {
@@ -262,8 +245,7 @@ impl Run {
             None => match self.schedule.source_ended(Instant::now()) {
                 Some(id) => self.source.request_barrier(id),
                 None => {
-                    return Err(Error::new(
-                        ErrorKind::Internal,
+                    return Err(Error::internal(
                         "the source ended without emitting the final barrier",
                     ));
                 }
@@ -274,10 +256,10 @@ impl Run {
 
     async fn batch(&mut self, batch: ChangeBatch) -> Result<()> {
         let Some(&w) = self.writers.route.get(batch.table.as_ref()) else {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("source produced rows for undeclared table {}", batch.table),
-            ));
+            return Err(Error::internal(format!(
+                "source produced rows for undeclared table {}",
+                batch.table
+            )));
         };
         let n = batch.num_rows() as u64;
         self.counters[w].0.increment(n);
@@ -302,7 +284,7 @@ impl Run {
             at: seen.requested_at,
         };
         if self.to_committer.send(started).is_err() {
-            return Err(Error::new(ErrorKind::Internal, "the committer stopped"));
+            return Err(Error::internal("the committer stopped"));
         }
         Ok(if seen.is_final {
             Flow::Done
@@ -313,10 +295,9 @@ impl Run {
 
     async fn truncate(&mut self, t: String) -> Result<()> {
         let Some(&w) = self.writers.route.get(&t) else {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("source truncated undeclared table {t}"),
-            ));
+            return Err(Error::internal(format!(
+                "source truncated undeclared table {t}"
+            )));
         };
         tracing::info!(pipeline = %self.spec.name, table = %t, "truncate");
         let delivered = self.writers.deliver(w, WriterMsg::Truncate).await?;
@@ -344,13 +325,10 @@ impl Run {
 
     async fn schema_change(&mut self, t: TableSchema) -> Result<()> {
         let Some(&w) = self.writers.route.get(&t.name) else {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {} appeared while running; restart the pipeline to add it",
-                    t.name
-                ),
-            ));
+            return Err(Error::unsupported(format!(
+                "table {} appeared while running; restart the pipeline to add it",
+                t.name
+            )));
         };
         tracing::info!(pipeline = %self.spec.name, table = %t.name, "schema change");
         self.writers.deliver(w, WriterMsg::Evolve(t)).await?;
@@ -367,10 +345,7 @@ impl Run {
             Ok(Ok(())) => first_error,
             Ok(Err(e)) => Some(e),
             Err(e) if e.is_cancelled() => first_error,
-            Err(e) => first_error.or(Some(Error::new(
-                ErrorKind::Internal,
-                format!("committer task: {e}"),
-            ))),
+            Err(e) => first_error.or(Some(Error::internal(format!("committer task: {e}")))),
         };
         if let Some(e) = first_error {
             return Err(e);
@@ -383,27 +358,4 @@ impl Run {
         self.summary.rows = targets.into_iter().zip(self.rows).collect();
         Ok(self.summary)
     }
-}
-
-/// A source connection without a checked certificate is a warning, a gauge
-/// (`lakeshore_source_transport{pipeline,transport}`) and a field in `/pipelines`.
-pub(crate) fn report_transport(pipeline: &str, t: Transport, observer: &dyn Observer) {
-    for each in [Transport::Verified, Transport::Unverified, Transport::Plain] {
-        metrics::gauge!("lakeshore_source_transport", "pipeline" => pipeline.to_string(), "transport" => each.as_str())
-            .set(f64::from(u8::from(each == t)));
-    }
-    match t {
-        Transport::Verified => {}
-        Transport::Unverified => tracing::warn!(
-            pipeline,
-            transport = t.as_str(),
-            "the connection to the source is encrypted but the server's certificate is not checked: anyone in the path could pose as the server. Set sslmode=verify-full&sslrootcert=/path/ca.pem (PostgreSQL) or ssl-mode=verify_identity&ssl-ca=/path/ca.pem (MySQL) in [source] url"
-        ),
-        Transport::Plain => tracing::warn!(
-            pipeline,
-            transport = t.as_str(),
-            "the connection to the source is not encrypted: its password and rows cross the network readable. Enable TLS on the server and set sslmode=verify-full (PostgreSQL) or ssl-mode=verify_identity (MySQL) in [source] url"
-        ),
-    }
-    observer.transport(t);
 }

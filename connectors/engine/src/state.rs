@@ -43,29 +43,24 @@ pub(crate) fn open_store(
     storage: &lakeshore_api::StorageOptions,
 ) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let parsed = url::Url::parse(url).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("state location {url} is not a URL; check [pipeline] state"),
-        )
+        Error::config(format!(
+            "state location {url} is not a URL; check [pipeline] state"
+        ))
         .with_source(e)
     })?;
     if parsed.scheme() == "file" {
         std::fs::create_dir_all(parsed.path()).map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "cannot create the state directory {}; check [pipeline] state",
-                    parsed.path()
-                ),
-            )
+            Error::config(format!(
+                "cannot create the state directory {}; check [pipeline] state",
+                parsed.path()
+            ))
             .with_source(e)
         })?;
     }
     let (store, base) = object_store::parse_url_opts(&parsed, storage.with_env()).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("unsupported state location {url}; check [pipeline] state"),
-        )
+        Error::config(format!(
+            "unsupported state location {url}; check [pipeline] state"
+        ))
         .with_source(e)
     })?;
     Ok((Arc::from(store), base))
@@ -85,9 +80,8 @@ pub(crate) async fn read_record<T: serde::de::DeserializeOwned>(
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(store_error(&format!("reading a {what}"), e)),
     };
-    let record = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::new(ErrorKind::Internal, format!("{what} {path} is unreadable")).with_source(e)
-    })?;
+    let record = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::internal(format!("{what} {path} is unreadable")).with_source(e))?;
     Ok(Some(record))
 }
 
@@ -111,7 +105,7 @@ pub(crate) async fn numbered(
 }
 
 pub(crate) fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::new(ErrorKind::Transient, format!("state store: {what}")).with_source(e)
+    Error::transient(format!("state store: {what}")).with_source(e)
 }
 
 impl StateStore {
@@ -159,8 +153,7 @@ impl StateStore {
 
     /// Write `record`; fails with [`ErrorKind::Fenced`] if it already exists.
     pub async fn write(&self, record: &CheckpointRecord) -> Result<()> {
-        let body = serde_json::to_vec(record)
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let body = serde_json::to_vec(record).map_err(|e| Error::internal(e.to_string()))?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()

@@ -12,8 +12,8 @@ use std::time::Duration;
 use arrow_array::{Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use lakeshore_api::{
-    ChangeBatch, CommitContext, Error, ErrorKind, LakeCommit, Op, PendingCommit, Result, Sink,
-    Source, SourceEvent, SourcePosition, TableSchema, TableTarget, TableWriter,
+    ChangeBatch, CommitContext, Error, LakeCommit, Op, PendingCommit, Result, Sink, Source,
+    SourceEvent, SourcePosition, TableSchema, TableTarget, TableWriter,
 };
 use serde_json::json;
 
@@ -185,13 +185,10 @@ impl Sink for MemorySink {
     async fn commit(&self, p: &PendingCommit, ctx: &CommitContext) -> Result<bool> {
         let recorded = self.records.latest().await?.map(|r| r.id);
         if recorded.is_none_or(|r| r < ctx.checkpoint_id) {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!(
-                    "checkpoint {} of {} committed before its record",
-                    ctx.checkpoint_id, p.table
-                ),
-            ));
+            return Err(Error::internal(format!(
+                "checkpoint {} of {} committed before its record",
+                ctx.checkpoint_id, p.table
+            )));
         }
         let mut lake = lock(&self.lake);
         let key = (ctx.pipeline.clone(), p.table.clone());
@@ -204,7 +201,7 @@ impl Sink for MemorySink {
             return Ok(false);
         }
         let changes: Vec<Applied> = serde_json::from_value(p.payload.clone())
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         let rows = lake.tables.entry(p.table.clone()).or_default();
         for change in &changes {
             match change {
@@ -258,17 +255,19 @@ struct MemoryWriter {
 impl TableWriter for MemoryWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
         if self.refuse {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("table {}: refused by the test", self.table),
-            ));
+            return Err(Error::unsupported(format!(
+                "table {}: refused by the test",
+                self.table
+            )));
         }
-        let column =
-            |i: usize| -> Result<&Int64Array> {
-                batch.rows.column(i).as_any().downcast_ref().ok_or_else(|| {
-                    Error::new(ErrorKind::Internal, "test tables have Int64 columns")
-                })
-            };
+        let column = |i: usize| -> Result<&Int64Array> {
+            batch
+                .rows
+                .column(i)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(|| Error::internal("test tables have Int64 columns"))
+        };
         let (ids, vs) = (column(0)?, column(1)?);
         for i in 0..batch.num_rows() {
             let v = (!vs.is_null(i)).then(|| vs.value(i));

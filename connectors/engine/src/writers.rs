@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::committer::CommitterMsg;
+use crate::events;
 use crate::{Observer, PipelineSpec};
 
 /// Batches queued per writer before the source waits: a barrier waits behind at most
@@ -118,13 +119,10 @@ impl Writers {
             .map(|(n, _)| n)
             .collect();
         others.sort();
-        Error::new(
-            ErrorKind::Config,
-            format!(
-                "source tables {} and {table} would both land in lake table {target} (the name without its schema); give {table} a lake table of its own with a [[route]] (from = \"{table}\", to = \"...\"), or merge them on purpose with a [[route]] that matches all of them",
-                others.first().map_or("", |n| n.as_str()),
-            ),
-        )
+        Error::config(format!(
+            "source tables {} and {table} would both land in lake table {target} (the name without its schema); give {table} a lake table of its own with a [[route]] (from = \"{table}\", to = \"...\"), or merge them on purpose with a [[route]] that matches all of them",
+            others.first().map_or("", |n| n.as_str()),
+        ))
     }
 
     /// The source table `table` names (itself, or the one source table routed to lake
@@ -139,7 +137,7 @@ impl Writers {
             .filter(|(_, w)| self.targets[**w] == table)
             .collect();
         from.sort();
-        let config = |m: String| Error::new(ErrorKind::Config, m);
+        let config = |m: String| Error::config(m);
         match from.as_slice() {
             [(name, w)] => Ok(((*name).clone(), **w)),
             [] => {
@@ -218,7 +216,7 @@ impl Writers {
     /// Writer `w` stopped: its error fails the run, or parks it (isolated tables,
     /// unsupported input).
     async fn stopped(&mut self, w: usize) -> Result<()> {
-        let stopped = Error::new(ErrorKind::Internal, "a table writer stopped");
+        let stopped = Error::internal("a table writer stopped");
         if !self.spec.isolate_tables {
             return Err(stopped);
         }
@@ -235,10 +233,13 @@ impl Writers {
     /// Park writer `w` after `error` (`on_table_error = "isolate"`): it gets nothing more
     /// and checkpoints no longer wait for it; its open files are never committed.
     pub fn park(&mut self, w: usize, error: &Error) {
-        let (pipeline, table) = (&self.spec.name, &self.targets[w]);
-        tracing::error!(%pipeline, %table, %error, "table parked (on_table_error = \"isolate\"); the pipeline's other tables go on");
-        metrics::gauge!("lakeshore_table_parked", "pipeline" => pipeline.clone(), "table" => table.clone()).set(1.0);
-        self.observer.table_failed(table, error);
+        let table = &self.targets[w];
+        events::TableParked {
+            pipeline: &self.spec.name,
+            table,
+            error,
+        }
+        .emit(self.observer.as_ref());
         self.writers[w].parked = true;
         // Closing its channel ends the writer task.
         drop(std::mem::replace(
@@ -298,10 +299,8 @@ impl Writers {
                 }
                 Err(e) if e.is_cancelled() => {}
                 Err(e) => {
-                    first_error = first_error.or(Some(Error::new(
-                        ErrorKind::Internal,
-                        format!("writer task: {e}"),
-                    )));
+                    first_error =
+                        first_error.or(Some(Error::internal(format!("writer task: {e}"))));
                     stop_all(&tasks);
                 }
             }
@@ -337,7 +336,7 @@ async fn writer_task(
                 committed
                     .wait_for(|c| *c + 1 >= id)
                     .await
-                    .map_err(|_| Error::new(ErrorKind::Internal, "the committer stopped"))?;
+                    .map_err(|_| Error::internal("the committer stopped"))?;
                 tracing::debug!(checkpoint = id, "preparing");
                 let pending = writer.prepare(id).await?;
                 tracing::debug!(checkpoint = id, table = %pending.table, "prepared");

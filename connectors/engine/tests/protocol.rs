@@ -203,10 +203,7 @@ fn stop_at(at: Failpoint, store: &StateStore) -> Failpoints {
                 return Ok(());
             }
             *fired.lock().unwrap() = true;
-            Err(Error::new(
-                ErrorKind::Internal,
-                format!("failpoint {point:?}"),
-            ))
+            Err(Error::internal(format!("failpoint {point:?}")))
         })
     })
 }

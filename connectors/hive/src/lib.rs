@@ -134,10 +134,9 @@ pub(crate) fn storage_error(
 /// already escaped the Hive way, so object_store must not escape them again.
 pub(crate) fn path_of(text: &str) -> Result<Path> {
     Path::parse(text).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("{text} cannot be a storage path: {e}; rename the table"),
-        )
+        Error::config(format!(
+            "{text} cannot be a storage path: {e}; rename the table"
+        ))
     })
 }
 
@@ -158,12 +157,7 @@ pub struct HiveSink {
 }
 
 fn parse_url(url: &str) -> Result<url::Url> {
-    url::Url::parse(url).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("[sink] path {url} is not a URL: {e}"),
-        )
-    })
+    url::Url::parse(url).map_err(|e| Error::config(format!("[sink] path {url} is not a URL: {e}")))
 }
 
 impl HiveSink {
@@ -172,27 +166,21 @@ impl HiveSink {
         let url = parse_url(&opts.url)?;
         if url.scheme() == "file" {
             let dir = url.to_file_path().map_err(|()| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("[sink] path {} is not a local directory", opts.url),
-                )
+                Error::config(format!("[sink] path {} is not a local directory", opts.url))
             })?;
             std::fs::create_dir_all(&dir).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("cannot create {}: {e}; check [sink] path", dir.display()),
-                )
+                Error::config(format!(
+                    "cannot create {}: {e}; check [sink] path",
+                    dir.display()
+                ))
             })?;
         }
         let (store, root) =
             object_store::parse_url_opts(&url, opts.storage.with_env()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "[sink] path {}: {e}; check [sink] path and storage",
-                        opts.url
-                    ),
-                )
+                Error::config(format!(
+                    "[sink] path {}: {e}; check [sink] path and storage",
+                    opts.url
+                ))
             })?;
         let settings = Arc::new(Settings {
             store: Arc::from(store),
@@ -242,10 +230,7 @@ impl HiveSink {
                     .await
                     .map_err(|e| storage_error("reading commit.json", e))?;
                 let m = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        format!("{} is unreadable: {e}", layout.marker),
-                    )
+                    Error::internal(format!("{} is unreadable: {e}", layout.marker))
                 })?;
                 Ok(Some(m))
             }
@@ -262,13 +247,10 @@ impl HiveSink {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => match store.head(&to).await {
                 Ok(_) => Ok(()),
-                Err(object_store::Error::NotFound { .. }) => Err(Error::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "checkpoint {checkpoint}: staged file {from} is gone and {to} does not exist; was the staging directory cleaned by another copy of pipeline {}?",
-                        self.opts.pipeline
-                    ),
-                )),
+                Err(object_store::Error::NotFound { .. }) => Err(Error::internal(format!(
+                    "checkpoint {checkpoint}: staged file {from} is gone and {to} does not exist; was the staging directory cleaned by another copy of pipeline {}?",
+                    self.opts.pipeline
+                ))),
                 Err(e) => Err(storage_error("checking a committed file", e)),
             },
             Err(e) => Err(storage_error(&format!("moving {from} into the table"), e)),
@@ -311,9 +293,7 @@ impl HiveSink {
             let out = tokio::time::timeout(COMMAND_TIMEOUT, run)
                 .await
                 .map_err(|_| {
-                    Error::new(
-                        ErrorKind::Transient,
-                        format!(
+                    Error::transient(format!(
                             "partition_commit_command for {}/{partition} did not finish within {} s; it was killed and will run again",
                             layout.table,
                             COMMAND_TIMEOUT.as_secs()
@@ -321,9 +301,7 @@ impl HiveSink {
                     )
                 })?
                 .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Config,
-                        format!("cannot run partition_commit_command: {e}"),
+                    Error::config(format!("cannot run partition_commit_command: {e}"),
                     )
                 })?;
             if !out.status.success() {
@@ -336,15 +314,12 @@ impl HiveSink {
                     .into_iter()
                     .rev()
                     .collect();
-                return Err(Error::new(
-                    ErrorKind::Transient,
-                    format!(
-                        "partition_commit_command failed for {}/{partition} ({}): {}",
-                        layout.table,
-                        out.status,
-                        tail.trim()
-                    ),
-                ));
+                return Err(Error::transient(format!(
+                    "partition_commit_command failed for {}/{partition} ({}): {}",
+                    layout.table,
+                    out.status,
+                    tail.trim()
+                )));
             }
         }
         Ok(())
@@ -382,21 +357,17 @@ pub async fn check(opts: &HiveOptions) -> Result<Vec<String>> {
 impl Sink for HiveSink {
     async fn open_table(&self, target: &TableTarget) -> Result<Box<dyn TableWriter>> {
         if target.name.is_empty() || target.name.contains('/') || target.name.starts_with('_') {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table name `{}` cannot be a directory of the Hive sink; rename it with [[route]]",
-                    target.name
-                ),
-            ));
+            return Err(Error::config(format!(
+                "table name `{}` cannot be a directory of the Hive sink; rename it with [[route]]",
+                target.name
+            )));
         }
         let exprs = target
             .partitioning
             .iter()
             .map(|e| {
-                partition::parse_expr(e).map_err(|m| {
-                    Error::new(ErrorKind::Config, format!("table {}: {m}", target.name))
-                })
+                partition::parse_expr(e)
+                    .map_err(|m| Error::config(format!("table {}: {m}", target.name)))
             })
             .collect::<Result<Vec<_>>>()?;
         let layout = self.layout(&self.opts.pipeline, &target.name)?;
@@ -420,10 +391,10 @@ impl Sink for HiveSink {
 
     async fn commit(&self, pending: &PendingCommit, ctx: &CommitContext) -> Result<bool> {
         let p: HivePending = serde_json::from_value(pending.payload.clone()).map_err(|e| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("checkpoint {}: not a Hive commit: {e}", ctx.checkpoint_id),
-            )
+            Error::internal(format!(
+                "checkpoint {}: not a Hive commit: {e}",
+                ctx.checkpoint_id
+            ))
         })?;
         // The commit's own name: a shared pipeline commits what an earlier owner left.
         let layout = self.layout(&ctx.pipeline, &pending.table)?;
@@ -438,17 +409,10 @@ impl Sink for HiveSink {
             }
             Some(m) if m.checkpoint_id > ctx.checkpoint_id => {
                 // Checkpoint ids only grow: the pipeline's state was reset or moved.
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "table {}: {} says pipeline {} committed checkpoint {}, but the pipeline's state is at checkpoint {}; was [pipeline] state changed or deleted? Restore it, or use a new pipeline name",
-                        pending.table,
-                        layout.marker,
-                        ctx.pipeline,
-                        m.checkpoint_id,
-                        ctx.checkpoint_id
-                    ),
-                ));
+                return Err(Error::config(format!(
+                    "table {}: {} says pipeline {} committed checkpoint {}, but the pipeline's state is at checkpoint {}; was [pipeline] state changed or deleted? Restore it, or use a new pipeline name",
+                    pending.table, layout.marker, ctx.pipeline, m.checkpoint_id, ctx.checkpoint_id
+                )));
             }
             Some(m) if m.checkpoint_id == ctx.checkpoint_id => return Ok(false),
             _ => {}
@@ -475,8 +439,7 @@ impl Sink for HiveSink {
                 .unwrap_or(0),
             tables: Some(ctx.tables),
         };
-        let body = serde_json::to_vec(&marker)
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let body = serde_json::to_vec(&marker).map_err(|e| Error::internal(e.to_string()))?;
         self.settings
             .store
             .put(&layout.marker, PutPayload::from(body))

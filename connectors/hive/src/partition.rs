@@ -16,7 +16,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, Schema, SchemaRef, TimeUnit};
 use chrono::{Datelike, NaiveDate};
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 
 /// What an expression does to its column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,13 +173,10 @@ fn time_kind(table: &str, e: &PartitionExpr, dt: &DataType) -> Result<Option<Tim
             | DataType::Binary
             | DataType::LargeBinary,
         ) => {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {table}: column `{}` ({dt}) cannot be a partition value as it is; use date({0}) or hour({0}) for timestamps, or another column",
-                    e.column
-                ),
-            ));
+            return Err(Error::config(format!(
+                "table {table}: column `{}` ({dt}) cannot be a partition value as it is; use date({0}) or hour({0}) for timestamps, or another column",
+                e.column
+            )));
         }
         (Transform::Identity, _) => None,
         (_, DataType::Timestamp(unit, _)) => Some(TimeKind::Timestamp(match unit {
@@ -189,30 +186,24 @@ fn time_kind(table: &str, e: &PartitionExpr, dt: &DataType) -> Result<Option<Tim
             TimeUnit::Nanosecond => -1_000,
         })),
         (Transform::Hour, DataType::Date32 | DataType::Date64) => {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {table}: hour({}) needs a timestamp column, and `{0}` is a date",
-                    e.column
-                ),
-            ));
+            return Err(Error::config(format!(
+                "table {table}: hour({}) needs a timestamp column, and `{0}` is a date",
+                e.column
+            )));
         }
         (_, DataType::Date32) => Some(TimeKind::Date32),
         (_, DataType::Date64) => Some(TimeKind::Date64),
         _ => {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {table}: {}({}) needs a timestamp or date column, and `{1}` is {dt}",
-                    match e.transform {
-                        Transform::Year => "year",
-                        Transform::Month => "month",
-                        Transform::Date => "date",
-                        _ => "hour",
-                    },
-                    e.column
-                ),
-            ));
+            return Err(Error::config(format!(
+                "table {table}: {}({}) needs a timestamp or date column, and `{1}` is {dt}",
+                match e.transform {
+                    Transform::Year => "year",
+                    Transform::Month => "month",
+                    Transform::Date => "date",
+                    _ => "hour",
+                },
+                e.column
+            )));
         }
     })
 }
@@ -224,9 +215,7 @@ impl Partitioner {
         for e in exprs {
             let (index, field) = schema.column_with_name(&e.column).ok_or_else(|| {
                 let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                Error::new(
-                    ErrorKind::Config,
-                    format!(
+                Error::config(format!(
                         "table {table}: partition `{}` names column `{}`, which the table does not have (columns: {}); set this table's own list in [sink.partitioning]",
                         e.name,
                         e.column,
@@ -239,32 +228,26 @@ impl Partitioner {
             // would reach readers twice.
             let leaves = e.transform == Transform::Identity && e.name == e.column;
             if !leaves && schema.column_with_name(&e.name).is_some() {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "table {table}: partition name `{}` is also a column; readers would see two columns of that name; pick another name",
-                        e.name
-                    ),
-                ));
+                return Err(Error::config(format!(
+                    "table {table}: partition name `{}` is also a column; readers would see two columns of that name; pick another name",
+                    e.name
+                )));
             }
             if bound.iter().any(|b: &Bound| b.expr.name == e.name) {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("table {table}: two partition levels are named `{}`", e.name),
-                ));
+                return Err(Error::config(format!(
+                    "table {table}: two partition levels are named `{}`",
+                    e.name
+                )));
             }
             if e.transform == Transform::Hour
                 && !bound
                     .iter()
                     .any(|b| b.expr.column == e.column && b.expr.transform == Transform::Date)
             {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "table {table}: hour({0}) names only the hour of the day; put a date level of the same column before it, e.g. [\"dt=date({0})\", \"{1}=hour({0})\"]",
-                        e.column, e.name
-                    ),
-                ));
+                return Err(Error::config(format!(
+                    "table {table}: hour({0}) names only the hour of the day; put a date level of the same column before it, e.g. [\"dt=date({0})\", \"{1}=hour({0})\"]",
+                    e.column, e.name
+                )));
             }
             bound.push(Bound {
                 expr: e.clone(),
@@ -387,7 +370,7 @@ impl Partitioner {
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Internal, e.to_string())
+    Error::internal(e.to_string())
 }
 
 fn micros_at(column: &ArrayRef, row: usize, kind: TimeKind) -> i64 {

@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use lakeshore_api::files::{LimitChange, OpenFilesLimit};
-use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, PendingCommit, Result, TableSchema, TableWriter,
-};
+use lakeshore_api::{ChangeBatch, Error, PendingCommit, Result, TableSchema, TableWriter};
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::ParquetObjectWriter;
@@ -191,10 +189,7 @@ fn parquet_error(table: &str, e: parquet::errors::ParquetError) -> Error {
         parquet::errors::ParquetError::External(inner) => {
             storage_error(&format!("writing a file of table {table}"), inner)
         }
-        other => Error::new(
-            ErrorKind::Internal,
-            format!("table {table}: writing Parquet: {other}"),
-        ),
+        other => Error::internal(format!("table {table}: writing Parquet: {other}")),
     }
 }
 
@@ -206,13 +201,10 @@ impl TableWriter for HiveWriter {
             return Ok(());
         }
         if rows.schema().fields() != self.schema.schema.fields() {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!(
-                    "table {}: a batch does not match the table's schema",
-                    self.layout.table
-                ),
-            ));
+            return Err(Error::internal(format!(
+                "table {}: a batch does not match the table's schema",
+                self.layout.table
+            )));
         }
         for group in self.partitioner.split(&rows)? {
             if let Some(end) = group.end {
@@ -252,8 +244,7 @@ impl TableWriter for HiveWriter {
             open: self.pending_partitions.clone(),
         };
         let empty = pending.files.is_empty() && pending.complete.is_empty();
-        let payload = serde_json::to_value(&pending)
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let payload = serde_json::to_value(&pending).map_err(|e| Error::internal(e.to_string()))?;
         Ok(PendingCommit {
             table: self.layout.table.clone(),
             checkpoint_id,
@@ -274,16 +265,13 @@ impl TableWriter for HiveWriter {
             if let Ok(old) = self.schema.schema.field_with_name(new.name())
                 && old.data_type() != new.data_type()
             {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "table {}: column `{}` changed type from {} to {}; the Hive sink cannot change a column's type (files of both types would disagree); use a new table",
-                        self.layout.table,
-                        new.name(),
-                        old.data_type(),
-                        new.data_type()
-                    ),
-                ));
+                return Err(Error::unsupported(format!(
+                    "table {}: column `{}` changed type from {} to {}; the Hive sink cannot change a column's type (files of both types would disagree); use a new table",
+                    self.layout.table,
+                    new.name(),
+                    old.data_type(),
+                    new.data_type()
+                )));
             }
         }
         self.close_all().await?;

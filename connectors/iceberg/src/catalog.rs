@@ -9,7 +9,7 @@ use std::sync::Arc;
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use sqlx::AnyPool;
 
 /// Where the catalog lives. Its `Debug` hides any password in the URI.
@@ -97,13 +97,10 @@ impl CatalogHandle {
             props.extend(s3_props(&cfg.storage));
         }
         let unreachable = |e: &dyn std::fmt::Display| {
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "cannot open the Iceberg SQL catalog at {} ({e}); check [sink.catalog] uri",
-                    redact(&cfg.uri)
-                ),
-            )
+            Error::config(format!(
+                "cannot open the Iceberg SQL catalog at {} ({e}); check [sink.catalog] uri",
+                redact(&cfg.uri)
+            ))
         };
         let storage: Arc<dyn iceberg::io::StorageFactory> = if s3 {
             Arc::new(iceberg_storage_opendal::OpenDalStorageFactory::S3 {
@@ -155,11 +152,7 @@ impl CatalogHandle {
             .execute(&self.pool)
             .await
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::Transient,
-                    format!("table {ident}: catalog update failed"),
-                )
-                .with_source(e)
+                Error::transient(format!("table {ident}: catalog update failed")).with_source(e)
             })?;
         Ok(result.rows_affected() == 1)
     }

@@ -22,10 +22,10 @@ pub fn ice(e: iceberg::Error) -> Error {
 
 /// A bug or an impossible state.
 pub fn internal(msg: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Internal, msg)
+    Error::internal(msg)
 }
 
 /// A parquet or arrow error while reading the table's own files.
 pub fn io(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::new(ErrorKind::Transient, what.to_string()).with_source(e)
+    Error::transient(what.to_string()).with_source(e)
 }

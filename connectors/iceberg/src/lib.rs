@@ -138,14 +138,11 @@ fn check_name(what: &str, full: &str, part: &str) -> Result<()> {
         || part.contains(['/', '\\'])
         || part.chars().any(char::is_control);
     if bad {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "{what} name {full:?} cannot be a directory of the lake: no empty parts, `/`, \
+        return Err(Error::config(format!(
+            "{what} name {full:?} cannot be a directory of the lake: no empty parts, `/`, \
                  `\\`, `.` or `..`; route the table to another name ([[route]]) or change \
                  [sink] namespace"
-            ),
-        ));
+        )));
     }
     Ok(())
 }
@@ -169,14 +166,11 @@ impl IcebergSink {
                     .await
                     .map_err(ice)?
             {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "[sink] namespace {}: a table of that name exists, and its location \
+                return Err(Error::config(format!(
+                    "[sink] namespace {}: a table of that name exists, and its location \
                          would hold this namespace's tables; choose another namespace",
-                        opts.namespace
-                    ),
-                ));
+                    opts.namespace
+                )));
             }
         }
         if !cat.namespace_exists(&namespace).await.map_err(ice)?
@@ -250,13 +244,10 @@ impl IcebergSink {
             .await
             .map_err(ice)?
         {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "no table {}.{table} in the catalog; the pipeline creates it on its first run",
-                    self.opts.namespace
-                ),
-            ));
+            return Err(Error::config(format!(
+                "no table {}.{table} in the catalog; the pipeline creates it on its first run",
+                self.opts.namespace
+            )));
         }
         let loaded = self.load(&ident).await?;
         let (mut files, arrow_schema) = self.file_settings(&loaded)?;
@@ -336,14 +327,11 @@ impl IcebergSink {
         )
         .map_err(ice)?;
         if cat.namespace_exists(&nested).await.map_err(ice)? {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {}.{}: a namespace of that name exists, whose tables would live \
+            return Err(Error::config(format!(
+                "table {}.{}: a namespace of that name exists, whose tables would live \
                      inside this table's location; route the table to another name ([[route]])",
-                    self.opts.namespace, target.name
-                ),
-            ));
+                self.opts.namespace, target.name
+            )));
         }
         let schema = schema::to_iceberg_schema(&target.source)?;
         let spec = schema::partition_spec(&target.name, &schema, &target.partitioning)?;
@@ -385,13 +373,10 @@ impl Sink for IcebergSink {
             WriteMode::Upsert
         });
         if mode == WriteMode::Upsert && ctx.key.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {}: mode = \"upsert\" needs a primary key, and the source declares none; use mode = \"append\"",
-                    target.source.name
-                ),
-            ));
+            return Err(Error::config(format!(
+                "table {}: mode = \"upsert\" needs a primary key, and the source declares none; use mode = \"append\"",
+                target.source.name
+            )));
         }
         let open = OpenTable::new(ctx, self.catalog.clone(), table, name)?;
         Ok(match mode {
@@ -418,12 +403,9 @@ impl Sink for IcebergSink {
                 CommitOutcome::AlreadyThere => return Ok(false),
                 CommitOutcome::StaleLookup => {
                     let Some(keys_file) = &decoded.keys_file else {
-                        return Err(Error::new(
-                            ErrorKind::Internal,
-                            format!(
-                                "table {ident}: position deletes went stale and no keys file was kept"
-                            ),
-                        ));
+                        return Err(Error::internal(format!(
+                            "table {ident}: position deletes went stale and no keys file was kept"
+                        )));
                     };
                     let table = self.load(&ident).await?;
                     let (files, arrow_schema) = self.file_settings(&table)?;

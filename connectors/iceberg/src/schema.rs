@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
-use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
+use lakeshore_api::{Error, Result, TableSchema};
 
 use crate::error::internal;
 
@@ -33,12 +33,9 @@ fn iceberg_type(table: &str, column: &str, dt: &DataType) -> Result<Type> {
         DataType::Timestamp(TimeUnit::Microsecond, None) => PrimitiveType::Timestamp,
         DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => PrimitiveType::Timestamptz,
         other => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {table}, column {column}: Arrow type {other} has no Iceberg mapping in lakeshore yet"
-                ),
-            ));
+            return Err(Error::unsupported(format!(
+                "table {table}, column {column}: Arrow type {other} has no Iceberg mapping in lakeshore yet"
+            )));
         }
     };
     Ok(Type::Primitive(p))
@@ -61,13 +58,10 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
     }
     for k in &table.key {
         if table.schema.field_with_name(k).is_err() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {}: key column {k} is not a column of the table",
-                    table.name
-                ),
-            ));
+            return Err(Error::config(format!(
+                "table {}: key column {k} is not a column of the table",
+                table.name
+            )));
         }
     }
     Schema::builder()
@@ -75,11 +69,7 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         .with_identifier_field_ids(identifiers)
         .build()
         .map_err(|e| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("table {}: invalid schema", table.name),
-            )
-            .with_source(e)
+            Error::internal(format!("table {}: invalid schema", table.name)).with_source(e)
         })
 }
 
@@ -131,18 +121,15 @@ pub fn schema_changes(current: &Schema, source: &TableSchema) -> Result<SchemaCh
             }
             Some(existing) if promotable(&ty, &existing.field_type) => {}
             Some(existing) => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "table {}, column {}: type change from {} to {} is not supported (Iceberg \
+                return Err(Error::unsupported(format!(
+                    "table {}, column {}: type change from {} to {} is not supported (Iceberg \
                          promotes only int to long, float to double and decimal precision); \
                          re-snapshot the table with a new pipeline name or keep the old type",
-                        source.name,
-                        f.name(),
-                        existing.field_type,
-                        ty
-                    ),
-                ));
+                    source.name,
+                    f.name(),
+                    existing.field_type,
+                    ty
+                )));
             }
         }
     }
@@ -257,26 +244,19 @@ pub fn partition_spec(
 ) -> Result<UnboundPartitionSpec> {
     let mut builder = UnboundPartitionSpec::builder();
     for expr in exprs {
-        let p = parse_partition_expr(expr)
-            .map_err(|e| Error::new(ErrorKind::Config, format!("table {table}: {e}")))?;
+        let p =
+            parse_partition_expr(expr).map_err(|e| Error::config(format!("table {table}: {e}")))?;
         let field = schema.field_by_name(&p.column).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {table}: partition column {} is not a column of the table",
-                    p.column
-                ),
-            )
+            Error::config(format!(
+                "table {table}: partition column {} is not a column of the table",
+                p.column
+            ))
         })?;
         let name = format!("{}{}", p.column, transform_suffix(&p.transform));
         builder = builder
             .add_partition_field(field.id, name, p.transform)
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("table {table}: partition `{expr}`"),
-                )
-                .with_source(e)
+                Error::config(format!("table {table}: partition `{expr}`")).with_source(e)
             })?;
     }
     Ok(builder.build())
@@ -293,23 +273,19 @@ pub fn conform(table: &str, target: &ArrowSchemaRef, batch: &RecordBatch) -> Res
             None => arrow_array::new_null_array(field.data_type(), batch.num_rows()),
         };
         if column.data_type() != field.data_type() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {table}, column {}: source type {} does not match the lake table's {}",
-                    field.name(),
-                    column.data_type(),
-                    field.data_type()
-                ),
-            ));
+            return Err(Error::unsupported(format!(
+                "table {table}, column {}: source type {} does not match the lake table's {}",
+                field.name(),
+                column.data_type(),
+                field.data_type()
+            )));
         }
         columns.push(column);
     }
     RecordBatch::try_new(target.clone(), columns).map_err(|e| {
-        Error::new(
-            ErrorKind::Unsupported,
-            format!("table {table}: rows do not fit the lake table's schema"),
-        )
+        Error::unsupported(format!(
+            "table {table}: rows do not fit the lake table's schema"
+        ))
         .with_source(e)
     })
 }
@@ -340,10 +316,10 @@ pub(crate) fn column_sources(
                 _ => file.index_of(f.name()).ok(),
             };
             if found.is_none() && !f.is_nullable() {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("{path}: required column {} is missing", f.name()),
-                ));
+                return Err(Error::unsupported(format!(
+                    "{path}: required column {} is missing",
+                    f.name()
+                )));
             }
             Ok(found)
         })

@@ -17,7 +17,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 
 use crate::lookup::{Key, KeySet};
 use crate::writer::RowLocation;
@@ -58,14 +58,11 @@ pub struct Spill {
 }
 
 fn spill_error(e: std::io::Error) -> Error {
-    Error::new(
-        ErrorKind::Transient,
-        format!(
-            "cannot spill the upsert key index to {} (set TMPDIR to a writable directory \
+    Error::transient(format!(
+        "cannot spill the upsert key index to {} (set TMPDIR to a writable directory \
              with room for about 40 bytes per row of the largest source transaction)",
-            std::env::temp_dir().display()
-        ),
-    )
+        std::env::temp_dir().display()
+    ))
     .with_source(e)
 }
 
@@ -231,7 +228,7 @@ impl Merge {
         let (reader, current) = &mut self.readers[run];
         let record = current
             .take()
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "spill merge lost a record"))?;
+            .ok_or_else(|| Error::internal("spill merge lost a record"))?;
         if let Some(next) = reader.next_record().map_err(spill_error)? {
             self.heap.push(Reverse((next.key.clone(), run)));
             *current = Some(next);

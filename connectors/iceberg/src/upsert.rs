@@ -25,9 +25,7 @@ use iceberg::io::FileWrite;
 use iceberg::spec::{DataContentType, DataFile, Struct};
 use iceberg::table::Table;
 use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
-use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Op, PendingCommit, Result, TableSchema, TableWriter,
-};
+use lakeshore_api::{ChangeBatch, Error, Op, PendingCommit, Result, TableSchema, TableWriter};
 use parquet::arrow::ArrowWriter;
 
 use crate::commit::RowDelta;
@@ -88,18 +86,14 @@ impl KeyCodec {
             .iter()
             .map(|name| {
                 rows.column_by_name(name).cloned().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Unsupported,
-                        format!("table {table}: rows lack key column {name}"),
-                    )
+                    Error::unsupported(format!("table {table}: rows lack key column {name}"))
                 })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
         self.converter.convert_columns(&columns).map_err(|e| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!("table {table}: key columns do not match the lake table"),
-            )
+            Error::unsupported(format!(
+                "table {table}: key columns do not match the lake table"
+            ))
             .with_source(e)
         })
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arrow_schema::Field;
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -72,13 +72,10 @@ pub(crate) fn infer_columns(
             .collect();
         for k in &opts.key {
             if !names.iter().any(|c| c.split(' ').next() == Some(k)) {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "key column {k} is not among the inferred columns ({}); declare columns",
-                        names.join(", ")
-                    ),
-                ));
+                return Err(Error::config(format!(
+                    "key column {k} is not among the inferred columns ({}); declare columns",
+                    names.join(", ")
+                )));
             }
         }
         position.columns = Some(names);
@@ -95,34 +92,27 @@ pub(crate) fn topics_of(
     let timeout = Duration::from_secs(15);
     let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
         if let Some(reason) = login_refused(consumer) {
-            return Error::new(
-                ErrorKind::Config,
-                format!(
-                    "the Kafka brokers at {} refused the login: {reason}; check [source] \
+            return Error::config(format!(
+                "the Kafka brokers at {} refused the login: {reason}; check [source] \
                      properties security.protocol, sasl.mechanism, sasl.username and \
                      sasl.password",
-                    opts.brokers
-                ),
-            );
-        }
-        Error::new(
-            ErrorKind::Transient,
-            format!(
-                "cannot reach the Kafka brokers at {}: {e}; check [source] brokers and that \
-                 the brokers are running",
                 opts.brokers
-            ),
-        )
+            ));
+        }
+        Error::transient(format!(
+            "cannot reach the Kafka brokers at {}: {e}; check [source] brokers and that \
+                 the brokers are running",
+            opts.brokers
+        ))
     })?;
     // Topics: the names given, and every topic a pattern matches.
     let mut topics: Vec<(String, Vec<i32>)> = Vec::new();
     for want in &opts.topics {
         let matches: Vec<_> = if let Some(pattern) = want.strip_prefix('^') {
             let re = regex::Regex::new(&format!("^{pattern}")).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("[source] topics: {want:?} is not a regular expression: {e}"),
-                )
+                Error::config(format!(
+                    "[source] topics: {want:?} is not a regular expression: {e}"
+                ))
             })?;
             metadata
                 .topics()
@@ -141,18 +131,15 @@ pub(crate) fn topics_of(
             .filter(|t| t.error().is_none() && !t.partitions().is_empty())
             .collect();
         if matches.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "no topic {} {want:?} on {}; create it or fix [source] topics",
-                    if want.starts_with('^') {
-                        "matches"
-                    } else {
-                        "named"
-                    },
-                    opts.brokers
-                ),
-            ));
+            return Err(Error::config(format!(
+                "no topic {} {want:?} on {}; create it or fix [source] topics",
+                if want.starts_with('^') {
+                    "matches"
+                } else {
+                    "named"
+                },
+                opts.brokers
+            )));
         }
         for t in matches {
             if topics.iter().all(|(n, _)| n != t.name()) {

@@ -15,7 +15,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use lakeshore_api::{Error, ErrorKind, Op, Result};
+use lakeshore_api::{Error, Op, Result};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -216,7 +216,7 @@ fn append_meta(
 
 fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     RecordBatch::try_new(schema, columns)
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("building a batch: {e}")))
+        .map_err(|e| Error::internal(format!("building a batch: {e}")))
 }
 
 /// Row images of a chunk: JSON objects laid end to end, each with its op and message.
@@ -450,9 +450,8 @@ impl RowDecoder {
                 if c.data_type() == f.data_type() {
                     Ok(c.clone())
                 } else {
-                    arrow_cast::cast(c, f.data_type()).map_err(|e| {
-                        Error::new(ErrorKind::Internal, format!("column {}: {e}", f.name()))
-                    })
+                    arrow_cast::cast(c, f.data_type())
+                        .map_err(|e| Error::internal(format!("column {}: {e}", f.name())))
                 }
             })
             .collect::<Result<Vec<_>>>()?;
@@ -491,7 +490,7 @@ impl RowDecoder {
             images.bad(index, error);
         }
         let batch = arrow_select::concat::concat_batches(&self.schema, &rows)
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("joining rows: {e}")))?;
+            .map_err(|e| Error::internal(format!("joining rows: {e}")))?;
         Ok((batch, kept_ops))
     }
 }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lakeshore_api::{Error, ErrorKind, Ledger, Result};
+use lakeshore_api::{Error, Ledger, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -186,10 +186,9 @@ impl Group {
         for (topic, p) in &parts {
             let offset = match got.positions.get(&unit(topic, *p)) {
                 Some(v) => v.as_i64().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        format!("the ledger's position of {topic}/{p} is not an offset"),
-                    )
+                    Error::internal(format!(
+                        "the ledger's position of {topic}/{p} is not an offset"
+                    ))
                 })?,
                 None => {
                     let (low, high) =
@@ -273,14 +272,11 @@ impl Group {
                 // ledger as a new member (a checkpoint this process still decides with
                 // them is refused once another member took them).
                 self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                self.fail(Error::new(
-                    ErrorKind::Transient,
-                    format!(
-                        "the checkpoint before giving Kafka partitions up took over {} ms; \
+                self.fail(Error::transient(format!(
+                    "the checkpoint before giving Kafka partitions up took over {} ms; \
                          they are given up anyway and the pipeline restarts",
-                        revoke_wait().as_millis()
-                    ),
-                ));
+                    revoke_wait().as_millis()
+                )));
             }
         }
     }

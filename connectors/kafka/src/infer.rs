@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use arrow_schema::{DataType, Field};
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -65,14 +65,11 @@ pub(crate) fn sample_columns(
     let payloads: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
     let (columns, skipped) = infer_columns(&payloads)?;
     if columns.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Transient,
-            format!(
-                "cannot infer the columns of topics {}: no JSON object among the first {} messages (an empty topic?); declare columns = [\"name type\", ...] in [source]",
-                opts.topics.join(", "),
-                samples.len()
-            ),
-        ));
+        return Err(Error::transient(format!(
+            "cannot infer the columns of topics {}: no JSON object among the first {} messages (an empty topic?); declare columns = [\"name type\", ...] in [source]",
+            opts.topics.join(", "),
+            samples.len()
+        )));
     }
     let names: Vec<String> = columns
         .iter()
@@ -131,7 +128,7 @@ pub(crate) fn infer_columns(payloads: &[&[u8]]) -> Result<(Vec<Field>, Vec<Strin
         samples.push(v);
     }
     let schema = arrow_json::reader::infer_json_schema_from_iterator(samples.iter().map(Ok))
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("inferring columns: {e}")))?;
+        .map_err(|e| Error::internal(format!("inferring columns: {e}")))?;
     let mut columns = Vec::new();
     let mut skipped = Vec::new();
     for name in &order {

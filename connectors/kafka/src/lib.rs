@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use arrow_schema::{Field, Schema, SchemaRef};
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Lag, Ledger, Op, Result, Source, SourceEvent, SourcePosition,
-    TableSchema,
+    ChangeBatch, Error, Lag, Ledger, Op, Result, Source, SourceEvent, SourcePosition, TableSchema,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -171,8 +170,9 @@ struct Revoking {
 /// Where each partition of a bounded run ends.
 type Ends = HashMap<(String, i32), i64>;
 
-pub(crate) fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Transient, format!("Kafka: {what}: {e}"))
+/// A librdkafka failure while doing `what`; the cause is kept as the source.
+pub(crate) fn kafka_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::transient(format!("Kafka: {what}")).with_source(e)
 }
 
 /// Property names whose values are secrets.
@@ -203,7 +203,7 @@ impl KafkaSource {
             Self::open_blocking(o, position, bounded, ledger.map(|l| (l, runtime)))
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("opening Kafka: {e}")))?
+        .map_err(|e| Error::internal(format!("opening Kafka: {e}")))?
     }
 
     pub(crate) fn client_config(opts: &KafkaOptions) -> ClientConfig {
@@ -237,10 +237,9 @@ impl KafkaSource {
                 KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
                 other => other.to_string(),
             };
-            Error::new(
-                ErrorKind::Config,
-                format!("Kafka client settings: {what}; check [source] properties"),
-            )
+            Error::config(format!(
+                "Kafka client settings: {what}; check [source] properties"
+            ))
         })
     }
 
@@ -315,16 +314,13 @@ impl KafkaSource {
                 let start = match (stored.get(&p), &opts.startup) {
                     (Some(&o), _) => {
                         if o < low {
-                            return Err(Error::new(
-                                ErrorKind::Config,
-                                format!(
-                                    "{topic} partition {p}: the lake is at offset {o} but the \
+                            return Err(Error::config(format!(
+                                "{topic} partition {p}: the lake is at offset {o} but the \
                                      broker keeps offsets from {low} on: messages {o}..{low} were \
                                      deleted by retention before lakeshore read them; raise the \
                                      topic's retention, and start a new pipeline (new name) to \
                                      accept the gap"
-                                ),
-                            ));
+                            )));
                         }
                         o
                     }
@@ -442,7 +438,7 @@ impl KafkaSource {
                     };
                     polling.run(&consumer, &names, ends)
                 })
-                .map_err(|e| Error::new(ErrorKind::Internal, format!("poll thread: {e}")))?
+                .map_err(|e| Error::internal(format!("poll thread: {e}")))?
         };
         Ok(KafkaSource {
             opts,
@@ -606,18 +602,15 @@ impl KafkaSource {
         let first = &bad[0];
         let m = &msgs[first.index];
         match self.opts.on_error {
-            OnError::Fail => Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "topic {} partition {} offset {}: cannot read the message as {}: {} \
+            OnError::Fail => Err(Error::config(format!(
+                "topic {} partition {} offset {}: cannot read the message as {}: {} \
                      (on_error = \"skip\" or \"dead_letter\" lets the pipeline go on)",
-                    m.topic,
-                    m.partition,
-                    m.offset,
-                    self.opts.format.name(),
-                    first.error
-                ),
-            )),
+                m.topic,
+                m.partition,
+                m.offset,
+                self.opts.format.name(),
+                first.error
+            ))),
             OnError::Skip => {
                 metrics::counter!("lakeshore_kafka_skipped_messages_total")
                     .increment(bad.len() as u64);
@@ -759,10 +752,7 @@ impl Source for KafkaSource {
                     ));
                 }
                 Ok(None) => {
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        "the Kafka polling thread stopped",
-                    ));
+                    return Err(Error::internal("the Kafka polling thread stopped"));
                 }
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(Some(Ok(Polled::Done))) => self.finished = true,

@@ -68,13 +68,10 @@ impl MysqlSource {
             return Ok(m.clone());
         }
         if columns.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {}: the binlog carries no column names; set binlog_row_metadata = FULL",
-                    self.tables[t].name
-                ),
-            ));
+            return Err(Error::config(format!(
+                "table {}: the binlog carries no column names; set binlog_row_metadata = FULL",
+                self.tables[t].name
+            )));
         }
         let known = |table: &MyTable| -> ColumnMap {
             columns
@@ -93,14 +90,11 @@ impl MysqlSource {
                 .zip(&now.columns)
                 .all(|(a, b)| a.name == b.name && a.kind == b.kind);
             if !keeps_old || now.columns.len() < old.columns.len() || now.key != old.key {
-                return Err(Error::new(
-                    ErrorKind::Transient,
-                    format!(
-                        "table {}: its columns changed in a way the binlog cannot be read \
+                return Err(Error::transient(format!(
+                    "table {}: its columns changed in a way the binlog cannot be read \
                          past; restarting to read the new shape",
-                        old.name
-                    ),
-                ));
+                    old.name
+                )));
             }
             let added: Vec<&str> = now.columns[old.columns.len()..]
                 .iter()
@@ -264,10 +258,10 @@ impl MysqlSource {
             }
         }
         let key = snapshot::key_of(table, &row).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("table {}: a binlog row without its key", table.name),
-            )
+            Error::internal(format!(
+                "table {}: a binlog row without its key",
+                table.name
+            ))
         })?;
         Ok((key, row))
     }
@@ -482,10 +476,9 @@ impl MysqlSource {
                         .iter()
                         .any(|p| discover::glob_match(p, &name))
                 {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!("table {name} was created; restarting to add it"),
-                    ));
+                    return Err(Error::transient(format!(
+                        "table {name} was created; restarting to add it"
+                    )));
                 }
             }
             Ddl::Truncate(name) => {
@@ -512,14 +505,11 @@ impl MysqlSource {
                         reread.push(t);
                         continue;
                     }
-                    let error = Error::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "table {from} was renamed ({}); lakeshore does not follow renames. Start a \
+                    let error = Error::unsupported(format!(
+                        "table {from} was renamed ({}); lakeshore does not follow renames. Start a \
                              new pipeline for the new name (the lake table keeps its rows)",
-                            sql.trim()
-                        ),
-                    );
+                        sql.trim()
+                    ));
                     self.flush_table(t)?;
                     self.fail_table(t, error);
                 }
@@ -611,13 +601,10 @@ impl MysqlSource {
         let now = discover::describe(&mut self.conn, &db, &name).await?;
         self.flush_table(t)?;
         if now.key != self.tables[t].key {
-            let error = Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {}: its primary key changed; the lake table is keyed by the old one. Start a new pipeline (or drop the lake table) to read it with the new key",
-                    now.name
-                ),
-            );
+            let error = Error::unsupported(format!(
+                "table {}: its primary key changed; the lake table is keyed by the old one. Start a new pipeline (or drop the lake table) to read it with the new key",
+                now.name
+            ));
             self.fail_table(t, error);
             return Ok(());
         }
@@ -633,13 +620,10 @@ impl MysqlSource {
 }
 
 pub(crate) fn value_error(table: &MyTable, i: usize, m: String) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!(
-            "table {}, column {}: {m}",
-            table.name, table.columns[i].name
-        ),
-    )
+    Error::unsupported(format!(
+        "table {}, column {}: {m}",
+        table.name, table.columns[i].name
+    ))
 }
 
 pub(crate) fn warn_zero_dates(table: &MyTable, rows: &RowsBuilder) {
@@ -742,13 +726,10 @@ fn enum_type(what: &str, labels: &[String]) -> String {
 /// Column `i` of `table` changed to `to` in a way the lake cannot follow.
 fn type_changed(table: &MyTable, i: usize, to: &str, why: &str) -> Error {
     let c = &table.columns[i];
-    Error::new(
-        ErrorKind::Unsupported,
-        format!(
-            "table {}, column {}: its type changed from {} to {to} at the source; {why}. To go on, drop the lake table and read the source table again (restart, then POST /pipelines/<name>/resnapshot?table={})",
-            table.name, c.name, c.column_type, table.name
-        ),
-    )
+    Error::unsupported(format!(
+        "table {}, column {}: its type changed from {} to {to} at the source; {why}. To go on, drop the lake table and read the source table again (restart, then POST /pipelines/<name>/resnapshot?table={})",
+        table.name, c.name, c.column_type, table.name
+    ))
 }
 
 #[cfg(test)]

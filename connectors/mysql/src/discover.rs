@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
+use lakeshore_api::{Error, Result, TableSchema};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
@@ -100,13 +100,10 @@ pub async fn discover(conn: &mut Conn, patterns: &[String]) -> Result<Vec<MyTabl
             .filter(|(db, t)| glob_match(pattern, &format!("{db}.{t}")))
             .collect();
         if matched.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "[source] tables: no table matches \"{pattern}\"; check the database and \
+            return Err(Error::config(format!(
+                "[source] tables: no table matches \"{pattern}\"; check the database and \
                      table names (and that the user may SELECT them)"
-                ),
-            ));
+            )));
         }
         for (db, t) in matched {
             let name = format!("{db}.{t}");
@@ -169,13 +166,10 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
         .await
         .map_err(|e| my_error("reading the primary key", e))?;
     if key_names.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "table {name} has no primary key; add one (lakeshore reads snapshots in key \
+        return Err(Error::config(format!(
+            "table {name} has no primary key; add one (lakeshore reads snapshots in key \
                  order and upserts by key)"
-            ),
-        ));
+        )));
     }
     // The two reads are not one snapshot of the catalog: a table dropped, re-created or
     // altered in between reads again after a restart (found by the differential test,
@@ -184,10 +178,9 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
         .iter()
         .map(|k| {
             columns.iter().position(|c| &c.name == k).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Transient,
-                    format!("table {name} changed while its columns were read; reading it again"),
-                )
+                Error::transient(format!(
+                    "table {name} changed while its columns were read; reading it again"
+                ))
             })
         })
         .collect::<Result<_>>()?;
@@ -225,7 +218,7 @@ fn unsupported(name: &str, col: &str, column_type: &str, charset: Option<&str>) 
              the table or change the column's type"
         ),
     };
-    Error::new(ErrorKind::Unsupported, message)
+    Error::unsupported(message)
 }
 
 /// The key columns of table `name` must be of a kind whose order lakeshore reproduces.
@@ -234,15 +227,12 @@ fn check_key(name: &str, columns: &[MyColumn], collations: &[String], key: &[usi
         let c = &columns[k];
         let text_ci = matches!(c.kind, Kind::Text { .. }) && !collations[k].ends_with("_bin");
         if !key_kind_supported(&c.kind) || text_ci {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {name}, key column {}: keys of type {} are not supported yet \
+            return Err(Error::unsupported(format!(
+                "table {name}, key column {}: keys of type {} are not supported yet \
                      (integer, decimal, date/time, binary and `_bin`-collated text keys are)",
-                    c.name,
-                    format!("{} {}", c.column_type, collations[k]).trim_end()
-                ),
-            ));
+                c.name,
+                format!("{} {}", c.column_type, collations[k]).trim_end()
+            )));
         }
     }
     Ok(())

@@ -24,6 +24,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lakeshore_api::read_ahead::{Covering, ReadAhead};
 use lakeshore_api::{
     ChangeBatch, Error, ErrorKind, Lag, Op, Result, Source, SourceEvent, SourcePosition,
     TableSchema,
@@ -198,14 +199,6 @@ struct Window {
     seen: BinlogPos,
 }
 
-/// The next chunk of a table, read on another connection while the current one is
-/// written. It is used only if it saw every transaction dropped since (the same check as
-/// for any chunk), else the chunk is read again.
-struct Prefetch {
-    after: Option<Key>,
-    task: tokio::task::JoinHandle<(Conn, Result<snapshot::ChunkRead>)>,
-}
-
 /// A change not yet in a batch.
 struct Pending {
     rows: RowsBuilder,
@@ -219,10 +212,10 @@ pub struct MysqlSource {
     opts: MysqlOptions,
     bounded: bool,
     conn: Conn,
-    /// Idle connections for [`Prefetch`]es (`parallelism` of them in all).
-    readers: Vec<Conn>,
-    /// Chunks being read ahead, at most one per table.
-    prefetch: HashMap<usize, Prefetch>,
+    /// The next chunks of tables, read on other connections (`parallelism` of them)
+    /// while the current one is written. A chunk read ahead is used only if it saw every
+    /// transaction dropped since (the same check as for any chunk), else it is read again.
+    ahead: ReadAhead<Conn, Key, snapshot::ChunkRead>,
     tables: Vec<MyTable>,
     by_name: HashMap<String, usize>,
     position: Position,
@@ -263,8 +256,7 @@ async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
         .await
         .map_err(|e| my_error("reading the binlog position", e))?;
     let row = row.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Config,
+        Error::config(
             "the server has no binlog (SHOW MASTER STATUS is empty); start it with --log-bin \
              and binlog_format=ROW",
         )
@@ -368,8 +360,7 @@ impl MysqlSource {
             }
         }
         Ok(MysqlSource {
-            readers,
-            prefetch: HashMap::new(),
+            ahead: ReadAhead::new(readers),
             bounded: bounded || !streaming,
             conn,
             tables,
@@ -402,72 +393,28 @@ impl MysqlSource {
 
     /// The next table with rows left to read; prefers one whose read-ahead is ready.
     fn next_chunk_table(&self) -> Option<usize> {
-        let pending =
-            |t: &usize| self.progress_of(*t) != Some(&Progress::Done) && !self.failed.contains(t);
-        (0..self.tables.len())
-            .filter(pending)
-            .find(|t| self.prefetch.get(t).is_some_and(|p| p.task.is_finished()))
-            .or_else(|| (0..self.tables.len()).find(pending))
+        self.ahead.next_table(self.tables.len(), |t| {
+            self.progress_of(t) != Some(&Progress::Done) && !self.failed.contains(&t)
+        })
     }
 
-    /// Start reading ahead: the next chunk of every unfinished table that has none in
-    /// flight, while idle connections last (`parallelism`).
+    /// Start reading ahead the next chunk of every unfinished table that has none in
+    /// flight, while idle connections last.
     fn start_prefetches(&mut self) {
-        for t in 0..self.tables.len() {
-            if self.readers.is_empty() {
-                return;
-            }
-            if self.prefetch.contains_key(&t) || self.failed.contains(&t) {
-                continue;
-            }
-            let after = match self.progress_of(t) {
-                Some(Progress::Done) => continue,
-                Some(Progress::After(k)) => Some(k.clone()),
-                None => None,
-            };
-            let Some(mut conn) = self.readers.pop() else {
-                return;
-            };
-            let table = self.tables[t].clone();
-            let limit = self.opts.chunk_size;
-            let key = after.clone();
-            let task = tokio::spawn(async move {
+        let (tables, limit) = (&self.tables, self.opts.chunk_size);
+        let after = |t: usize| match self.position.tables.get(&tables[t].name) {
+            _ if self.failed.contains(&t) => None,
+            Some(Progress::Done) => None,
+            Some(Progress::After(k)) => Some(Some(k.clone())),
+            None => Some(None),
+        };
+        self.ahead.start(tables.len(), after, |t, mut conn, key| {
+            let table = tables[t].clone();
+            async move {
                 let read = snapshot::read_chunk(&mut conn, &table, key.as_ref(), limit).await;
                 (conn, read)
-            });
-            self.prefetch.insert(t, Prefetch { after, task });
-        }
-    }
-
-    /// The chunk read ahead for table `t` after `after`, if it was read from there with
-    /// the columns the table has now (its connection goes back to the readers).
-    async fn take_prefetched(
-        &mut self,
-        t: usize,
-        after: Option<&Key>,
-        columns: usize,
-    ) -> Result<Option<snapshot::ChunkRead>> {
-        Ok(match self.prefetch.remove(&t) {
-            Some(p) => {
-                let (conn, read) = p
-                    .task
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Internal, format!("chunk reader: {e}")))?;
-                self.readers.push(conn);
-                match read {
-                    // Read with the columns known then: use it only if they still hold.
-                    Ok(read)
-                        if p.after.as_ref() == after
-                            && read.rows.first().is_none_or(|r| r.len() == columns) =>
-                    {
-                        Some(read)
-                    }
-                    Ok(_) => None,
-                    Err(e) => return Err(e),
-                }
             }
-            None => None,
-        })
+        });
     }
 
     /// Read the next chunk of table `t` and queue its rows.
@@ -481,40 +428,37 @@ impl MysqlSource {
             self.out
                 .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
         }
-        let mut prefetched = self
-            .take_prefetched(t, after.as_ref(), table.columns.len())
+        // Read with the columns known then: a chunk read ahead is used only if they
+        // still hold.
+        let columns = table.columns.len();
+        let mut ahead = self
+            .ahead
+            .take(t, after.as_ref(), |read| {
+                read.rows.first().is_none_or(|r| r.len() == columns)
+            })
             .await?;
-
-        let mut attempt = 0;
+        let mut covering = Covering::default();
         let read = loop {
-            let read = match prefetched.take() {
+            let read = match ahead.take() {
                 Some(read) => read,
                 None => {
-                    snapshot::read_chunk(
-                        &mut self.conn,
-                        &table,
-                        after.as_ref(),
-                        self.opts.chunk_size,
-                    )
-                    .await?
+                    let limit = self.opts.chunk_size;
+                    snapshot::read_chunk(&mut self.conn, &table, after.as_ref(), limit).await?
                 }
             };
             // Every transaction dropped as not-yet-read must be in this read.
             if self.dropped[t].as_ref().is_none_or(|d| read.seen > *d) {
                 break read;
             }
-            attempt += 1;
-            if attempt > 50 {
-                return Err(Error::new(
-                    ErrorKind::Transient,
+            covering
+                .again(|| {
                     format!(
                         "snapshot of {}: the binlog delivered a transaction the snapshot \
                          position does not cover",
                         table.name
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+                    )
+                })
+                .await?;
         };
         self.dropped[t] = None;
         let to = if read.complete {
@@ -652,23 +596,17 @@ impl Source for MysqlSource {
                 }
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(None) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        "the binlog reader stopped",
-                    ));
+                    return Err(Error::transient("the binlog reader stopped"));
                 }
                 Err(_) => {
                     // The server sends a heartbeat every second; silence means the
                     // connection is gone without telling us (mysql_async has no read
                     // timeout), so reconnect from the last checkpoint.
                     if self.last_heard.elapsed() > SILENCE {
-                        return Err(Error::new(
-                            ErrorKind::Transient,
-                            format!(
-                                "the binlog stream has been silent for {} s (no heartbeat)",
-                                SILENCE.as_secs()
-                            ),
-                        ));
+                        return Err(Error::transient(format!(
+                            "the binlog stream has been silent for {} s (no heartbeat)",
+                            SILENCE.as_secs()
+                        )));
                     }
                     if self.txn.is_none() {
                         self.flush_all()?;
@@ -722,25 +660,20 @@ impl Source for MysqlSource {
     /// read again yet are dropped, as during the first snapshot).
     fn resnapshot(&mut self, table: &str) -> Result<()> {
         let Some(t) = self.by_name.get(table).copied() else {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("the pipeline reads no table {table}"),
-            ));
+            return Err(Error::config(format!(
+                "the pipeline reads no table {table}"
+            )));
         };
         if self.stream.is_none() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "cannot read {table} again: a pipeline without a binlog reads its tables \
+            return Err(Error::unsupported(format!(
+                "cannot read {table} again: a pipeline without a binlog reads its tables \
                      once; run it again under a new pipeline name"
-                ),
-            ));
+            )));
         }
         if self.failed.contains(&t) {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("cannot read {table} again: the source stopped following it"),
-            ));
+            return Err(Error::unsupported(format!(
+                "cannot read {table} again: the source stopped following it"
+            )));
         }
         self.flush_table(t)?;
         self.out.push_back(SourceEvent::Truncate(table.to_string()));

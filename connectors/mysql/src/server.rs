@@ -1,7 +1,7 @@
 //! Connecting (errors that name the setting to change, passwords redacted), the server's
 //! binlog settings, and `validate --connect`.
 
-use lakeshore_api::{Error, ErrorKind, Result, SourcePosition};
+use lakeshore_api::{Error, Result, SourcePosition};
 use mysql_async::prelude::Queryable;
 use std::path::PathBuf;
 
@@ -13,11 +13,9 @@ pub use lakeshore_api::url::redact;
 
 /// An error from a query, as a transient failure (the server may be restarting).
 pub(crate) fn my_error(what: &str, e: mysql_async::Error) -> Error {
-    let msg = match &e {
-        mysql_async::Error::Server(s) => format!("MySQL: {what}: {}", s.message),
-        _ => format!("MySQL: {what}: {e}"),
-    };
-    Error::new(ErrorKind::Transient, msg)
+    // The server's error code stays in the message (through the source): `ERROR 1146
+    // (42S02): Table 'shop.x' doesn't exist`.
+    Error::transient(format!("MySQL: {what}")).with_source(e)
 }
 
 /// How a connection uses TLS, named as the `mysql` client's `--ssl-mode` names it.
@@ -60,26 +58,20 @@ pub(crate) fn split_tls(url: &str) -> Result<(String, Tls)> {
                     "verify_ca" => SslMode::VerifyCa,
                     "verify_identity" => SslMode::VerifyIdentity,
                     other => {
-                        return Err(Error::new(
-                            ErrorKind::Config,
-                            format!(
-                                "[source] url: ssl-mode={other} is not a TLS mode; write one of \
+                        return Err(Error::config(format!(
+                            "[source] url: ssl-mode={other} is not a TLS mode; write one of \
                                  disabled, preferred, required, verify_ca, verify_identity"
-                            ),
-                        ));
+                        )));
                     }
                 }
             }
             "ssl-ca" => tls.ca = Some(value),
             _ => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "[source] url: {key} is not supported (client certificates are not); \
+                return Err(Error::config(format!(
+                    "[source] url: {key} is not supported (client certificates are not); \
                          write ssl-mode=verify_identity&ssl-ca=/path/ca.pem and log in with a \
                          password"
-                    ),
-                ));
+                )));
             }
         }
     }
@@ -108,10 +100,9 @@ impl Tls {
 pub async fn connect(url: &str) -> Result<Conn> {
     let (driver_url, tls) = split_tls(url)?;
     let opts = Opts::from_url(&driver_url).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot parse [source] url ({e}); write mysql://user:${{PASSWORD}}@host:3306"),
-        )
+        Error::config(format!(
+            "cannot parse [source] url ({e}); write mysql://user:${{PASSWORD}}@host:3306"
+        ))
     })?;
     let opts = OptsBuilder::from_opts(opts)
         .init(vec![
@@ -142,59 +133,44 @@ fn connect_error(url: &str, e: mysql_async::Error, plain: bool) -> Error {
                     ssl-mode=verify_identity&ssl-ca=/path/ca.pem (or ssl-mode=required) in \
                     [source] url";
     match &e {
-        mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => Error::new(
-            ErrorKind::Config,
-            format!(
+        mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => {
+            Error::config(format!(
                 "the server does not offer TLS ({target}); enable it on the server (ssl_cert, \
                  ssl_key) or write ssl-mode=disabled in [source] url"
-            ),
-        ),
-        mysql_async::Error::Server(s) if s.message.contains("insecure transport") => Error::new(
-            ErrorKind::Config,
-            format!("{only_tls} ({target}): {}", s.message),
-        ),
-        _ if text.contains("certificate") || text.contains("UnknownIssuer") => Error::new(
-            ErrorKind::Config,
-            format!(
+            ))
+        }
+        mysql_async::Error::Server(s) if s.message.contains("insecure transport") => {
+            Error::config(format!("{only_tls} ({target}): {}", s.message))
+        }
+        _ if text.contains("certificate") || text.contains("UnknownIssuer") => {
+            Error::config(format!(
                 "the server's TLS certificate did not verify ({target}): {text}; set ssl-ca in \
                  [source] url to the CA that signed it (ssl-mode=verify_ca skips the host name, \
                  ssl-mode=required encrypts without checking)"
-            ),
-        ),
-        mysql_async::Error::Server(s) if s.code == 1045 => Error::new(
-            ErrorKind::Config,
-            format!(
-                "MySQL refused the login; check the user and password in [source] url \
+            ))
+        }
+        mysql_async::Error::Server(s) if s.code == 1045 => Error::config(format!(
+            "MySQL refused the login; check the user and password in [source] url \
                  ({target}){}: {}",
-                if plain {
-                    format!(", or, if {only_tls}")
-                } else {
-                    String::new()
-                },
-                s.message
-            ),
-        ),
-        mysql_async::Error::Server(s) if s.code == 1049 => Error::new(
-            ErrorKind::Config,
-            format!(
-                "the database does not exist; check [source] url ({target}): {}",
-                s.message
-            ),
-        ),
-        mysql_async::Error::Server(s) => Error::new(
-            ErrorKind::Config,
-            format!(
-                "MySQL refused the connection; check [source] url ({target}): {}",
-                s.message
-            ),
-        ),
-        _ => Error::new(
-            ErrorKind::Transient,
-            format!(
-                "cannot reach MySQL ({target}); check host and port in [source] url and that \
+            if plain {
+                format!(", or, if {only_tls}")
+            } else {
+                String::new()
+            },
+            s.message
+        )),
+        mysql_async::Error::Server(s) if s.code == 1049 => Error::config(format!(
+            "the database does not exist; check [source] url ({target}): {}",
+            s.message
+        )),
+        mysql_async::Error::Server(s) => Error::config(format!(
+            "MySQL refused the connection; check [source] url ({target}): {}",
+            s.message
+        )),
+        _ => Error::transient(format!(
+            "cannot reach MySQL ({target}); check host and port in [source] url and that \
                  the server is running: {e}"
-            ),
-        ),
+        )),
     }
 }
 
@@ -251,7 +227,7 @@ pub async fn binlog_behind(opts: &MysqlOptions, position: &SourcePosition) -> Re
         .get("binlog")
         .cloned()
         .and_then(|b| serde_json::from_value(b).ok())
-        .ok_or_else(|| Error::new(ErrorKind::Internal, "not a MySQL position"))?;
+        .ok_or_else(|| Error::internal("not a MySQL position"))?;
     let mut conn = connect(&opts.url).await?;
     let files: Vec<(String, u64)> = conn
         .query("SHOW BINARY LOGS")
@@ -341,7 +317,7 @@ pub(crate) async fn collation_charsets(
 /// Fail with the first binlog setting that is wrong.
 pub(crate) async fn check_server(conn: &mut Conn) -> Result<()> {
     match binlog_problems(conn).await?.into_iter().next() {
-        Some(p) => Err(Error::new(ErrorKind::Config, p)),
+        Some(p) => Err(Error::config(p)),
         None => Ok(()),
     }
 }
@@ -371,7 +347,7 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
     ));
     if opts.startup != crate::Startup::SnapshotOnly {
         if let Some(p) = binlog_problems(&mut conn).await?.into_iter().next() {
-            return Err(Error::new(ErrorKind::Config, p));
+            return Err(Error::config(p));
         }
         lines.push("binlog: log_bin=ON, binlog_format=ROW, binlog_row_image=FULL".into());
         let grants: Vec<String> = conn
@@ -388,13 +364,10 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
                 || all.contains(privilege)
                 || all.contains(alias);
             if !has {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "the user lacks {privilege}: GRANT REPLICATION SLAVE, REPLICATION CLIENT \
+                return Err(Error::config(format!(
+                    "the user lacks {privilege}: GRANT REPLICATION SLAVE, REPLICATION CLIENT \
                          ON *.* TO <user>"
-                    ),
-                ));
+                )));
             }
         }
         lines.push("privileges: REPLICATION SLAVE, REPLICATION CLIENT".into());

@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Row};
 use mysql_common::value::Value;
@@ -166,8 +166,7 @@ pub async fn read_chunk(
             pos: pos.parse().unwrap_or(4),
         },
         _ => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
+            return Err(Error::unsupported(
                 "the server does not report binlog_snapshot_file / binlog_snapshot_position \
                  (MariaDB and Percona Server do; MySQL does not), which lakeshore's lock-free \
                  snapshot needs. With MySQL, copy the tables another way and follow the binlog \
@@ -188,10 +187,10 @@ pub async fn read_chunk(
     let rows: Vec<Vec<Value>> = result.into_iter().map(|r| r.unwrap()).collect();
     let last = match rows.last() {
         Some(row) => Some(key_of(table, row).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("table {}: cannot read the key of a row", table.name),
-            )
+            Error::internal(format!(
+                "table {}: cannot read the key of a row",
+                table.name
+            ))
         })?),
         None => None,
     };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn};
 use mysql_common::binlog::events::{EventData, RowsEventData};
@@ -196,10 +196,7 @@ async fn from_gtid<'a>(
 ) -> Result<BinlogStreamRequest<'a>> {
     let text = gtid;
     let gtid = Gtid::parse(gtid).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Config,
-            format!("[source] startup: {text:?} is not a GTID position"),
-        )
+        Error::config(format!("[source] startup: {text:?} is not a GTID position"))
     })?;
     let version: Option<String> = conn
         .query_first("SELECT VERSION()")
@@ -223,13 +220,10 @@ async fn from_gtid<'a>(
                 "MySQL's executed set, e.g. { gtid = \"3e11fa47-71ca-11e1-9e33-\
                  c80aa9429562:1-100\" } (SELECT @@gtid_executed)"
             };
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "[source] startup: {text:?} is the other server flavour's GTID; this \
+            return Err(Error::config(format!(
+                "[source] startup: {text:?} is the other server flavour's GTID; this \
                      server needs {want}"
-                ),
-            ));
+            )));
         }
     })
 }
@@ -260,14 +254,11 @@ pub async fn start(
         request = from_gtid(&mut conn, request, gtid).await?;
     }
     let mut stream = conn.get_binlog_stream(request).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Transient,
-            format!(
-                "cannot open the binlog stream ({}): {e}; check [source] url and REPLICATION \
+        Error::transient(format!(
+            "cannot open the binlog stream ({}): {e}; check [source] url and REPLICATION \
                  SLAVE",
-                redact(url)
-            ),
-        )
+            redact(url)
+        ))
     })?;
     let (tx, rx) = mpsc::channel(1024);
     let mut file = from.file.clone();
@@ -307,10 +298,7 @@ pub async fn start(
             }
         }
         let _ = tx
-            .send(Err(Error::new(
-                ErrorKind::Transient,
-                "the binlog stream ended",
-            )))
+            .send(Err(Error::transient("the binlog stream ended")))
             .await;
     });
     Ok(Stream {
@@ -333,7 +321,7 @@ fn decode(
     if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
         let d = ev.data();
         if d.len() < 13 {
-            Err(Error::new(ErrorKind::Internal, "short MariaDB GTID event"))
+            Err(Error::internal("short MariaDB GTID event"))
         } else {
             let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
             let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
@@ -349,10 +337,9 @@ fn decode(
         }
     } else {
         match ev.read_data() {
-            Err(e) => Err(Error::new(
-                ErrorKind::Internal,
-                format!("cannot decode a binlog event in {file} at {end}: {e}"),
-            )),
+            Err(e) => Err(Error::internal(format!(
+                "cannot decode a binlog event in {file} at {end}: {e}"
+            ))),
             Ok(data) => {
                 let out = to_msg(data, stream, file, fde_seen, end, declared);
                 out.map(|m| {
@@ -392,17 +379,14 @@ fn stream_error(e: mysql_async::Error, file: &str) -> Error {
     if let mysql_async::Error::Server(s) = &e
         && s.code == 1236
     {
-        return Error::new(
-            ErrorKind::Config,
-            format!(
-                "the server no longer has the binlog lakeshore must resume from ({file}): {}. \
+        return Error::config(format!(
+            "the server no longer has the binlog lakeshore must resume from ({file}): {}. \
                  The changes since the last checkpoint are gone; take a new snapshot under a \
                  new pipeline name (and keep binlogs longer: binlog_expire_logs_seconds)",
-                s.message
-            ),
-        );
+            s.message
+        ));
     }
-    Error::new(ErrorKind::Transient, format!("binlog stream: {e}"))
+    Error::transient(format!("binlog stream: {e}"))
 }
 
 /// The message of one decoded event (`None`: only its position matters).
@@ -523,10 +507,9 @@ fn rows_msg(
     cache: &mut DeclaredCache,
 ) -> Result<Msg> {
     let tme = stream.get_tme(rows.table_id()).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Internal,
-            format!("binlog {file} at {end}: a row event without its table map"),
-        )
+        Error::internal(format!(
+            "binlog {file} at {end}: a row event without its table map"
+        ))
     })?;
     let op = match rows {
         RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => RowOp::Insert,
@@ -534,14 +517,11 @@ fn rows_msg(
         _ => RowOp::Update,
     };
     let bad = |e: String| {
-        Error::new(
-            ErrorKind::Internal,
-            format!(
-                "binlog {file} at {end}, table {}.{}: {e}",
-                tme.database_name(),
-                tme.table_name()
-            ),
-        )
+        Error::internal(format!(
+            "binlog {file} at {end}, table {}.{}: {e}",
+            tme.database_name(),
+            tme.table_name()
+        ))
     };
     let mut columns: Option<Arc<[String]>> = None;
     let mut out = Vec::new();
@@ -555,18 +535,15 @@ fn rows_msg(
             .flatten()
             .any(|r| r.columns_ref().len() < all)
         {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "binlog {file} at {end}, table {}.{}: a row image without every column \
+            return Err(Error::config(format!(
+                "binlog {file} at {end}, table {}.{}: a row image without every column \
                      (binlog_row_image is not FULL); set binlog_row_image = FULL on the server \
                      (SET GLOBAL and in its configuration). Changes already logged this way \
                      cannot be read: then start the pipeline under a new name to read the \
                      tables again",
-                    tme.database_name(),
-                    tme.table_name()
-                ),
-            ));
+                tme.database_name(),
+                tme.table_name()
+            )));
         }
         if columns.is_none() {
             let any = before.as_ref().or(after.as_ref());

@@ -20,7 +20,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use mysql_common::value::Value;
 
 /// How the bytes of a text column's character set are decoded: the binlog carries them
@@ -641,7 +641,7 @@ impl RowsBuilder {
         self.rows = 0;
         let arrays = self.columns.iter_mut().map(|b| b.finish()).collect();
         RecordBatch::try_new(self.schema.clone(), arrays)
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("building a batch: {e}")))
+            .map_err(|e| Error::internal(format!("building a batch: {e}")))
     }
 }
 

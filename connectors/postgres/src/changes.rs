@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use lakeshore_api::{ChangeBatch, Error, ErrorKind, Op, Result, SourceEvent};
+use lakeshore_api::{ChangeBatch, Error, Op, Result, SourceEvent};
 use pg_walstream::{ChangeEvent, ColumnValue, EventType, ReplicaIdentity, RowData};
 use smallvec::SmallVec;
 
@@ -53,14 +53,11 @@ impl PostgresSource {
                 match row.get(name) {
                     Some(ColumnValue::Text(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
                     Some(ColumnValue::Binary(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
-                    _ => Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "table {}: a change arrived without key column {name}; set \
+                    _ => Err(Error::config(format!(
+                        "table {}: a change arrived without key column {name}; set \
                              REPLICA IDENTITY FULL or give the table a primary key",
-                            table.name
-                        ),
-                    )),
+                        table.name
+                    ))),
                 }
             })
             .collect()
@@ -103,17 +100,14 @@ impl PostgresSource {
                     match base.and_then(|b| b.get(&col.name)) {
                         Some(v) => Some(v),
                         None => {
-                            return Err(Error::new(
-                                ErrorKind::Unsupported,
-                                format!(
-                                    "table {}, column {}: an update left this (TOASTed) value \
+                            return Err(Error::unsupported(format!(
+                                "table {}, column {}: an update left this (TOASTed) value \
                                      out and the old image does not carry it; run ALTER TABLE \
                                      {} REPLICA IDENTITY FULL",
-                                    table.name,
-                                    col.name,
-                                    table.quoted()
-                                ),
-                            ));
+                                table.name,
+                                col.name,
+                                table.quoted()
+                            )));
                         }
                     }
                 }
@@ -125,19 +119,16 @@ impl PostgresSource {
                 None | Some(ColumnValue::Null) => builder.append_null(i),
                 Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => {
                     let s = std::str::from_utf8(b).map_err(|_| {
-                        Error::new(
-                            ErrorKind::Unsupported,
-                            format!(
-                                "table {}, column {}: value is not UTF-8",
-                                table.name, col.name
-                            ),
-                        )
+                        Error::unsupported(format!(
+                            "table {}, column {}: value is not UTF-8",
+                            table.name, col.name
+                        ))
                     })?;
                     builder.append_text(i, s).map_err(|m| {
-                        Error::new(
-                            ErrorKind::Unsupported,
-                            format!("table {}, column {}: {m}", table.name, col.name),
-                        )
+                        Error::unsupported(format!(
+                            "table {}, column {}: {m}",
+                            table.name, col.name
+                        ))
                     })?;
                 }
             }
@@ -582,7 +573,7 @@ impl PostgresSource {
                             );
                             // Rows before the change have the old shape and stand.
                             self.flush_table(t)?;
-                            self.fail_table(t, Error::new(ErrorKind::Unsupported, message));
+                            self.fail_table(t, Error::unsupported(message));
                             return Ok(());
                         }
                     }
@@ -592,14 +583,11 @@ impl PostgresSource {
                 }
                 None => {
                     let kind = kind.ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::Unsupported,
-                            format!(
-                                "table {}, column {name}: added with a type lakeshore does not \
+                        Error::unsupported(format!(
+                            "table {}, column {name}: added with a type lakeshore does not \
                                  map (type oid {})",
-                                self.tables[t].name, c.type_id
-                            ),
-                        )
+                            self.tables[t].name, c.type_id
+                        ))
                     })?;
                     added.push(discover::PgColumn {
                         name,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lakeshore_api::{Error, ErrorKind, Result, TableSchema};
+use lakeshore_api::{Error, Result, TableSchema};
 use tokio_postgres::Client;
 
 use crate::types::{self, Kind};
@@ -102,7 +102,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::new(ErrorKind::Transient, format!("PostgreSQL: {what}")).with_source(e)
+    move |e| Error::transient(format!("PostgreSQL: {what}")).with_source(e)
 }
 
 /// Find the tables matching `patterns` (`schema.table`, `*` globs) and describe them.
@@ -148,12 +148,9 @@ pub async fn discover(
             chosen.push((name.clone(), row));
         } else {
             // Transient: a table dropped to be created again may be back on a retry.
-            return Err(Error::new(
-                ErrorKind::Transient,
-                format!(
-                    "table {name} (oid {oid}), which this pipeline follows, no longer exists at the source; its lake table keeps the rows it had. Re-create it, or take it out of [source] tables (and drop its lake table if it should go too)"
-                ),
-            ));
+            return Err(Error::transient(format!(
+                "table {name} (oid {oid}), which this pipeline follows, no longer exists at the source; its lake table keeps the rows it had. Re-create it, or take it out of [source] tables (and drop its lake table if it should go too)"
+            )));
         }
     }
     for pattern in patterns {
@@ -170,13 +167,10 @@ pub async fn discover(
             chosen.push((name, row));
         }
         if !chosen.iter().any(|(n, _)| glob_match(pattern, n)) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "no table matches {pattern:?} in the database; check [source] tables \
+            return Err(Error::config(format!(
+                "no table matches {pattern:?} in the database; check [source] tables \
                      (names are schema.table, e.g. \"public.orders\" or \"public.*\")"
-                ),
-            ));
+            )));
         }
     }
     let mut tables = Vec::new();
@@ -210,13 +204,10 @@ fn columns_of(name: &str, cols: &[tokio_postgres::Row]) -> Result<Vec<PgColumn>>
         let is_array: bool = c.get(5);
         let category: String = c.get(6);
         let kind = types::kind_of(&base, &category, typmod, is_array).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {name}, column {col_name}: type {type_name} is not supported; \
+            Error::unsupported(format!(
+                "table {name}, column {col_name}: type {type_name} is not supported; \
                      exclude the table or cast the column in a view"
-                ),
-            )
+            ))
         })?;
         let raw = kind != Kind::Text
             || (!is_array
@@ -262,14 +253,11 @@ fn key_order(name: &str, k: &str, column: &PgColumn, base: &str) -> Result<KeyOr
         (Kind::Text, "text" | "varchar" | "bpchar" | "name") => KeyOrder::Bytes,
         (Kind::Text, "uuid") | (Kind::Bytea, _) => KeyOrder::BytesNoCollate,
         _ => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "table {name}, key column {k}: snapshot chunks need an integer, text, \
+            return Err(Error::unsupported(format!(
+                "table {name}, key column {k}: snapshot chunks need an integer, text, \
                      uuid or bytea key, not {}",
-                    column.type_name
-                ),
-            ));
+                column.type_name
+            )));
         }
     })
 }
@@ -313,45 +301,35 @@ async fn describe(
         key_names = explicit.clone();
     }
     if key_names.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "table {name} has no primary key; add one, or name the key in [source] \
+        return Err(Error::config(format!(
+            "table {name} has no primary key; add one, or name the key in [source] \
                  key_columns = {{ \"{name}\" = [\"col\", ...] }} (then the table also needs \
                  ALTER TABLE {} REPLICA IDENTITY FULL)",
-                quote_ident(&schema_name) + "." + &quote_ident(&table_name)
-            ),
-        ));
+            quote_ident(&schema_name) + "." + &quote_ident(&table_name)
+        )));
     }
     let qualified = format!("{}.{}", quote_ident(&schema_name), quote_ident(&table_name));
     let identity_problem = identity_problem(replica_identity, pk.is_empty(), &qualified);
     if let Some(problem) = identity_problem {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("table {name} {problem}"),
-        ));
+        return Err(Error::config(format!("table {name} {problem}")));
     }
     let mut key = Vec::new();
     for k in &key_names {
         let i = columns.iter().position(|c| &c.name == k).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Config,
-                format!("table {name} has no column {k:?}; check [source] key_columns"),
-            )
+            Error::config(format!(
+                "table {name} has no column {k:?}; check [source] key_columns"
+            ))
         })?;
         let base = &cols[i].get::<_, String>(2);
         let order = key_order(&name, k, &columns[i], base)?;
         if pk.is_empty() && !cols[i].get::<_, bool>(7) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "table {name}, key column {k} may be null; key_columns must be NOT NULL \
+            return Err(Error::config(format!(
+                "table {name}, key column {k} may be null; key_columns must be NOT NULL \
                      (and unique): ALTER TABLE {}.{} ALTER COLUMN {} SET NOT NULL",
-                    quote_ident(&schema_name),
-                    quote_ident(&table_name),
-                    quote_ident(k)
-                ),
-            ));
+                quote_ident(&schema_name),
+                quote_ident(&table_name),
+                quote_ident(k)
+            )));
         }
         columns[i].order = Some(order);
         key.push(i);

@@ -3,7 +3,7 @@
 //! each followed name still means its OID and that its columns are as the stream last
 //! described them (DDL leaves no trace in the stream).
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 
 use crate::{PostgresSource, SHAPE_MARKER, pg_error};
 
@@ -37,13 +37,10 @@ impl PostgresSource {
         if let Some(&t) = self.by_name.get(&name)
             && self.tables[t].current_name() == name
         {
-            return Err(Error::new(
-                ErrorKind::Transient,
-                format!(
-                    "table {name} is now another relation (oid {oid}, was {}): it was dropped and created again or swapped; restarting to read it again",
-                    self.tables[t].oid
-                ),
-            ));
+            return Err(Error::transient(format!(
+                "table {name} is now another relation (oid {oid}, was {}): it was dropped and created again or swapped; restarting to read it again",
+                self.tables[t].oid
+            )));
         }
         Ok(None)
     }
@@ -88,13 +85,10 @@ impl PostgresSource {
                     Some((oid, _)) => format!("now names another relation (oid {oid})"),
                     None => "was dropped".to_string(),
                 };
-                return Err(Error::new(
-                    ErrorKind::Transient,
-                    format!(
-                        "table {} (oid {}) {what} at the source; restarting to follow it",
-                        table.name, table.oid
-                    ),
-                ));
+                return Err(Error::transient(format!(
+                    "table {} (oid {}) {what} at the source; restarting to follow it",
+                    table.name, table.oid
+                )));
             }
         }
         Ok(())

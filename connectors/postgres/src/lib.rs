@@ -27,6 +27,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lakeshore_api::read_ahead::{Covering, ReadAhead};
 use lakeshore_api::{
     ChangeBatch, Error, ErrorKind, Lag, Op, Result, Source, SourceEvent, SourcePosition,
     TableSchema,
@@ -169,15 +170,6 @@ struct Pending {
     ops: Vec<Op>,
 }
 
-/// The next chunk of a table, read on a second connection while the current one is
-/// written. It is used only if the stream delivered nothing since that the read missed
-/// (the same check as for any chunk), else read again; on a quiet source it overlaps the
-/// server's work with ours.
-struct Prefetch {
-    after: Option<Key>,
-    task: tokio::task::JoinHandle<(Client, Result<snapshot::ChunkRead>)>,
-}
-
 /// The PostgreSQL source.
 pub struct PostgresSource {
     /// How the connection is protected (measured at open).
@@ -189,10 +181,11 @@ pub struct PostgresSource {
     /// `snapshot-only`: the connection whose open transaction exported the snapshot every
     /// chunk reads (it must stay open while they run).
     _holder: Option<Client>,
-    /// Idle connections for [`Prefetch`]es (`parallelism` of them in all).
-    readers: Vec<Client>,
-    /// Chunks being read ahead, at most one per table.
-    prefetch: HashMap<usize, Prefetch>,
+    /// The next chunks of tables, read on other connections (`parallelism` of them)
+    /// while the current one is written. A chunk read ahead is used only if the stream
+    /// delivered nothing since that the read missed (the same check as for any chunk),
+    /// else it is read again; on a quiet source it overlaps the server's work with ours.
+    ahead: ReadAhead<Client, Key, snapshot::ChunkRead>,
     tables: Vec<PgTable>,
     /// Tables by their name in the pipeline (see [`PgTable::name`]).
     by_name: HashMap<String, usize>,
@@ -280,14 +273,11 @@ fn reconcile(
         if let Some(Progress::After(k)) = position.tables.get(&t.name)
             && k.len() != t.key.len()
         {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "the key of {} changed since its snapshot began; start over with a new \
+            return Err(Error::config(format!(
+                "the key of {} changed since its snapshot began; start over with a new \
                      pipeline name",
-                    t.name
-                ),
-            ));
+                t.name
+            )));
         }
     }
     Ok((retired, recreated))
@@ -406,8 +396,7 @@ impl PostgresSource {
             _holder: holder,
             live,
             failed: Default::default(),
-            readers,
-            prefetch: HashMap::new(),
+            ahead: ReadAhead::new(readers),
             opts,
             bounded: bounded || !streaming,
             client,
@@ -474,44 +463,30 @@ impl PostgresSource {
         self.position.tables.get(&self.tables[t].name)
     }
 
-    /// The next table with rows left to read.
-    /// Prefers a table whose read-ahead chunk is ready.
+    /// The next table with rows left to read; prefers one whose read-ahead is ready.
     fn next_chunk_table(&self) -> Option<usize> {
-        let pending =
-            |t: &usize| self.progress_of(*t) != Some(&Progress::Done) && !self.failed.contains(t);
-        (0..self.tables.len())
-            .filter(pending)
-            .find(|t| self.prefetch.get(t).is_some_and(|p| p.task.is_finished()))
-            .or_else(|| (0..self.tables.len()).find(pending))
+        self.ahead.next_table(self.tables.len(), |t| {
+            self.progress_of(t) != Some(&Progress::Done) && !self.failed.contains(&t)
+        })
     }
 
-    /// Start reading ahead: the next chunk of every unfinished table that has none in
-    /// flight, while idle connections last (`parallelism`).
+    /// Start reading ahead the next chunk of every unfinished table that has none in
+    /// flight, while idle connections last.
     fn start_prefetches(&mut self) {
-        for t in 0..self.tables.len() {
-            if self.readers.is_empty() {
-                return;
-            }
-            if self.prefetch.contains_key(&t) || self.failed.contains(&t) {
-                continue;
-            }
-            let after = match self.progress_of(t) {
-                Some(Progress::Done) => continue,
-                Some(Progress::After(k)) => Some(k.clone()),
-                None => None,
-            };
-            let Some(mut client) = self.readers.pop() else {
-                return;
-            };
-            let table = self.tables[t].clone();
-            let spec = self.chunks.clone();
-            let key = after.clone();
-            let task = tokio::spawn(async move {
+        let (tables, spec) = (&self.tables, &self.chunks);
+        let after = |t: usize| match self.position.tables.get(&tables[t].name) {
+            _ if self.failed.contains(&t) => None,
+            Some(Progress::Done) => None,
+            Some(Progress::After(k)) => Some(Some(k.clone())),
+            None => Some(None),
+        };
+        self.ahead.start(tables.len(), after, |t, mut client, key| {
+            let (table, spec) = (tables[t].clone(), spec.clone());
+            async move {
                 let read = snapshot::read_chunk(&mut client, &table, key.as_deref(), &spec).await;
                 (client, read)
-            });
-            self.prefetch.insert(t, Prefetch { after, task });
-        }
+            }
+        });
     }
 
     /// Read the next chunk of table `t` and queue its rows.
@@ -525,24 +500,10 @@ impl PostgresSource {
             self.out
                 .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
         }
-        let mut attempt = 0;
-        let mut prefetched = match self.prefetch.remove(&t) {
-            Some(p) => {
-                let (client, read) = p
-                    .task
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Internal, format!("chunk reader: {e}")))?;
-                self.readers.push(client);
-                match read {
-                    Ok(read) if p.after == after => Some(read),
-                    Ok(_) => None,
-                    Err(e) => return Err(e),
-                }
-            }
-            None => None,
-        };
+        let mut ahead = self.ahead.take(t, after.as_ref(), |_| true).await?;
+        let mut covering = Covering::default();
         let read = loop {
-            let read = match prefetched.take() {
+            let read = match ahead.take() {
                 Some(read) => read,
                 None => {
                     snapshot::read_chunk(&mut self.client, &table, after.as_deref(), &self.chunks)
@@ -553,18 +514,15 @@ impl PostgresSource {
             if self.dropped[t].iter().all(|x| read.visibility.sees(*x)) {
                 break read;
             }
-            attempt += 1;
-            if attempt > 50 {
-                return Err(Error::new(
-                    ErrorKind::Transient,
+            covering
+                .again(|| {
                     format!(
                         "snapshot of {}: a transaction the stream delivered stayed invisible \
                          to the snapshot",
                         table.name
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+                    )
+                })
+                .await?;
         };
         self.dropped[t].clear();
         let high = current_wal_lsn(&self.client).await?;
@@ -802,16 +760,12 @@ impl Source for PostgresSource {
                     }
                 }
                 Ok(Some(Err(message))) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!("PostgreSQL replication stream: {message}"),
-                    ));
+                    return Err(Error::transient(format!(
+                        "PostgreSQL replication stream: {message}"
+                    )));
                 }
                 Ok(None) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        "PostgreSQL replication stream ended",
-                    ));
+                    return Err(Error::transient("PostgreSQL replication stream ended"));
                 }
                 Err(_) => {
                     // pgoutput sends a transaction whole once it committed: silence in the
@@ -820,13 +774,10 @@ impl Source for PostgresSource {
                     if let Some(xid) = self.xid
                         && self.last_event.elapsed() > STUCK_IN_TRANSACTION
                     {
-                        return Err(Error::new(
-                            ErrorKind::Transient,
-                            format!(
-                                "the replication stream stopped inside transaction {xid} for {} s; restarting from the last checkpoint",
-                                self.last_event.elapsed().as_secs()
-                            ),
-                        ));
+                        return Err(Error::transient(format!(
+                            "the replication stream stopped inside transaction {xid} for {} s; restarting from the last checkpoint",
+                            self.last_event.elapsed().as_secs()
+                        )));
                     }
                     // Idle: hand out what is buffered and let the engine look around.
                     if self.xid.is_none() {
@@ -900,25 +851,20 @@ impl Source for PostgresSource {
     /// read again yet are dropped, as during the first snapshot).
     fn resnapshot(&mut self, table: &str) -> Result<()> {
         let Some(t) = self.by_name.get(table).copied() else {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("the pipeline reads no table {table}"),
-            ));
+            return Err(Error::config(format!(
+                "the pipeline reads no table {table}"
+            )));
         };
         if self.stream.is_none() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "cannot read {table} again: a startup = \"snapshot-only\" pipeline reads its \
+            return Err(Error::unsupported(format!(
+                "cannot read {table} again: a startup = \"snapshot-only\" pipeline reads its \
                      tables once; run it again under a new pipeline name"
-                ),
-            ));
+            )));
         }
         if self.failed.contains(&t) {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("cannot read {table} again: the source stopped following it"),
-            ));
+            return Err(Error::unsupported(format!(
+                "cannot read {table} again: the source stopped following it"
+            )));
         }
         self.flush_table(t)?;
         self.out.push_back(SourceEvent::Truncate(table.to_string()));

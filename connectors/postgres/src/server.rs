@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use tokio_postgres::Client;
 
 use crate::discover::{self, PgTable, quote_ident};
@@ -21,8 +21,7 @@ pub(crate) const SESSION_OPTIONS: &str =
 pub async fn connect(url: &str) -> Result<Client> {
     let (plain, tls) = crate::tls::split(url)?;
     let mut config: tokio_postgres::Config = plain.parse().map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
+        Error::config(
             "cannot parse [source] url; write postgres://user:${PASSWORD}@host:5432/database",
         )
         .with_source(e)
@@ -55,7 +54,7 @@ fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
         } else {
             "the TLS handshake failed; check sslmode and sslrootcert in [source] url"
         };
-        return Error::new(ErrorKind::Config, format!("{hint} ({target}): {cause}"));
+        return Error::config(format!("{hint} ({target}): {cause}"));
     }
     let hint = match e.as_db_error().map(|d| d.code().code()) {
         Some("28000")
@@ -71,25 +70,19 @@ fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
         // Shutting down, starting up, out of connections: a moment's condition that a
         // retry gets past, not a setting (class 57 operator intervention, 53300).
         Some(code) if code.starts_with("57") || code == "53300" => {
-            return Error::new(
-                ErrorKind::Transient,
-                format!(
-                    "PostgreSQL ({target}) is shutting down, starting or full for now: {}",
-                    e.as_db_error().map(|d| d.message()).unwrap_or_default()
-                ),
-            )
+            return Error::transient(format!(
+                "PostgreSQL ({target}) is shutting down, starting or full for now: {}",
+                e.as_db_error().map(|d| d.message()).unwrap_or_default()
+            ))
             .with_source(e);
         }
         Some(_) => "PostgreSQL refused the connection; check [source] url",
         None => {
             // No answer from the server: it may be down for a moment (`run` retries).
-            return Error::new(
-                ErrorKind::Transient,
-                format!(
-                    "cannot reach PostgreSQL ({target}); check host and port in [source] url \
+            return Error::transient(format!(
+                "cannot reach PostgreSQL ({target}); check host and port in [source] url \
                      and that the server is running"
-                ),
-            )
+            ))
             .with_source(e);
         }
     };
@@ -97,7 +90,7 @@ fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
         .as_db_error()
         .map(|d| format!(": {}", d.message()))
         .unwrap_or_default();
-    Error::new(ErrorKind::Config, format!("{hint} ({target}){said}")).with_source(e)
+    Error::config(format!("{hint} ({target}){said}")).with_source(e)
 }
 
 pub(crate) fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
@@ -105,15 +98,15 @@ pub(crate) fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
         Some(db) => format!("PostgreSQL: {what}: {}", db.message()),
         None => format!("PostgreSQL: {what}"),
     };
-    Error::new(ErrorKind::Transient, msg).with_source(e)
+    Error::transient(msg).with_source(e)
 }
 
 pub(crate) fn parse_lsn(s: &str) -> Result<u64> {
     let (hi, lo) = s
         .split_once('/')
-        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("bad LSN {s:?}")))?;
-    let hi = u64::from_str_radix(hi, 16).map_err(|_| Error::new(ErrorKind::Internal, "bad LSN"))?;
-    let lo = u64::from_str_radix(lo, 16).map_err(|_| Error::new(ErrorKind::Internal, "bad LSN"))?;
+        .ok_or_else(|| Error::internal(format!("bad LSN {s:?}")))?;
+    let hi = u64::from_str_radix(hi, 16).map_err(|_| Error::internal("bad LSN"))?;
+    let lo = u64::from_str_radix(lo, 16).map_err(|_| Error::internal("bad LSN"))?;
     Ok(hi << 32 | lo)
 }
 
@@ -243,8 +236,7 @@ pub async fn check(opts: &PostgresOptions) -> Result<Vec<String>> {
                 .map_err(|e| pg_error("counting replication slots", e))?
                 .get::<_, i32>(0);
             if free <= 0 {
-                return Err(Error::new(
-                    ErrorKind::Config,
+                return Err(Error::config(
                     "no free replication slot: raise max_replication_slots (needs a restart) \
                      or drop an unused slot",
                 ));
@@ -274,32 +266,23 @@ pub(crate) async fn check_server(client: &Client) -> Result<()> {
     let user: String = row.get(2);
     let version: i32 = row.get(3);
     if version < 140000 {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "PostgreSQL {} is too old; lakeshore needs 14 or newer",
-                version / 10000
-            ),
-        ));
+        return Err(Error::config(format!(
+            "PostgreSQL {} is too old; lakeshore needs 14 or newer",
+            version / 10000
+        )));
     }
     if wal_level != "logical" {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "PostgreSQL runs with wal_level={wal_level}; logical replication needs \
+        return Err(Error::config(format!(
+            "PostgreSQL runs with wal_level={wal_level}; logical replication needs \
                  wal_level=logical: run ALTER SYSTEM SET wal_level = logical and restart \
                  PostgreSQL (or use startup = \"snapshot-only\")"
-            ),
-        ));
+        )));
     }
     if !can_replicate {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "user {user} may not start replication; run ALTER ROLE {} REPLICATION",
-                quote_ident(&user)
-            ),
-        ));
+        return Err(Error::config(format!(
+            "user {user} may not start replication; run ALTER ROLE {} REPLICATION",
+            quote_ident(&user)
+        )));
     }
     Ok(())
 }
@@ -352,14 +335,11 @@ async fn publication_state<'t>(
     };
     // Partitions' changes must come under the partitioned table's name.
     if tables.iter().any(|t| t.partitioned) && !row.get::<_, bool>(1) {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "publication {name} reports partitions' changes under the partitions' \
+        return Err(Error::config(format!(
+            "publication {name} reports partitions' changes under the partitions' \
                  names; run ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
-                quote_ident(name)
-            ),
-        ));
+            quote_ident(name)
+        )));
     }
     // A TRUNCATE the publication leaves out would leave the lake with every old row.
     let missing: Vec<&str> = [(2, "insert"), (3, "update"), (4, "delete"), (5, "truncate")]
@@ -368,15 +348,12 @@ async fn publication_state<'t>(
         .map(|(_, op)| op)
         .collect();
     if !missing.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "publication {name} does not publish {}, so those changes would never reach the lake; run \
+        return Err(Error::config(format!(
+            "publication {name} does not publish {}, so those changes would never reach the lake; run \
                  ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
-                missing.join(", "),
-                quote_ident(name)
-            ),
-        ));
+            missing.join(", "),
+            quote_ident(name)
+        )));
     }
     if row.get::<_, bool>(0) {
         return Ok(Some(Vec::new()));
@@ -403,14 +380,11 @@ fn publication_error(name: &str, e: tokio_postgres::Error) -> Error {
         .as_db_error()
         .map(|d| d.message().to_string())
         .unwrap_or_default();
-    Error::new(
-        ErrorKind::Config,
-        format!(
-            "cannot create or extend publication {name}: {detail}; create it as the tables' \
+    Error::config(format!(
+        "cannot create or extend publication {name}: {detail}; create it as the tables' \
              owner (CREATE PUBLICATION {} FOR TABLE ...) or set [source] publication",
-            quote_ident(name)
-        ),
-    )
+        quote_ident(name)
+    ))
     .with_source(e)
 }
 
@@ -430,13 +404,10 @@ pub(crate) async fn ensure_slot(client: &Client, slot: &str) -> Result<()> {
                 .as_db_error()
                 .map(|d| d.message().to_string())
                 .unwrap_or_default();
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "cannot create replication slot {slot}: {detail}; check \
+            Error::config(format!(
+                "cannot create replication slot {slot}: {detail}; check \
                      max_replication_slots and [source] slot"
-                ),
-            )
+            ))
             .with_source(e)
         })?;
     tracing::info!(slot, "created replication slot");
@@ -476,13 +447,10 @@ async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>> {
     let plugin: Option<String> = r.get(0);
     let same_db: Option<bool> = r.get(1);
     if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "replication slot {slot} exists but is not a pgoutput slot of this database; \
+        return Err(Error::config(format!(
+            "replication slot {slot} exists but is not a pgoutput slot of this database; \
                  choose another [source] slot name"
-            ),
-        ));
+        )));
     }
     Ok(Some(SlotState {
         active: r.get(2),

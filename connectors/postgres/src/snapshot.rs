@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 
 use arrow_array::RecordBatch;
 use futures::StreamExt;
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
@@ -158,13 +158,7 @@ async fn same_columns(tx: &tokio_postgres::Transaction<'_>, table: &PgTable) -> 
             &[&table.quoted()],
         )
         .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Transient,
-                "PostgreSQL snapshot: reading the columns",
-            )
-            .with_source(e)
-        })?;
+        .map_err(|e| Error::transient("PostgreSQL snapshot: reading the columns").with_source(e))?;
     let (names, types): (Vec<String>, Vec<String>) = (now.get(0), now.get(1));
     if names.len() != table.columns.len()
         || names
@@ -173,13 +167,10 @@ async fn same_columns(tx: &tokio_postgres::Transaction<'_>, table: &PgTable) -> 
             .zip(&table.columns)
             .any(|((n, ty), c)| *n != c.name || *ty != c.type_name)
     {
-        return Err(Error::new(
-            ErrorKind::Transient,
-            format!(
-                "the columns of {} changed during its snapshot; restarting to read the new ones",
-                table.name
-            ),
-        ));
+        return Err(Error::transient(format!(
+            "the columns of {} changed during its snapshot; restarting to read the new ones",
+            table.name
+        )));
     }
     Ok(())
 }
@@ -193,7 +184,7 @@ pub async fn read_chunk(
     let (limit, batch_rows) = (spec.limit, spec.batch_rows);
     let pg = |what: &'static str| {
         move |e: tokio_postgres::Error| {
-            Error::new(ErrorKind::Transient, format!("PostgreSQL snapshot: {what}")).with_source(e)
+            Error::transient(format!("PostgreSQL snapshot: {what}")).with_source(e)
         }
     };
     let tx = client
@@ -214,18 +205,14 @@ pub async fn read_chunk(
         .map_err(pg("pg_current_snapshot()"))?
         .get(0);
     same_columns(&tx, table).await?;
-    let visibility = Visibility::parse(&snap).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Internal,
-            format!("unexpected snapshot text {snap:?}"),
-        )
-    })?;
+    let visibility = Visibility::parse(&snap)
+        .ok_or_else(|| Error::internal(format!("unexpected snapshot text {snap:?}")))?;
     let sql = chunk_sql(table, after, limit);
     let stream = tx.copy_out(sql.as_str()).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Transient,
-            format!("PostgreSQL snapshot of {}: reading a chunk", table.name),
-        )
+        Error::transient(format!(
+            "PostgreSQL snapshot of {}: reading a chunk",
+            table.name
+        ))
         .with_source(e)
     })?;
     let mut stream = std::pin::pin!(stream);
@@ -239,22 +226,20 @@ pub async fn read_chunk(
         let data = data.map_err(pg("COPY"))?;
         parser.feed(&data, |fields| {
             if fields.len() != table.columns.len() {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("COPY of {} returned {} columns", table.name, fields.len()),
-                ));
+                return Err(Error::internal(format!(
+                    "COPY of {} returned {} columns",
+                    table.name,
+                    fields.len()
+                )));
             }
             for (i, f) in fields.iter().enumerate() {
                 match f {
                     None => builder.append_null(i),
                     Some(v) => builder.append_binary(i, v).map_err(|m| {
-                        Error::new(
-                            ErrorKind::Unsupported,
-                            format!(
-                                "table {}, column {}: {m}",
-                                table.name, table.columns[i].name
-                            ),
-                        )
+                        Error::unsupported(format!(
+                            "table {}, column {}: {m}",
+                            table.name, table.columns[i].name
+                        ))
                     })?,
                 }
             }
@@ -333,7 +318,7 @@ impl CopyBinaryParser {
             owned = std::mem::take(&mut self.partial);
             &owned
         };
-        let bad = || Error::new(ErrorKind::Internal, "malformed binary COPY data");
+        let bad = || Error::internal("malformed binary COPY data");
         let mut at = 0;
         if !self.header_done {
             if buf.len() < SIGNATURE.len() + 8 {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use pg_walstream::{
     CancellationToken, ChangeEvent, LogicalReplicationStream, ReplicationStreamConfig,
     SharedLsnFeedback, StreamingMode,
@@ -56,31 +56,25 @@ pub(crate) async fn start_stream(opts: &PostgresOptions, lsn: u64) -> Result<Str
             // A server going down or coming up is a moment's condition (`run` retries);
             // anything else is the URL or the user's rights.
             if e.is_transient() {
-                return Error::new(
-                    ErrorKind::Transient,
-                    format!(
-                        "cannot open a replication connection ({}) for now: {e}",
-                        redact(&opts.url)
-                    ),
-                );
-            }
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "cannot open a replication connection ({}): {e}; check [source] url and \
-                     that the user has the REPLICATION attribute",
+                return Error::transient(format!(
+                    "cannot open a replication connection ({}) for now: {e}",
                     redact(&opts.url)
-                ),
-            )
+                ));
+            }
+            Error::config(format!(
+                "cannot open a replication connection ({}): {e}; check [source] url and \
+                     that the user has the REPLICATION attribute",
+                redact(&opts.url)
+            ))
         })?;
     stream
         .start(if lsn == 0 { None } else { Some(lsn) })
         .await
         .map_err(|e| {
-            Error::new(
-                ErrorKind::Transient,
-                format!("cannot start replication from slot {}: {e}", opts.slot),
-            )
+            Error::transient(format!(
+                "cannot start replication from slot {}: {e}",
+                opts.slot
+            ))
         })?;
     let feedback = stream.shared_lsn_feedback.clone();
     let cancel = CancellationToken::new();

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -80,25 +80,19 @@ pub(crate) fn split(url: &str) -> Result<(String, Tls)> {
                     "verify-ca" => Mode::VerifyCa,
                     "verify-full" => Mode::VerifyFull,
                     other => {
-                        return Err(Error::new(
-                            ErrorKind::Config,
-                            format!(
-                                "[source] url: sslmode={other} is not a TLS mode; write one of \
+                        return Err(Error::config(format!(
+                            "[source] url: sslmode={other} is not a TLS mode; write one of \
                                  disable, prefer, require, verify-ca, verify-full"
-                            ),
-                        ));
+                        )));
                     }
                 }
             }
             "sslrootcert" => tls.root_cert = Some(value),
             _ => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "[source] url: {key} is not supported (client certificates are not); \
+                return Err(Error::config(format!(
+                    "[source] url: {key} is not supported (client certificates are not); \
                          log in with a password over sslmode=verify-full"
-                    ),
-                ));
+                )));
             }
         }
     }
@@ -147,17 +141,15 @@ impl Tls {
 
     fn roots(&self) -> Result<RootCertStore> {
         let Some(path) = &self.root_cert else {
-            return Err(Error::new(
-                ErrorKind::Config,
+            return Err(Error::config(
                 "[source] url: sslmode=verify-ca and verify-full need the CA that signed the \
                  server's certificate; add &sslrootcert=/path/to/ca.pem",
             ));
         };
         let unreadable = |e: &dyn std::fmt::Display| {
-            Error::new(
-                ErrorKind::Config,
-                format!("[source] url: sslrootcert={path} cannot be read as PEM certificates: {e}"),
-            )
+            Error::config(format!(
+                "[source] url: sslrootcert={path} cannot be read as PEM certificates: {e}"
+            ))
         };
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
@@ -173,7 +165,7 @@ impl Tls {
 }
 
 fn tls_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::new(ErrorKind::Internal, format!("{what}: {e}"))
+    Error::internal(format!("{what}: {e}"))
 }
 
 /// `prefer` / `require`: encrypted, the certificate is not checked (libpq's behaviour).

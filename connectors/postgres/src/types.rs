@@ -23,7 +23,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 
 /// How one column is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,7 +411,7 @@ impl RowsBuilder {
         let arrays = self.columns.iter_mut().map(|c| c.finish()).collect();
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
-            .map_err(|e| Error::new(ErrorKind::Internal, "building a batch").with_source(e))
+            .map_err(|e| Error::internal("building a batch").with_source(e))
     }
 
     /// The column kinds.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use iceberg::spec::{ManifestContentType, ManifestEntryRef};
 use iceberg::table::Table;
-use lakeshore_api::{Error, ErrorKind, LakeCommit, Result, SourcePosition};
+use lakeshore_api::{Error, LakeCommit, Result, SourcePosition};
 
 use super::{CHECKPOINT_KEY, PIPELINE_KEY, POSITION_KEY, TABLES_KEY};
 use crate::error::{ice, internal};
@@ -24,13 +24,10 @@ pub fn last_commit(table: &Table, pipeline: &str) -> Result<Option<LakeCommit>> 
     };
     let name = table.identifier().name().to_string();
     let Some(position) = props.get(POSITION_KEY) else {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "table {}: the commit of pipeline {pipeline}'s checkpoint {checkpoint_id} has no {POSITION_KEY}; restore the pipeline's state directory",
-                table.identifier()
-            ),
-        ));
+        return Err(Error::config(format!(
+            "table {}: the commit of pipeline {pipeline}'s checkpoint {checkpoint_id} has no {POSITION_KEY}; restore the pipeline's state directory",
+            table.identifier()
+        )));
     };
     let position = serde_json::from_str(position).map_err(|e| {
         internal(format!(

@@ -19,7 +19,7 @@ use arrow_schema::{Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
 use futures::TryStreamExt;
 use iceberg::io::FileIO;
 use iceberg::spec::DataFile;
-use lakeshore_api::{Error, ErrorKind, Result};
+use lakeshore_api::{Error, Result};
 use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ProjectionMask};
 
 use crate::error::{internal, io};
@@ -79,13 +79,10 @@ impl EqualityDeletes {
             let sources = column_sources(&stream.schema().clone(), &g.schema, path)?;
             // A missing column would read as null and delete every null row.
             if let Some(i) = sources.iter().position(Option::is_none) {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "{path}: equality column {} is missing from the delete file",
-                        g.schema.field(i).name()
-                    ),
-                ));
+                return Err(Error::unsupported(format!(
+                    "{path}: equality column {} is missing from the delete file",
+                    g.schema.field(i).name()
+                )));
             }
             while let Some(batch) = stream.try_next().await.map_err(|e| io(path, e))? {
                 let rows = g.encode(&batch, &sources, path)?;
@@ -105,10 +102,9 @@ impl EqualityDeletes {
             return Ok(&mut self.groups[i]);
         }
         if ids.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("{path}: an equality-delete file without equality ids"),
-            ));
+            return Err(Error::unsupported(format!(
+                "{path}: an equality-delete file without equality ids"
+            )));
         }
         let fields = ids
             .iter()
@@ -119,12 +115,9 @@ impl EqualityDeletes {
                     .find(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY) == Some(&id.to_string()))
                     .cloned()
                     .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::Unsupported,
-                            format!(
-                                "{path}: equality field id {id} is not a top-level column of the table"
-                            ),
-                        )
+                        Error::unsupported(format!(
+                            "{path}: equality field id {id} is not a top-level column of the table"
+                        ))
                     })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use iceberg::table::Table;
-use lakeshore_api::{Error, ErrorKind, Result, StorageOptions};
+use lakeshore_api::{Error, Result, StorageOptions};
 use object_store::{ObjectStore, ObjectStoreExt};
 
 /// What a cleanup did.
@@ -64,18 +64,10 @@ pub async fn remove_orphans(
     } else {
         format!("file://{location}")
     };
-    let url = url::Url::parse(&url_text).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("table location {location} is not a URL: {e}"),
-        )
-    })?;
-    let (store, base) = object_store::parse_url_opts(&url, storage.with_env()).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot list {location}: {e}; check [sink] storage"),
-        )
-    })?;
+    let url = url::Url::parse(&url_text)
+        .map_err(|e| Error::config(format!("table location {location} is not a URL: {e}")))?;
+    let (store, base) = object_store::parse_url_opts(&url, storage.with_env())
+        .map_err(|e| Error::config(format!("cannot list {location}: {e}; check [sink] storage")))?;
     // Listed names are relative to the store's root: give them the table's form back.
     let full = |p: &object_store::path::Path| -> String {
         if local {
@@ -99,7 +91,7 @@ pub async fn remove_orphans(
     while let Some(meta) = listing
         .try_next()
         .await
-        .map_err(|e| Error::new(ErrorKind::Transient, format!("listing {location}: {e}")))?
+        .map_err(|e| Error::transient(format!("listing {location}: {e}")))?
     {
         let path = full(&meta.location);
         // Only the table's own `data/` and `metadata/` directories are its files:
