@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lakeshore_api::files::Codec;
 use lakeshore_api::{Error, Result, Sink, StorageOptions, TableSchema};
-use lakeshore_iceberg::schema::parse_partition_expr;
+use lakeshore_iceberg::parse_partition_expr;
 use lakeshore_iceberg::{CatalogConfig, IcebergOptions, IcebergSink, WriteMode};
 use serde::Deserialize;
 

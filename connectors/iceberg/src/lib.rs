@@ -12,6 +12,10 @@
 //! - `maintain`: compaction (planning as pure code, and the rewrite), equality deletes,
 //!   snapshot expiry, orphan files;
 //! - `catalog`: the SQL catalog and its compare-and-swap.
+//!
+//! Public: the sink, its options and `CatalogHandle`, `parse_partition_expr` (config
+//! validation), and `commit` and `maintain` (the tests and the equality-delete example
+//! drive them directly); the other modules are private.
 
 use std::sync::Arc;
 
@@ -25,21 +29,22 @@ use lakeshore_api::{
     TableWriter,
 };
 
-pub mod catalog;
+mod catalog;
 pub mod commit;
 mod error;
-pub mod lookup;
+mod lookup;
 pub mod maintain;
-pub mod position_delete;
-pub mod schema;
+mod position_delete;
+mod schema;
 mod spill;
-pub mod table_writer;
-pub mod upsert;
-pub mod writer;
+mod table_writer;
+mod upsert;
+mod writer;
 
 pub use catalog::{CatalogConfig, CatalogHandle};
 pub use lakeshore_api::files::{Codec, writer_properties};
 pub use maintain::{compact, expire, orphans};
+pub use schema::parse_partition_expr;
 
 use crate::commit::CommitOutcome;
 use crate::error::ice;

@@ -31,7 +31,8 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::{Chunk, Polled, Startup, kafka_error};
+use crate::poll::Chunk;
+use crate::{Polled, Startup, kafka_error};
 
 /// How long a revoke waits for the checkpoint that covers the partitions. Past it the
 /// partitions go anyway and the ledger refuses that checkpoint (the pipeline restarts).

@@ -24,13 +24,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use lakeshore_api::read_ahead::{Covering, ReadAhead};
+use lakeshore_api::read_ahead::ReadAhead;
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Lag, Op, Result, Source, SourceEvent, SourcePosition,
-    TableSchema,
+    Error, ErrorKind, Lag, Op, Result, Source, SourceEvent, SourcePosition, TableSchema,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -46,8 +44,8 @@ pub mod types;
 
 pub use server::{check, connect, redact, retained_wal};
 use server::{
-    check_server, column_exists, current_wal_lsn, ensure_publication, ensure_slot, format_lsn,
-    parse_lsn, pg_error, type_kind,
+    check_server, column_exists, ensure_publication, ensure_slot, format_lsn, parse_lsn, pg_error,
+    type_kind,
 };
 use stream::{Stream, start_stream};
 
@@ -457,114 +455,6 @@ impl PostgresSource {
     pub(crate) fn read_again(&mut self) {
         self.end_marker = None;
         self.finished = false;
-    }
-
-    fn progress_of(&self, t: usize) -> Option<&Progress> {
-        self.position.tables.get(&self.tables[t].name)
-    }
-
-    /// The next table with rows left to read; prefers one whose read-ahead is ready.
-    fn next_chunk_table(&self) -> Option<usize> {
-        self.ahead.next_table(self.tables.len(), |t| {
-            self.progress_of(t) != Some(&Progress::Done) && !self.failed.contains(&t)
-        })
-    }
-
-    /// Start reading ahead the next chunk of every unfinished table that has none in
-    /// flight, while idle connections last.
-    fn start_prefetches(&mut self) {
-        let (tables, spec) = (&self.tables, &self.chunks);
-        let after = |t: usize| match self.position.tables.get(&tables[t].name) {
-            _ if self.failed.contains(&t) => None,
-            Some(Progress::Done) => None,
-            Some(Progress::After(k)) => Some(Some(k.clone())),
-            None => Some(None),
-        };
-        self.ahead.start(tables.len(), after, |t, mut client, key| {
-            let (table, spec) = (tables[t].clone(), spec.clone());
-            async move {
-                let read = snapshot::read_chunk(&mut client, &table, key.as_deref(), &spec).await;
-                (client, read)
-            }
-        });
-    }
-
-    /// Read the next chunk of table `t` and queue its rows.
-    async fn read_chunk(&mut self, t: usize) -> Result<()> {
-        let table = self.tables[t].clone();
-        let after = match self.progress_of(t) {
-            Some(Progress::After(k)) => Some(k.clone()),
-            _ => None,
-        };
-        if after.is_none() {
-            self.out
-                .push_back(SourceEvent::SnapshotStarted(table.name.clone()));
-        }
-        let mut ahead = self.ahead.take(t, after.as_ref(), |_| true).await?;
-        let mut covering = Covering::default();
-        let read = loop {
-            let read = match ahead.take() {
-                Some(read) => read,
-                None => {
-                    snapshot::read_chunk(&mut self.client, &table, after.as_deref(), &self.chunks)
-                        .await?
-                }
-            };
-            // Every transaction dropped as not-yet-read must be in this read.
-            if self.dropped[t].iter().all(|x| read.visibility.sees(*x)) {
-                break read;
-            }
-            covering
-                .again(|| {
-                    format!(
-                        "snapshot of {}: a transaction the stream delivered stayed invisible \
-                         to the snapshot",
-                        table.name
-                    )
-                })
-                .await?;
-        };
-        self.dropped[t].clear();
-        let high = current_wal_lsn(&self.client).await?;
-        let to = if read.complete {
-            None
-        } else {
-            read.last.clone()
-        };
-        if self.stream.is_some() {
-            self.position.windows.push(Window {
-                table: table.name.clone(),
-                from: after.clone(),
-                to: to.clone(),
-                vis: read.visibility.clone(),
-                high,
-            });
-        }
-        let progress = match (&read.last, read.complete) {
-            (_, true) => Progress::Done,
-            (Some(k), false) => Progress::After(k.clone()),
-            (None, false) => Progress::Done,
-        };
-        self.snapshot_rows += read.rows as u64;
-        for b in read.batches {
-            self.out.push_back(SourceEvent::Batch(ChangeBatch::inserts(
-                Arc::from(table.name.as_str()),
-                b,
-            )));
-        }
-        metrics::counter!("lakeshore_postgres_snapshot_rows_total", "table" => table.name.clone())
-            .increment(read.rows as u64);
-        if progress == Progress::Done {
-            tracing::info!(table = %table.name, "snapshot complete");
-            metrics::gauge!("lakeshore_postgres_snapshot_done", "table" => table.name.clone())
-                .set(1.0);
-            self.out
-                .push_back(SourceEvent::SnapshotDone(table.name.clone()));
-        }
-        self.position.tables.insert(table.name.clone(), progress);
-        // Read next chunks while this one is written (see `Prefetch`).
-        self.start_prefetches();
-        Ok(())
     }
 
     fn position(&self) -> SourcePosition {
