@@ -261,24 +261,26 @@ pub async fn start(
         ))
     })?;
     let (tx, rx) = mpsc::channel(1024);
-    let mut file = from.file.clone();
+    let mut decoder = Decoder {
+        file: from.file.clone(),
+        fde_seen: false,
+        declared: DeclaredCache::default(),
+    };
     let lag =
         metrics::gauge!("lakeshore_mysql_binlog_lag_seconds", "server_id" => server_id.to_string());
     let lag_cell = Arc::new(AtomicU64::new(f64::NAN.to_bits()));
     let lag_seen = lag_cell.clone();
     let task = tokio::spawn(async move {
-        let mut fde_seen = false;
-        let mut declared = DeclaredCache::default();
         while let Some(ev) = stream.next().await {
             let msg = match ev {
-                Err(e) => Err(stream_error(e, &file)),
+                Err(e) => Err(stream_error(e, &decoder.file)),
                 Ok(ev) => {
                     let end = ev.header().log_pos() as u64;
                     if let Some(seconds) = lag_of(&ev.header()) {
                         lag.set(seconds);
                         lag_seen.store(seconds.to_bits(), Ordering::Relaxed);
                     }
-                    decode(ev, &stream, &mut file, &mut fde_seen, end, &mut declared)
+                    decoder.decode(ev, &stream, end)
                 }
             };
             let stop = msg.is_err();
@@ -306,55 +308,6 @@ pub async fn start(
         task,
         lag: lag_cell,
     })
-}
-
-/// One binlog event as a message for the source (`None`: nothing to say), with the
-/// file it is in; MariaDB's GTID events begin a transaction.
-fn decode(
-    ev: mysql_common::binlog::events::Event,
-    stream: &mysql_async::BinlogStream,
-    file: &mut String,
-    fde_seen: &mut bool,
-    end: u64,
-    declared: &mut DeclaredCache,
-) -> Result<Option<Msg>> {
-    if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
-        let d = ev.data();
-        if d.len() < 13 {
-            Err(Error::internal("short MariaDB GTID event"))
-        } else {
-            let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
-            let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
-            let server = ev.header().server_id();
-            let start = end.saturating_sub(ev.header().event_size() as u64);
-            Ok(Some(Msg::Begin {
-                at: BinlogPos {
-                    file: file.clone(),
-                    pos: start,
-                },
-                gtid: Some(format!("{domain}-{server}-{seq}")),
-            }))
-        }
-    } else {
-        match ev.read_data() {
-            Err(e) => Err(Error::internal(format!(
-                "cannot decode a binlog event in {file} at {end}: {e}"
-            ))),
-            Ok(data) => {
-                let out = to_msg(data, stream, file, fde_seen, end, declared);
-                out.map(|m| {
-                    m.or_else(|| {
-                        (end > 0).then(|| Msg::Advance {
-                            next: BinlogPos {
-                                file: file.clone(),
-                                pos: end,
-                            },
-                        })
-                    })
-                })
-            }
-        }
-    }
 }
 
 /// Binlog lag in seconds: how old the transaction just read is (its GTID event's write
@@ -389,69 +342,132 @@ fn stream_error(e: mysql_async::Error, file: &str) -> Error {
     Error::transient(format!("binlog stream: {e}"))
 }
 
-/// The message of one decoded event (`None`: only its position matters).
-fn to_msg(
-    data: Option<EventData<'_>>,
-    stream: &mysql_async::BinlogStream,
-    file: &mut String,
-    fde_seen: &mut bool,
-    end: u64,
-    declared: &mut DeclaredCache,
-) -> Result<Option<Msg>> {
-    let here = |file: &str, pos: u64| BinlogPos {
-        file: file.to_string(),
-        pos,
-    };
-    Ok(match data {
-        Some(EventData::RotateEvent(r)) => {
-            let mut raw = r.name_raw().to_vec();
-            // The rotation sent before the format description still carries the 4
-            // checksum bytes after the name.
-            if !*fde_seen && raw.len() > 4 {
-                raw.truncate(raw.len() - 4);
-            }
-            let name = String::from_utf8_lossy(&raw).into_owned();
-            tracing::debug!(file = %name, pos = r.position(), "binlog rotation");
-            *file = name;
-            Some(Msg::Advance {
-                next: here(file, r.position()),
-            })
-        }
-        Some(EventData::FormatDescriptionEvent(_)) => {
-            *fde_seen = true;
-            None
-        }
-        Some(EventData::QueryEvent(q)) => {
-            let sql = q.query();
-            let trimmed = sql.trim();
-            if trimmed.eq_ignore_ascii_case("BEGIN") {
-                Some(Msg::Begin {
-                    at: here(file, end.saturating_sub(1)),
-                    gtid: None,
-                })
-            } else if trimmed.eq_ignore_ascii_case("COMMIT") {
-                Some(Msg::Commit {
-                    next: here(file, end),
-                })
+/// What decoding the next binlog event needs to know of the ones before it.
+struct Decoder {
+    /// The binlog file being read (rotations change it).
+    file: String,
+    /// Whether the format description was seen (rotations before it carry a checksum).
+    fde_seen: bool,
+    /// The declared column types of each table id's last table map.
+    declared: DeclaredCache,
+}
+
+impl Decoder {
+    /// One binlog event as a message for the source (`None`: nothing to say), with the
+    /// file it is in; MariaDB's GTID events begin a transaction.
+    fn decode(
+        &mut self,
+        ev: mysql_common::binlog::events::Event,
+        stream: &mysql_async::BinlogStream,
+        end: u64,
+    ) -> Result<Option<Msg>> {
+        let file = &self.file;
+        if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
+            let d = ev.data();
+            if d.len() < 13 {
+                Err(Error::internal("short MariaDB GTID event"))
             } else {
-                Some(Msg::Statement {
-                    db: q.schema().into_owned(),
-                    sql: sql.into_owned(),
-                    next: here(file, end),
-                })
+                let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+                let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+                let server = ev.header().server_id();
+                let start = end.saturating_sub(ev.header().event_size() as u64);
+                Ok(Some(Msg::Begin {
+                    at: BinlogPos {
+                        file: file.clone(),
+                        pos: start,
+                    },
+                    gtid: Some(format!("{domain}-{server}-{seq}")),
+                }))
+            }
+        } else {
+            match ev.read_data() {
+                Err(e) => Err(Error::internal(format!(
+                    "cannot decode a binlog event in {file} at {end}: {e}"
+                ))),
+                Ok(data) => {
+                    let out = self.message(data, stream, end);
+                    out.map(|m| {
+                        m.or_else(|| {
+                            (end > 0).then(|| Msg::Advance {
+                                next: BinlogPos {
+                                    file: self.file.clone(),
+                                    pos: end,
+                                },
+                            })
+                        })
+                    })
+                }
             }
         }
-        // MySQL's GTID event starts a transaction (a `BEGIN` follows for DML).
-        Some(EventData::GtidEvent(g)) => Some(Msg::Begin {
-            at: here(file, end.saturating_sub(1)),
-            gtid: Some(mysql_gtid(&g)),
-        }),
-        Some(EventData::XidEvent(_)) => Some(Msg::Commit {
-            next: here(file, end),
-        }),
-        Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, stream, file, end, declared)?),
-        _ => None,
-    })
+    }
+
+    /// The message of one decoded event (`None`: only its position matters).
+    fn message(
+        &mut self,
+        data: Option<EventData<'_>>,
+        stream: &mysql_async::BinlogStream,
+        end: u64,
+    ) -> Result<Option<Msg>> {
+        let Decoder {
+            file,
+            fde_seen,
+            declared,
+        } = self;
+        let here = |file: &str, pos: u64| BinlogPos {
+            file: file.to_string(),
+            pos,
+        };
+        Ok(match data {
+            Some(EventData::RotateEvent(r)) => {
+                let mut raw = r.name_raw().to_vec();
+                // The rotation sent before the format description still carries the 4
+                // checksum bytes after the name.
+                if !*fde_seen && raw.len() > 4 {
+                    raw.truncate(raw.len() - 4);
+                }
+                let name = String::from_utf8_lossy(&raw).into_owned();
+                tracing::debug!(file = %name, pos = r.position(), "binlog rotation");
+                *file = name;
+                Some(Msg::Advance {
+                    next: here(file, r.position()),
+                })
+            }
+            Some(EventData::FormatDescriptionEvent(_)) => {
+                *fde_seen = true;
+                None
+            }
+            Some(EventData::QueryEvent(q)) => {
+                let sql = q.query();
+                let trimmed = sql.trim();
+                if trimmed.eq_ignore_ascii_case("BEGIN") {
+                    Some(Msg::Begin {
+                        at: here(file, end.saturating_sub(1)),
+                        gtid: None,
+                    })
+                } else if trimmed.eq_ignore_ascii_case("COMMIT") {
+                    Some(Msg::Commit {
+                        next: here(file, end),
+                    })
+                } else {
+                    Some(Msg::Statement {
+                        db: q.schema().into_owned(),
+                        sql: sql.into_owned(),
+                        next: here(file, end),
+                    })
+                }
+            }
+            // MySQL's GTID event starts a transaction (a `BEGIN` follows for DML).
+            Some(EventData::GtidEvent(g)) => Some(Msg::Begin {
+                at: here(file, end.saturating_sub(1)),
+                gtid: Some(mysql_gtid(&g)),
+            }),
+            Some(EventData::XidEvent(_)) => Some(Msg::Commit {
+                next: here(file, end),
+            }),
+            Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, stream, file, end, declared)?),
+            _ => None,
+        })
+    }
 }
 
 /// A MySQL GTID as MySQL prints it: `source-uuid[:tag]:transaction-number`.

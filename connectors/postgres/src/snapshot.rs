@@ -387,67 +387,6 @@ impl CopyBinaryParser {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn binary_copy_rows_split_anywhere() {
-        let mut data = SIGNATURE.to_vec();
-        data.extend_from_slice(&0u32.to_be_bytes());
-        data.extend_from_slice(&0u32.to_be_bytes());
-        for (id, text) in [(1i64, Some("a")), (2, None)] {
-            data.extend_from_slice(&2i16.to_be_bytes());
-            data.extend_from_slice(&8i32.to_be_bytes());
-            data.extend_from_slice(&id.to_be_bytes());
-            match text {
-                Some(t) => {
-                    data.extend_from_slice(&(t.len() as i32).to_be_bytes());
-                    data.extend_from_slice(t.as_bytes());
-                }
-                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-        }
-        data.extend_from_slice(&(-1i16).to_be_bytes());
-        for cut in [1, 5, 20, 30, data.len() - 1] {
-            let mut p = CopyBinaryParser::default();
-            let mut rows = Vec::new();
-            for part in [&data[..cut], &data[cut..]] {
-                p.feed(part, |f| {
-                    rows.push((
-                        key_text(Kind::Int64, f[0].unwrap()),
-                        f[1].map(|v| String::from_utf8(v.to_vec()).unwrap()),
-                    ));
-                    Ok(())
-                })
-                .unwrap();
-            }
-            assert_eq!(
-                rows,
-                vec![("1".into(), Some("a".into())), ("2".into(), None)]
-            );
-        }
-        assert_eq!(key_text(Kind::Bytea, &[0, 255]), "\\x00ff");
-    }
-
-    #[test]
-    fn visibility_of_xids() {
-        let v = Visibility::parse("100:105:101,103").unwrap();
-        assert!(v.sees(99));
-        assert!(v.sees(100) && v.sees(102) && v.sees(104));
-        assert!(!v.sees(101) && !v.sees(103) && !v.sees(105) && !v.sees(200));
-        let wrapped = Visibility::parse("4294967290:4294967300:").unwrap();
-        assert!(wrapped.sees(u32::MAX - 1));
-        assert!(wrapped.sees(3)); // 4294967299 in the next epoch
-        assert!(!wrapped.sees(4));
-        // A snapshot just before the epoch ends; xid 3 of the next epoch started later.
-        let before = Visibility::parse("4294967280:4294967291:").unwrap();
-        assert!(!before.sees(3));
-        assert!(before.sees(u32::MAX - 20));
-        assert_eq!(Visibility::parse("5:5:").unwrap().xip, Vec::<u64>::new());
-    }
-}
-
 impl crate::PostgresSource {
     pub(crate) fn progress_of(&self, t: usize) -> Option<&Progress> {
         self.position.tables.get(&self.tables[t].name)
@@ -554,5 +493,66 @@ impl crate::PostgresSource {
         // Read next chunks while this one is written (see `Prefetch`).
         self.start_prefetches();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_copy_rows_split_anywhere() {
+        let mut data = SIGNATURE.to_vec();
+        data.extend_from_slice(&0u32.to_be_bytes());
+        data.extend_from_slice(&0u32.to_be_bytes());
+        for (id, text) in [(1i64, Some("a")), (2, None)] {
+            data.extend_from_slice(&2i16.to_be_bytes());
+            data.extend_from_slice(&8i32.to_be_bytes());
+            data.extend_from_slice(&id.to_be_bytes());
+            match text {
+                Some(t) => {
+                    data.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                    data.extend_from_slice(t.as_bytes());
+                }
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        for cut in [1, 5, 20, 30, data.len() - 1] {
+            let mut p = CopyBinaryParser::default();
+            let mut rows = Vec::new();
+            for part in [&data[..cut], &data[cut..]] {
+                p.feed(part, |f| {
+                    rows.push((
+                        key_text(Kind::Int64, f[0].unwrap()),
+                        f[1].map(|v| String::from_utf8(v.to_vec()).unwrap()),
+                    ));
+                    Ok(())
+                })
+                .unwrap();
+            }
+            assert_eq!(
+                rows,
+                vec![("1".into(), Some("a".into())), ("2".into(), None)]
+            );
+        }
+        assert_eq!(key_text(Kind::Bytea, &[0, 255]), "\\x00ff");
+    }
+
+    #[test]
+    fn visibility_of_xids() {
+        let v = Visibility::parse("100:105:101,103").unwrap();
+        assert!(v.sees(99));
+        assert!(v.sees(100) && v.sees(102) && v.sees(104));
+        assert!(!v.sees(101) && !v.sees(103) && !v.sees(105) && !v.sees(200));
+        let wrapped = Visibility::parse("4294967290:4294967300:").unwrap();
+        assert!(wrapped.sees(u32::MAX - 1));
+        assert!(wrapped.sees(3)); // 4294967299 in the next epoch
+        assert!(!wrapped.sees(4));
+        // A snapshot just before the epoch ends; xid 3 of the next epoch started later.
+        let before = Visibility::parse("4294967280:4294967291:").unwrap();
+        assert!(!before.sees(3));
+        assert!(before.sees(u32::MAX - 20));
+        assert_eq!(Visibility::parse("5:5:").unwrap().xip, Vec::<u64>::new());
     }
 }

@@ -7,9 +7,7 @@ use iceberg::TableIdent;
 use iceberg::spec::ManifestContentType;
 use lakeshore_api::Result;
 
-use super::snapshot::{
-    NextSnapshot, has_live_files, manifest_writer, new_snapshot_id, swap_or_discard, write_snapshot,
-};
+use super::snapshot::{NextSnapshot, Staging, has_live_files, swap_or_discard, write_snapshot};
 use crate::catalog::CatalogHandle;
 use crate::error::ice;
 
@@ -46,9 +44,7 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
         if dead == 0 && groups.values().all(|g| g.len() <= 1) {
             return Ok(false);
         }
-        let snapshot_id = new_snapshot_id(md);
-        let commit_uuid = uuid::Uuid::new_v4();
-        let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+        let staging = Staging::new(&table);
         let mut written = Vec::new();
         let mut manifests = Vec::new();
         for (n, ((deletes, spec_id), group)) in groups.into_iter().enumerate() {
@@ -56,9 +52,8 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
                 manifests.extend(group);
                 continue;
             }
-            let path = format!("{meta_dir}/{commit_uuid}-merged{n}.avro");
-            let (mut writer, _) = manifest_writer(&table, &path, snapshot_id, spec_id, deletes)?;
-            written.push(path);
+            let (mut writer, _) =
+                staging.manifest(&format!("merged{n}"), spec_id, deletes, &mut written)?;
             for m in group {
                 let loaded = m.load_manifest(table.file_io()).await.map_err(ice)?;
                 for e in loaded.entries().iter().filter(|e| e.is_alive()) {
@@ -76,8 +71,8 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
             manifests.push(writer.write_manifest_file().await.map_err(ice)?);
         }
         let next = NextSnapshot::maintenance(
-            snapshot_id,
-            commit_uuid,
+            staging.id,
+            staging.uuid,
             attempt,
             "manifests",
             HashMap::new(),

@@ -14,8 +14,7 @@ use lakeshore_api::Result;
 
 use super::history::entries_since;
 use super::snapshot::{
-    NextSnapshot, discard, has_live_files, lost_race, manifest_writer, new_snapshot_id,
-    swap_or_discard, write_snapshot,
+    NextSnapshot, Staging, discard, has_live_files, lost_race, swap_or_discard, write_snapshot,
 };
 use crate::catalog::CatalogHandle;
 use crate::error::{ice, internal};
@@ -140,10 +139,7 @@ async fn stage_rewrite(
 ) -> Result<String> {
     let md = table.metadata();
     let file_io = table.file_io();
-    let schema = md.current_schema().clone();
-    let snapshot_id = new_snapshot_id(md);
-    let commit_uuid = uuid::Uuid::new_v4();
-    let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+    let staging = Staging::new(table);
     let parent = md
         .current_snapshot()
         .cloned()
@@ -190,15 +186,13 @@ async fn stage_rewrite(
         }
     }
     for (n, ((deletes, spec_id), entries)) in merged.into_iter().enumerate() {
-        let path = format!("{meta_dir}/{commit_uuid}-c{n}.avro");
-        let (mut writer, spec) = manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
-        written.push(path);
+        let (mut writer, spec) = staging.manifest(&format!("c{n}"), spec_id, deletes, written)?;
         for (e, gone, added_by) in entries {
             let seq = e.sequence_number().unwrap_or(0);
             let file_seq = e.file_sequence_number;
             let f = e.data_file;
             if gone {
-                collector.remove_file(&f, schema.clone(), spec.clone());
+                collector.remove_file(&f, staging.schema.clone(), spec.clone());
                 writer.add_delete_file(f, seq, file_seq).map_err(ice)?;
             } else {
                 writer
@@ -211,27 +205,20 @@ async fn stage_rewrite(
     // The rewritten files keep the base's sequence number; new delete files take this
     // snapshot's (moved deletes must apply to the rewritten files; merged ones name
     // their files by path, which all predate them).
-    let mut groups: HashMap<(bool, i32), Vec<DataFile>> = HashMap::new();
-    for (f, spec) in &rewrite.added {
-        groups.entry((false, *spec)).or_default().push(f.clone());
-    }
-    for (f, spec) in &rewrite.added_deletes {
-        groups.entry((true, *spec)).or_default().push(f.clone());
-    }
-    for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {
-        let path = format!("{meta_dir}/{commit_uuid}-a{n}.avro");
-        let (mut writer, spec) = manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
-        written.push(path);
-        for f in files {
-            collector.add_file(&f, schema.clone(), spec.clone());
-            let seq = if deletes { -1 } else { rewrite.base_seq };
-            writer.add_file(f, seq).map_err(ice)?;
-        }
-        manifests.push(writer.write_manifest_file().await.map_err(ice)?);
-    }
+    let added = staging
+        .add_files(
+            "a",
+            &rewrite.added,
+            &rewrite.added_deletes,
+            |deletes| if deletes { -1 } else { rewrite.base_seq },
+            &mut collector,
+            written,
+        )
+        .await?;
+    manifests.extend(added);
     let next = NextSnapshot::maintenance(
-        snapshot_id,
-        commit_uuid,
+        staging.id,
+        staging.uuid,
         attempt,
         "compaction",
         collector.build(),

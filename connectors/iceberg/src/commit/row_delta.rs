@@ -15,8 +15,7 @@ use lakeshore_api::{CommitContext, Result};
 
 use super::history::{entries_since, last_checkpoint};
 use super::snapshot::{
-    NextSnapshot, has_live_files, lost_race, manifest_writer, new_snapshot_id, swap_or_discard,
-    write_snapshot,
+    NextSnapshot, Staging, has_live_files, lost_race, swap_or_discard, write_snapshot,
 };
 use super::{CHECKPOINT_KEY, PIPELINE_KEY, POSITION_KEY, TABLES_KEY};
 use crate::catalog::CatalogHandle;
@@ -135,32 +134,19 @@ async fn stage(
 ) -> Result<Staged> {
     let md = table.metadata();
     let file_io = table.file_io();
-    let schema = md.current_schema().clone();
-    let snapshot_id = new_snapshot_id(md);
-    let commit_uuid = uuid::Uuid::new_v4();
-    let meta_dir = format!("{}/metadata", md.location().trim_end_matches('/'));
+    let staging = Staging::new(table);
     let mut written = Vec::new();
-
-    // One manifest per (content, spec id).
-    let mut groups: HashMap<(bool, i32), Vec<DataFile>> = HashMap::new();
-    for (f, spec) in &delta.data_files {
-        groups.entry((false, *spec)).or_default().push(f.clone());
-    }
-    for (f, spec) in delta.all_deletes() {
-        groups.entry((true, *spec)).or_default().push(f.clone());
-    }
     let mut collector = SnapshotSummaryCollector::default();
-    let mut new_manifests = Vec::new();
-    for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {
-        let path = format!("{meta_dir}/{commit_uuid}-m{n}.avro");
-        let (mut writer, spec) = manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
-        for f in files {
-            collector.add_file(&f, schema.clone(), spec.clone());
-            writer.add_file(f, -1).map_err(ice)?;
-        }
-        new_manifests.push(writer.write_manifest_file().await.map_err(ice)?);
-        written.push(path);
-    }
+    let new_manifests = staging
+        .add_files(
+            "m",
+            &delta.data_files,
+            delta.all_deletes(),
+            |_| -1,
+            &mut collector,
+            &mut written,
+        )
+        .await?;
 
     // Carry every manifest of the parent; a truncation instead marks all their live
     // files deleted.
@@ -183,18 +169,16 @@ async fn stage(
                 }
             }
             for ((deletes, spec_id), entries) in removed {
-                let path = format!("{meta_dir}/{commit_uuid}-r{spec_id}-{deletes}.avro");
-                let (mut writer, spec) =
-                    manifest_writer(table, &path, snapshot_id, spec_id, deletes)?;
+                let name = format!("r{spec_id}-{deletes}");
+                let (mut writer, spec) = staging.manifest(&name, spec_id, deletes, &mut written)?;
                 for e in entries {
-                    collector.remove_file(&e.data_file, schema.clone(), spec.clone());
+                    collector.remove_file(&e.data_file, staging.schema.clone(), spec.clone());
                     let seq = e.sequence_number.unwrap_or(0);
                     writer
                         .add_delete_file(e.data_file, seq, e.file_sequence_number)
                         .map_err(ice)?;
                 }
                 manifests.push(writer.write_manifest_file().await.map_err(ice)?);
-                written.push(path);
             }
         } else {
             manifests.extend(list.consume_entries().into_iter().filter(has_live_files));
@@ -214,8 +198,8 @@ async fn stage(
     props.insert(POSITION_KEY.into(), ctx.position.to_json_string());
     props.insert(TABLES_KEY.into(), ctx.tables.to_string());
     let next = NextSnapshot {
-        id: snapshot_id,
-        uuid: commit_uuid,
+        id: staging.id,
+        uuid: staging.uuid,
         attempt,
         operation,
         props,

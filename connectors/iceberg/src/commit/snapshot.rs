@@ -7,8 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use iceberg::spec::{
-    FormatVersion, MAIN_BRANCH, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
-    Summary, TableMetadata,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriter,
+    ManifestWriterBuilder, Operation, PartitionSpecRef, SchemaRef, Snapshot,
+    SnapshotSummaryCollector, Summary, TableMetadata,
 };
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableIdent};
@@ -19,7 +20,7 @@ use super::{MAINTENANCE_KEY, PIPELINE_KEY};
 use crate::catalog::CatalogHandle;
 use crate::error::{ice, internal};
 
-pub(crate) fn new_snapshot_id(md: &TableMetadata) -> i64 {
+fn new_snapshot_id(md: &TableMetadata) -> i64 {
     loop {
         let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
         let id = ((hi ^ lo) & (i64::MAX as u64)) as i64;
@@ -43,35 +44,94 @@ pub(crate) async fn write_next_metadata(
     Ok(next.to_string())
 }
 
-/// A v2 manifest writer (data or deletes) for files of partition spec `spec_id`.
-pub(crate) fn manifest_writer(
-    table: &Table,
-    path: &str,
-    snapshot_id: i64,
-    spec_id: i32,
-    deletes: bool,
-) -> Result<(
-    iceberg::spec::ManifestWriter,
-    iceberg::spec::PartitionSpecRef,
-)> {
-    let md = table.metadata();
-    let spec = md
-        .partition_spec_by_id(spec_id)
-        .ok_or_else(|| internal(format!("partition spec {spec_id} is not in the table")))?
-        .clone();
-    let output = table.file_io().new_output(path).map_err(ice)?;
-    let builder = ManifestWriterBuilder::new(
-        output,
-        Some(snapshot_id),
-        md.current_schema().clone(),
-        spec.as_ref().clone(),
-    );
-    let writer = if deletes {
-        builder.build_v2_deletes()
-    } else {
-        builder.build_v2_data()
-    };
-    Ok((writer, spec))
+/// A snapshot being staged on top of the table's current one: its id, the UUID that
+/// names this attempt's files, and the manifests it writes.
+pub(crate) struct Staging<'t> {
+    table: &'t Table,
+    /// The new snapshot's id.
+    pub(crate) id: i64,
+    /// Names this attempt's files.
+    pub(crate) uuid: uuid::Uuid,
+    /// The table's current schema.
+    pub(crate) schema: SchemaRef,
+    meta_dir: String,
+}
+
+impl<'t> Staging<'t> {
+    /// A new snapshot id and attempt UUID for `table`.
+    pub(crate) fn new(table: &'t Table) -> Self {
+        let md = table.metadata();
+        Staging {
+            table,
+            id: new_snapshot_id(md),
+            uuid: uuid::Uuid::new_v4(),
+            schema: md.current_schema().clone(),
+            meta_dir: format!("{}/metadata", md.location().trim_end_matches('/')),
+        }
+    }
+
+    /// A v2 manifest writer (data or deletes) for files of partition spec `spec_id`, at
+    /// `<metadata>/<uuid>-<name>.avro`; the path is added to `written`.
+    pub(crate) fn manifest(
+        &self,
+        name: &str,
+        spec_id: i32,
+        deletes: bool,
+        written: &mut Vec<String>,
+    ) -> Result<(ManifestWriter, PartitionSpecRef)> {
+        let md = self.table.metadata();
+        let spec = md
+            .partition_spec_by_id(spec_id)
+            .ok_or_else(|| internal(format!("partition spec {spec_id} is not in the table")))?
+            .clone();
+        let path = format!("{}/{}-{name}.avro", self.meta_dir, self.uuid);
+        let output = self.table.file_io().new_output(&path).map_err(ice)?;
+        written.push(path);
+        let builder = ManifestWriterBuilder::new(
+            output,
+            Some(self.id),
+            self.schema.clone(),
+            spec.as_ref().clone(),
+        );
+        let writer = if deletes {
+            builder.build_v2_deletes()
+        } else {
+            builder.build_v2_data()
+        };
+        Ok((writer, spec))
+    }
+
+    /// Manifests adding `data` and `deletes` files, one per (content, spec id), named
+    /// `<prefix><n>`; `seq(deletes)` is the data sequence number they get (-1: this
+    /// snapshot's).
+    pub(crate) async fn add_files<'f>(
+        &self,
+        prefix: &str,
+        data: impl IntoIterator<Item = &'f (DataFile, i32)>,
+        deletes: impl IntoIterator<Item = &'f (DataFile, i32)>,
+        seq: impl Fn(bool) -> i64,
+        collector: &mut SnapshotSummaryCollector,
+        written: &mut Vec<String>,
+    ) -> Result<Vec<ManifestFile>> {
+        let mut groups: HashMap<(bool, i32), Vec<DataFile>> = HashMap::new();
+        for (f, spec) in data {
+            groups.entry((false, *spec)).or_default().push(f.clone());
+        }
+        for (f, spec) in deletes {
+            groups.entry((true, *spec)).or_default().push(f.clone());
+        }
+        let mut manifests = Vec::new();
+        for (n, ((deletes, spec_id), files)) in groups.into_iter().enumerate() {
+            let (mut writer, spec) =
+                self.manifest(&format!("{prefix}{n}"), spec_id, deletes, written)?;
+            for f in files {
+                collector.add_file(&f, self.schema.clone(), spec.clone());
+                writer.add_file(f, seq(deletes)).map_err(ice)?;
+            }
+            manifests.push(writer.write_manifest_file().await.map_err(ice)?);
+        }
+        Ok(manifests)
+    }
 }
 
 /// A snapshot about to be written on top of the table's current one.
