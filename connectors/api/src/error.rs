@@ -73,6 +73,12 @@ impl Error {
         self
     }
 
+    /// Attach a cause that comes boxed already (e.g. parquet's `External`).
+    pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
     /// The kind.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -137,6 +143,18 @@ impl From<parquet::errors::ParquetError> for Error {
     }
 }
 
+impl From<object_store::Error> for Error {
+    /// Refused credentials are a setting to change; anything else may pass.
+    fn from(e: object_store::Error) -> Self {
+        let kind = match &e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => ErrorKind::Config,
+            _ => ErrorKind::Transient,
+        };
+        caused(kind, "object store", e)
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         caused(ErrorKind::Transient, "I/O", e)
@@ -160,5 +178,25 @@ mod tests {
             (e.kind(), e.to_string()),
             (ErrorKind::Config, "table a: set [source] url".into())
         );
+    }
+
+    #[test]
+    fn refused_storage_credentials_are_a_setting_to_change() {
+        let denied = object_store::Error::PermissionDenied {
+            path: "bucket/t".into(),
+            source: "403 Forbidden".into(),
+        };
+        let e = Error::from(denied).context("state store: writing a checkpoint");
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .starts_with("state store: writing a checkpoint: object store: "),
+            "{e}"
+        );
+        let missing = object_store::Error::NotFound {
+            path: "bucket/t".into(),
+            source: "404".into(),
+        };
+        assert!(Error::from(missing).is_retryable());
     }
 }

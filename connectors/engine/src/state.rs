@@ -104,8 +104,9 @@ pub(crate) async fn numbered(
     Ok(ids)
 }
 
-pub(crate) fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::transient(format!("state store: {what}")).with_source(e)
+/// A failure of the state store; refused credentials are a setting to change.
+pub(crate) fn store_error(what: &str, e: object_store::Error) -> Error {
+    Error::from(e).context(format!("state store: {what}"))
 }
 
 impl StateStore {

@@ -111,23 +111,22 @@ struct Marker {
     tables: Option<usize>,
 }
 
-/// An `object_store` failure; most are worth retrying (the store may come back).
+/// A storage failure (an `object_store` error, or one parquet passed on from it); most
+/// are worth retrying (the store may come back), refused credentials are not.
 pub(crate) fn storage_error(
     what: &str,
     e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> Error {
-    let e = e.into();
-    let kind = match e.downcast_ref::<object_store::Error>() {
-        Some(object_store::Error::PermissionDenied { .. })
-        | Some(object_store::Error::Unauthenticated { .. }) => ErrorKind::Config,
-        _ => ErrorKind::Transient,
+    let err = match e.into().downcast::<object_store::Error>() {
+        Ok(store) => Error::from(*store),
+        Err(other) => Error::transient("storage").with_boxed_source(other),
     };
-    let hint = if kind == ErrorKind::Config {
+    let hint = if err.kind() == ErrorKind::Config {
         "; check [sink] storage credentials"
     } else {
         ""
     };
-    Error::new(kind, format!("hive sink storage: {what}: {e}{hint}"))
+    err.context(format!("hive sink storage: {what}{hint}"))
 }
 
 /// A path from text written as it should appear in the store: partition values are

@@ -93,12 +93,10 @@ fn connect_error(url: &str, e: tokio_postgres::Error) -> Error {
     Error::config(format!("{hint} ({target}){said}")).with_source(e)
 }
 
+/// A PostgreSQL failure while doing `what`; the server's message (`db error: ERROR:
+/// relation "x" does not exist`) comes with the cause, kept as the source.
 pub(crate) fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
-    let msg = match e.as_db_error() {
-        Some(db) => format!("PostgreSQL: {what}: {}", db.message()),
-        None => format!("PostgreSQL: {what}"),
-    };
-    Error::transient(msg).with_source(e)
+    Error::transient(format!("PostgreSQL: {what}")).with_source(e)
 }
 
 pub(crate) fn parse_lsn(s: &str) -> Result<u64> {
