@@ -4,6 +4,7 @@
 #   - the Python venv with DuckDB (+ iceberg/avro extensions), pyiceberg and pytest;
 #   - the Cargo target directory;
 #   - the tansu broker binary (built once with cargo install, ~13 min);
+#   - the Lakana REST catalog in its own venv (pip, once);
 #   - cargo-deny (built once, a few minutes).
 # Then: cargo fmt/clippy checks, the Rust tests, and the integration tests that check
 # the lake with readers we did not write.
@@ -36,6 +37,9 @@ integration/mariadb.sh install
 
 step "tansu Kafka-compatible broker ($CACHE/tansu, built once)"
 integration/kafka.sh install
+
+step "Lakana Iceberg REST catalog ($CACHE/lakana, installed once)"
+integration/lakana.sh install
 
 step "python venv ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -24,8 +24,11 @@ BIN = os.environ.get("LAKESHORE_BIN") or str(
 class Pipeline:
     """A pipeline file in its own directory, with the lake next to it."""
 
-    def __init__(self, workdir: Path, name: str, source: dict, sink: dict, partitioning=None, interval="200ms"):
+    def __init__(self, workdir: Path, name: str, source: dict, sink: dict, partitioning=None, interval="200ms",
+                 lakana=None):
+        """`lakana`: commit through that REST catalog instead of an SQLite catalog."""
         self.dir = workdir
+        self.lakana = lakana
         self.name = name
         self.file = workdir / f"{name}.toml"
         self.catalog_db = workdir / "lake" / "catalog.db"
@@ -33,8 +36,11 @@ class Pipeline:
         lines = ["[pipeline]", f'name = "{name}"', f'checkpoint_interval = "{interval}"', "", "[source]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in source.items()]
         if sink.get("type", "iceberg") == "iceberg":
-            lines += ["", "[sink]", 'type = "iceberg"',
-                      'catalog = { type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }']
+            lines += ["", "[sink]", 'type = "iceberg"']
+            if lakana is not None:
+                lines.append(f"catalog = {toml_value(lakana.sink_catalog())}")
+            else:
+                lines.append('catalog = { type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }')
             self.namespace = sink["namespace"]
         else:
             lines += ["", "[sink]"]
@@ -48,7 +54,7 @@ class Pipeline:
         return subprocess.Popen(
             [BIN, "backfill", str(self.file)], cwd=self.dir,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(self.lakana.env() if self.lakana else {}), **(env or {})},
         )
 
     def backfill(self, env=None):
@@ -65,6 +71,17 @@ class Pipeline:
 
     def table(self, name):
         return f"{self.namespace}.{name}"
+
+    def scan(self, name):
+        """A DuckDB table expression of the lake table's current snapshot."""
+        if self.lakana is not None:
+            return self.lakana.scan(self.table(name))
+        return lake.scan(self.catalog_db, self.table(name))
+
+    def pyiceberg_table(self, name):
+        if self.lakana is not None:
+            return self.lakana.catalog().load_table(self.table(name))
+        return lake.pyiceberg_table(self.catalog_db, self.warehouse, self.table(name))
 
 
 def toml_value(v):
@@ -92,7 +109,7 @@ def table_digest(con, relation, columns):
 
 def assert_same_rows(con, pipeline: Pipeline, table: str, expected_parquet: Path, columns):
     """The lake table (DuckDB's iceberg_scan) holds exactly the rows of the expected file."""
-    lake_rel = lake.scan(pipeline.catalog_db, pipeline.table(table))
+    lake_rel = pipeline.scan(table)
     exp_rel = f"read_parquet('{expected_parquet}')"
     got = table_digest(con, lake_rel, columns)
     want = table_digest(con, exp_rel, columns)
@@ -149,6 +166,14 @@ def mysql():
 def s3():
     from s3server import S3Server
     server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def lakana(postgres):
+    from lakanaserver import Lakana
+    server = Lakana(postgres)
     yield server
     server.stop()
 

@@ -25,7 +25,8 @@ pub struct PipelineSection {
     /// How often a checkpoint commits to the lake, e.g. `"10s"`. Default `"10s"`.
     pub checkpoint_interval: Option<Spanned<HumanDuration>>,
     /// Where checkpoint records live: a directory path or `file://` / `s3://` URL.
-    /// Default: `state/` next to the Iceberg warehouse directory.
+    /// Default: `state/` next to the Iceberg warehouse directory (with a REST catalog:
+    /// `state/` in the working directory).
     pub state: Option<EnvString>,
     /// A table whose writer meets input it cannot take (a type change Iceberg cannot
     /// promote, rows that do not fit the lake table): `"fail"` (default: the pipeline

@@ -1,4 +1,4 @@
-//! `[sink] type = "iceberg"`: Iceberg tables through an SQL catalog.
+//! `[sink] type = "iceberg"`: Iceberg tables through an SQL or an Iceberg REST catalog.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -9,7 +9,9 @@ use std::time::Duration;
 use lakeshore_api::files::Codec;
 use lakeshore_api::{Error, Result, Sink, StorageOptions, TableSchema};
 use lakeshore_iceberg::parse_partition_expr;
-use lakeshore_iceberg::{CatalogConfig, IcebergOptions, IcebergSink, WriteMode};
+use lakeshore_iceberg::{
+    CatalogConfig, IcebergOptions, IcebergSink, RestAuth, RestConfig, SigV4, WriteMode,
+};
 use serde::Deserialize;
 
 use super::{
@@ -104,23 +106,75 @@ pub struct CompactWhenSection {
     pub small_files: Option<usize>,
 }
 
-/// `[sink.catalog]`
+/// `[sink.catalog]`: an SQL catalog (`type = "sql"`) or an Iceberg REST catalog
+/// (`type = "rest"`; the settings from `prefix` on are the REST catalog's).
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CatalogSection {
-    /// `"sql"` (SQLite file or PostgreSQL database).
+    /// `"sql"` (SQLite file or PostgreSQL database) or `"rest"` (an Iceberg REST catalog:
+    /// Polaris, Lakekeeper, Nessie, Unity, Gravitino, Glue, S3 Tables, R2, ...).
     #[serde(rename = "type")]
-    pub kind: Spanned<String>,
-    /// `sqlite://path/catalog.db` (relative paths are resolved against the working
-    /// directory) or `postgres://user:${PASSWORD}@host:5432/db`.
+    #[cfg_attr(test, schemars(with = "String"))]
+    pub kind: Spanned<CatalogType>,
+    /// SQL: `sqlite://path/catalog.db` (relative paths are resolved against the working
+    /// directory) or `postgres://user:${PASSWORD}@host:5432/db`. REST: the catalog's
+    /// base URL, before `/v1/`, e.g. `https://catalog.example.com/api/catalog`.
     pub uri: EnvUrl,
-    /// Warehouse directory (relative to the working directory), `file://` URL or
-    /// `s3://bucket/prefix` (S3 settings in `[sink] storage`).
-    pub warehouse: EnvString,
-    /// Catalog name recorded with every table; readers must use the same. Default
+    /// SQL (required): warehouse directory (relative to the working directory),
+    /// `file://` URL or `s3://bucket/prefix` (S3 settings in `[sink] storage`). REST
+    /// (optional): the warehouse the catalog serves, by name or location, as its
+    /// documentation says (sent to `/v1/config`).
+    pub warehouse: Option<EnvString>,
+    /// SQL: catalog name recorded with every table; readers must use the same. Default
     /// `"lakeshore"`.
     pub name: Option<String>,
+    /// REST: the path prefix after `/v1/`. Default: what the server's `/v1/config`
+    /// answers (most servers derive it from `warehouse`).
+    pub prefix: Option<Spanned<String>>,
+    /// REST: a static bearer token, e.g. `"${CATALOG_TOKEN}"`.
+    pub token: Option<Spanned<EnvString>>,
+    /// REST: OAuth2 client credentials, `"${CLIENT_ID}:${CLIENT_SECRET}"`; a token is
+    /// fetched from `oauth2_server_uri` and fetched again before it expires.
+    pub credential: Option<Spanned<EnvString>>,
+    /// REST: the OAuth2 token endpoint. Default `<uri>/v1/oauth/tokens`.
+    pub oauth2_server_uri: Option<Spanned<EnvUrl>>,
+    /// REST: the OAuth2 scope requested with `credential`. Default `"catalog"`
+    /// (Polaris wants `"PRINCIPAL_ROLE:ALL"`).
+    pub scope: Option<Spanned<String>>,
+    /// REST: sign requests with AWS SigV4 (Glue, S3 Tables), e.g.
+    /// `{ region = "us-east-1", service = "glue" }`; the keys come from `[sink] storage`
+    /// or the `AWS_*` environment.
+    pub sigv4: Option<Spanned<SigV4Section>>,
+    /// REST: extra headers sent with every request, e.g. `{ "X-Tenant" = "analytics" }`.
+    /// Values are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, EnvString>,
+    /// REST: ask the catalog to vend storage credentials for each table
+    /// (`X-Iceberg-Access-Delegation: vended-credentials`) and use them for its files.
+    /// Default `false` (the files are reached with `[sink] storage`).
+    pub vended_credentials: Option<Spanned<bool>>,
+}
+
+/// `type` of `[sink.catalog]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogType {
+    /// SQLite or PostgreSQL, the JDBC catalog's tables.
+    Sql,
+    /// An Iceberg REST catalog.
+    Rest,
+}
+
+/// `sigv4` of a REST `[sink.catalog]`.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SigV4Section {
+    /// AWS region, e.g. `"us-east-1"`.
+    pub region: String,
+    /// Signing name: `"glue"` (the default) or `"s3tables"`.
+    pub service: Option<String>,
 }
 
 impl SinkSection for IcebergSection {
@@ -130,6 +184,9 @@ impl SinkSection for IcebergSection {
         _pipeline: &str,
     ) -> Result<(SinkPlan, String), ConfigError> {
         let (sink, warehouse) = iceberg(src, self)?;
+        if self.catalog.kind.get_ref() == &CatalogType::Rest {
+            return Ok((sink, warehouse));
+        }
         // Checkpoints go next to the warehouse: `<parent>/state`.
         let state = match warehouse.strip_prefix("s3://") {
             Some(rest) => match rest.trim_end_matches('/').rsplit_once('/') {
@@ -169,51 +226,11 @@ impl SinkSection for IcebergSection {
 }
 
 fn iceberg(src: &SourceText<'_>, s: &IcebergSection) -> Result<(SinkPlan, String), ConfigError> {
-    let cat = &s.catalog;
-    if cat.kind.get_ref() != "sql" {
-        return Err(src.error(
-            Some(cat.kind.span()),
-            format!(
-                "unknown catalog type \"{}\"; this build supports \"sql\" (SQLite or PostgreSQL)",
-                cat.kind.get_ref()
-            ),
-        ));
-    }
-    let uri = &cat.uri.0;
-    let uri = if let Some(path) = uri.strip_prefix("sqlite://") {
-        let (path, query) = path
-            .split_once('?')
-            .map(|(p, q)| (p, Some(q)))
-            .unwrap_or((path, None));
-        let abs = absolute(path);
-        match query {
-            Some(q) => format!("sqlite://{}?{q}", abs.display()),
-            None => format!("sqlite://{}", abs.display()),
-        }
-    } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-        uri.clone()
-    } else {
-        return Err(src.error(
-            None,
-            "[sink.catalog] uri must start with sqlite:// (e.g. \"sqlite://lake/catalog.db\") or postgres://",
-        ));
-    };
-    let warehouse_text = cat
-        .warehouse
-        .0
-        .strip_prefix("file://")
-        .unwrap_or(&cat.warehouse.0);
-    let warehouse = if warehouse_text.starts_with("s3://") {
-        warehouse_text.trim_end_matches('/').to_string()
-    } else if warehouse_text.contains("://") {
-        return Err(src.error(
-            None,
-            "[sink.catalog] warehouse must be a local directory, a file:// or an s3:// URL",
-        ));
-    } else {
-        absolute(warehouse_text).display().to_string()
-    };
     let storage = storage_options(src, &s.storage, None)?;
+    let (catalog, warehouse) = match s.catalog.kind.get_ref() {
+        CatalogType::Sql => sql_catalog(src, &s.catalog, storage)?,
+        CatalogType::Rest => rest_catalog(src, &s.catalog, storage)?,
+    };
     let namespace = s.namespace.get_ref();
     if namespace.is_empty() || namespace.split('.').any(|p| p.is_empty()) {
         return Err(src.error(
@@ -233,12 +250,7 @@ fn iceberg(src: &SourceText<'_>, s: &IcebergSection) -> Result<(SinkPlan, String
         partitioning.insert(table.clone(), list);
     }
     let options = IcebergOptions {
-        catalog: CatalogConfig {
-            name: cat.name.clone().unwrap_or_else(|| "lakeshore".into()),
-            uri,
-            warehouse: warehouse.clone(),
-            storage,
-        },
+        catalog,
         namespace: namespace.clone(),
         target_file_size,
         max_open_files: max_open_files(src, &s.max_open_files)?,
@@ -254,6 +266,171 @@ fn iceberg(src: &SourceText<'_>, s: &IcebergSection) -> Result<(SinkPlan, String
         }),
         warehouse,
     ))
+}
+
+/// An SQL `[sink.catalog]`: its config and the absolute warehouse (local path or
+/// `s3://` URL).
+fn sql_catalog(
+    src: &SourceText<'_>,
+    cat: &CatalogSection,
+    storage: StorageOptions,
+) -> Result<(CatalogConfig, String), ConfigError> {
+    let rest_only = [
+        ("prefix", cat.prefix.as_ref().map(Spanned::span)),
+        ("token", cat.token.as_ref().map(Spanned::span)),
+        ("credential", cat.credential.as_ref().map(Spanned::span)),
+        (
+            "oauth2_server_uri",
+            cat.oauth2_server_uri.as_ref().map(Spanned::span),
+        ),
+        ("scope", cat.scope.as_ref().map(Spanned::span)),
+        ("sigv4", cat.sigv4.as_ref().map(Spanned::span)),
+        (
+            "vended_credentials",
+            cat.vended_credentials.as_ref().map(Spanned::span),
+        ),
+        ("headers", (!cat.headers.is_empty()).then_some(0..0)),
+    ];
+    if let Some((key, span)) = rest_only.into_iter().find_map(|(k, s)| Some((k, s?))) {
+        return Err(src.error(
+            (!span.is_empty()).then_some(span),
+            format!("[sink.catalog] {key} is a setting of REST catalogs; remove it, or set type = \"rest\""),
+        ));
+    }
+    let uri = &cat.uri.0;
+    let uri = if let Some(path) = uri.strip_prefix("sqlite://") {
+        let (path, query) = path
+            .split_once('?')
+            .map(|(p, q)| (p, Some(q)))
+            .unwrap_or((path, None));
+        let abs = absolute(path);
+        match query {
+            Some(q) => format!("sqlite://{}?{q}", abs.display()),
+            None => format!("sqlite://{}", abs.display()),
+        }
+    } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+        uri.clone()
+    } else {
+        return Err(src.error(
+            None,
+            "[sink.catalog] uri must start with sqlite:// (e.g. \"sqlite://lake/catalog.db\") or postgres://; for an Iceberg REST catalog set type = \"rest\"",
+        ));
+    };
+    let Some(warehouse) = &cat.warehouse else {
+        return Err(src.error(
+            Some(cat.kind.span()),
+            "[sink.catalog] needs a warehouse for type = \"sql\", e.g. warehouse = \"lake/warehouse\"",
+        ));
+    };
+    let warehouse_text = warehouse.0.strip_prefix("file://").unwrap_or(&warehouse.0);
+    let warehouse = if warehouse_text.starts_with("s3://") {
+        warehouse_text.trim_end_matches('/').to_string()
+    } else if warehouse_text.contains("://") {
+        return Err(src.error(
+            None,
+            "[sink.catalog] warehouse must be a local directory, a file:// or an s3:// URL",
+        ));
+    } else {
+        absolute(warehouse_text).display().to_string()
+    };
+    let catalog = CatalogConfig {
+        name: cat.name.clone().unwrap_or_else(|| "lakeshore".into()),
+        uri,
+        warehouse: warehouse.clone(),
+        storage,
+        rest: None,
+    };
+    Ok((catalog, warehouse))
+}
+
+/// A REST `[sink.catalog]`: its config, and where checkpoint state goes by default
+/// (`state/` in the working directory: the catalog's warehouse is not ours to write).
+fn rest_catalog(
+    src: &SourceText<'_>,
+    cat: &CatalogSection,
+    storage: StorageOptions,
+) -> Result<(CatalogConfig, String), ConfigError> {
+    let uri = cat.uri.0.trim_end_matches('/').to_string();
+    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+        return Err(src.error(
+            Some(cat.kind.span()),
+            "[sink.catalog] uri of a REST catalog must be an http:// or https:// URL, e.g. \"https://catalog.example.com/api/catalog\"",
+        ));
+    }
+    let methods = [
+        cat.token.as_ref().map(|t| ("token", t.span())),
+        cat.credential.as_ref().map(|t| ("credential", t.span())),
+        cat.sigv4.as_ref().map(|t| ("sigv4", t.span())),
+    ];
+    let mut chosen = methods.iter().flatten();
+    if let (Some(first), Some(second)) = (chosen.next(), chosen.next()) {
+        return Err(src.error(
+            Some(second.1.clone()),
+            format!(
+                "[sink.catalog] sets both {} and {}; a REST catalog authenticates one way: keep one",
+                first.0, second.0
+            ),
+        ));
+    }
+    for (key, span) in [
+        (
+            "oauth2_server_uri",
+            cat.oauth2_server_uri.as_ref().map(Spanned::span),
+        ),
+        ("scope", cat.scope.as_ref().map(Spanned::span)),
+    ] {
+        if let Some(span) = span
+            && cat.credential.is_none()
+        {
+            return Err(src.error(
+                Some(span),
+                format!("[sink.catalog] {key} goes with credential (OAuth2 client credentials); add credential = \"${{CLIENT_ID}}:${{CLIENT_SECRET}}\" or remove {key}"),
+            ));
+        }
+    }
+    let auth = if let Some(t) = &cat.token {
+        RestAuth::Token(t.get_ref().0.clone())
+    } else if let Some(c) = &cat.credential {
+        RestAuth::OAuth2 {
+            credential: c.get_ref().0.clone(),
+            server_uri: cat
+                .oauth2_server_uri
+                .as_ref()
+                .map(|u| u.get_ref().0.clone()),
+            scope: cat.scope.as_ref().map(|s| s.get_ref().clone()),
+        }
+    } else if let Some(v) = &cat.sigv4 {
+        RestAuth::SigV4(SigV4 {
+            region: v.get_ref().region.clone(),
+            service: v.get_ref().service.clone().unwrap_or_else(|| "glue".into()),
+        })
+    } else {
+        RestAuth::None
+    };
+    let catalog = CatalogConfig {
+        name: cat.name.clone().unwrap_or_else(|| "lakeshore".into()),
+        uri,
+        warehouse: cat
+            .warehouse
+            .as_ref()
+            .map(|w| w.0.clone())
+            .unwrap_or_default(),
+        storage,
+        rest: Some(RestConfig {
+            prefix: cat.prefix.as_ref().map(|p| p.get_ref().clone()),
+            auth,
+            headers: cat
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+            vended_credentials: cat
+                .vended_credentials
+                .as_ref()
+                .is_some_and(|v| *v.get_ref()),
+        }),
+    };
+    Ok((catalog, format!("file://{}", absolute("state").display())))
 }
 
 /// `[sink.maintenance]`, with its defaults.
@@ -352,6 +529,9 @@ pub struct Iceberg {
 impl SinkConnector for Iceberg {
     async fn open(&self, _commit_as: &str) -> Result<Arc<dyn Sink>> {
         let catalog = &self.options.catalog;
+        if catalog.rest.is_some() {
+            return Ok(Arc::new(IcebergSink::connect(self.options.clone()).await?));
+        }
         if let Some(path) = catalog.uri.strip_prefix("sqlite://") {
             let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
             if let Some(dir) = file.parent() {

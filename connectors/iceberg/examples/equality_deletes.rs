@@ -52,10 +52,11 @@ async fn main() -> anyhow::Result<()> {
         uri: uri.clone(),
         warehouse: warehouse.clone(),
         storage: StorageOptions::default(),
+        rest: None,
     })
     .await?;
     let ident = TableIdent::from_strs(table.split('.'))?;
-    let t = catalog.catalog().load_table(&ident).await?;
+    let t = catalog.load(&ident).await?;
     let md = t.metadata();
     let schema = md.current_schema().clone();
     let arrow_schema = Arc::new(schema_to_arrow_schema(&schema)?);

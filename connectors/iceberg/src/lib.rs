@@ -1,4 +1,4 @@
-//! Iceberg sink (`type = "iceberg"`): format-v2 tables on a SQL catalog, written
+//! Iceberg sink (`type = "iceberg"`): format-v2 tables on an SQL or REST catalog, written
 //! exactly-once through the engine's two-phase protocol.
 //!
 //! - `schema`: source tables → Iceberg schemas and partition specs;
@@ -11,7 +11,8 @@
 //!   over a shared snapshot producer, with optimistic concurrency;
 //! - `maintain`: compaction (planning as pure code, and the rewrite), equality deletes,
 //!   snapshot expiry, orphan files;
-//! - `catalog`: the SQL catalog and its compare-and-swap.
+//! - `catalog`: the catalog seam (load, create, land a change) over the SQL catalog
+//!   (compare-and-swap) and Iceberg REST catalogs (`updateTable`).
 //!
 //! Public: the sink, its options and `CatalogHandle`, `parse_partition_expr` (config
 //! validation), and `commit` and `maintain` (the tests and the equality-delete example
@@ -41,7 +42,7 @@ mod table_writer;
 mod upsert;
 mod writer;
 
-pub use catalog::{CatalogConfig, CatalogHandle};
+pub use catalog::{CatalogConfig, CatalogHandle, RestAuth, RestConfig, SigV4};
 pub use lakeshore_api::files::{Codec, writer_properties};
 pub use maintain::{compact, expire, orphans};
 pub use schema::parse_partition_expr;
@@ -160,16 +161,16 @@ impl IcebergSink {
             check_name("namespace", &opts.namespace, part)?;
         }
         let namespace = NamespaceIdent::from_strs(opts.namespace.split('.')).map_err(ice)?;
-        let cat = catalog.catalog();
+        let cat = &catalog;
         // `a.b` beside a table `b` of namespace `a`: the namespace's tables would live
         // inside that table's location (and its orphan cleanup would see their files).
         if let Some((parent, last)) = opts.namespace.rsplit_once('.') {
             let parent = NamespaceIdent::from_strs(parent.split('.')).map_err(ice)?;
-            if cat.namespace_exists(&parent).await.map_err(ice)?
+            if cat.namespace_exists(&parent).await?
                 && cat
-                    .table_exists(&TableIdent::new(parent, last.to_string()))
-                    .await
-                    .map_err(ice)?
+                    .load_if_exists(&TableIdent::new(parent, last.to_string()))
+                    .await?
+                    .is_some()
             {
                 return Err(Error::config(format!(
                     "[sink] namespace {}: a table of that name exists, and its location \
@@ -178,13 +179,7 @@ impl IcebergSink {
                 )));
             }
         }
-        if !cat.namespace_exists(&namespace).await.map_err(ice)?
-            && let Err(e) = cat.create_namespace(&namespace, Default::default()).await
-            // Another pipeline (or copy) may have created it meanwhile.
-            && !cat.namespace_exists(&namespace).await.map_err(ice)?
-        {
-            return Err(ice(e));
-        }
+        cat.ensure_namespace(&namespace).await?;
         Ok(IcebergSink {
             catalog,
             opts,
@@ -193,7 +188,7 @@ impl IcebergSink {
     }
 
     async fn load(&self, ident: &TableIdent) -> Result<iceberg::table::Table> {
-        self.catalog.catalog().load_table(ident).await.map_err(ice)
+        self.catalog.load(ident).await
     }
 
     fn ident(&self, table: &str) -> TableIdent {
@@ -226,10 +221,8 @@ impl IcebergSink {
     pub async fn tables(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self
             .catalog
-            .catalog()
             .list_tables(&self.namespace)
-            .await
-            .map_err(ice)?
+            .await?
             .into_iter()
             .map(|t| t.name().to_string())
             .collect();
@@ -242,18 +235,6 @@ impl IcebergSink {
     /// cleanup).
     pub async fn maintain(&self, table: &str, pending: &[PendingCommit]) -> Result<Maintenance> {
         let ident = self.ident(table);
-        if !self
-            .catalog
-            .catalog()
-            .table_exists(&ident)
-            .await
-            .map_err(ice)?
-        {
-            return Err(Error::config(format!(
-                "no table {}.{table} in the catalog; the pipeline creates it on its first run",
-                self.opts.namespace
-            )));
-        }
         let loaded = self.load(&ident).await?;
         let (mut files, arrow_schema) = self.file_settings(&loaded)?;
         files.target_file_size = self.opts.maintenance.target_file_size as usize;
@@ -319,9 +300,9 @@ impl IcebergSink {
 
     async fn load_or_create(&self, target: &TableTarget) -> Result<iceberg::table::Table> {
         let ident = self.ident(&target.name);
-        let cat = self.catalog.catalog();
-        if cat.table_exists(&ident).await.map_err(ice)? {
-            return cat.load_table(&ident).await.map_err(ice);
+        let cat = &self.catalog;
+        if let Some(table) = cat.load_if_exists(&ident).await? {
+            return Ok(table);
         }
         check_name("table", &target.name, &target.name)?;
         let nested = NamespaceIdent::from_strs(
@@ -331,7 +312,7 @@ impl IcebergSink {
                 .chain(std::iter::once(target.name.as_str())),
         )
         .map_err(ice)?;
-        if cat.namespace_exists(&nested).await.map_err(ice)? {
+        if cat.namespace_exists(&nested).await? {
             return Err(Error::config(format!(
                 "table {}.{}: a namespace of that name exists, whose tables would live \
                      inside this table's location; route the table to another name ([[route]])",
@@ -345,14 +326,7 @@ impl IcebergSink {
             .schema(schema)
             .partition_spec(spec)
             .build();
-        match cat.create_table(&self.namespace, creation).await {
-            Ok(t) => Ok(t),
-            // Another copy or pipeline created it meanwhile: append to it.
-            Err(_) if cat.table_exists(&ident).await.map_err(ice)? => {
-                cat.load_table(&ident).await.map_err(ice)
-            }
-            Err(e) => Err(ice(e)),
-        }
+        cat.create_table(&self.namespace, creation).await
     }
 }
 

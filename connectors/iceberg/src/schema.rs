@@ -156,6 +156,36 @@ pub fn with_promotions(schema: &Schema, promoted: &[(String, Type)]) -> Result<S
         .map_err(|e| internal(format!("promoting column types: {e}")))
 }
 
+/// `schema` with the `added` columns (optional, numbered after `last_column_id`) that it
+/// does not hold yet.
+pub fn with_added(
+    schema: &Schema,
+    added: &[(String, Type)],
+    last_column_id: i32,
+) -> Result<Schema> {
+    let mut next_id = last_column_id.max(schema.highest_field_id());
+    let new = added
+        .iter()
+        .filter(|(name, _)| schema.field_by_name(name).is_none())
+        .map(|(name, ty)| {
+            next_id += 1;
+            Arc::new(NestedField::optional(next_id, name.clone(), ty.clone()))
+        });
+    let fields: Vec<_> = schema
+        .as_struct()
+        .fields()
+        .iter()
+        .cloned()
+        .chain(new)
+        .collect();
+    Schema::builder()
+        .with_schema_id(schema.schema_id())
+        .with_fields(fields)
+        .with_identifier_field_ids(schema.identifier_field_ids())
+        .build()
+        .map_err(|e| internal(format!("adding columns: {e}")))
+}
+
 /// Widen `column` to `target` when Iceberg allows the promotion (a batch read or made
 /// before a column's type was promoted); other mismatches are left to the caller.
 pub(crate) fn widen(column: ArrayRef, target: &DataType) -> ArrayRef {

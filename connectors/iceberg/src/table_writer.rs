@@ -11,15 +11,13 @@ use iceberg::spec::{
     deserialize_data_file_from_json, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
-use iceberg::transaction::AddColumn;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use lakeshore_api::{ChangeBatch, PendingCommit, Result, TableSchema, TableWriter};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::CatalogHandle;
 use crate::commit::RowDelta;
 use crate::error::{ice, internal};
-use crate::schema::{conform, schema_changes, with_promotions};
+use crate::schema::{conform, schema_changes, with_added, with_promotions};
 use crate::writer::{FileSettings, PartitionedWriter};
 
 /// What a table writer needs to know about its table.
@@ -196,39 +194,22 @@ impl TableContext {
         data: Option<&mut PartitionedWriter>,
         source: &TableSchema,
     ) -> Result<()> {
-        let fresh = catalog
-            .catalog()
-            .load_table(&self.ident)
-            .await
-            .map_err(ice)?;
+        let fresh = catalog.load(&self.ident).await?;
         let changes = schema_changes(fresh.metadata().current_schema(), source)?;
-        let mut evolved = if changes.added.is_empty() {
+        let evolved = if changes.added.is_empty() && changes.promoted.is_empty() {
             fresh
         } else {
-            let mut update = Transaction::new(&fresh).update_schema();
-            for (name, ty) in &changes.added {
-                update = update.add_column(AddColumn::optional(name, ty.clone()));
-            }
-            let names: Vec<&str> = changes.added.iter().map(|(n, _)| n.as_str()).collect();
-            tracing::info!(table = %self.ident, columns = ?names, "adding columns");
-            update
-                .apply(Transaction::new(&fresh))
-                .map_err(ice)?
-                .commit(catalog.catalog())
-                .await
-                .map_err(ice)?
-        };
-        if !changes.promoted.is_empty() {
-            // iceberg-rust 0.10 cannot promote types: the new schema goes in by a
-            // metadata swap, like our row-delta commits.
-            let names: Vec<&str> = changes.promoted.iter().map(|(n, _)| n.as_str()).collect();
-            tracing::info!(table = %self.ident, columns = ?names, "widening column types");
-            let promoted = changes.promoted.clone();
-            evolved = crate::commit::commit_schema(catalog, &self.ident, move |current| {
-                with_promotions(current, &promoted)
+            // iceberg-rust 0.10's schema update cannot promote types, nor commit through
+            // a REST catalog we speak ourselves: the new schema lands like our row deltas.
+            let added: Vec<&str> = changes.added.iter().map(|(n, _)| n.as_str()).collect();
+            let promoted: Vec<&str> = changes.promoted.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::info!(table = %self.ident, added = ?added, widened = ?promoted, "changing the table's columns");
+            crate::commit::commit_schema(catalog, &self.ident, move |md| {
+                let schema = with_added(md.current_schema(), &changes.added, md.last_column_id())?;
+                with_promotions(&schema, &changes.promoted)
             })
-            .await?;
-        }
+            .await?
+        };
         let schema = evolved.metadata().current_schema().clone();
         if schema.schema_id() != self.files.schema.schema_id() {
             self.arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice)?);

@@ -642,13 +642,7 @@ impl TableWriter for UpsertWriter {
         let mut keys_file = None;
         let mut looked_up = LookupDeletes::default();
         if !self.lookup.is_empty() || !self.spill.is_empty() {
-            self.t.table = self
-                .t
-                .catalog
-                .catalog()
-                .load_table(&self.t.ctx.ident)
-                .await
-                .map_err(ice)?;
+            self.t.table = self.t.catalog.load(&self.t.ctx.ident).await?;
             let path = format!(
                 "{}/metadata/lakeshore-keys-{}.parquet",
                 self.t.table.metadata().location().trim_end_matches('/'),

@@ -1,5 +1,7 @@
-//! The compare-and-swap that lands a hand-built snapshot: it must refuse to move a table
-//! whose metadata changed since it was read, and must move it otherwise.
+//! The catalog seam's landing on the SQL catalog (compare-and-swap): it must refuse a
+//! change built on metadata that has moved since it was read, removing the attempt's
+//! files, and must land it otherwise. (The REST catalog's is proven against a real server
+//! in integration/tests/test_rest.py.)
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use lakeshore_api::{Sink, TableSchema, TableTarget};
 use lakeshore_iceberg::{CatalogConfig, CatalogHandle, Codec, IcebergOptions, IcebergSink};
 
 #[tokio::test]
-async fn swap_refuses_a_stale_base() {
+async fn landing_refuses_a_stale_base() {
     let dir = std::env::temp_dir().join(format!("lakeshore-swap-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = CatalogConfig {
@@ -17,6 +19,7 @@ async fn swap_refuses_a_stale_base() {
         uri: format!("sqlite://{}/catalog.db", dir.display()),
         warehouse: dir.join("warehouse").display().to_string(),
         storage: Default::default(),
+        rest: None,
     };
     let sink = IcebergSink::connect(IcebergOptions {
         catalog: cfg.clone(),
@@ -43,23 +46,78 @@ async fn swap_refuses_a_stale_base() {
     sink.open_table(&target).await.unwrap();
     let catalog = CatalogHandle::open(&cfg).await.unwrap();
     let ident = TableIdent::new(NamespaceIdent::new("s".into()), "t".into());
-    let current = catalog.catalog().load_table(&ident).await.unwrap();
-    let location = current.metadata_location().unwrap().to_string();
+    let base = catalog.load(&ident).await.unwrap();
+    let mark = |t: &iceberg::table::Table, value: &str| {
+        t.metadata()
+            .clone()
+            .into_builder(t.metadata_location().map(str::to_string))
+            .set_properties([("mark".to_string(), value.to_string())].into())
+            .unwrap()
+            .build()
+            .unwrap()
+    };
 
-    let stale = format!("{location}.stale");
+    // Another commit moves the table (a column added).
+    lakeshore_iceberg::commit::commit_schema(&catalog, &ident, |md| {
+        let mut fields: Vec<_> = md.current_schema().as_struct().fields().to_vec();
+        fields.push(Arc::new(iceberg::spec::NestedField::optional(
+            md.last_column_id() + 1,
+            "extra",
+            iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Int),
+        )));
+        Ok(iceberg::spec::Schema::builder()
+            .with_fields(fields)
+            .build()
+            .unwrap())
+    })
+    .await
+    .unwrap();
+
+    // A change built on the stale base is refused, and the attempt's files removed.
+    let stray = format!("{}/metadata/stray.avro", base.metadata().location());
+    base.file_io()
+        .new_output(&stray)
+        .unwrap()
+        .write(bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     assert!(
         !catalog
-            .swap_metadata(&ident, &stale, &location)
+            .land(
+                &ident,
+                &base,
+                mark(&base, "stale"),
+                std::slice::from_ref(&stray)
+            )
             .await
             .unwrap()
     );
+    assert!(!base.file_io().exists(&stray).await.unwrap());
+    let moved = catalog.load(&ident).await.unwrap();
+    assert!(moved.metadata().properties().get("mark").is_none());
+    assert!(
+        moved
+            .metadata()
+            .current_schema()
+            .field_by_name("extra")
+            .is_some()
+    );
+
+    // Built on the current metadata, it lands.
     assert!(
         catalog
-            .swap_metadata(&ident, &location, &location)
+            .land(&ident, &moved, mark(&moved, "fresh"), &[])
             .await
             .unwrap()
     );
-    let after = catalog.catalog().load_table(&ident).await.unwrap();
-    assert_eq!(after.metadata_location(), Some(location.as_str()));
+    let after = catalog.load(&ident).await.unwrap();
+    assert_eq!(after.metadata().properties()["mark"], "fresh");
+    assert!(
+        after
+            .metadata()
+            .current_schema()
+            .field_by_name("extra")
+            .is_some()
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

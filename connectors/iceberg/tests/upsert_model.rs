@@ -12,7 +12,7 @@ use arrow_array::types::Int64Type;
 use arrow_array::{Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg::{NamespaceIdent, TableIdent};
 use lakeshore_api::{
     ChangeBatch, CommitContext, Op, Sink, SourcePosition, TableSchema, TableTarget,
 };
@@ -117,8 +117,11 @@ fn as_written_before_2026_11_27(payload: &mut serde_json::Value) {
     }
 }
 
-async fn read_table(catalog: &dyn Catalog, ident: &TableIdent) -> BTreeMap<i64, (i64, String)> {
-    let table = catalog.load_table(ident).await.unwrap();
+async fn read_table(
+    catalog: &lakeshore_iceberg::CatalogHandle,
+    ident: &TableIdent,
+) -> BTreeMap<i64, (i64, String)> {
+    let table = catalog.load(ident).await.unwrap();
     let batches: Vec<RecordBatch> = table
         .scan()
         .select_all()
@@ -171,6 +174,7 @@ async fn upserts_match_a_folded_model() {
                 uri: format!("sqlite://{}/catalog.db", dir.display()),
                 warehouse: dir.join("warehouse").display().to_string(),
                 storage: Default::default(),
+                rest: None,
             },
             namespace: "m".into(),
             mode: Some(WriteMode::Upsert),
@@ -244,7 +248,7 @@ async fn upserts_match_a_folded_model() {
             sink.commit(&pending, &ctx).await.unwrap();
             // Committing the same checkpoint again is a no-op.
             assert!(!sink.commit(&pending, &ctx).await.unwrap());
-            let got = read_table(catalog.catalog(), &ident).await;
+            let got = read_table(&catalog, &ident).await;
             assert_eq!(got, model, "seed {seed}, checkpoint {checkpoint}");
             // Compaction between checkpoints: the same rows, no delete files left (or
             // one per partition after a merge), and the writer's next lookups find the
@@ -252,7 +256,7 @@ async fn upserts_match_a_folded_model() {
             if checkpoint % 2 == 0 {
                 let done = sink.maintain("t", &[]).await.unwrap();
                 let (report, stats) = (done.compacted, done.stats);
-                let got = read_table(catalog.catalog(), &ident).await;
+                let got = read_table(&catalog, &ident).await;
                 assert_eq!(got, model, "seed {seed}, compacted after {checkpoint}");
                 if merge_only {
                     let partitions = got.values().map(|(_, p)| p).collect::<BTreeSet<_>>();

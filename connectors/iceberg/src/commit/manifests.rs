@@ -7,7 +7,7 @@ use iceberg::TableIdent;
 use iceberg::spec::ManifestContentType;
 use lakeshore_api::Result;
 
-use super::snapshot::{NextSnapshot, Staging, has_live_files, swap_or_discard, write_snapshot};
+use super::snapshot::{NextSnapshot, Staging, build_snapshot, has_live_files};
 use crate::catalog::CatalogHandle;
 use crate::error::ice;
 
@@ -18,7 +18,7 @@ use crate::error::ice;
 /// merge or a concurrent commit kept winning (the next run tries again).
 pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Result<bool> {
     for attempt in 0..5 {
-        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        let table = catalog.load(ident).await?;
         let md = table.metadata();
         let Some(parent) = md.current_snapshot().cloned() else {
             return Ok(false);
@@ -77,9 +77,8 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
             "manifests",
             HashMap::new(),
         );
-        let location = write_snapshot(&table, Some(&parent), manifests, next, &mut written).await?;
-        written.push(location.clone());
-        if swap_or_discard(catalog, ident, &table, &location, &written).await? {
+        let next = build_snapshot(&table, Some(&parent), manifests, next, &mut written).await?;
+        if catalog.land(ident, &table, next, &written).await? {
             return Ok(true);
         }
     }

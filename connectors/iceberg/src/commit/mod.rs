@@ -4,7 +4,8 @@
 //! iceberg-rust 0.10 cannot commit delete files (its `Transaction` offers only fast
 //! append, and `TableCommit` cannot be built outside the crate), so this module builds the
 //! snapshot from public parts — manifests, manifest list, snapshot, table metadata — and
-//! lands it with a compare-and-swap on the SQL catalog's `metadata_location`.
+//! lands it through the catalog seam (`CatalogHandle::land`: a compare-and-swap on the SQL
+//! catalog, `updateTable` with requirements on a REST catalog).
 //!
 //! Invariants:
 //! - **Idempotent:** before every attempt the table history is searched for this
@@ -33,7 +34,6 @@ pub use manifests::merge_manifests;
 pub use rewrite::{Rewrite, RewriteOutcome, commit_rewrite};
 pub use row_delta::{CommitOutcome, RowDelta, commit_row_delta};
 pub use schema::commit_schema;
-pub(crate) use snapshot::{swap_or_discard, write_next_metadata};
 
 /// Snapshot summary keys written by lakeshore.
 pub const PIPELINE_KEY: &str = "lakeshore.pipeline";

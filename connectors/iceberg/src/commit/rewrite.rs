@@ -13,10 +13,8 @@ use iceberg::table::Table;
 use lakeshore_api::Result;
 
 use super::history::entries_since;
-use super::snapshot::{
-    NextSnapshot, Staging, discard, has_live_files, lost_race, swap_or_discard, write_snapshot,
-};
-use crate::catalog::CatalogHandle;
+use super::snapshot::{NextSnapshot, Staging, build_snapshot, has_live_files, lost_race};
+use crate::catalog::{CatalogHandle, discard};
 use crate::error::{ice, internal};
 
 /// Files a compaction replaces, against the snapshot it read (`base`).
@@ -68,7 +66,7 @@ pub async fn commit_rewrite(
 ) -> Result<RewriteOutcome> {
     let mut backoff = Duration::from_millis(50);
     for attempt in 0.. {
-        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        let table = catalog.load(ident).await?;
         match since_base(&table, rewrite).await? {
             Err(why) => return Ok(RewriteOutcome::Conflict(why)),
             Ok(late) if !late.is_empty() => return Ok(RewriteOutcome::LateDeletes(late)),
@@ -76,15 +74,14 @@ pub async fn commit_rewrite(
         }
         let mut written = Vec::new();
         let staged = stage_rewrite(&table, rewrite, attempt, &mut written).await;
-        let location = match staged {
-            Ok(l) => l,
+        let next = match staged {
+            Ok(next) => next,
             Err(e) => {
                 discard(table.file_io(), &written).await;
                 return Err(e);
             }
         };
-        written.push(location.clone());
-        if swap_or_discard(catalog, ident, &table, &location, &written).await? {
+        if catalog.land(ident, &table, next, &written).await? {
             return Ok(RewriteOutcome::Committed);
         }
         lost_race(ident, "compaction", attempt, &mut backoff).await?;
@@ -136,7 +133,7 @@ async fn stage_rewrite(
     rewrite: &Rewrite,
     attempt: u32,
     written: &mut Vec<String>,
-) -> Result<String> {
+) -> Result<iceberg::spec::TableMetadataBuildResult> {
     let md = table.metadata();
     let file_io = table.file_io();
     let staging = Staging::new(table);
@@ -223,5 +220,5 @@ async fn stage_rewrite(
         "compaction",
         collector.build(),
     );
-    write_snapshot(table, Some(&parent), manifests, next, written).await
+    build_snapshot(table, Some(&parent), manifests, next, written).await
 }

@@ -14,9 +14,7 @@ use iceberg::table::Table;
 use lakeshore_api::{CommitContext, Result};
 
 use super::history::{entries_since, last_checkpoint};
-use super::snapshot::{
-    NextSnapshot, Staging, has_live_files, lost_race, swap_or_discard, write_snapshot,
-};
+use super::snapshot::{NextSnapshot, Staging, build_snapshot, has_live_files, lost_race};
 use super::{CHECKPOINT_KEY, PIPELINE_KEY, POSITION_KEY, TABLES_KEY};
 use crate::catalog::CatalogHandle;
 use crate::error::ice;
@@ -79,7 +77,7 @@ pub async fn commit_row_delta(
     }
     let mut backoff = Duration::from_millis(50);
     for attempt in 0.. {
-        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        let table = catalog.load(ident).await?;
         if let Some(done) = last_checkpoint(&table, &ctx.pipeline)
             && done >= ctx.checkpoint_id
         {
@@ -89,9 +87,11 @@ pub async fn commit_row_delta(
             tracing::warn!(table = %ident, file = %removed, "a concurrent commit removed a data file this checkpoint deletes from");
             return Ok(CommitOutcome::StaleLookup);
         }
-        let mut staged = stage(&table, delta, ctx, attempt).await?;
-        staged.files.push(staged.location.clone());
-        if swap_or_discard(catalog, ident, &table, &staged.location, &staged.files).await? {
+        let staged = stage(&table, delta, ctx, attempt).await?;
+        if catalog
+            .land(ident, &table, staged.next, &staged.files)
+            .await?
+        {
             return Ok(CommitOutcome::Committed);
         }
         lost_race(ident, "commit", attempt, &mut backoff).await?;
@@ -119,13 +119,13 @@ async fn removed_referenced_file(table: &Table, delta: &RowDelta) -> Result<Opti
         .map(|e| e.data_file().file_path().to_string()))
 }
 
-/// What one attempt wrote before the swap.
+/// What one attempt wrote, and the metadata to land.
 struct Staged {
-    location: String,
+    next: iceberg::spec::TableMetadataBuildResult,
     files: Vec<String>,
 }
 
-/// Write manifests, manifest list and metadata file for `delta` on top of `table`.
+/// Write manifests and manifest list for `delta` on top of `table`.
 async fn stage(
     table: &Table,
     delta: &RowDelta,
@@ -204,9 +204,9 @@ async fn stage(
         operation,
         props,
     };
-    let location = write_snapshot(table, parent.as_ref(), manifests, next, &mut written).await?;
+    let next = build_snapshot(table, parent.as_ref(), manifests, next, &mut written).await?;
     Ok(Staged {
-        location,
+        next,
         files: written,
     })
 }

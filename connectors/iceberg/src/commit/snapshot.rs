@@ -1,23 +1,21 @@
 //! The snapshot producer every action shares: snapshot ids, manifest writers, the
-//! manifest list, snapshot and next metadata file, and the compare-and-swap on the
-//! catalog that lands them (or removes what a lost attempt wrote).
+//! manifest list, snapshot and the table's next metadata, which the catalog lands
+//! (`CatalogHandle::land`, removing what a lost attempt wrote).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
+use iceberg::TableIdent;
 use iceberg::spec::{
     DataFile, FormatVersion, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriter,
     ManifestWriterBuilder, Operation, PartitionSpecRef, SchemaRef, Snapshot,
-    SnapshotSummaryCollector, Summary, TableMetadata,
+    SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuildResult,
 };
 use iceberg::table::Table;
-use iceberg::{MetadataLocation, TableIdent};
 use lakeshore_api::{Error, ErrorKind, Result};
 
 use super::history::checkpoint_property;
 use super::{MAINTENANCE_KEY, PIPELINE_KEY};
-use crate::catalog::CatalogHandle;
 use crate::error::{ice, internal};
 
 fn new_snapshot_id(md: &TableMetadata) -> i64 {
@@ -28,20 +26,6 @@ fn new_snapshot_id(md: &TableMetadata) -> i64 {
             return id;
         }
     }
-}
-
-/// Write `new_md` as the next version after the metadata file at `current`; its path.
-pub(crate) async fn write_next_metadata(
-    file_io: &iceberg::io::FileIO,
-    current: &str,
-    new_md: &TableMetadata,
-) -> Result<String> {
-    let next = MetadataLocation::from_str(current)
-        .map_err(ice)?
-        .with_next_version()
-        .with_new_metadata(new_md);
-    new_md.write_to(file_io, &next).await.map_err(ice)?;
-    Ok(next.to_string())
 }
 
 /// A snapshot being staged on top of the table's current one: its id, the UUID that
@@ -164,16 +148,15 @@ impl NextSnapshot {
     }
 }
 
-/// Write the manifest list of `manifests`, the snapshot and the next metadata file;
-/// returns the metadata file's path (what the catalog swap installs). Paths written are
-/// added to `written`.
-pub(crate) async fn write_snapshot(
+/// Write the manifest list of `manifests` and build the snapshot and the table's next
+/// metadata (what the catalog lands). Paths written are added to `written`.
+pub(crate) async fn build_snapshot(
     table: &Table,
     parent: Option<&iceberg::spec::SnapshotRef>,
     manifests: Vec<iceberg::spec::ManifestFile>,
     next: NextSnapshot,
     written: &mut Vec<String>,
-) -> Result<String> {
+) -> Result<TableMetadataBuildResult> {
     let md = table.metadata();
     let file_io = table.file_io();
     let schema = md.current_schema().clone();
@@ -235,9 +218,9 @@ pub(crate) async fn write_snapshot(
     if let Some(mirror) = mirror {
         builder = builder.set_properties(mirror).map_err(ice)?;
     }
-    let new_md = builder.build().map_err(ice)?.metadata;
-    debug_assert_eq!(new_md.format_version(), FormatVersion::V2);
-    write_next_metadata(file_io, current_location, &new_md).await
+    let built = builder.build().map_err(ice)?;
+    debug_assert_eq!(built.metadata.format_version(), FormatVersion::V2);
+    Ok(built)
 }
 
 /// The `total-*` summary keys: the parent's totals plus this commit's additions, minus
@@ -291,32 +274,6 @@ pub(super) async fn lost_race(
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(Duration::from_secs(2));
     Ok(())
-}
-
-/// Point the table at `location` if it is still at the metadata `table` was loaded
-/// from. When another commit won, remove `written` (this attempt's files, `location`
-/// among them) and return false: the caller retries on a fresh table or gives up.
-pub(crate) async fn swap_or_discard(
-    catalog: &CatalogHandle,
-    ident: &TableIdent,
-    table: &Table,
-    location: &str,
-    written: &[String],
-) -> Result<bool> {
-    let current = table.metadata_location_result().map_err(ice)?;
-    if catalog.swap_metadata(ident, current, location).await? {
-        return Ok(true);
-    }
-    discard(table.file_io(), written).await;
-    Ok(false)
-}
-
-pub(super) async fn discard(file_io: &iceberg::io::FileIO, files: &[String]) {
-    for f in files {
-        if let Err(e) = file_io.delete(f).await {
-            tracing::debug!(file = %f, error = %e, "could not remove a file of a failed commit attempt");
-        }
-    }
 }
 
 /// False for a manifest that only records removals (all its entries are deleted): it

@@ -47,7 +47,7 @@ use lakeshore_api::Result;
 use super::equality::EqualityDeletes;
 use crate::catalog::CatalogHandle;
 use crate::commit::{Rewrite, RewriteOutcome, commit_rewrite};
-use crate::error::{ice, internal, io};
+use crate::error::{internal, io};
 use crate::lookup::open_parquet;
 use crate::position_delete::{PartitionDeletes, write_position_deletes};
 use crate::schema::{column_sources, conform_file};
@@ -96,7 +96,7 @@ pub async fn compact(
     arrow_schema: &ArrowSchemaRef,
     when: &CompactWhen,
 ) -> Result<CompactReport> {
-    let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+    let table = catalog.load(ident).await?;
     let mut report = CompactReport::default();
     let Some(base) = table.metadata().current_snapshot().cloned() else {
         return Ok(report);

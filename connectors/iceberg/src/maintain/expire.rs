@@ -178,7 +178,7 @@ pub async fn expire(
     let mut report = ExpireReport::default();
     let mut committed: Option<(Table, Vec<SnapshotRef>)> = None;
     for _ in 0..20 {
-        let table = catalog.catalog().load_table(ident).await.map_err(ice)?;
+        let table = catalog.load(ident).await?;
         let md = table.metadata();
         let ids = expirable(&table.metadata_ref(), cutoff, keep_last);
         if ids.is_empty() {
@@ -189,28 +189,25 @@ pub async fn expire(
             .filter_map(|id| md.snapshot_by_id(*id).cloned())
             .collect();
         let current_location = table.metadata_location_result().map_err(ice)?;
-        let new_md = md
+        let next = md
             .clone()
             .into_builder(Some(current_location.to_string()))
             .remove_snapshots(&ids)
             .build()
-            .map_err(ice)?
-            .metadata;
-        let next =
-            crate::commit::write_next_metadata(table.file_io(), current_location, &new_md).await?;
-        if crate::commit::swap_or_discard(
-            catalog,
-            ident,
-            &table,
-            &next,
-            std::slice::from_ref(&next),
-        )
-        .await?
-        {
-            committed = Some((
-                catalog.catalog().load_table(ident).await.map_err(ice)?,
-                expired,
-            ));
+            .map_err(ice)?;
+        let landed = catalog.land(ident, &table, next, &[]).await.map_err(|e| {
+            if e.kind() == ErrorKind::Config {
+                Error::config(format!(
+                    "table {ident}: the catalog refused to expire snapshots; if it expires them \
+                     itself, remove expire_snapshots_older_than from [sink.maintenance]"
+                ))
+                .with_boxed_source(Box::new(e))
+            } else {
+                e
+            }
+        })?;
+        if landed {
+            committed = Some((catalog.load(ident).await?, expired));
             break;
         }
     }
