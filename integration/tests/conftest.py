@@ -63,10 +63,11 @@ class Pipeline:
         assert p.returncode == 0, f"backfill failed ({p.returncode}):\n{err}"
         return out, err
 
-    def expected(self):
+    def expected(self, env=None):
         out = self.dir / "expected"
         subprocess.run([BIN, "expected", str(self.file), "--out", str(out)], cwd=self.dir, check=True,
-                       capture_output=True)
+                       capture_output=True,
+                       env={**os.environ, **(self.lakana.env() if self.lakana else {}), **(env or {})})
         return out
 
     def table(self, name):
@@ -186,10 +187,12 @@ def kafka():
     broker.stop()
 
 
-def start_run(pipeline):
+def start_run(pipeline, env=None):
     """`lakeshore run` of the pipeline in the background (stop it with a signal)."""
+    lakana = pipeline.lakana.env() if pipeline.lakana else {}
     return subprocess.Popen([BIN, "run", str(pipeline.file)], cwd=pipeline.dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **lakana, **(env or {})})
 
 
 class Churn(threading.Thread):

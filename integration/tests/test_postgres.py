@@ -10,7 +10,6 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-import lake
 import conftest
 from conftest import Pipeline, start_run
 
@@ -79,7 +78,7 @@ def pg_rows(server, db, table, columns, text=()):
 
 
 def lake_rows(con, pipeline, table, columns):
-    rel = lake.scan(pipeline.catalog_db, pipeline.table(table))
+    rel = pipeline.scan(table)
     rows = con.execute(f"select {', '.join(columns)} from {rel}").fetchall()
     return sorted((tuple(norm(v) for v in r) for r in rows), key=repr)
 

@@ -106,8 +106,7 @@ pub struct CompactWhenSection {
     pub small_files: Option<usize>,
 }
 
-/// `[sink.catalog]`: an SQL catalog (`type = "sql"`) or an Iceberg REST catalog
-/// (`type = "rest"`; the settings from `prefix` on are the REST catalog's).
+/// `[sink.catalog]`
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]

@@ -10,10 +10,8 @@ use iceberg::{NamespaceIdent, TableIdent};
 use lakeshore_api::{Sink, TableSchema, TableTarget};
 use lakeshore_iceberg::{CatalogConfig, CatalogHandle, Codec, IcebergOptions, IcebergSink};
 
-#[tokio::test]
-async fn landing_refuses_a_stale_base() {
-    let dir = std::env::temp_dir().join(format!("lakeshore-swap-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// An SQLite catalog in `dir` holding an empty table `s.t`.
+async fn catalog_with_a_table(dir: &std::path::Path) -> CatalogConfig {
     let cfg = CatalogConfig {
         name: "lakeshore".into(),
         uri: format!("sqlite://{}/catalog.db", dir.display()),
@@ -44,6 +42,14 @@ async fn landing_refuses_a_stale_base() {
         partitioning: vec![],
     };
     sink.open_table(&target).await.unwrap();
+    cfg
+}
+
+#[tokio::test]
+async fn landing_refuses_a_stale_base() {
+    let dir = std::env::temp_dir().join(format!("lakeshore-swap-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = catalog_with_a_table(&dir).await;
     let catalog = CatalogHandle::open(&cfg).await.unwrap();
     let ident = TableIdent::new(NamespaceIdent::new("s".into()), "t".into());
     let base = catalog.load(&ident).await.unwrap();

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iceberg::io::FileIOBuilder;
-use iceberg::spec::{MAIN_BRANCH, TableMetadataBuildResult};
+use iceberg::spec::{
+    MAIN_BRANCH, TableMetadataBuildResult, UnboundPartitionField, UnboundPartitionSpec,
+};
 use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableCreation, TableIdent, TableRequirement};
 use iceberg_catalog_rest::{
@@ -216,9 +218,14 @@ impl RestBackend {
             .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
         let text = format!("{}: {what}: HTTP {status}: {message}", self.label);
         match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            StatusCode::UNAUTHORIZED => {
                 Error::config(format!("{text}; check {}", self.auth.setting()))
             }
+            StatusCode::FORBIDDEN => Error::config(format!(
+                "{text}; the catalog does not allow this to these credentials (grant it, or \
+                 use {} of a principal that may)",
+                self.auth.setting()
+            )),
             StatusCode::CONFLICT => Error::new(ErrorKind::Conflict, text),
             s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
                 Error::transient(text)
@@ -328,7 +335,7 @@ impl Backend for RestBackend {
             // The server places the table in its warehouse.
             location: None,
             schema: creation.schema,
-            partition_spec: creation.partition_spec,
+            partition_spec: creation.partition_spec.map(with_field_ids).transpose()?,
             write_order: creation.sort_order,
             stage_create: Some(false),
             properties,
@@ -408,6 +415,24 @@ impl Backend for RestBackend {
             s => Err(self.failure(s, &body, &format!("committing to {ident}"))),
         }
     }
+}
+
+/// `spec` with partition field ids (1000, 1001, ... as the spec numbers them): optional
+/// in a create request, but some servers insist.
+fn with_field_ids(spec: UnboundPartitionSpec) -> Result<UnboundPartitionSpec> {
+    let fields = spec
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| UnboundPartitionField {
+            field_id: f.field_id.or(Some(1000 + i as i32)),
+            ..f.clone()
+        });
+    Ok(UnboundPartitionSpec::builder()
+        .with_spec_id(spec.spec_id().unwrap_or(0))
+        .add_partition_fields(fields)
+        .map_err(ice)?
+        .build())
 }
 
 /// A commit whose outcome is unknown: retried by the caller, which finds it in the
