@@ -36,7 +36,10 @@ def run(args, cwd):
     return wall, usage.ru_maxrss / 1024, out
 
 
-def pipeline(path: Path, name, source, sink_extra="", interval="10s"):
+SQL_CATALOG = '{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }'
+
+
+def pipeline(path: Path, name, source, sink_extra="", interval="10s", catalog=SQL_CATALOG):
     path.write_text(f"""[pipeline]
 name = "{name}"
 checkpoint_interval = "{interval}"
@@ -47,7 +50,7 @@ type = "datagen"
 
 [sink]
 type = "iceberg"
-catalog = {{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }}
+catalog = {catalog}
 {sink_extra}
 """)
     return path

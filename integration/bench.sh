@@ -7,6 +7,7 @@
 #   integration/bench.sh kafka [--sizes 1000000,5000000]
 #   integration/bench.sh daemon [--pipelines 1,20] [--hold 30]
 #   integration/bench.sh maintenance [--rows 1000000] [--checkpoints 1000]
+#   integration/bench.sh rest [--sizes 1000000] [--orders 1000000]   (SQL vs REST catalog)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -40,6 +41,11 @@ fi
 if [ "${1:-}" = maintenance ]; then
   shift
   exec "$VENV/bin/python" integration/bench_maintenance.py "$@"
+fi
+if [ "${1:-}" = rest ]; then
+  shift
+  integration/lakana.sh install
+  exec "$VENV/bin/python" integration/bench_rest.py "$@"
 fi
 if [ "${1:-}" = daemon ]; then
   shift

@@ -235,26 +235,20 @@ def test_run_stops_on_sigterm_with_a_final_checkpoint(tmp_path, duck):
     assert_same_rows(duck, p, "orders", exp / "orders.parquet", ORDER_COLUMNS)
 
 
-def test_foreign_rewrite_forces_a_new_lookup_not_a_dangling_delete(tmp_path, duck):
-    """A foreign commit that rewrites every data file (pyiceberg overwrite with the same
-    rows) lands while lakeshore holds position deletes into the old files: the commit must
-    look its keys up again in the new files; the final table still equals the source."""
-    p = Pipeline(tmp_path, "rewritten",
-                 {"type": "datagen", "profile": "orders", "events": 90_000, "initial_rows": 5_000, "seed": 44,
-                  "rate": 12_000, "batch_events": 500},
-                 {"namespace": "shop", "mode": "upsert"}, interval="300ms")
-    # The pause sits between the checkpoint record and the table commit, after the lookup.
-    proc = p.start(env={"LAKESHORE_TEST_COMMIT_PAUSE_MS": "600", "RUST_LOG": "info"})
+def rewrite_while_running(p, proc, table_name, times):
+    """Once `proc` has committed twice, rewrite every data file of the table `times`
+    times with pyiceberg (an overwrite with the same rows), 0.5 s apart, retrying each
+    rewrite that loses a race against a lakeshore commit. Returns the rewrites done."""
     table = None
     while table is None or len(table.snapshots()) < 2:
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.2)
         try:
-            table = lake.pyiceberg_table(p.catalog_db, p.warehouse, "shop.orders")
+            table = p.pyiceberg_table(table_name)
         except Exception:
             table = None
     rewrites = 0
-    for _ in range(6):
+    for _ in range(times):
         for _attempt in range(20):
             try:
                 table = table.refresh()
@@ -266,6 +260,20 @@ def test_foreign_rewrite_forces_a_new_lookup_not_a_dangling_delete(tmp_path, duc
                     raise
         time.sleep(0.5)
     assert proc.poll() is None, "the pipeline ended before the rewrites were done; slow it down"
+    return rewrites
+
+
+def test_foreign_rewrite_forces_a_new_lookup_not_a_dangling_delete(tmp_path, duck):
+    """A foreign commit that rewrites every data file (pyiceberg overwrite with the same
+    rows) lands while lakeshore holds position deletes into the old files: the commit must
+    look its keys up again in the new files; the final table still equals the source."""
+    p = Pipeline(tmp_path, "rewritten",
+                 {"type": "datagen", "profile": "orders", "events": 90_000, "initial_rows": 5_000, "seed": 44,
+                  "rate": 12_000, "batch_events": 500},
+                 {"namespace": "shop", "mode": "upsert"}, interval="300ms")
+    # The pause sits between the checkpoint record and the table commit, after the lookup.
+    proc = p.start(env={"LAKESHORE_TEST_COMMIT_PAUSE_MS": "600", "RUST_LOG": "info"})
+    rewrites = rewrite_while_running(p, proc, "orders", 6)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert rewrites == 6

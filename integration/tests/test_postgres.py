@@ -10,6 +10,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+import lake
 import conftest
 from conftest import Pipeline, start_run
 

@@ -17,7 +17,7 @@ import urllib.parse
 import pytest
 
 from conftest import BIN, Pipeline, assert_same_rows, run_with_crashes, start_run, table_digest
-from test_lake import NEXMARK_COLUMNS, ORDER_COLUMNS, nexmark_counts
+from test_lake import NEXMARK_COLUMNS, ORDER_COLUMNS, nexmark_counts, rewrite_while_running
 
 
 def orders(tmp_path, lakana, name, events, rate=30_000, interval="300ms", sink=None):
@@ -90,27 +90,7 @@ def test_a_foreign_commit_between_checkpoints_is_kept(tmp_path, lakana, duck):
     rewrite, looks its keys up again, and lands; the table equals the source."""
     p = orders(tmp_path, lakana, "shared", 90_000, rate=12_000)
     proc = p.start(env={"LAKESHORE_TEST_COMMIT_PAUSE_MS": "600", "RUST_LOG": "info"})
-    table = None
-    while table is None or len(table.snapshots()) < 2:
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.2)
-        try:
-            table = p.pyiceberg_table("orders")
-        except Exception:
-            table = None
-    rewrites = 0
-    for _ in range(5):
-        for _attempt in range(20):
-            try:
-                table = table.refresh()
-                table.overwrite(table.scan().to_arrow())
-                rewrites += 1
-                break
-            except Exception as e:  # lost a race against a lakeshore commit: read again
-                if type(e).__name__ not in ("CommitFailedException", "ValidationException"):
-                    raise
-        time.sleep(0.5)
-    assert proc.poll() is None, "the pipeline ended before the rewrites were done; slow it down"
+    rewrites = rewrite_while_running(p, proc, "orders", 5)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert rewrites == 5

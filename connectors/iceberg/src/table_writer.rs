@@ -203,7 +203,12 @@ impl TableContext {
             // a REST catalog we speak ourselves: the new schema lands like our row deltas.
             let added: Vec<&str> = changes.added.iter().map(|(n, _)| n.as_str()).collect();
             let promoted: Vec<&str> = changes.promoted.iter().map(|(n, _)| n.as_str()).collect();
-            tracing::info!(table = %self.ident, added = ?added, widened = ?promoted, "changing the table's columns");
+            if !added.is_empty() {
+                tracing::info!(table = %self.ident, columns = ?added, "adding columns");
+            }
+            if !promoted.is_empty() {
+                tracing::info!(table = %self.ident, columns = ?promoted, "widening column types");
+            }
             crate::commit::commit_schema(catalog, &self.ident, move |md| {
                 let schema = with_added(md.current_schema(), &changes.added, md.last_column_id())?;
                 with_promotions(&schema, &changes.promoted)
