@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         position: SourcePosition(serde_json::Value::Null),
         tables: 1,
     };
-    match commit_row_delta(&catalog, &ident, &delta, &ctx).await? {
+    match commit_row_delta(&catalog, &ident, &delta, &ctx, None).await? {
         CommitOutcome::Committed => println!("{n} equality-delete files committed"),
         other => bail!("not committed: {other:?}"),
     }

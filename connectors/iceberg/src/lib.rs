@@ -368,9 +368,12 @@ impl Sink for IcebergSink {
         let ident = self.ident(&pending.table);
         let table = self.load(&ident).await?;
         let mut decoded = decode_pending(&table, pending)?;
+        // The first attempt builds on the table just loaded (one catalog request fewer).
+        let mut fresh = Some(table.clone());
         for _ in 0..10 {
             let outcome =
-                commit::commit_row_delta(&self.catalog, &ident, &decoded.delta, ctx).await?;
+                commit::commit_row_delta(&self.catalog, &ident, &decoded.delta, ctx, fresh.take())
+                    .await?;
             if outcome != CommitOutcome::StaleLookup
                 && let Some(keys_file) = &decoded.keys_file
             {

@@ -191,11 +191,13 @@ impl RestBackend {
                 .build()
                 .map_err(|e| Error::internal("REST request").with_source(e))?;
             self.auth.authorize(&self.http, &mut req).await?;
+            let started = std::time::Instant::now();
             let resp = self.http.execute(req).await.map_err(|e| {
                 Error::transient(format!("{}: {method} {path} failed", self.label))
                     .with_source(e.without_url())
             })?;
             let status = resp.status();
+            tracing::debug!(catalog = %self.label, %method, path, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "REST catalog request");
             if status == StatusCode::UNAUTHORIZED && attempt == 0 && self.auth.invalidate().await {
                 continue;
             }

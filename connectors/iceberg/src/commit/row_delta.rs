@@ -65,19 +65,24 @@ pub enum CommitOutcome {
     StaleLookup,
 }
 
-/// Commit `delta` for checkpoint `ctx`.
+/// Commit `delta` for checkpoint `ctx`. `loaded`: the table as just loaded, if the
+/// caller has it (the first attempt builds on it; a lost race reloads).
 pub async fn commit_row_delta(
     catalog: &CatalogHandle,
     ident: &TableIdent,
     delta: &RowDelta,
     ctx: &CommitContext,
+    mut loaded: Option<Table>,
 ) -> Result<CommitOutcome> {
     if delta.is_empty() {
         return Ok(CommitOutcome::AlreadyThere);
     }
     let mut backoff = Duration::from_millis(50);
     for attempt in 0.. {
-        let table = catalog.load(ident).await?;
+        let table = match loaded.take() {
+            Some(table) => table,
+            None => catalog.load(ident).await?,
+        };
         if let Some(done) = last_checkpoint(&table, &ctx.pipeline)
             && done >= ctx.checkpoint_id
         {
