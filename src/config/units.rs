@@ -170,18 +170,7 @@ impl fmt::Debug for EnvUrl {
     }
 }
 
-/// `value` with every byte outside RFC 3986's unreserved set percent-encoded.
-pub fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use lakeshore_api::url::percent_encode;
 
 /// [`EnvUrl`]'s expansion of `text`.
 pub fn expand_env_url(

@@ -105,6 +105,19 @@ pub fn take_query(url: &str, take: impl Fn(&str) -> bool) -> (String, Vec<(Strin
     (url, taken)
 }
 
+/// `value` with every byte outside RFC 3986's unreserved set percent-encoded.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,15 +63,7 @@ struct ErrorBody {
 
 /// One path segment, percent-encoded (a namespace's levels are joined by 0x1F first).
 fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    lakeshore_api::url::percent_encode(text)
 }
 
 fn namespace_path(namespace: &NamespaceIdent) -> String {
