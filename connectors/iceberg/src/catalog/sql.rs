@@ -113,10 +113,12 @@ impl SqlBackend {
 #[async_trait::async_trait]
 impl Backend for SqlBackend {
     async fn load(&self, ident: &TableIdent) -> Result<Option<Table>> {
-        if !self.catalog.table_exists(ident).await.map_err(ice)? {
-            return Ok(None);
+        // `load_table` checks existence itself: no separate `table_exists` round trip.
+        match self.catalog.load_table(ident).await {
+            Ok(table) => Ok(Some(table)),
+            Err(e) if e.kind() == iceberg::ErrorKind::TableNotFound => Ok(None),
+            Err(e) => Err(ice(e)),
         }
-        Ok(Some(self.catalog.load_table(ident).await.map_err(ice)?))
     }
 
     async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
