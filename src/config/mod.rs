@@ -192,6 +192,35 @@ pub fn absolute(path: &str) -> PathBuf {
 }
 
 /// A directory or URL as a URL (`file://` for directories).
+/// Object-store URL schemes a warehouse, a Hive table or checkpoint state may live at:
+/// S3, Google Cloud Storage, Azure Blob Storage / ADLS Gen2.
+pub const OBJECT_STORE_SCHEMES: &[&str] =
+    &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"];
+
+/// `Some(url)` (without a trailing `/`, `s3a` spelled `s3`) when `s` is an object-store
+/// URL with a bucket or container; `None` for a local path or `file://`; `Err` with
+/// what to write instead for anything else.
+pub fn object_store_url(s: &str) -> Result<Option<String>, String> {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Ok(None);
+    };
+    if scheme == "file" {
+        return Ok(None);
+    }
+    if !OBJECT_STORE_SCHEMES.contains(&scheme) {
+        return Err(format!(
+            "{s}: write a local directory or a file://, s3://, gs://, az:// or abfss:// URL"
+        ));
+    }
+    if rest.split('/').next().unwrap_or("").is_empty() {
+        return Err(format!(
+            "{s} needs a bucket or container: write \"{scheme}://bucket/prefix\""
+        ));
+    }
+    let scheme = if scheme == "s3a" { "s3" } else { scheme };
+    Ok(Some(format!("{scheme}://{}", rest.trim_end_matches('/'))))
+}
+
 pub fn location_url(s: &str) -> String {
     if s.contains("://") {
         s.to_string()
@@ -203,6 +232,34 @@ pub fn location_url(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_store_urls_need_a_bucket() {
+        assert_eq!(object_store_url("lake/w"), Ok(None));
+        assert_eq!(object_store_url("file:///tmp/w"), Ok(None));
+        assert_eq!(
+            object_store_url("s3a://b/w/"),
+            Ok(Some("s3://b/w".to_string()))
+        );
+        assert_eq!(
+            object_store_url("gs://b/w"),
+            Ok(Some("gs://b/w".to_string()))
+        );
+        assert_eq!(
+            object_store_url("abfss://fs@acct.dfs.core.windows.net/w"),
+            Ok(Some("abfss://fs@acct.dfs.core.windows.net/w".to_string()))
+        );
+        assert!(
+            object_store_url("gs:///w")
+                .unwrap_err()
+                .contains("gs://bucket/prefix")
+        );
+        assert!(
+            object_store_url("hdfs://nn/w")
+                .unwrap_err()
+                .contains("abfss://")
+        );
+    }
 
     #[test]
     fn unknown_fields_get_a_suggestion() {

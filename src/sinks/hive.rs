@@ -14,7 +14,7 @@ use super::{
     storage_options,
 };
 use crate::config::units::{ByteSize, EnvString, HumanDuration, Spanned, secret_env_names};
-use crate::config::{ConfigError, Plan, SourceText, absolute};
+use crate::config::{ConfigError, Plan, SourceText, absolute, object_store_url};
 
 /// `[sink]` with `type = "hive"`: Hive-style `key=value/` directories of Parquet files,
 /// committed exactly-once.
@@ -115,25 +115,13 @@ impl SinkSection for HiveSection {
 
 fn hive(src: &SourceText<'_>, s: &HiveSection, pipeline: &str) -> Result<Hive, ConfigError> {
     let path = &s.path.get_ref().0;
-    let url = if path.starts_with("s3://") || path.starts_with("s3a://") {
-        let rest = path.split_once("://").map(|(_, r)| r).unwrap_or("");
-        if rest.split('/').next().unwrap_or("").is_empty() {
-            return Err(src.error(
-                Some(s.path.span()),
-                "path needs a bucket: write \"s3://bucket/prefix\"",
-            ));
+    let url = match object_store_url(path) {
+        Ok(Some(url)) => url,
+        Ok(None) => {
+            let dir = absolute(path.strip_prefix("file://").unwrap_or(path));
+            format!("file://{}", dir.display())
         }
-        format!("s3://{rest}")
-    } else if path.contains("://") && !path.starts_with("file://") {
-        return Err(src.error(
-            Some(s.path.span()),
-            format!(
-                "path {path}: this build writes Hive tables to a directory, file:// or s3:// URL"
-            ),
-        ));
-    } else {
-        let dir = absolute(path.strip_prefix("file://").unwrap_or(path));
-        format!("file://{}", dir.display())
+        Err(m) => return Err(src.error(Some(s.path.span()), format!("path {m}"))),
     };
     let storage = storage_options(src, &s.storage, Some(s.path.span()))?.0;
     let parse_list = |list: &[Spanned<String>]| -> Result<Vec<String>, ConfigError> {

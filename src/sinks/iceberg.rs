@@ -19,7 +19,7 @@ use super::{
     storage_options,
 };
 use crate::config::units::{ByteSize, EnvString, EnvUrl, HumanDuration, Spanned};
-use crate::config::{ConfigError, Plan, SourceText, absolute};
+use crate::config::{ConfigError, Plan, SourceText, absolute, object_store_url};
 
 /// `[sink]` with `type = "iceberg"`.
 #[derive(Debug, Deserialize)]
@@ -187,12 +187,15 @@ impl SinkSection for IcebergSection {
             return Ok((sink, warehouse));
         }
         // Checkpoints go next to the warehouse: `<parent>/state`.
-        let state = match warehouse.strip_prefix("s3://") {
-            Some(rest) => match rest.trim_end_matches('/').rsplit_once('/') {
-                Some((parent, _)) => format!("s3://{parent}/state"),
-                None => format!("s3://{rest}/state"),
-            },
-            None => {
+        let state = match object_store_url(&warehouse) {
+            Ok(Some(url)) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("", &url));
+                match rest.rsplit_once('/') {
+                    Some((parent, _)) => format!("{scheme}://{parent}/state"),
+                    None => format!("{scheme}://{rest}/state"),
+                }
+            }
+            _ => {
                 let dir = PathBuf::from(&warehouse);
                 let state = dir.parent().unwrap_or(&dir).join("state");
                 format!("file://{}", state.display())
@@ -322,15 +325,10 @@ fn sql_catalog(
         ));
     };
     let warehouse_text = warehouse.0.strip_prefix("file://").unwrap_or(&warehouse.0);
-    let warehouse = if warehouse_text.starts_with("s3://") {
-        warehouse_text.trim_end_matches('/').to_string()
-    } else if warehouse_text.contains("://") {
-        return Err(src.error(
-            None,
-            "[sink.catalog] warehouse must be a local directory, a file:// or an s3:// URL",
-        ));
-    } else {
-        absolute(warehouse_text).display().to_string()
+    let warehouse = match object_store_url(warehouse_text) {
+        Ok(Some(url)) => url,
+        Ok(None) => absolute(warehouse_text).display().to_string(),
+        Err(m) => return Err(src.error(None, format!("[sink.catalog] warehouse {m}"))),
     };
     let catalog = CatalogConfig {
         name: cat.name.clone().unwrap_or_else(|| "lakeshore".into()),
@@ -543,7 +541,7 @@ impl SinkConnector for Iceberg {
                 })?;
             }
         }
-        if !catalog.warehouse.starts_with("s3://") {
+        if !catalog.warehouse.contains("://") {
             std::fs::create_dir_all(&catalog.warehouse).map_err(|e| {
                 Error::config(format!(
                     "cannot create the warehouse {}; check [sink.catalog] warehouse",

@@ -132,7 +132,8 @@ fn file_sizes(
     Ok((target, row_group))
 }
 
-/// `[sink] storage`: S3 settings, every key one object_store knows.
+/// `[sink] storage`: object-store settings, every key one `object_store` knows for S3,
+/// Google Cloud Storage or Azure.
 fn storage_options(
     src: &SourceText<'_>,
     storage: &BTreeMap<String, EnvString>,
@@ -143,13 +144,14 @@ fn storage_options(
         .map(|(k, v)| (k.clone(), v.0.clone()))
         .collect();
     if let Some(k) = storage.keys().find(|k| {
-        k.to_ascii_lowercase()
-            .parse::<object_store::aws::AmazonS3ConfigKey>()
-            .is_err()
+        let k = k.to_ascii_lowercase();
+        k.parse::<object_store::aws::AmazonS3ConfigKey>().is_err()
+            && k.parse::<object_store::gcp::GoogleConfigKey>().is_err()
+            && k.parse::<object_store::azure::AzureConfigKey>().is_err()
     }) {
         return Err(src.error(
             span,
-            format!("[sink] storage key `{k}` is unknown; use endpoint, region, access_key_id, secret_access_key, session_token, allow_http or another object_store S3 setting"),
+            format!("[sink] storage key `{k}` is unknown; use an object_store setting: for S3 endpoint, region, access_key_id, secret_access_key, session_token; for Google Cloud Storage google_service_account, google_service_account_key; for Azure azure_storage_account_name, azure_storage_account_key, azure_storage_sas_key; allow_http for any"),
         ));
     }
     // Storage reached without TLS, or without checking its certificate: said, not refused

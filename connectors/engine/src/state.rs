@@ -57,13 +57,13 @@ pub(crate) fn open_store(
             .with_source(e)
         })?;
     }
-    let (store, base) = object_store::parse_url_opts(&parsed, storage.with_env()).map_err(|e| {
+    let (store, base) = lakeshore_api::open_store(&parsed, &storage.with_env()).map_err(|e| {
         Error::config(format!(
             "unsupported state location {url}; check [pipeline] state"
         ))
         .with_source(e)
     })?;
-    Ok((Arc::from(store), base))
+    Ok((store, base))
 }
 
 /// The JSON record at `path` (`what` names it in errors), or `None` if there is none.

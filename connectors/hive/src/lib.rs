@@ -175,14 +175,14 @@ impl HiveSink {
             })?;
         }
         let (store, root) =
-            object_store::parse_url_opts(&url, opts.storage.with_env()).map_err(|e| {
+            lakeshore_api::open_store(&url, &opts.storage.with_env()).map_err(|e| {
                 Error::config(format!(
                     "[sink] path {}: {e}; check [sink] path and storage",
                     opts.url
                 ))
             })?;
         let settings = Arc::new(Settings {
-            store: Arc::from(store),
+            store,
             props: writer_properties(opts.codec, opts.row_group_bytes),
             target_file_size: opts.target_file_size,
             max_open_files: opts.max_open_files,

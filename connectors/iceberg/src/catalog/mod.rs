@@ -15,7 +15,6 @@
 //! and re-validates, the same code for both catalogs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use iceberg::spec::TableMetadataBuildResult;
 use iceberg::table::Table;
@@ -25,6 +24,7 @@ use lakeshore_api::{Error, Result, StorageOptions};
 mod auth;
 mod rest;
 mod sql;
+mod storage;
 
 pub use auth::{RestAuth, SigV4};
 pub use lakeshore_api::url::redact;
@@ -208,41 +208,6 @@ pub(crate) async fn discard(file_io: &iceberg::io::FileIO, files: &[String]) {
         if let Err(e) = file_io.delete(f).await {
             tracing::debug!(file = %f, error = %e, "could not remove a file of a failed commit attempt");
         }
-    }
-}
-
-/// The warehouse's S3 settings as iceberg FileIO properties. An explicit endpoint (MinIO,
-/// moto, any S3-compatible store) is addressed path-style.
-fn s3_props(storage: &StorageOptions) -> Vec<(String, String)> {
-    let mut props = Vec::new();
-    for (k, v) in &storage.0 {
-        let key = match k.to_ascii_lowercase().trim_start_matches("aws_") {
-            "endpoint" | "endpoint_url" => {
-                props.push(("s3.path-style-access".to_string(), "true".to_string()));
-                "s3.endpoint"
-            }
-            "region" | "default_region" => "s3.region",
-            "access_key_id" => "s3.access-key-id",
-            "secret_access_key" => "s3.secret-access-key",
-            "session_token" | "token" => "s3.session-token",
-            // object_store settings with no FileIO counterpart (allow_http: the endpoint's
-            // scheme says it).
-            _ => continue,
-        };
-        props.push((key.to_string(), v.clone()));
-    }
-    props
-}
-
-/// The storage behind a warehouse or table location: S3 for `s3://` (and `s3a://`),
-/// the local file system otherwise.
-fn storage_factory(location: &str) -> Arc<dyn iceberg::io::StorageFactory> {
-    if location.starts_with("s3://") || location.starts_with("s3a://") {
-        Arc::new(iceberg_storage_opendal::OpenDalStorageFactory::S3 {
-            customized_credential_load: None,
-        })
-    } else {
-        Arc::new(iceberg::io::LocalFsStorageFactory)
     }
 }
 

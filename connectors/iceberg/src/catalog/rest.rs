@@ -30,7 +30,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use super::auth::Authenticator;
-use super::{Backend, CatalogConfig, RestConfig, redact, s3_props, storage_factory};
+use super::storage::factory_and_props;
+use super::{Backend, CatalogConfig, RestConfig, redact};
 use crate::error::ice;
 
 pub(super) struct RestBackend {
@@ -243,8 +244,9 @@ impl RestBackend {
             .with_source(e)
         })?;
         let location = loaded.metadata.location().to_string();
+        let (factory, storage_props) = factory_and_props(&location, &self.storage);
         let mut props = self.props.clone();
-        props.extend(s3_props(&self.storage));
+        props.extend(storage_props);
         props.extend(loaded.config);
         if let Some(creds) = loaded.storage_credentials
             && let Some(best) = creds
@@ -254,9 +256,7 @@ impl RestBackend {
         {
             props.extend(best.config);
         }
-        let file_io = FileIOBuilder::new(storage_factory(&location))
-            .with_props(props)
-            .build();
+        let file_io = FileIOBuilder::new(factory).with_props(props).build();
         let mut builder = Table::builder()
             .identifier(ident.clone())
             .file_io(file_io)

@@ -16,7 +16,8 @@ use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 use lakeshore_api::{Error, Result};
 use sqlx::AnyPool;
 
-use super::{Backend, CatalogConfig, discard, redact, s3_props, storage_factory};
+use super::storage::factory_and_props;
+use super::{Backend, CatalogConfig, discard, redact};
 use crate::error::ice;
 
 pub(super) struct SqlBackend {
@@ -62,9 +63,8 @@ impl SqlBackend {
             ("warehouse".to_string(), cfg.warehouse.clone()),
             ("sql_bind_style".to_string(), style.to_string()),
         ]);
-        if cfg.warehouse.starts_with("s3://") {
-            props.extend(s3_props(&cfg.storage));
-        }
+        let (factory, storage_props) = factory_and_props(&cfg.warehouse, &cfg.storage);
+        props.extend(storage_props);
         let unreachable = |e: &dyn std::fmt::Display| {
             Error::config(format!(
                 "cannot open the Iceberg SQL catalog at {} ({e}); check [sink.catalog] uri",
@@ -72,7 +72,7 @@ impl SqlBackend {
             ))
         };
         let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(storage_factory(&cfg.warehouse))
+            .with_storage_factory(factory)
             .load(cfg.name.clone(), props)
             .await
             .map_err(|e| unreachable(&e))?;

@@ -66,18 +66,14 @@ pub async fn remove_orphans(
     };
     let url = url::Url::parse(&url_text)
         .map_err(|e| Error::config(format!("table location {location} is not a URL: {e}")))?;
-    let (store, base) = object_store::parse_url_opts(&url, storage.with_env())
+    let (store, base) = lakeshore_api::open_store(&url, &storage.with_env())
         .map_err(|e| Error::config(format!("cannot list {location}: {e}; check [sink] storage")))?;
     // Listed names are relative to the store's root: give them the table's form back.
     let full = |p: &object_store::path::Path| -> String {
         if local {
             format!("/{p}")
         } else {
-            format!(
-                "{}://{}/{p}",
-                url.scheme(),
-                url.host_str().unwrap_or_default()
-            )
+            format!("{}://{}/{p}", url.scheme(), url.authority())
         }
     };
     let references = referenced(table).await?;
