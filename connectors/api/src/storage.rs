@@ -64,13 +64,16 @@ pub fn open_store(
 }
 
 /// Google Cloud Storage through OpenDAL: `object_store`'s own GCS client speaks the XML
-/// API, which the GCS emulators we test against do not serve; OpenDAL speaks the JSON
-/// API, which they and GCS both do.
+/// API, which the GCS emulators we test against do not serve (uploads); OpenDAL speaks
+/// the JSON API, which they and GCS both do. OpenDAL 0.58, not iceberg's 0.57, whose GCS
+/// upload encodes an object name twice (`dt=1` lands as `dt%3D1`).
 fn gcs_store(
     url: &::url::Url,
     options: &[(String, String)],
 ) -> object_store::Result<object_store_opendal::OpendalStore> {
     use base64::Engine as _;
+    // The process-wide HTTP transport (reqwest with rustls); installed once.
+    opendal::install_default();
     let mut cfg = opendal::services::GcsConfig::default();
     cfg.bucket = url.host_str().unwrap_or_default().to_string();
     for (k, v) in options {
@@ -97,8 +100,7 @@ fn gcs_store(
             store: "GCS",
             source: Box::new(e),
         })?
-        .layer(opendal::layers::RetryLayer::new())
-        .finish();
+        .layer(opendal::layers::RetryLayer::new());
     Ok(object_store_opendal::OpendalStore::new(op))
 }
 

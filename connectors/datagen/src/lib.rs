@@ -59,6 +59,8 @@ pub struct DatagenSource {
     /// Rate limiting: when event `paced_from` was due.
     started: Instant,
     paced_from: u64,
+    /// The end-of-input watermark went out (a bounded run generated its last event).
+    ended: bool,
 }
 
 impl DatagenSource {
@@ -81,6 +83,7 @@ impl DatagenSource {
             barrier: None,
             started: Instant::now(),
             paced_from: next,
+            ended: false,
         })
     }
 
@@ -167,6 +170,13 @@ impl Source for DatagenSource {
             return Ok(Some(ev));
         }
         let Some(end) = self.chunk_end() else {
+            // Every event is out and no other will come, of any event time: the
+            // watermark passes the end of time (Flink's end of input), so the final
+            // checkpoint completes every event-time partition (Hive `_SUCCESS`).
+            if !self.ended {
+                self.ended = true;
+                return Ok(Some(SourceEvent::Watermark(i64::MAX)));
+            }
             return Ok(None);
         };
         if self.schema_change_due && self.opts.add_column_at == Some(self.next) {
@@ -269,6 +279,17 @@ mod tests {
         assert_eq!(rows, 1000);
         assert!(barriers.windows(2).all(|w| w[0] <= w[1]));
         assert!(barriers.iter().all(|b| b % 100 == 0));
+    }
+
+    #[tokio::test]
+    async fn a_bounded_run_ends_with_the_end_of_time_watermark() {
+        let mut src = DatagenSource::open(opts(Profile::Nexmark, 300), None).unwrap();
+        let mut last = None;
+        while let Some(ev) = src.next_event().await.unwrap() {
+            last = Some(ev);
+        }
+        assert!(matches!(last, Some(SourceEvent::Watermark(i64::MAX))));
+        assert!(src.next_event().await.unwrap().is_none());
     }
 
     #[tokio::test]
