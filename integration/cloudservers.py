@@ -43,7 +43,26 @@ def wait_for(url, proc, log, what):
             time.sleep(0.2)
 
 
-class FakeGcs:
+class Emulator:
+    """What both emulators share: a server process and a pyarrow file system over it."""
+    proc: subprocess.Popen
+    fs: object
+
+    def bucket(self, name):
+        """Create a bucket (GCS) or container (Azure)."""
+        self.fs.create_dir(name)
+        return name
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:  # Azurite may linger over its shutdown
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class FakeGcs(Emulator):
     name = "gcs"
     scheme = "gs"
 
@@ -67,10 +86,6 @@ class FakeGcs:
         return pf.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
                                 project_id="lakeshore-test")
 
-    def bucket(self, name):
-        self.fs.create_dir(name)
-        return name
-
     def url(self, bucket, path):
         return f"gs://{bucket}/{path}"
 
@@ -83,12 +98,7 @@ class FakeGcs:
         return {"py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO", "gcs.service.host": self.endpoint,
                 "gcs.oauth2.token": "emulator", "gcs.oauth2.token-expires-at": "4102444800000"}
 
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-class Azurite:
+class Azurite(Emulator):
     name = "azure"
     scheme = "abfs"
 
@@ -111,10 +121,6 @@ class Azurite:
                                   blob_storage_authority=authority, blob_storage_scheme="http",
                                   dfs_storage_authority=authority, dfs_storage_scheme="http")
 
-    def bucket(self, name):
-        self.fs.create_dir(name)
-        return name
-
     def url(self, container, path):
         # abfs://<container>/<path>: the form object_store and pyiceberg's pyarrow both read.
         return f"abfs://{container}/{path}"
@@ -130,10 +136,6 @@ class Azurite:
                 "adls.account-key": AZURE_KEY, "adls.blob-storage-authority": authority,
                 "adls.blob-storage-scheme": "http", "adls.dfs-storage-authority": authority,
                 "adls.dfs-storage-scheme": "http"}
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def keys(store, bucket, prefix=""):
