@@ -8,6 +8,7 @@
 #   integration/bench.sh daemon [--pipelines 1,20] [--hold 30]
 #   integration/bench.sh maintenance [--rows 1000000] [--checkpoints 1000]
 #   integration/bench.sh rest [--sizes 1000000] [--orders 1000000]   (SQL vs REST catalog)
+#   integration/bench.sh always-fast [--rows 1000000] [--rate 5000] [--minutes 20] [--sample 60] [--sink TOML]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -46,6 +47,10 @@ if [ "${1:-}" = rest ]; then
   shift
   integration/lakana.sh install
   exec "$VENV/bin/python" integration/bench_rest.py "$@"
+fi
+if [ "${1:-}" = always-fast ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_always_fast.py "$@"
 fi
 if [ "${1:-}" = daemon ]; then
   shift
