@@ -191,12 +191,6 @@ pub fn absolute(path: &str) -> PathBuf {
     }
 }
 
-/// A directory or URL as a URL (`file://` for directories).
-/// Object-store URL schemes a warehouse, a Hive table or checkpoint state may live at:
-/// S3, Google Cloud Storage, Azure Blob Storage / ADLS Gen2.
-pub const OBJECT_STORE_SCHEMES: &[&str] =
-    &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"];
-
 /// `Some(url)` (without a trailing `/`, `s3a` spelled `s3`) when `s` is an object-store
 /// URL with a bucket or container; `None` for a local path or `file://`; `Err` with
 /// what to write instead for anything else.
@@ -207,7 +201,7 @@ pub fn object_store_url(s: &str) -> Result<Option<String>, String> {
     if scheme == "file" {
         return Ok(None);
     }
-    if !OBJECT_STORE_SCHEMES.contains(&scheme) {
+    if !lakeshore_api::OBJECT_STORE_SCHEMES.contains(&scheme) {
         return Err(format!(
             "{s}: write a local directory or a file://, s3://, gs://, az:// or abfss:// URL"
         ));
@@ -221,6 +215,7 @@ pub fn object_store_url(s: &str) -> Result<Option<String>, String> {
     Ok(Some(format!("{scheme}://{}", rest.trim_end_matches('/'))))
 }
 
+/// A directory or URL as a URL (`file://` for directories).
 pub fn location_url(s: &str) -> String {
     if s.contains("://") {
         s.to_string()

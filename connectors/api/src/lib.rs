@@ -26,7 +26,7 @@ mod storage;
 pub mod url;
 pub use error::{Context, Error, ErrorKind, Result};
 pub use ledger::{Acquired, Ledger};
-pub use storage::{StorageOptions, open_store};
+pub use storage::{OBJECT_STORE_SCHEMES, StorageOptions, open_store};
 
 /// What happened to one row.
 ///

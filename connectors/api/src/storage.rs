@@ -14,13 +14,25 @@ impl std::fmt::Debug for StorageOptions {
 }
 
 impl StorageOptions {
-    /// `AWS_*` and other environment settings first, then the explicit ones (which win).
+    /// The `AWS_*`, `GOOGLE_*` and `AZURE_*` environment first (the variables
+    /// `object_store` reads; nothing else of the environment, so other secrets never
+    /// reach a store's settings), then the explicit ones (which win). Keys lowercased,
+    /// as `object_store` parses them.
     pub fn with_env(&self) -> Vec<(String, String)> {
         std::env::vars()
+            .filter(|(k, _)| CLOUD_ENV_PREFIXES.iter().any(|p| k.starts_with(p)))
             .chain(self.0.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect()
     }
 }
+
+const CLOUD_ENV_PREFIXES: &[&str] = &["AWS_", "GOOGLE_", "AZURE_"];
+
+/// URL schemes of the object stores [`open_store`] opens besides `file://`: S3, Google
+/// Cloud Storage, Azure Blob Storage / ADLS Gen2.
+pub const OBJECT_STORE_SCHEMES: &[&str] =
+    &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"];
 
 /// The object store holding `url` and the path of `url` inside it, for the state store,
 /// the Hive sink, orphan-file listing and the Iceberg warehouse's files on Google Cloud

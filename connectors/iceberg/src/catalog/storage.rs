@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// The iceberg storage factory for files under `location`, with the FileIO properties
-/// it needs from `storage` (the pipeline's settings; for `object_store` backends also
-/// the `GOOGLE_*`/`AZURE_*` environment, the explicit settings winning).
+/// it needs from `storage` (the pipeline's settings; for `object_store` backends with
+/// the cloud environment, [`StorageOptions::with_env`]).
 pub(crate) fn factory_and_props(
     location: &str,
     storage: &StorageOptions,
@@ -44,10 +44,7 @@ pub(crate) fn factory_and_props(
             }),
             s3_props(storage),
         ),
-        Scheme::ObjectStore => (
-            Arc::new(ObjectStoreStorageFactory),
-            object_store_props(storage),
-        ),
+        Scheme::ObjectStore => (Arc::new(ObjectStoreStorageFactory), storage.with_env()),
         Scheme::Local => (Arc::new(iceberg::io::LocalFsStorageFactory), Vec::new()),
     }
 }
@@ -61,22 +58,9 @@ enum Scheme {
 fn scheme(location: &str) -> Scheme {
     match location.split_once("://").map(|(s, _)| s) {
         Some("s3" | "s3a") => Scheme::S3,
-        Some("gs" | "az" | "azure" | "abfs" | "abfss" | "adl") => Scheme::ObjectStore,
+        Some(s) if lakeshore_api::OBJECT_STORE_SCHEMES.contains(&s) => Scheme::ObjectStore,
         _ => Scheme::Local,
     }
-}
-
-fn object_store_props(storage: &StorageOptions) -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .chain(
-            storage
-                .0
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-        )
-        .collect()
 }
 
 /// The warehouse's S3 settings as iceberg FileIO properties. An explicit endpoint (MinIO,
@@ -110,7 +94,7 @@ pub(crate) struct ObjectStoreStorageFactory;
 impl StorageFactory for ObjectStoreStorageFactory {
     fn build(&self, config: &StorageConfig) -> Result<Arc<dyn Storage>> {
         Ok(Arc::new(ObjectStoreStorage {
-            props: config.props().clone(),
+            props: config.props().clone().into_iter().collect(),
             stores: Arc::default(),
         }))
     }
@@ -120,7 +104,7 @@ impl StorageFactory for ObjectStoreStorageFactory {
 /// first use from the properties.
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct ObjectStoreStorage {
-    props: HashMap<String, String>,
+    props: Vec<(String, String)>,
     #[serde(skip)]
     stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
 }
@@ -129,7 +113,10 @@ impl std::fmt::Debug for ObjectStoreStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Property values may be secrets.
         f.debug_struct("ObjectStoreStorage")
-            .field("props", &self.props.keys().collect::<Vec<_>>())
+            .field(
+                "props",
+                &self.props.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -156,9 +143,8 @@ impl ObjectStoreStorage {
         if let Some(store) = stores.get(&key) {
             return Ok((store.clone(), path));
         }
-        let props: Vec<(String, String)> = self.props.clone().into_iter().collect();
-        let (store, _) =
-            lakeshore_api::open_store(&url, &props).map_err(|e| store_error("open", &key, e))?;
+        let (store, _) = lakeshore_api::open_store(&url, &self.props)
+            .map_err(|e| store_error("open", &key, e))?;
         stores.insert(key, store.clone());
         Ok((store, path))
     }
@@ -318,7 +304,7 @@ mod tests {
     #[test]
     fn debug_hides_values() {
         let s = ObjectStoreStorage {
-            props: [("azure_storage_account_key".into(), "hunter2".into())].into(),
+            props: vec![("azure_storage_account_key".into(), "hunter2".into())],
             stores: Arc::default(),
         };
         let shown = format!("{s:?}");
