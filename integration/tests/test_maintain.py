@@ -7,6 +7,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -361,3 +362,59 @@ def test_many_small_delete_files_merge_without_a_rewrite(tmp_path, duck):
     assert digest(duck, p) == before
     assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)
     assert "partitions merged" not in maintain(p)
+
+
+def test_the_daemon_keeps_tables_compacted_without_settings(tmp_path, duck):
+    """No `[sink.maintenance]`: the daemon compacts an upsert table under changes as its
+    estimated read cost grows, one round at a time within its time share (a round starts
+    no sooner than 4x the previous one's duration after it), expires snapshots beyond the
+    newest 100, deletes metadata files that leave the log, and leaves the table compacted
+    when the bounded run ends; every row equals the generator's. The same pipeline with
+    `auto = false` beside it: never compacted, its delete files pile up."""
+    from test_daemon import Daemon
+
+    d = tmp_path / "pipelines"
+    d.mkdir()
+    source = {"type": "datagen", "profile": "orders", "events": 150_000, "initial_rows": 20_000, "seed": 9,
+              "rate": 5_000, "batch_events": 500}
+    auto = Pipeline(d, "auto", source, {"namespace": "shop", "mode": "upsert"}, interval="100ms")
+    manual = Pipeline(d, "manual", source, {"namespace": "manual", "mode": "upsert", "maintenance": {"auto": False}},
+                      interval="100ms")
+    daemon = Daemon(d, [d])
+    peak = 0
+    try:
+        # The daemon exits once both bounded pipelines have finished.
+        while daemon.proc.poll() is None:
+            try:
+                peak = max(peak, sum(files_by_content(duck, auto).values()))
+            except (KeyError, sqlite3.OperationalError):  # not created yet
+                pass
+            time.sleep(0.5)
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop()
+    log = daemon.log.read_text()
+    assert daemon.proc.returncode == 0, log[-3000:]
+    rounds = [(m.group(1), int(m.group(3))) for m in re.finditer(
+        r"^(\S+)Z .*maintenance done pipeline=(\w+) .*took_ms=(\d+)", log, re.M) if m.group(2) == "auto"]
+    assert len(rounds) >= 3, log[-3000:]
+    assert "pipeline=manual" not in "".join(line for line in log.splitlines() if "maintenance done" in line)
+
+    from datetime import datetime
+    at = [datetime.fromisoformat(t).timestamp() for t, _ in rounds]
+    for (end_a, (_, took_a)), (end_b, (_, took_b)) in zip(zip(at, rounds), zip(at[1:], rounds[1:])):
+        gap = (end_b - took_b / 1000) - end_a
+        assert gap >= 4 * took_a / 1000 - 0.01, (gap, took_a, rounds)
+
+    left = files_by_content(duck, auto)
+    assert left.get("DATA") == 1 and not left.get("DELETE"), left
+    piled = files_by_content(duck, manual)
+    assert piled.get("DELETE", 0) >= 60, piled
+    assert peak < sum(piled.values()) / 3, (peak, piled)
+    snapshots = lake.pyiceberg_table(auto.catalog_db, auto.warehouse, "shop.orders").snapshots()
+    assert len(snapshots) <= 126 and re.search(r"maintenance done pipeline=auto .*expired=[1-9]", log), len(snapshots)
+    assert len(lake.pyiceberg_table(manual.catalog_db, manual.warehouse, "manual.orders").snapshots()) > 126
+    metadata = list((auto.warehouse / "shop" / "orders" / "metadata").glob("*.metadata.json"))
+    assert len(metadata) <= 102, len(metadata)
+    for p in (auto, manual):
+        assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)

@@ -394,11 +394,17 @@ impl Daemon {
         let done_in_task = done.clone();
         let task = tokio::spawn(async move {
             let observer = Arc::new(status.clone());
-            // [sink.maintenance] interval: compaction alongside the pipeline.
-            let maintenance = plan
+            // [sink.maintenance]: compaction alongside the pipeline, as its tables' read
+            // cost grows (auto) and at a fixed interval.
+            let mut maintenance: Vec<_> = plan
                 .sink
                 .maintenance_interval()
-                .map(|i| tokio::spawn(crate::maintain::every(plan.clone(), i)));
+                .map(|i| tokio::spawn(crate::maintain::every(plan.clone(), i)))
+                .into_iter()
+                .collect();
+            if plan.sink.auto_maintenance() {
+                maintenance.push(tokio::spawn(crate::maintain::auto(plan.clone())));
+            }
             let result = pipeline::run(
                 &plan,
                 false,
@@ -408,7 +414,7 @@ impl Daemon {
                 Some(&mut commands),
             )
             .await;
-            if let Some(m) = maintenance {
+            for m in maintenance {
                 m.abort();
             }
             let stopped = *stop_rx.borrow();
@@ -416,6 +422,8 @@ impl Daemon {
                 Ok(summary) => {
                     tracing::info!(pipeline = %plan.name, checkpoint = ?summary.last_checkpoint, "stopped");
                     if !stopped {
+                        // A bounded run ends with its tables compacted.
+                        crate::maintain::settle(plan.clone()).await;
                         status.update(|s| s.phase = Phase::Finished);
                     }
                 }

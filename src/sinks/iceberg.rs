@@ -75,18 +75,36 @@ pub struct IcebergSection {
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceSection {
-    /// How often the daemon (`lakeshore run`) maintains the pipeline's tables, e.g.
-    /// `"10m"`. Default: never (only `lakeshore maintain`).
+    /// The daemon (`lakeshore run`) compacts a table on its own once its estimated read
+    /// cost reaches `compact_at`, the worst table first, within `time_share`. Default
+    /// `true`; `false` leaves maintenance to `interval` and `lakeshore maintain`.
+    pub auto: Option<Spanned<bool>>,
+    /// Estimated full-scan cost, as a multiple of the same rows written once, at which
+    /// the daemon compacts a table (from each commit's file counts: data and delete files,
+    /// deleted rows, small files). Default `1.25`; at least `1.05`.
+    pub compact_at: Option<Spanned<f64>>,
+    /// Share of the wall-clock time the daemon's maintenance may take (over all its
+    /// pipelines), so ingestion keeps the rest. Default `0.2`; between `0.01` and `1.0`.
+    pub time_share: Option<Spanned<f64>>,
+    /// Maintain every table of the pipeline (compaction by `compact_when`, expiry,
+    /// orphans) at this interval too, e.g. `"1h"`. Default: only as `auto` decides.
     pub interval: Option<Spanned<HumanDuration>>,
     /// When a partition is compacted (any one suffices), e.g.
-    /// `{ delete_files = 10, deleted_ratio = 0.1, small_files = 10 }` (the defaults).
+    /// `{ delete_files = 10, deleted_ratio = 0.1, small_files = 10 }` (the defaults for
+    /// `interval` and `lakeshore maintain`; `auto` compacts a due table's partitions at
+    /// 2 delete files, 0.1 or 2 small files unless this is set).
     pub compact_when: Option<CompactWhenSection>,
     /// Size of the files compaction writes. Default: the sink's `target_file_size`.
     pub target_file_size: Option<Spanned<ByteSize>>,
     /// Expire snapshots older than this, e.g. `"5d"`, and delete the files only they
-    /// reach. Default: keep every snapshot. A pipeline's newest commit and those after it
-    /// are always kept (its recovery reads them).
+    /// reach. Default: none by age. A pipeline's newest commit and those after it are
+    /// always kept (its recovery reads them).
     pub expire_snapshots_older_than: Option<Spanned<HumanDuration>>,
+    /// Expire snapshots beyond the newest this many (checked when there are a quarter
+    /// more), and delete the files only they reach. Default with `auto` on an SQL
+    /// catalog and no `expire_snapshots_older_than`: `100` (every snapshot is in the
+    /// table's metadata file, which every reader and commit reads); else none by count.
+    pub max_snapshots: Option<Spanned<usize>>,
     /// Snapshots always kept, however old. Default 1.
     pub keep_last_snapshots: Option<Spanned<usize>>,
     /// Delete files under the table's location that no snapshot references (left by
@@ -255,6 +273,7 @@ fn iceberg(src: &SourceText<'_>, s: &IcebergSection) -> Result<(SinkPlan, String
         }
         partitioning.insert(table.clone(), list);
     }
+    let sql = catalog.rest.is_none();
     let options = IcebergOptions {
         catalog,
         namespace: namespace.clone(),
@@ -262,8 +281,12 @@ fn iceberg(src: &SourceText<'_>, s: &IcebergSection) -> Result<(SinkPlan, String
         max_open_files: max_open_files(src, &s.max_open_files)?,
         codec: s.compression.unwrap_or_default(),
         row_group_bytes,
-        maintenance: maintenance(src, s.maintenance.as_ref(), target_file_size)?,
+        maintenance: with_default_retention(
+            maintenance(src, s.maintenance.as_ref(), target_file_size)?,
+            sql,
+        ),
         mode: s.mode.as_ref().map(|m| *m.get_ref()),
+        read_costs: Default::default(),
     };
     Ok((
         Arc::new(Iceberg {
@@ -444,6 +467,7 @@ fn maintenance(
     let Some(m) = m else {
         return Ok(lakeshore_iceberg::MaintenanceOptions {
             target_file_size: sink_file_size,
+            auto: Some(lakeshore_iceberg::AutoMaintenance::default()),
             ..Default::default()
         });
     };
@@ -466,22 +490,34 @@ fn maintenance(
             "interval must be at least \"1s\" (e.g. \"10m\")",
         ));
     }
+    let compact_when = lakeshore_iceberg::compact::CompactWhen {
+        delete_files: when
+            .and_then(|w| w.delete_files)
+            .unwrap_or(defaults.delete_files),
+        deleted_ratio: ratio.map_or(defaults.deleted_ratio, |r| *r.get_ref()),
+        small_files: when
+            .and_then(|w| w.small_files)
+            .unwrap_or(defaults.small_files),
+    };
     Ok(lakeshore_iceberg::MaintenanceOptions {
-        compact_when: lakeshore_iceberg::compact::CompactWhen {
-            delete_files: when
-                .and_then(|w| w.delete_files)
-                .unwrap_or(defaults.delete_files),
-            deleted_ratio: ratio.map_or(defaults.deleted_ratio, |r| *r.get_ref()),
-            small_files: when
-                .and_then(|w| w.small_files)
-                .unwrap_or(defaults.small_files),
-        },
+        auto: auto(src, m, when.map(|_| compact_when))?,
+        compact_when,
         target_file_size: if m.target_file_size.is_some() {
             target_file_size
         } else {
             sink_file_size
         },
         interval: m.interval.as_ref().map(|i| i.get_ref().0),
+        max_snapshots: match &m.max_snapshots {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(src.error(
+                    Some(n.span()),
+                    "max_snapshots must be at least 1 (the current snapshot stays); to keep \
+                     more history, raise it or set expire_snapshots_older_than alone",
+                ));
+            }
+            n => n.as_ref().map(|n| *n.get_ref()),
+        },
         expire_older_than: m
             .expire_snapshots_older_than
             .as_ref()
@@ -489,6 +525,68 @@ fn maintenance(
         keep_last: keep_last(src, m)?,
         remove_orphans_older_than: orphan_age(src, m)?,
     })
+}
+
+/// Snapshots kept by auto maintenance on an SQL catalog when nothing else is said.
+const DEFAULT_MAX_SNAPSHOTS: usize = 100;
+
+/// `m` with the default retention: with auto maintenance on a catalog lakeshore writes the
+/// metadata of (`sql`), and no retention set, the newest [`DEFAULT_MAX_SNAPSHOTS`]. A REST
+/// catalog keeps its own (many expire snapshots themselves, some refuse it).
+fn with_default_retention(
+    mut m: lakeshore_iceberg::MaintenanceOptions,
+    sql: bool,
+) -> lakeshore_iceberg::MaintenanceOptions {
+    if m.auto.is_some() && sql && m.expire_older_than.is_none() && m.max_snapshots.is_none() {
+        m.max_snapshots = Some(DEFAULT_MAX_SNAPSHOTS);
+    }
+    m
+}
+
+/// `auto`, `compact_at` and `time_share` of `[sink.maintenance]`; `compact_when` when the
+/// section sets it.
+fn auto(
+    src: &SourceText<'_>,
+    m: &MaintenanceSection,
+    compact_when: Option<lakeshore_iceberg::compact::CompactWhen>,
+) -> Result<Option<lakeshore_iceberg::AutoMaintenance>, ConfigError> {
+    let defaults = lakeshore_iceberg::AutoMaintenance::default();
+    let fraction = |v: &Option<Spanned<f64>>, range: std::ops::RangeInclusive<f64>, msg| match v {
+        Some(v) if !range.contains(v.get_ref()) => Err(src.error(Some(v.span()), msg)),
+        Some(v) => Ok(Some(*v.get_ref())),
+        None => Ok(None),
+    };
+    let compact_at = fraction(
+        &m.compact_at,
+        1.05..=1000.0,
+        "compact_at is a read-cost multiple of at least 1.05 (e.g. 1.25: a full scan at \
+         most a quarter slower than the same rows written once)",
+    )?;
+    let time_share = fraction(
+        &m.time_share,
+        0.01..=1.0,
+        "time_share is a fraction of the time between 0.01 and 1.0 (e.g. 0.2)",
+    )?;
+    if m.auto.as_ref().is_some_and(|a| !*a.get_ref()) {
+        if let Some(span) = m
+            .compact_at
+            .as_ref()
+            .or(m.time_share.as_ref())
+            .map(Spanned::span)
+        {
+            return Err(src.error(
+                Some(span),
+                "compact_at and time_share tune auto maintenance, which auto = false \
+                 turns off; remove them or the auto line",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(lakeshore_iceberg::AutoMaintenance {
+        compact_at: compact_at.unwrap_or(defaults.compact_at),
+        time_share: time_share.unwrap_or(defaults.time_share),
+        compact_when: compact_when.unwrap_or(defaults.compact_when),
+    }))
 }
 
 fn orphan_age(
@@ -572,6 +670,10 @@ impl SinkConnector for Iceberg {
 
     fn maintenance_interval(&self) -> Option<Duration> {
         self.options.maintenance.interval
+    }
+
+    fn auto_maintenance(&self) -> bool {
+        self.options.maintenance.auto.is_some()
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -61,6 +61,11 @@ pub trait SinkConnector: Debug + Send + Sync + 'static {
         None
     }
 
+    /// The daemon compacts the tables on its own (`[sink.maintenance] auto`).
+    fn auto_maintenance(&self) -> bool {
+        false
+    }
+
     /// For commands that work on one sink only (`maintain`).
     fn as_any(&self) -> &dyn Any;
 }

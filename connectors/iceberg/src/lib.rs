@@ -44,7 +44,7 @@ mod writer;
 
 pub use catalog::{CatalogConfig, CatalogHandle, RestAuth, RestConfig, SigV4};
 pub use lakeshore_api::files::{Codec, writer_properties};
-pub use maintain::{compact, expire, orphans};
+pub use maintain::{compact, expire, orphans, schedule};
 pub use schema::parse_partition_expr;
 
 use crate::commit::CommitOutcome;
@@ -82,6 +82,9 @@ pub struct IcebergOptions {
     pub row_group_bytes: usize,
     /// Table maintenance settings (`[sink.maintenance]`).
     pub maintenance: MaintenanceOptions,
+    /// Each table's read-cost estimate, kept by the sink's commits (shared by every sink
+    /// opened from these options, and read by the daemon's maintenance).
+    pub read_costs: Arc<schedule::ReadCosts>,
 }
 
 /// What maintenance did to one table.
@@ -108,12 +111,43 @@ pub struct MaintenanceOptions {
     pub target_file_size: u64,
     /// How often the daemon runs maintenance; `None`: only `lakeshore maintain`.
     pub interval: Option<std::time::Duration>,
-    /// Expire snapshots older than this; `None`: keep every snapshot.
+    /// Expire snapshots older than this; `None`: by age, none.
     pub expire_older_than: Option<std::time::Duration>,
+    /// Expire snapshots beyond the newest this many; `None`: by count, none.
+    pub max_snapshots: Option<usize>,
     /// Snapshots of the main branch always kept.
     pub keep_last: usize,
     /// Delete unreferenced files older than this; `None`: never.
     pub remove_orphans_older_than: Option<std::time::Duration>,
+    /// The daemon's own compaction, scheduled by read cost; `None`: off.
+    pub auto: Option<AutoMaintenance>,
+}
+
+/// The daemon's own compaction (`[sink.maintenance] auto`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoMaintenance {
+    /// A table is compacted once its estimated read cost is this many times that of its
+    /// rows written once.
+    pub compact_at: f64,
+    /// Maintenance takes at most this share of the wall-clock time (of the process).
+    pub time_share: f64,
+    /// What a scheduled compaction does to the partitions it looks at.
+    pub compact_when: compact::CompactWhen,
+}
+
+impl Default for AutoMaintenance {
+    fn default() -> Self {
+        AutoMaintenance {
+            compact_at: 1.25,
+            time_share: 0.2,
+            // Due tables are compacted: any two small files or delete files are worth it.
+            compact_when: compact::CompactWhen {
+                delete_files: 2,
+                deleted_ratio: 0.1,
+                small_files: 2,
+            },
+        }
+    }
 }
 
 impl Default for MaintenanceOptions {
@@ -123,8 +157,10 @@ impl Default for MaintenanceOptions {
             target_file_size: 128 << 20,
             interval: None,
             expire_older_than: None,
+            max_snapshots: None,
             keep_last: 1,
             remove_orphans_older_than: None,
+            auto: None,
         }
     }
 }
@@ -234,27 +270,49 @@ impl IcebergSink {
     /// `pending`: the pipeline's pending checkpoint (its files are kept from orphan
     /// cleanup).
     pub async fn maintain(&self, table: &str, pending: &[PendingCommit]) -> Result<Maintenance> {
+        let when = self.opts.maintenance.compact_when;
+        self.maintain_with(table, &when, Some(pending)).await
+    }
+
+    /// The daemon's scheduled compaction of `table` (`[sink.maintenance] auto`): as
+    /// [`Self::maintain`], with the schedule's `compact_when`, and orphan cleanup only
+    /// when `pending` is given.
+    pub async fn maintain_scheduled(
+        &self,
+        table: &str,
+        pending: Option<&[PendingCommit]>,
+    ) -> Result<Maintenance> {
+        let m = &self.opts.maintenance;
+        let when = m.auto.as_ref().map_or(m.compact_when, |a| a.compact_when);
+        self.maintain_with(table, &when, pending).await
+    }
+
+    async fn maintain_with(
+        &self,
+        table: &str,
+        when: &compact::CompactWhen,
+        pending: Option<&[PendingCommit]>,
+    ) -> Result<Maintenance> {
         let ident = self.ident(table);
         let loaded = self.load(&ident).await?;
         let (mut files, arrow_schema) = self.file_settings(&loaded)?;
         files.target_file_size = self.opts.maintenance.target_file_size as usize;
         let m = &self.opts.maintenance;
-        let report = compact::compact(
-            &self.catalog,
-            &ident,
-            &files,
-            &arrow_schema,
-            &m.compact_when,
-        )
-        .await?;
+        let report = compact::compact(&self.catalog, &ident, &files, &arrow_schema, when).await?;
         // Fewer manifests for readers (compaction's removals, one or two per commit).
         let merged = commit::merge_manifests(&self.catalog, &ident).await?;
-        let expired = match m.expire_older_than {
-            Some(age) => Some(expire::expire(&self.catalog, &ident, age, m.keep_last).await?),
-            None => None,
+        let keep = expire::Retention {
+            older_than: m.expire_older_than,
+            max_snapshots: m.max_snapshots,
+            keep_last: m.keep_last,
         };
-        let orphans = match m.remove_orphans_older_than {
-            Some(age) => {
+        let expired = if keep.due(&self.load(&ident).await?.metadata_ref()) {
+            Some(expire::expire(&self.catalog, &ident, &keep).await?)
+        } else {
+            None
+        };
+        let orphans = match (m.remove_orphans_older_than, pending) {
+            (Some(age), Some(pending)) => {
                 let current = self.load(&ident).await?;
                 // The pending checkpoint's files are written but not yet referenced.
                 let mut protected = std::collections::HashSet::new();
@@ -274,9 +332,12 @@ impl IcebergSink {
                 let storage = &self.opts.catalog.storage;
                 Some(orphans::remove_orphans(&current, age, storage, &protected).await?)
             }
-            None => None,
+            _ => None,
         };
         let stats = compact::stats(&self.load(&ident).await?).await?;
+        self.opts
+            .read_costs
+            .maintained(table, schedule::Shape::from_stats(&stats));
         let name = format!("{}.{table}", self.opts.namespace);
         metrics::gauge!("lakeshore_table_data_files", "table" => name.clone())
             .set(stats.data_files as f64);
@@ -321,10 +382,14 @@ impl IcebergSink {
         }
         let schema = schema::to_iceberg_schema(&target.source)?;
         let spec = schema::partition_spec(&target.name, &schema, &target.partitioning)?;
+        // Metadata files that leave the log (100 versions) are deleted at once: at one commit
+        // a second they would pile up by the thousand.
+        let properties = [(catalog::DELETE_AFTER_COMMIT.to_string(), "true".to_string())];
         let creation = TableCreation::builder()
             .name(target.name.clone())
             .schema(schema)
             .partition_spec(spec)
+            .properties(std::collections::HashMap::from(properties))
             .build();
         cat.create_table(&self.namespace, creation).await
     }
@@ -381,7 +446,27 @@ impl Sink for IcebergSink {
                 let _ = table.file_io().delete(keys_file).await;
             }
             match outcome {
-                CommitOutcome::Committed => return Ok(true),
+                CommitOutcome::Committed => {
+                    // The table's new shape, for the daemon's maintenance schedule.
+                    let before = table.metadata().current_snapshot();
+                    let delta = &decoded.delta;
+                    let added: Vec<&iceberg::spec::DataFile> = delta
+                        .data_files
+                        .iter()
+                        .chain(&delta.delete_files)
+                        .chain(&delta.lookup_delete_files)
+                        .map(|(f, _)| f)
+                        .collect();
+                    // A truncating commit removes every file live before it.
+                    let shape = match before {
+                        Some(s) if !delta.truncate => schedule::Shape::of(s),
+                        _ => Some(schedule::Shape::default()),
+                    };
+                    if let Some(shape) = shape {
+                        self.opts.read_costs.set(&pending.table, shape.plus(&added));
+                    }
+                    return Ok(true);
+                }
                 CommitOutcome::AlreadyThere => return Ok(false),
                 CommitOutcome::StaleLookup => {
                     let Some(keys_file) = &decoded.keys_file else {

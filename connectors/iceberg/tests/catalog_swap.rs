@@ -28,6 +28,7 @@ async fn catalog_with_a_table(dir: &std::path::Path) -> CatalogConfig {
         codec: Codec::Snappy,
         row_group_bytes: 1 << 20,
         maintenance: Default::default(),
+        read_costs: Default::default(),
     })
     .await
     .unwrap();

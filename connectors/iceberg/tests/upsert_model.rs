@@ -199,6 +199,7 @@ async fn upserts_match_a_folded_model() {
                 },
                 ..Default::default()
             },
+            read_costs: Default::default(),
         };
         let sink = IcebergSink::connect(opts.clone()).await.unwrap();
         let target = TableTarget {

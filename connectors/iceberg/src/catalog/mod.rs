@@ -28,6 +28,7 @@ mod storage;
 
 pub use auth::{RestAuth, SigV4};
 pub use lakeshore_api::url::redact;
+pub(crate) use sql::DELETE_AFTER_COMMIT;
 
 /// Where the catalog lives. Its `Debug` hides passwords, tokens and credentials.
 #[derive(Clone)]

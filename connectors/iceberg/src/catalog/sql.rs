@@ -159,9 +159,44 @@ impl Backend for SqlBackend {
         let current = base.metadata_location_result().map_err(ice)?;
         let location = write_next_metadata(base.file_io(), current, &next.metadata).await?;
         if self.swap_metadata(ident, current, &location).await? {
+            delete_dropped_metadata(base, &next.metadata).await;
             return Ok(true);
         }
         discard(base.file_io(), std::slice::from_ref(&location)).await;
         Ok(false)
+    }
+}
+
+/// The table property asking for metadata files to be deleted once they leave the
+/// metadata log (kept to `write.metadata.previous-versions-max`, 100 by default).
+pub(crate) const DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
+
+/// With [`DELETE_AFTER_COMMIT`] on, delete the metadata files of `base`'s log (and `base`'s
+/// own) that `next`'s log no longer lists; what cannot be deleted is left to orphan
+/// cleanup.
+async fn delete_dropped_metadata(base: &Table, next: &iceberg::spec::TableMetadata) {
+    if next
+        .properties()
+        .get(DELETE_AFTER_COMMIT)
+        .map(String::as_str)
+        != Some("true")
+    {
+        return;
+    }
+    let kept: std::collections::HashSet<&str> = next
+        .metadata_log()
+        .iter()
+        .map(|l| l.metadata_file.as_str())
+        .collect();
+    let old = base
+        .metadata()
+        .metadata_log()
+        .iter()
+        .map(|l| l.metadata_file.as_str())
+        .chain(base.metadata_location());
+    for path in old.filter(|p| !kept.contains(p)) {
+        if let Err(e) = base.file_io().delete(path).await {
+            tracing::debug!(file = %path, error = %e, "could not delete a metadata file that left the log");
+        }
     }
 }

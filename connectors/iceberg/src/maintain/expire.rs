@@ -164,23 +164,59 @@ pub(crate) async fn reached_by_any_snapshot(table: &Table) -> Result<HashSet<Str
         .collect())
 }
 
-/// Expire the snapshots of `ident` older than `older_than`, keeping at least `keep_last`.
+/// Which snapshots stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Snapshots older than this go.
+    pub older_than: Option<Duration>,
+    /// Snapshots beyond the newest this many go.
+    pub max_snapshots: Option<usize>,
+    /// The newest this many of the main branch always stay.
+    pub keep_last: usize,
+}
+
+impl Retention {
+    /// The time before which snapshots of `md` go (milliseconds since the epoch).
+    fn cutoff_ms(&self, md: &TableMetadataRef) -> i64 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let by_age = self
+            .older_than
+            .map_or(i64::MIN, |d| now_ms - d.as_millis() as i64);
+        let by_count = self.max_snapshots.map_or(i64::MIN, |n| {
+            let mut times: Vec<i64> = md.snapshots().map(|s| s.timestamp_ms()).collect();
+            times.sort_unstable_by(|a, b| b.cmp(a));
+            // Older than the n-th newest.
+            times.get(n.max(1) - 1).copied().unwrap_or(i64::MIN)
+        });
+        by_age.max(by_count)
+    }
+
+    /// Whether `md` has snapshots worth expiring: any, when an age is set; a quarter over
+    /// the count otherwise (expiry reads every remaining snapshot's manifests).
+    pub fn due(&self, md: &TableMetadataRef) -> bool {
+        match (self.older_than, self.max_snapshots) {
+            (Some(_), _) => true,
+            (None, Some(n)) => md.snapshots().count() > n + n / 4,
+            (None, None) => false,
+        }
+    }
+}
+
+/// Expire the snapshots of `ident` that `keep` lets go.
 pub async fn expire(
     catalog: &CatalogHandle,
     ident: &TableIdent,
-    older_than: Duration,
-    keep_last: usize,
+    keep: &Retention,
 ) -> Result<ExpireReport> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let cutoff = now_ms - older_than.as_millis() as i64;
     let mut report = ExpireReport::default();
     let mut committed: Option<(Table, Vec<SnapshotRef>)> = None;
     for _ in 0..20 {
         let table = catalog.load(ident).await?;
         let md = table.metadata();
-        let ids = expirable(&table.metadata_ref(), cutoff, keep_last);
+        let cutoff = keep.cutoff_ms(&table.metadata_ref());
+        let ids = expirable(&table.metadata_ref(), cutoff, keep.keep_last);
         if ids.is_empty() {
             return Ok(report);
         }
@@ -199,7 +235,8 @@ pub async fn expire(
             if e.kind() == ErrorKind::Config {
                 Error::config(format!(
                     "table {ident}: the catalog refused to expire snapshots; if it expires them \
-                     itself, remove expire_snapshots_older_than from [sink.maintenance]"
+                     itself, remove expire_snapshots_older_than and max_snapshots from \
+                     [sink.maintenance]"
                 ))
                 .with_boxed_source(Box::new(e))
             } else {

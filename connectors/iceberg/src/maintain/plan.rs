@@ -45,6 +45,8 @@ pub struct TableStats {
     pub data_rows: u64,
     /// Rows of the delete files (deleted rows, as far as the files say).
     pub deleted_rows: u64,
+    /// Bytes of the data files.
+    pub data_bytes: u64,
 }
 
 impl TableStats {
@@ -64,6 +66,11 @@ pub async fn stats(table: &Table) -> Result<TableStats> {
     for p in inv.parts.values() {
         s.data_files += p.data.len();
         s.data_rows += p.data.iter().map(|e| e.file.record_count()).sum::<u64>();
+        s.data_bytes += p
+            .data
+            .iter()
+            .map(|e| e.file.file_size_in_bytes())
+            .sum::<u64>();
     }
     let deletes = inv
         .parts
