@@ -54,6 +54,11 @@ enum Command {
         /// "text" or "json" (wins over the daemon file).
         #[arg(long)]
         log_format: Option<String>,
+        /// Run as one of several replicas over the same pipeline files, under this name
+        /// (unique among them, e.g. the pod name; wins over [replicas] id): each
+        /// pipeline runs on one replica at a time, by a lease in its state store.
+        #[arg(long, env = "LAKESHORE_REPLICA")]
+        replica: Option<String>,
     },
     /// Compact the Iceberg tables of a pipeline (every table of its sink's namespace, or
     /// the ones named), as its [sink.maintenance] says; safe while the pipeline runs.
@@ -124,8 +129,14 @@ fn main() -> ExitCode {
             config,
             http,
             log_format,
+            replica,
             ..
-        } => match daemon_settings(config.as_deref(), http.as_deref(), log_format.as_deref()) {
+        } => match daemon_settings(
+            config.as_deref(),
+            http.as_deref(),
+            log_format.as_deref(),
+            replica.as_deref(),
+        ) {
             Ok(c) => Some(c),
             Err(m) => {
                 eprintln!("error: {m}");
@@ -205,11 +216,28 @@ fn daemon_settings(
     file: Option<&std::path::Path>,
     http: Option<&str>,
     log_format: Option<&str>,
+    replica: Option<&str>,
 ) -> Result<config::daemon::DaemonConfig, String> {
     let mut cfg = match file {
         Some(f) => config::daemon::load(f).map_err(|e| e.to_string())?,
         None => Default::default(),
     };
+    if let Some(id) = replica.filter(|r| !r.is_empty()) {
+        cfg.replica
+            .get_or_insert_with(|| config::daemon::Replica {
+                id: String::new(),
+                lease_ttl: config::daemon::Replica::DEFAULT_TTL,
+                count: None,
+            })
+            .id = id.to_string();
+    }
+    if cfg.replica.as_ref().is_some_and(|r| r.id.is_empty()) {
+        return Err(
+            "[replicas] needs this replica's name: set id = \"${POD_NAME}\" there, or pass \
+             --replica NAME (or the LAKESHORE_REPLICA environment variable)"
+                .to_string(),
+        );
+    }
     if let Some(h) = http {
         cfg.http = Some(config::daemon::parse_addr(h).ok_or_else(|| {
             format!("--http {h} is not an address; write host:port, e.g. 127.0.0.1:8080")

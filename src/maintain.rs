@@ -226,7 +226,7 @@ impl Scheduler {
                     pipeline = %plan.name,
                     table = %table,
                     read_cost_before = format!("{ratio:.2}"),
-                    read_cost_after = format!("{:.2}", after.ratio(self.target)),
+                    read_cost_after = format!("{:.2}", self.costs.ratio(table, self.target).unwrap_or(1.0)),
                     partitions = c.partitions,
                     deletes_merged = c.deletes_merged,
                     expired = m.expired.as_ref().map_or(0, |e| e.snapshots),

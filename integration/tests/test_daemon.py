@@ -29,7 +29,7 @@ STATUS_SCHEMA = {
             "properties": {
                 "name": {"type": "string"},
                 "phase": {"enum": ["starting", "snapshot", "streaming", "restarting", "paused", "stopping",
-                                   "finished", "failed"]},
+                                   "finished", "failed", "standby"]},
                 "rows": {"type": "integer", "minimum": 0},
                 "restarts": {"type": "integer", "minimum": 0},
                 "last_error": {"type": ["string", "null"]},

@@ -13,8 +13,8 @@ from conftest import BIN
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def documents():
-    for f in sorted((ROOT / "configs" / "k8s").glob("*.yaml")):
+def documents(folder="k8s"):
+    for f in sorted((ROOT / "configs" / folder).glob("*.yaml")):
         for doc in yaml.safe_load_all(f.read_text()):
             if doc:
                 yield f.name, doc
@@ -64,3 +64,26 @@ def test_what_the_manifests_carry_is_valid_and_consistent(tmp_path):
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 8080
     # The pod's grace period leaves room for the daemon's own.
     assert pod["spec"]["terminationGracePeriodSeconds"] > 45
+
+
+def test_the_replica_statefulset_names_each_pod_and_counts_them(tmp_path):
+    """configs/k8s-replicas: valid manifests; each pod's name is its replica name
+    (LAKESHORE_REPLICA from metadata.name), [replicas] count is the StatefulSet's
+    replicas, and its daemon file passes `lakeshore validate`."""
+    docs = {}
+    for _, doc in documents("k8s-replicas"):
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+        docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    sts = docs[("StatefulSet", "lakeshore-replicas")]
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LAKESHORE_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    text = docs[("ConfigMap", "lakeshore-daemon-replicas")]["data"]["lakeshore.toml"]
+    assert f"count = {sts['spec']['replicas']}" in text
+    daemon = tmp_path / "lakeshore.toml"
+    (tmp_path / "token").write_text("t" * 32)
+    daemon.write_text(text.replace("/etc/lakeshore/token/token", str(tmp_path / "token")))
+    (tmp_path / "pipelines").mkdir()
+    r = subprocess.run([BIN, "validate", "--config", str(daemon), str(tmp_path / "pipelines")], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -39,6 +39,27 @@ pub struct DaemonFile {
     pub auth: Option<AuthSection>,
     /// `[tls]`: serve the HTTP endpoints over TLS.
     pub tls: Option<TlsSection>,
+    /// `[replicas]`: this daemon is one of several over the same pipeline files.
+    pub replicas: Option<ReplicasSection>,
+}
+
+/// `[replicas]` of the daemon file: several daemons (e.g. the pods of a StatefulSet) over
+/// the same pipeline files and state stores; each pipeline runs on one of them at a time,
+/// by a lease in its state store, and moves to another when its replica dies.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasSection {
+    /// This replica's name, unique among them, e.g. `"${POD_NAME}"` (`--replica` wins).
+    pub id: Option<EnvString>,
+    /// How many replicas run normally (the StatefulSet's `replicas`): each pipeline is
+    /// preferably taken by the replica whose ordinal (the number ending `id`) is its
+    /// name's hash modulo this; another takes it only once it stayed free for
+    /// `lease_ttl`. Default: whichever replica comes first.
+    pub count: Option<Spanned<u32>>,
+    /// A replica whose lease heartbeat stood still this long is taken for dead and its
+    /// pipelines are taken over. Default `"15s"`; at least `"1s"`.
+    pub lease_ttl: Option<Spanned<HumanDuration>>,
 }
 
 /// `[auth]` of the daemon file. With a token, every HTTP endpoint except `/health` and
@@ -228,6 +249,51 @@ pub struct DaemonConfig {
     pub auth: ApiAuth,
     /// HTTPS for the endpoints.
     pub tls: Option<HttpTls>,
+    /// Replica mode: one of several daemons over the same pipeline files.
+    pub replica: Option<Replica>,
+}
+
+/// This daemon as one of several replicas (`[replicas]`, `--replica`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replica {
+    /// This replica's name, unique among them (e.g. the pod name).
+    pub id: String,
+    /// A lease whose heartbeat stands still this long is taken over.
+    pub lease_ttl: Duration,
+    /// How many replicas there are normally (a StatefulSet's `replicas`): a pipeline is
+    /// preferably run by the replica whose ordinal (the number at the end of `id`) is
+    /// its name's hash modulo this; `None`: by whoever takes it first.
+    pub count: Option<u32>,
+}
+
+impl Replica {
+    /// The default lease TTL.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+    /// Whether this replica is the preferred one for `pipeline` (always, without
+    /// `count`, or when `id` ends in no number).
+    pub fn prefers(&self, pipeline: &str) -> bool {
+        let Some(count) = self.count.filter(|c| *c > 0) else {
+            return true;
+        };
+        let digits: String = self
+            .id
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let Ok(ordinal) = digits.parse::<u32>() else {
+            return true;
+        };
+        // FNV-1a: the same on every replica and every version.
+        let hash = pipeline.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        hash % u64::from(count) == u64::from(ordinal % count)
+    }
 }
 
 impl Default for DaemonConfig {
@@ -242,6 +308,7 @@ impl Default for DaemonConfig {
             restart: RestartPolicy::default(),
             auth: ApiAuth::default(),
             tls: None,
+            replica: None,
         }
     }
 }
@@ -355,7 +422,37 @@ fn parse(src: &SourceText<'_>, raw: DaemonFile) -> Result<DaemonConfig, ConfigEr
             key: beside(src.file, t.key.get_ref()),
         });
     }
+    if let Some(r) = &raw.replicas {
+        cfg.replica = Some(replicas(src, r)?);
+    }
     Ok(cfg)
+}
+
+/// `[replicas]`; its `id` may still be empty (then `--replica` must give it).
+fn replicas(src: &SourceText<'_>, r: &ReplicasSection) -> Result<Replica, ConfigError> {
+    let lease_ttl = match &r.lease_ttl {
+        Some(t) if t.get_ref().0 < Duration::from_secs(1) => {
+            return Err(src.error(
+                Some(t.span()),
+                "lease_ttl must be at least \"1s\", e.g. \"15s\"",
+            ));
+        }
+        Some(t) => t.get_ref().0,
+        None => Replica::DEFAULT_TTL,
+    };
+    if let Some(c) = &r.count
+        && *c.get_ref() == 0
+    {
+        return Err(src.error(
+            Some(c.span()),
+            "count must be at least 1 (the number of replicas)",
+        ));
+    }
+    Ok(Replica {
+        id: r.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+        lease_ttl,
+        count: r.count.as_ref().map(|c| *c.get_ref()),
+    })
 }
 
 #[cfg(test)]

@@ -251,6 +251,7 @@ async fn render_metrics(State(app): State<App>) -> Response {
             Phase::Stopping,
             Phase::Finished,
             Phase::Failed,
+            Phase::Standby,
         ] {
             let label = serde_json::to_value(phase)
                 .ok()

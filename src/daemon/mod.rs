@@ -25,6 +25,7 @@ use crate::pipeline;
 use lakeshore_engine::Command;
 
 pub mod http;
+mod replicas;
 pub mod status;
 
 use status::{Phase, StatusCell, WeakStatusCell};
@@ -104,6 +105,14 @@ pub struct Daemon {
     loaded: std::sync::atomic::AtomicBool,
     /// A pipeline task ended by itself.
     ended: tokio::sync::Notify,
+    /// Replica mode: the leases of the pipelines this replica knows.
+    leases: tokio::sync::Mutex<BTreeMap<String, replicas::Held>>,
+    /// Replica mode: the pipelines whose lease this replica holds.
+    held: Mutex<std::collections::HashSet<String>>,
+    /// Pipelines whose old run is being stopped (a changed file): not started meanwhile.
+    stopping: Mutex<std::collections::HashSet<String>>,
+    /// SIGTERM: pipelines stop, none starts.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Why [`Daemon::run`] returned.
@@ -118,7 +127,7 @@ pub enum Ended {
 /// What a reload decided, carried out after the registry lock is released.
 enum Action {
     Start(String),
-    Stop(Running),
+    Stop(String, Running),
 }
 
 impl Daemon {
@@ -131,11 +140,44 @@ impl Daemon {
             heartbeat: Mutex::new(Instant::now()),
             loaded: false.into(),
             ended: tokio::sync::Notify::new(),
+            leases: Default::default(),
+            held: Default::default(),
+            stopping: Default::default(),
+            shutting_down: false.into(),
         })
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stopping(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.stopping.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Replica mode: another replica holds `name`'s lease now; stop it here (its final
+    /// checkpoint is fenced if the other wrote first) and show it standby.
+    fn lost(&self, name: &str) {
+        self.held().remove(name);
+        let run = {
+            let mut reg = self.registry();
+            reg.pipelines.get_mut(name).and_then(|e| {
+                e.status.update(|s| s.phase = Phase::Standby);
+                e.run.take()
+            })
+        };
+        if let Some(r) = run {
+            tokio::spawn(stop(r));
+        }
     }
 
     /// The statuses of every pipeline, in name order.
@@ -171,10 +213,11 @@ impl Daemon {
                 .all(|s| !matches!(s.phase, Phase::Starting | Phase::Restarting | Phase::Failed))
     }
 
-    /// Every pipeline ended by itself (none runs, none is paused): the outcome.
+    /// Every pipeline ended by itself (none runs, none is paused): the outcome. Never in
+    /// replica mode: a replica stands by for the others.
     fn all_done(&self) -> Option<Ended> {
         let reg = self.registry();
-        if reg.pipelines.is_empty() {
+        if reg.pipelines.is_empty() || self.cfg.replica.is_some() {
             return None;
         }
         let mut failure = None;
@@ -206,6 +249,11 @@ impl Daemon {
         self.reload().await;
         self.loaded
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let leases = self
+            .cfg
+            .replica
+            .clone()
+            .map(|me| tokio::spawn(replicas::run(self.clone(), me)));
         loop {
             *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             if let Some(done) = self.all_done() {
@@ -231,7 +279,17 @@ impl Daemon {
                 _ = shutdown.changed() => break,
             }
         }
-        Ended::Stopped(self.stop_all().await)
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        let stopped = self.stop_all().await;
+        if let Some(task) = leases {
+            task.abort();
+            // Runs still alive past the grace period keep their leases (they expire).
+            if stopped {
+                replicas::release_all(&self).await;
+            }
+        }
+        Ended::Stopped(stopped)
     }
 
     /// Compare the files with what runs, and start, stop or restart pipelines.
@@ -265,7 +323,7 @@ impl Daemon {
                 if let Some(mut e) = reg.pipelines.remove(&name) {
                     tracing::info!(pipeline = %name, file = %e.file.display(), "file removed: stopping the pipeline");
                     if let Some(r) = e.run.take() {
-                        actions.push(Action::Stop(r));
+                        actions.push(Action::Stop(name.clone(), r));
                     }
                 }
             }
@@ -331,7 +389,7 @@ impl Daemon {
                     Some(mut old) => {
                         tracing::info!(pipeline = %name, file = %file.display(), "file changed: restarting the pipeline");
                         if let Some(r) = old.run.take() {
-                            actions.push(Action::Stop(r));
+                            actions.push(Action::Stop(name.clone(), r));
                         }
                         old.paused
                     }
@@ -365,11 +423,22 @@ impl Daemon {
     async fn act(self: &Arc<Self>, actions: Vec<Action>) {
         let (stops, starts): (Vec<_>, Vec<_>) = actions
             .into_iter()
-            .partition(|a| matches!(a, Action::Stop(_)));
+            .partition(|a| matches!(a, Action::Stop(..)));
+        let names: Vec<String> = stops
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop(n, _) => Some(n.clone()),
+                Action::Start(_) => None,
+            })
+            .collect();
+        self.stopping().extend(names.iter().cloned());
         for a in stops {
-            if let Action::Stop(r) = a {
+            if let Action::Stop(_, r) = a {
                 stop(r).await;
             }
+        }
+        for n in &names {
+            self.stopping().remove(n);
         }
         for a in starts {
             if let Action::Start(name) = a {
@@ -379,10 +448,23 @@ impl Daemon {
     }
 
     fn start(self: &Arc<Self>, name: &str) {
+        if self.shutting_down() || self.stopping().contains(name) {
+            return;
+        }
+        let standby = self.cfg.replica.is_some() && !self.held().contains(name);
         let mut reg = self.registry();
         let Some(entry) = reg.pipelines.get_mut(name) else {
             return;
         };
+        if entry.run.as_ref().is_some_and(|r| !r.ended()) {
+            return;
+        }
+        entry.paused = false;
+        if standby {
+            // The lease loop starts it once this replica holds its lease.
+            entry.status.update(|s| s.phase = Phase::Standby);
+            return;
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commands_tx, mut commands) = mpsc::unbounded_channel();
         let plan = entry.plan.clone();
@@ -418,7 +500,13 @@ impl Daemon {
                 m.abort();
             }
             let stopped = *stop_rx.borrow();
+            // Replica mode: a run stopped because its lease went elsewhere is standby here,
+            // however it ended.
+            let elsewhere = daemon
+                .upgrade()
+                .is_some_and(|d| d.cfg.replica.is_some() && !d.held().contains(&plan.name));
             match result {
+                _ if elsewhere && stopped => status.update(|s| s.phase = Phase::Standby),
                 Ok(summary) => {
                     tracing::info!(pipeline = %plan.name, checkpoint = ?summary.last_checkpoint, "stopped");
                     if !stopped {
@@ -539,7 +627,10 @@ impl Daemon {
                 .values_mut()
                 .filter_map(|e| {
                     e.status.update(|s| {
-                        if !matches!(s.phase, Phase::Finished | Phase::Failed | Phase::Paused) {
+                        if !matches!(
+                            s.phase,
+                            Phase::Finished | Phase::Failed | Phase::Paused | Phase::Standby
+                        ) {
                             s.phase = Phase::Stopping;
                         }
                     });

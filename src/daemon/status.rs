@@ -30,6 +30,9 @@ pub enum Phase {
     Finished,
     /// Failed with an error that a restart cannot fix (see `last_error`).
     Failed,
+    /// Replica mode: another replica holds the pipeline's lease (this one takes over
+    /// when that lease expires or is released).
+    Standby,
 }
 
 /// The last committed checkpoint.
@@ -93,6 +96,9 @@ pub struct PipelineStatus {
     /// The failure was a configuration error.
     #[serde(skip)]
     failed_on_config: bool,
+    /// The failure was a fence (another copy wrote its checkpoint).
+    #[serde(skip)]
+    failed_fenced: bool,
     /// Counts failures, so that only the newest one's watch of the source goes on.
     #[serde(skip)]
     pub(crate) failures: u64,
@@ -139,6 +145,7 @@ impl StatusCell {
             source_transport: None,
             rows_before: 0,
             failed_on_config: false,
+            failed_fenced: false,
             failures: 0,
         })))
     }
@@ -160,6 +167,7 @@ impl StatusCell {
             s.phase = Phase::Failed;
             s.last_error = Some(e.to_string());
             s.failed_on_config = e.kind() == lakeshore_api::ErrorKind::Config;
+            s.failed_fenced = e.kind() == lakeshore_api::ErrorKind::Fenced;
             s.failures += 1;
         });
     }
@@ -167,6 +175,12 @@ impl StatusCell {
     /// True when it failed with a configuration error.
     pub fn failed_on_config(&self) -> bool {
         self.get().failed_on_config
+    }
+
+    /// True when it failed because another copy wrote its checkpoint.
+    pub fn failed_fenced(&self) -> bool {
+        let s = self.get();
+        s.phase == Phase::Failed && s.failed_fenced
     }
 
     /// A copy.

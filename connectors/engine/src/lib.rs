@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod committer;
 pub mod events;
 pub mod group;
+pub mod lease;
 mod recovery;
 mod run;
 mod schedule;

@@ -96,16 +96,21 @@ impl Shape {
             + FILE_ROWS * (self.data_files + self.delete_files) as f64
     }
 
-    /// The cost of the same rows written once into files of `target_file_size`.
-    pub fn ideal(&self, target_file_size: u64) -> f64 {
+    /// The cost of the same rows written once into files of `target_file_size`, in at
+    /// least `floor_files` files (what compaction left last time: one file a partition).
+    pub fn ideal(&self, target_file_size: u64, floor_files: u64) -> f64 {
         let live = self.data_rows.saturating_sub(self.deleted_rows) as f64;
-        let files = self.data_bytes.div_ceil(target_file_size.max(1)).max(1);
+        let files = self
+            .data_bytes
+            .div_ceil(target_file_size.max(1))
+            .max(floor_files)
+            .max(1);
         live + FILE_ROWS * files as f64
     }
 
     /// Estimated read cost against the same rows written once.
-    pub fn ratio(&self, target_file_size: u64) -> f64 {
-        self.cost() / self.ideal(target_file_size)
+    pub fn ratio(&self, target_file_size: u64, floor_files: u64) -> f64 {
+        self.cost() / self.ideal(target_file_size, floor_files)
     }
 }
 
@@ -140,27 +145,60 @@ impl Due {
     }
 }
 
+/// What is known of one table.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    shape: Shape,
+    /// Its last commit.
+    changed: Instant,
+    /// Data files its last maintenance left: no fewer are expected of the next.
+    floor_files: u64,
+}
+
 /// The tables' shapes, as the sink committed them, with when they last changed.
 #[derive(Debug, Default)]
 pub struct ReadCosts {
-    tables: Mutex<HashMap<String, (Shape, Instant)>>,
+    tables: Mutex<HashMap<String, Known>>,
     changed: tokio::sync::Notify,
 }
 
 impl ReadCosts {
     /// `table` (name without namespace) now has `shape`, after a commit.
     pub fn set(&self, table: &str, shape: Shape) {
-        self.lock()
-            .insert(table.to_string(), (shape, Instant::now()));
+        let mut tables = self.lock();
+        let floor_files = tables.get(table).map_or(1, |k| k.floor_files);
+        tables.insert(
+            table.to_string(),
+            Known {
+                shape,
+                changed: Instant::now(),
+                floor_files,
+            },
+        );
+        drop(tables);
         self.changed.notify_one();
     }
 
     /// `table` has `shape` after maintenance (which is not a change of its rows: the time
-    /// of its last commit stays).
+    /// of its last commit stays), and compaction got it down to its data files.
     pub fn maintained(&self, table: &str, shape: Shape) {
         let mut tables = self.lock();
-        let at = tables.get(table).map_or_else(Instant::now, |(_, at)| *at);
-        tables.insert(table.to_string(), (shape, at));
+        let changed = tables.get(table).map_or_else(Instant::now, |k| k.changed);
+        tables.insert(
+            table.to_string(),
+            Known {
+                shape,
+                changed,
+                floor_files: shape.data_files,
+            },
+        );
+    }
+
+    /// The estimated ratio of `table`, if known.
+    pub fn ratio(&self, table: &str, target_file_size: u64) -> Option<f64> {
+        let tables = self.lock();
+        let k = tables.get(table)?;
+        Some(k.shape.ratio(target_file_size, k.floor_files))
     }
 
     /// Wait until a table's shape changes (returns at once if one changed since the last
@@ -180,9 +218,12 @@ impl ReadCosts {
         let tables = self.lock();
         let mut due: Vec<(&String, f64, f64)> = tables
             .iter()
-            .filter(|(name, (s, at))| !skip(name, s) && at.elapsed() >= when.quiet_for)
-            .filter_map(|(name, (s, _))| {
-                let (cost, ideal) = (s.cost(), s.ideal(target_file_size));
+            .filter(|(name, k)| !skip(name, &k.shape) && k.changed.elapsed() >= when.quiet_for)
+            .filter_map(|(name, k)| {
+                let (cost, ideal) = (
+                    k.shape.cost(),
+                    k.shape.ideal(target_file_size, k.floor_files),
+                );
                 let excess = cost - ideal;
                 let due = cost >= when.ratio * ideal && excess >= when.min_excess_files * FILE_ROWS;
                 due.then_some((name, excess, cost / ideal))
@@ -204,7 +245,7 @@ impl ReadCosts {
 
     /// The shape of `table`, if known.
     pub fn shape(&self, table: &str) -> Option<Shape> {
-        self.lock().get(table).map(|(s, _)| *s)
+        self.lock().get(table).map(|k| k.shape)
     }
 
     /// Forget `table` until the sink commits to it again.
@@ -212,7 +253,7 @@ impl ReadCosts {
         self.lock().remove(table);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Shape, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -236,7 +277,7 @@ mod tests {
     #[test]
     fn a_table_written_once_costs_what_it_ideally_costs() {
         let s = shape(1, 0, 1_000_000, 0);
-        assert!((s.ratio(128 * MB) - 1.0).abs() < 1e-9);
+        assert!((s.ratio(128 * MB, 1) - 1.0).abs() < 1e-9);
     }
 
     #[test]
@@ -244,10 +285,10 @@ mod tests {
         // A million rows after 60 one-second checkpoints of 5,000 changes: a data and a
         // delete file each, 3,000 rows deleted each.
         let s = shape(61, 60, 1_300_000, 180_000);
-        let r = s.ratio(128 * MB);
+        let r = s.ratio(128 * MB, 1);
         assert!(r > 3.0, "{r}");
         // After two of them: 10 to 25 % slower.
-        let r = shape(3, 2, 1_010_000, 6_000).ratio(128 * MB);
+        let r = shape(3, 2, 1_010_000, 6_000).ratio(128 * MB, 1);
         assert!(r > 1.1 && r < 1.25, "{r}");
     }
 
@@ -320,6 +361,24 @@ mod tests {
                 .worst(Due::settle(Duration::ZERO), 128 * MB, |_, _| false)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn files_compaction_cannot_merge_raise_the_ideal() {
+        // Twelve partitions, one file each after maintenance: no excess left to remove.
+        let costs = ReadCosts::default();
+        costs.maintained("days", shape(12, 0, 120_000, 0));
+        let none = |_: &str, _: &Shape| false;
+        assert!(
+            costs
+                .worst(Due::settle(Duration::ZERO), 128 * MB, none)
+                .is_none()
+        );
+        // Then twelve checkpoints' small files and deletes: due again.
+        costs.set("days", shape(24, 12, 130_000, 5_000));
+        assert!(costs.worst(Due::busy(1.25), 128 * MB, none).is_some());
+        let r = costs.ratio("days", 128 * MB).unwrap();
+        assert!(r > 1.25 && r < 6.0, "{r}");
     }
 
     #[test]
