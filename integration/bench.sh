@@ -9,6 +9,7 @@
 #   integration/bench.sh maintenance [--rows 1000000] [--checkpoints 1000]
 #   integration/bench.sh rest [--sizes 1000000] [--orders 1000000]   (SQL vs REST catalog)
 #   integration/bench.sh always-fast [--rows 1000000] [--rate 5000] [--minutes 20] [--sample 60] [--sink TOML]
+#   integration/bench.sh failover [--pipelines 4] [--rate 2000] [--ttl 15s] [--seconds 60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -51,6 +52,10 @@ fi
 if [ "${1:-}" = always-fast ]; then
   shift
   exec "$VENV/bin/python" integration/bench_always_fast.py "$@"
+fi
+if [ "${1:-}" = failover ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_failover.py "$@"
 fi
 if [ "${1:-}" = daemon ]; then
   shift
