@@ -113,7 +113,7 @@ static NEXT_ROUND: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::con
 /// How often a table's orphans are looked for by the scheduled rounds, at most.
 const ORPHANS_EVERY: Duration = Duration::from_secs(3600);
 
-/// A table without commits for this long is compacted down to any excess of a file.
+/// A table without commits for this long is compacted once 5 % over.
 const QUIET: Duration = Duration::from_secs(60);
 
 /// The daemon's own maintenance of `plan`'s tables (`[sink.maintenance] auto`), until the
@@ -139,9 +139,9 @@ pub async fn settle(plan: Plan) {
         return;
     };
     let mut rounds = 0;
-    while s.worst(Due::settle(Duration::ZERO)).is_some() && rounds < s.costs.len() {
+    while s.worst(Due::settle()).is_some() && rounds < s.costs.len() {
         rounds += 1;
-        if let Some(table) = s.budgeted(|s| s.worst(Due::settle(Duration::ZERO))).await
+        if let Some(table) = s.budgeted(|s| s.worst(Due::settle())).await
             && let Some(shape) = s.costs.shape(&table)
         {
             s.settled.insert(table, shape);
@@ -188,7 +188,7 @@ impl Scheduler {
     /// The table to compact now: one due under changes, else one quiet for a while.
     fn choose(&self) -> Option<(String, f64)> {
         self.worst(Due::busy(self.compact_at))
-            .or_else(|| self.worst(Due::settle(QUIET)))
+            .or_else(|| self.worst(Due::quiet(QUIET)))
     }
 
     /// Wait for the process's next round, and maintain the table `choose` names then (if

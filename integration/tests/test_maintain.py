@@ -367,23 +367,26 @@ def test_many_small_delete_files_merge_without_a_rewrite(tmp_path, duck):
 def test_the_daemon_keeps_tables_compacted_without_settings(tmp_path, duck):
     """No `[sink.maintenance]`: the daemon compacts an upsert table under changes as its
     estimated read cost grows, one round at a time within its time share (a round starts
-    no sooner than 4x the previous one's duration after it), expires snapshots beyond the
-    newest 100, deletes metadata files that leave the log, and leaves the table compacted
-    when the bounded run ends; every row equals the generator's. The same pipeline with
-    `auto = false` beside it: never compacted, its delete files pile up."""
+    no sooner than 4x the previous one's duration after it), keeps every snapshot younger
+    than 10 minutes, deletes metadata files that leave the log, and leaves the table
+    compacted when the bounded run ends; every row equals the generator's. Beside it, the
+    same pipeline with `auto = false` (never compacted: its delete files pile up) and one
+    with `max_snapshots = 50` (expired down to 50 whenever over 62)."""
     from test_daemon import Daemon
 
     d = tmp_path / "pipelines"
     d.mkdir()
-    source = {"type": "datagen", "profile": "orders", "events": 150_000, "initial_rows": 20_000, "seed": 9,
-              "rate": 5_000, "batch_events": 500}
+    source = {"type": "datagen", "profile": "orders", "events": 130_000, "initial_rows": 20_000, "seed": 9,
+              "rate": 4_000, "batch_events": 500}
     auto = Pipeline(d, "auto", source, {"namespace": "shop", "mode": "upsert"}, interval="100ms")
     manual = Pipeline(d, "manual", source, {"namespace": "manual", "mode": "upsert", "maintenance": {"auto": False}},
                       interval="100ms")
+    capped = Pipeline(d, "capped", source, {"namespace": "capped", "mode": "upsert",
+                                            "maintenance": {"max_snapshots": 50}}, interval="100ms")
     daemon = Daemon(d, [d])
     peak = 0
     try:
-        # The daemon exits once both bounded pipelines have finished.
+        # The daemon exits once the bounded pipelines have finished.
         while daemon.proc.poll() is None:
             try:
                 peak = max(peak, sum(files_by_content(duck, auto).values()))
@@ -396,8 +399,8 @@ def test_the_daemon_keeps_tables_compacted_without_settings(tmp_path, duck):
     log = daemon.log.read_text()
     assert daemon.proc.returncode == 0, log[-3000:]
     rounds = [(m.group(1), int(m.group(3))) for m in re.finditer(
-        r"^(\S+)Z .*maintenance done pipeline=(\w+) .*took_ms=(\d+)", log, re.M) if m.group(2) == "auto"]
-    assert len(rounds) >= 3, log[-3000:]
+        r"^(\S+)Z .*maintenance done pipeline=(\w+) .*took_ms=(\d+)", log, re.M) if m.group(2) in ("auto", "capped")]
+    assert len(rounds) >= 6, log[-3000:]
     assert "pipeline=manual" not in "".join(line for line in log.splitlines() if "maintenance done" in line)
 
     from datetime import datetime
@@ -411,10 +414,16 @@ def test_the_daemon_keeps_tables_compacted_without_settings(tmp_path, duck):
     piled = files_by_content(duck, manual)
     assert piled.get("DELETE", 0) >= 60, piled
     assert peak < sum(piled.values()) / 3, (peak, piled)
-    snapshots = lake.pyiceberg_table(auto.catalog_db, auto.warehouse, "shop.orders").snapshots()
-    assert len(snapshots) <= 126 and re.search(r"maintenance done pipeline=auto .*expired=[1-9]", log), len(snapshots)
-    assert len(lake.pyiceberg_table(manual.catalog_db, manual.warehouse, "manual.orders").snapshots()) > 126
+
+    def snapshots(p, table):
+        return len(lake.pyiceberg_table(p.catalog_db, p.warehouse, table).snapshots())
+
+    n_auto, n_manual, n_capped = snapshots(auto, "shop.orders"), snapshots(manual, "manual.orders"), \
+        snapshots(capped, "capped.orders")
+    assert n_manual > 100 and n_auto > 100, (n_auto, n_manual)
+    # Expired down to 50 whenever over 62; commits since the last round add a few.
+    assert n_capped <= 90 and n_capped < n_manual / 2 and re.search(r"maintenance done pipeline=capped .*expired=[1-9]", log), n_capped
     metadata = list((auto.warehouse / "shop" / "orders" / "metadata").glob("*.metadata.json"))
     assert len(metadata) <= 102, len(metadata)
-    for p in (auto, manual):
+    for p in (auto, manual, capped):
         assert_same_rows(duck, p, "orders", p.expected() / "orders.parquet", ORDER_COLUMNS)

@@ -510,8 +510,13 @@ impl Daemon {
                 Ok(summary) => {
                     tracing::info!(pipeline = %plan.name, checkpoint = ?summary.last_checkpoint, "stopped");
                     if !stopped {
-                        // A bounded run ends with its tables compacted.
-                        crate::maintain::settle(plan.clone()).await;
+                        // A bounded run ends with its tables compacted: for a while, and
+                        // not past a stop request (the supervisor waits for this task).
+                        let mut stop = stop_rx.clone();
+                        tokio::select! {
+                            _ = tokio::time::timeout(SETTLE_AT_MOST, crate::maintain::settle(plan.clone())) => {}
+                            _ = stop.changed() => {}
+                        }
                         status.update(|s| s.phase = Phase::Finished);
                     }
                 }
@@ -654,6 +659,9 @@ impl Daemon {
         }
     }
 }
+
+/// How long a finished bounded run may spend compacting its tables.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 
 /// How often a failed pipeline's source is asked what it keeps for it.
 const HELD_EVERY: Duration = Duration::from_secs(60);

@@ -101,9 +101,10 @@ pub struct MaintenanceSection {
     /// always kept (its recovery reads them).
     pub expire_snapshots_older_than: Option<Spanned<HumanDuration>>,
     /// Expire snapshots beyond the newest this many (checked when there are a quarter
-    /// more), and delete the files only they reach. Default with `auto` on an SQL
-    /// catalog and no `expire_snapshots_older_than`: `100` (every snapshot is in the
-    /// table's metadata file, which every reader and commit reads); else none by count.
+    /// more), and delete the files only they reach. Default: in `auto` rounds on an SQL
+    /// catalog without `expire_snapshots_older_than`, `100`, keeping every snapshot
+    /// younger than 10 minutes (every snapshot is in the table's metadata file, which
+    /// every reader and commit reads); else none by count.
     pub max_snapshots: Option<Spanned<usize>>,
     /// Snapshots always kept, however old. Default 1.
     pub keep_last_snapshots: Option<Spanned<usize>>,
@@ -530,15 +531,20 @@ fn maintenance(
 /// Snapshots kept by auto maintenance on an SQL catalog when nothing else is said.
 const DEFAULT_MAX_SNAPSHOTS: usize = 100;
 
-/// `m` with the default retention: with auto maintenance on a catalog lakeshore writes the
-/// metadata of (`sql`), and no retention set, the newest [`DEFAULT_MAX_SNAPSHOTS`]. A REST
-/// catalog keeps its own (many expire snapshots themselves, some refuse it).
+/// `m` with the default retention of auto rounds: on a catalog lakeshore writes the
+/// metadata of (`sql`), and no retention set, the newest [`DEFAULT_MAX_SNAPSHOTS`] (and
+/// those younger than 10 minutes). A REST catalog keeps its own (some expire snapshots
+/// themselves, some refuse it).
 fn with_default_retention(
     mut m: lakeshore_iceberg::MaintenanceOptions,
     sql: bool,
 ) -> lakeshore_iceberg::MaintenanceOptions {
-    if m.auto.is_some() && sql && m.expire_older_than.is_none() && m.max_snapshots.is_none() {
-        m.max_snapshots = Some(DEFAULT_MAX_SNAPSHOTS);
+    if let Some(auto) = &mut m.auto
+        && sql
+        && m.expire_older_than.is_none()
+        && m.max_snapshots.is_none()
+    {
+        auto.max_snapshots = Some(DEFAULT_MAX_SNAPSHOTS);
     }
     m
 }
@@ -586,6 +592,7 @@ fn auto(
         compact_at: compact_at.unwrap_or(defaults.compact_at),
         time_share: time_share.unwrap_or(defaults.time_share),
         compact_when: compact_when.unwrap_or(defaults.compact_when),
+        max_snapshots: None,
     }))
 }
 

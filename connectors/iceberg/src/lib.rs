@@ -133,6 +133,15 @@ pub struct AutoMaintenance {
     pub time_share: f64,
     /// What a scheduled compaction does to the partitions it looks at.
     pub compact_when: compact::CompactWhen,
+    /// Scheduled rounds keep only the newest this many snapshots (and those younger than
+    /// [`AutoMaintenance::MIN_SNAPSHOT_AGE`]) when nothing else is set.
+    pub max_snapshots: Option<usize>,
+}
+
+impl AutoMaintenance {
+    /// Snapshots younger than this stay, whatever their count (a reader that planned on
+    /// one has that long to read its files).
+    pub const MIN_SNAPSHOT_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 }
 
 impl Default for AutoMaintenance {
@@ -146,6 +155,7 @@ impl Default for AutoMaintenance {
                 deleted_ratio: 0.1,
                 small_files: 2,
             },
+            max_snapshots: None,
         }
     }
 }
@@ -271,7 +281,7 @@ impl IcebergSink {
     /// cleanup).
     pub async fn maintain(&self, table: &str, pending: &[PendingCommit]) -> Result<Maintenance> {
         let when = self.opts.maintenance.compact_when;
-        self.maintain_with(table, &when, Some(pending)).await
+        self.maintain_with(table, &when, Some(pending), None).await
     }
 
     /// The daemon's scheduled compaction of `table` (`[sink.maintenance] auto`): as
@@ -284,14 +294,18 @@ impl IcebergSink {
     ) -> Result<Maintenance> {
         let m = &self.opts.maintenance;
         let when = m.auto.as_ref().map_or(m.compact_when, |a| a.compact_when);
-        self.maintain_with(table, &when, pending).await
+        self.maintain_with(table, &when, pending, m.auto.as_ref())
+            .await
     }
 
+    /// `auto`: a scheduled round (its retention default; the data files it leaves are
+    /// the floor of the table's read-cost estimate).
     async fn maintain_with(
         &self,
         table: &str,
         when: &compact::CompactWhen,
         pending: Option<&[PendingCommit]>,
+        auto: Option<&AutoMaintenance>,
     ) -> Result<Maintenance> {
         let ident = self.ident(table);
         let loaded = self.load(&ident).await?;
@@ -301,9 +315,12 @@ impl IcebergSink {
         let report = compact::compact(&self.catalog, &ident, &files, &arrow_schema, when).await?;
         // Fewer manifests for readers (compaction's removals, one or two per commit).
         let merged = commit::merge_manifests(&self.catalog, &ident).await?;
+        let default_count = auto.and_then(|a| a.max_snapshots);
         let keep = expire::Retention {
             older_than: m.expire_older_than,
-            max_snapshots: m.max_snapshots,
+            max_snapshots: m.max_snapshots.or(default_count),
+            count_min_age: (m.max_snapshots.is_none() && default_count.is_some())
+                .then_some(AutoMaintenance::MIN_SNAPSHOT_AGE),
             keep_last: m.keep_last,
         };
         let expired = if keep.due(&self.load(&ident).await?.metadata_ref()) {
@@ -335,9 +352,11 @@ impl IcebergSink {
             _ => None,
         };
         let stats = compact::stats(&self.load(&ident).await?).await?;
-        self.opts
-            .read_costs
-            .maintained(table, schedule::Shape::from_stats(&stats));
+        self.opts.read_costs.maintained(
+            table,
+            schedule::Shape::from_stats(&stats),
+            auto.is_some() && report.conflicts == 0,
+        );
         let name = format!("{}.{table}", self.opts.namespace);
         metrics::gauge!("lakeshore_table_data_files", "table" => name.clone())
             .set(stats.data_files as f64);

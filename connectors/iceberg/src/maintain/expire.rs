@@ -169,8 +169,10 @@ pub(crate) async fn reached_by_any_snapshot(table: &Table) -> Result<HashSet<Str
 pub struct Retention {
     /// Snapshots older than this go.
     pub older_than: Option<Duration>,
-    /// Snapshots beyond the newest this many go.
+    /// Snapshots beyond the newest this many go...
     pub max_snapshots: Option<usize>,
+    /// ... once older than this (a reader planning on one has that long to read it).
+    pub count_min_age: Option<Duration>,
     /// The newest this many of the main branch always stay.
     pub keep_last: usize,
 }
@@ -187,8 +189,12 @@ impl Retention {
         let by_count = self.max_snapshots.map_or(i64::MIN, |n| {
             let mut times: Vec<i64> = md.snapshots().map(|s| s.timestamp_ms()).collect();
             times.sort_unstable_by(|a, b| b.cmp(a));
-            // Older than the n-th newest.
-            times.get(n.max(1) - 1).copied().unwrap_or(i64::MIN)
+            // Older than the n-th newest, and than the minimum age.
+            let nth = times.get(n.max(1) - 1).copied().unwrap_or(i64::MIN);
+            let young = self
+                .count_min_age
+                .map_or(i64::MAX, |d| now_ms - d.as_millis() as i64);
+            nth.min(young)
         });
         by_age.max(by_count)
     }

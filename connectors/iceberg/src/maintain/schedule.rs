@@ -13,8 +13,8 @@
 //! **The choice.** A table is due when its ratio reaches `compact_at` and its excess
 //! (cost − ideal) is worth at least [`MIN_EXCESS_FILES`] files: a table of a thousand rows
 //! is not compacted at every checkpoint. Of the due tables, the one with the largest
-//! excess goes first. A table that has had no commit for a while ([`Due::settle`]) is due
-//! at any excess of a file or more: tables that stop changing end compacted.
+//! excess goes first. A table that has had no commit for a while ([`Due::quiet`]) is due
+//! at 5 % over: tables that stop changing end compacted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -135,12 +135,22 @@ impl Due {
         }
     }
 
-    /// Due once quiet for `quiet_for`, at any excess of a file.
-    pub fn settle(quiet_for: Duration) -> Due {
+    /// Due once quiet for `quiet_for`, at 5 % over and an excess of two files (a large
+    /// table with a trickle of changes is not rewritten at every one).
+    pub fn quiet(quiet_for: Duration) -> Due {
+        Due {
+            ratio: 1.05,
+            min_excess_files: 2.0,
+            quiet_for,
+        }
+    }
+
+    /// Due at any excess of a file (a bounded run's end).
+    pub fn settle() -> Due {
         Due {
             ratio: 1.0,
             min_excess_files: 1.0,
-            quiet_for,
+            quiet_for: Duration::ZERO,
         }
     }
 }
@@ -180,16 +190,22 @@ impl ReadCosts {
     }
 
     /// `table` has `shape` after maintenance (which is not a change of its rows: the time
-    /// of its last commit stays), and compaction got it down to its data files.
-    pub fn maintained(&self, table: &str, shape: Shape) {
+    /// of its last commit stays); with `floor`, compaction got it down to its data files
+    /// (a scheduled round without conflicts).
+    pub fn maintained(&self, table: &str, shape: Shape, floor: bool) {
         let mut tables = self.lock();
-        let changed = tables.get(table).map_or_else(Instant::now, |k| k.changed);
+        let known = tables.get(table).copied();
+        let floor_files = if floor {
+            shape.data_files
+        } else {
+            known.map_or(1, |k| k.floor_files)
+        };
         tables.insert(
             table.to_string(),
             Known {
                 shape,
-                changed,
-                floor_files: shape.data_files,
+                changed: known.map_or_else(Instant::now, |k| k.changed),
+                floor_files,
             },
         );
     }
@@ -343,37 +359,29 @@ mod tests {
         );
         assert!(
             costs
-                .worst(Due::settle(Duration::from_secs(3600)), 128 * MB, |_, _| {
+                .worst(Due::quiet(Duration::from_secs(3600)), 128 * MB, |_, _| {
                     false
                 })
                 .is_none()
         );
         assert_eq!(
             costs
-                .worst(Due::settle(Duration::ZERO), 128 * MB, |_, _| false)
+                .worst(Due::settle(), 128 * MB, |_, _| false)
                 .unwrap()
                 .0,
             "tiny"
         );
         costs.forget("tiny");
-        assert!(
-            costs
-                .worst(Due::settle(Duration::ZERO), 128 * MB, |_, _| false)
-                .is_none()
-        );
+        assert!(costs.worst(Due::settle(), 128 * MB, |_, _| false).is_none());
     }
 
     #[test]
     fn files_compaction_cannot_merge_raise_the_ideal() {
         // Twelve partitions, one file each after maintenance: no excess left to remove.
         let costs = ReadCosts::default();
-        costs.maintained("days", shape(12, 0, 120_000, 0));
+        costs.maintained("days", shape(12, 0, 120_000, 0), true);
         let none = |_: &str, _: &Shape| false;
-        assert!(
-            costs
-                .worst(Due::settle(Duration::ZERO), 128 * MB, none)
-                .is_none()
-        );
+        assert!(costs.worst(Due::settle(), 128 * MB, none).is_none());
         // Then twelve checkpoints' small files and deletes: due again.
         costs.set("days", shape(24, 12, 130_000, 5_000));
         assert!(costs.worst(Due::busy(1.25), 128 * MB, none).is_some());
