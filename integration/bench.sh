@@ -10,6 +10,7 @@
 #   integration/bench.sh rest [--sizes 1000000] [--orders 1000000]   (SQL vs REST catalog)
 #   integration/bench.sh always-fast [--rows 1000000] [--rate 5000] [--minutes 20] [--sample 60] [--sink TOML]
 #   integration/bench.sh failover [--pipelines 4] [--rate 2000] [--ttl 15s] [--seconds 60]
+#   integration/bench.sh whole-db [--source postgres|mysql] [--small 1000] [--big 10] [--rate 20000] [--seconds 60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LAKESHORE_CACHE:-$HOME/.cache/lakeshore}
@@ -56,6 +57,10 @@ fi
 if [ "${1:-}" = failover ]; then
   shift
   exec "$VENV/bin/python" integration/bench_failover.py "$@"
+fi
+if [ "${1:-}" = whole-db ]; then
+  shift
+  exec "$VENV/bin/python" integration/bench_whole_db.py "$@"
 fi
 if [ "${1:-}" = daemon ]; then
   shift

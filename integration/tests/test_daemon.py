@@ -25,7 +25,7 @@ STATUS_SCHEMA = {
         "pipelines": {"type": "array", "items": {
             "type": "object",
             "required": ["name", "file", "phase", "rows", "restarts", "last_error", "last_checkpoint",
-                         "source_position", "snapshot", "config_error"],
+                         "source_position", "snapshot", "tables", "config_error"],
             "properties": {
                 "name": {"type": "string"},
                 "phase": {"enum": ["starting", "snapshot", "streaming", "restarting", "paused", "stopping",
@@ -38,6 +38,10 @@ STATUS_SCHEMA = {
                     "properties": {"id": {"type": "integer"}, "at_ms": {"type": "integer"},
                                    "duration_ms": {"type": "integer"}}}]},
                 "snapshot": {"type": "object", "additionalProperties": {"enum": ["running", "done"]}},
+                "tables": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["rows", "last_commit_ms"],
+                    "properties": {"rows": {"type": "integer", "minimum": 0},
+                                   "last_commit_ms": {"type": "integer"}}}},
                 "config_error": {"type": ["string", "null"]},
             },
         }},

@@ -46,6 +46,16 @@ pub struct CheckpointStatus {
     pub duration_ms: u64,
 }
 
+/// One lake table of a pipeline, as its commits left it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableStatus {
+    /// Data rows committed to it since the daemon started the pipeline.
+    pub rows: u64,
+    /// Its last commit, ms since the epoch (a checkpoint that did not change the table
+    /// makes no commit: the table is as fresh as `last_checkpoint`, but unchanged).
+    pub last_commit_ms: u64,
+}
+
 /// A source's lag (see [`lakeshore_api::Lag`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LagStatus {
@@ -78,6 +88,8 @@ pub struct PipelineStatus {
     pub source_position: Option<serde_json::Value>,
     /// Snapshot state per source table: `"running"` or `"done"`.
     pub snapshot: BTreeMap<String, String>,
+    /// Per lake table committed to: rows and last commit.
+    pub tables: BTreeMap<String, TableStatus>,
     /// The pipeline's file changed to something invalid; the last valid version runs.
     pub config_error: Option<String>,
     /// Lake tables parked by `on_table_error = "isolate"`, with the reason.
@@ -138,6 +150,7 @@ impl StatusCell {
             last_checkpoint: None,
             source_position: None,
             snapshot: BTreeMap::new(),
+            tables: BTreeMap::new(),
             config_error: None,
             failed_tables: BTreeMap::new(),
             lag: None,
@@ -242,6 +255,21 @@ impl Observer for StatusCell {
             } else if !done && s.phase == Phase::Streaming {
                 s.phase = Phase::Snapshot;
             }
+        });
+    }
+
+    fn table_committed(&self, table: &str, rows: u64) {
+        self.update(|s| {
+            let at = now_ms();
+            let t = s
+                .tables
+                .entry(table.to_string())
+                .or_insert(TableStatus {
+                    rows: 0,
+                    last_commit_ms: at,
+                });
+            t.rows += rows;
+            t.last_commit_ms = at;
         });
     }
 

@@ -392,14 +392,22 @@ impl CommitContext {
     }
 
     /// The context one lake table's commit records: its position keeps only the row data
-    /// of the source tables `owns` accepts ([`SourcePosition::for_lake_table`]).
-    pub fn for_lake_table(&self, owns: impl Fn(&str) -> bool) -> CommitContext {
+    /// of its source tables `own` ([`SourcePosition::for_lake_table`]); unless `whole`,
+    /// only their entries of the per-table maps too
+    /// ([`SourcePosition::part_for_lake_table`]). One commit of each checkpoint records
+    /// the position whole.
+    pub fn for_lake_table(&self, own: &[&str], whole: bool) -> CommitContext {
         CommitContext {
-            position: self.position.for_lake_table(owns),
-            ..self.clone()
+            pipeline: self.pipeline.clone(),
+            checkpoint_id: self.checkpoint_id,
+            position: if whole {
+                self.position.for_lake_table(|t| own.contains(&t))
+            } else {
+                self.position.part_for_lake_table(own)
+            },
+            tables: self.tables,
         }
-    }
-}
+    }}
 
 /// The newest commit one pipeline made to one lake table, as the lake records it.
 #[derive(Debug, Clone, PartialEq)]

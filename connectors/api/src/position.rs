@@ -8,6 +8,13 @@
 //! [`SourcePosition::for_lake_table`] (its own source tables' progress and windows, the
 //! rest of the position whole); recovery from the lake alone puts the pieces together
 //! again with [`SourcePosition::with_row_data_from`].
+//!
+//! Per-table maps (`tables`, and PostgreSQL's `oids` and `columns`) grow with the number
+//! of tables: a whole database's position is tens of kilobytes. Only one lake table's
+//! commit of a checkpoint (the first it changes) records the position whole; the others
+//! record [`SourcePosition::part_for_lake_table`], which keeps just their own tables'
+//! entries, so that a checkpoint of a thousand tables does not write the thousand-table
+//! position a thousand times.
 
 use serde_json::{Value, json};
 
@@ -17,6 +24,10 @@ use crate::{Error, LakeCommit, Result, SourcePosition};
 const READING: &str = "reading";
 /// The source tables whose row data a lake table's position keeps.
 const ROW_DATA_OF: &str = "row_data_of";
+/// Marks a position cut to its lake table's own entries of [`PER_TABLE`].
+const PART: &str = "part";
+/// Maps keyed by source table name, kept only for the own tables in a part.
+const PER_TABLE: [&str; 3] = ["tables", "oids", "columns"];
 
 impl SourcePosition {
     /// The position without row data, for logs and `/pipelines`: a table being read shows
@@ -36,8 +47,72 @@ impl SourcePosition {
                 obj.insert("windows".into(), json!(n));
             }
             obj.remove(ROW_DATA_OF);
+            obj.remove(PART);
         }
         v
+    }
+
+    /// [`SourcePosition::for_lake_table`] cut further to the maps' entries of the source
+    /// tables `own` ([`PER_TABLE`]): what the lake tables of a checkpoint other than the
+    /// one recording it whole keep. The stream position stays; recovery from the lake
+    /// starts from the whole one ([`SourcePosition::is_part`] tells them apart). A
+    /// position without `tables` comes back unchanged (it is the same for every table).
+    /// Built from `own` alone, so a thousand parts of a thousand-table position cost no
+    /// more than a few copies of it.
+    pub fn part_for_lake_table(&self, own: &[&str]) -> SourcePosition {
+        let Some(obj) = self.0.as_object() else {
+            return self.clone();
+        };
+        if !obj.contains_key("tables") {
+            return self.clone();
+        }
+        let mut part = serde_json::Map::new();
+        for (key, value) in obj {
+            let kept = match (key.as_str(), value) {
+                (k, Value::Object(map)) if PER_TABLE.contains(&k) => Value::Object(
+                    own.iter()
+                        .filter_map(|t| Some((t.to_string(), map.get(*t)?.clone())))
+                        .collect(),
+                ),
+                ("windows", Value::Array(windows)) => Value::Array(
+                    windows
+                        .iter()
+                        .filter(|w| {
+                            w.get("table")
+                                .and_then(Value::as_str)
+                                .is_some_and(|t| own.contains(&t))
+                        })
+                        .cloned()
+                        .collect(),
+                ),
+                (ROW_DATA_OF | PART, _) => continue,
+                _ => value.clone(),
+            };
+            part.insert(key.clone(), kept);
+        }
+        part.insert(ROW_DATA_OF.into(), json!(own));
+        part.insert(PART.into(), json!(true));
+        SourcePosition(Value::Object(part))
+    }
+
+    /// The source tables the position names (in its per-table maps and windows).
+    pub fn source_tables(&self) -> std::collections::BTreeSet<&str> {
+        let mut out = std::collections::BTreeSet::new();
+        for key in PER_TABLE {
+            if let Some(map) = self.0.get(key).and_then(Value::as_object) {
+                out.extend(map.keys().map(String::as_str));
+            }
+        }
+        for w in self.0.get("windows").and_then(Value::as_array).into_iter().flatten() {
+            out.extend(w.get("table").and_then(Value::as_str));
+        }
+        out
+    }
+
+    /// True for a position made by [`SourcePosition::part_for_lake_table`]: not one to
+    /// resume from.
+    pub fn is_part(&self) -> bool {
+        self.0.get(PART).and_then(Value::as_bool) == Some(true)
     }
 
     /// The position as one lake table's commit records it (Iceberg snapshot summary, Hive
@@ -221,6 +296,49 @@ mod tests {
             w.sort_by_key(|w| w["high"].as_u64());
             assert_eq!(got, whole, "from {}", base.table);
         }
+    }
+
+    #[test]
+    fn parts_keep_their_own_tables_and_the_whole_one_restores_everything() {
+        let mut whole = position();
+        whole.0["oids"] = json!({"public.a": 1, "public.b": 2, "public.c": 3});
+        whole.0["columns"] = json!({"public.a": ["id"], "public.b": ["id", "v"], "public.c": ["k"]});
+        let b = commit("b", 9, whole.part_for_lake_table(&["public.b"]));
+        assert!(b.position.is_part());
+        assert_eq!(
+            b.position.0,
+            json!({
+                "lsn": 42,
+                "tables": {"public.b": {"after": ["secret-key-17"]}},
+                "windows": [{"table": "public.b", "from": ["k1"], "to": ["k9"], "high": 50}],
+                "oids": {"public.b": 2},
+                "columns": {"public.b": ["id", "v"]},
+                "row_data_of": ["public.b"],
+                "part": true,
+            })
+        );
+        assert!(!b.position.without_row_data().to_string().contains("part"));
+        let c = commit("c", 9, whole.part_for_lake_table(&["public.c"]));
+        // The commit that records the position whole: table a's.
+        let a = commit("a", 9, whole.for_lake_table(|t| t == "public.a"));
+        assert!(!a.position.is_part());
+        let mut got = a
+            .position
+            .with_row_data_from(&[a.clone(), b, c])
+            .unwrap();
+        got.0["windows"]
+            .as_array_mut()
+            .unwrap()
+            .sort_by_key(|w| w["high"].as_u64());
+        assert_eq!(got, whole);
+        // Positions without per-table maps are the same for every table.
+        let kafka = SourcePosition(json!({"offsets": {"0": 7}}));
+        assert_eq!(kafka.part_for_lake_table(&[]), kafka);
+        assert_eq!(
+            whole.source_tables().into_iter().collect::<Vec<_>>(),
+            ["public.a", "public.b", "public.c"]
+        );
+        assert!(!kafka.is_part());
     }
 
     #[test]

@@ -3,17 +3,23 @@
 //! off here), commits every table, and only then lets the source be acked.
 //! Checkpoints commit one at a time, in order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use lakeshore_api::{CommitContext, PendingCommit, Result, Sink, SourcePosition};
+use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::events;
-use crate::recovery::{commit_with_retry, table_context};
+use crate::recovery::{commit_with_retry, owners, table_context, whole_in};
 use crate::state::CheckpointRecord;
 use crate::{Checkpoints, Failpoint, Observer, PipelineSpec};
+
+/// Lake tables of one checkpoint committed at once: a whole database's tables changed in
+/// one checkpoint commit in a fraction of the time one after the other takes (each
+/// commit waits on the catalog and on object storage more than on the CPU).
+const COMMIT_CONCURRENCY: usize = 8;
 
 pub(crate) enum CommitterMsg {
     /// The source emitted barrier `id` at `position`; it was asked for `at`.
@@ -87,9 +93,12 @@ impl Committer {
     /// True when every expected writer prepared the checkpoint.
     fn ready(&self, prepared: Option<&Vec<PendingCommit>>) -> bool {
         prepared.map_or(self.expected.is_empty(), |p| {
-            self.expected
-                .iter()
-                .all(|t| p.iter().any(|pending| pending.table == *t))
+            // Counted first: checked table by table only once enough arrived (a thousand
+            // tables would otherwise cost a million comparisons per checkpoint).
+            p.len() >= self.expected.len() && {
+                let have: HashSet<&str> = p.iter().map(|pending| pending.table.as_str()).collect();
+                self.expected.iter().all(|t| have.contains(t.as_str()))
+            }
         })
     }
 
@@ -114,21 +123,44 @@ impl Committer {
         tracing::debug!(checkpoint = id, "writing the checkpoint record");
         self.store.write(&record).await?;
         let ctx = CommitContext::new(&self.spec.commit_as, id, position, &record.pending);
-        for p in &record.pending {
-            self.spec
-                .failpoint(Failpoint::BeforeCommit(id, p.table.clone()))
-                .await?;
-            let started = Instant::now();
-            tracing::debug!(checkpoint = id, table = %p.table, "committing");
-            let table_ctx = table_context(&ctx, &self.spec.route, &p.table);
-            commit_with_retry(&self.spec.name, self.sink.as_ref(), p, &table_ctx).await?;
-            events::TableCommitted {
-                pipeline: &self.spec.name,
-                table: &p.table,
-                took: started.elapsed(),
-            }
-            .emit();
-        }
+        // Tables the checkpoint did not change need no commit (and no catalog request);
+        // the others commit side by side, each idempotent on its own.
+        let whole = whole_in(&record.pending);
+        let owners = owners(&self.spec.route, position);
+        let commits: Vec<_> = record
+            .pending
+            .iter()
+            .filter(|p| !p.empty)
+            .map(|p| {
+                let table_ctx = table_context(&ctx, &owners, &p.table, whole == Some(p.table.as_str()));
+                self.commit_table(id, table_ctx, p)
+            })
+            .collect();
+        // Every started commit runs to its end, so that none is cut off half-way; the
+        // first error is the checkpoint's.
+        let results: Vec<Result<()>> = futures::stream::iter(commits)
+            .buffer_unordered(COMMIT_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<()>>()?;
         self.spec.failpoint(Failpoint::AfterCommits(id)).await
+    }
+
+    /// Commit one table's files of checkpoint `id`.
+    async fn commit_table(&self, id: u64, ctx: CommitContext, p: &PendingCommit) -> Result<()> {
+        self.spec
+            .failpoint(Failpoint::BeforeCommit(id, p.table.clone()))
+            .await?;
+        let started = Instant::now();
+        tracing::debug!(checkpoint = id, table = %p.table, "committing");
+        commit_with_retry(&self.spec.name, self.sink.as_ref(), p, &ctx).await?;
+        events::TableCommitted {
+            pipeline: &self.spec.name,
+            table: &p.table,
+            took: started.elapsed(),
+            rows: p.added_rows,
+        }
+        .emit(self.observer.as_ref());
+        Ok(())
     }
 }

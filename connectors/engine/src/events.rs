@@ -54,13 +54,20 @@ pub struct TableCommitted<'a> {
     pub table: &'a str,
     /// How long the commit took, retries included.
     pub took: Duration,
+    /// Data rows the commit added.
+    pub rows: u64,
 }
 
 impl TableCommitted<'_> {
-    /// Metrics.
-    pub fn emit(&self) {
-        metrics::histogram!("lakeshore_table_commit_duration_seconds", "pipeline" => self.pipeline.to_string(), "table" => self.table.to_string())
+    /// Metrics, observer.
+    pub fn emit(&self, observer: &dyn Observer) {
+        let (pipeline, table) = (self.pipeline.to_string(), self.table.to_string());
+        metrics::histogram!("lakeshore_table_commit_duration_seconds", "pipeline" => pipeline.clone(), "table" => table.clone())
             .record(self.took.as_secs_f64());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        metrics::gauge!("lakeshore_table_last_commit_timestamp_seconds", "pipeline" => pipeline, "table" => table)
+            .set(now.map_or(0.0, |d| d.as_secs_f64()));
+        observer.table_committed(self.table, self.rows);
     }
 }
 

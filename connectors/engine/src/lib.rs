@@ -145,6 +145,9 @@ pub trait Observer: Send + Sync {
     fn checkpoint(&self, _id: u64, _position: &SourcePosition, _total_rows: u64, _took: Duration) {}
     /// A table's snapshot started (`done = false`) or finished.
     fn snapshot(&self, _table: &str, _done: bool) {}
+    /// Lake table `table` committed a checkpoint that added `rows` data rows (tables a
+    /// checkpoint did not change make no commit).
+    fn table_committed(&self, _table: &str, _rows: u64) {}
     /// The run failed with `error` and restarts after `pause`.
     fn restarting(&self, _error: &Error, _pause: Duration) {}
     /// A lake table was parked (`on_table_error = "isolate"`) after `error`.

@@ -2,6 +2,7 @@
 //! files are committed again, idempotently), and resuming from the lake's own newest
 //! commit when the state store lost its records or is behind.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use lakeshore_api::{CommitContext, Error, PendingCommit, Result, Sink, SourcePosition};
@@ -10,10 +11,37 @@ use super::Router;
 use super::state::CheckpointRecord;
 use crate::events;
 
+/// Each lake table's source tables among those `position` names (routed once per
+/// checkpoint, not once per table and name).
+pub(super) fn owners<'p>(route: &Router, position: &'p SourcePosition) -> Owners<'p> {
+    let mut out: Owners<'p> = HashMap::new();
+    for source in position.source_tables() {
+        out.entry(route(source).0).or_default().push(source);
+    }
+    out
+}
+
+/// Lake table → its source tables (see [`owners`]).
+pub(super) type Owners<'p> = HashMap<String, Vec<&'p str>>;
+
 /// The context lake table `table`'s commit records: the position keeps the row data
-/// (snapshot progress, windows) of the source tables routed to it and of no other.
-pub(super) fn table_context(ctx: &CommitContext, route: &Router, table: &str) -> CommitContext {
-    ctx.for_lake_table(|source| route(source).0 == table)
+/// (snapshot progress, windows) of the source tables routed to it and of no other; the
+/// first table the checkpoint changes (see [`whole_in`]) records the rest of the position
+/// whole, the others only their own tables' entries.
+pub(super) fn table_context(
+    ctx: &CommitContext,
+    owners: &Owners<'_>,
+    table: &str,
+    whole: bool,
+) -> CommitContext {
+    let own = owners.get(table).map_or(&[][..], Vec::as_slice);
+    ctx.for_lake_table(own, whole)
+}
+
+/// The lake table whose commit of a checkpoint records its position whole: the first
+/// one it changes (the same on every retry and in recovery: the record keeps the order).
+pub(super) fn whole_in(pending: &[PendingCommit]) -> Option<&str> {
+    pending.iter().find(|p| !p.empty).map(|p| p.table.as_str())
 }
 
 /// Finish the newest checkpoint record: commit its pending files (idempotent).
@@ -24,8 +52,11 @@ pub(super) async fn recover(
     sink: &dyn Sink,
 ) -> Result<()> {
     let ctx = CommitContext::new(pipeline, rec.id, &rec.position, &rec.pending);
-    for p in &rec.pending {
-        if commit_with_retry(pipeline, sink, p, &table_context(&ctx, route, &p.table)).await? {
+    let whole = whole_in(&rec.pending);
+    let owners = owners(route, &rec.position);
+    for p in rec.pending.iter().filter(|p| !p.empty) {
+        let table_ctx = table_context(&ctx, &owners, &p.table, whole == Some(p.table.as_str()));
+        if commit_with_retry(pipeline, sink, p, &table_ctx).await? {
             tracing::info!(pipeline, table = %p.table, checkpoint = rec.id, "recovered: committed pending files of the last checkpoint");
         }
     }
@@ -70,7 +101,13 @@ pub(super) async fn lake_checkpoint(
             names.join(", ")
         )));
     }
-    let position = at_newest[0].position.with_row_data_from(&commits)?;
+    // The commit that records the position whole (older commits all do).
+    let Some(whole) = at_newest.iter().find(|c| !c.position.is_part()) else {
+        return Err(Error::config(format!(
+            "pipeline {pipeline}: {state_says}, and no lake table's commit of the lake's newest checkpoint {newest} holds its whole source position. Restore the pipeline's state directory, or drop the pipeline's lake tables and run it again to start over"
+        )));
+    };
+    let position = whole.position.with_row_data_from(&commits)?;
     events::ResumedFromLake {
         pipeline,
         checkpoint: newest,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lakeshore_api::{
     ChangeBatch, Error, ErrorKind, Result, Sink, TableSchema, TableTarget, TableWriter,
 };
+use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -19,6 +20,9 @@ use crate::{Observer, PipelineSpec};
 /// Batches queued per writer before the source waits: a barrier waits behind at most
 /// this many batches per writer, so a checkpoint finishes in bounded time.
 const CHANNEL_DEPTH: usize = 4;
+
+/// Lake tables opened at once when a run starts.
+const OPEN_CONCURRENCY: usize = 8;
 
 pub(crate) enum WriterMsg {
     Batch(ChangeBatch),
@@ -68,6 +72,7 @@ impl Writers {
         };
         // Lake tables that a source table reached without a route: they take no other.
         let mut unrouted: Vec<bool> = Vec::new();
+        let mut to_open: Vec<TableTarget> = Vec::new();
         for table in tables {
             let (target, routed) = (spec.route)(&table.name);
             let idx = match out.targets.iter().position(|t| *t == target) {
@@ -79,25 +84,10 @@ impl Writers {
                         .get(&target)
                         .cloned()
                         .unwrap_or_else(|| spec.default_partitioning.clone());
-                    let writer = sink
-                        .open_table(&TableTarget {
-                            source: table.clone(),
-                            name: target.clone(),
-                            partitioning,
-                        })
-                        .await?;
-                    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-                    let task = tokio::spawn(writer_task(
-                        writer,
-                        rx,
-                        to_committer.clone(),
-                        committed.clone(),
-                        pressure.clone(),
-                    ));
-                    out.writers.push(Writer {
-                        tx,
-                        task,
-                        parked: false,
+                    to_open.push(TableTarget {
+                        source: table.clone(),
+                        name: target.clone(),
+                        partitioning,
                     });
                     out.targets.push(target);
                     unrouted.push(!routed);
@@ -105,6 +95,28 @@ impl Writers {
                 }
             };
             out.route.insert(table.name, idx);
+        }
+        // A whole database's tables open side by side (each a catalog round trip or two),
+        // in order.
+        let opening: Vec<_> = to_open.iter().map(|t| sink.open_table(t)).collect();
+        let opened: Vec<Result<Box<dyn TableWriter>>> = futures::stream::iter(opening)
+            .buffered(OPEN_CONCURRENCY)
+            .collect()
+            .await;
+        for writer in opened {
+            let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+            let task = tokio::spawn(writer_task(
+                writer?,
+                rx,
+                to_committer.clone(),
+                committed.clone(),
+                pressure.clone(),
+            ));
+            out.writers.push(Writer {
+                tx,
+                task,
+                parked: false,
+            });
         }
         Ok(out)
     }

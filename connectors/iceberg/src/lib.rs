@@ -30,6 +30,7 @@ use lakeshore_api::{
     TableWriter,
 };
 
+mod cache;
 mod catalog;
 pub mod commit;
 mod error;

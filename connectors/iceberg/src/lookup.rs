@@ -104,15 +104,11 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
     }
     let started = std::time::Instant::now();
     let file_io = table.file_io();
-    let list = table
-        .manifest_list_reader(&snapshot)
-        .load()
-        .await
-        .map_err(ice)?;
+    let list = crate::cache::manifest_list(table, &snapshot).await?;
     let mut candidates = Vec::new();
     let mut delete_files = Vec::new();
     for manifest in list.entries() {
-        let m = manifest.load_manifest(file_io).await.map_err(ice)?;
+        let m = crate::cache::manifest(file_io, manifest).await?;
         for entry in m.entries() {
             if entry.status() == ManifestStatus::Deleted {
                 continue;

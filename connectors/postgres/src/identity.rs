@@ -91,7 +91,41 @@ impl PostgresSource {
                 )));
             }
         }
-        Ok(())
+        self.check_new_tables().await
+    }
+
+    /// Whether a table created since the start matches `tables` (`shop.*`): CREATE leaves
+    /// no trace in the stream and the table is outside the publication, so it restarts
+    /// the pipeline, whose start adds it to the publication and reads it whole.
+    async fn check_new_tables(&mut self) -> Result<()> {
+        let all: Vec<u32> = self.tables.iter().map(|t| t.oid).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND NOT (c.oid = ANY($1))",
+                &[&all],
+            )
+            .await
+            .map_err(|e| pg_error("looking for new tables", e))?;
+        let followed = |name: &str| self.by_name.contains_key(name);
+        let new = rows.iter().map(|r| r.get::<_, String>(0)).find(|name| {
+            !followed(name)
+                && self
+                    .opts
+                    .tables
+                    .iter()
+                    .any(|p| crate::discover::glob_match(p, name))
+        });
+        match new {
+            Some(name) => Err(Error::transient(format!(
+                "table {name} was created at the source and matches [source] tables; restarting to read it"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether a followed table's catalog columns differ from the shape the stream last

@@ -9,7 +9,7 @@ use iceberg::table::Table;
 use lakeshore_api::{Error, LakeCommit, Result, SourcePosition};
 
 use super::{CHECKPOINT_KEY, PIPELINE_KEY, POSITION_KEY, TABLES_KEY};
-use crate::error::{ice, internal};
+use crate::error::internal;
 
 /// The newest checkpoint id of `pipeline` in the table's main-branch history.
 pub fn last_checkpoint(table: &Table, pipeline: &str) -> Option<u64> {
@@ -94,18 +94,14 @@ pub(super) async fn entries_since(
         if snap.snapshot_id() == base {
             return Ok(Ok(entries));
         }
-        let list = table
-            .manifest_list_reader(&snap)
-            .load()
-            .await
-            .map_err(ice)?;
+        let list = crate::cache::manifest_list(table, &snap).await?;
         for manifest in list.entries() {
             if manifest.added_snapshot_id != snap.snapshot_id()
                 || content.as_ref().is_some_and(|c| manifest.content != *c)
             {
                 continue;
             }
-            let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
+            let m = crate::cache::manifest(table.file_io(), manifest).await?;
             let spec_id = manifest.partition_spec_id;
             entries.extend(m.entries().iter().map(|e| (spec_id, e.clone())));
         }

@@ -23,11 +23,7 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
         let Some(parent) = md.current_snapshot().cloned() else {
             return Ok(false);
         };
-        let list = table
-            .manifest_list_reader(&parent)
-            .load()
-            .await
-            .map_err(ice)?;
+        let list = crate::cache::manifest_list(&table, &parent).await?;
         let mut groups: HashMap<(bool, i32), Vec<iceberg::spec::ManifestFile>> = HashMap::new();
         let mut dead = 0;
         for m in list.entries() {
@@ -55,7 +51,7 @@ pub async fn merge_manifests(catalog: &CatalogHandle, ident: &TableIdent) -> Res
             let (mut writer, _) =
                 staging.manifest(&format!("merged{n}"), spec_id, deletes, &mut written)?;
             for m in group {
-                let loaded = m.load_manifest(table.file_io()).await.map_err(ice)?;
+                let loaded = crate::cache::manifest(table.file_io(), &m).await?;
                 for e in loaded.entries().iter().filter(|e| e.is_alive()) {
                     let added_by = e.snapshot_id().unwrap_or(m.added_snapshot_id);
                     writer

@@ -143,16 +143,12 @@ async fn stage_rewrite(
         .ok_or_else(|| internal("a compaction needs a snapshot to replace files of"))?;
     let mut collector = SnapshotSummaryCollector::default();
     let mut manifests = Vec::new();
-    let list = table
-        .manifest_list_reader(&parent)
-        .load()
-        .await
-        .map_err(ice)?;
+    let list = crate::cache::manifest_list(table, &parent).await?;
     // Manifests holding a replaced file are merged, per content and spec, into one that
     // marks the replaced files deleted and keeps their other live entries as existing
     // (so a compaction also leaves fewer manifests); manifests with no live file are
     // dropped; the rest are carried as they are.
-    let carried: Vec<iceberg::spec::ManifestFile> = list.consume_entries().into_iter().collect();
+    let carried: Vec<iceberg::spec::ManifestFile> = list.entries().to_vec();
     let replaced =
         |p: &str| rewrite.removed_data.contains(p) || rewrite.removed_deletes.contains(p);
     // Per (deletes?, spec id): entries with whether they are replaced and who added them.
@@ -162,7 +158,7 @@ async fn stage_rewrite(
         if !has_live_files(&manifest) {
             continue;
         }
-        let m = manifest.load_manifest(file_io).await.map_err(ice)?;
+        let m = crate::cache::manifest(file_io, &manifest).await?;
         if !m
             .entries()
             .iter()

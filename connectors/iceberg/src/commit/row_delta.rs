@@ -158,15 +158,11 @@ async fn stage(
     let parent = md.current_snapshot().cloned();
     let mut manifests = Vec::new();
     if let Some(parent) = &parent {
-        let list = table
-            .manifest_list_reader(parent)
-            .load()
-            .await
-            .map_err(ice)?;
+        let list = crate::cache::manifest_list(table, parent).await?;
         if delta.truncate {
             let mut removed: HashMap<(bool, i32), Vec<ManifestEntry>> = HashMap::new();
             for manifest in list.entries() {
-                let m = manifest.load_manifest(file_io).await.map_err(ice)?;
+                let m = crate::cache::manifest(file_io, manifest).await?;
                 for entry in m.entries().iter().filter(|e| e.is_alive()) {
                     let deletes = manifest.content == ManifestContentType::Deletes;
                     let key = (deletes, manifest.partition_spec_id);
@@ -186,7 +182,7 @@ async fn stage(
                 manifests.push(writer.write_manifest_file().await.map_err(ice)?);
             }
         } else {
-            manifests.extend(list.consume_entries().into_iter().filter(has_live_files));
+            manifests.extend(list.entries().iter().filter(|m| has_live_files(m)).cloned());
         }
     }
     manifests.extend(new_manifests);

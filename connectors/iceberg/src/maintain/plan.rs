@@ -8,7 +8,7 @@ use iceberg::spec::{DataContentType, DataFile, ManifestStatus, Struct};
 use iceberg::table::Table;
 use lakeshore_api::Result;
 
-use crate::error::{ice, internal};
+use crate::error::internal;
 
 /// Rows rewritten per commit at most (bounds the row map, 8 bytes per row).
 pub const ROWS_PER_COMMIT: u64 = 8_000_000;
@@ -164,11 +164,7 @@ pub(super) async fn inventory(
     table: &Table,
     snapshot: &iceberg::spec::SnapshotRef,
 ) -> Result<Inventory> {
-    let list = table
-        .manifest_list_reader(snapshot)
-        .load()
-        .await
-        .map_err(ice)?;
+    let list = crate::cache::manifest_list(table, snapshot).await?;
     let mut parts: HashMap<PartitionKey, Partition> = HashMap::new();
     let mut global = Vec::new();
     for manifest in list.entries() {
@@ -182,7 +178,7 @@ pub(super) async fn inventory(
                 ))
             })?
             .is_unpartitioned();
-        let m = manifest.load_manifest(table.file_io()).await.map_err(ice)?;
+        let m = crate::cache::manifest(table.file_io(), manifest).await?;
         for e in m.entries() {
             if e.status() == ManifestStatus::Deleted {
                 continue;
