@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use lakeshore_api::ErrorKind;
 use tokio::sync::watch;
 
+/// mimalloc: a thousand tables' writers on a few threads fragment glibc's arenas (their
+/// resident memory grew past twice the heap in `bench.sh whole-db`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[cfg(feature = "bench")]
 mod bench;
 mod config;

@@ -261,13 +261,10 @@ impl Observer for StatusCell {
     fn table_committed(&self, table: &str, rows: u64) {
         self.update(|s| {
             let at = now_ms();
-            let t = s
-                .tables
-                .entry(table.to_string())
-                .or_insert(TableStatus {
-                    rows: 0,
-                    last_commit_ms: at,
-                });
+            let t = s.tables.entry(table.to_string()).or_insert(TableStatus {
+                rows: 0,
+                last_commit_ms: at,
+            });
             t.rows += rows;
             t.last_commit_ms = at;
         });

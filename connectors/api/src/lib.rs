@@ -407,7 +407,8 @@ impl CommitContext {
             },
             tables: self.tables,
         }
-    }}
+    }
+}
 
 /// The newest commit one pipeline made to one lake table, as the lake records it.
 #[derive(Debug, Clone, PartialEq)]

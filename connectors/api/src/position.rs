@@ -103,7 +103,13 @@ impl SourcePosition {
                 out.extend(map.keys().map(String::as_str));
             }
         }
-        for w in self.0.get("windows").and_then(Value::as_array).into_iter().flatten() {
+        for w in self
+            .0
+            .get("windows")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             out.extend(w.get("table").and_then(Value::as_str));
         }
         out
@@ -302,7 +308,8 @@ mod tests {
     fn parts_keep_their_own_tables_and_the_whole_one_restores_everything() {
         let mut whole = position();
         whole.0["oids"] = json!({"public.a": 1, "public.b": 2, "public.c": 3});
-        whole.0["columns"] = json!({"public.a": ["id"], "public.b": ["id", "v"], "public.c": ["k"]});
+        whole.0["columns"] =
+            json!({"public.a": ["id"], "public.b": ["id", "v"], "public.c": ["k"]});
         let b = commit("b", 9, whole.part_for_lake_table(&["public.b"]));
         assert!(b.position.is_part());
         assert_eq!(
@@ -322,10 +329,7 @@ mod tests {
         // The commit that records the position whole: table a's.
         let a = commit("a", 9, whole.for_lake_table(|t| t == "public.a"));
         assert!(!a.position.is_part());
-        let mut got = a
-            .position
-            .with_row_data_from(&[a.clone(), b, c])
-            .unwrap();
+        let mut got = a.position.with_row_data_from(&[a.clone(), b, c]).unwrap();
         got.0["windows"]
             .as_array_mut()
             .unwrap()

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lakeshore_api::{CommitContext, PendingCommit, Result, Sink, SourcePosition};
 use futures::StreamExt;
+use lakeshore_api::{CommitContext, PendingCommit, Result, Sink, SourcePosition};
 use tokio::sync::{mpsc, watch};
 
 use crate::events;
@@ -132,7 +132,8 @@ impl Committer {
             .iter()
             .filter(|p| !p.empty)
             .map(|p| {
-                let table_ctx = table_context(&ctx, &owners, &p.table, whole == Some(p.table.as_str()));
+                let table_ctx =
+                    table_context(&ctx, &owners, &p.table, whole == Some(p.table.as_str()));
                 self.commit_table(id, table_ctx, p)
             })
             .collect();

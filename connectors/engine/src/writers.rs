@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::StreamExt;
 use lakeshore_api::{
     ChangeBatch, Error, ErrorKind, Result, Sink, TableSchema, TableTarget, TableWriter,
 };
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
