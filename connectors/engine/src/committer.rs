@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -127,6 +128,7 @@ impl Committer {
         // the others commit side by side, each idempotent on its own.
         let whole = whole_in(&record.pending);
         let owners = owners(&self.spec.route, position);
+        let failed = AtomicBool::new(false);
         let commits: Vec<_> = record
             .pending
             .iter()
@@ -134,11 +136,11 @@ impl Committer {
             .map(|p| {
                 let table_ctx =
                     table_context(&ctx, &owners, &p.table, whole == Some(p.table.as_str()));
-                self.commit_table(id, table_ctx, p)
+                self.commit_table(id, table_ctx, p, &failed)
             })
             .collect();
-        // Every started commit runs to its end, so that none is cut off half-way; the
-        // first error is the checkpoint's.
+        // Every started commit runs to its end, so that none is cut off half-way; after
+        // an error no other starts; the first error is the checkpoint's.
         let results: Vec<Result<()>> = futures::stream::iter(commits)
             .buffer_unordered(COMMIT_CONCURRENCY)
             .collect()
@@ -147,21 +149,41 @@ impl Committer {
         self.spec.failpoint(Failpoint::AfterCommits(id)).await
     }
 
-    /// Commit one table's files of checkpoint `id`.
-    async fn commit_table(&self, id: u64, ctx: CommitContext, p: &PendingCommit) -> Result<()> {
+    /// Commit one table's files of checkpoint `id`, unless another table's commit of it
+    /// failed already (`failed`): the checkpoint fails anyway, and a thousand tables each
+    /// retrying against a catalog that is down would hold its error back for long.
+    async fn commit_table(
+        &self,
+        id: u64,
+        ctx: CommitContext,
+        p: &PendingCommit,
+        failed: &AtomicBool,
+    ) -> Result<()> {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let result = self.commit_one(id, ctx, p).await;
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn commit_one(&self, id: u64, ctx: CommitContext, p: &PendingCommit) -> Result<()> {
         self.spec
             .failpoint(Failpoint::BeforeCommit(id, p.table.clone()))
             .await?;
         let started = Instant::now();
         tracing::debug!(checkpoint = id, table = %p.table, "committing");
-        commit_with_retry(&self.spec.name, self.sink.as_ref(), p, &ctx).await?;
-        events::TableCommitted {
-            pipeline: &self.spec.name,
-            table: &p.table,
-            took: started.elapsed(),
-            rows: p.added_rows,
+        if commit_with_retry(&self.spec.name, self.sink.as_ref(), p, &ctx).await? {
+            events::TableCommitted {
+                pipeline: &self.spec.name,
+                table: &p.table,
+                took: started.elapsed(),
+                rows: p.added_rows,
+            }
+            .emit(self.observer.as_ref());
         }
-        .emit(self.observer.as_ref());
         Ok(())
     }
 }

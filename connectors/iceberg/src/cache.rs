@@ -11,7 +11,7 @@ use iceberg::table::Table;
 use lakeshore_api::Result;
 use moka::future::Cache;
 
-use crate::error::ice;
+use crate::error::{ice, ice_shared};
 
 /// Bytes of manifest files on disk kept parsed (about four times that in memory).
 const MANIFEST_BYTES: u64 = 16 << 20;
@@ -51,7 +51,7 @@ pub async fn manifest(file_io: &FileIO, m: &ManifestFile) -> Result<Arc<Manifest
 fn shared(e: Arc<iceberg::Error>) -> lakeshore_api::Error {
     match Arc::try_unwrap(e) {
         Ok(e) => ice(e),
-        Err(e) => lakeshore_api::Error::transient(e.to_string()),
+        Err(e) => ice_shared(&e),
     }
 }
 

@@ -4,8 +4,17 @@ use lakeshore_api::{Error, ErrorKind};
 
 /// An iceberg-rust error, kept retryable when iceberg says so.
 pub fn ice(e: iceberg::Error) -> Error {
+    Error::new(kind_of(&e), "iceberg").with_source(e)
+}
+
+/// The same for an error shared with other callers (kept as text).
+pub fn ice_shared(e: &iceberg::Error) -> Error {
+    Error::new(kind_of(e), format!("iceberg: {e}"))
+}
+
+fn kind_of(e: &iceberg::Error) -> ErrorKind {
     use iceberg::ErrorKind as K;
-    let kind = if e.retryable() {
+    if e.retryable() {
         ErrorKind::Transient
     } else {
         match e.kind() {
@@ -16,8 +25,7 @@ pub fn ice(e: iceberg::Error) -> Error {
             K::NamespaceNotFound | K::TableNotFound => ErrorKind::Config,
             _ => ErrorKind::Internal,
         }
-    };
-    Error::new(kind, "iceberg").with_source(e)
+    }
 }
 
 /// A bug or an impossible state.

@@ -125,7 +125,7 @@ pub async fn discover(
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-               AND n.nspname NOT LIKE 'pg_toast%' \
+               AND n.nspname NOT LIKE 'pg_toast%' AND c.relpersistence <> 't' \
              ORDER BY 2, 3",
             &[],
         )

@@ -96,32 +96,41 @@ impl PostgresSource {
 
     /// Whether a table created since the start matches `tables` (`shop.*`): CREATE leaves
     /// no trace in the stream and the table is outside the publication, so it restarts
-    /// the pipeline, whose start adds it to the publication and reads it whole.
+    /// the pipeline, whose start adds it to the publication and reads it whole. Only once
+    /// two checks (10 s apart) saw it, so that a table still being set up (a key added
+    /// after the CREATE) or dropped again at once does not restart anything; temporary
+    /// tables are never followed.
     async fn check_new_tables(&mut self) -> Result<()> {
         let all: Vec<u32> = self.tables.iter().map(|t| t.oid).collect();
         let rows = self
             .client
             .query(
-                "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+                "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                   AND c.relpersistence <> 't' \
                    AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                    AND NOT (c.oid = ANY($1))",
                 &[&all],
             )
             .await
             .map_err(|e| pg_error("looking for new tables", e))?;
-        let followed = |name: &str| self.by_name.contains_key(name);
-        let new = rows.iter().map(|r| r.get::<_, String>(0)).find(|name| {
-            !followed(name)
-                && self
-                    .opts
-                    .tables
-                    .iter()
-                    .any(|p| crate::discover::glob_match(p, name))
-        });
-        match new {
-            Some(name) => Err(Error::transient(format!(
+        let matching: Vec<(u32, String)> = rows
+            .iter()
+            .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1)))
+            .filter(|(_, name)| {
+                !self.by_name.contains_key(name)
+                    && self
+                        .opts
+                        .tables
+                        .iter()
+                        .any(|p| crate::discover::glob_match(p, name))
+            })
+            .collect();
+        let seen_before = std::mem::take(&mut self.new_tables);
+        self.new_tables = matching.iter().map(|(oid, _)| *oid).collect();
+        match matching.iter().find(|(oid, _)| seen_before.contains(oid)) {
+            Some((_, name)) => Err(Error::transient(format!(
                 "table {name} was created at the source and matches [source] tables; restarting to read it"
             ))),
             None => Ok(()),

@@ -232,6 +232,9 @@ pub struct PostgresSource {
     last_commit: Option<std::time::SystemTime>,
     /// The lag as last measured.
     lag: Option<Lag>,
+    /// Tables created since the start that `tables` matches, as the last identity check
+    /// saw them (OIDs): a restart follows one only once two checks saw it.
+    new_tables: std::collections::HashSet<u32>,
 }
 
 /// The position brought in line with the tables as discovered: a table dropped and
@@ -422,6 +425,7 @@ impl PostgresSource {
             last_yield: std::time::Instant::now(),
             last_commit: None,
             lag: None,
+            new_tables: Default::default(),
         };
         for name in recreated {
             source.out.push_back(SourceEvent::Truncate(name));
