@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
 import socket
 import sqlite3
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lake  # noqa: E402
+from bench_always_fast import peak_rss_mib  # noqa: E402
 
 BIN = os.environ["LAKESHORE_BIN"]
 ROWS_PER_TOUCH = 20
@@ -46,19 +46,6 @@ def status(port):
             return json.loads(r.read())
     except OSError:
         return None
-
-
-def watch_rss(pid, out):
-    """VmRSS / VmHWM of `pid` every half second until it exits: out = [peak, {phase: peak}]."""
-    while True:
-        try:
-            text = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            return
-        m = re.search(r"VmHWM:\s+(\d+) kB", text)
-        if m:
-            out[0] = max(out[0], int(m.group(1)) / 1024)
-        time.sleep(0.5)
 
 
 class Postgres:
@@ -224,7 +211,7 @@ catalog = {{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/w
         proc = subprocess.Popen([BIN, "run", str(work / "p"), "--http", f"127.0.0.1:{port}"], cwd=work,
                                 stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "w"))
         peak = [0.0]
-        threading.Thread(target=watch_rss, args=(proc.pid, peak), daemon=True).start()
+        threading.Thread(target=peak_rss_mib, args=(proc.pid, peak), daemon=True).start()
         while True:
             st = status(port)
             if st and st["phase"] == "streaming" and len(st["snapshot"]) == len(names) \
