@@ -457,6 +457,14 @@ pub trait Sink: Send + Sync {
     }
 }
 
+/// A checkpoint's pending commit, or the rest of the work that makes it.
+pub enum Preparing {
+    /// Prepared.
+    Ready(PendingCommit),
+    /// Finishes on its own, independent of the writer.
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Result<PendingCommit>> + Send>>),
+}
+
 /// Writes one table's changes between two checkpoints.
 #[async_trait::async_trait]
 pub trait TableWriter: Send {
@@ -467,6 +475,16 @@ pub trait TableWriter: Send {
     /// calls it only after the previous checkpoint's commit is visible, so writers that
     /// look up committed rows see everything before this checkpoint.
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit>;
+
+    /// [`prepare`](Self::prepare) in two parts: the writer closes the checkpoint's files
+    /// and takes what the commit needs, and may hand back the slow rest (looking up the
+    /// committed rows it replaces, writing delete files) as [`Preparing::Later`], which
+    /// the engine runs while the writer already takes the next checkpoint's batches. The
+    /// engine runs no other call on the writer but `write` and `watermark` until that
+    /// future finished, and prepares the next checkpoint only after it is committed.
+    async fn prepare_overlapped(&mut self, checkpoint_id: u64) -> Result<Preparing> {
+        Ok(Preparing::Ready(self.prepare(checkpoint_id).await?))
+    }
 
     /// True when the writer holds so much state for the open checkpoint (e.g. an index of
     /// the keys it wrote) that the engine should checkpoint now rather than at the next

@@ -12,8 +12,8 @@ use std::time::Duration;
 use arrow_array::{Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use lakeshore_api::{
-    ChangeBatch, CommitContext, Error, LakeCommit, Op, PendingCommit, Result, Sink, Source,
-    SourceEvent, SourcePosition, TableSchema, TableTarget, TableWriter,
+    ChangeBatch, CommitContext, Error, LakeCommit, Op, PendingCommit, Preparing, Result, Sink,
+    Source, SourceEvent, SourcePosition, TableSchema, TableTarget, TableWriter,
 };
 use serde_json::json;
 
@@ -285,6 +285,16 @@ impl TableWriter for MemoryWriter {
             empty: changes.is_empty(),
             payload: json!(changes),
         })
+    }
+
+    /// Finishes later, as the Iceberg upsert writer does: the engine's overlapped path
+    /// is what every engine test runs.
+    async fn prepare_overlapped(&mut self, checkpoint_id: u64) -> Result<Preparing> {
+        let pending = self.prepare(checkpoint_id).await?;
+        Ok(Preparing::Later(Box::pin(async move {
+            tokio::task::yield_now().await;
+            Ok(pending)
+        })))
     }
 
     fn wants_checkpoint(&self) -> bool {

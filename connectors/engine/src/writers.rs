@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use lakeshore_api::{
-    ChangeBatch, Error, ErrorKind, Result, Sink, TableSchema, TableTarget, TableWriter,
+    ChangeBatch, Error, ErrorKind, Preparing, Result, Sink, TableSchema, TableTarget, TableWriter,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -321,6 +321,36 @@ impl Writers {
     }
 }
 
+/// The rest of a checkpoint's preparation, running beside the writer
+/// ([`TableWriter::prepare_overlapped`]); it tells the committer itself. Dropped, it stops.
+struct Finishing(JoinHandle<Result<()>>);
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Finishing {
+    async fn wait(&mut self) -> Result<()> {
+        (&mut self.0)
+            .await
+            .map_err(|e| Error::internal(format!("preparing a checkpoint: {e}")))?
+    }
+}
+
+/// Wait for the checkpoint being finished, if any; its error is the writer's.
+async fn finished(finishing: &mut Option<Finishing>) -> Result<()> {
+    match finishing {
+        Some(f) => {
+            let r = f.wait().await;
+            *finishing = None;
+            r
+        }
+        None => Ok(()),
+    }
+}
+
 async fn writer_task(
     mut writer: Box<dyn TableWriter>,
     mut rx: mpsc::Receiver<WriterMsg>,
@@ -331,7 +361,21 @@ async fn writer_task(
     // Ask once per checkpoint: batches already queued behind the request must not ask
     // for another checkpoint right after it.
     let mut asked = false;
-    while let Some(msg) = rx.recv().await {
+    let mut finishing: Option<Finishing> = None;
+    loop {
+        let msg = tokio::select! {
+            // A failed preparation stops the writer now, not at the next barrier.
+            r = async { finishing.as_mut().expect("guarded").wait().await }, if finishing.is_some() => {
+                finishing = None;
+                r?;
+                continue;
+            }
+            msg = rx.recv() => msg,
+        };
+        let Some(msg) = msg else { break };
+        if !matches!(msg, WriterMsg::Batch(_) | WriterMsg::Watermark(_)) {
+            finished(&mut finishing).await?;
+        }
         match msg {
             WriterMsg::Batch(b) => {
                 writer.write(b).await?;
@@ -350,14 +394,27 @@ async fn writer_task(
                     .await
                     .map_err(|_| Error::internal("the committer stopped"))?;
                 tracing::debug!(checkpoint = id, "preparing");
-                let pending = writer.prepare(id).await?;
-                tracing::debug!(checkpoint = id, table = %pending.table, "prepared");
                 asked = false;
+                let pending = match writer.prepare_overlapped(id).await? {
+                    Preparing::Ready(pending) => pending,
+                    Preparing::Later(rest) => {
+                        let done = done.clone();
+                        finishing = Some(Finishing(tokio::spawn(async move {
+                            let pending = rest.await?;
+                            tracing::debug!(checkpoint = id, table = %pending.table, "prepared");
+                            // A stopped committer stops the writer through its channel.
+                            let _ = done.send(CommitterMsg::Prepared(pending));
+                            Ok(())
+                        })));
+                        continue;
+                    }
+                };
+                tracing::debug!(checkpoint = id, table = %pending.table, "prepared");
                 if done.send(CommitterMsg::Prepared(pending)).is_err() {
                     return Ok(());
                 }
             }
         }
     }
-    Ok(())
+    finished(&mut finishing).await
 }

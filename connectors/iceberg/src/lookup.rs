@@ -6,14 +6,14 @@
 //! same partition. Memory is one Parquet batch of key columns plus the looked-up keys;
 //! nothing grows with the table.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, StringArray};
 use arrow_row::RowConverter;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowFileReader;
 use iceberg::io::FileIO;
 use iceberg::metadata_columns::RESERVED_FIELD_ID_DELETE_FILE_PATH;
@@ -46,16 +46,16 @@ pub type Key = smallvec::SmallVec<[u8; 16]>;
 /// and once per row scanned in a lookup).
 pub type KeySet = foldhash::HashSet<Key>;
 
-/// What to look up: encoded keys.
-pub struct KeyQuery<'a> {
+/// What to look up: encoded keys. Shared by the scans of several files at once.
+pub struct KeyQuery {
     /// Encoded keys.
-    pub keys: &'a KeySet,
+    pub keys: KeySet,
     /// Encoder of the key columns, in key order.
-    pub converter: &'a RowConverter,
+    pub converter: RowConverter,
     /// Key column names, in key order.
-    pub columns: &'a [String],
+    pub columns: Vec<String>,
     /// Their Arrow types in the table's current schema.
-    pub types: &'a [arrow_schema::DataType],
+    pub types: Vec<arrow_schema::DataType>,
     /// Field id of the first key column (for min/max pruning).
     pub first_key_field: i32,
     /// Integer keys, sorted, when the key is a single integer column (enables pruning).
@@ -94,8 +94,12 @@ fn may_contain(sorted: &[i64], lower: Option<i64>, upper: Option<i64>) -> bool {
     i < sorted.len() && sorted[i] <= hi
 }
 
+/// Candidate files whose keys are scanned at once: decoding runs on every core, and on
+/// object storage the reads overlap.
+const SCAN_CONCURRENCY: usize = 4;
+
 /// Find the live rows of `query.keys` in the table's current snapshot.
-pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<LiveRow>> {
+pub async fn find_live_rows(table: &Table, query: &Arc<KeyQuery>) -> Result<Vec<LiveRow>> {
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
         return Ok(Vec::new());
     };
@@ -156,17 +160,7 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
     }
 
     let planned = started.elapsed();
-    let mut found = Vec::new();
-    for c in &candidates {
-        for pos in scan_keys(file_io, &c.path, query).await? {
-            found.push(LiveRow {
-                path: c.path.clone(),
-                pos,
-                partition: c.partition.clone(),
-                spec_id: c.spec_id,
-            });
-        }
-    }
+    let mut found = scan_candidates(file_io, &candidates, query).await?;
     let scanned = started.elapsed();
     if !found.is_empty() {
         let deleted = deleted_positions(file_io, &found, &delete_files).await?;
@@ -185,6 +179,43 @@ pub async fn find_live_rows(table: &Table, query: &KeyQuery<'_>) -> Result<Vec<L
     Ok(found)
 }
 
+/// The positions of the looked-up keys in `candidates`, in file order; the files are
+/// scanned [`SCAN_CONCURRENCY`] at a time.
+async fn scan_candidates(
+    file_io: &FileIO,
+    candidates: &[Candidate],
+    query: &Arc<KeyQuery>,
+) -> Result<Vec<LiveRow>> {
+    // Collected first: a stream over borrowing closures is not Send for every lifetime.
+    let scans: Vec<_> = candidates
+        .iter()
+        .map(|c| {
+            let (file_io, path, query) = (file_io.clone(), c.path.clone(), query.clone());
+            async move { scan_keys(&file_io, &path, &query).await }
+        })
+        .collect();
+    let mut scans = futures::stream::iter(scans)
+        .map(tokio::spawn)
+        .buffered(SCAN_CONCURRENCY);
+    let mut found = Vec::new();
+    for c in candidates {
+        let positions = scans
+            .next()
+            .await
+            .ok_or_else(|| internal("a key scan is missing"))?
+            .map_err(|e| internal(format!("a key scan failed: {e}")))??;
+        for pos in positions {
+            found.push(LiveRow {
+                path: c.path.clone(),
+                pos,
+                partition: c.partition.clone(),
+                spec_id: c.spec_id,
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// A Parquet reader over one of the table's files.
 pub async fn open_parquet(
     file_io: &FileIO,
@@ -199,11 +230,11 @@ pub async fn open_parquet(
 }
 
 /// Positions of `path` whose key is among the looked-up keys.
-async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result<Vec<i64>> {
+async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery) -> Result<Vec<i64>> {
     let builder = open_parquet(file_io, path).await?;
     let arrow_schema = builder.schema().clone();
     let mut leaves = Vec::new();
-    for name in query.columns {
+    for name in &query.columns {
         let idx = arrow_schema
             .index_of(name)
             .map_err(|_| internal(format!("{path}: key column {name} is missing")))?;
@@ -222,7 +253,7 @@ async fn scan_keys(file_io: &FileIO, path: &str, query: &KeyQuery<'_>) -> Result
         let columns: Vec<_> = query
             .columns
             .iter()
-            .zip(query.types)
+            .zip(&query.types)
             .map(|(n, t)| batch.column_by_name(n).map(|c| widen(c.clone(), t)))
             .collect::<Option<_>>()
             .ok_or_else(|| internal(format!("{path}: key column missing from batch")))?;

@@ -249,7 +249,7 @@ impl TableContext {
 }
 
 /// Describe `delta` as the pending commit of `checkpoint_id`.
-fn pending(
+pub(crate) fn pending(
     table: &Table,
     name: &str,
     checkpoint_id: u64,

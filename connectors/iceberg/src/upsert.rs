@@ -25,7 +25,9 @@ use iceberg::io::FileWrite;
 use iceberg::spec::{DataContentType, DataFile, Struct};
 use iceberg::table::Table;
 use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
-use lakeshore_api::{ChangeBatch, Error, Op, PendingCommit, Result, TableSchema, TableWriter};
+use lakeshore_api::{
+    ChangeBatch, Error, Op, PendingCommit, Preparing, Result, TableSchema, TableWriter,
+};
 use parquet::arrow::ArrowWriter;
 
 use crate::commit::RowDelta;
@@ -143,10 +145,10 @@ impl KeyCodec {
     }
 
     /// The lookup query for `keys`; single integer keys get min/max pruning.
-    fn query<'a>(&'a self, keys: &'a KeySet) -> Result<KeyQuery<'a>> {
+    fn query(&self, keys: KeySet) -> Result<KeyQuery> {
         let int_keys =
             if self.columns.len() == 1 && self.schema.field(0).data_type() == &DataType::Int64 {
-                let batch = self.decode(keys)?;
+                let batch = self.decode(&keys)?;
                 let mut v: Vec<i64> = batch
                     .column(0)
                     .as_primitive::<Int64Type>()
@@ -158,11 +160,12 @@ impl KeyCodec {
                 None
             };
         let int_set = int_keys.as_ref().map(|v| v.iter().copied().collect());
+        let sort_fields = self.types.iter().cloned().map(SortField::new).collect();
         Ok(KeyQuery {
             keys,
-            converter: &self.converter,
-            columns: &self.columns,
-            types: &self.types,
+            converter: RowConverter::new(sort_fields).map_err(|e| internal(e.to_string()))?,
+            columns: self.columns.clone(),
+            types: self.types.clone(),
             first_key_field: self.first_field_id,
             int_keys,
             int_set,
@@ -276,7 +279,14 @@ impl<'a> ChunkedLookup<'a> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let d = committed_deletes(self.table, self.files, self.codec, &self.chunk).await?;
+        let (d, chunk) = committed_deletes(
+            self.table,
+            self.files,
+            self.codec,
+            std::mem::take(&mut self.chunk),
+        )
+        .await?;
+        self.chunk = chunk;
         if !d.files.is_empty()
             && let Some(path) = &self.keys_at
         {
@@ -325,14 +335,19 @@ async fn write_delete_groups(
     files: &FileSettings,
     deletes: impl IntoIterator<Item = (i32, Struct, Arc<str>, i64)>,
 ) -> Result<Vec<(DataFile, i32)>> {
-    let mut groups: HashMap<(i32, Struct), PartitionDeletes> = HashMap::new();
+    let mut groups: foldhash::HashMap<(i32, Struct), PartitionDeletes> = Default::default();
+    // Deletes come in runs of one file: its partition is looked up once per run.
+    let mut last: Option<(Arc<str>, (i32, Struct))> = None;
     for (spec, partition, path, pos) in deletes {
-        groups
-            .entry((spec, partition))
-            .or_default()
-            .entry(path)
-            .or_default()
-            .push(pos);
+        let group = match &last {
+            Some((p, g)) if *p == path => g,
+            _ => &last.insert((path.clone(), (spec, partition))).1,
+        };
+        let positions = match groups.get_mut(group) {
+            Some(g) => g,
+            None => groups.entry(group.clone()).or_default(),
+        };
+        positions.entry(path).or_default().push(pos);
     }
     let mut out = Vec::with_capacity(groups.len());
     for ((spec, partition), deletes) in groups {
@@ -356,18 +371,23 @@ async fn write_delete_groups(
     Ok(out)
 }
 
-/// Look `keys` up in `table`'s current snapshot and write position deletes for them.
+/// Look `keys` up in `table`'s current snapshot and write position deletes for them;
+/// the keys come back.
 pub async fn committed_deletes(
     table: &Table,
     files: &FileSettings,
     codec: &KeyCodec,
-    keys: &KeySet,
-) -> Result<LookupDeletes> {
+    keys: KeySet,
+) -> Result<(LookupDeletes, KeySet)> {
     if keys.is_empty() {
-        return Ok(LookupDeletes::default());
+        return Ok((LookupDeletes::default(), keys));
     }
     let base = table.metadata().current_snapshot_id();
-    let live = find_live_rows(table, &codec.query(keys)?).await?;
+    let query = Arc::new(codec.query(keys)?);
+    let live = find_live_rows(table, &query).await?;
+    let keys = Arc::try_unwrap(query)
+        .map_err(|_| internal("a key scan outlived its lookup"))?
+        .keys;
     let mut referenced: Vec<String> = live.iter().map(|r| r.path.to_string()).collect();
     referenced.sort();
     referenced.dedup();
@@ -378,11 +398,14 @@ pub async fn committed_deletes(
             .map(|r| (r.spec_id, r.partition, r.path, r.pos)),
     )
     .await?;
-    Ok(LookupDeletes {
-        files,
-        referenced,
-        base,
-    })
+    Ok((
+        LookupDeletes {
+            files,
+            referenced,
+            base,
+        },
+        keys,
+    ))
 }
 
 /// Redo the committed-row lookup of a pending upsert commit against `table` (after a
@@ -451,20 +474,105 @@ impl UpsertWriter {
             locations: Vec::new(),
         })
     }
+}
+
+/// The rest of a checkpoint's preparation, after its data files closed: independent of
+/// the writer, which meanwhile takes the next checkpoint's rows.
+struct Finishing {
+    checkpoint_id: u64,
+    name: String,
+    table: Table,
+    catalog: Arc<crate::catalog::CatalogHandle>,
+    ident: iceberg::TableIdent,
+    files: FileSettings,
+    arrow_schema: ArrowSchemaRef,
+    key: Vec<String>,
+    data: Vec<DataFile>,
+    infos: Vec<FileInfo>,
+    own_deletes: Vec<RowLocation>,
+    lookup: KeySet,
+    spill: Spill,
+    rows: u64,
+    truncate: bool,
+}
+
+impl Finishing {
+    async fn run(mut self) -> Result<PendingCommit> {
+        // Committed rows replaced by this checkpoint: every earlier checkpoint is
+        // committed (the engine waits for it), so look them up in the table as it is now.
+        let mut keys_file = None;
+        let mut looked_up = LookupDeletes::default();
+        if !self.lookup.is_empty() || !self.spill.is_empty() {
+            self.table = self.catalog.load(&self.ident).await?;
+            let codec = KeyCodec::new(&self.files, &self.arrow_schema, &self.key)?;
+            let path = format!(
+                "{}/metadata/lakeshore-keys-{}.parquet",
+                self.table.metadata().location().trim_end_matches('/'),
+                uuid::Uuid::new_v4()
+            );
+            let mut lookup = ChunkedLookup::new(&self.table, &self.files, &codec, Some(path));
+            if self.spill.is_empty() {
+                lookup.add_all(std::mem::take(&mut self.lookup)).await?;
+            } else {
+                // Merge the spilled runs: key by key, whether its first change replaces a
+                // committed row, and which of the checkpoint's own rows later changes of
+                // the key superseded.
+                tracing::info!(table = %self.name, runs = self.spill.runs(), "merging the spilled key index");
+                for merged in std::mem::take(&mut self.spill).merge()? {
+                    let merged = merged?;
+                    self.own_deletes.extend(merged.superseded);
+                    if merged.lookup {
+                        lookup.add(merged.key).await?;
+                    }
+                }
+            }
+            (looked_up, keys_file) = lookup.finish().await?;
+        }
+        let files = self.drop_dead_rows().await?;
+        let spec_id = self.files.spec.spec_id();
+        let infos = &self.infos;
+        let paths: Vec<Arc<str>> = infos.iter().map(|i| Arc::from(i.path.as_str())).collect();
+        let own = self.own_deletes.drain(..).map(|loc| {
+            let file = loc.file as usize;
+            (
+                spec_id,
+                infos[file].partition.clone(),
+                paths[file].clone(),
+                loc.pos as i64,
+            )
+        });
+        let own_deletes =
+            write_delete_groups(&self.table, &self.files, own.collect::<Vec<_>>()).await?;
+        let delta = RowDelta {
+            data_files: files.into_iter().map(|f| (f, spec_id)).collect(),
+            delete_files: own_deletes,
+            lookup_delete_files: looked_up.files,
+            referenced_files: looked_up.referenced,
+            lookup_base: looked_up.base,
+            truncate: self.truncate,
+        };
+        crate::table_writer::pending(
+            &self.table,
+            self.ident.name(),
+            self.checkpoint_id,
+            self.rows,
+            &delta,
+            &self.key,
+            keys_file,
+        )
+    }
 
     /// Rows that were written and removed within this checkpoint need never be visible:
     /// files of the open checkpoint with enough of them are rewritten without them (they
     /// are not committed yet, so nobody else can see or reference them), and their
     /// position deletes are dropped. This keeps hot keys that change many times per
     /// checkpoint from bloating the table and its read cost.
-    async fn drop_dead_rows(
-        &mut self,
-        files: Vec<DataFile>,
-        infos: &[FileInfo],
-    ) -> Result<Vec<DataFile>> {
+    async fn drop_dead_rows(&mut self) -> Result<Vec<DataFile>> {
+        let files = std::mem::take(&mut self.data);
         if self.own_deletes.is_empty() {
             return Ok(files);
         }
+        let infos = &self.infos;
         let mut dead: HashMap<&str, Vec<u64>> = HashMap::new();
         for loc in &self.own_deletes {
             dead.entry(infos[loc.file as usize].path.as_str())
@@ -485,20 +593,12 @@ impl UpsertWriter {
             positions.sort_unstable();
             positions.dedup();
             let partition = f.partition().clone();
-            if let Some(new) = rewrite_without(
-                &self.t.ctx.files,
-                &self.t.ctx.arrow_schema,
-                &f,
-                positions,
-                partition,
-            )
-            .await?
+            if let Some(new) =
+                rewrite_without(&self.files, &self.arrow_schema, &f, positions, partition).await?
             {
                 out.push(new);
             }
-            self.t
-                .ctx
-                .files
+            self.files
                 .file_io
                 .delete(f.file_path())
                 .await
@@ -636,62 +736,38 @@ impl TableWriter for UpsertWriter {
     }
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
-        let (files, infos) = self.t.data.close().await?;
-        // Committed rows replaced by this checkpoint: every earlier checkpoint is
-        // committed (the engine waits for it), so look them up in the table as it is now.
-        let mut keys_file = None;
-        let mut looked_up = LookupDeletes::default();
-        if !self.lookup.is_empty() || !self.spill.is_empty() {
-            self.t.table = self.t.catalog.load(&self.t.ctx.ident).await?;
-            let path = format!(
-                "{}/metadata/lakeshore-keys-{}.parquet",
-                self.t.table.metadata().location().trim_end_matches('/'),
-                uuid::Uuid::new_v4()
-            );
-            let mut lookup =
-                ChunkedLookup::new(&self.t.table, &self.t.ctx.files, &self.codec, Some(path));
-            if self.spill.is_empty() {
-                lookup.add_all(std::mem::take(&mut self.lookup)).await?;
-            } else {
-                // Merge the spilled runs: key by key, whether its first change replaces a
-                // committed row, and which of the checkpoint's own rows later changes of
-                // the key superseded.
-                tracing::info!(table = %self.t.name, runs = self.spill.runs() + 1, "merging the spilled key index");
-                self.spill.write_run(&mut self.index, &mut self.lookup)?;
-                for merged in std::mem::take(&mut self.spill).merge()? {
-                    let merged = merged?;
-                    self.own_deletes.extend(merged.superseded);
-                    if merged.lookup {
-                        lookup.add(merged.key).await?;
-                    }
-                }
-            }
-            (looked_up, keys_file) = lookup.finish().await?;
+        match self.prepare_overlapped(checkpoint_id).await? {
+            Preparing::Ready(p) => Ok(p),
+            Preparing::Later(rest) => rest.await,
         }
-        let files = self.drop_dead_rows(files, &infos).await?;
-        let spec_id = self.t.ctx.files.spec.spec_id();
-        let own = self.own_deletes.drain(..).map(|loc| {
-            let info = &infos[loc.file as usize];
-            (
-                spec_id,
-                info.partition.clone(),
-                Arc::from(info.path.as_str()),
-                loc.pos as i64,
-            )
-        });
-        let own_deletes =
-            write_delete_groups(&self.t.table, &self.t.ctx.files, own.collect::<Vec<_>>()).await?;
+    }
+
+    async fn prepare_overlapped(&mut self, checkpoint_id: u64) -> Result<Preparing> {
+        let (data, infos) = self.t.data.close().await?;
+        if !self.spill.is_empty() {
+            // The rest of the index joins the spilled runs, merged by the lookup.
+            self.spill.write_run(&mut self.index, &mut self.lookup)?;
+        }
         self.index.clear();
-        self.lookup.clear();
-        let delta = RowDelta {
-            data_files: files.into_iter().map(|f| (f, spec_id)).collect(),
-            delete_files: own_deletes,
-            lookup_delete_files: looked_up.files,
-            referenced_files: looked_up.referenced,
-            lookup_base: looked_up.base,
-            truncate: self.t.truncated,
+        let ctx = &self.t.ctx;
+        let rest = Finishing {
+            checkpoint_id,
+            name: self.t.name.clone(),
+            table: self.t.table.clone(),
+            catalog: self.t.catalog.clone(),
+            ident: ctx.ident.clone(),
+            files: ctx.files.clone(),
+            arrow_schema: ctx.arrow_schema.clone(),
+            key: ctx.key.clone(),
+            data,
+            infos,
+            own_deletes: std::mem::take(&mut self.own_deletes),
+            lookup: std::mem::take(&mut self.lookup),
+            spill: std::mem::take(&mut self.spill),
+            rows: std::mem::take(&mut self.t.rows),
+            truncate: std::mem::take(&mut self.t.truncated),
         };
-        self.t.pending(checkpoint_id, &delta, keys_file)
+        Ok(Preparing::Later(Box::pin(rest.run())))
     }
 
     async fn evolve(&mut self, schema: &TableSchema) -> Result<()> {

@@ -6,14 +6,22 @@
 //! open-file limit, when it is the least recently written), and every written
 //! row's (file, position) can be reported back — the upsert writer needs that to express
 //! later changes of the row as position deletes.
+//!
+//! Each open file encodes in its own task ([`Encoder`]): the table's writer task hands it
+//! batches through a short queue and goes on with the next batch (the upsert writer's key
+//! index), so Parquet encoding and compression run on another core. A row's position is
+//! known when it is handed over, so nothing waits for the encoder until the file closes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow_array::{Array, ArrayRef, RecordBatch, StructArray, UInt32Array};
 use arrow_row::{OwnedRow, RowConverter, SortField};
 use arrow_select::take::take_record_batch;
 use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
 use iceberg::io::FileIO;
+use iceberg::spec::DataFileBuilder;
 use iceberg::spec::{
     DataContentType, DataFile, Literal, PartitionKey, PartitionSpecRef, SchemaRef, Struct,
     StructType,
@@ -27,6 +35,8 @@ use iceberg::writer::file_writer::{
 };
 use lakeshore_api::files::{LimitChange, OpenFilesLimit};
 use parquet::file::properties::WriterProperties;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::error::{ice, internal};
 use lakeshore_api::Result;
@@ -75,9 +85,84 @@ pub struct FileInfo {
     pub partition: Struct,
 }
 
+/// Batches an open file's encoder may hold queued: bounds the memory in flight per file.
+const ENCODER_QUEUE: usize = 2;
+
+/// One open data file's Parquet writer, run in its own task.
+struct Encoder {
+    tx: mpsc::Sender<RecordBatch>,
+    /// Rows handed over so far: the position of the next row.
+    rows: u64,
+    /// Encoded size as the task last saw it (behind by the queued batches).
+    size: Arc<AtomicUsize>,
+    /// `None` once closed; an encoder dropped unclosed (the writer failed) stops its task.
+    task: Option<JoinHandle<Result<Vec<DataFileBuilder>>>>,
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl Encoder {
+    fn start(mut writer: ParquetWriter) -> Self {
+        let (tx, mut rx) = mpsc::channel::<RecordBatch>(ENCODER_QUEUE);
+        let size = Arc::new(AtomicUsize::new(0));
+        let seen = size.clone();
+        let task = tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                writer.write(&batch).await.map_err(ice)?;
+                seen.store(writer.current_written_size(), Ordering::Relaxed);
+            }
+            writer.close().await.map_err(ice)
+        });
+        Encoder {
+            tx,
+            rows: 0,
+            size,
+            task: Some(task),
+        }
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let n = batch.num_rows() as u64;
+        if self.tx.send(batch).await.is_err() {
+            // The task stopped on an error: it says which.
+            return match self.task.take() {
+                Some(task) => match task.await {
+                    Ok(Err(e)) => Err(e),
+                    Ok(Ok(_)) => Err(internal("a data file's encoder stopped early")),
+                    Err(e) => Err(internal(format!("a data file's encoder failed: {e}"))),
+                },
+                None => Err(internal("a data file's encoder stopped early")),
+            };
+        }
+        self.rows += n;
+        Ok(())
+    }
+
+    fn written_size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    async fn close(mut self) -> Result<Vec<DataFileBuilder>> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| internal("a data file's encoder stopped early"))?;
+        // Dropping the sender ends the task's queue: it encodes what is left and closes.
+        drop(self);
+        task.await
+            .map_err(|e| internal(format!("a data file's encoder failed: {e}")))?
+    }
+}
+
 struct OpenFile {
     id: FileId,
-    writer: ParquetWriter,
+    writer: Encoder,
     /// The writer's write count when this file was last written.
     last_write: u64,
 }
@@ -178,7 +263,7 @@ impl PartitionedWriter {
         let output = self.settings.file_io.new_output(&path).map_err(ice)?;
         let builder =
             ParquetWriterBuilder::new(self.settings.props.clone(), self.settings.schema.clone());
-        let writer = builder.build(output).await.map_err(ice)?;
+        let writer = Encoder::start(builder.build(output).await.map_err(ice)?);
         let id = self.files.len() as FileId;
         self.files.push(FileInfo {
             path,
@@ -256,7 +341,7 @@ impl PartitionedWriter {
 
     async fn finish(&mut self, file: OpenFile) -> Result<()> {
         let info = &self.files[file.id as usize];
-        for mut builder in file.writer.close().await.map_err(ice)? {
+        for mut builder in file.writer.close().await? {
             builder
                 .content(DataContentType::Data)
                 .partition(info.partition.clone())
@@ -365,8 +450,8 @@ impl PartitionedWriter {
         batch: &RecordBatch,
         locations: Option<&mut Vec<RowLocation>>,
     ) -> Result<()> {
-        let start = file.writer.current_row_num() as u64;
-        file.writer.write(batch).await.map_err(ice)?;
+        let start = file.writer.rows;
+        file.writer.write(batch.clone()).await?;
         self.writes += 1;
         file.last_write = self.writes;
         if let Some(locs) = locations {
@@ -376,7 +461,7 @@ impl PartitionedWriter {
                 pos: start + i,
             }));
         }
-        if file.writer.current_written_size() >= self.settings.target_file_size {
+        if file.writer.written_size() >= self.settings.target_file_size {
             self.finish(file).await?;
         } else {
             match key {
