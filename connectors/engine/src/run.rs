@@ -377,6 +377,7 @@ impl Run {
             return Err(e);
         }
         while let Ok((id, position)) = self.acks.try_recv() {
+            self.spec.failpoint(crate::Failpoint::BeforeAck(id)).await?;
             self.source.ack(&position).await?;
             self.summary.last_checkpoint = Some(id);
         }

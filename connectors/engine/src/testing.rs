@@ -122,8 +122,10 @@ pub struct MemorySink {
     pub lake: Arc<Mutex<Lake>>,
     journal: Journal,
     records: StateStore,
-    /// Tables whose writers refuse every batch (unsupported input).
-    refuse: Vec<String>,
+    /// Tables whose writers refuse every batch (unsupported input) after the first n.
+    refuse: Vec<(String, usize)>,
+    /// Changes each table's writers moved into pending commits.
+    prepared: Arc<Mutex<BTreeMap<String, usize>>>,
     /// Rows a writer holds before it asks for a checkpoint.
     budget: usize,
 }
@@ -136,14 +138,25 @@ impl MemorySink {
             journal: journal.clone(),
             records: records.clone(),
             refuse: Vec::new(),
+            prepared: Default::default(),
             budget: usize::MAX,
         }
     }
 
     /// Writers of `table` refuse its rows as unsupported input.
-    pub fn refusing(mut self, table: &str) -> Self {
-        self.refuse.push(table.to_string());
+    pub fn refusing(self, table: &str) -> Self {
+        self.refusing_after(table, 0)
+    }
+
+    /// Writers of `table` take `batches` batches, then refuse the rest as unsupported.
+    pub fn refusing_after(mut self, table: &str, batches: usize) -> Self {
+        self.refuse.push((table.to_string(), batches));
         self
+    }
+
+    /// Changes of `table` its writers moved into pending commits.
+    pub fn prepared(&self, table: &str) -> usize {
+        lock(&self.prepared).get(table).copied().unwrap_or(0)
     }
 
     /// Writers ask for a checkpoint once they hold `rows` rows.
@@ -177,7 +190,13 @@ impl Sink for MemorySink {
         Ok(Box::new(MemoryWriter {
             table: target.name.clone(),
             changes: Vec::new(),
-            refuse: self.refuse.contains(&target.name),
+            refuse_after: self
+                .refuse
+                .iter()
+                .find(|(t, _)| *t == target.name)
+                .map(|(_, n)| *n),
+            batches: 0,
+            prepared: self.prepared.clone(),
             budget: self.budget,
         }))
     }
@@ -247,14 +266,16 @@ impl Sink for MemorySink {
 struct MemoryWriter {
     table: String,
     changes: Vec<Applied>,
-    refuse: bool,
+    refuse_after: Option<usize>,
+    batches: usize,
+    prepared: Arc<Mutex<BTreeMap<String, usize>>>,
     budget: usize,
 }
 
 #[async_trait::async_trait]
 impl TableWriter for MemoryWriter {
     async fn write(&mut self, batch: ChangeBatch) -> Result<()> {
-        if self.refuse {
+        if self.refuse_after.is_some_and(|n| self.batches >= n) {
             return Err(Error::unsupported(format!(
                 "table {}: refused by the test",
                 self.table
@@ -269,6 +290,7 @@ impl TableWriter for MemoryWriter {
                 .ok_or_else(|| Error::internal("test tables have Int64 columns"))
         };
         let (ids, vs) = (column(0)?, column(1)?);
+        self.batches += 1;
         for i in 0..batch.num_rows() {
             let v = (!vs.is_null(i)).then(|| vs.value(i));
             self.changes.push(Some((batch.op(i), ids.value(i), v)));
@@ -278,6 +300,7 @@ impl TableWriter for MemoryWriter {
 
     async fn prepare(&mut self, checkpoint_id: u64) -> Result<PendingCommit> {
         let changes = std::mem::take(&mut self.changes);
+        *lock(&self.prepared).entry(self.table.clone()).or_default() += changes.len();
         Ok(PendingCommit {
             table: self.table.clone(),
             checkpoint_id,
@@ -292,7 +315,7 @@ impl TableWriter for MemoryWriter {
     async fn prepare_overlapped(&mut self, checkpoint_id: u64) -> Result<Preparing> {
         let pending = self.prepare(checkpoint_id).await?;
         Ok(Preparing::Later(Box::pin(async move {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
             Ok(pending)
         })))
     }

@@ -12,6 +12,7 @@ use lakeshore_api::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::committer::CommitterMsg;
 use crate::events;
@@ -323,30 +324,14 @@ impl Writers {
 
 /// The rest of a checkpoint's preparation, running beside the writer
 /// ([`TableWriter::prepare_overlapped`]); it tells the committer itself. Dropped, it stops.
-struct Finishing(JoinHandle<Result<()>>);
-
-impl Drop for Finishing {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl Finishing {
-    async fn wait(&mut self) -> Result<()> {
-        (&mut self.0)
-            .await
-            .map_err(|e| Error::internal(format!("preparing a checkpoint: {e}")))?
-    }
-}
+type Finishing = AbortOnDropHandle<Result<()>>;
 
 /// Wait for the checkpoint being finished, if any; its error is the writer's.
 async fn finished(finishing: &mut Option<Finishing>) -> Result<()> {
-    match finishing {
-        Some(f) => {
-            let r = f.wait().await;
-            *finishing = None;
-            r
-        }
+    match finishing.take() {
+        Some(f) => f
+            .await
+            .map_err(|e| Error::internal(format!("preparing a checkpoint: {e}")))?,
         None => Ok(()),
     }
 }
@@ -365,56 +350,78 @@ async fn writer_task(
     loop {
         let msg = tokio::select! {
             // A failed preparation stops the writer now, not at the next barrier.
-            r = async { finishing.as_mut().expect("guarded").wait().await }, if finishing.is_some() => {
+            r = async { finishing.as_mut().expect("guarded").await }, if finishing.is_some() => {
                 finishing = None;
-                r?;
+                r.map_err(|e| Error::internal(format!("preparing a checkpoint: {e}")))??;
                 continue;
             }
             msg = rx.recv() => msg,
         };
         let Some(msg) = msg else { break };
-        if !matches!(msg, WriterMsg::Batch(_) | WriterMsg::Watermark(_)) {
-            finished(&mut finishing).await?;
-        }
-        match msg {
-            WriterMsg::Batch(b) => {
-                writer.write(b).await?;
-                if !asked && writer.wants_checkpoint() {
-                    pressure.store(true, Ordering::Relaxed);
-                    asked = true;
+        let barrier = match msg {
+            WriterMsg::Barrier(id) => id,
+            other => {
+                if !matches!(other, WriterMsg::Batch(_) | WriterMsg::Watermark(_)) {
+                    finished(&mut finishing).await?;
                 }
+                if let Err(e) = handle(writer.as_mut(), other, &mut asked, &pressure).await {
+                    // The checkpoint that passed its barrier before the failing batch
+                    // still gets committed (a parked table keeps what came before).
+                    finished(&mut finishing).await?;
+                    return Err(e);
+                }
+                continue;
             }
-            WriterMsg::Evolve(schema) => writer.evolve(&schema).await?,
-            WriterMsg::Truncate => writer.truncate().await?,
-            WriterMsg::Watermark(w) => writer.watermark(w),
-            WriterMsg::Barrier(id) => {
-                // Lookups of committed rows must see every earlier checkpoint.
-                committed
-                    .wait_for(|c| *c + 1 >= id)
-                    .await
-                    .map_err(|_| Error::internal("the committer stopped"))?;
-                tracing::debug!(checkpoint = id, "preparing");
-                asked = false;
-                let pending = match writer.prepare_overlapped(id).await? {
-                    Preparing::Ready(pending) => pending,
-                    Preparing::Later(rest) => {
-                        let done = done.clone();
-                        finishing = Some(Finishing(tokio::spawn(async move {
-                            let pending = rest.await?;
-                            tracing::debug!(checkpoint = id, table = %pending.table, "prepared");
-                            // A stopped committer stops the writer through its channel.
-                            let _ = done.send(CommitterMsg::Prepared(pending));
-                            Ok(())
-                        })));
-                        continue;
-                    }
-                };
-                tracing::debug!(checkpoint = id, table = %pending.table, "prepared");
+        };
+        finished(&mut finishing).await?;
+        // Lookups of committed rows must see every earlier checkpoint.
+        committed
+            .wait_for(|c| *c + 1 >= barrier)
+            .await
+            .map_err(|_| Error::internal("the committer stopped"))?;
+        tracing::debug!(checkpoint = barrier, "preparing");
+        asked = false;
+        match writer.prepare_overlapped(barrier).await? {
+            Preparing::Ready(pending) => {
+                tracing::debug!(checkpoint = barrier, table = %pending.table, "prepared");
                 if done.send(CommitterMsg::Prepared(pending)).is_err() {
                     return Ok(());
                 }
             }
+            Preparing::Later(rest) => {
+                let done = done.clone();
+                finishing = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                    let pending = rest.await?;
+                    tracing::debug!(checkpoint = barrier, table = %pending.table, "prepared");
+                    // A stopped committer stops the writer through its channel.
+                    let _ = done.send(CommitterMsg::Prepared(pending));
+                    Ok(())
+                })));
+            }
         }
     }
     finished(&mut finishing).await
+}
+
+/// Everything but a barrier, on the writer.
+async fn handle(
+    writer: &mut dyn TableWriter,
+    msg: WriterMsg,
+    asked: &mut bool,
+    pressure: &AtomicBool,
+) -> Result<()> {
+    match msg {
+        WriterMsg::Batch(b) => {
+            writer.write(b).await?;
+            if !*asked && writer.wants_checkpoint() {
+                pressure.store(true, Ordering::Relaxed);
+                *asked = true;
+            }
+        }
+        WriterMsg::Evolve(schema) => writer.evolve(&schema).await?,
+        WriterMsg::Truncate => writer.truncate().await?,
+        WriterMsg::Watermark(w) => writer.watermark(w),
+        WriterMsg::Barrier(_) => return Err(Error::internal("a barrier reached handle")),
+    }
+    Ok(())
 }

@@ -252,10 +252,9 @@ async fn a_stop_at_any_failpoint_is_recovered_without_a_duplicate_or_a_loss() {
             Failpoint::BeforeAck(k),
         ] {
             let h = Harness::new(script(k, 300));
-            let err = h
-                .run_to_end(Some(stop_at(at.clone(), &h.store)))
-                .await
-                .unwrap_err();
+            let Err(err) = h.run_to_end(Some(stop_at(at.clone(), &h.store))).await else {
+                panic!("{at:?} was never reached");
+            };
             assert!(err.to_string().contains("failpoint"), "{at:?}: {err}");
             // The next run finishes the pending checkpoint (if its record was written) and
             // goes on from the newest record.
@@ -318,6 +317,32 @@ async fn a_table_whose_writer_refuses_input_is_parked_and_the_others_go_on() {
     h.sink = h.sink.clone().refusing("b");
     let err = h.run_to_end(None).await.unwrap_err();
     assert!(err.to_string().contains("table b"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_parked_while_its_checkpoint_finishes_keeps_that_checkpoint() {
+    // The writer fails on a batch that follows a barrier whose preparation still runs
+    // beside it: that checkpoint's changes are committed, not dropped with the writer.
+    for refuse_after in 1..12 {
+        let mut h = Harness::new(script(3, 300));
+        h.sink = h
+            .sink
+            .clone()
+            .with_budget(4)
+            .refusing_after("b", refuse_after);
+        let mut isolated = spec("p", Duration::ZERO, None);
+        isolated.isolate_tables = true;
+        let shutdown = watch::channel(false).1;
+        h.run(isolated, true, shutdown, Arc::new(Failed::default()))
+            .await
+            .unwrap();
+        assert_eq!(h.sink.rows("a"), model(&h.steps, h.steps.len(), "a"));
+        assert_eq!(
+            h.sink.history("b").len(),
+            h.sink.prepared("b"),
+            "refusing after {refuse_after} batches: prepared changes of b were not committed"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

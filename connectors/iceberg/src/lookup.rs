@@ -21,6 +21,7 @@ use iceberg::spec::{DataContentType, Datum, ManifestStatus, PrimitiveLiteral, St
 use iceberg::table::Table;
 use lakeshore_api::Result;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{ice, internal, io};
 use crate::schema::widen;
@@ -195,7 +196,8 @@ async fn scan_candidates(
         })
         .collect();
     let mut scans = futures::stream::iter(scans)
-        .map(tokio::spawn)
+        // A failed scan drops the others' handles, which stops them.
+        .map(|scan| AbortOnDropHandle::new(tokio::spawn(scan)))
         .buffered(SCAN_CONCURRENCY);
     let mut found = Vec::new();
     for c in candidates {

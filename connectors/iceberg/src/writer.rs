@@ -36,7 +36,7 @@ use iceberg::writer::file_writer::{
 use lakeshore_api::files::{LimitChange, OpenFilesLimit};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{ice, internal};
 use lakeshore_api::Result;
@@ -88,23 +88,15 @@ pub struct FileInfo {
 /// Batches an open file's encoder may hold queued: bounds the memory in flight per file.
 const ENCODER_QUEUE: usize = 2;
 
-/// One open data file's Parquet writer, run in its own task.
+/// One open data file's Parquet writer, run in its own task; dropped unclosed (the
+/// writer failed), the task stops.
 struct Encoder {
     tx: mpsc::Sender<RecordBatch>,
     /// Rows handed over so far: the position of the next row.
     rows: u64,
     /// Encoded size as the task last saw it (behind by the queued batches).
     size: Arc<AtomicUsize>,
-    /// `None` once closed; an encoder dropped unclosed (the writer failed) stops its task.
-    task: Option<JoinHandle<Result<Vec<DataFileBuilder>>>>,
-}
-
-impl Drop for Encoder {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
+    task: AbortOnDropHandle<Result<Vec<DataFileBuilder>>>,
 }
 
 impl Encoder {
@@ -112,18 +104,18 @@ impl Encoder {
         let (tx, mut rx) = mpsc::channel::<RecordBatch>(ENCODER_QUEUE);
         let size = Arc::new(AtomicUsize::new(0));
         let seen = size.clone();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
                 writer.write(&batch).await.map_err(ice)?;
                 seen.store(writer.current_written_size(), Ordering::Relaxed);
             }
             writer.close().await.map_err(ice)
-        });
+        }));
         Encoder {
             tx,
             rows: 0,
             size,
-            task: Some(task),
+            task,
         }
     }
 
@@ -131,30 +123,27 @@ impl Encoder {
         let n = batch.num_rows() as u64;
         if self.tx.send(batch).await.is_err() {
             // The task stopped on an error: it says which.
-            return match self.task.take() {
-                Some(task) => match task.await {
-                    Ok(Err(e)) => Err(e),
-                    Ok(Ok(_)) => Err(internal("a data file's encoder stopped early")),
-                    Err(e) => Err(internal(format!("a data file's encoder failed: {e}"))),
-                },
-                None => Err(internal("a data file's encoder stopped early")),
+            return match (&mut self.task).await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => Err(internal("a data file's encoder stopped early")),
+                Err(e) => Err(internal(format!("a data file's encoder failed: {e}"))),
             };
         }
         self.rows += n;
         Ok(())
     }
 
+    /// The encoded size as the task last reported it: behind by the batches still queued
+    /// (at most [`ENCODER_QUEUE`] + 1), so a file rolls over within a few batches past
+    /// `target_file_size`.
     fn written_size(&self) -> usize {
         self.size.load(Ordering::Relaxed)
     }
 
-    async fn close(mut self) -> Result<Vec<DataFileBuilder>> {
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| internal("a data file's encoder stopped early"))?;
+    async fn close(self) -> Result<Vec<DataFileBuilder>> {
+        let Encoder { tx, task, .. } = self;
         // Dropping the sender ends the task's queue: it encodes what is left and closes.
-        drop(self);
+        drop(tx);
         task.await
             .map_err(|e| internal(format!("a data file's encoder failed: {e}")))?
     }
