@@ -329,11 +329,14 @@ type Finishing = AbortOnDropHandle<Result<()>>;
 /// Wait for the checkpoint being finished, if any; its error is the writer's.
 async fn finished(finishing: &mut Option<Finishing>) -> Result<()> {
     match finishing.take() {
-        Some(f) => f
-            .await
-            .map_err(|e| Error::internal(format!("preparing a checkpoint: {e}")))?,
+        Some(f) => joined(f.await),
         None => Ok(()),
     }
+}
+
+/// The outcome of a finished preparation task.
+fn joined(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    r.map_err(|e| Error::internal(format!("preparing a checkpoint: {e}")))?
 }
 
 async fn writer_task(
@@ -352,7 +355,7 @@ async fn writer_task(
             // A failed preparation stops the writer now, not at the next barrier.
             r = async { finishing.as_mut().expect("guarded").await }, if finishing.is_some() => {
                 finishing = None;
-                r.map_err(|e| Error::internal(format!("preparing a checkpoint: {e}")))??;
+                joined(r)?;
                 continue;
             }
             msg = rx.recv() => msg,

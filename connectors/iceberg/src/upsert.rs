@@ -451,7 +451,8 @@ const LOOKUP_CHUNK: usize = MAX_INDEXED_KEYS;
 /// Upsert mode: a live row per key; changes become position deletes.
 pub struct UpsertWriter {
     t: OpenTable,
-    codec: KeyCodec,
+    /// Shared with the checkpoint being finished ([`Finishing`]).
+    codec: Arc<KeyCodec>,
     index: foldhash::HashMap<Key, KeyState>,
     own_deletes: Vec<RowLocation>,
     lookup: KeySet,
@@ -463,7 +464,11 @@ pub struct UpsertWriter {
 impl UpsertWriter {
     /// A writer for the table; its key must not be empty.
     pub fn new(t: OpenTable) -> Result<Self> {
-        let codec = KeyCodec::new(&t.ctx.files, &t.ctx.arrow_schema, &t.ctx.key)?;
+        let codec = Arc::new(KeyCodec::new(
+            &t.ctx.files,
+            &t.ctx.arrow_schema,
+            &t.ctx.key,
+        )?);
         Ok(UpsertWriter {
             t,
             codec,
@@ -486,7 +491,7 @@ struct Finishing {
     ident: iceberg::TableIdent,
     files: FileSettings,
     arrow_schema: ArrowSchemaRef,
-    key: Vec<String>,
+    codec: Arc<KeyCodec>,
     data: Vec<DataFile>,
     infos: Vec<FileInfo>,
     own_deletes: Vec<RowLocation>,
@@ -504,13 +509,12 @@ impl Finishing {
         let mut looked_up = LookupDeletes::default();
         if !self.lookup.is_empty() || !self.spill.is_empty() {
             self.table = self.catalog.load(&self.ident).await?;
-            let codec = KeyCodec::new(&self.files, &self.arrow_schema, &self.key)?;
             let path = format!(
                 "{}/metadata/lakeshore-keys-{}.parquet",
                 self.table.metadata().location().trim_end_matches('/'),
                 uuid::Uuid::new_v4()
             );
-            let mut lookup = ChunkedLookup::new(&self.table, &self.files, &codec, Some(path));
+            let mut lookup = ChunkedLookup::new(&self.table, &self.files, &self.codec, Some(path));
             if self.spill.is_empty() {
                 lookup.add_all(std::mem::take(&mut self.lookup)).await?;
             } else {
@@ -557,7 +561,7 @@ impl Finishing {
             self.checkpoint_id,
             self.rows,
             &delta,
-            &self.key,
+            &self.codec.columns,
             keys_file,
         )
     }
@@ -758,7 +762,7 @@ impl TableWriter for UpsertWriter {
             ident: ctx.ident.clone(),
             files: ctx.files.clone(),
             arrow_schema: ctx.arrow_schema.clone(),
-            key: ctx.key.clone(),
+            codec: self.codec.clone(),
             data,
             infos,
             own_deletes: std::mem::take(&mut self.own_deletes),
@@ -786,7 +790,7 @@ impl TableWriter for UpsertWriter {
             self.spill
                 .map_keys(|keys| codec.reencode(&self.codec, keys.iter()))?;
         }
-        self.codec = codec;
+        self.codec = Arc::new(codec);
         Ok(())
     }
 

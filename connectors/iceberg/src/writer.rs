@@ -21,10 +21,9 @@ use arrow_row::{OwnedRow, RowConverter, SortField};
 use arrow_select::take::take_record_batch;
 use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
 use iceberg::io::FileIO;
-use iceberg::spec::DataFileBuilder;
 use iceberg::spec::{
-    DataContentType, DataFile, Literal, PartitionKey, PartitionSpecRef, SchemaRef, Struct,
-    StructType,
+    DataContentType, DataFile, DataFileBuilder, Literal, PartitionKey, PartitionSpecRef, SchemaRef,
+    Struct, StructType,
 };
 use iceberg::writer::CurrentFileStatus;
 use iceberg::writer::file_writer::location_generator::{
