@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 import lake
 from conftest import BIN, Pipeline, start_run
 from test_correctness_mysql import wait_lake
@@ -144,6 +146,31 @@ def test_a_publication_without_truncate_is_refused(tmp_path, postgres):
     r = subprocess.run([BIN, "backfill", str(p.file)], cwd=p.dir, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "does not publish truncate" in r.stderr and "ALTER PUBLICATION" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("shape", ["(id, a)", "WHERE (id > 10)"])
+def test_a_publication_with_a_column_list_or_row_filter_is_refused(tmp_path, postgres, shape):
+    """A user's publication that publishes only some columns or rows of a table would
+    leave the lake with nulls or without rows: the start stops, naming the table and the
+    statements that publish it whole, and the pipeline runs once they are run."""
+    name = "publist" if shape.startswith("(") else "pubfilter"
+    db = postgres.create_db(name)
+    with postgres.connect(db) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b text)")
+        c.execute("INSERT INTO t SELECT g, 'a' || g, 'b' || g FROM generate_series(1, 20) g")
+        c.execute(f"CREATE PUBLICATION mine FOR TABLE t {shape}")
+    p = pg_pipeline(tmp_path, name, postgres, db, ["public.t"], publication="mine")
+    r = subprocess.run([BIN, "backfill", str(p.file)], cwd=p.dir, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    what = "a column list" if shape.startswith("(") else "the row filter WHERE (id > 10)"
+    assert f'publishes "public"."t" with {what}' in r.stderr, r.stderr[-2000:]
+    fix = ('BEGIN; ALTER PUBLICATION "mine" DROP TABLE "public"."t"; '
+           'ALTER PUBLICATION "mine" ADD TABLE "public"."t"; COMMIT;')
+    assert fix in r.stderr, r.stderr[-2000:]
+    with postgres.connect(db) as c:
+        c.execute(fix.replace("BEGIN; ", "").replace(" COMMIT;", ""))
+    r = subprocess.run([BIN, "backfill", str(p.file)], cwd=p.dir, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_truncate_of_one_routed_shard_keeps_the_others(tmp_path, postgres, duck):

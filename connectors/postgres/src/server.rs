@@ -368,9 +368,57 @@ async fn publication_state<'t>(
         .await
         .map_err(|e| pg_error("reading publication tables", e))?;
     let have: Vec<u32> = rows.iter().map(|r| r.get(0)).collect();
+    refuse_partial_tables(client, name, tables).await?;
     Ok(Some(
         tables.iter().filter(|t| !have.contains(&t.oid)).collect(),
     ))
+}
+
+/// A member table published with a column list or a row filter (PostgreSQL 15+) would
+/// reach the lake with the columns it leaves out as null and without the rows it filters:
+/// refused, naming the statements that publish the table whole.
+async fn refuse_partial_tables(client: &Client, name: &str, tables: &[PgTable]) -> Result<()> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| pg_error("reading the server version", e))?
+        .get(0);
+    if version < 150000 {
+        return Ok(());
+    }
+    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    let rows = client
+        .query(
+            "SELECT pr.prrelid, pr.prattrs IS NOT NULL, pg_get_expr(pr.prqual, pr.prrelid) \
+             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
+             WHERE p.pubname = $1 AND pr.prrelid = ANY($2) \
+               AND (pr.prattrs IS NOT NULL OR pr.prqual IS NOT NULL)",
+            &[&name, &oids],
+        )
+        .await
+        .map_err(|e| pg_error("reading publication column lists and row filters", e))?;
+    let Some(row) = rows.first() else {
+        return Ok(());
+    };
+    let oid: u32 = row.get(0);
+    let table = tables.iter().find(|t| t.oid == oid).map_or_else(String::new, |t| t.quoted());
+    let what = match row.get::<_, Option<String>>(2) {
+        Some(filter) if row.get::<_, bool>(1) => {
+            format!("a column list and the row filter WHERE {filter}")
+        }
+        Some(filter) => format!("the row filter WHERE {filter}"),
+        None => "a column list".to_string(),
+    };
+    let publication = quote_ident(name);
+    Err(Error::config(format!(
+        "publication {name} publishes {table} with {what}, so the columns or rows it \
+             leaves out would never reach the lake; publish the whole table in one \
+             transaction: BEGIN; ALTER PUBLICATION {publication} DROP TABLE {table}; \
+             ALTER PUBLICATION {publication} ADD TABLE {table}; COMMIT; (to keep rows or \
+             columns out of the lake, use a [[transform]] with `filter` or `exclude`; if \
+             the pipeline already ran with this publication, read the table again with \
+             POST /pipelines/<name>/resnapshot?table=...)"
+    )))
 }
 
 fn publication_error(name: &str, e: tokio_postgres::Error) -> Error {
