@@ -39,7 +39,7 @@ def run(args, cwd):
 SQL_CATALOG = '{ type = "sql", uri = "sqlite://lake/catalog.db", warehouse = "lake/warehouse" }'
 
 
-def pipeline(path: Path, name, source, sink_extra="", interval="10s", catalog=SQL_CATALOG):
+def pipeline(path: Path, name, source, sink_extra="", interval="10s", catalog=SQL_CATALOG, extra=""):
     path.write_text(f"""[pipeline]
 name = "{name}"
 checkpoint_interval = "{interval}"
@@ -52,14 +52,15 @@ type = "datagen"
 type = "iceberg"
 catalog = {catalog}
 {sink_extra}
+{extra}
 """)
     return path
 
 
-def measure(workdir: Path, name, source, sink_extra, interval="10s"):
+def measure(workdir: Path, name, source, sink_extra, interval="10s", extra=""):
     d = workdir / name
     d.mkdir()
-    f = pipeline(d / "p.toml", name, source, sink_extra, interval)
+    f = pipeline(d / "p.toml", name, source, sink_extra, interval, extra=extra)
     raw_wall, raw_rss, out = run([BIN, "bench-raw", str(f), "--out", str(d / "raw")], d)
     raw = json.loads(out)
     rows = raw["rows"]
@@ -103,12 +104,44 @@ def read_cost(d: Path, f: Path):
     return upsert / once
 
 
+# A filter every row passes (so both runs write the same rows and the difference is the
+# transform's own cost), a hashed column and two metadata columns.
+TRANSFORM = """
+[[transform]]
+tables = "orders"
+filter = "amount_cents >= 0 AND status IS NOT NULL"
+metadata = ["_op", "_ingested_at"]
+hash_salt = "bench-salt"
+
+[transform.mask]
+customer_id = "hash"
+"""
+
+
+def transforms(work: Path, n):
+    """The same upsert pipeline with and without TRANSFORM, alternated three times; the
+    median rate of each and their ratio."""
+    source = f'profile = "orders"\ninitial_rows = {n}\nevents = {2 * n}\nseed = 1'
+    rates = {"plain": [], "shaped": []}
+    for i in range(3):
+        for label, extra in (("plain", ""), ("shaped", TRANSFORM)):
+            _, _, r = measure(work, f"orders-upsert-{n // 1000}k-{label}-{i}", source,
+                              'namespace = "shop"\nmode = "upsert"', extra=extra)
+            rates[label].append(r["rate"])
+    plain, shaped = (sorted(rates[k])[1] for k in ("plain", "shaped"))
+    print(f"transforms: filter + hash mask + 2 metadata columns {shaped:,.0f} rows/s, without {plain:,.0f} rows/s "
+          f"(medians of 3), ratio {shaped / plain:4.2f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,10000000", help="Nexmark event counts")
     ap.add_argument("--orders", default="1000000", help="orders initial rows (the same number of changes follows); 0 skips")
     ap.add_argument("--hourly", default="1000000,6000000",
                     help="orders rows appended into hour(created_at) partitions, one hour per 3,600 rows; 0 skips")
+    ap.add_argument("--transforms", default="1000000",
+                    help="orders rows (plus as many changes) with and without a filter, a hash mask and "
+                         "two metadata columns; 0 skips")
     ap.add_argument("--read-cost", nargs=2, metavar=("DIR", "PIPELINE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.read_cost:
@@ -137,6 +170,8 @@ def main():
                 # In a child process: the measured runs above must be forked from a small
                 # parent, since a child's peak RSS counts what it inherited before exec.
                 subprocess.run([sys.executable, __file__, "--read-cost", str(d), str(f)], check=True)
+        for n in [int(x) for x in args.transforms.split(",") if int(x) > 0]:
+            transforms(work, n)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the tests). Prints rows/s, the ratio to the raw Parquet write
 # limit measured in the same run, peak RSS, and the upsert read-cost ratio.
-#   integration/bench.sh [--sizes 1000000,10000000] [--orders 1000000] [--hourly 1000000,6000000]
+#   integration/bench.sh [--sizes 1000000,10000000] [--orders 1000000] [--hourly 1000000,6000000] [--transforms 1000000]
 #   integration/bench.sh postgres [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
 #   integration/bench.sh mysql [--rows 1000000] [--changes 100000] [--fresh-rate 5000]
 #   integration/bench.sh kafka [--sizes 1000000,5000000]

@@ -174,7 +174,10 @@ async fn run_once(
     };
     engine::run(
         spec,
-        async |p: Option<SourcePosition>| plan.source.open(p.as_ref(), bounded, ledger).await,
+        async |p: Option<SourcePosition>| {
+            let source = plan.source.open(p.as_ref(), bounded, ledger).await?;
+            lakeshore_transform::Transformed::wrap(source, plan.transforms.clone())
+        },
         sink,
         store,
         observer,

@@ -288,3 +288,4 @@ def test_a_failed_pipeline_reports_the_wal_its_slot_holds(tmp_path, postgres):
         assert "the connection to the source is not encrypted" in daemon.log.read_text()
     finally:
         daemon.stop()
+

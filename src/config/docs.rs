@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::daemon::{AuthSection, DaemonFile, RestartSection, TlsSection};
 use super::pipeline::{PipelineSection, Route};
+use super::transform::TransformSection;
 use crate::sinks::hive::HiveSection;
 use crate::sinks::iceberg::{
     CatalogSection, CompactWhenSection, IcebergSection, MaintenanceSection,
@@ -79,13 +80,15 @@ fn render() -> String {
     out.push_str(&format!(
         "\nA pipeline file has the sections `[pipeline]` (name and checkpointing), `[source]` \
          (where changes come from; `type` = {}), `[sink]` (where they land; `type` = {}) and \
-         any number of `[[route]]` (renames, e.g. to merge sharded tables into one).\n",
+         any number of `[[route]]` (renames, e.g. to merge sharded tables into one) and \
+         `[[transform]]` (how rows are shaped: docs/transforms.md).\n",
         sources::type_list(),
         sinks::type_list()
     ));
     for s in [
         schema::<PipelineSection>(),
         schema::<Route>(),
+        schema::<TransformSection>(),
         schema::<DatagenSection>(),
         schema::<PostgresSection>(),
         schema::<MysqlSection>(),

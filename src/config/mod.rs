@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 pub mod daemon;
 pub mod pipeline;
 pub mod plan;
+pub mod transform;
 pub mod units;
 
 #[cfg(test)]
@@ -291,6 +292,7 @@ mod tests {
             "MYSQL_PASSWORD",
             "S3_ACCESS_KEY",
             "S3_SECRET_KEY",
+            "MASK_SALT",
         ] {
             if std::env::var_os(var).is_none() {
                 // SAFETY: each test runs in its own process under nextest; nothing else

@@ -9,6 +9,7 @@ use lakeshore_api::TableSchema;
 use serde::Deserialize;
 
 use super::plan::{Defaulted, Plan, RoutePlan};
+use super::transform::{self, TransformSection};
 use super::units::{EnvString, HumanDuration, Spanned};
 use super::{ConfigError, SourceText, location_url, toml_error};
 use crate::sinks::{self, SinkSection};
@@ -36,6 +37,9 @@ pub struct PipelineSection {
     /// `POST /pipelines/{name}/resnapshot`).
     #[cfg_attr(test, schemars(with = "Option<String>"))]
     pub on_table_error: Option<OnTableError>,
+    /// Metadata columns added to every table: `_op`, `_source_ts`, `_position`,
+    /// `_source_table`, `_ingested_at` (docs/transforms.md).
+    pub metadata: Option<Vec<Spanned<String>>>,
 }
 
 /// `[[route]]`
@@ -69,6 +73,8 @@ struct Sections {
     sink: Option<toml::Spanned<Typed>>,
     #[allow(dead_code, reason = "read with [pipeline]")]
     route: Option<serde::de::IgnoredAny>,
+    #[allow(dead_code, reason = "read with [pipeline]")]
+    transform: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +89,8 @@ struct Common {
     pipeline: PipelineSection,
     #[serde(default)]
     route: Vec<Route>,
+    #[serde(default)]
+    transform: Vec<TransformSection>,
 }
 
 /// The module that reads a section of type `kind`, or the error naming the known ones.
@@ -193,6 +201,8 @@ fn build(
             to: r.to.get_ref().clone(),
         })
         .collect();
+    let metadata = transform::pipeline_metadata(src, p.metadata.as_deref().unwrap_or_default())?;
+    let (transforms, transform_spans) = transform::specs(src, &raw.transform, &metadata)?;
     let plan = Plan {
         name,
         file: src.file.to_path_buf(),
@@ -206,8 +216,10 @@ fn build(
         source,
         sink: sink_plan,
         routes,
+        transforms,
     };
     if let Some(tables) = plan.source.known_tables() {
+        let tables = transform::shape_known(src, &plan.transforms, &transform_spans, tables)?;
         let by_target: BTreeMap<String, &TableSchema> = tables
             .iter()
             .map(|t| (plan.target_table(&t.name), t))

@@ -29,6 +29,8 @@ pub struct Plan {
     pub sink: SinkPlan,
     /// Source table → lake table.
     pub routes: Vec<RoutePlan>,
+    /// How rows are shaped before routing (`[[transform]]`, `[pipeline] metadata`).
+    pub transforms: Vec<lakeshore_transform::TransformSpec>,
 }
 
 /// One `[[route]]`.

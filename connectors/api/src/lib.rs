@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 
@@ -141,7 +141,54 @@ pub struct ChangeBatch {
     pub rows: RecordBatch,
     /// One operation per row; empty means every row is an [`Op::Insert`].
     pub ops: Arc<[Op]>,
+    /// Where the rows come from, for the metadata columns of a transform.
+    pub origin: Origin,
 }
+
+/// Where a batch's rows come from: what a transform's metadata columns (`_op`,
+/// `_source_ts`, `_position`) show.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The rows were read by a snapshot (a consistent read of the table), not taken from
+    /// a change stream.
+    pub snapshot: bool,
+    /// Per row, from sources asked to record it ([`Source::record_origin`]): the time the
+    /// change was committed at the source (`Timestamp(Microsecond, "UTC")`, null when
+    /// unknown, e.g. snapshot rows).
+    pub source_ts: Option<ArrayRef>,
+    /// Per row, likewise: the change's position at the source as text (LSN, binlog
+    /// `file:position`, Kafka `partition:offset`).
+    pub position: Option<ArrayRef>,
+}
+
+/// Gathers each row's [`Origin`] while a source builds a batch.
+#[derive(Debug, Default)]
+pub struct OriginBuilder {
+    source_ts: Vec<Option<i64>>,
+    position: arrow_array::builder::StringBuilder,
+}
+
+impl OriginBuilder {
+    /// The next row's commit time at the source (µs since the epoch) and position.
+    pub fn push(&mut self, source_ts: Option<i64>, position: &str) {
+        self.source_ts.push(source_ts);
+        self.position.append_value(position);
+    }
+
+    /// The origin of the rows pushed.
+    pub fn finish(mut self) -> Origin {
+        let ts = arrow_array::TimestampMicrosecondArray::from(self.source_ts)
+            .with_timezone(ORIGIN_TIME_ZONE);
+        Origin {
+            snapshot: false,
+            source_ts: Some(Arc::new(ts)),
+            position: Some(Arc::new(self.position.finish())),
+        }
+    }
+}
+
+/// The time zone of [`Origin::source_ts`] (as the sources write `timestamptz`).
+pub const ORIGIN_TIME_ZONE: &str = "+00:00";
 
 impl ChangeBatch {
     /// A batch of inserts.
@@ -150,6 +197,18 @@ impl ChangeBatch {
             table,
             rows,
             ops: Arc::from(Vec::new()),
+            origin: Origin::default(),
+        }
+    }
+
+    /// A batch of rows read by a snapshot.
+    pub fn snapshot(table: Arc<str>, rows: RecordBatch) -> Self {
+        ChangeBatch {
+            origin: Origin {
+                snapshot: true,
+                ..Origin::default()
+            },
+            ..ChangeBatch::inserts(table, rows)
         }
     }
 
@@ -279,6 +338,13 @@ pub trait Source: Send {
     /// How the connection to the source is protected; `None` for sources without one.
     fn transport(&self) -> Option<Transport> {
         None
+    }
+
+    /// Record each row's commit time and position at the source in
+    /// [`ChangeBatch::origin`] from now on (a transform shows them as `_source_ts` and
+    /// `_position`). Returns false for sources that cannot.
+    fn record_origin(&mut self) -> bool {
+        false
     }
 
     /// Read source table `table` again from its start while changes keep flowing: emit

@@ -204,6 +204,7 @@ impl Source for DatagenSource {
                     table: name("orders"),
                     rows,
                     ops: ops.into(),
+                    origin: Default::default(),
                 }));
             }
         }

@@ -421,5 +421,6 @@ pub fn batch(t: &str, changes: &[Change]) -> ChangeBatch {
         table: Arc::from(t),
         rows,
         ops: changes.iter().map(|c| c.0).collect(),
+        origin: Default::default(),
     }
 }

@@ -100,6 +100,7 @@ fn random_batch(
         table: "t".into(),
         rows,
         ops: ops.into(),
+        origin: Default::default(),
     }
 }
 

@@ -157,6 +157,9 @@ pub struct KafkaSource {
     barriers: u64,
     acks: u64,
     revoking: Vec<Revoking>,
+    /// Each row's broker timestamp and partition:offset are recorded
+    /// (`Source::record_origin`).
+    record_origin: bool,
 }
 
 /// Shared: partitions being taken away, released by the ack of barrier number `after`.
@@ -463,6 +466,7 @@ impl KafkaSource {
             barriers: 0,
             acks: 0,
             revoking: Vec::new(),
+            record_origin: false,
         })
     }
 
@@ -522,6 +526,11 @@ impl Source for KafkaSource {
 
     /// Messages left to read (librdkafka's statistics, every 5 s), and how old the newest
     /// message read is while any are left.
+    fn record_origin(&mut self) -> bool {
+        self.record_origin = true;
+        true
+    }
+
     fn lag(&self) -> Option<Lag> {
         let behind = u64::try_from(self.consumer.context().behind.load(Ordering::Relaxed)).ok()?;
         let seconds = if behind == 0 {

@@ -77,13 +77,29 @@ impl KafkaSource {
                 error: b.error,
             }));
             if rows.num_rows() > 0 {
+                // The broker's timestamp and partition:offset of each row's message.
+                let origin = if self.record_origin {
+                    let mut o = lakeshore_api::OriginBuilder::default();
+                    for &msg in &row_messages {
+                        let m = &chunk.metas[indices[msg]];
+                        let position = format!("{}:{}", m.partition, m.offset);
+                        o.push(m.timestamp.map(|ms| ms * 1000), &position);
+                    }
+                    o.finish()
+                } else {
+                    Default::default()
+                };
                 let ops: Arc<[Op]> = if ops.iter().all(|o| *o == Op::Insert) {
                     Arc::from(Vec::new())
                 } else {
                     Arc::from(ops)
                 };
-                self.out
-                    .push_back(SourceEvent::Batch(ChangeBatch { table, rows, ops }));
+                self.out.push_back(SourceEvent::Batch(ChangeBatch {
+                    table,
+                    rows,
+                    ops,
+                    origin,
+                }));
             }
         }
         if !all_bad.is_empty() {

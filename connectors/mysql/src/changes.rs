@@ -269,10 +269,19 @@ impl MysqlSource {
     pub(crate) fn push_row(&mut self, t: usize, op: Op, row: &[Value]) -> Result<()> {
         let table = &self.tables[t];
         let batch_rows = self.opts.batch_rows;
+        let record_origin = self.record_origin;
         let pending = self.pending[t].get_or_insert_with(|| Pending {
             rows: RowsBuilder::new(table.schema.schema.clone(), &table.kinds(), batch_rows),
             ops: Vec::with_capacity(batch_rows),
+            origin: record_origin.then(Default::default),
         });
+        if let Some(origin) = &mut pending.origin {
+            let (ts, position) = self
+                .txn_origin
+                .as_ref()
+                .map_or((None, ""), |(ts, p)| (Some(*ts), p.as_str()));
+            origin.push(ts, position);
+        }
         let key_only = op.removes();
         for (i, v) in row.iter().enumerate() {
             if key_only && !table.key.contains(&i) {
@@ -302,6 +311,7 @@ impl MysqlSource {
                 table: Arc::from(self.tables[t].name.as_str()),
                 rows,
                 ops: Arc::from(p.ops),
+                origin: p.origin.map(|o| o.finish()).unwrap_or_default(),
             }));
         }
         Ok(())
@@ -399,10 +409,16 @@ impl MysqlSource {
 
     pub(crate) async fn on_msg(&mut self, msg: Msg) -> Result<()> {
         match msg {
-            Msg::Begin { at, gtid, .. } => {
+            Msg::Begin { at, gtid, ts } => {
                 // Any position inside the transaction's span orders it against a chunk's
                 // snapshot position (which always falls between transactions).
                 if self.txn.is_none() {
+                    if self.record_origin {
+                        let position = gtid
+                            .clone()
+                            .unwrap_or_else(|| format!("{}:{}", at.file, at.pos));
+                        self.txn_origin = Some((i64::from(ts) * 1_000_000, position));
+                    }
                     self.txn = Some(at);
                 }
                 if gtid.is_some() {

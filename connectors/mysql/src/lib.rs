@@ -203,6 +203,8 @@ struct Window {
 struct Pending {
     rows: RowsBuilder,
     ops: Vec<Op>,
+    /// Each row's commit time and position, when asked for (`Source::record_origin`).
+    origin: Option<lakeshore_api::OriginBuilder>,
 }
 
 /// The MySQL / MariaDB source.
@@ -223,6 +225,11 @@ pub struct MysqlSource {
     /// Start of the open transaction, if inside one.
     txn: Option<BinlogPos>,
     txn_gtid: Option<String>,
+    /// Each row's commit time and position are recorded (`Source::record_origin`).
+    record_origin: bool,
+    /// The event time (µs) and position (GTID, else `file:pos`) of the transaction being
+    /// read.
+    txn_origin: Option<(i64, String)>,
     /// Per table: the start of the latest transaction whose changes were dropped as not
     /// yet read; the table's next chunk must have seen it.
     dropped: Vec<Option<BinlogPos>>,
@@ -369,6 +376,8 @@ impl MysqlSource {
             stream,
             txn: None,
             txn_gtid: None,
+            record_origin: false,
+            txn_origin: None,
             dropped: vec![None; n],
             pending: (0..n).map(|_| None).collect(),
             out: VecDeque::new(),
@@ -490,7 +499,7 @@ impl MysqlSource {
                 rows.end_row();
             }
             warn_zero_dates(&table, &rows);
-            self.out.push_back(SourceEvent::Batch(ChangeBatch::inserts(
+            self.out.push_back(SourceEvent::Batch(ChangeBatch::snapshot(
                 Arc::from(table.name.as_str()),
                 rows.finish()?,
             )));
@@ -639,6 +648,11 @@ impl Source for MysqlSource {
 
     fn transport(&self) -> Option<lakeshore_api::Transport> {
         Some(self.transport)
+    }
+
+    fn record_origin(&mut self) -> bool {
+        self.record_origin = true;
+        true
     }
 
     fn lag(&self) -> Option<Lag> {

@@ -35,7 +35,12 @@ pub type Image = Vec<Value>;
 pub enum Msg {
     /// A transaction starts; `at` lies within it (its GTID event, or `BEGIN`). A DDL
     /// transaction ends with its [`Msg::Statement`].
-    Begin { at: BinlogPos, gtid: Option<String> },
+    Begin {
+        at: BinlogPos,
+        gtid: Option<String>,
+        /// The event's timestamp (seconds since the epoch).
+        ts: u32,
+    },
     /// Row changes of `db.table`; `columns` are the binlog's column names and
     /// `declared` their types as the event's table map declares them.
     Rows {
@@ -362,6 +367,7 @@ impl Decoder {
         end: u64,
     ) -> Result<Option<Msg>> {
         let file = &self.file;
+        let ts = ev.header().timestamp();
         if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
             let d = ev.data();
             if d.len() < 13 {
@@ -377,6 +383,7 @@ impl Decoder {
                         pos: start,
                     },
                     gtid: Some(format!("{domain}-{server}-{seq}")),
+                    ts,
                 }))
             }
         } else {
@@ -385,7 +392,7 @@ impl Decoder {
                     "cannot decode a binlog event in {file} at {end}: {e}"
                 ))),
                 Ok(data) => {
-                    let out = self.message(data, stream, end);
+                    let out = self.message(data, stream, end, ts);
                     out.map(|m| {
                         m.or_else(|| {
                             (end > 0).then(|| Msg::Advance {
@@ -407,6 +414,7 @@ impl Decoder {
         data: Option<EventData<'_>>,
         stream: &mysql_async::BinlogStream,
         end: u64,
+        ts: u32,
     ) -> Result<Option<Msg>> {
         let Decoder {
             file,
@@ -443,6 +451,7 @@ impl Decoder {
                     Some(Msg::Begin {
                         at: here(file, end.saturating_sub(1)),
                         gtid: None,
+                        ts,
                     })
                 } else if trimmed.eq_ignore_ascii_case("COMMIT") {
                     Some(Msg::Commit {
@@ -460,6 +469,7 @@ impl Decoder {
             Some(EventData::GtidEvent(g)) => Some(Msg::Begin {
                 at: here(file, end.saturating_sub(1)),
                 gtid: Some(mysql_gtid(&g)),
+                ts,
             }),
             Some(EventData::XidEvent(_)) => Some(Msg::Commit {
                 next: here(file, end),

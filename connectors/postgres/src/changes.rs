@@ -75,10 +75,19 @@ impl PostgresSource {
     ) -> Result<()> {
         let table = &self.tables[t];
         let batch_rows = self.opts.batch_rows;
+        let record_origin = self.record_origin;
         let pending = self.pending[t].get_or_insert_with(|| Pending {
             rows: RowsBuilder::new(table.schema.schema.clone(), &table.kinds(), batch_rows),
             ops: Vec::with_capacity(batch_rows),
+            origin: record_origin.then(Default::default),
         });
+        if let Some(origin) = &mut pending.origin {
+            let (ts, lsn) = self
+                .txn_origin
+                .as_ref()
+                .map_or((None, ""), |(ts, lsn)| (Some(*ts), lsn.as_str()));
+            origin.push(ts, lsn);
+        }
         let cols = &self.columns[t];
         // The image's values by column position, in one pass over the image.
         let mut given: SmallVec<[Option<&ColumnValue>; 32]> =
@@ -152,6 +161,7 @@ impl PostgresSource {
                 table: Arc::from(self.tables[t].name.as_str()),
                 rows,
                 ops: Arc::from(p.ops),
+                origin: p.origin.map(|o| o.finish()).unwrap_or_default(),
             }));
         }
         Ok(())
@@ -164,10 +174,52 @@ impl PostgresSource {
         Ok(())
     }
 
+    /// A transaction begins: its changes carry its commit time (µs) and commit LSN when
+    /// origins are recorded.
+    fn begin(&mut self, xid: u32, commit_lsn: u64, commit_micros: i64) {
+        self.xid = Some(xid);
+        if self.record_origin {
+            self.txn_origin = Some((commit_micros, crate::server::format_lsn(commit_lsn)));
+        }
+    }
+
+    /// A logical decoding message at `lsn`: lakeshore's end marker or shape marker.
+    async fn on_message(&mut self, lsn: u64, content: &[u8]) -> Result<()> {
+        if self.xid.is_none() {
+            self.position.lsn = self.position.lsn.max(lsn);
+        }
+        self.passed(lsn);
+        if let Some((marker, seen)) = &mut self.end_marker
+            && content == marker.as_bytes()
+        {
+            // Transactional: the run ends at the marker transaction's commit.
+            *seen = true;
+        }
+        if let Some(oid) = std::str::from_utf8(content)
+            .ok()
+            .and_then(|c| c.strip_prefix(SHAPE_MARKER))
+            .and_then(|oid| oid.parse::<u32>().ok())
+        {
+            self.shape_marked.remove(&oid);
+            if let Some(&t) = self.by_oid.get(&oid) {
+                self.follow_catalog_shape(t).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Handle one replication event.
     pub(crate) async fn on_event(&mut self, ev: ChangeEvent) -> Result<()> {
         match ev.event_type {
-            EventType::Begin { transaction_id, .. } => self.xid = Some(transaction_id),
+            EventType::Begin {
+                transaction_id,
+                final_lsn,
+                commit_timestamp,
+            } => self.begin(
+                transaction_id,
+                final_lsn.0,
+                commit_timestamp.timestamp_micros(),
+            ),
             EventType::Commit {
                 end_lsn,
                 commit_timestamp,
@@ -185,29 +237,7 @@ impl PostgresSource {
                 message_lsn,
                 content,
                 ..
-            } => {
-                let lsn = message_lsn.0;
-                if self.xid.is_none() {
-                    self.position.lsn = self.position.lsn.max(lsn);
-                }
-                self.passed(lsn);
-                if let Some((marker, seen)) = &mut self.end_marker
-                    && content.as_ref() == marker.as_bytes()
-                {
-                    // Transactional: the run ends at the marker transaction's commit.
-                    *seen = true;
-                }
-                if let Some(oid) = std::str::from_utf8(&content)
-                    .ok()
-                    .and_then(|c| c.strip_prefix(SHAPE_MARKER))
-                    .and_then(|oid| oid.parse::<u32>().ok())
-                {
-                    self.shape_marked.remove(&oid);
-                    if let Some(&t) = self.by_oid.get(&oid) {
-                        self.follow_catalog_shape(t).await?;
-                    }
-                }
-            }
+            } => self.on_message(message_lsn.0, &content).await?,
             EventType::Insert {
                 schema,
                 table,

@@ -166,6 +166,8 @@ struct Window {
 struct Pending {
     rows: RowsBuilder,
     ops: Vec<Op>,
+    /// Each row's commit time and LSN, when asked for (`Source::record_origin`).
+    origin: Option<lakeshore_api::OriginBuilder>,
 }
 
 /// The PostgreSQL source.
@@ -235,6 +237,10 @@ pub struct PostgresSource {
     /// Tables created since the start that `tables` matches, as the last identity check
     /// saw them (OIDs): a restart follows one only once two checks saw it.
     new_tables: std::collections::HashSet<u32>,
+    /// Each row's commit time and position are recorded (`Source::record_origin`).
+    record_origin: bool,
+    /// The commit time (µs) and commit LSN of the transaction being read, from its Begin.
+    txn_origin: Option<(i64, String)>,
 }
 
 /// The position brought in line with the tables as discovered: a table dropped and
@@ -426,6 +432,8 @@ impl PostgresSource {
             last_commit: None,
             lag: None,
             new_tables: Default::default(),
+            record_origin: false,
+            txn_origin: None,
         };
         for name in recreated {
             source.out.push_back(SourceEvent::Truncate(name));
@@ -734,6 +742,11 @@ impl Source for PostgresSource {
 
     fn transport(&self) -> Option<lakeshore_api::Transport> {
         Some(self.transport)
+    }
+
+    fn record_origin(&mut self) -> bool {
+        self.record_origin = true;
+        true
     }
 
     fn lag(&self) -> Option<Lag> {

@@ -401,7 +401,10 @@ async fn refuse_partial_tables(client: &Client, name: &str, tables: &[PgTable]) 
         return Ok(());
     };
     let oid: u32 = row.get(0);
-    let table = tables.iter().find(|t| t.oid == oid).map_or_else(String::new, |t| t.quoted());
+    let table = tables
+        .iter()
+        .find(|t| t.oid == oid)
+        .map_or_else(String::new, |t| t.quoted());
     let what = match row.get::<_, Option<String>>(2) {
         Some(filter) if row.get::<_, bool>(1) => {
             format!("a column list and the row filter WHERE {filter}")

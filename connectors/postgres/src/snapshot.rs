@@ -475,7 +475,7 @@ impl crate::PostgresSource {
         };
         self.snapshot_rows += read.rows as u64;
         for b in read.batches {
-            self.out.push_back(SourceEvent::Batch(ChangeBatch::inserts(
+            self.out.push_back(SourceEvent::Batch(ChangeBatch::snapshot(
                 Arc::from(table.name.as_str()),
                 b,
             )));

@@ -1,0 +1,172 @@
+//! Transforms: shaping each table's change batches between the source and the router.
+//!
+//! A [`TransformSpec`] (one `[[transform]]` of a pipeline file) names the tables it
+//! applies to and how their rows are shaped: which columns are kept, masks, a filter,
+//! computed columns, metadata columns and the key. [`TableTransform`] is one spec
+//! compiled for one table's schema; [`Transformed`] wraps a [`lakeshore_api::Source`]
+//! so that the engine only ever sees shaped tables, batches and schema changes.
+//!
+//! Every row keeps its [`lakeshore_api::Op`]; the filter turns an update that leaves it
+//! into a delete of the key (an update that enters it is an upsert already), so a table
+//! under a filter stays exactly the filtered source table.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub mod expr;
+mod source;
+mod table;
+
+pub use source::Transformed;
+pub use table::TableTransform;
+
+/// One `[[transform]]`: how the rows of the tables it matches are shaped.
+#[derive(Clone, Default)]
+pub struct TransformSpec {
+    /// Glob over source table names (`*` matches any run of characters).
+    pub tables: String,
+    /// Globs of the source columns to keep; `None` keeps every column (and every column
+    /// added later).
+    pub columns: Option<Vec<String>>,
+    /// Globs of source columns to leave out.
+    pub exclude: Vec<String>,
+    /// Masks by output column name, in the order written.
+    pub masks: Vec<(String, Mask)>,
+    /// SQL condition a row must meet to be in the lake.
+    pub filter: Option<String>,
+    /// Computed columns: name and SQL expression, in the order written. A name that is
+    /// a source column replaces that column.
+    pub compute: Vec<(String, String)>,
+    /// The lake table's key, replacing the source's.
+    pub key: Option<Vec<String>>,
+    /// Metadata columns added to every row, in the order written.
+    pub metadata: Vec<Meta>,
+}
+
+impl fmt::Debug for TransformSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Masks hold the hash salt, which is a secret: only their kinds are shown.
+        f.debug_struct("TransformSpec")
+            .field("tables", &self.tables)
+            .field("columns", &self.columns)
+            .field("exclude", &self.exclude)
+            .field("masks", &self.masks)
+            .field("filter", &self.filter)
+            .field("compute", &self.compute)
+            .field("key", &self.key)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+impl TransformSpec {
+    /// Whether source column `column` is kept (`columns`, `exclude`).
+    pub fn keeps(&self, column: &str) -> bool {
+        self.columns
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|g| glob_match(g, column)))
+            && !self.exclude.iter().any(|g| glob_match(g, column))
+    }
+}
+
+/// How one column's values are hidden.
+#[derive(Clone, PartialEq)]
+pub enum Mask {
+    /// SHA-256 of the salt and the value's text, as 64 lowercase hex digits: the same
+    /// value gives the same hash in every run, so joins on it still work.
+    Hash {
+        /// The secret mixed into every hash (from `${ENV}`).
+        salt: Arc<str>,
+    },
+    /// Null, or this constant (the column becomes a string column).
+    Redact(Option<String>),
+    /// The first N characters of a string (bytes of a binary value).
+    Truncate(usize),
+}
+
+impl fmt::Debug for Mask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mask::Hash { .. } => f.write_str("hash"),
+            Mask::Redact(None) => f.write_str("redact"),
+            Mask::Redact(Some(c)) => write!(f, "redact({c:?})"),
+            Mask::Truncate(n) => write!(f, "truncate({n})"),
+        }
+    }
+}
+
+/// A metadata column: something about a row that is not one of its source values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meta {
+    /// `_op`: `snapshot`, `insert`, `update`, `delete` (string).
+    Op,
+    /// `_source_ts`: when the change was committed at the source (timestamp, UTC; null
+    /// for snapshot rows).
+    SourceTs,
+    /// `_position`: the change's position at the source (string; null for snapshot
+    /// rows).
+    Position,
+    /// `_source_table`: the source table's name as the source names it (string).
+    SourceTable,
+    /// `_ingested_at`: when lakeshore took the change from the source (timestamp, UTC);
+    /// the commit that makes it visible follows within one checkpoint interval.
+    IngestedAt,
+}
+
+impl Meta {
+    /// Every metadata column, by name.
+    pub const ALL: [Meta; 5] = [
+        Meta::Op,
+        Meta::SourceTs,
+        Meta::Position,
+        Meta::SourceTable,
+        Meta::IngestedAt,
+    ];
+
+    /// The column's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Meta::Op => "_op",
+            Meta::SourceTs => "_source_ts",
+            Meta::Position => "_position",
+            Meta::SourceTable => "_source_table",
+            Meta::IngestedAt => "_ingested_at",
+        }
+    }
+
+    /// The metadata column called `name`.
+    pub fn by_name(name: &str) -> Option<Meta> {
+        Meta::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// True for columns only sources that record each row's origin can fill
+    /// ([`lakeshore_api::Source::record_origin`]).
+    pub fn needs_origin(self) -> bool {
+        matches!(self, Meta::SourceTs | Meta::Position)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The transform that applies to source table `table`: the first whose glob matches.
+pub fn spec_for<'s>(specs: &'s [TransformSpec], table: &str) -> Option<&'s TransformSpec> {
+    specs.iter().find(|s| glob_match(&s.tables, table))
+}
