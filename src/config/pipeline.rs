@@ -153,9 +153,13 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
         &sinks::type_list(),
     )?;
     let common: Common = toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
-    let source = read_source(src, common.pipeline.name.get_ref())?;
+    let metadata =
+        transform::pipeline_metadata(src, common.pipeline.metadata.as_deref().unwrap_or_default())?;
+    let shaping = transform::specs(src, &common.transform, &metadata)?;
+    let columns = lakeshore_transform::column_filter(&shaping.0);
+    let source = read_source(src, common.pipeline.name.get_ref(), &columns)?;
     let sink = read_sink(src)?;
-    build(src, common, source, sink.as_ref())
+    build(src, common, source, sink.as_ref(), shaping)
 }
 
 fn build(
@@ -163,6 +167,7 @@ fn build(
     raw: Common,
     source: sources::SourcePlan,
     sink: &dyn SinkSection,
+    (transforms, transform_spans): (Vec<lakeshore_transform::TransformSpec>, transform::Spans),
 ) -> Result<Plan, ConfigError> {
     let p = &raw.pipeline;
     let name = p.name.get_ref().clone();
@@ -201,8 +206,6 @@ fn build(
             to: r.to.get_ref().clone(),
         })
         .collect();
-    let metadata = transform::pipeline_metadata(src, p.metadata.as_deref().unwrap_or_default())?;
-    let (transforms, transform_spans) = transform::specs(src, &raw.transform, &metadata)?;
     let plan = Plan {
         name,
         file: src.file.to_path_buf(),

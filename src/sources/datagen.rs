@@ -44,7 +44,12 @@ pub struct DatagenSection {
 }
 
 impl SourceSection for DatagenSection {
-    fn plan(&self, src: &SourceText<'_>, _pipeline: &str) -> Result<SourcePlan, ConfigError> {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        _pipeline: &str,
+        _columns: &lakeshore_api::ColumnFilter,
+    ) -> Result<SourcePlan, ConfigError> {
         if let (Some(at), Profile::Nexmark) = (&self.add_column_at, self.profile) {
             return Err(src.error(
                 Some(at.span()),

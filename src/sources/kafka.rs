@@ -359,7 +359,12 @@ fn check_scale_out(
 }
 
 impl SourceSection for KafkaSection {
-    fn plan(&self, src: &SourceText<'_>, pipeline: &str) -> Result<SourcePlan, ConfigError> {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        pipeline: &str,
+        _columns: &lakeshore_api::ColumnFilter,
+    ) -> Result<SourcePlan, ConfigError> {
         plan(src, self, pipeline)
     }
 }

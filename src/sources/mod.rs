@@ -9,7 +9,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use lakeshore_api::{Ledger, Result, Source, SourcePosition, TableSchema};
+use lakeshore_api::{ColumnFilter, Ledger, Result, Source, SourcePosition, TableSchema};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -24,7 +24,14 @@ pub mod postgres;
 /// A `[source]` section, read: its validation into a runnable source.
 pub trait SourceSection {
     /// The validated source of pipeline `pipeline`.
-    fn plan(&self, src: &SourceText<'_>, pipeline: &str) -> Result<SourcePlan, ConfigError>;
+    /// `columns`: the source columns the pipeline's transforms keep (database sources
+    /// never read the others).
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        pipeline: &str,
+        columns: &ColumnFilter,
+    ) -> Result<SourcePlan, ConfigError>;
 }
 
 /// A validated source: what the binary asks of it.
@@ -74,7 +81,7 @@ pub trait SourceConnector: Debug + Send + Sync + 'static {
 pub type SourcePlan = Arc<dyn SourceConnector>;
 
 /// Reads the `[source]` section of a pipeline file as one type and validates it.
-type ReadSource = fn(&SourceText<'_>, &str) -> Result<SourcePlan, ConfigError>;
+type ReadSource = fn(&SourceText<'_>, &str, &ColumnFilter) -> Result<SourcePlan, ConfigError>;
 
 /// Every source `type`, and how its section is read.
 pub const SOURCES: &[(&str, ReadSource)] = &[
@@ -93,13 +100,14 @@ pub fn type_list() -> String {
 fn read<S: SourceSection + DeserializeOwned>(
     src: &SourceText<'_>,
     pipeline: &str,
+    columns: &ColumnFilter,
 ) -> Result<SourcePlan, ConfigError> {
     #[derive(Deserialize)]
     struct Part<S> {
         source: S,
     }
     let part: Part<S> = toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
-    part.source.plan(src, pipeline)
+    part.source.plan(src, pipeline, columns)
 }
 
 /// What the source keeps for a stopped pipeline, in bytes, and what it is: a PostgreSQL

@@ -50,7 +50,12 @@ pub struct MysqlSection {
 }
 
 impl SourceSection for MysqlSection {
-    fn plan(&self, src: &SourceText<'_>, pipeline: &str) -> Result<SourcePlan, ConfigError> {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        pipeline: &str,
+        columns: &lakeshore_api::ColumnFilter,
+    ) -> Result<SourcePlan, ConfigError> {
         check_qualified(src, &self.tables, "database", "shop")?;
         let server_id = match &self.server_id {
             Some(id) if !(1..=u32::MAX as u64).contains(id.get_ref()) => {
@@ -77,6 +82,7 @@ impl SourceSection for MysqlSection {
             chunk_size,
             parallelism,
             batch_rows: 8192,
+            columns: columns.clone(),
         })))
     }
 }

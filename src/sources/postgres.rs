@@ -55,7 +55,12 @@ pub struct PostgresSection {
 }
 
 impl SourceSection for PostgresSection {
-    fn plan(&self, src: &SourceText<'_>, pipeline: &str) -> Result<SourcePlan, ConfigError> {
+    fn plan(
+        &self,
+        src: &SourceText<'_>,
+        pipeline: &str,
+        columns: &lakeshore_api::ColumnFilter,
+    ) -> Result<SourcePlan, ConfigError> {
         check_qualified(src, &self.tables, "schema", "public")?;
         let default_name = format!("lakeshore_{}", pipeline.replace('-', "_").to_lowercase());
         let ident = |v: &Option<Spanned<String>>, what: &str| -> Result<String, ConfigError> {
@@ -89,6 +94,7 @@ impl SourceSection for PostgresSection {
             chunk_size,
             batch_rows: 8192,
             key_columns: self.key_columns.clone(),
+            columns: columns.clone(),
         })))
     }
 }

@@ -132,6 +132,106 @@ pub struct TableSchema {
     pub key: Vec<String>,
 }
 
+/// Which source columns a pipeline reads: what its transforms keep (`columns`,
+/// `exclude`). A database source never selects the others — a user without privileges
+/// on them still works, and a column of a type lakeshore cannot map does not refuse its
+/// table — except key columns, which it needs to follow rows.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnFilter {
+    rules: Arc<[ColumnRule]>,
+}
+
+/// The columns kept of the tables one transform matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnRule {
+    /// Glob over source table names.
+    pub tables: String,
+    /// Globs of the columns kept; `None` keeps every column.
+    pub columns: Option<Vec<String>>,
+    /// Globs of the columns left out.
+    pub exclude: Vec<String>,
+}
+
+impl ColumnRule {
+    /// Whether `column` is kept.
+    pub fn keeps(&self, column: &str) -> bool {
+        self.columns
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|g| glob_match(g, column)))
+            && !self.exclude.iter().any(|g| glob_match(g, column))
+    }
+}
+
+impl ColumnFilter {
+    /// The rules in order: a table takes the first whose `tables` matches it.
+    pub fn new(rules: Vec<ColumnRule>) -> Self {
+        ColumnFilter {
+            rules: Arc::from(rules),
+        }
+    }
+
+    /// A column named without a glob in a rule's `columns` or `exclude` that no table
+    /// the rule applies to has (`tables`: each table's name and every column it has):
+    /// a misspelt exclusion would let the column into the lake.
+    pub fn check_named<'t>(
+        &self,
+        tables: impl IntoIterator<Item = (&'t str, &'t [String])> + Clone,
+    ) -> Result<()> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let matched: Vec<(&str, &[String])> = tables
+                .clone()
+                .into_iter()
+                .filter(|(t, _)| {
+                    self.rules.iter().position(|r| glob_match(&r.tables, t)) == Some(i)
+                })
+                .collect();
+            let Some((first, first_columns)) = matched.first() else {
+                continue;
+            };
+            let named = rule.columns.iter().flatten().chain(&rule.exclude);
+            for c in named.filter(|c| !c.contains('*')) {
+                if !matched.iter().any(|(_, cols)| cols.iter().any(|x| x == c)) {
+                    return Err(Error::config(format!(
+                        "transform of tables {}: no table it matches has a column {c} \
+                             (names are case-sensitive); {first} has: {}",
+                        rule.tables,
+                        first_columns.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether column `column` of source table `table` is read.
+    pub fn reads(&self, table: &str, column: &str) -> bool {
+        self.rules
+            .iter()
+            .find(|r| glob_match(&r.tables, table))
+            .is_none_or(|r| r.keeps(column))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// A batch of changes to one table, columnar from the reader on.
 #[derive(Debug, Clone)]
 pub struct ChangeBatch {
@@ -586,6 +686,33 @@ pub trait TableWriter: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_filter_takes_the_first_matching_rule() {
+        let rule = |tables: &str, columns: Option<&[&str]>, exclude: &[&str]| ColumnRule {
+            tables: tables.into(),
+            columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        };
+        let f = ColumnFilter::new(vec![
+            rule("shop.orders_*", None, &["card*"]),
+            rule("shop.*", Some(&["id", "name"]), &[]),
+        ]);
+        assert!(f.reads("shop.orders_1", "email"));
+        assert!(!f.reads("shop.orders_1", "card_number"));
+        assert!(f.reads("shop.users", "name"));
+        assert!(!f.reads("shop.users", "email"));
+        assert!(f.reads("other.t", "anything"));
+        let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (a, b) = (cols(&["id", "card_no"]), cols(&["id", "name"]));
+        f.check_named([("shop.orders_1", a.as_slice()), ("shop.users", b.as_slice())])
+            .unwrap();
+        let typo = ColumnFilter::new(vec![rule("shop.*", None, &["secert"])]);
+        let e = typo
+            .check_named([("shop.users", b.as_slice())])
+            .unwrap_err();
+        assert!(e.to_string().contains("no table it matches has a column secert"), "{e}");
+    }
 
     #[test]
     fn sequence_positions_order_by_number() {

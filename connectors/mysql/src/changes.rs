@@ -80,9 +80,15 @@ impl MysqlSource {
                 .collect()
         };
         let mut m = known(&self.tables[t]);
-        if m.iter().any(Option::is_none) {
+        // A column the pipeline does not read is expected to be unknown.
+        let unknown = |m: &ColumnMap, table: &MyTable| {
+            m.iter()
+                .zip(columns.iter())
+                .any(|(i, c)| i.is_none() && table.reads(c))
+        };
+        if unknown(&m, &self.tables[t]) {
             let (db, name) = (self.tables[t].db.clone(), self.tables[t].table.clone());
-            let now = discover::describe(&mut self.conn, &db, &name).await?;
+            let now = discover::describe(&mut self.conn, &db, &name, &self.opts.columns).await?;
             let old = &self.tables[t];
             let keeps_old = old
                 .columns
@@ -111,7 +117,12 @@ impl MysqlSource {
             // restart, the server already without it): the column is gone from the
             // source, so its values are not kept. A rename's own statement follows and
             // reads the table again (`on_statement`).
-            for (c, _) in columns.iter().zip(&m).filter(|(_, i)| i.is_none()) {
+            let table = &self.tables[t];
+            for (c, _) in columns
+                .iter()
+                .zip(&m)
+                .filter(|(c, i)| i.is_none() && table.reads(c))
+            {
                 tracing::warn!(table = %self.tables[t].name, column = %c, "a column in the binlog is no longer on the server (dropped or renamed later): its values are skipped");
             }
         }
@@ -561,7 +572,7 @@ impl MysqlSource {
     /// table maps declare them in order (`follow_declared`).
     pub(crate) async fn add_new_columns(&mut self, t: usize) -> Result<()> {
         let (db, name) = (self.tables[t].db.clone(), self.tables[t].table.clone());
-        let now = match discover::describe(&mut self.conn, &db, &name).await {
+        let now = match discover::describe(&mut self.conn, &db, &name, &self.opts.columns).await {
             Ok(now) => now,
             // Gone or changed beyond reading since: the next row events tell.
             Err(e) if e.kind() != ErrorKind::Transient => return Ok(()),
@@ -614,7 +625,7 @@ impl MysqlSource {
     /// new ones), then its rows, merged with the stream like a re-snapshot.
     pub(crate) async fn reread(&mut self, t: usize) -> Result<()> {
         let (db, name) = (self.tables[t].db.clone(), self.tables[t].table.clone());
-        let now = discover::describe(&mut self.conn, &db, &name).await?;
+        let now = discover::describe(&mut self.conn, &db, &name, &self.opts.columns).await?;
         self.flush_table(t)?;
         if now.key != self.tables[t].key {
             let error = Error::unsupported(format!(

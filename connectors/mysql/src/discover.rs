@@ -30,9 +30,20 @@ pub struct MyTable {
     /// Key column indexes, in key order.
     pub key: Vec<usize>,
     pub schema: TableSchema,
+    /// The columns the pipeline reads (key columns always).
+    pub filter: lakeshore_api::ColumnFilter,
+    /// Every column the table has, read or not, when the user may see them all (no
+    /// column-level grants: information_schema hides the columns a user may not
+    /// select); `None` otherwise.
+    pub all_columns: Option<Vec<String>>,
 }
 
 impl MyTable {
+    /// Whether the pipeline reads column `column` (transforms leave the others out).
+    pub fn reads(&self, column: &str) -> bool {
+        self.schema.key.iter().any(|k| k == column) || self.filter.reads(&self.name, column)
+    }
+
     /// The table's schema rebuilt from its columns after they changed (added, widened).
     pub fn rebuild_schema(&mut self) -> TableSchema {
         let pairs: Vec<(String, Kind)> = self
@@ -60,30 +71,16 @@ pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// True when `name` matches `pattern`, where `*` matches any run of characters.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
+pub use lakeshore_api::glob_match;
 
 /// The tables `patterns` name, with their columns and keys. A pattern that matches
 /// nothing, a table without a primary key or a column of an unmapped type is an error
 /// naming it.
-pub async fn discover(conn: &mut Conn, patterns: &[String]) -> Result<Vec<MyTable>> {
+pub async fn discover(
+    conn: &mut Conn,
+    patterns: &[String],
+    filter: &lakeshore_api::ColumnFilter,
+) -> Result<Vec<MyTable>> {
     let all: Vec<(String, String)> = conn
         .query(
             "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
@@ -110,14 +107,25 @@ pub async fn discover(conn: &mut Conn, patterns: &[String]) -> Result<Vec<MyTabl
             if tables.iter().any(|x: &MyTable| x.name == name) {
                 continue;
             }
-            tables.push(describe(conn, db, t).await?);
+            tables.push(describe(conn, db, t, filter).await?);
         }
     }
+    // Tables with column grants may hide columns from the user: not checked.
+    filter.check_named(
+        tables
+            .iter()
+            .filter_map(|t| Some((t.name.as_str(), t.all_columns.as_deref()?))),
+    )?;
     Ok(tables)
 }
 
 /// One table's columns and key as the server has them now.
-pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable> {
+pub async fn describe(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+    filter: &lakeshore_api::ColumnFilter,
+) -> Result<MyTable> {
     let name = format!("{db}.{table}");
     type ColumnRow = (
         String,
@@ -138,9 +146,32 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
         )
         .await
         .map_err(|e| my_error("reading columns", e))?;
+    let key_names: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+             ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await
+        .map_err(|e| my_error("reading the primary key", e))?;
+    let column_grants: Option<u64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.COLUMN_PRIVILEGES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, table),
+        )
+        .await
+        .map_err(|e| my_error("reading column privileges", e))?;
+    let all_columns = (column_grants.unwrap_or(0) == 0)
+        .then(|| rows.iter().map(|r| r.0.clone()).collect::<Vec<String>>());
     let mut columns = Vec::new();
     let mut collations = Vec::new();
     for (col, data_type, column_type, precision, scale, charset, collation) in rows {
+        // Columns the transforms leave out are never read (key columns always are).
+        if !key_names.contains(&col) && !filter.reads(&name, &col) {
+            continue;
+        }
         collations.push(collation.unwrap_or_default());
         let kind = types::kind_of(
             &data_type.to_lowercase(),
@@ -156,15 +187,6 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
             kind,
         });
     }
-    let key_names: Vec<String> = conn
-        .exec(
-            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
-             ORDER BY ORDINAL_POSITION",
-            (db, table),
-        )
-        .await
-        .map_err(|e| my_error("reading the primary key", e))?;
     if key_names.is_empty() {
         return Err(Error::config(format!(
             "table {name} has no primary key; add one (lakeshore reads snapshots in key \
@@ -201,6 +223,8 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<MyTable>
         columns,
         key,
         schema,
+        filter: filter.clone(),
+        all_columns,
     })
 }
 

@@ -114,6 +114,9 @@ pub struct MysqlOptions {
     pub parallelism: usize,
     /// Rows per emitted batch.
     pub batch_rows: usize,
+    /// The columns the pipeline reads (its transforms' `columns`/`exclude`); the others
+    /// are never selected.
+    pub columns: lakeshore_api::ColumnFilter,
 }
 
 impl fmt::Debug for MysqlOptions {
@@ -333,7 +336,7 @@ impl MysqlSource {
             check_server(&mut conn).await?;
             charsets = server::collation_charsets(&mut conn).await?;
         }
-        let tables = discover::discover(&mut conn, &opts.tables).await?;
+        let tables = discover::discover(&mut conn, &opts.tables, &opts.columns).await?;
         let position: Position = match position {
             Some(p) => p.decode("MySQL")?,
             None => first_position(&mut conn, &opts.startup, &tables).await?,

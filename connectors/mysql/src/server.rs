@@ -372,7 +372,7 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
         }
         lines.push("privileges: REPLICATION SLAVE, REPLICATION CLIENT".into());
     }
-    for t in discover::discover(&mut conn, &opts.tables).await? {
+    for t in discover::discover(&mut conn, &opts.tables, &opts.columns).await? {
         let key: Vec<&str> = t.key.iter().map(|&k| t.columns[k].name.as_str()).collect();
         lines.push(format!(
             "table {}: {} columns, key ({})",

@@ -477,6 +477,13 @@ impl PostgresSource {
         t: usize,
         columns: &[pg_walstream::RelationColumn],
     ) -> Result<()> {
+        // Only the columns the pipeline reads count: the others are not followed.
+        let columns: Vec<pg_walstream::RelationColumn> = columns
+            .iter()
+            .filter(|c| self.tables[t].reads(&c.name))
+            .cloned()
+            .collect();
+        let columns = &columns[..];
         let now: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();
         let name = self.tables[t].name.clone();
         let before = self.position.columns.insert(name.clone(), now.clone());
@@ -540,6 +547,7 @@ impl PostgresSource {
             .map_err(|e| pg_error("reading the table's columns", e))?;
         Ok(rows
             .iter()
+            .filter(|r| table.reads(r.get(0)))
             .map(|r| {
                 let name: String = r.get(0);
                 pg_walstream::RelationColumn {

@@ -38,6 +38,17 @@ pub struct PgTable {
     /// A partitioned table (its partitions' changes are published under its name).
     pub partitioned: bool,
     pub schema: TableSchema,
+    /// The columns the pipeline reads (key columns always).
+    pub filter: lakeshore_api::ColumnFilter,
+    /// Every column the table has, read or not.
+    pub all_columns: Vec<String>,
+}
+
+impl PgTable {
+    /// Whether the pipeline reads column `column` (transforms leave the others out).
+    pub fn reads(&self, column: &str) -> bool {
+        self.schema.key.iter().any(|k| k == column) || self.filter.reads(&self.name, column)
+    }
 }
 
 /// One column.
@@ -89,24 +100,15 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Glob match with `*` (any run of characters).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some((b'*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
-            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
-}
+pub use lakeshore_api::glob_match;
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::transient(format!("PostgreSQL: {what}")).with_source(e)
 }
 
 /// Find the tables matching `patterns` (`schema.table`, `*` globs) and describe them.
-/// `key_columns` gives keys for tables without a primary key (`schema.table` → columns).
+/// `opts`: the patterns (`tables`), keys for tables without a primary key
+/// (`key_columns`), the columns read (`columns`) and whether changes are streamed.
 /// `known`: the tables the pipeline followed so far, by their name in the pipeline and
 /// OID (from the position). A known table found under a new name was renamed while the
 /// pipeline was stopped: it keeps its name in the pipeline. A known name that now
@@ -115,10 +117,10 @@ fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 /// error: its lake table would silently stop following it.
 pub async fn discover(
     client: &Client,
-    patterns: &[String],
-    key_columns: &std::collections::BTreeMap<String, Vec<String>>,
+    opts: &crate::PostgresOptions,
     known: &std::collections::BTreeMap<String, u32>,
 ) -> Result<Vec<PgTable>> {
+    let patterns = &opts.tables;
     let rows = client
         .query(
             "SELECT c.oid, n.nspname, c.relname, c.relreplident::text, c.relkind = 'p' \
@@ -183,12 +185,17 @@ pub async fn discover(
             row.get(1),
             row.get(2),
             ident.chars().next().unwrap_or('d'),
-            key_columns,
+            opts,
         )
         .await?;
         table.partitioned = row.get(4);
         tables.push(table);
     }
+    opts.columns.check_named(
+        tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.all_columns.as_slice())),
+    )?;
     Ok(tables)
 }
 
@@ -224,6 +231,28 @@ fn columns_of(name: &str, cols: &[tokio_postgres::Row]) -> Result<Vec<PgColumn>>
         });
     }
     Ok(columns)
+}
+
+/// A stored generated column is in the snapshot but never in the change stream
+/// (pgoutput leaves it out before PostgreSQL 18): every changed row would lose its
+/// value in the lake. Refused, with the transform that keeps it.
+fn refuse_generated(name: &str, cols: &[tokio_postgres::Row]) -> Result<()> {
+    let Some(c) = cols
+        .iter()
+        .find(|c| c.get::<_, Option<String>>(8).is_some())
+    else {
+        return Ok(());
+    };
+    let column: String = c.get(0);
+    let expression: String = c.get(8);
+    Err(Error::config(format!(
+        "table {name}, column {column}: a generated column, which logical replication \
+             does not send, so changed rows would lose its value; leave it out and compute \
+             it in the lake instead: [[transform]] tables = \"{name}\", exclude = \
+             [\"{column}\"], and under [transform.compute] {column} = \"{}\" (PostgreSQL's \
+             expression; adjust it to DataFusion SQL where they differ)",
+        expression.replace('"', "\\\"")
+    )))
 }
 
 /// Why a table's replica identity cannot carry the pipeline's key in updates and
@@ -269,7 +298,7 @@ async fn describe(
     schema_name: String,
     table_name: String,
     replica_identity: char,
-    key_columns: &std::collections::BTreeMap<String, Vec<String>>,
+    opts: &crate::PostgresOptions,
 ) -> Result<PgTable> {
     let cols = client
         .query(
@@ -277,15 +306,16 @@ async fn describe(
                     coalesce(bt.typname, t.typname)::text, t.typcategory::text, \
                     CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
                     (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
-                    coalesce(bt.typcategory, t.typcategory)::text, a.attnotnull \
+                    coalesce(bt.typcategory, t.typcategory)::text, a.attnotnull, \
+                    CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
         )
         .await
         .map_err(pg_err("reading columns"))?;
-    let mut columns = columns_of(&name, &cols)?;
     let pk = client
         .query(
             "SELECT a.attname FROM pg_index i \
@@ -297,9 +327,22 @@ async fn describe(
         .await
         .map_err(pg_err("reading the primary key"))?;
     let mut key_names: Vec<String> = pk.iter().map(|r| r.get(0)).collect();
-    if let Some(explicit) = key_columns.get(&name) {
+    if let Some(explicit) = opts.key_columns.get(&name) {
         key_names = explicit.clone();
     }
+    let all_columns: Vec<String> = cols.iter().map(|c| c.get(0)).collect();
+    // Columns the transforms leave out are never read (key columns always are).
+    let cols: Vec<tokio_postgres::Row> = cols
+        .into_iter()
+        .filter(|c| {
+            let column: String = c.get(0);
+            key_names.contains(&column) || opts.columns.reads(&name, &column)
+        })
+        .collect();
+    if opts.startup != crate::Startup::SnapshotOnly {
+        refuse_generated(&name, &cols)?;
+    }
+    let mut columns = columns_of(&name, &cols)?;
     if key_names.is_empty() {
         return Err(Error::config(format!(
             "table {name} has no primary key; add one, or name the key in [source] \
@@ -351,6 +394,8 @@ async fn describe(
         replica_identity,
         partitioned: false,
         schema,
+        filter: opts.columns.clone(),
+        all_columns,
     })
 }
 

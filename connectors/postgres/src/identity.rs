@@ -166,6 +166,8 @@ impl PostgresSource {
             let Some(&t) = self.by_oid.get(&oid) else {
                 continue;
             };
+            let table = &self.tables[t];
+            let names: Vec<String> = names.into_iter().filter(|n| table.reads(n)).collect();
             if self.position.columns.get(&self.tables[t].name) == Some(&names) {
                 continue;
             }

@@ -86,6 +86,9 @@ pub struct PostgresOptions {
     pub batch_rows: usize,
     /// Keys of tables without a primary key.
     pub key_columns: BTreeMap<String, Vec<String>>,
+    /// The columns the pipeline reads (its transforms' `columns`/`exclude`); the others
+    /// are never selected.
+    pub columns: lakeshore_api::ColumnFilter,
 }
 
 impl fmt::Debug for PostgresOptions {
@@ -353,8 +356,7 @@ impl PostgresSource {
             Some(p) => p.decode("PostgreSQL")?,
             None => Position::default(),
         };
-        let tables =
-            discover::discover(&client, &opts.tables, &opts.key_columns, &position.oids).await?;
+        let tables = discover::discover(&client, &opts, &position.oids).await?;
         let (retired, recreated) = reconcile(&mut position, &tables)?;
         let fresh = position.lsn == 0 && position.tables.is_empty();
         if fresh && opts.startup == Startup::Latest {

@@ -175,13 +175,7 @@ pub async fn check(opts: &PostgresOptions) -> Result<Vec<String>> {
         check_server(&client).await?;
         report.push("wal_level=logical; the user may start replication".into());
     }
-    let tables = discover::discover(
-        &client,
-        &opts.tables,
-        &opts.key_columns,
-        &Default::default(),
-    )
-    .await?;
+    let tables = discover::discover(&client, opts, &Default::default()).await?;
     for t in &tables {
         let key: Vec<&str> = t.key.iter().map(|&k| t.columns[k].name.as_str()).collect();
         report.push(format!(

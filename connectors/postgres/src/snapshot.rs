@@ -168,6 +168,12 @@ async fn same_columns(tx: &tokio_postgres::Transaction<'_>, table: &PgTable) -> 
         .await
         .map_err(|e| Error::transient("PostgreSQL snapshot: reading the columns").with_source(e))?;
     let (names, types): (Vec<String>, Vec<String>) = (now.get(0), now.get(1));
+    // The columns the pipeline reads, as it described them.
+    let (names, types): (Vec<String>, Vec<String>) = names
+        .into_iter()
+        .zip(types)
+        .filter(|(n, _)| table.reads(n))
+        .unzip();
     if names.len() != table.columns.len()
         || names
             .iter()

@@ -13,6 +13,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+pub use lakeshore_api::glob_match;
+use lakeshore_api::{ColumnFilter, ColumnRule};
+
 pub mod expr;
 mod source;
 mod table;
@@ -60,13 +63,24 @@ impl fmt::Debug for TransformSpec {
 }
 
 impl TransformSpec {
+    /// The columns it keeps.
+    pub fn column_rule(&self) -> ColumnRule {
+        ColumnRule {
+            tables: self.tables.clone(),
+            columns: self.columns.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
+
     /// Whether source column `column` is kept (`columns`, `exclude`).
     pub fn keeps(&self, column: &str) -> bool {
-        self.columns
-            .as_ref()
-            .is_none_or(|c| c.iter().any(|g| glob_match(g, column)))
-            && !self.exclude.iter().any(|g| glob_match(g, column))
+        self.column_rule().keeps(column)
     }
+}
+
+/// The columns the sources read for `specs`.
+pub fn column_filter(specs: &[TransformSpec]) -> ColumnFilter {
+    ColumnFilter::new(specs.iter().map(TransformSpec::column_rule).collect())
 }
 
 /// How one column's values are hidden.
@@ -144,26 +158,6 @@ impl Meta {
     pub fn needs_origin(self) -> bool {
         matches!(self, Meta::SourceTs | Meta::Position)
     }
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 /// The transform that applies to source table `table`: the first whose glob matches.

@@ -6,7 +6,9 @@ use lakeshore_api::{
     Error, Lag, Result, Source, SourceEvent, SourcePosition, TableSchema, Transport,
 };
 
-use crate::{TableTransform, TransformSpec, glob_match, spec_for};
+use lakeshore_api::{ColumnFilter, ColumnRule};
+
+use crate::{TableTransform, TransformSpec, spec_for};
 
 /// A [`Source`] whose tables, batches and schema changes are shaped by the first
 /// [`TransformSpec`] matching each table; tables no transform matches pass unchanged.
@@ -98,46 +100,25 @@ fn now_micros() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// A column named without a glob in `columns`, `exclude`, or a mask must exist in at
-/// least one table its transform matches: a misspelt exclusion would let the column
-/// into the lake.
+/// A column named without a glob in `columns` must be in one of the tables its
+/// transform matches (the database sources check `exclude` too, against every column the
+/// table has, since they never read the excluded ones).
 fn check_named_columns(specs: &[TransformSpec], tables: &[TableSchema]) -> Result<()> {
-    for spec in specs {
-        let matched: Vec<&TableSchema> = tables
-            .iter()
-            .filter(|t| spec_for(specs, &t.name).is_some_and(|s| std::ptr::eq(s, spec)))
-            .collect();
-        if matched.is_empty() {
-            continue;
-        }
-        let named = spec
-            .columns
-            .iter()
-            .flatten()
-            .chain(&spec.exclude)
-            .filter(|c| !c.contains('*'));
-        for c in named {
-            let found = matched
-                .iter()
-                .any(|t| t.schema.fields().iter().any(|f| glob_match(c, f.name())));
-            if !found {
-                let columns: Vec<&str> = matched[0]
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
-                return Err(Error::config(format!(
-                    "transform of tables {}: no table it matches has a column {c} (names are \
-                         case-sensitive); {} has: {}",
-                    spec.tables,
-                    matched[0].name,
-                    columns.join(", ")
-                )));
-            }
-        }
-    }
-    Ok(())
+    let rules: Vec<ColumnRule> = specs
+        .iter()
+        .map(|s| ColumnRule {
+            exclude: Vec::new(),
+            ..s.column_rule()
+        })
+        .collect();
+    let names: Vec<(String, Vec<String>)> = tables
+        .iter()
+        .map(|t| {
+            let columns = t.schema.fields().iter().map(|f| f.name().clone());
+            (t.name.clone(), columns.collect())
+        })
+        .collect();
+    ColumnFilter::new(rules).check_named(names.iter().map(|(t, c)| (t.as_str(), c.as_slice())))
 }
 
 #[async_trait::async_trait]
