@@ -705,13 +705,20 @@ mod tests {
         assert!(f.reads("other.t", "anything"));
         let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (a, b) = (cols(&["id", "card_no"]), cols(&["id", "name"]));
-        f.check_named([("shop.orders_1", a.as_slice()), ("shop.users", b.as_slice())])
-            .unwrap();
+        f.check_named([
+            ("shop.orders_1", a.as_slice()),
+            ("shop.users", b.as_slice()),
+        ])
+        .unwrap();
         let typo = ColumnFilter::new(vec![rule("shop.*", None, &["secert"])]);
         let e = typo
             .check_named([("shop.users", b.as_slice())])
             .unwrap_err();
-        assert!(e.to_string().contains("no table it matches has a column secert"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("no table it matches has a column secert"),
+            "{e}"
+        );
     }
 
     #[test]
