@@ -150,7 +150,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="lakeshore-bench-"))
     print(f"machine: {os.cpu_count()} cores; workdir {work}")
     try:
-        for n in [int(x) for x in args.sizes.split(",")]:
+        for n in [int(x) for x in args.sizes.split(",") if int(x) > 0]:
             measure(work, f"nexmark-append-{n // 1_000_000}M" if n >= 1_000_000 else f"nexmark-append-{n}",
                     f'profile = "nexmark"\nevents = {n}\nseed = 1',
                     'namespace = "nexmark"\nmode = "append"')

@@ -4,6 +4,7 @@ table under `key = ["_source_table", "id"]`, a column excluded, one hashed, a fi
 computed column and metadata columns. The lake (DuckDB) is compared with the source
 shaped by the same rules in Python after each step."""
 import hashlib
+import re
 import signal
 import time
 
@@ -21,7 +22,7 @@ tables = "{ns}.s*"
 exclude = ["card"]
 filter = "region = 'eu'"
 key = ["_source_table", "id"]
-metadata = ["_op", "_source_table"]
+metadata = ["_op", "_source_table", "_source_ts", "_position"]
 hash_salt = "${{TRANSFORM_SALT}}"
 
 [transform.mask]
@@ -106,7 +107,11 @@ def test_transforms_shape_snapshot_and_stream_through_a_crash(tmp_path, kind, re
     src.p.backfill(env)
     assert_shaped(duck, src)
     columns = [r[0] for r in duck.execute(f"describe select * from {src.p.scan('s')}").fetchall()]
-    assert columns == ["id", "email", "region", "amount", "amount_x2", "_op", "_source_table"], columns
+    assert columns == ["id", "email", "region", "amount", "amount_x2", "_op", "_source_table", "_source_ts",
+                       "_position"], columns
+    # Snapshot rows have no commit time or position at the source.
+    assert duck.execute(f"select count(*) from {src.p.scan('s')} "
+                        "where _source_ts is not null or _position is not null").fetchone()[0] == 0
     ops = {r[0] for r in duck.execute(f"select distinct _op from {src.p.scan('s')}").fetchall()}
     assert ops == {"snapshot"}, ops
 
@@ -122,6 +127,15 @@ def test_transforms_shape_snapshot_and_stream_through_a_crash(tmp_path, kind, re
     wait_lake(lambda: assert_shaped(duck, src))
     ops = {r[0] for r in duck.execute(f"select distinct _op from {src.p.scan('s')}").fetchall()}
     assert {"snapshot", "insert", "update"} <= ops, ops
+    # Streamed rows carry their commit time (within the last minutes) and their position
+    # at the source: a PostgreSQL LSN, or a MariaDB GTID.
+    streamed = duck.execute(
+        f"select _source_ts, _position from {src.p.scan('s')} where _op <> 'snapshot'").fetchall()
+    assert streamed and all(ts is not None and pos for ts, pos in streamed), streamed[:3]
+    now = time.time()
+    assert all(now - 600 < ts.timestamp() <= now + 5 for ts, _ in streamed), streamed[:3]
+    pattern = r"^[0-9A-F]+/[0-9A-F]+$" if kind == "postgres" else r"^[0-9]+-[0-9]+-[0-9]+$"
+    assert all(re.match(pattern, pos) for _, pos in streamed), streamed[:3]
 
     # kill -9 in the middle of a stream of changes; the restart resumes exactly.
     for i in range(60, 120):

@@ -275,6 +275,13 @@ impl OriginBuilder {
         self.position.append_value(position);
     }
 
+    /// The next row's origin: its transaction's commit time (µs) and position, when
+    /// known.
+    pub fn push_txn(&mut self, txn: Option<&(i64, String)>) {
+        let (ts, position) = txn.map_or((None, ""), |(ts, p)| (Some(*ts), p.as_str()));
+        self.push(ts, position);
+    }
+
     /// The origin of the rows pushed.
     pub fn finish(mut self) -> Origin {
         let ts = arrow_array::TimestampMicrosecondArray::from(self.source_ts)

@@ -287,11 +287,7 @@ impl MysqlSource {
             origin: record_origin.then(Default::default),
         });
         if let Some(origin) = &mut pending.origin {
-            let (ts, position) = self
-                .txn_origin
-                .as_ref()
-                .map_or((None, ""), |(ts, p)| (Some(*ts), p.as_str()));
-            origin.push(ts, position);
+            origin.push_txn(self.txn_origin.as_ref());
         }
         let key_only = op.removes();
         for (i, v) in row.iter().enumerate() {

@@ -82,11 +82,7 @@ impl PostgresSource {
             origin: record_origin.then(Default::default),
         });
         if let Some(origin) = &mut pending.origin {
-            let (ts, lsn) = self
-                .txn_origin
-                .as_ref()
-                .map_or((None, ""), |(ts, lsn)| (Some(*ts), lsn.as_str()));
-            origin.push(ts, lsn);
+            origin.push_txn(self.txn_origin.as_ref());
         }
         let cols = &self.columns[t];
         // The image's values by column position, in one pass over the image.
