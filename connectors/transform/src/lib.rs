@@ -71,11 +71,6 @@ impl TransformSpec {
             exclude: self.exclude.clone(),
         }
     }
-
-    /// Whether source column `column` is kept (`columns`, `exclude`).
-    pub fn keeps(&self, column: &str) -> bool {
-        self.column_rule().keeps(column)
-    }
 }
 
 /// The columns the sources read for `specs`.

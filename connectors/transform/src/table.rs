@@ -248,8 +248,9 @@ fn working_columns(
     input: &TableSchema,
 ) -> Result<(Vec<usize>, SchemaRef), String> {
     let table = input.name.as_str();
+    let rule = spec.column_rule();
     let keep: Vec<usize> = (0..input.schema.fields().len())
-        .filter(|&i| spec.keeps(input.schema.field(i).name()))
+        .filter(|&i| rule.keeps(input.schema.field(i).name()))
         .collect();
     let mut fields: Vec<FieldRef> = keep
         .iter()
