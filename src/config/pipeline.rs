@@ -155,10 +155,10 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
     let common: Common = toml::from_str(src.text).map_err(|e| toml_error(src, e))?;
     let metadata =
         transform::pipeline_metadata(src, common.pipeline.metadata.as_deref().unwrap_or_default())?;
-    let shaping = transform::specs(src, &common.transform, &metadata)?;
+    let sink = read_sink(src)?;
+    let shaping = transform::specs(src, &common.transform, &metadata, sink.mode())?;
     let columns = lakeshore_transform::column_filter(&shaping.0);
     let source = read_source(src, common.pipeline.name.get_ref(), &columns)?;
-    let sink = read_sink(src)?;
     build(src, common, source, sink.as_ref(), shaping)
 }
 

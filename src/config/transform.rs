@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
-use lakeshore_transform::{Mask, Meta, TransformSpec, expr};
+use lakeshore_transform::{Mask, Meta, Mode, TransformSpec, expr};
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
@@ -111,22 +111,36 @@ pub fn pipeline_metadata(
 }
 
 /// The validated transforms, then a transform of every other table when `[pipeline]
-/// metadata` asks for columns on every table.
+/// metadata` asks for columns on every table or the sink's `mode` shapes every table.
 pub fn specs(
     src: &SourceText<'_>,
     sections: &[TransformSection],
     pipeline_metadata: &[Meta],
+    mode: Mode,
 ) -> Result<(Vec<TransformSpec>, Spans), ConfigError> {
+    // A changelog's rows say what happened and in which order.
+    let mut metadata = pipeline_metadata.to_vec();
+    if mode == Mode::Changelog {
+        for m in [Meta::Op, Meta::Seq] {
+            if !metadata.contains(&m) {
+                metadata.push(m);
+            }
+        }
+    }
     let mut specs = Vec::new();
     let mut spans = Spans::default();
     for s in sections {
-        specs.push(spec(src, s, pipeline_metadata)?);
+        specs.push(TransformSpec {
+            mode,
+            ..spec(src, s, &metadata)?
+        });
         spans.tables.push(s.tables.span());
     }
-    if !pipeline_metadata.is_empty() {
+    if !metadata.is_empty() || mode != Mode::Mirror {
         specs.push(TransformSpec {
             tables: "*".into(),
-            metadata: pipeline_metadata.to_vec(),
+            metadata,
+            mode,
             ..TransformSpec::default()
         });
         spans.tables.push(0..0);
@@ -180,6 +194,7 @@ fn spec(
         compute,
         key: names(&s.key),
         metadata,
+        mode: Mode::Mirror,
     })
 }
 

@@ -16,6 +16,16 @@ use super::{
 use crate::config::units::{ByteSize, EnvString, HumanDuration, Spanned, secret_env_names};
 use crate::config::{ConfigError, Plan, SourceText, absolute, object_store_url};
 
+/// How changes land in a Hive table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HiveMode {
+    /// The rows after each change.
+    Append,
+    /// Every change as a row.
+    Changelog,
+}
+
 /// `[sink]` with `type = "hive"`: Hive-style `key=value/` directories of Parquet files,
 /// committed exactly-once.
 #[derive(Debug, Deserialize)]
@@ -41,6 +51,11 @@ pub struct HiveSection {
     /// `AWS_*`, `GOOGLE_*` and `AZURE_*` environment variables. Values are never logged.
     #[serde(default)]
     pub storage: BTreeMap<String, EnvString>,
+    /// `"append"` (the rows as they are after each change; deletes are not written) or
+    /// `"changelog"` (every change appended as a row with `_op` and `_seq`, deletes and
+    /// truncations too; docs/transforms.md). Default `"append"`.
+    #[cfg_attr(test, schemars(with = "Option<String>"))]
+    pub mode: Option<HiveMode>,
     /// Partition directories of every table, outermost first, e.g. `["dt=date(ts)",
     /// "hour=hour(ts)", "region"]`. `name=date(c)` (`YYYY-MM-DD`), `name=hour(c)` (`HH`),
     /// `name=month(c)` (`YYYY-MM`) and `name=year(c)` (`YYYY`) take a timestamp or date
@@ -84,6 +99,13 @@ pub struct HiveSection {
 }
 
 impl SinkSection for HiveSection {
+    fn mode(&self) -> lakeshore_transform::Mode {
+        match self.mode {
+            Some(HiveMode::Changelog) => lakeshore_transform::Mode::Changelog,
+            _ => lakeshore_transform::Mode::Mirror,
+        }
+    }
+
     fn plan(
         &self,
         src: &SourceText<'_>,

@@ -43,10 +43,16 @@ pub struct IcebergSection {
     /// too. Values are never logged.
     #[serde(default)]
     pub storage: BTreeMap<String, EnvString>,
-    /// `"append"` (data files only) or `"upsert"` (one row per primary key; updates and
-    /// deletes become position deletes). Default `"upsert"` for keyed tables.
+    /// `"append"` (data files only), `"upsert"` (one row per primary key; updates and
+    /// deletes become position deletes) or `"changelog"` (every change appended as a row
+    /// with `_op` and `_seq`: the audit table; docs/transforms.md). Default `"upsert"`
+    /// for keyed tables.
     #[cfg_attr(test, schemars(with = "Option<String>"))]
     pub mode: Option<Spanned<WriteMode>>,
+    /// Upsert mode: a row deleted at the source stays, with `_deleted = true` and
+    /// `_deleted_at` (its commit time at the source), instead of being removed. PostgreSQL
+    /// tables need `REPLICA IDENTITY FULL` (deletes must carry the row). Default `false`.
+    pub soft_delete: Option<Spanned<bool>>,
     /// Roll data files at this size, e.g. `"128MiB"`. Default `"128MiB"`.
     pub target_file_size: Option<Spanned<ByteSize>>,
     /// Parquet codec: `"zstd"`, `"zstd(N)"`, `"snappy"` or `"none"`. Default `"zstd(1)"`.
@@ -200,6 +206,15 @@ pub struct SigV4Section {
 }
 
 impl SinkSection for IcebergSection {
+    fn mode(&self) -> lakeshore_transform::Mode {
+        use lakeshore_transform::Mode;
+        match (self.mode.as_ref().map(|m| *m.get_ref()), &self.soft_delete) {
+            (Some(WriteMode::Changelog), _) => Mode::Changelog,
+            (_, Some(soft)) if *soft.get_ref() => Mode::SoftDelete,
+            _ => Mode::Mirror,
+        }
+    }
+
     fn plan(
         &self,
         src: &SourceText<'_>,
@@ -251,6 +266,16 @@ impl SinkSection for IcebergSection {
 }
 
 fn iceberg(src: &SourceText<'_>, s: &IcebergSection) -> Result<(SinkPlan, String), ConfigError> {
+    if let (Some(soft), Some(mode)) = (&s.soft_delete, &s.mode)
+        && *soft.get_ref()
+        && *mode.get_ref() != WriteMode::Upsert
+    {
+        return Err(src.error(
+            Some(soft.span()),
+            "soft_delete marks deleted rows of an upsert table; with mode = \"append\" or \
+                 \"changelog\" nothing is deleted. Leave soft_delete out, or set mode = \"upsert\"",
+        ));
+    }
     let storage = storage_options(src, &s.storage, None)?;
     let (catalog, warehouse) = match s.catalog.kind.get_ref() {
         CatalogType::Sql => sql_catalog(src, &s.catalog, storage)?,

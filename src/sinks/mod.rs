@@ -26,6 +26,12 @@ pub trait SinkSection {
     fn plan(&self, src: &SourceText<'_>, pipeline: &str)
     -> Result<(SinkPlan, String), ConfigError>;
 
+    /// How the tables' changes land (`mode = "changelog"`, `soft_delete`): shaped by
+    /// the pipeline's transforms before the sink sees them.
+    fn mode(&self) -> lakeshore_transform::Mode {
+        lakeshore_transform::Mode::Mirror
+    }
+
     /// Checks that need the source's tables (when they are known without connecting).
     fn check_tables(
         &self,

@@ -31,8 +31,9 @@ pub use storage::{OBJECT_STORE_SCHEMES, StorageOptions, open_store};
 /// What happened to one row.
 ///
 /// The sink folds these per primary key (upsert mode) or writes the after-images
-/// (append mode). `UpdateBefore` and `Delete` are identified by their key columns only;
-/// their other columns may be null.
+/// (append mode). `UpdateBefore` and `Delete` are identified by their key columns; a
+/// `Delete` carries the row's other values where the source sends them (the MySQL binlog,
+/// PostgreSQL under `REPLICA IDENTITY FULL`), else they are null.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Op {
@@ -150,6 +151,10 @@ pub struct ColumnRule {
     pub columns: Option<Vec<String>>,
     /// Globs of the columns left out.
     pub exclude: Vec<String>,
+    /// A delete must carry the row's values, not only its key (`soft_delete` keeps them):
+    /// a source that sends them only when configured so (PostgreSQL's `REPLICA IDENTITY
+    /// FULL`) refuses the table until it is.
+    pub deleted_values: bool,
 }
 
 impl ColumnRule {
@@ -201,6 +206,15 @@ impl ColumnFilter {
             }
         }
         Ok(())
+    }
+
+    /// Whether the deletes of source table `table` must carry the row's values
+    /// ([`ColumnRule::deleted_values`]).
+    pub fn needs_deleted_values(&self, table: &str) -> bool {
+        self.rules
+            .iter()
+            .find(|r| glob_match(&r.tables, table))
+            .is_some_and(|r| r.deleted_values)
     }
 
     /// Whether column `column` of source table `table` is read.
@@ -700,6 +714,7 @@ mod tests {
             tables: tables.into(),
             columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            deleted_values: tables == "shop.*",
         };
         let f = ColumnFilter::new(vec![
             rule("shop.orders_*", None, &["card*"]),
@@ -710,6 +725,9 @@ mod tests {
         assert!(f.reads("shop.users", "name"));
         assert!(!f.reads("shop.users", "email"));
         assert!(f.reads("other.t", "anything"));
+        assert!(!f.needs_deleted_values("shop.orders_1"));
+        assert!(f.needs_deleted_values("shop.users"));
+        assert!(!f.needs_deleted_values("other.t"));
         let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (a, b) = (cols(&["id", "card_no"]), cols(&["id", "name"]));
         f.check_named([

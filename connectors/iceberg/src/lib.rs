@@ -62,6 +62,9 @@ pub enum WriteMode {
     Append,
     /// One live row per primary key; updates and deletes as position deletes.
     Upsert,
+    /// Every change appended as a row (shaped by the pipeline: `_op`, `_seq`); data
+    /// files only, as `Append`.
+    Changelog,
 }
 
 /// The sink's settings, validated.
@@ -444,7 +447,7 @@ impl Sink for IcebergSink {
         }
         let open = OpenTable::new(ctx, self.catalog.clone(), table, name)?;
         Ok(match mode {
-            WriteMode::Append => Box::new(AppendWriter::new(open)),
+            WriteMode::Append | WriteMode::Changelog => Box::new(AppendWriter::new(open)),
             WriteMode::Upsert => Box::new(UpsertWriter::new(open)?),
         })
     }

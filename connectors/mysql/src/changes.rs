@@ -289,7 +289,9 @@ impl MysqlSource {
         if let Some(origin) = &mut pending.origin {
             origin.push_txn(self.txn_origin.as_ref());
         }
-        let key_only = op.removes();
+        // A delete keeps the row's values (soft deletes and changelogs show them); an old
+        // image only needs its key.
+        let key_only = op == Op::UpdateBefore;
         for (i, v) in row.iter().enumerate() {
             if key_only && !table.key.contains(&i) {
                 pending.rows.push_null(i);

@@ -365,7 +365,7 @@ impl PostgresSource {
         Ok(())
     }
 
-    /// An insert (the whole row) or a delete (its key) of `schema.table`, if it passes.
+    /// An insert or a delete of `schema.table`, if it passes.
     pub(crate) fn row_change(
         &mut self,
         oid: u32,
@@ -379,7 +379,9 @@ impl PostgresSource {
         };
         let key = self.key_of(t, row)?;
         if self.passes(t, &key, self.xid.unwrap_or(0)) {
-            self.push_row(t, op, row, None, op.removes())?;
+            // A delete's image has the row's values under REPLICA IDENTITY FULL (soft
+            // deletes and changelogs show them), else its key and nulls.
+            self.push_row(t, op, row, None, false)?;
         }
         Ok(())
     }

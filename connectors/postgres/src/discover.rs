@@ -5,6 +5,7 @@ use std::sync::Arc;
 use lakeshore_api::{Error, Result, TableSchema};
 use tokio_postgres::Client;
 
+use crate::Startup;
 use crate::types::{self, Kind};
 
 /// How a key column orders, so that chunk bounds compare the same in Rust as in SQL.
@@ -256,9 +257,21 @@ fn refuse_generated(name: &str, cols: &[tokio_postgres::Row]) -> Result<()> {
 }
 
 /// Why a table's replica identity cannot carry the pipeline's key in updates and
-/// deletes, with the `ALTER TABLE` that fixes it.
-fn identity_problem(replica_identity: char, no_pk: bool, qualified: &str) -> Option<String> {
+/// deletes (or, for `deleted_values`, a deleted row's values), with the `ALTER TABLE`
+/// that fixes it.
+fn identity_problem(
+    replica_identity: char,
+    no_pk: bool,
+    deleted_values: bool,
+    qualified: &str,
+) -> Option<String> {
     match replica_identity {
+        'f' => None,
+        _ if deleted_values => Some(format!(
+            "is kept with soft_delete, which keeps a deleted row's values, and PostgreSQL \
+             sends them only under REPLICA IDENTITY FULL; run ALTER TABLE {qualified} \
+             REPLICA IDENTITY FULL (or leave soft_delete out)"
+        )),
         _ if no_pk && replica_identity != 'f' => Some(format!(
             "has no primary key, so its updates and deletes do not carry the key columns; \
              run ALTER TABLE {qualified} REPLICA IDENTITY FULL"
@@ -339,7 +352,7 @@ async fn describe(
             key_names.contains(&column) || opts.columns.reads(&name, &column)
         })
         .collect();
-    if opts.startup != crate::Startup::SnapshotOnly {
+    if opts.startup != Startup::SnapshotOnly {
         refuse_generated(&name, &cols)?;
     }
     let mut columns = columns_of(&name, &cols)?;
@@ -352,10 +365,11 @@ async fn describe(
         )));
     }
     let qualified = format!("{}.{}", quote_ident(&schema_name), quote_ident(&table_name));
-    let identity_problem = identity_problem(replica_identity, pk.is_empty(), &qualified);
-    if let Some(problem) = identity_problem {
+    let values = opts.startup != Startup::SnapshotOnly && opts.columns.needs_deleted_values(&name);
+    if let Some(problem) = identity_problem(replica_identity, pk.is_empty(), values, &qualified) {
         return Err(Error::config(format!("table {name} {problem}")));
     }
+
     let mut key = Vec::new();
     for k in &key_names {
         let i = columns.iter().position(|c| &c.name == k).ok_or_else(|| {

@@ -21,7 +21,7 @@ mod source;
 mod table;
 
 pub use source::Transformed;
-pub use table::TableTransform;
+pub use table::{Clock, TableTransform};
 
 /// One `[[transform]]`: how the rows of the tables it matches are shaped.
 #[derive(Clone, Default)]
@@ -44,6 +44,21 @@ pub struct TransformSpec {
     pub key: Option<Vec<String>>,
     /// Metadata columns added to every row, in the order written.
     pub metadata: Vec<Meta>,
+    /// How the changes land: every change as a row, or removals as markers.
+    pub mode: Mode,
+}
+
+/// How a table's changes land in the lake (`[sink] mode`, `[sink] soft_delete`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// The lake table holds the source table's rows (upsert or append, as the sink says).
+    #[default]
+    Mirror,
+    /// Every change is appended as a row: `_op` says what happened (`truncate` too),
+    /// `_seq` orders the rows, the lake table has no key (`mode = "changelog"`).
+    Changelog,
+    /// Deleted rows stay, with `_deleted = true` and `_deleted_at` (`soft_delete = true`).
+    SoftDelete,
 }
 
 impl fmt::Debug for TransformSpec {
@@ -58,6 +73,7 @@ impl fmt::Debug for TransformSpec {
             .field("compute", &self.compute)
             .field("key", &self.key)
             .field("metadata", &self.metadata)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -69,6 +85,7 @@ impl TransformSpec {
             tables: self.tables.clone(),
             columns: self.columns.clone(),
             exclude: self.exclude.clone(),
+            deleted_values: self.mode == Mode::SoftDelete,
         }
     }
 }
@@ -107,7 +124,7 @@ impl fmt::Debug for Mask {
 /// A metadata column: something about a row that is not one of its source values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Meta {
-    /// `_op`: `snapshot`, `insert`, `update`, `delete` (string).
+    /// `_op`: `snapshot`, `insert`, `update`, `delete` (string; `truncate` in a changelog).
     Op,
     /// `_source_ts`: when the change was committed at the source (timestamp, UTC; null
     /// for snapshot rows).
@@ -120,16 +137,22 @@ pub enum Meta {
     /// `_ingested_at`: when lakeshore took the change from the source (timestamp, UTC);
     /// the commit that makes it visible follows within one checkpoint interval.
     IngestedAt,
+    /// `_seq`: a number that grows with every change lakeshore takes from the source, in
+    /// the source's order (long): the latest change of a key is the one with the highest
+    /// `_seq`. Nanoseconds since the epoch at the time it was taken, raised where needed to
+    /// stay above the one before, so it keeps growing across restarts.
+    Seq,
 }
 
 impl Meta {
     /// Every metadata column, by name.
-    pub const ALL: [Meta; 5] = [
+    pub const ALL: [Meta; 6] = [
         Meta::Op,
         Meta::SourceTs,
         Meta::Position,
         Meta::SourceTable,
         Meta::IngestedAt,
+        Meta::Seq,
     ];
 
     /// The column's name.
@@ -140,6 +163,7 @@ impl Meta {
             Meta::Position => "_position",
             Meta::SourceTable => "_source_table",
             Meta::IngestedAt => "_ingested_at",
+            Meta::Seq => "_seq",
         }
     }
 

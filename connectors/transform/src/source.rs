@@ -1,6 +1,7 @@
 //! A source whose tables come out shaped by their transforms.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use lakeshore_api::{
     Error, Lag, Result, Source, SourceEvent, SourcePosition, TableSchema, Transport,
@@ -8,7 +9,7 @@ use lakeshore_api::{
 
 use lakeshore_api::{ColumnFilter, ColumnRule};
 
-use crate::{TableTransform, TransformSpec, spec_for};
+use crate::{Clock, Mode, TableTransform, TransformSpec, spec_for};
 
 /// A [`Source`] whose tables, batches and schema changes are shaped by the first
 /// [`TransformSpec`] matching each table; tables no transform matches pass unchanged.
@@ -19,6 +20,8 @@ pub struct Transformed {
     tables: HashMap<String, TableTransform>,
     /// Tables whose transform failed: the engine was told, nothing more of them passes.
     failed: HashSet<String>,
+    /// `_ingested_at` and `_seq`.
+    clock: Clock,
 }
 
 impl Transformed {
@@ -38,6 +41,10 @@ impl Transformed {
             }
         }
         check_named_columns(&specs, &known)?;
+        // Soft deletes take their time from the source where it records it.
+        if specs.iter().any(|s| s.mode == Mode::SoftDelete) {
+            inner.record_origin();
+        }
         if tables.values().any(TableTransform::needs_origin) && !inner.record_origin() {
             return Err(Error::config(
                 "this source does not record each change's commit time and position, so \
@@ -49,6 +56,7 @@ impl Transformed {
             specs,
             tables,
             failed: HashSet::new(),
+            clock: Clock::default(),
         }))
     }
 
@@ -60,7 +68,8 @@ impl Transformed {
                 let Some(t) = self.tables.get(b.table.as_ref()) else {
                     return Some(SourceEvent::Batch(b));
                 };
-                match t.apply(&b, now_micros()) {
+                self.clock.tick();
+                match t.apply(&b, &mut self.clock) {
                     Ok(shaped) => shaped.map(SourceEvent::Batch),
                     Err(e) => {
                         Some(self.fail(&b.table, format!("transform of table {}: {e}", b.table)))
@@ -80,6 +89,17 @@ impl Transformed {
                 },
             },
             SourceEvent::Truncate(t) if self.failed.contains(&t) => None,
+            SourceEvent::Truncate(t) => {
+                let Some(shaped) = self.tables.get(&t) else {
+                    return Some(SourceEvent::Truncate(t));
+                };
+                // A changelog records the truncation as a row and keeps what it holds.
+                self.clock.tick();
+                match shaped.truncated(&Arc::from(t.as_str()), &mut self.clock) {
+                    Some(row) => Some(SourceEvent::Batch(row)),
+                    None => Some(SourceEvent::Truncate(t)),
+                }
+            }
             other => Some(other),
         }
     }
@@ -94,12 +114,6 @@ impl Transformed {
     }
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
 /// A column named without a glob in `columns` must be in one of the tables its
 /// transform matches (the database sources check `exclude` too, against every column the
 /// table has, since they never read the excluded ones).
@@ -108,6 +122,7 @@ fn check_named_columns(specs: &[TransformSpec], tables: &[TableSchema]) -> Resul
         .iter()
         .map(|s| ColumnRule {
             exclude: Vec::new(),
+            deleted_values: false,
             ..s.column_rule()
         })
         .collect();

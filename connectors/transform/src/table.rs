@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
     new_null_array,
 };
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
@@ -13,7 +13,7 @@ use lakeshore_api::{ChangeBatch, Op, TableSchema};
 use sha2::{Digest, Sha256};
 
 use crate::expr::{self, Compiled};
-use crate::{Mask, Meta, TransformSpec};
+use crate::{Mask, Meta, Mode, TransformSpec};
 
 /// The time zone of the timestamp metadata columns (as the sources write `timestamptz`).
 const UTC: &str = "+00:00";
@@ -31,7 +31,15 @@ enum From {
 struct Out {
     from: From,
     mask: Option<Mask>,
+    /// A column of the lake table's key.
+    keyed: bool,
+    /// A metadata column.
+    meta: bool,
 }
+
+/// The columns `soft_delete` adds, after all others.
+const DELETED: &str = "_deleted";
+const DELETED_AT: &str = "_deleted_at";
 
 /// A [`TransformSpec`] compiled for one source table's schema.
 #[derive(Debug, Clone)]
@@ -47,6 +55,7 @@ pub struct TableTransform {
     outputs: Vec<Out>,
     /// The shaped table the engine sees.
     output: TableSchema,
+    mode: Mode,
 }
 
 /// What a transform refuses, naming the table and the column.
@@ -86,6 +95,8 @@ impl TableTransform {
                     Out {
                         from: From::Work(i),
                         mask: None,
+                        keyed: false,
+                        meta: false,
                     },
                     f.clone(),
                 )
@@ -103,6 +114,8 @@ impl TableTransform {
             let out = Out {
                 from: From::Computed(compute.len()),
                 mask: None,
+                keyed: false,
+                meta: false,
             };
             compute.push(c);
             match outputs.iter_mut().find(|(n, ..)| n == name) {
@@ -116,19 +129,18 @@ impl TableTransform {
                 Out {
                     from: From::Work(keep.len() + i),
                     mask: None,
+                    keyed: false,
+                    meta: true,
                 },
                 work.field(keep.len() + i).clone(),
             ));
         }
         apply_masks(table, spec, &mut outputs)?;
         let key = lake_key(spec, input, &outputs, &work, &compute)?;
-        let schema = Arc::new(Schema::new(
-            outputs
-                .iter()
-                .map(|(_, _, f)| f.clone())
-                .collect::<Vec<_>>(),
-        ));
+        let (key, fields) = mode_fields(spec.mode, table, key, &mut outputs)?;
+        let schema = Arc::new(Schema::new(fields));
         Ok(TableTransform {
+            mode: spec.mode,
             keep,
             meta: spec.metadata.clone(),
             work,
@@ -153,67 +165,52 @@ impl TableTransform {
         self.meta.iter().any(|m| m.needs_origin())
     }
 
-    /// Shape `batch` (rows of the input schema); `None` when the filter leaves no row.
-    /// `now` (µs since the epoch) is `_ingested_at`.
-    pub fn apply(&self, batch: &ChangeBatch, now: i64) -> Result<Option<ChangeBatch>, String> {
+    /// Shape `batch` (rows of the input schema); `None` when no row is left. `clock`
+    /// gives `_ingested_at` and `_seq`.
+    pub fn apply(
+        &self,
+        batch: &ChangeBatch,
+        clock: &mut Clock,
+    ) -> Result<Option<ChangeBatch>, String> {
         let n = batch.num_rows();
+        let now = clock.now_micros();
+        let seq = clock.take(n);
         let mut columns: Vec<ArrayRef> = self
             .keep
             .iter()
             .map(|&i| Arc::clone(batch.rows.column(i)))
             .collect();
         for m in &self.meta {
-            columns.push(meta_array(*m, batch, now));
+            columns.push(meta_array(*m, batch, now, seq));
         }
         let work = RecordBatch::try_new(Arc::clone(&self.work), columns)
             .map_err(|e| format!("shaping a batch: {e}"))?;
-        let (work, ops) = match &self.filter {
-            None => (work, Arc::clone(&batch.ops)),
-            Some(f) => {
-                let value = f.evaluate(&work).map_err(|e| format!("filter: {e}"))?;
-                let matches = value.as_boolean();
-                let mut ops = Vec::with_capacity(n);
-                let keep: BooleanArray = (0..n)
-                    .map(|i| {
-                        let hit = matches.is_valid(i) && matches.value(i);
-                        Some(match batch.op(i) {
-                            Op::Insert if !hit => false,
-                            // Out of the filter: whatever the lake holds for the key goes.
-                            Op::UpdateAfter if !hit => {
-                                ops.push(Op::Delete);
-                                true
-                            }
-                            op => {
-                                ops.push(op);
-                                true
-                            }
-                        })
-                    })
-                    .collect();
-                if ops.is_empty() {
-                    return Ok(None);
-                }
-                let work = if ops.len() == n {
-                    work
-                } else {
-                    arrow_select::filter::filter_record_batch(&work, &keep)
-                        .map_err(|e| format!("filtering a batch: {e}"))?
-                };
-                let ops: Arc<[Op]> = if ops.iter().all(|o| *o == Op::Insert) {
-                    Arc::from(Vec::new())
-                } else {
-                    Arc::from(ops)
-                };
-                (work, ops)
-            }
+        let fates = self.fates(batch, &work)?;
+        let rows = Rows::of(self.mode, batch, &fates, now);
+        if rows.ops.is_empty() {
+            return Ok(None);
+        }
+        let mut work = if rows.ops.len() == n {
+            work
+        } else {
+            let keep: BooleanArray = fates.iter().map(|f| Some(*f != Fate::Drop)).collect();
+            arrow_select::filter::filter_record_batch(&work, &keep)
+                .map_err(|e| format!("filtering a batch: {e}"))?
         };
+        if let Some(i) = self.meta.iter().position(|m| *m == Meta::Op) {
+            // What the row is now: a filter may have turned an update into a delete.
+            let mut columns = work.columns().to_vec();
+            columns[self.keep.len() + i] = Arc::new(StringArray::from(rows.op_names.clone()));
+            work = RecordBatch::try_new(work.schema(), columns).map_err(|e| e.to_string())?;
+        }
         let computed: Vec<ArrayRef> = self
             .compute
             .iter()
             .map(|c| c.evaluate(&work))
             .collect::<Result<_, _>>()?;
         let schema = &self.output.schema;
-        let mut columns = Vec::with_capacity(self.outputs.len());
+        let exits = rows.exits.then(|| BooleanArray::from(rows.exit.clone()));
+        let mut columns = Vec::with_capacity(self.outputs.len() + 2);
         for (out, field) in self.outputs.iter().zip(schema.fields()) {
             let values = match out.from {
                 From::Work(i) => Arc::clone(work.column(i)),
@@ -229,15 +226,207 @@ impl TableTransform {
                 arrow_cast::cast(&values, field.data_type())
                     .map_err(|e| format!("column {}: {e}", field.name()))?
             };
+            // A row that left the filter is deleted by its key: its other values, now
+            // outside the filter, do not reach the lake (a mirrored table only reads a
+            // delete's key; the other modes' columns outside the key may be null).
+            let values = match &exits {
+                Some(exit) if self.mode != Mode::Mirror && !out.keyed && !out.meta => {
+                    arrow_select::nullif::nullif(&values, exit).map_err(|e| e.to_string())?
+                }
+                _ => values,
+            };
             columns.push(values);
         }
-        let rows = RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| e.to_string())?;
+        if self.mode == Mode::SoftDelete {
+            columns.push(Arc::new(BooleanArray::from(rows.marked)));
+            columns.push(Arc::new(
+                TimestampMicrosecondArray::from(rows.deleted_at).with_timezone(UTC),
+            ));
+        }
+        let out = RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| e.to_string())?;
+        let ops: Arc<[Op]> = if rows.ops.iter().all(|o| *o == Op::Insert) {
+            Arc::from(Vec::new())
+        } else {
+            Arc::from(rows.ops)
+        };
         Ok(Some(ChangeBatch {
             table: Arc::clone(&batch.table),
-            rows,
+            rows: out,
             ops,
             origin: batch.origin.clone(),
         }))
+    }
+
+    /// What becomes of each row of `batch` (`work`: its kept and metadata columns).
+    fn fates(&self, batch: &ChangeBatch, work: &RecordBatch) -> Result<Vec<Fate>, String> {
+        let verdict = match &self.filter {
+            None => None,
+            Some(f) => Some(f.evaluate(work).map_err(|e| format!("filter: {e}"))?),
+        };
+        let verdict = verdict.as_ref().map(|v| v.as_boolean());
+        // Met: the condition is true. Out: it is false (not null: a delete that carries
+        // only its key may well have been in the lake).
+        let met = |i: usize| verdict.is_none_or(|v| v.is_valid(i) && v.value(i));
+        let out = |i: usize| verdict.is_some_and(|v| v.is_valid(i) && !v.value(i));
+        Ok((0..batch.num_rows())
+            .map(|i| match (batch.op(i), self.mode) {
+                (Op::Insert, _) if !met(i) => Fate::Drop,
+                (Op::UpdateAfter, _) if !met(i) => Fate::Exit,
+                (Op::UpdateBefore, Mode::Changelog) => Fate::Drop,
+                (Op::Delete, Mode::Changelog) if out(i) => Fate::Drop,
+                (Op::Delete, Mode::SoftDelete) if !out(i) => Fate::Mark,
+                (op, _) => Fate::Keep(op),
+            })
+            .collect())
+    }
+
+    /// A changelog's row for `TRUNCATE` of the table: `_op = 'truncate'`, its metadata,
+    /// every other column null. `None` outside changelog mode.
+    pub fn truncated(&self, table: &Arc<str>, clock: &mut Clock) -> Option<ChangeBatch> {
+        if self.mode != Mode::Changelog {
+            return None;
+        }
+        let now = clock.now_micros();
+        let seq = clock.take(1);
+        let origin = ChangeBatch::inserts(
+            Arc::clone(table),
+            RecordBatch::new_empty(Arc::new(Schema::empty())),
+        );
+        let columns = self
+            .outputs
+            .iter()
+            .zip(self.output.schema.fields())
+            .map(|(out, field)| match out.from {
+                From::Work(i) if i >= self.keep.len() => match self.meta[i - self.keep.len()] {
+                    Meta::Op => Arc::new(StringArray::from(vec!["truncate"])) as ArrayRef,
+                    m => meta_array_of(m, &origin, 1, now, seq),
+                },
+                _ => new_null_array(field.data_type(), 1),
+            })
+            .collect();
+        let rows = RecordBatch::try_new(Arc::clone(&self.output.schema), columns).ok()?;
+        Some(ChangeBatch::inserts(Arc::clone(table), rows))
+    }
+}
+
+/// What becomes of one source row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Not in the lake (outside the filter; an old image in a changelog).
+    Drop,
+    /// Lands with this operation.
+    Keep(Op),
+    /// An update that left the filter: a delete of its key.
+    Exit,
+    /// A delete kept as a marker row (`soft_delete`).
+    Mark,
+}
+
+/// The rows that land, one entry each: their operation and what the mode adds.
+struct Rows {
+    ops: Vec<Op>,
+    op_names: Vec<&'static str>,
+    /// Left the filter (delete by key, other values withheld).
+    exit: Vec<bool>,
+    exits: bool,
+    /// Soft-deleted, and when.
+    marked: Vec<bool>,
+    deleted_at: Vec<Option<i64>>,
+}
+
+impl Rows {
+    fn of(mode: Mode, batch: &ChangeBatch, fates: &[Fate], now: i64) -> Rows {
+        let n = fates.len();
+        let mut rows = Rows {
+            ops: Vec::with_capacity(n),
+            op_names: Vec::with_capacity(n),
+            exit: Vec::with_capacity(n),
+            exits: false,
+            marked: Vec::new(),
+            deleted_at: Vec::new(),
+        };
+        let source_ts = batch
+            .origin
+            .source_ts
+            .as_ref()
+            .map(|a| a.as_primitive::<arrow_array::types::TimestampMicrosecondType>());
+        for (i, fate) in fates.iter().enumerate() {
+            let (op, name) = match *fate {
+                Fate::Drop => continue,
+                Fate::Keep(op) => (op, op_name(op, batch.origin.snapshot)),
+                Fate::Exit => (Op::Delete, "delete"),
+                // A marker replaces the row: an update of the key to its last values.
+                Fate::Mark => (Op::UpdateAfter, "delete"),
+            };
+            let op = match (mode, op) {
+                (Mode::Changelog, _) => Op::Insert,
+                // A stream insert may meet the marker of a key deleted before: an upsert.
+                (Mode::SoftDelete, Op::Insert) if !batch.origin.snapshot => Op::UpdateAfter,
+                (_, op) => op,
+            };
+            rows.ops.push(op);
+            rows.op_names.push(name);
+            rows.exit.push(*fate == Fate::Exit);
+            rows.exits |= *fate == Fate::Exit;
+            if mode == Mode::SoftDelete {
+                let marked = *fate == Fate::Mark;
+                rows.marked.push(marked);
+                rows.deleted_at.push(marked.then(|| {
+                    source_ts
+                        .filter(|t| t.is_valid(i))
+                        .map_or(now, |t| t.value(i))
+                }));
+            }
+        }
+        rows
+    }
+}
+
+fn op_name(op: Op, snapshot: bool) -> &'static str {
+    match op {
+        Op::Insert if snapshot => "snapshot",
+        Op::Insert => "insert",
+        Op::UpdateAfter => "update",
+        Op::UpdateBefore => "update_before",
+        Op::Delete => "delete",
+    }
+}
+
+/// The time a batch is shaped, and the numbers `_seq` hands out: strictly increasing,
+/// from the wall clock in nanoseconds so that they keep growing across restarts (unless
+/// the clock is set back by more than the restart takes).
+#[derive(Debug, Default)]
+pub struct Clock {
+    now_ns: i64,
+    last_seq: i64,
+}
+
+impl Clock {
+    /// A clock reading `now_ns` (nanoseconds since the epoch).
+    pub fn at(now_ns: i64) -> Self {
+        Clock {
+            now_ns,
+            last_seq: 0,
+        }
+    }
+
+    /// Read the wall clock.
+    pub fn tick(&mut self) {
+        self.now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    }
+
+    /// The time read last, in µs since the epoch.
+    pub fn now_micros(&self) -> i64 {
+        self.now_ns / 1000
+    }
+
+    /// The first of `n` new sequence numbers.
+    fn take(&mut self, n: usize) -> i64 {
+        let first = (self.last_seq + 1).max(self.now_ns);
+        self.last_seq = first + n as i64 - 1;
+        first
     }
 }
 
@@ -295,6 +484,57 @@ fn apply_masks(
         out.mask = Some(mask.clone());
     }
     Ok(())
+}
+
+/// The lake table's key and columns under `mode`: a changelog has no key and every
+/// column may be null (a delete carries only its key where the source sends no more, a
+/// truncation nothing); soft deletes add `_deleted` and `_deleted_at`, and the columns
+/// outside the key may be null (a row that left the filter is deleted by its key).
+fn mode_fields(
+    mode: Mode,
+    table: &str,
+    key: Vec<String>,
+    outputs: &mut [(String, Out, Field)],
+) -> Result<(Vec<String>, Vec<Field>), String> {
+    for (name, out, _) in outputs.iter_mut() {
+        out.keyed = key.contains(name);
+    }
+    let mut fields: Vec<Field> = outputs
+        .iter()
+        .map(|(_, out, f)| match mode {
+            Mode::Mirror => f.clone(),
+            Mode::Changelog => f.clone().with_nullable(f.is_nullable() || !out.meta),
+            Mode::SoftDelete => f.clone().with_nullable(f.is_nullable() || !out.keyed),
+        })
+        .collect();
+    match mode {
+        Mode::Mirror => Ok((key, fields)),
+        Mode::Changelog => Ok((Vec::new(), fields)),
+        Mode::SoftDelete => {
+            if key.is_empty() {
+                return Err(refuse(
+                    table,
+                    "soft_delete keeps deleted rows by their key, and the table has none; \
+                         set `key` in a [[transform]], or leave soft_delete out",
+                ));
+            }
+            for name in [DELETED, DELETED_AT] {
+                if outputs.iter().any(|(n, ..)| n == name) {
+                    return Err(refuse(
+                        table,
+                        format!(
+                            "soft_delete adds a column {name}, and the table already has \
+                                 one; exclude or rename it"
+                        ),
+                    ));
+                }
+            }
+            let ts = DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC)));
+            fields.push(Field::new(DELETED, DataType::Boolean, false));
+            fields.push(Field::new(DELETED_AT, ts, true));
+            Ok((key, fields))
+        }
+    }
 }
 
 /// The lake table's key: the spec's or the source's, each column in the output, not
@@ -387,21 +627,21 @@ fn meta_field(m: Meta) -> Field {
         Meta::Position => Field::new(m.name(), DataType::Utf8, true),
         Meta::SourceTable => Field::new(m.name(), DataType::Utf8, false),
         Meta::IngestedAt => Field::new(m.name(), ts, false),
+        Meta::Seq => Field::new(m.name(), DataType::Int64, false),
     }
 }
 
-fn meta_array(m: Meta, batch: &ChangeBatch, now: i64) -> ArrayRef {
-    let n = batch.num_rows();
+fn meta_array(m: Meta, batch: &ChangeBatch, now: i64, seq: i64) -> ArrayRef {
+    meta_array_of(m, batch, batch.num_rows(), now, seq)
+}
+
+/// Metadata column `m` for the `n` rows of `batch` (whose origin and ops it reads), the
+/// first of them numbered `seq`.
+fn meta_array_of(m: Meta, batch: &ChangeBatch, n: usize, now: i64, seq: i64) -> ArrayRef {
     match m {
-        Meta::Op => Arc::new(StringArray::from_iter_values((0..n).map(
-            |i| match batch.op(i) {
-                Op::Insert if batch.origin.snapshot => "snapshot",
-                Op::Insert => "insert",
-                Op::UpdateAfter => "update",
-                Op::UpdateBefore => "update_before",
-                Op::Delete => "delete",
-            },
-        ))),
+        Meta::Op => Arc::new(StringArray::from_iter_values(
+            (0..n).map(|i| op_name(batch.op(i), batch.origin.snapshot)),
+        )),
         Meta::SourceTable => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
             batch.table.as_ref(),
             n,
@@ -409,6 +649,7 @@ fn meta_array(m: Meta, batch: &ChangeBatch, now: i64) -> ArrayRef {
         Meta::IngestedAt => {
             Arc::new(TimestampMicrosecondArray::from_value(now, n).with_timezone(UTC))
         }
+        Meta::Seq => Arc::new(Int64Array::from_iter_values(seq..seq + n as i64)),
         Meta::SourceTs => batch
             .origin
             .source_ts
@@ -602,7 +843,10 @@ mod tests {
             Op::UpdateAfter,
             Op::Delete,
         ];
-        let out = t.apply(&batch(&ops, false), 7).unwrap().unwrap();
+        let out = t
+            .apply(&batch(&ops, false), &mut Clock::at(7000))
+            .unwrap()
+            .unwrap();
         // Row 1 (us) is an insert outside the filter: gone; row 3 (us) an update that
         // left it: a delete of its key; row 5 a delete: kept whatever its values.
         let ids = out
@@ -628,12 +872,19 @@ mod tests {
             "shop.orders_1"
         );
         let snap = t
-            .apply(&batch(&[Op::Insert, Op::Insert], true), 7)
+            .apply(
+                &batch(&[Op::Insert, Op::Insert], true),
+                &mut Clock::at(7000),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(snap.rows.column(4).as_string::<i32>().value(0), "snapshot");
         assert!(snap.is_insert_only());
-        assert!(t.apply(&batch(&[Op::Insert], false), 7).unwrap().is_none());
+        assert!(
+            t.apply(&batch(&[Op::Insert], false), &mut Clock::at(7000))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -647,13 +898,126 @@ mod tests {
             ..TransformSpec::default()
         };
         let t = TableTransform::new(&s, &input()).unwrap();
-        let out = t.apply(&batch(&[Op::Insert], false), 0).unwrap().unwrap();
+        let out = t
+            .apply(&batch(&[Op::Insert], false), &mut Clock::at(0))
+            .unwrap()
+            .unwrap();
         assert_eq!(out.rows.column(1).as_string::<i32>().value(0), "u1@");
         assert!(out.rows.column(2).is_null(0));
         assert_eq!(out.rows.column(3).as_string::<i32>().value(0), "****");
         s.masks = vec![("id".into(), Mask::Truncate(2))];
         let e = TableTransform::new(&s, &input()).unwrap_err();
         assert!(e.contains("truncate applies to strings"), "{e}");
+    }
+
+    fn strings(b: &ChangeBatch, name: &str) -> Vec<Option<String>> {
+        let c = b.rows.column_by_name(name).unwrap();
+        c.as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn a_changelog_appends_every_change_in_order() {
+        let s = TransformSpec {
+            mode: Mode::Changelog,
+            metadata: vec![Meta::Op, Meta::SourceTable, Meta::Seq],
+            ..spec()
+        };
+        let t = TableTransform::new(&s, &input()).unwrap();
+        assert!(t.output().key.is_empty());
+        assert!(t.output().schema.field(0).is_nullable());
+        let ops = [
+            Op::Insert,      // us: outside the filter
+            Op::UpdateAfter, // eu
+            Op::UpdateAfter, // us: left the filter
+            Op::UpdateBefore,
+            Op::Delete, // us: never was in the filtered table
+            Op::Delete, // eu
+        ];
+        let mut clock = Clock::at(1_000);
+        let out = t.apply(&batch(&ops, false), &mut clock).unwrap().unwrap();
+        assert!(out.is_insert_only());
+        assert_eq!(
+            strings(&out, "_op"),
+            [Some("update"), Some("delete"), Some("delete")].map(|s| s.map(String::from))
+        );
+        // The row that left the filter keeps only its key: its new values are outside.
+        assert_eq!(strings(&out, "region")[1], None);
+        assert_eq!(strings(&out, "region")[2].as_deref(), Some("eu"));
+        let seq = out.rows.column_by_name("_seq").unwrap();
+        let seq = seq.as_primitive::<arrow_array::types::Int64Type>();
+        // Numbered before the filter: rows 2, 3 and 6 of six from 1000.
+        assert_eq!(seq.values().to_vec(), vec![1_001, 1_002, 1_005]);
+        // The clock stands still: numbers still grow.
+        let next = t
+            .apply(&batch(&[Op::UpdateAfter; 2], false), &mut clock)
+            .unwrap()
+            .unwrap();
+        let seq = next.rows.column_by_name("_seq").unwrap();
+        assert_eq!(
+            seq.as_primitive::<arrow_array::types::Int64Type>().value(0),
+            1_006
+        );
+        let marker = t
+            .truncated(&Arc::from("shop.orders_1"), &mut clock)
+            .unwrap();
+        assert_eq!(strings(&marker, "_op"), [Some("truncate".to_string())]);
+        assert!(marker.rows.column(0).is_null(0));
+    }
+
+    #[test]
+    fn soft_deletes_keep_the_row_marked() {
+        let s = TransformSpec {
+            mode: Mode::SoftDelete,
+            ..spec()
+        };
+        let t = TableTransform::new(&s, &input()).unwrap();
+        let names: Vec<&str> = t
+            .output()
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names[names.len() - 2..], ["_deleted", "_deleted_at"]);
+        let ops = [Op::Delete, Op::Delete, Op::UpdateAfter, Op::Insert];
+        let mut b = batch(&ops, false);
+        b.origin.source_ts = Some(Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(5), Some(6), Some(7), Some(8)])
+                .with_timezone(UTC),
+        ));
+        let out = t.apply(&b, &mut Clock::at(9_000)).unwrap().unwrap();
+        // Row 1 (us) was never in the filtered table: deleted (a no-op); row 2 is kept
+        // with its values, marked; row 3 left the filter: deleted; row 4 an upsert.
+        assert_eq!(
+            &out.ops[..],
+            &[Op::Delete, Op::UpdateAfter, Op::Delete, Op::UpdateAfter]
+        );
+        let deleted = out.rows.column_by_name("_deleted").unwrap().as_boolean();
+        assert_eq!(
+            deleted.iter().collect::<Vec<_>>(),
+            [Some(false), Some(true), Some(false), Some(false)]
+        );
+        let at = out.rows.column_by_name("_deleted_at").unwrap();
+        let at = at.as_primitive::<arrow_array::types::TimestampMicrosecondType>();
+        assert_eq!(at.iter().collect::<Vec<_>>(), [None, Some(6), None, None]);
+        assert_eq!(strings(&out, "region")[1].as_deref(), Some("eu"));
+        let mut keyless = input();
+        keyless.key.clear();
+        let e = TableTransform::new(
+            &TransformSpec {
+                mode: Mode::SoftDelete,
+                ..TransformSpec::default()
+            },
+            &keyless,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("soft_delete keeps deleted rows by their key"),
+            "{e}"
+        );
     }
 
     #[test]
