@@ -25,10 +25,13 @@ pg_start() {
 
 case "${1:-}" in
   install)
-    if [ ! -x "$BIN/initdb" ] || [ ! -f /usr/include/postgresql/libpq-fe.h ]; then
+    # PostGIS for the geometry tests (test_postgis.py).
+    if [ ! -x "$BIN/initdb" ] || [ ! -f /usr/include/postgresql/libpq-fe.h ] \
+        || [ ! -f /usr/share/postgresql/15/extension/postgis.control ]; then
       if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
       $SUDO apt-get update -qq
-      $SUDO apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15 libpq-dev
+      $SUDO apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15 libpq-dev \
+        postgresql-15-postgis-3
     fi
     ;;
   start)

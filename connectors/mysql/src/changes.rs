@@ -289,18 +289,13 @@ impl MysqlSource {
         if let Some(origin) = &mut pending.origin {
             origin.push_txn(self.txn_origin.as_ref());
         }
-        // A delete keeps the row's values (soft deletes and changelogs show them); an old
-        // image only needs its key.
-        let key_only = op == Op::UpdateBefore;
+        // Removals keep the row's values too (binlog_row_image = FULL): soft deletes and
+        // changelogs show them.
         for (i, v) in row.iter().enumerate() {
-            if key_only && !table.key.contains(&i) {
-                pending.rows.push_null(i);
-            } else {
-                pending
-                    .rows
-                    .push(i, v)
-                    .map_err(|m| value_error(table, i, m))?;
-            }
+            pending
+                .rows
+                .push(i, v)
+                .map_err(|m| value_error(table, i, m))?;
         }
         pending.rows.end_row();
         pending.ops.push(op);

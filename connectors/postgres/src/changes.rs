@@ -64,14 +64,15 @@ impl PostgresSource {
     }
 
     /// Append one row image with `op`. `base` fills columns the new image leaves out
-    /// (unchanged TOAST values) when the old image has them.
+    /// (unchanged TOAST values) when the old image has them. An old image (a delete's,
+    /// or an update's that changed the key) has the row's values under REPLICA IDENTITY
+    /// FULL — soft deletes and changelogs show them — and else its key and nulls.
     pub(crate) fn push_row(
         &mut self,
         t: usize,
         op: Op,
         row: &RowData,
         base: Option<&RowData>,
-        key_only: bool,
     ) -> Result<()> {
         let table = &self.tables[t];
         let batch_rows = self.opts.batch_rows;
@@ -92,14 +93,11 @@ impl PostgresSource {
             let Some(&i) = cols.get(name.as_ref()) else {
                 continue;
             };
-            if key_only && !table.key.contains(&i) {
-                continue;
-            }
             given[i] = Some(value);
         }
         for (i, col) in table.columns.iter().enumerate() {
             let value = if given[i].is_none() {
-                if key_only || op.removes() || !self.live[t][i] {
+                if op.removes() || !self.live[t][i] {
                     None
                 } else {
                     match base.and_then(|b| b.get(&col.name)) {
@@ -314,7 +312,7 @@ impl PostgresSource {
         if let Some(old) = old_data {
             let old_key = self.key_of(t, old)?;
             if old_key != new_key && self.passes(t, &old_key, xid) {
-                self.push_row(t, Op::UpdateBefore, old, None, true)?;
+                self.push_row(t, Op::UpdateBefore, old, None)?;
             }
         }
         if self.passes(t, &new_key, xid) {
@@ -325,7 +323,7 @@ impl PostgresSource {
                 missing if missing.is_empty() => full_old.cloned(),
                 missing => Some(self.current_values(t, &new_key, &missing).await?),
             };
-            self.push_row(t, Op::UpdateAfter, new_data, base.as_ref(), false)?;
+            self.push_row(t, Op::UpdateAfter, new_data, base.as_ref())?;
         }
         Ok(())
     }
@@ -379,9 +377,7 @@ impl PostgresSource {
         };
         let key = self.key_of(t, row)?;
         if self.passes(t, &key, self.xid.unwrap_or(0)) {
-            // A delete's image has the row's values under REPLICA IDENTITY FULL (soft
-            // deletes and changelogs show them), else its key and nulls.
-            self.push_row(t, op, row, None, false)?;
+            self.push_row(t, op, row, None)?;
         }
         Ok(())
     }

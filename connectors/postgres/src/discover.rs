@@ -214,7 +214,8 @@ fn columns_of(name: &str, cols: &[tokio_postgres::Row]) -> Result<Vec<PgColumn>>
         let kind = types::kind_of(&base, &category, typmod, is_array).ok_or_else(|| {
             Error::unsupported(format!(
                 "table {name}, column {col_name}: type {type_name} is not supported; \
-                     exclude the table or cast the column in a view"
+                     leave the column out: [[transform]] tables = \"{name}\", exclude = \
+                     [\"{col_name}\"]"
             ))
         })?;
         let raw = kind != Kind::Text

@@ -35,6 +35,7 @@ use tokio_postgres::Client;
 
 mod changes;
 pub mod discover;
+mod geometry;
 mod identity;
 mod server;
 pub mod snapshot;

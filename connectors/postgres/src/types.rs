@@ -41,6 +41,9 @@ pub enum Kind {
     Time,
     Timestamp,
     Timestamptz,
+    /// PostGIS `geometry`/`geography` as ISO WKB; every value must have this SRID (the
+    /// column's declared one: 0 for `geometry` without one, 4326 for `geography`).
+    Geometry(i32),
 }
 
 impl Kind {
@@ -66,7 +69,7 @@ impl Kind {
             Kind::Float64 => DataType::Float64,
             Kind::Decimal(p, s) => DataType::Decimal128(p, s),
             Kind::Text => DataType::Utf8,
-            Kind::Bytea => DataType::LargeBinary,
+            Kind::Bytea | Kind::Geometry(_) => DataType::LargeBinary,
             Kind::Date => DataType::Date32,
             Kind::Time => DataType::Time64(TimeUnit::Microsecond),
             Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -109,6 +112,8 @@ pub fn kind_of(base: &str, category: &str, typmod: i32, is_array: bool) -> Optio
         "time" => Kind::Time,
         "timestamp" => Kind::Timestamp,
         "timestamptz" => Kind::Timestamptz,
+        "geometry" => Kind::Geometry(crate::geometry::typmod_srid(typmod).unwrap_or(0)),
+        "geography" => Kind::Geometry(crate::geometry::typmod_srid(typmod).unwrap_or(4326)),
         "uuid" | "json" | "jsonb" | "interval" | "inet" | "cidr" | "macaddr" | "macaddr8"
         | "money" | "timetz" | "xml" | "bit" | "varbit" => Kind::Text,
         _ if category == "E" => Kind::Text,
@@ -127,6 +132,8 @@ pub enum ColumnBuilder {
     Decimal(Decimal128Builder, i8),
     Text(StringBuilder),
     Bytea(LargeBinaryBuilder),
+    /// ISO WKB, the SRID every value must have, and a buffer for the conversion.
+    Geometry(LargeBinaryBuilder, i32, Vec<u8>),
     Date(Date32Builder),
     Time(Time64MicrosecondBuilder),
     Timestamp(TimestampMicrosecondBuilder, bool),
@@ -154,6 +161,11 @@ impl ColumnBuilder {
             Kind::Bytea => {
                 ColumnBuilder::Bytea(LargeBinaryBuilder::with_capacity(capacity, capacity * 16))
             }
+            Kind::Geometry(srid) => ColumnBuilder::Geometry(
+                LargeBinaryBuilder::with_capacity(capacity, capacity * 32),
+                srid,
+                Vec::new(),
+            ),
             Kind::Date => ColumnBuilder::Date(Date32Builder::with_capacity(capacity)),
             Kind::Time => ColumnBuilder::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
             Kind::Timestamp => ColumnBuilder::Timestamp(
@@ -179,6 +191,7 @@ impl ColumnBuilder {
             ColumnBuilder::Decimal(b, _) => b.append_null(),
             ColumnBuilder::Text(b) => b.append_null(),
             ColumnBuilder::Bytea(b) => b.append_null(),
+            ColumnBuilder::Geometry(b, ..) => b.append_null(),
             ColumnBuilder::Date(b) => b.append_null(),
             ColumnBuilder::Time(b) => b.append_null(),
             ColumnBuilder::Timestamp(b, _) => b.append_null(),
@@ -225,6 +238,9 @@ impl ColumnBuilder {
             ),
             ColumnBuilder::Text(b) => b.append_value(v),
             ColumnBuilder::Bytea(b) => b.append_value(parse_bytea(v).ok_or_else(bad)?),
+            ColumnBuilder::Geometry(b, srid, buf) => {
+                append_wkb(b, *srid, buf, &crate::geometry::unhex(v)?)?;
+            }
             ColumnBuilder::Date(b) => b.append_value(parse_date(v).ok_or_else(bad)?),
             ColumnBuilder::Time(b) => b.append_value(parse_time(v).ok_or_else(bad)?),
             ColumnBuilder::Timestamp(b, tz) => {
@@ -293,6 +309,7 @@ impl ColumnBuilder {
                 std::str::from_utf8(v).map_err(|_| "value is not UTF-8".to_string())?,
             ),
             ColumnBuilder::Bytea(b) => b.append_value(v),
+            ColumnBuilder::Geometry(b, srid, buf) => append_wkb(b, *srid, buf, v)?,
             ColumnBuilder::Date(b) => {
                 let days = i32::from_be_bytes(v.try_into().map_err(|_| bad())?);
                 b.append_value(days.checked_add(PG_EPOCH_DAYS).ok_or_else(bad)?)
@@ -317,12 +334,38 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => Arc::new(b.finish()),
             ColumnBuilder::Decimal(b, _) => Arc::new(b.finish()),
             ColumnBuilder::Text(b) => Arc::new(b.finish()),
-            ColumnBuilder::Bytea(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bytea(b) | ColumnBuilder::Geometry(b, ..) => Arc::new(b.finish()),
             ColumnBuilder::Date(b) => Arc::new(b.finish()),
             ColumnBuilder::Time(b) => Arc::new(b.finish()),
             ColumnBuilder::Timestamp(b, _) => Arc::new(b.finish()),
         }
     }
+}
+
+/// Append EWKB value `ewkb` as ISO WKB, if its SRID is the column's.
+fn append_wkb(
+    b: &mut LargeBinaryBuilder,
+    srid: i32,
+    buf: &mut Vec<u8>,
+    ewkb: &[u8],
+) -> Result<(), String> {
+    buf.clear();
+    let found = crate::geometry::ewkb_to_wkb(ewkb, buf)?;
+    if found != srid {
+        return Err(format!(
+            "a geometry has SRID {found}, and the column declares {}; the lake column \
+                 holds one SRID: declare it (ALTER TABLE ... ALTER COLUMN ... TYPE \
+                 geometry(Geometry, {found})) or transform the values to SRID {srid} \
+                 (ST_Transform) at the source",
+            if srid == 0 {
+                "none (SRID 0)".to_string()
+            } else {
+                srid.to_string()
+            }
+        ));
+    }
+    b.append_value(buf.as_slice());
+    Ok(())
 }
 
 /// Builders for every column of a table; rows go in as text values.

@@ -46,6 +46,8 @@ const DELETED_AT: &str = "_deleted_at";
 pub struct TableTransform {
     /// Input columns kept, by index.
     keep: Vec<usize>,
+    /// Input columns of the source's key, by index.
+    source_key: Vec<usize>,
     /// Metadata columns of the working batch, after the kept columns.
     meta: Vec<Meta>,
     /// Kept columns and metadata columns: what expressions see.
@@ -139,7 +141,13 @@ impl TableTransform {
         let key = lake_key(spec, input, &outputs, &work, &compute)?;
         let (key, fields) = mode_fields(spec.mode, table, key, &mut outputs)?;
         let schema = Arc::new(Schema::new(fields));
+        let source_key = input
+            .key
+            .iter()
+            .filter_map(|k| input.schema.index_of(k).ok())
+            .collect();
         Ok(TableTransform {
+            source_key,
             mode: spec.mode,
             keep,
             meta: spec.metadata.clone(),
@@ -272,12 +280,29 @@ impl TableTransform {
             .map(|i| match (batch.op(i), self.mode) {
                 (Op::Insert, _) if !met(i) => Fate::Drop,
                 (Op::UpdateAfter, _) if !met(i) => Fate::Exit,
-                (Op::UpdateBefore, Mode::Changelog) => Fate::Drop,
-                (Op::Delete, Mode::Changelog) if out(i) => Fate::Drop,
-                (Op::Delete, Mode::SoftDelete) if !out(i) => Fate::Mark,
+                // The old image of an update that keeps its key says nothing the new
+                // one does not; that of a key change is the removal of the old key.
+                (Op::UpdateBefore, Mode::Changelog | Mode::SoftDelete)
+                    if self.same_key_follows(batch, i) =>
+                {
+                    Fate::Drop
+                }
+                (Op::Delete | Op::UpdateBefore, Mode::Changelog) if out(i) => Fate::Drop,
+                (Op::Delete | Op::UpdateBefore, Mode::SoftDelete) if !out(i) => Fate::Mark,
                 (op, _) => Fate::Keep(op),
             })
             .collect())
+    }
+
+    /// Row `i + 1` of `batch` is the new image of the same key as row `i`.
+    fn same_key_follows(&self, batch: &ChangeBatch, i: usize) -> bool {
+        i + 1 < batch.num_rows()
+            && batch.op(i + 1) == Op::UpdateAfter
+            && self.source_key.iter().all(|&k| {
+                let c = batch.rows.column(k);
+                arrow_ord::ord::make_comparator(c, c, arrow_schema::SortOptions::default())
+                    .is_ok_and(|cmp| cmp(i, i + 1).is_eq())
+            })
     }
 
     /// A changelog's row for `TRUNCATE` of the table: `_op = 'truncate'`, its metadata,
@@ -353,6 +378,10 @@ impl Rows {
         for (i, fate) in fates.iter().enumerate() {
             let (op, name) = match *fate {
                 Fate::Drop => continue,
+                // In a changelog an old image kept is the delete of its key.
+                Fate::Keep(Op::UpdateBefore) if mode == Mode::Changelog => {
+                    (Op::UpdateBefore, "delete")
+                }
                 Fate::Keep(op) => (op, op_name(op, batch.origin.snapshot)),
                 Fate::Exit => (Op::Delete, "delete"),
                 // A marker replaces the row: an update of the key to its last values.
@@ -939,17 +968,27 @@ mod tests {
         let mut clock = Clock::at(1_000);
         let out = t.apply(&batch(&ops, false), &mut clock).unwrap().unwrap();
         assert!(out.is_insert_only());
+        // Row 4, an old image not followed by its key's new image, is a key change:
+        // the delete of the old key.
         assert_eq!(
             strings(&out, "_op"),
-            [Some("update"), Some("delete"), Some("delete")].map(|s| s.map(String::from))
+            ["update", "delete", "delete", "delete"].map(|s| Some(s.to_string()))
         );
         // The row that left the filter keeps only its key: its new values are outside.
         assert_eq!(strings(&out, "region")[1], None);
-        assert_eq!(strings(&out, "region")[2].as_deref(), Some("eu"));
+        assert_eq!(strings(&out, "region")[3].as_deref(), Some("eu"));
         let seq = out.rows.column_by_name("_seq").unwrap();
         let seq = seq.as_primitive::<arrow_array::types::Int64Type>();
-        // Numbered before the filter: rows 2, 3 and 6 of six from 1000.
-        assert_eq!(seq.values().to_vec(), vec![1_001, 1_002, 1_005]);
+        // Numbered before the filter: rows 2, 3, 4 and 6 of six from 1000.
+        assert_eq!(seq.values().to_vec(), vec![1_001, 1_002, 1_003, 1_005]);
+        // An update that keeps its key is one row.
+        let mut same = batch(&[Op::UpdateBefore, Op::UpdateAfter], false);
+        let mut columns = same.rows.columns().to_vec();
+        columns[0] = Arc::new(Int64Array::from(vec![2, 2]));
+        columns[2] = Arc::new(StringArray::from(vec!["eu", "eu"]));
+        same.rows = RecordBatch::try_new(same.rows.schema(), columns).unwrap();
+        let one = t.apply(&same, &mut clock).unwrap().unwrap();
+        assert_eq!(strings(&one, "_op"), [Some("update".to_string())]);
         // The clock stands still: numbers still grow.
         let next = t
             .apply(&batch(&[Op::UpdateAfter; 2], false), &mut clock)
@@ -958,7 +997,7 @@ mod tests {
         let seq = next.rows.column_by_name("_seq").unwrap();
         assert_eq!(
             seq.as_primitive::<arrow_array::types::Int64Type>().value(0),
-            1_006
+            1_008
         );
         let marker = t
             .truncated(&Arc::from("shop.orders_1"), &mut clock)
