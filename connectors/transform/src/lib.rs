@@ -16,12 +16,15 @@ use std::sync::Arc;
 pub use lakeshore_api::glob_match;
 use lakeshore_api::{ColumnFilter, ColumnRule};
 
+mod clock;
 pub mod expr;
+mod mask;
 mod source;
 mod table;
 
+pub use clock::Clock;
 pub use source::Transformed;
-pub use table::{Clock, TableTransform};
+pub use table::TableTransform;
 
 /// One `[[transform]]`: how the rows of the tables it matches are shaped.
 #[derive(Clone, Default)]

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -10,9 +9,10 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use lakeshore_api::{ChangeBatch, Op, TableSchema};
-use sha2::{Digest, Sha256};
 
+use crate::clock::Clock;
 use crate::expr::{self, Compiled};
+use crate::mask::{mask, masked_field};
 use crate::{Mask, Meta, Mode, TransformSpec};
 
 /// The time zone of the timestamp metadata columns (as the sources write `timestamptz`).
@@ -421,44 +421,6 @@ fn op_name(op: Op, snapshot: bool) -> &'static str {
     }
 }
 
-/// The time a batch is shaped, and the numbers `_seq` hands out: strictly increasing,
-/// from the wall clock in nanoseconds so that they keep growing across restarts (unless
-/// the clock is set back by more than the restart takes).
-#[derive(Debug, Default)]
-pub struct Clock {
-    now_ns: i64,
-    last_seq: i64,
-}
-
-impl Clock {
-    /// A clock reading `now_ns` (nanoseconds since the epoch).
-    pub fn at(now_ns: i64) -> Self {
-        Clock {
-            now_ns,
-            last_seq: 0,
-        }
-    }
-
-    /// Read the wall clock.
-    pub fn tick(&mut self) {
-        self.now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    }
-
-    /// The time read last, in µs since the epoch.
-    pub fn now_micros(&self) -> i64 {
-        self.now_ns / 1000
-    }
-
-    /// The first of `n` new sequence numbers.
-    fn take(&mut self, n: usize) -> i64 {
-        let first = (self.last_seq + 1).max(self.now_ns);
-        self.last_seq = first + n as i64 - 1;
-        first
-    }
-}
-
 /// The input columns kept (by index) and the working schema: those columns, then the
 /// metadata columns.
 fn working_columns(
@@ -692,108 +654,11 @@ fn meta_array_of(m: Meta, batch: &ChangeBatch, n: usize, now: i64, seq: i64) -> 
     }
 }
 
-/// The field of a column after `mask`, or why the mask cannot apply.
-fn masked_field(field: &Field, mask: &Mask) -> Result<Field, String> {
-    let string_like = matches!(
-        field.data_type(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    );
-    let binary_like = matches!(
-        field.data_type(),
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
-    );
-    Ok(match mask {
-        Mask::Hash { .. } => field.clone().with_data_type(DataType::Utf8),
-        Mask::Redact(None) => field.clone().with_nullable(true),
-        Mask::Redact(Some(_)) => field.clone().with_data_type(DataType::Utf8),
-        Mask::Truncate(_) if string_like => field.clone().with_data_type(DataType::Utf8),
-        Mask::Truncate(_) if binary_like => field.clone().with_data_type(DataType::Binary),
-        Mask::Truncate(_) => {
-            return Err(format!(
-                "truncate applies to strings and binary values, not {}; use \"hash\" or \
-                     \"redact\", or compute a shorter value",
-                field.data_type()
-            ));
-        }
-    })
-}
-
-fn mask(values: &ArrayRef, mask: &Mask) -> Result<ArrayRef, String> {
-    let n = values.len();
-    Ok(match mask {
-        Mask::Redact(None) => new_null_array(values.data_type(), n),
-        Mask::Redact(Some(c)) => Arc::new(
-            (0..n)
-                .map(|i| values.is_valid(i).then_some(c.as_str()))
-                .collect::<StringArray>(),
-        ),
-        Mask::Hash { salt } => {
-            let mut out = StringBuilder::with_capacity(n, n * 64);
-            let mut hex = [0u8; 64];
-            each_bytes(values, |v| match v {
-                None => out.append_null(),
-                Some(bytes) => {
-                    let digest = Sha256::new()
-                        .chain_update(salt.as_bytes())
-                        .chain_update(bytes)
-                        .finalize();
-                    for (i, b) in digest.iter().enumerate() {
-                        hex[2 * i] = HEX[(b >> 4) as usize];
-                        hex[2 * i + 1] = HEX[(b & 15) as usize];
-                    }
-                    out.append_value(std::str::from_utf8(&hex).expect("hex digits"));
-                }
-            })?;
-            Arc::new(out.finish())
-        }
-        Mask::Truncate(len) => match values.data_type() {
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
-                let mut out = arrow_array::builder::BinaryBuilder::new();
-                each_bytes(values, |v| {
-                    out.append_option(v.map(|b| &b[..b.len().min(*len)]))
-                })?;
-                Arc::new(out.finish())
-            }
-            _ => {
-                let text = arrow_cast::cast(values, &DataType::Utf8).map_err(|e| e.to_string())?;
-                let text = text.as_string::<i32>();
-                Arc::new(
-                    text.iter()
-                        .map(|v| v.map(|s| s.char_indices().nth(*len).map_or(s, |(i, _)| &s[..i])))
-                        .collect::<StringArray>(),
-                )
-            }
-        },
-    })
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Each value of `values` as bytes: binary values as they are, everything else as its
-/// text (UTF-8).
-fn each_bytes(values: &ArrayRef, mut f: impl FnMut(Option<&[u8]>)) -> Result<(), String> {
-    match values.data_type() {
-        DataType::Binary => values.as_binary::<i32>().iter().for_each(f),
-        DataType::LargeBinary => values.as_binary::<i64>().iter().for_each(f),
-        DataType::BinaryView => values.as_binary_view().iter().for_each(f),
-        DataType::Utf8 => values
-            .as_string::<i32>()
-            .iter()
-            .for_each(|v| f(v.map(str::as_bytes))),
-        _ => {
-            let text = arrow_cast::cast(values, &DataType::Utf8).map_err(|e| e.to_string())?;
-            text.as_string::<i32>()
-                .iter()
-                .for_each(|v| f(v.map(str::as_bytes)));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow_array::Int64Array;
+    use sha2::{Digest, Sha256};
 
     fn input() -> TableSchema {
         TableSchema {

@@ -1,0 +1,109 @@
+//! Masks: how a column's values are hidden (`hash`, `redact`, `truncate(N)`).
+
+use std::sync::Arc;
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, StringArray, new_null_array};
+use arrow_schema::{DataType, Field};
+use sha2::{Digest, Sha256};
+
+use crate::Mask;
+
+/// The field of a column after `mask`, or why the mask cannot apply.
+pub(crate) fn masked_field(field: &Field, mask: &Mask) -> Result<Field, String> {
+    let string_like = matches!(
+        field.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    );
+    let binary_like = matches!(
+        field.data_type(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    );
+    Ok(match mask {
+        Mask::Hash { .. } => field.clone().with_data_type(DataType::Utf8),
+        Mask::Redact(None) => field.clone().with_nullable(true),
+        Mask::Redact(Some(_)) => field.clone().with_data_type(DataType::Utf8),
+        Mask::Truncate(_) if string_like => field.clone().with_data_type(DataType::Utf8),
+        Mask::Truncate(_) if binary_like => field.clone().with_data_type(DataType::Binary),
+        Mask::Truncate(_) => {
+            return Err(format!(
+                "truncate applies to strings and binary values, not {}; use \"hash\" or \
+                     \"redact\", or compute a shorter value",
+                field.data_type()
+            ));
+        }
+    })
+}
+
+pub(crate) fn mask(values: &ArrayRef, mask: &Mask) -> Result<ArrayRef, String> {
+    let n = values.len();
+    Ok(match mask {
+        Mask::Redact(None) => new_null_array(values.data_type(), n),
+        Mask::Redact(Some(c)) => Arc::new(
+            (0..n)
+                .map(|i| values.is_valid(i).then_some(c.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Mask::Hash { salt } => {
+            let mut out = StringBuilder::with_capacity(n, n * 64);
+            let mut hex = [0u8; 64];
+            each_bytes(values, |v| match v {
+                None => out.append_null(),
+                Some(bytes) => {
+                    let digest = Sha256::new()
+                        .chain_update(salt.as_bytes())
+                        .chain_update(bytes)
+                        .finalize();
+                    for (i, b) in digest.iter().enumerate() {
+                        hex[2 * i] = HEX[(b >> 4) as usize];
+                        hex[2 * i + 1] = HEX[(b & 15) as usize];
+                    }
+                    out.append_value(std::str::from_utf8(&hex).expect("hex digits"));
+                }
+            })?;
+            Arc::new(out.finish())
+        }
+        Mask::Truncate(len) => match values.data_type() {
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                let mut out = arrow_array::builder::BinaryBuilder::new();
+                each_bytes(values, |v| {
+                    out.append_option(v.map(|b| &b[..b.len().min(*len)]))
+                })?;
+                Arc::new(out.finish())
+            }
+            _ => {
+                let text = arrow_cast::cast(values, &DataType::Utf8).map_err(|e| e.to_string())?;
+                let text = text.as_string::<i32>();
+                Arc::new(
+                    text.iter()
+                        .map(|v| v.map(|s| s.char_indices().nth(*len).map_or(s, |(i, _)| &s[..i])))
+                        .collect::<StringArray>(),
+                )
+            }
+        },
+    })
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Each value of `values` as bytes: binary values as they are, everything else as its
+/// text (UTF-8).
+fn each_bytes(values: &ArrayRef, mut f: impl FnMut(Option<&[u8]>)) -> Result<(), String> {
+    match values.data_type() {
+        DataType::Binary => values.as_binary::<i32>().iter().for_each(f),
+        DataType::LargeBinary => values.as_binary::<i64>().iter().for_each(f),
+        DataType::BinaryView => values.as_binary_view().iter().for_each(f),
+        DataType::Utf8 => values
+            .as_string::<i32>()
+            .iter()
+            .for_each(|v| f(v.map(str::as_bytes))),
+        _ => {
+            let text = arrow_cast::cast(values, &DataType::Utf8).map_err(|e| e.to_string())?;
+            text.as_string::<i32>()
+                .iter()
+                .for_each(|v| f(v.map(str::as_bytes)));
+        }
+    }
+    Ok(())
+}
