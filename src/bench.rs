@@ -100,7 +100,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
 /// Write every batch of the plan's source to `<out>/<table>.parquet`; returns (rows, seconds).
 pub async fn raw_parquet(plan: &Plan, out: &Path) -> anyhow::Result<(u64, f64)> {
     let (codec, row_group_bytes) = plan.sink.parquet();
-    let props = lakeshore_iceberg::writer_properties(codec, row_group_bytes);
+    let props = lakeshore_iceberg::writer_properties(codec, row_group_bytes, []);
     std::fs::create_dir_all(out)?;
     // The limit is measured unpaced, whatever `rate` the pipeline sets.
     let mut plan = plan.clone();

@@ -114,6 +114,10 @@ def test_transforms_shape_snapshot_and_stream_through_a_crash(tmp_path, kind, re
                         "where _source_ts is not null or _position is not null").fetchone()[0] == 0
     ops = {r[0] for r in duck.execute(f"select distinct _op from {src.p.scan('s')}").fetchall()}
     assert ops == {"snapshot"}, ops
+    # The hashed column says so in the lake schema (pyiceberg reads the field's doc).
+    email = src.p.pyiceberg_table("s").schema().find_field("email")
+    assert email.doc and "SHA-256" in email.doc and "hash_salt" in email.doc, email
+    assert src.p.pyiceberg_table("s").schema().find_field("region").doc is None
 
     run = start_run(src.p, env)
     time.sleep(2)

@@ -183,7 +183,9 @@ impl HiveSink {
             })?;
         let settings = Arc::new(Settings {
             store,
-            props: writer_properties(opts.codec, opts.row_group_bytes),
+            // One set of properties for every table: hashed columns keep the common
+            // dictionary bound here (docs/transforms.md).
+            props: writer_properties(opts.codec, opts.row_group_bytes, []),
             target_file_size: opts.target_file_size,
             max_open_files: opts.max_open_files,
             rollover: opts.rollover,

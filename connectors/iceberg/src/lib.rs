@@ -44,7 +44,7 @@ mod upsert;
 mod writer;
 
 pub use catalog::{CatalogConfig, CatalogHandle, RestAuth, RestConfig, SigV4};
-pub use lakeshore_api::files::{Codec, writer_properties};
+pub use lakeshore_api::files::{Codec, HASHED_DOC, writer_properties};
 pub use maintain::{compact, expire, orphans, schedule};
 pub use schema::parse_partition_expr;
 
@@ -254,12 +254,19 @@ impl IcebergSink {
         let schema = md.current_schema().clone();
         let spec: Arc<PartitionSpec> = md.default_partition_spec().clone();
         let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice)?);
+        let hashed = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| f.doc.as_deref() == Some(HASHED_DOC))
+            .map(|f| f.name.as_str());
+        let props = writer_properties(self.opts.codec, self.opts.row_group_bytes, hashed);
         let files = FileSettings {
             schema,
             spec,
             file_io: table.file_io().clone(),
             locations: DefaultLocationGenerator::new(md).map_err(ice)?,
-            props: writer_properties(self.opts.codec, self.opts.row_group_bytes),
+            props,
             target_file_size: self.opts.target_file_size as usize,
             max_open_files: self.opts.max_open_files,
             table: table.identifier().to_string(),

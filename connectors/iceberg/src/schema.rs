@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
+use lakeshore_api::files::FIELD_DOC;
 use lakeshore_api::{Error, Result, TableSchema};
 
 use crate::error::internal;
@@ -54,7 +55,8 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
             identifiers.push(id);
         }
         let required = is_key || !f.is_nullable();
-        fields.push(Arc::new(NestedField::new(id, f.name(), ty, required)));
+        let field = NestedField::new(id, f.name(), ty, required);
+        fields.push(Arc::new(with_doc(field, f)));
     }
     for k in &table.key {
         if table.schema.field_with_name(k).is_err() {
@@ -73,11 +75,21 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         })
 }
 
+/// `field` with the `doc` the source's Arrow field carries (a hashed column, a
+/// geometry's SRID), which Iceberg keeps in the table's schema.
+fn with_doc(field: NestedField, source: &arrow_schema::Field) -> NestedField {
+    match source.metadata().get(FIELD_DOC) {
+        Some(doc) => field.with_doc(doc),
+        None => field,
+    }
+}
+
 /// How a lake table must change to take a source table's rows.
 #[derive(Debug, Default)]
 pub struct SchemaChanges {
-    /// Columns the lake table lacks, with their Iceberg types (added as optional).
-    pub added: Vec<(String, Type)>,
+    /// Columns the lake table lacks (added as optional, with their Iceberg types and
+    /// docs).
+    pub added: Vec<NestedField>,
     /// Columns whose type the source widened, with the wider Iceberg type.
     pub promoted: Vec<(String, Type)>,
 }
@@ -114,7 +126,9 @@ pub fn schema_changes(current: &Schema, source: &TableSchema) -> Result<SchemaCh
     for f in source.schema.fields() {
         let ty = iceberg_type(&source.name, f.name(), f.data_type())?;
         match current.field_by_name(f.name()) {
-            None => changes.added.push((f.name().clone(), ty)),
+            None => changes
+                .added
+                .push(with_doc(NestedField::optional(0, f.name(), ty), f)),
             Some(existing) if *existing.field_type == ty => {}
             Some(existing) if promotable(&existing.field_type, &ty) => {
                 changes.promoted.push((f.name().clone(), ty));
@@ -158,18 +172,16 @@ pub fn with_promotions(schema: &Schema, promoted: &[(String, Type)]) -> Result<S
 
 /// `schema` with the `added` columns (optional, numbered after `last_column_id`) that it
 /// does not hold yet.
-pub fn with_added(
-    schema: &Schema,
-    added: &[(String, Type)],
-    last_column_id: i32,
-) -> Result<Schema> {
+pub fn with_added(schema: &Schema, added: &[NestedField], last_column_id: i32) -> Result<Schema> {
     let mut next_id = last_column_id.max(schema.highest_field_id());
     let new = added
         .iter()
-        .filter(|(name, _)| schema.field_by_name(name).is_none())
-        .map(|(name, ty)| {
+        .filter(|f| schema.field_by_name(&f.name).is_none())
+        .map(|f| {
             next_id += 1;
-            Arc::new(NestedField::optional(next_id, name.clone(), ty.clone()))
+            let mut f = f.clone();
+            f.id = next_id;
+            Arc::new(f)
         });
     let fields: Vec<_> = schema
         .as_struct()
@@ -426,6 +438,34 @@ mod tests {
         assert!(err.to_string().contains("partition column nope"));
     }
 
+    #[test]
+    fn docs_of_source_fields_reach_the_lake_schema() {
+        let doc = |f: Field, d: &str| f.with_metadata([(FIELD_DOC.into(), d.into())].into());
+        let old = table_of(vec![
+            Field::new("id", DataType::Int64, false),
+            doc(Field::new("h", DataType::Utf8, true), "hashed"),
+        ]);
+        let current = to_iceberg_schema(&old).unwrap();
+        assert_eq!(
+            current.field_by_name("h").unwrap().doc.as_deref(),
+            Some("hashed")
+        );
+        assert_eq!(current.field_by_name("id").unwrap().doc, None);
+        let mut fields = old.schema.fields().to_vec();
+        fields.push(Arc::new(doc(
+            Field::new("g", DataType::Binary, true),
+            "WKB",
+        )));
+        let changes = schema_changes(
+            &current,
+            &table_of(fields.into_iter().map(|f| f.as_ref().clone()).collect()),
+        )
+        .unwrap();
+        let evolved = with_added(&current, &changes.added, 2).unwrap();
+        let g = evolved.field_by_name("g").unwrap();
+        assert_eq!((g.id, g.doc.as_deref()), (3, Some("WKB")));
+    }
+
     fn table_of(fields: Vec<Field>) -> TableSchema {
         TableSchema {
             name: "db.t".into(),
@@ -450,7 +490,7 @@ mod tests {
         ]);
         let changes = schema_changes(&current, &wider).unwrap();
         assert_eq!(changes.added.len(), 1);
-        assert_eq!(changes.added[0].0, "note");
+        assert_eq!(changes.added[0].name, "note");
         let promoted: Vec<&str> = changes.promoted.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(promoted, ["id", "x", "d"]);
         let unchanged = schema_changes(&current, &old).unwrap();

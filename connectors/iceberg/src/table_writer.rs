@@ -201,7 +201,7 @@ impl TableContext {
         } else {
             // iceberg-rust 0.10's schema update cannot promote types, nor commit through
             // a REST catalog we speak ourselves: the new schema lands like our row deltas.
-            let added: Vec<&str> = changes.added.iter().map(|(n, _)| n.as_str()).collect();
+            let added: Vec<&str> = changes.added.iter().map(|f| f.name.as_str()).collect();
             let promoted: Vec<&str> = changes.promoted.iter().map(|(n, _)| n.as_str()).collect();
             if !added.is_empty() {
                 tracing::info!(table = %self.ident, columns = ?added, "adding columns");

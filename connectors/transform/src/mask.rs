@@ -6,6 +6,7 @@ use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, StringArray, new_null_array};
 use arrow_schema::{DataType, Field};
+use lakeshore_api::files::{FIELD_DOC, HASHED_DOC};
 use sha2::{Digest, Sha256};
 
 use crate::Mask;
@@ -21,7 +22,10 @@ pub(crate) fn masked_field(field: &Field, mask: &Mask) -> Result<Field, String> 
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView
     );
     Ok(match mask {
-        Mask::Hash { .. } => field.clone().with_data_type(DataType::Utf8),
+        Mask::Hash { .. } => field
+            .clone()
+            .with_data_type(DataType::Utf8)
+            .with_metadata([(FIELD_DOC.to_string(), HASHED_DOC.to_string())].into()),
         Mask::Redact(None) => field.clone().with_nullable(true),
         Mask::Redact(Some(_)) => field.clone().with_data_type(DataType::Utf8),
         Mask::Truncate(_) if string_like => field.clone().with_data_type(DataType::Utf8),
@@ -36,6 +40,7 @@ pub(crate) fn masked_field(field: &Field, mask: &Mask) -> Result<Field, String> 
     })
 }
 
+/// `values` masked.
 pub(crate) fn mask(values: &ArrayRef, mask: &Mask) -> Result<ArrayRef, String> {
     let n = values.len();
     Ok(match mask {
@@ -48,13 +53,11 @@ pub(crate) fn mask(values: &ArrayRef, mask: &Mask) -> Result<ArrayRef, String> {
         Mask::Hash { salt } => {
             let mut out = StringBuilder::with_capacity(n, n * 64);
             let mut hex = [0u8; 64];
+            let salted = Sha256::new().chain_update(salt.as_bytes());
             each_bytes(values, |v| match v {
                 None => out.append_null(),
                 Some(bytes) => {
-                    let digest = Sha256::new()
-                        .chain_update(salt.as_bytes())
-                        .chain_update(bytes)
-                        .finalize();
+                    let digest = salted.clone().chain_update(bytes).finalize();
                     for (i, b) in digest.iter().enumerate() {
                         hex[2 * i] = HEX[(b >> 4) as usize];
                         hex[2 * i + 1] = HEX[(b & 15) as usize];
