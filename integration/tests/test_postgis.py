@@ -46,6 +46,10 @@ def test_geometry_lands_as_iso_wkb(tmp_path, postgres, duck):
     assert lake_wkb(duck, p) == source_wkb(postgres, db)
     columns = dict(duck.execute(f"select column_name, column_type from (describe select * from {p.scan('t')})").fetchall())
     assert columns["g"] == "BLOB" and columns["h"] == "BLOB", columns
+    # WKB has no SRID: the lake schema's doc of each column holds it.
+    schema = p.pyiceberg_table("t").schema()
+    assert schema.find_field("g").doc == "PostGIS geometry as ISO WKB; SRID 4326", schema
+    assert schema.find_field("h").doc == "PostGIS geometry as ISO WKB; SRID 4326", schema
 
     run = start_run(p)
     time.sleep(2)

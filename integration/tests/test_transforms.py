@@ -240,3 +240,20 @@ def test_excluded_columns_are_never_read(tmp_path, kind, request, duck):
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 0, err[-3000:]
+
+
+def test_a_key_changed_under_an_existing_lake_table_is_refused(tmp_path):
+    """Upserts by a new `key` would not find the rows written under the old one: the
+    pipeline stops before writing, naming both keys and the fix."""
+    from conftest import Pipeline
+    source = {"type": "datagen", "profile": "orders", "initial_rows": 500, "events": 500, "seed": 3}
+    p = Pipeline(tmp_path, "rekey", source, {"namespace": "shop", "mode": "upsert"})
+    p.backfill()
+    before = len(p.pyiceberg_table("orders").scan().to_arrow())
+    with open(p.file, "a") as f:
+        f.write('\n[[transform]]\ntables = "orders"\nmetadata = ["_source_table"]\nkey = ["_source_table", "order_id"]\n')
+    r = p.start()
+    _, err = r.communicate(timeout=120)
+    assert r.returncode != 0
+    assert "the key (order_id)" in err and "upserts by (_source_table, order_id)" in err and "[[route]]" in err, err[-2000:]
+    assert len(p.pyiceberg_table("orders").scan().to_arrow()) == before

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lakeshore_api::{Ledger, Result, Source, SourcePosition};
-use lakeshore_postgres::{PostgresOptions, PostgresSource, Startup};
+use lakeshore_postgres::{Arrays, PostgresOptions, PostgresSource, Startup};
 use serde::Deserialize;
 
 use super::{SourceConnector, SourcePlan, SourceSection, check_qualified, chunking};
@@ -52,6 +52,11 @@ pub struct PostgresSection {
     /// such tables also need `REPLICA IDENTITY FULL`.
     #[serde(default)]
     pub key_columns: BTreeMap<String, Vec<String>>,
+    /// `"list"` (default): a one-dimensional array of a mapped type is an Iceberg list
+    /// (a multi-dimensional value stops its table); `"text"`: every array is a string in
+    /// PostgreSQL's text form (`{1,2}`), as lake tables made before lists hold them.
+    #[cfg_attr(test, schemars(with = "Option<String>"))]
+    pub arrays: Option<Arrays>,
 }
 
 impl SourceSection for PostgresSection {
@@ -95,6 +100,7 @@ impl SourceSection for PostgresSection {
             batch_rows: 8192,
             key_columns: self.key_columns.clone(),
             columns: columns.clone(),
+            arrays: self.arrays.unwrap_or_default(),
         })))
     }
 }

@@ -425,6 +425,33 @@ impl IcebergSink {
     }
 }
 
+/// Refuse upserts into lake table `name` by a `key` other than the table's identifier
+/// fields: the rows written under the old key would not be found, and would stay beside
+/// their new versions.
+fn same_key(name: &str, schema: &iceberg::spec::Schema, key: &[String]) -> Result<()> {
+    let mut lake: Vec<&str> = schema
+        .identifier_field_ids()
+        .filter_map(|id| schema.field_by_id(id).map(|f| f.name.as_str()))
+        .collect();
+    let mut wanted: Vec<&str> = key.iter().map(String::as_str).collect();
+    lake.sort_unstable();
+    wanted.sort_unstable();
+    if lake == wanted {
+        return Ok(());
+    }
+    let lake = if lake.is_empty() {
+        "no key (it was written in append or changelog mode)".to_string()
+    } else {
+        format!("the key ({})", lake.join(", "))
+    };
+    Err(Error::config(format!(
+        "table {name}: the lake table has {lake}, and the pipeline upserts by ({}); rows \
+             written before would not be found. Keep the table's key, or route the table to a \
+             new lake table ([[route]]) and let it snapshot there",
+        wanted.join(", ")
+    )))
+}
+
 #[async_trait::async_trait]
 impl Sink for IcebergSink {
     async fn open_table(&self, target: &TableTarget) -> Result<Box<dyn TableWriter>> {
@@ -451,6 +478,9 @@ impl Sink for IcebergSink {
                 "table {}: mode = \"upsert\" needs a primary key, and the source declares none; use mode = \"append\"",
                 target.source.name
             )));
+        }
+        if mode == WriteMode::Upsert {
+            same_key(&name, table.metadata().current_schema(), &ctx.key)?;
         }
         let open = OpenTable::new(ctx, self.catalog.clone(), table, name)?;
         Ok(match mode {

@@ -6,16 +6,33 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, RecordBatch, new_null_array};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
-use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
+use iceberg::spec::{
+    ListType, NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
+};
 use lakeshore_api::files::FIELD_DOC;
 use lakeshore_api::{Error, Result, TableSchema};
 
 use crate::error::internal;
 
-/// The Iceberg type of an Arrow column, or an error naming the table and column.
+/// The Iceberg type of an Arrow column, or an error naming the table and column. A
+/// list's element has field id 0 until [`number_elements`] numbers it.
 fn iceberg_type(table: &str, column: &str, dt: &DataType) -> Result<Type> {
+    if let DataType::List(element) = dt {
+        let ty = match element.data_type() {
+            DataType::List(_) => {
+                return Err(Error::unsupported(format!(
+                    "table {table}, column {column}: lists of lists have no Iceberg \
+                     mapping in lakeshore yet"
+                )));
+            }
+            inner => iceberg_type(table, column, inner)?,
+        };
+        let element = NestedField::list_element(0, ty, !element.is_nullable());
+        return Ok(Type::List(ListType::new(Arc::new(element))));
+    }
     let p = match dt {
         DataType::Boolean => PrimitiveType::Boolean,
         DataType::Int8 | DataType::Int16 | DataType::Int32 => PrimitiveType::Int,
@@ -56,8 +73,13 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         }
         let required = is_key || !f.is_nullable();
         let field = NestedField::new(id, f.name(), ty, required);
-        fields.push(Arc::new(with_doc(field, f)));
+        fields.push(with_doc(field, f));
     }
+    let mut next_id = fields.len() as i32;
+    let fields: Vec<_> = fields
+        .into_iter()
+        .map(|f| Arc::new(number_elements(f, &mut next_id)))
+        .collect();
     for k in &table.key {
         if table.schema.field_with_name(k).is_err() {
             return Err(Error::config(format!(
@@ -73,6 +95,34 @@ pub fn to_iceberg_schema(table: &TableSchema) -> Result<Schema> {
         .map_err(|e| {
             Error::internal(format!("table {}: invalid schema", table.name)).with_source(e)
         })
+}
+
+/// `field` with its list element (if any) numbered `next_id + 1`, and `next_id` moved on.
+fn number_elements(mut field: NestedField, next_id: &mut i32) -> NestedField {
+    if let Type::List(list) = field.field_type.as_ref() {
+        *next_id += 1;
+        let element = numbered(list.element_field.as_ref(), *next_id);
+        field.field_type = Box::new(Type::List(ListType::new(Arc::new(element))));
+    }
+    field
+}
+
+/// `field` with id `id`.
+fn numbered(field: &NestedField, id: i32) -> NestedField {
+    let mut field = field.clone();
+    field.id = id;
+    field
+}
+
+/// `ty` with every nested field id 0: two types of the same shape compare equal.
+fn unnumbered(ty: &Type) -> Type {
+    match ty {
+        Type::List(list) => {
+            let element = numbered(list.element_field.as_ref(), 0);
+            Type::List(ListType::new(Arc::new(element)))
+        }
+        other => other.clone(),
+    }
 }
 
 /// `field` with the `doc` the source's Arrow field carries (a hashed column, a
@@ -129,11 +179,23 @@ pub fn schema_changes(current: &Schema, source: &TableSchema) -> Result<SchemaCh
             None => changes
                 .added
                 .push(with_doc(NestedField::optional(0, f.name(), ty), f)),
-            Some(existing) if *existing.field_type == ty => {}
+            Some(existing) if unnumbered(&existing.field_type) == ty => {}
             Some(existing) if promotable(&existing.field_type, &ty) => {
                 changes.promoted.push((f.name().clone(), ty));
             }
             Some(existing) if promotable(&ty, &existing.field_type) => {}
+            Some(existing)
+                if matches!(ty, Type::List(_))
+                    && *existing.field_type == Type::Primitive(PrimitiveType::String) =>
+            {
+                return Err(Error::unsupported(format!(
+                    "table {}, column {}: the lake column holds arrays as text and the source \
+                         now sends lists; keep text with arrays = \"text\" in [source] \
+                         (PostgreSQL), or re-snapshot the table with a new pipeline name",
+                    source.name,
+                    f.name()
+                )));
+            }
             Some(existing) => {
                 return Err(Error::unsupported(format!(
                     "table {}, column {}: type change from {} to {} is not supported (Iceberg \
@@ -179,9 +241,8 @@ pub fn with_added(schema: &Schema, added: &[NestedField], last_column_id: i32) -
         .filter(|f| schema.field_by_name(&f.name).is_none())
         .map(|f| {
             next_id += 1;
-            let mut f = f.clone();
-            f.id = next_id;
-            Arc::new(f)
+            let f = numbered(f, next_id);
+            Arc::new(number_elements(f, &mut next_id))
         });
     let fields: Vec<_> = schema
         .as_struct()
@@ -214,9 +275,24 @@ pub(crate) fn widen(column: ArrayRef, target: &DataType) -> ArrayRef {
         (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) if s1 == s2 && p2 > p1
     );
     if widening {
-        arrow_cast::cast(&column, target).unwrap_or(column)
-    } else {
-        column
+        return arrow_cast::cast(&column, target).unwrap_or(column);
+    }
+    match (column.data_type(), target) {
+        // The source's list element has no field id; the lake table's has.
+        (DataType::List(from), DataType::List(to)) if from != to => {
+            let list = column.as_list::<i32>();
+            let values = widen(list.values().clone(), to.data_type());
+            match arrow_array::ListArray::try_new(
+                to.clone(),
+                list.offsets().clone(),
+                values,
+                list.nulls().cloned(),
+            ) {
+                Ok(relabelled) => Arc::new(relabelled),
+                Err(_) => column,
+            }
+        }
+        _ => column,
     }
 }
 
@@ -464,6 +540,72 @@ mod tests {
         let evolved = with_added(&current, &changes.added, 2).unwrap();
         let g = evolved.field_by_name("g").unwrap();
         assert_eq!((g.id, g.doc.as_deref()), (3, Some("WKB")));
+    }
+
+    #[test]
+    fn lists_get_element_ids_and_take_source_batches() {
+        let list = |dt: DataType| DataType::List(Arc::new(Field::new("element", dt, true)));
+        let old = table_of(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("tags", list(DataType::Utf8), true),
+            Field::new("n", DataType::Int32, true),
+        ]);
+        let current = to_iceberg_schema(&old).unwrap();
+        let Type::List(tags) = current.field_by_name("tags").unwrap().field_type.as_ref() else {
+            panic!("tags is not a list: {current:?}");
+        };
+        assert_eq!(tags.element_field.id, 4);
+        // The same list again is no change; a new list column gets the next ids.
+        let mut fields: Vec<Field> = old
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("scores", list(DataType::Int64), true));
+        let changes = schema_changes(&current, &table_of(fields)).unwrap();
+        assert_eq!(changes.added.len(), 1);
+        assert!(changes.promoted.is_empty());
+        let evolved = with_added(&current, &changes.added, current.highest_field_id()).unwrap();
+        let scores = evolved.field_by_name("scores").unwrap();
+        let Type::List(inner) = scores.field_type.as_ref() else {
+            panic!("scores is not a list");
+        };
+        assert_eq!((scores.id, inner.element_field.id), (5, 6));
+        // A source batch (element without field id) fits the lake's Arrow schema.
+        let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&evolved).unwrap());
+        let tags =
+            arrow_array::ListArray::from_iter_primitive::<arrow_array::types::Int64Type, _, _>([
+                Some(vec![Some(1), None]),
+                None,
+            ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(ArrowSchema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("scores", tags.data_type().clone(), true),
+            ])),
+            vec![
+                Arc::new(arrow_array::Int64Array::from(vec![1, 2])),
+                Arc::new(tags),
+            ],
+        )
+        .unwrap();
+        let conformed = conform("t", &target, &batch).unwrap();
+        assert_eq!(
+            conformed
+                .column_by_name("scores")
+                .unwrap()
+                .as_list::<i32>()
+                .value_length(0),
+            2
+        );
+        // A lake column of text arrays and a source list: the error names arrays = "text".
+        let text = table_of(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("tags", DataType::Utf8, true),
+        ]);
+        let e = schema_changes(&to_iceberg_schema(&text).unwrap(), &old).unwrap_err();
+        assert!(e.to_string().contains("arrays = \"text\""), "{e}");
     }
 
     fn table_of(fields: Vec<Field>) -> TableSchema {

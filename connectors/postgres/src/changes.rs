@@ -584,7 +584,9 @@ impl PostgresSource {
         let mut added = Vec::new();
         let mut widened = Vec::new();
         for c in columns {
-            let kind = type_kind(&self.client, c.type_id, c.type_modifier).await;
+            let kind = type_kind(&self.client, c.type_id, c.type_modifier)
+                .await
+                .map(|k| self.opts.arrays.kind(k));
             let name = c.name.to_string();
             match self.columns[t].get(&name) {
                 Some(&i) => {

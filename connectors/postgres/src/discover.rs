@@ -5,8 +5,8 @@ use std::sync::Arc;
 use lakeshore_api::{Error, Result, TableSchema};
 use tokio_postgres::Client;
 
-use crate::Startup;
 use crate::types::{self, Kind};
+use crate::{Arrays, Startup};
 
 /// How a key column orders, so that chunk bounds compare the same in Rust as in SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +202,7 @@ pub async fn discover(
 
 /// The columns of table `name` from its `pg_attribute` rows; a type lakeshore cannot map
 /// is refused, naming the column.
-fn columns_of(name: &str, cols: &[tokio_postgres::Row]) -> Result<Vec<PgColumn>> {
+fn columns_of(name: &str, cols: &[tokio_postgres::Row], arrays: Arrays) -> Result<Vec<PgColumn>> {
     let mut columns = Vec::new();
     for c in cols {
         let col_name: String = c.get(0);
@@ -211,14 +211,15 @@ fn columns_of(name: &str, cols: &[tokio_postgres::Row]) -> Result<Vec<PgColumn>>
         let typmod: i32 = c.get(4);
         let is_array: bool = c.get(5);
         let category: String = c.get(6);
-        let kind = types::kind_of(&base, &category, typmod, is_array).ok_or_else(|| {
+        let kind = types::kind_of(&base, &category, typmod, is_array).map(|k| arrays.kind(k));
+        let kind = kind.ok_or_else(|| {
             Error::unsupported(format!(
                 "table {name}, column {col_name}: type {type_name} is not supported; \
                      leave the column out: [[transform]] tables = \"{name}\", exclude = \
                      [\"{col_name}\"]"
             ))
         })?;
-        let raw = kind != Kind::Text
+        let raw = !matches!(kind, Kind::Text | Kind::Array(_))
             || (!is_array
                 && matches!(
                     base.as_str(),
@@ -317,13 +318,15 @@ async fn describe(
     let cols = client
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), \
-                    coalesce(bt.typname, t.typname)::text, t.typcategory::text, \
+                    coalesce(et.typname, bt.typname, t.typname)::text, t.typcategory::text, \
                     CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
                     (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
-                    coalesce(bt.typcategory, t.typcategory)::text, a.attnotnull, \
+                    coalesce(et.typcategory, bt.typcategory, t.typcategory)::text, a.attnotnull, \
                     CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+             LEFT JOIN pg_type et ON et.oid = coalesce(bt.typelem, t.typelem) \
+                  AND coalesce(bt.typcategory, t.typcategory) = 'A' \
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
@@ -356,7 +359,7 @@ async fn describe(
     if opts.startup != Startup::SnapshotOnly {
         refuse_generated(&name, &cols)?;
     }
-    let mut columns = columns_of(&name, &cols)?;
+    let mut columns = columns_of(&name, &cols, opts.arrays)?;
     if key_names.is_empty() {
         return Err(Error::config(format!(
             "table {name} has no primary key; add one, or name the key in [source] \

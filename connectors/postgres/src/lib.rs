@@ -33,6 +33,7 @@ use lakeshore_api::{
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+mod array;
 mod changes;
 pub mod discover;
 mod geometry;
@@ -90,6 +91,29 @@ pub struct PostgresOptions {
     /// The columns the pipeline reads (its transforms' `columns`/`exclude`); the others
     /// are never selected.
     pub columns: lakeshore_api::ColumnFilter,
+    /// How arrays land.
+    pub arrays: Arrays,
+}
+
+/// How PostgreSQL arrays land in the lake (`arrays` in `[source]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arrays {
+    /// One-dimensional arrays of mapped types as lists (the default).
+    #[default]
+    List,
+    /// Every array as a string in PostgreSQL's text form (`{1,2}`), as before lists.
+    Text,
+}
+
+impl Arrays {
+    /// `kind` as this setting has arrays land.
+    pub fn kind(self, kind: types::Kind) -> types::Kind {
+        match (self, kind) {
+            (Arrays::Text, types::Kind::Array(_)) => types::Kind::Text,
+            _ => kind,
+        }
+    }
 }
 
 impl fmt::Debug for PostgresOptions {

@@ -131,11 +131,13 @@ pub(crate) async fn column_exists(client: &Client, table: &PgTable, name: &str) 
 pub(crate) async fn type_kind(client: &Client, oid: u32, typmod: i32) -> Option<types::Kind> {
     let row = client
         .query_opt(
-            "SELECT coalesce(bt.typname, t.typname)::text, \
-                    coalesce(bt.typcategory, t.typcategory)::text, \
+            "SELECT coalesce(et.typname, bt.typname, t.typname)::text, \
+                    coalesce(et.typcategory, bt.typcategory, t.typcategory)::text, \
                     (t.typcategory = 'A' OR coalesce(bt.typcategory, '') = 'A'), \
                     CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE $2 END \
              FROM pg_type t LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+             LEFT JOIN pg_type et ON et.oid = coalesce(bt.typelem, t.typelem) \
+                  AND coalesce(bt.typcategory, t.typcategory) = 'A' \
              WHERE t.oid = $1",
             &[&oid, &typmod],
         )

@@ -11,8 +11,9 @@
 //! numeric(p,s) with p ≤ 38 → decimal(p,s), unbounded numeric → string, text/varchar/char/
 //! name/citext → string, bytea → binary, date, time → time, timestamp → timestamp,
 //! timestamptz → timestamptz (UTC), uuid/json/jsonb/interval/inet/cidr/macaddr/money/
-//! timetz/xml/bit/varbit/enums/arrays → string in PostgreSQL's text form (arrays as
-//! `{a,b}`, interval as ISO 8601). Anything else is refused with the table and column.
+//! timetz/xml/bit/varbit/enums → string in PostgreSQL's text form (interval as ISO 8601);
+//! one-dimensional arrays of these → lists (`array.rs`), other arrays → text (`{a,b}`).
+//! Anything else is refused with the table and column.
 
 use std::sync::Arc;
 
@@ -23,6 +24,10 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use lakeshore_api::files::FIELD_DOC;
+
+pub use crate::array::Elem;
+use crate::array::ListBuilder;
 use lakeshore_api::{Error, Result};
 
 /// How one column is decoded.
@@ -44,6 +49,8 @@ pub enum Kind {
     /// PostGIS `geometry`/`geography` as ISO WKB; every value must have this SRID (the
     /// column's declared one: 0 for `geometry` without one, 4326 for `geography`).
     Geometry(i32),
+    /// A one-dimensional array, as a list.
+    Array(Elem),
 }
 
 impl Kind {
@@ -74,15 +81,21 @@ impl Kind {
             Kind::Time => DataType::Time64(TimeUnit::Microsecond),
             Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
             Kind::Timestamptz => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            Kind::Array(elem) => elem.list_type(),
         }
     }
 }
 
-/// Map a column's type, given `format_type()` output, its base type name, category and
-/// numeric typmod. `None` = not supported.
+/// Map a column's type, given its base type name and category (an array's: its
+/// element's) and numeric typmod. `None` = not supported. An array is a list when its
+/// elements map to a list's, else text.
 pub fn kind_of(base: &str, category: &str, typmod: i32, is_array: bool) -> Option<Kind> {
     if is_array {
-        return Some(Kind::Text);
+        return Some(
+            kind_of(base, category, typmod, false)
+                .and_then(Elem::of)
+                .map_or(Kind::Text, Kind::Array),
+        );
     }
     Some(match base {
         "bool" => Kind::Bool,
@@ -137,6 +150,7 @@ pub enum ColumnBuilder {
     Date(Date32Builder),
     Time(Time64MicrosecondBuilder),
     Timestamp(TimestampMicrosecondBuilder, bool),
+    List(ListBuilder),
 }
 
 impl ColumnBuilder {
@@ -176,6 +190,7 @@ impl ColumnBuilder {
                 TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("+00:00"),
                 true,
             ),
+            Kind::Array(elem) => ColumnBuilder::List(ListBuilder::new(elem, capacity)),
         }
     }
 
@@ -195,6 +210,7 @@ impl ColumnBuilder {
             ColumnBuilder::Date(b) => b.append_null(),
             ColumnBuilder::Time(b) => b.append_null(),
             ColumnBuilder::Timestamp(b, _) => b.append_null(),
+            ColumnBuilder::List(b) => b.append_null(),
         }
     }
 
@@ -246,6 +262,7 @@ impl ColumnBuilder {
             ColumnBuilder::Timestamp(b, tz) => {
                 b.append_value(parse_timestamp(v, *tz).ok_or_else(bad)?)
             }
+            ColumnBuilder::List(b) => return b.append_text(v),
         }
         Ok(false)
     }
@@ -319,6 +336,12 @@ impl ColumnBuilder {
                 let us = i64::from_be_bytes(be8(v)?);
                 b.append_value(us.checked_add(PG_EPOCH_US).ok_or_else(bad)?)
             }
+            // Read through the output function, as text (`snapshot::chunk_sql`).
+            ColumnBuilder::List(b) => {
+                return b.append_text(
+                    std::str::from_utf8(v).map_err(|_| "value is not UTF-8".to_string())?,
+                );
+            }
         }
         Ok(false)
     }
@@ -338,6 +361,7 @@ impl ColumnBuilder {
             ColumnBuilder::Date(b) => Arc::new(b.finish()),
             ColumnBuilder::Time(b) => Arc::new(b.finish()),
             ColumnBuilder::Timestamp(b, _) => Arc::new(b.finish()),
+            ColumnBuilder::List(b) => b.finish(),
         }
     }
 }
@@ -463,15 +487,28 @@ impl RowsBuilder {
     }
 }
 
-/// An Arrow schema for columns `(name, kind)`; key columns are not nullable.
+/// An Arrow schema for columns `(name, kind)`; key columns are not nullable. A
+/// geometry's SRID, which WKB does not hold, is in its field's `doc` (the Iceberg
+/// column's doc).
 pub fn arrow_schema(columns: &[(String, Kind)], key: &[String]) -> SchemaRef {
     Arc::new(Schema::new(
         columns
             .iter()
-            .map(|(name, kind)| Field::new(name, kind.data_type(), !key.contains(name)))
+            .map(|(name, kind)| {
+                let field = Field::new(name, kind.data_type(), !key.contains(name));
+                match kind {
+                    Kind::Geometry(srid) => field.with_metadata(
+                        [(FIELD_DOC.to_string(), format!("{WKB_DOC}{srid}"))].into(),
+                    ),
+                    _ => field,
+                }
+            })
             .collect::<Vec<_>>(),
     ))
 }
+
+/// The doc of a geometry column, before its SRID.
+pub const WKB_DOC: &str = "PostGIS geometry as ISO WKB; SRID ";
 
 /// PostgreSQL's epoch (2000-01-01) in days and microseconds after Unix's.
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -727,7 +764,15 @@ mod tests {
             Some(Kind::Decimal(12, 2))
         );
         assert_eq!(kind_of("numeric", "N", -1, false), Some(Kind::Text));
-        assert_eq!(kind_of("int4", "N", -1, true), Some(Kind::Text));
+        assert_eq!(
+            kind_of("int4", "N", -1, true),
+            Some(Kind::Array(Elem::Int32))
+        );
+        assert_eq!(kind_of("point", "G", -1, true), Some(Kind::Text));
+        assert_eq!(
+            kind_of("mood", "E", -1, true),
+            Some(Kind::Array(Elem::Text))
+        );
         assert_eq!(kind_of("mood", "E", -1, false), Some(Kind::Text));
         assert_eq!(kind_of("point", "G", -1, false), None);
     }
