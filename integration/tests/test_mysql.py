@@ -258,7 +258,7 @@ def test_validate_and_bad_setups_say_what_to_change(tmp_path, mysql):
     from conftest import BIN
     db = mysql.create_db("valid")
     mysql.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", db)
-    mysql.execute("CREATE TABLE nokey (v int)", db)
+    mysql.execute("CREATE TABLE nokey (v int, UNIQUE KEY (v))", db)  # a nullable unique index is no key
     p = my_pipeline(tmp_path, "valid", mysql, ["valid.t"])
     r = subprocess.run([BIN, "validate", "--connect", str(p.file)], cwd=p.dir, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -270,7 +270,9 @@ def test_validate_and_bad_setups_say_what_to_change(tmp_path, mysql):
         ({"url": mysql.url(user="weak", password="wrong")}, "refused the login"),
         ({"url": mysql.url(user="weak", password="pw")}, "lacks REPLICATION SLAVE"),
         ({"tables": ["valid.missing"]}, "no table matches \"valid.missing\""),
-        ({"tables": ["valid.nokey"]}, "table valid.nokey has no primary key"),
+        ({"tables": ["valid.nokey"]},
+         "table valid.nokey has no primary key and no unique index on NOT NULL columns; add one "
+         "(ALTER TABLE `valid`.`nokey` ADD PRIMARY KEY"),
     ]
     for i, (change, message) in enumerate(cases):
         src = {"type": "mysql", "url": mysql.url(), "tables": ["valid.t"], **change}
@@ -485,3 +487,39 @@ def test_created_tables_join_and_renames_stop_with_a_message(tmp_path, mysql, du
     assert run.returncode != 0
     assert "table grow.a was renamed (RENAME TABLE a TO a_old); lakeshore does not follow renames" in err, \
         err[-2000:]
+
+
+def test_a_table_without_a_primary_key_is_keyed_by_its_unique_index(tmp_path, mysql, duck):
+    """No primary key, a unique index on NOT NULL columns (and a unique index on a
+    nullable column, which is no key): the table is keyed by the former through the
+    snapshot in chunks, updates, a key change, deletes and a kill -9."""
+    from test_correctness_mysql import wait_lake  # imports this module
+    db = mysql.create_db("uniq")
+    mysql.execute("CREATE TABLE u (a int NOT NULL, b int NOT NULL, c int, v varchar(20), "
+                  "UNIQUE KEY c_first (c), UNIQUE KEY zz (a, b))", db)
+    mysql.execute("INSERT INTO u (a, b, c, v) VALUES " + ", ".join(
+        f"({i % 50}, {i // 50}, {i if i % 3 else 'NULL'}, 'v{i}')" for i in range(2000)), db)
+    cols = ["a", "b", "c", "v"]
+    p = my_pipeline(tmp_path, "uniq", mysql, ["uniq.u"], chunk_size=300)
+    p.backfill()
+    assert_same(duck, mysql, db, p, "u", cols)
+    schema = p.pyiceberg_table("u").schema()
+    key = sorted(schema.find_field(i).name for i in schema.identifier_field_ids)
+    assert key == ["a", "b"], key
+    run = start_run(p)
+    time.sleep(2)
+    mysql.execute("UPDATE u SET v = 'x' WHERE a = 1", db)
+    mysql.execute("UPDATE u SET b = b + 1000 WHERE a = 2", db)  # key changes
+    mysql.execute("DELETE FROM u WHERE a = 3", db)
+    mysql.execute("INSERT INTO u (a, b, c, v) VALUES (7, 7000, NULL, 'new')", db)
+    wait_lake(lambda: assert_same(duck, mysql, db, p, "u", cols))
+    for k in range(30):
+        mysql.execute(f"UPDATE u SET v = 'k{k}' WHERE a = {10 + k % 5} AND b = {k}", db)
+        if k == 15:
+            run.send_signal(signal.SIGKILL)
+            run.communicate(timeout=30)
+    run = start_run(p)
+    wait_lake(lambda: assert_same(duck, mysql, db, p, "u", cols), timeout=60)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-3000:]

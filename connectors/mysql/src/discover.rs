@@ -146,7 +146,7 @@ pub async fn describe(
         )
         .await
         .map_err(|e| my_error("reading columns", e))?;
-    let key_names: Vec<String> = conn
+    let mut key_names: Vec<String> = conn
         .exec(
             "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
@@ -155,6 +155,9 @@ pub async fn describe(
         )
         .await
         .map_err(|e| my_error("reading the primary key", e))?;
+    if key_names.is_empty() {
+        key_names = unique_not_null_key(conn, db, table).await?;
+    }
     let column_grants: Option<u64> = conn
         .exec_first(
             "SELECT COUNT(*) FROM information_schema.COLUMN_PRIVILEGES \
@@ -189,8 +192,10 @@ pub async fn describe(
     }
     if key_names.is_empty() {
         return Err(Error::config(format!(
-            "table {name} has no primary key; add one (lakeshore reads snapshots in key \
-                 order and upserts by key)"
+            "table {name} has no primary key and no unique index on NOT NULL columns; add \
+                 one (ALTER TABLE {} ADD PRIMARY KEY (...), or ADD UNIQUE KEY (...) on NOT \
+                 NULL columns): lakeshore reads snapshots in key order and upserts by key",
+            quote_ident(db) + "." + &quote_ident(table)
         )));
     }
     // The two reads are not one snapshot of the catalog: a table dropped, re-created or
@@ -246,6 +251,37 @@ fn unsupported(name: &str, col: &str, column_type: &str, charset: Option<&str>) 
 }
 
 /// The key columns of table `name` must be of a kind whose order lakeshore reproduces.
+/// The key of a table without a primary key: the columns of its unique index whose
+/// columns are all NOT NULL (the one with the fewest columns, then the first by name) —
+/// a key the server guarantees, as InnoDB itself clusters such a table by it. Empty when
+/// there is none.
+async fn unique_not_null_key(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String, String, String)> = conn
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME, NULLABLE FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+            (db, table),
+        )
+        .await
+        .map_err(|e| my_error("reading unique indexes", e))?;
+    let mut indexes: Vec<(String, Vec<String>, bool)> = Vec::new();
+    for (index, column, nullable) in rows {
+        if indexes.last().is_none_or(|(i, ..)| *i != index) {
+            indexes.push((index.clone(), Vec::new(), true));
+        }
+        let last = indexes.last_mut().expect("pushed above");
+        last.1.push(column);
+        last.2 &= nullable.is_empty();
+    }
+    Ok(indexes
+        .into_iter()
+        .filter(|(.., not_null)| *not_null)
+        .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(&b.0)))
+        .map(|(_, columns, _)| columns)
+        .unwrap_or_default())
+}
+
 fn check_key(name: &str, columns: &[MyColumn], collations: &[String], key: &[usize]) -> Result<()> {
     for &k in key {
         let c = &columns[k];
