@@ -146,18 +146,7 @@ pub async fn describe(
         )
         .await
         .map_err(|e| my_error("reading columns", e))?;
-    let mut key_names: Vec<String> = conn
-        .exec(
-            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
-             ORDER BY ORDINAL_POSITION",
-            (db, table),
-        )
-        .await
-        .map_err(|e| my_error("reading the primary key", e))?;
-    if key_names.is_empty() {
-        key_names = unique_not_null_key(conn, db, table).await?;
-    }
+    let key_names = key_of(conn, db, table).await?;
     let column_grants: Option<u64> = conn
         .exec_first(
             "SELECT COUNT(*) FROM information_schema.COLUMN_PRIVILEGES \
@@ -251,6 +240,24 @@ fn unsupported(name: &str, col: &str, column_type: &str, charset: Option<&str>) 
 }
 
 /// The key columns of table `name` must be of a kind whose order lakeshore reproduces.
+/// The columns of the table's primary key, else of [`unique_not_null_key`]; empty when
+/// it has neither.
+async fn key_of(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<String>> {
+    let primary: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+             ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await
+        .map_err(|e| my_error("reading the primary key", e))?;
+    if !primary.is_empty() {
+        return Ok(primary);
+    }
+    unique_not_null_key(conn, db, table).await
+}
+
 /// The key of a table without a primary key: the columns of its unique index whose
 /// columns are all NOT NULL (the one with the fewest columns, then the first by name) —
 /// a key the server guarantees, as InnoDB itself clusters such a table by it. Empty when
