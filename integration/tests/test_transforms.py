@@ -257,3 +257,58 @@ def test_a_key_changed_under_an_existing_lake_table_is_refused(tmp_path):
     assert r.returncode != 0
     assert "the key (order_id)" in err and "upserts by (_source_table, order_id)" in err and "[[route]]" in err, err[-2000:]
     assert len(p.pyiceberg_table("orders").scan().to_arrow()) == before
+
+
+AS_TEXT = """
+[[transform]]
+tables = "public.shapes"
+as_text = ["p", "r"]
+exclude = ["c"]
+
+[transform.compute]
+px = "CAST(split_part(substr(p, 2), ',', 1) AS DOUBLE)"
+"""
+
+
+def test_columns_of_unmapped_types_read_as_text(tmp_path, postgres, duck):
+    """A `point`, a range and a composite column have no Iceberg type: without a
+    transform the table is refused with both fixes; with `as_text` two of them land as
+    PostgreSQL prints them and a computed column takes one apart, through snapshot and
+    stream; the third is excluded."""
+    db = postgres.create_db("astext")
+    postgres.execute("CREATE TYPE pair AS (a int, b text)", db)
+    postgres.execute("CREATE TABLE shapes (id int PRIMARY KEY, p point, r int4range, c pair, v text)", db)
+    postgres.execute("INSERT INTO shapes SELECT g, point(g, g * 2), int4range(g, g + 5), ROW(g, 'x')::pair, 'v' "
+                     "FROM generate_series(1, 300) g", db)
+    bare = pg_pipeline(tmp_path, "astext_bare", postgres, db, ["public.shapes"])
+    r = bare.start()
+    _, err = r.communicate(timeout=120)
+    assert r.returncode != 0
+    assert 'column p: type point has no Iceberg type' in err and 'as_text = ["p"]' in err and \
+        'exclude = ["p"]' in err, err[-2000:]
+
+    (tmp_path / "t").mkdir()
+    p = pg_pipeline(tmp_path / "t", "astext", postgres, db, ["public.shapes"])
+    with open(p.file, "a") as f:
+        f.write(AS_TEXT)
+
+    def same():
+        with postgres.connect(db) as c:
+            want = sorted(c.execute("select id, p::text, r::text, p[0], v from shapes").fetchall())
+        got = sorted(duck.execute(f"select id, p, r, px, v from {p.scan('shapes')}").fetchall())
+        assert got == want, (got[:3], want[:3])
+        return True
+
+    p.backfill()
+    same()
+    columns = [r[0] for r in duck.execute(f"describe select * from {p.scan('shapes')}").fetchall()]
+    assert "c" not in columns, columns
+    run = start_run(p)
+    time.sleep(2)
+    postgres.execute("UPDATE shapes SET p = point(-1.5, 7), r = int4range(1, 2, '[]') WHERE id <= 10", db)
+    postgres.execute("INSERT INTO shapes VALUES (1000, point(3, 4), 'empty', NULL, 'n')", db)
+    postgres.execute("DELETE FROM shapes WHERE id BETWEEN 20 AND 29", db)
+    wait_lake(same)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-3000:]

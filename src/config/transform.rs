@@ -28,6 +28,11 @@ pub struct TransformSection {
     pub columns: Option<Vec<Spanned<String>>>,
     /// Columns to leave out (names or globs). The snapshot never selects them.
     pub exclude: Option<Vec<Spanned<String>>>,
+    /// Columns to read in the source's text form (names or globs), e.g. a PostgreSQL
+    /// `point`, range or composite column, which has no Iceberg type: the column lands as
+    /// a string (`(1,2)`, `[1,5)`), which computed columns may take apart. PostgreSQL
+    /// only.
+    pub as_text: Option<Vec<Spanned<String>>>,
     /// Column → `"hash"` (SHA-256 of `hash_salt` and the value, hex), `"redact"` (null),
     /// `"redact:TEXT"` (the constant TEXT) or `"truncate(N)"` (first N characters).
     #[cfg_attr(
@@ -189,6 +194,7 @@ fn spec(
         tables: s.tables.get_ref().clone(),
         columns: names(&s.columns),
         exclude: names(&s.exclude).unwrap_or_default(),
+        as_text: names(&s.as_text).unwrap_or_default(),
         masks,
         filter: s.filter.as_ref().map(|f| f.get_ref().clone()),
         compute,

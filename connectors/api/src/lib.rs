@@ -155,6 +155,9 @@ pub struct ColumnRule {
     /// a source that sends them only when configured so (PostgreSQL's `REPLICA IDENTITY
     /// FULL`) refuses the table until it is.
     pub deleted_values: bool,
+    /// Globs of the columns read in the source's text form (`as_text`), whatever their
+    /// type — for types lakeshore cannot map.
+    pub as_text: Vec<String>,
 }
 
 impl ColumnRule {
@@ -193,7 +196,12 @@ impl ColumnFilter {
             let Some((first, first_columns)) = matched.first() else {
                 continue;
             };
-            let named = rule.columns.iter().flatten().chain(&rule.exclude);
+            let named = rule
+                .columns
+                .iter()
+                .flatten()
+                .chain(&rule.exclude)
+                .chain(&rule.as_text);
             for c in named.filter(|c| !c.contains('*')) {
                 if !matched.iter().any(|(_, cols)| cols.iter().any(|x| x == c)) {
                     return Err(Error::config(format!(
@@ -215,6 +223,15 @@ impl ColumnFilter {
             .iter()
             .find(|r| glob_match(&r.tables, table))
             .is_some_and(|r| r.deleted_values)
+    }
+
+    /// Whether column `column` of source table `table` is read in the source's text
+    /// form ([`ColumnRule::as_text`]).
+    pub fn as_text(&self, table: &str, column: &str) -> bool {
+        self.rules
+            .iter()
+            .find(|r| glob_match(&r.tables, table))
+            .is_some_and(|r| r.as_text.iter().any(|g| glob_match(g, column)))
     }
 
     /// Whether column `column` of source table `table` is read.
@@ -715,6 +732,11 @@ mod tests {
             columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
             deleted_values: tables == "shop.*",
+            as_text: if tables == "shop.*" {
+                vec!["geo*".into()]
+            } else {
+                Vec::new()
+            },
         };
         let f = ColumnFilter::new(vec![
             rule("shop.orders_*", None, &["card*"]),
@@ -728,6 +750,8 @@ mod tests {
         assert!(!f.needs_deleted_values("shop.orders_1"));
         assert!(f.needs_deleted_values("shop.users"));
         assert!(!f.needs_deleted_values("other.t"));
+        assert!(f.as_text("shop.users", "geom") && !f.as_text("shop.users", "name"));
+        assert!(!f.as_text("shop.orders_1", "geom"));
         let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (a, b) = (cols(&["id", "card_no"]), cols(&["id", "name"]));
         f.check_named([

@@ -164,6 +164,13 @@ pub async fn describe(
         if !key_names.contains(&col) && !filter.reads(&name, &col) {
             continue;
         }
+        if filter.as_text(&name, &col) {
+            return Err(Error::config(format!(
+                "table {name}, column {col}: as_text reads PostgreSQL columns only (the \
+                     binlog sends MySQL values in binary); leave it out of as_text, or \
+                     exclude the column"
+            )));
+        }
         collations.push(collation.unwrap_or_default());
         let kind = types::kind_of(
             &data_type.to_lowercase(),

@@ -584,10 +584,14 @@ impl PostgresSource {
         let mut added = Vec::new();
         let mut widened = Vec::new();
         for c in columns {
-            let kind = type_kind(&self.client, c.type_id, c.type_modifier)
-                .await
-                .map(|k| self.opts.arrays.kind(k));
             let name = c.name.to_string();
+            let kind = if self.opts.columns.as_text(&self.tables[t].name, &name) {
+                Some(types::Kind::Text)
+            } else {
+                type_kind(&self.client, c.type_id, c.type_modifier)
+                    .await
+                    .map(|k| self.opts.arrays.kind(k))
+            };
             match self.columns[t].get(&name) {
                 Some(&i) => {
                     let col = &self.tables[t].columns[i];

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use lakeshore_api::{Error, Result, TableSchema};
 use tokio_postgres::Client;
 
+use crate::Startup;
 use crate::types::{self, Kind};
-use crate::{Arrays, Startup};
 
 /// How a key column orders, so that chunk bounds compare the same in Rust as in SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +202,11 @@ pub async fn discover(
 
 /// The columns of table `name` from its `pg_attribute` rows; a type lakeshore cannot map
 /// is refused, naming the column.
-fn columns_of(name: &str, cols: &[tokio_postgres::Row], arrays: Arrays) -> Result<Vec<PgColumn>> {
+fn columns_of(
+    name: &str,
+    cols: &[tokio_postgres::Row],
+    opts: &crate::PostgresOptions,
+) -> Result<Vec<PgColumn>> {
     let mut columns = Vec::new();
     for c in cols {
         let col_name: String = c.get(0);
@@ -211,16 +215,23 @@ fn columns_of(name: &str, cols: &[tokio_postgres::Row], arrays: Arrays) -> Resul
         let typmod: i32 = c.get(4);
         let is_array: bool = c.get(5);
         let category: String = c.get(6);
-        let kind = types::kind_of(&base, &category, typmod, is_array).map(|k| arrays.kind(k));
+        let as_text = opts.columns.as_text(name, &col_name);
+        let kind = match as_text {
+            true => Some(Kind::Text),
+            false => {
+                types::kind_of(&base, &category, typmod, is_array).map(|k| opts.arrays.kind(k))
+            }
+        };
         let kind = kind.ok_or_else(|| {
             Error::unsupported(format!(
-                "table {name}, column {col_name}: type {type_name} is not supported; \
-                     leave the column out: [[transform]] tables = \"{name}\", exclude = \
-                     [\"{col_name}\"]"
+                "table {name}, column {col_name}: type {type_name} has no Iceberg type in \
+                     lakeshore; read it as text ([[transform]] tables = \"{name}\", \
+                     as_text = [\"{col_name}\"]) or leave it out (exclude = [\"{col_name}\"])"
             ))
         })?;
         let raw = !matches!(kind, Kind::Text | Kind::Array(_))
             || (!is_array
+                && !as_text
                 && matches!(
                     base.as_str(),
                     "text" | "varchar" | "bpchar" | "name" | "citext"
@@ -359,7 +370,7 @@ async fn describe(
     if opts.startup != Startup::SnapshotOnly {
         refuse_generated(&name, &cols)?;
     }
-    let mut columns = columns_of(&name, &cols, opts.arrays)?;
+    let mut columns = columns_of(&name, &cols, opts)?;
     if key_names.is_empty() {
         return Err(Error::config(format!(
             "table {name} has no primary key; add one, or name the key in [source] \

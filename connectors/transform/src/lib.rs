@@ -36,6 +36,8 @@ pub struct TransformSpec {
     pub columns: Option<Vec<String>>,
     /// Globs of source columns to leave out.
     pub exclude: Vec<String>,
+    /// Globs of source columns read in the source's text form.
+    pub as_text: Vec<String>,
     /// Masks by output column name, in the order written.
     pub masks: Vec<(String, Mask)>,
     /// SQL condition a row must meet to be in the lake.
@@ -89,6 +91,7 @@ impl TransformSpec {
             columns: self.columns.clone(),
             exclude: self.exclude.clone(),
             deleted_values: self.mode == Mode::SoftDelete,
+            as_text: self.as_text.clone(),
         }
     }
 }
