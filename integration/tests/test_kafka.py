@@ -358,3 +358,28 @@ def test_two_processes_in_one_group_share_the_partitions_exactly(tmp_path, kafka
     p2 = kafka_pipeline(tmp_path, "kgroup", kafka, [topic], interval="300ms")
     r = subprocess.run([BIN, "backfill", str(p2.file)], cwd=p2.dir, capture_output=True, text=True)
     assert r.returncode == 2 and "scale_out = true" in r.stderr, r.stderr
+
+
+def test_origin_metadata_columns_name_each_message(tmp_path, kafka, duck):
+    """`_source_ts` is the message's timestamp and `_position` its `partition:offset`:
+    every message of the topic once, each partition's offsets 0..n-1 without a gap."""
+    topic = kafka.topic("origin", 2)
+    before = time.time()
+    kafka.produce(topic, [event(i) for i in range(3_000)], key=lambda i, m: str(i).encode())
+    after = time.time()
+    p = kafka_pipeline(tmp_path, "korigin", kafka, [topic])
+    with open(p.file, "a") as f:
+        f.write('\n[[transform]]\ntables = "*"\nmetadata = ["_source_ts", "_position", "_source_table"]\n')
+    p.backfill()
+    rows = duck.execute(f"select id, _source_ts, _position, _source_table from "
+                        f"{lake.scan(p.catalog_db, p.table(topic))}").fetchall()
+    assert sorted(r[0] for r in rows) == list(range(3_000))
+    assert {r[3] for r in rows} == {topic}, {r[3] for r in rows}
+    offsets = {}
+    for _, ts, pos, _ in rows:
+        partition, offset = pos.split(":")
+        offsets.setdefault(int(partition), []).append(int(offset))
+        assert before - 5 <= ts.timestamp() <= after + 5, (ts, before, after)
+    assert set(offsets) == {0, 1}, offsets.keys()
+    for partition, got in offsets.items():
+        assert sorted(got) == list(range(len(got))), f"partition {partition}: offsets with gaps or twice"
