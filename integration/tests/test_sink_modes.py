@@ -179,3 +179,64 @@ def test_a_hive_changelog_folds_to_the_generator_state(tmp_path, duck):
     assert ops.get("snapshot", 0) + ops.get("insert", 0) >= 3000 and ops.get("update") and ops.get("delete"), ops
     total, distinct = duck.execute(f"select count(*), count(distinct _seq) from {files}").fetchone()
     assert total == distinct == sum(ops.values())
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_before_images_precede_each_update(tmp_path, kind, request, duck):
+    """`before_images = true`: every update that keeps its key is two rows, the old
+    values (`update_before`) then the new, in the source's order, across a `kill -9`;
+    a key change stays the delete of the old key. PostgreSQL needs REPLICA IDENTITY
+    FULL, and says so."""
+    server = request.getfixturevalue("postgres" if kind == "postgres" else "mysql")
+    db = server.create_db(f"before_{kind[:2]}")
+
+    def sql(stmt):
+        server.execute(stmt, db)
+
+    sql("CREATE TABLE t (id int PRIMARY KEY, v varchar(40) NOT NULL)")
+    model = {i: f"s{i}" for i in range(1, 21)}
+    sql("INSERT INTO t (id, v) VALUES " + ", ".join(f"({i}, '{v}')" for i, v in model.items()))
+    if kind == "postgres":
+        source = {"type": "postgres", "url": server.url(db), "tables": ["public.t"]}
+    else:
+        source = {"type": "mysql", "url": server.url(), "tables": [f"{db}.t"]}
+    log = Pipeline(tmp_path, f"{db}_before", source,
+                   {"namespace": "b", "mode": "changelog", "before_images": True}, interval="300ms")
+    if kind == "postgres":
+        p = log.start()
+        _, err = p.communicate(timeout=120)
+        assert p.returncode != 0 and "before_images" in err and "REPLICA IDENTITY FULL" in err, err[-2000:]
+        sql("ALTER TABLE t REPLICA IDENTITY FULL")
+    log.backfill()
+    run = start_run(log)
+    time.sleep(2)
+    rng = random.Random(SEED + 1)
+    changes = []
+    for step in range(80):
+        i = rng.choice(sorted(model))
+        if step % 20 == 19:
+            new = max(model) + 1
+            sql(f"UPDATE t SET id = {new} WHERE id = {i}")
+            model[new] = model.pop(i)
+            changes += [("delete", i, model[new]), ("update", new, model[new])]
+        else:
+            v = f"u{step}"
+            sql(f"UPDATE t SET v = '{v}' WHERE id = {i}")
+            changes += [("update_before", i, model[i]), ("update", i, v)]
+            model[i] = v
+        if step == 40:
+            run.send_signal(signal.SIGKILL)
+            run.communicate(timeout=30)
+            run = start_run(log)
+
+    def exact():
+        rows = duck.execute(
+            f"select _op, id, v from {log.scan('t')} where _op <> 'snapshot' order by _seq").fetchall()
+        assert rows == changes, (len(rows), len(changes),
+                                 next(((k, a, b) for k, (a, b) in enumerate(zip(rows, changes)) if a != b), None))
+
+    wait_lake(exact, timeout=90)
+    assert fold(duck, log) == set(server.execute("select id, v from t", db))
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-3000:]

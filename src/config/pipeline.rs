@@ -156,7 +156,10 @@ pub fn parse(src: &SourceText<'_>) -> Result<Plan, ConfigError> {
     let metadata =
         transform::pipeline_metadata(src, common.pipeline.metadata.as_deref().unwrap_or_default())?;
     let sink = read_sink(src)?;
-    let shaping = transform::specs(src, &common.transform, &metadata, sink.mode())?;
+    let mut shaping = transform::specs(src, &common.transform, &metadata, sink.mode())?;
+    for spec in &mut shaping.0 {
+        spec.before_images = sink.before_images();
+    }
     let columns = lakeshore_transform::column_filter(&shaping.0);
     let source = read_source(src, common.pipeline.name.get_ref(), &columns)?;
     build(src, common, source, sink.as_ref(), shaping)

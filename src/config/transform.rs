@@ -201,6 +201,7 @@ fn spec(
         key: names(&s.key),
         metadata,
         mode: Mode::Mirror,
+        before_images: false,
     })
 }
 

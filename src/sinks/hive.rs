@@ -56,6 +56,10 @@ pub struct HiveSection {
     /// truncations too; docs/transforms.md). Default `"append"`.
     #[cfg_attr(test, schemars(with = "Option<String>"))]
     pub mode: Option<HiveMode>,
+    /// Changelog mode: before each update's row, a row with `_op = "update_before"` and
+    /// the values the row had (PostgreSQL tables need `REPLICA IDENTITY FULL`). Default
+    /// `false`.
+    pub before_images: Option<Spanned<bool>>,
     /// Partition directories of every table, outermost first, e.g. `["dt=date(ts)",
     /// "hour=hour(ts)", "region"]`. `name=date(c)` (`YYYY-MM-DD`), `name=hour(c)` (`HH`),
     /// `name=month(c)` (`YYYY-MM`) and `name=year(c)` (`YYYY`) take a timestamp or date
@@ -106,11 +110,25 @@ impl SinkSection for HiveSection {
         }
     }
 
+    fn before_images(&self) -> bool {
+        self.before_images.as_ref().is_some_and(|b| *b.get_ref())
+    }
+
     fn plan(
         &self,
         src: &SourceText<'_>,
         pipeline: &str,
     ) -> Result<(SinkPlan, String), ConfigError> {
+        if let Some(before) = &self.before_images
+            && *before.get_ref()
+            && self.mode != Some(HiveMode::Changelog)
+        {
+            return Err(src.error(
+                Some(before.span()),
+                "before_images adds rows to a changelog; set mode = \"changelog\", or leave \
+                     before_images out",
+            ));
+        }
         let sink = hive(src, self, pipeline)?;
         let state = format!(
             "{}/_lakeshore/state",

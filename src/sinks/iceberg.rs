@@ -53,6 +53,10 @@ pub struct IcebergSection {
     /// `_deleted_at` (its commit time at the source), instead of being removed. PostgreSQL
     /// tables need `REPLICA IDENTITY FULL` (deletes must carry the row). Default `false`.
     pub soft_delete: Option<Spanned<bool>>,
+    /// Changelog mode: before each update's row, a row with `_op = "update_before"` and
+    /// the values the row had (PostgreSQL tables need `REPLICA IDENTITY FULL`). Default
+    /// `false`: an update is one row, its new values.
+    pub before_images: Option<Spanned<bool>>,
     /// Roll data files at this size, e.g. `"128MiB"`. Default `"128MiB"`.
     pub target_file_size: Option<Spanned<ByteSize>>,
     /// Parquet codec: `"zstd"`, `"zstd(N)"`, `"snappy"` or `"none"`. Default `"zstd(1)"`.
@@ -215,6 +219,10 @@ impl SinkSection for IcebergSection {
         }
     }
 
+    fn before_images(&self) -> bool {
+        self.before_images.as_ref().is_some_and(|b| *b.get_ref())
+    }
+
     fn plan(
         &self,
         src: &SourceText<'_>,
@@ -274,6 +282,16 @@ fn iceberg(src: &SourceText<'_>, s: &IcebergSection) -> Result<(SinkPlan, String
             Some(soft.span()),
             "soft_delete marks deleted rows of an upsert table; with mode = \"append\" or \
                  \"changelog\" nothing is deleted. Leave soft_delete out, or set mode = \"upsert\"",
+        ));
+    }
+    if let Some(before) = &s.before_images
+        && *before.get_ref()
+        && s.mode.as_ref().map(|m| *m.get_ref()) != Some(WriteMode::Changelog)
+    {
+        return Err(src.error(
+            Some(before.span()),
+            "before_images adds rows to a changelog; set mode = \"changelog\", or leave \
+                 before_images out",
         ));
     }
     let storage = storage_options(src, &s.storage, None)?;

@@ -32,6 +32,11 @@ pub trait SinkSection {
         lakeshore_transform::Mode::Mirror
     }
 
+    /// A changelog's `update_before` rows (`before_images = true`).
+    fn before_images(&self) -> bool {
+        false
+    }
+
     /// Checks that need the source's tables (when they are known without connecting).
     fn check_tables(
         &self,

@@ -155,6 +155,10 @@ pub struct ColumnRule {
     /// a source that sends them only when configured so (PostgreSQL's `REPLICA IDENTITY
     /// FULL`) refuses the table until it is.
     pub deleted_values: bool,
+    /// Every update must carry the row's old values (a changelog's `update_before`
+    /// rows): sources send the old image of each update, not only of key changes, and
+    /// PostgreSQL needs `REPLICA IDENTITY FULL` as for `deleted_values`.
+    pub before_images: bool,
     /// Globs of the columns read in the source's text form (`as_text`), whatever their
     /// type — for types lakeshore cannot map.
     pub as_text: Vec<String>,
@@ -222,7 +226,16 @@ impl ColumnFilter {
         self.rules
             .iter()
             .find(|r| glob_match(&r.tables, table))
-            .is_some_and(|r| r.deleted_values)
+            .is_some_and(|r| r.deleted_values || r.before_images)
+    }
+
+    /// Whether every update of source table `table` must come with its old image
+    /// ([`ColumnRule::before_images`]).
+    pub fn needs_before_images(&self, table: &str) -> bool {
+        self.rules
+            .iter()
+            .find(|r| glob_match(&r.tables, table))
+            .is_some_and(|r| r.before_images)
     }
 
     /// Whether column `column` of source table `table` is read in the source's text
@@ -732,6 +745,7 @@ mod tests {
             columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
             deleted_values: tables == "shop.*",
+            before_images: false,
             as_text: if tables == "shop.*" {
                 vec!["geo*".into()]
             } else {

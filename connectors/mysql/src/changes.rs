@@ -299,7 +299,9 @@ impl MysqlSource {
         }
         pending.rows.end_row();
         pending.ops.push(op);
-        if pending.ops.len() >= batch_rows {
+        // An old image stays in the batch of its new image (a changelog's
+        // `update_before` row is told from a delete by the row that follows it).
+        if pending.ops.len() >= batch_rows && op != Op::UpdateBefore {
             self.flush_table(t)?;
         }
         Ok(())
@@ -399,7 +401,9 @@ impl MysqlSource {
                     };
                     let (old_key, old_row) = self.key_and_row(t, &map, declared, &before)?;
                     let (new_key, new_row) = self.key_and_row(t, &map, declared, &after)?;
-                    if old_key != new_key && self.passes(t, &old_key) {
+                    let before_image = old_key != new_key
+                        || self.opts.columns.needs_before_images(&self.tables[t].name);
+                    if before_image && self.passes(t, &old_key) {
                         self.push_row(t, Op::UpdateBefore, &old_row)?;
                     }
                     if self.passes(t, &new_key) {

@@ -138,7 +138,9 @@ impl PostgresSource {
         }
         pending.rows.end_row();
         pending.ops.push(op);
-        if pending.ops.len() >= batch_rows {
+        // An old image stays in the batch of its new image (a changelog's
+        // `update_before` row is told from a delete by the row that follows it).
+        if pending.ops.len() >= batch_rows && op != Op::UpdateBefore {
             self.flush_table(t)?;
         }
         Ok(())
@@ -311,7 +313,9 @@ impl PostgresSource {
         let new_key = self.key_of(t, new_data)?;
         if let Some(old) = old_data {
             let old_key = self.key_of(t, old)?;
-            if old_key != new_key && self.passes(t, &old_key, xid) {
+            let before =
+                old_key != new_key || self.opts.columns.needs_before_images(&self.tables[t].name);
+            if before && self.passes(t, &old_key, xid) {
                 self.push_row(t, Op::UpdateBefore, old, None)?;
             }
         }

@@ -281,9 +281,9 @@ fn identity_problem(
     match replica_identity {
         'f' => None,
         _ if deleted_values => Some(format!(
-            "is kept with soft_delete, which keeps a deleted row's values, and PostgreSQL \
-             sends them only under REPLICA IDENTITY FULL; run ALTER TABLE {qualified} \
-             REPLICA IDENTITY FULL (or leave soft_delete out)"
+            "is kept with soft_delete or before_images, which keep a row's old values, and \
+             PostgreSQL sends them only under REPLICA IDENTITY FULL; run ALTER TABLE \
+             {qualified} REPLICA IDENTITY FULL (or leave soft_delete / before_images out)"
         )),
         _ if no_pk && replica_identity != 'f' => Some(format!(
             "has no primary key, so its updates and deletes do not carry the key columns; \
@@ -301,9 +301,20 @@ fn identity_problem(
     }
 }
 
-/// How snapshot chunks order key column `k` of table `name` (of base type `base`).
-fn key_order(name: &str, k: &str, column: &PgColumn, base: &str) -> Result<KeyOrder> {
-    Ok(match (column.kind, base) {
+/// How snapshot chunks order key column `k` of table `name` (`row`: its catalog row).
+fn key_order(
+    name: &str,
+    k: &str,
+    column: &PgColumn,
+    row: &tokio_postgres::Row,
+) -> Result<KeyOrder> {
+    // An array's base type is its element's, but an array never orders like it.
+    let base: String = if row.get(5) {
+        "array".into()
+    } else {
+        row.get(2)
+    };
+    Ok(match (column.kind, base.as_str()) {
         (Kind::Int16 | Kind::Int32 | Kind::Int64, _) => KeyOrder::Int,
         (Kind::Text, "text" | "varchar" | "bpchar" | "name") => KeyOrder::Bytes,
         (Kind::Text, "uuid") | (Kind::Bytea, _) => KeyOrder::BytesNoCollate,
@@ -392,8 +403,7 @@ async fn describe(
                 "table {name} has no column {k:?}; check [source] key_columns"
             ))
         })?;
-        let base = &cols[i].get::<_, String>(2);
-        let order = key_order(&name, k, &columns[i], base)?;
+        let order = key_order(&name, k, &columns[i], &cols[i])?;
         if pk.is_empty() && !cols[i].get::<_, bool>(7) {
             return Err(Error::config(format!(
                 "table {name}, key column {k} may be null; key_columns must be NOT NULL \

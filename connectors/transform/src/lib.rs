@@ -51,6 +51,9 @@ pub struct TransformSpec {
     pub metadata: Vec<Meta>,
     /// How the changes land: every change as a row, or removals as markers.
     pub mode: Mode,
+    /// In a changelog, the old image of every update as an `update_before` row before
+    /// it (`[sink] before_images`).
+    pub before_images: bool,
 }
 
 /// How a table's changes land in the lake (`[sink] mode`, `[sink] soft_delete`).
@@ -91,6 +94,7 @@ impl TransformSpec {
             columns: self.columns.clone(),
             exclude: self.exclude.clone(),
             deleted_values: self.mode == Mode::SoftDelete,
+            before_images: self.before_images && self.mode == Mode::Changelog,
             as_text: self.as_text.clone(),
         }
     }

@@ -123,6 +123,7 @@ fn check_named_columns(specs: &[TransformSpec], tables: &[TableSchema]) -> Resul
         .map(|s| ColumnRule {
             exclude: Vec::new(),
             deleted_values: false,
+            before_images: false,
             ..s.column_rule()
         })
         .collect();

@@ -58,6 +58,8 @@ pub struct TableTransform {
     /// The shaped table the engine sees.
     output: TableSchema,
     mode: Mode,
+    /// A changelog keeps each update's old image as an `update_before` row.
+    before_images: bool,
 }
 
 /// What a transform refuses, naming the table and the column.
@@ -149,6 +151,7 @@ impl TableTransform {
         Ok(TableTransform {
             source_key,
             mode: spec.mode,
+            before_images: spec.before_images && spec.mode == Mode::Changelog,
             keep,
             meta: spec.metadata.clone(),
             work,
@@ -280,6 +283,13 @@ impl TableTransform {
             .map(|i| match (batch.op(i), self.mode) {
                 (Op::Insert, _) if !met(i) => Fate::Drop,
                 (Op::UpdateAfter, _) if !met(i) => Fate::Exit,
+                // Asked for: the old image of an update that keeps its key and was in
+                // the filter (one from outside it is no row of this table).
+                (Op::UpdateBefore, Mode::Changelog)
+                    if self.before_images && !out(i) && self.same_key_follows(batch, i) =>
+                {
+                    Fate::Before
+                }
                 // The old image of an update that keeps its key says nothing the new
                 // one does not; that of a key change is the removal of the old key.
                 (Op::UpdateBefore, Mode::Changelog | Mode::SoftDelete)
@@ -345,6 +355,8 @@ enum Fate {
     Exit,
     /// A delete kept as a marker row (`soft_delete`).
     Mark,
+    /// The old image of an update, kept in a changelog (`before_images`).
+    Before,
 }
 
 /// The rows that land, one entry each: their operation and what the mode adds.
@@ -384,6 +396,7 @@ impl Rows {
                 }
                 Fate::Keep(op) => (op, op_name(op, batch.origin.snapshot)),
                 Fate::Exit => (Op::Delete, "delete"),
+                Fate::Before => (Op::UpdateBefore, "update_before"),
                 // A marker replaces the row: an update of the key to its last values.
                 Fate::Mark => (Op::UpdateAfter, "delete"),
             };
@@ -854,6 +867,23 @@ mod tests {
         same.rows = RecordBatch::try_new(same.rows.schema(), columns).unwrap();
         let one = t.apply(&same, &mut clock).unwrap().unwrap();
         assert_eq!(strings(&one, "_op"), [Some("update".to_string())]);
+        // With before_images, its old image is a row of its own, before it.
+        let with_before = TableTransform::new(
+            &TransformSpec {
+                before_images: true,
+                ..s.clone()
+            },
+            &input(),
+        )
+        .unwrap();
+        let two = with_before
+            .apply(&same, &mut Clock::at(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            strings(&two, "_op"),
+            ["update_before", "update"].map(|s| Some(s.to_string()))
+        );
         // The clock stands still: numbers still grow.
         let next = t
             .apply(&batch(&[Op::UpdateAfter; 2], false), &mut clock)
