@@ -97,3 +97,11 @@ step "integration tests (DuckDB + pyiceberg against the source's own state)"
 export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
 cd "$ROOT/integration"
 "$VENV/bin/python" -m pytest -q -ra tests "$@"
+
+if [ $# -eq 0 ]; then
+  step "the MariaDB suite again, every snapshot read between watermarks (the MySQL 8 path)"
+  export LAKESHORE_TEST_WATERMARKS=1
+  "$VENV/bin/python" -m pytest -q -ra tests/test_mysql.py tests/test_correctness_mysql.py \
+    tests/test_differential.py tests/test_resnapshot.py tests/test_sink_modes.py \
+    tests/test_transforms.py tests/test_whole_db.py tests/test_daemon.py -k "mysql or mariadb"
+fi

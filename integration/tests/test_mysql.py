@@ -3,6 +3,8 @@ source's own rows (read by PyMySQL), after snapshots, concurrent writes and kill
 import datetime
 import random
 import signal
+import sqlite3
+import threading
 import time
 from decimal import Decimal
 
@@ -523,3 +525,61 @@ def test_a_table_without_a_primary_key_is_keyed_by_its_unique_index(tmp_path, my
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 0, err[-3000:]
+
+
+def test_snapshot_between_watermarks_with_hot_rows_and_kill_9(tmp_path, mysql, duck):
+    """The watermark path (MySQL 8's only lock-free snapshot) on MariaDB: rows updated
+    all the time in every chunk, churn, kill -9 during snapshot and streaming; the lake
+    equals the source and the watermark table stays out of the lake."""
+    db = setup_acct(mysql, "wmark", 60000)
+    churn = Churn(mysql, db, 60001, seed=11)
+    churn.start()
+    stop = threading.Event()
+
+    def hot():
+        conn = mysql.connect(db)
+        n = 0
+        while not stop.is_set():
+            with conn.cursor() as cur:
+                # A row in nearly every 500-row chunk, again and again.
+                cur.execute("update acct set v = %s, amount = amount + 1 where id %% 499 = %s",
+                            ("hot%d" % n, n % 7))
+            conn.commit()
+            n += 1
+        conn.close()
+
+    t = threading.Thread(target=hot, daemon=True)
+    t.start()
+    p = my_pipeline(tmp_path, "wmark", mysql, ["wmark.*"], chunk_size=500,
+                    snapshot_watermarks="wmark.lakeshore_watermarks")
+    rng = random.Random(11)
+    try:
+        for _ in range(4):
+            run = start_run(p)
+            time.sleep(rng.uniform(1.0, 2.5))
+            assert run.poll() is None, run.communicate()[1]
+            run.send_signal(signal.SIGKILL)
+            run.communicate()
+    finally:
+        stop.set()
+        t.join()
+        churn.stop()
+    p.backfill()
+    assert_same(duck, mysql, db, p, "acct", ACCT_COLUMNS)
+    # One row per pipeline, last written by a chunk's high watermark.
+    marks = mysql.execute("select mark from lakeshore_watermarks", db)
+    assert len(marks) == 1 and "-H" in marks[0][0], marks
+    with sqlite3.connect(p.catalog_db) as c:
+        lake_tables = [r[0] for r in c.execute("select table_name from iceberg_tables")]
+    assert lake_tables == ["acct"], lake_tables
+
+
+def test_a_watermark_table_that_cannot_be_created_says_what_to_set(tmp_path, mysql):
+    db = mysql.create_db("wmbad")
+    mysql.execute("CREATE TABLE t (id int PRIMARY KEY)", db)
+    mysql.execute("INSERT INTO t VALUES (1)", db)
+    p = my_pipeline(tmp_path, "wmbad", mysql, ["wmbad.t"], snapshot_watermarks="no_such_db.marks")
+    run = p.start()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode != 0
+    assert "snapshot_watermarks" in err and "no_such_db" in err, err

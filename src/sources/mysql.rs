@@ -47,6 +47,13 @@ pub struct MysqlSection {
     pub chunk_size: Option<Spanned<u64>>,
     /// Connections that read snapshot chunks ahead, of different tables at once. Default 2.
     pub parallelism: Option<Spanned<u64>>,
+    /// A table lakeshore may write, as `db.table` (e.g. `"shop.lakeshore_watermarks"`;
+    /// created if absent; the user needs CREATE, SELECT, INSERT and UPDATE on it): each snapshot
+    /// chunk is read between two watermark rows written there, and the binlog between
+    /// them is merged onto the chunk (DBLog). Needed on MySQL 8, RDS and Aurora, whose
+    /// snapshots do not report their binlog position; works on MariaDB too. Default: none
+    /// (MariaDB's snapshot position).
+    pub snapshot_watermarks: Option<Spanned<String>>,
 }
 
 impl SourceSection for MysqlSection {
@@ -74,6 +81,26 @@ impl SourceSection for MysqlSection {
             }
         };
         let (chunk_size, parallelism) = chunking(src, &self.chunk_size, &self.parallelism)?;
+        let snapshot_watermarks = match &self.snapshot_watermarks {
+            Some(w) => match w.get_ref().split_once('.') {
+                Some((db, t))
+                    if !db.is_empty()
+                        && !t.is_empty()
+                        && !w.get_ref().contains(['*', '`'])
+                        && !t.contains('.') =>
+                {
+                    Some(w.get_ref().clone())
+                }
+                _ => {
+                    return Err(src.error(
+                        Some(w.span()),
+                        "snapshot_watermarks names one table as \"db.table\", e.g. \
+                         \"shop.lakeshore_watermarks\"",
+                    ));
+                }
+            },
+            None => None,
+        };
         Ok(Arc::new(Mysql(MysqlOptions {
             url: self.url.0.clone(),
             tables: self.tables.iter().map(|t| t.get_ref().clone()).collect(),
@@ -83,6 +110,7 @@ impl SourceSection for MysqlSection {
             parallelism,
             batch_rows: 8192,
             columns: columns.clone(),
+            snapshot_watermarks,
         })))
     }
 }

@@ -27,7 +27,9 @@ impl MysqlSource {
             None => false,
         };
         if !read {
-            if self.dropped[t].as_ref().is_none_or(|d| start > d) {
+            // A chunk read between watermarks comes after every transaction the stream
+            // passed: nothing to wait for.
+            if self.watermarks.is_none() && self.dropped[t].as_ref().is_none_or(|d| start > d) {
                 self.dropped[t] = Some(start.clone());
             }
             return false;
@@ -44,6 +46,89 @@ impl MysqlSource {
     /// id the server did not list).
     fn charset_of(&self, id: Option<u16>) -> Option<Charset> {
         self.charsets.get(&id?).map(|name| Charset::of(name))
+    }
+
+    /// Change `row` (`None`: removal) of `key` of table `t`: emitted if it
+    /// [`passes`](Self::passes), else applied to the table's held chunk while the binlog
+    /// is between the chunk's watermarks and the chunk covers the key.
+    fn change(&mut self, t: usize, op: Op, key: Key, row: &[Value], removal: bool) -> Result<()> {
+        if self.passes(t, &key) {
+            return self.push_row(t, op, row);
+        }
+        if let Some(held) = self.held[t].as_mut()
+            && held.open
+            && held.covers(&key)
+        {
+            held.apply(&self.tables[t], key, (!removal).then(|| row.to_vec()));
+        }
+        Ok(())
+    }
+
+    /// A row of the watermark table whose `mark` column holds `mark`.
+    async fn on_watermark(&mut self, mark: &str) -> Result<()> {
+        if let Some(h) = self.held.iter_mut().flatten().find(|h| h.low == mark) {
+            h.open = true;
+            return Ok(());
+        }
+        let high = |h: &Option<crate::Held>| h.as_ref().is_some_and(|h| h.high == mark);
+        if let Some(t) = self.held.iter().position(high) {
+            return self.release(t);
+        }
+        // A chunk read ahead and not taken yet: its read is done or ends before its high
+        // watermark is written, so it is taken now, open from here (or dropped: with its
+        // low watermark passed, no one else may take it).
+        let Some(t) = self.expected.remove(mark) else {
+            return Ok(());
+        };
+        let after = match self.position.tables.get(&self.tables[t].name) {
+            Some(Progress::After(k)) => Some(k.clone()),
+            _ => None,
+        };
+        let columns = self.tables[t].columns.len();
+        let read = self
+            .ahead
+            .take(t, after.as_ref(), |read| {
+                read.rows.first().is_none_or(|r| r.len() == columns)
+            })
+            .await?;
+        let usable = self.held[t].is_none()
+            && !self.failed.contains(&t)
+            && self.position.tables.get(&self.tables[t].name) != Some(&Progress::Done);
+        if let Some(read) = read.filter(|_| usable)
+            && let snapshot::Seen::Between { low, high, .. } = &read.seen
+            && low == mark
+        {
+            if after.is_none() {
+                let name = self.tables[t].name.clone();
+                self.out.push_back(SourceEvent::SnapshotStarted(name));
+            }
+            let (low, high) = (low.clone(), high.clone());
+            let mut held = crate::Held::new(after, read, low, high);
+            held.open = true;
+            self.held[t] = Some(held);
+        }
+        Ok(())
+    }
+
+    /// A held chunk whose high watermark the binlog should have carried by now stops the
+    /// pipeline: waiting would stall the snapshot for ever.
+    fn check_held(&self) -> Result<()> {
+        for (t, held) in self.held.iter().enumerate() {
+            if let Some(h) = held
+                && let snapshot::Seen::Between { upper, .. } = &h.read.seen
+                && self.position.binlog >= *upper
+            {
+                let (db, wm) = self.watermarks.clone().unwrap_or_default();
+                return Err(Error::config(format!(
+                    "snapshot of {}: the binlog passed {}:{} without the watermark written to \
+                     {db}.{wm} before it; its writes are not in the binlog this pipeline reads \
+                     (binlog_do_db / binlog_ignore_db, or a replication filter). Put \
+                     [source] snapshot_watermarks in a database the binlog logs",
+                    self.tables[t].name, upper.file, upper.pos
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The stream is at `pos` between transactions.
@@ -339,6 +424,22 @@ impl MysqlSource {
         declared: &[Declared],
         rows: Vec<(Option<stream::Image>, Option<stream::Image>)>,
     ) -> Result<()> {
+        if self
+            .watermarks
+            .as_ref()
+            .is_some_and(|(d, w)| d == db && w == table)
+        {
+            // Column `mark` (or the second, without binlog column names).
+            let at = columns.iter().position(|c| c == "mark").unwrap_or(1);
+            for (_, after) in rows {
+                if let Some(mysql_common::value::Value::Bytes(mark)) =
+                    after.as_ref().and_then(|image| image.get(at))
+                {
+                    self.on_watermark(&String::from_utf8_lossy(mark)).await?;
+                }
+            }
+            return Ok(());
+        }
         let Some(&t) = self.by_name.get(&format!("{db}.{table}")) else {
             return Ok(());
         };
@@ -362,6 +463,7 @@ impl MysqlSource {
         tracing::error!(table = %self.tables[t].name, %error, "the source stops following the table");
         self.pending[t] = None;
         self.dropped[t] = None;
+        self.held[t] = None;
         self.failed.insert(t);
         self.out.push_back(SourceEvent::TableFailed {
             table: self.tables[t].name.clone(),
@@ -384,16 +486,12 @@ impl MysqlSource {
                 RowOp::Insert => {
                     let Some(after) = after else { continue };
                     let (key, row) = self.key_and_row(t, &map, declared, &after)?;
-                    if self.passes(t, &key) {
-                        self.push_row(t, Op::Insert, &row)?;
-                    }
+                    self.change(t, Op::Insert, key, &row, false)?;
                 }
                 RowOp::Delete => {
                     let Some(before) = before else { continue };
                     let (key, row) = self.key_and_row(t, &map, declared, &before)?;
-                    if self.passes(t, &key) {
-                        self.push_row(t, Op::Delete, &row)?;
-                    }
+                    self.change(t, Op::Delete, key, &row, true)?;
                 }
                 RowOp::Update => {
                     let (Some(before), Some(after)) = (before, after) else {
@@ -401,14 +499,16 @@ impl MysqlSource {
                     };
                     let (old_key, old_row) = self.key_and_row(t, &map, declared, &before)?;
                     let (new_key, new_row) = self.key_and_row(t, &map, declared, &after)?;
-                    let before_image = old_key != new_key
-                        || self.opts.columns.needs_before_images(&self.tables[t].name);
-                    if before_image && self.passes(t, &old_key) {
-                        self.push_row(t, Op::UpdateBefore, &old_row)?;
+                    let moved = old_key != new_key;
+                    if moved || self.opts.columns.needs_before_images(&self.tables[t].name) {
+                        // Kept key: a held chunk takes the new image below.
+                        if moved {
+                            self.change(t, Op::UpdateBefore, old_key, &old_row, true)?;
+                        } else if self.passes(t, &old_key) {
+                            self.push_row(t, Op::UpdateBefore, &old_row)?;
+                        }
                     }
-                    if self.passes(t, &new_key) {
-                        self.push_row(t, Op::UpdateAfter, &new_row)?;
-                    }
+                    self.change(t, Op::UpdateAfter, new_key, &new_row, false)?;
                 }
             }
         }
@@ -450,6 +550,7 @@ impl MysqlSource {
                     self.position.gtid = Some(g);
                 }
                 self.passed(next);
+                self.check_held()?;
             }
             Msg::Statement { db, sql, next } => {
                 let (reread, altered) = self.on_statement(&db, &sql)?;
@@ -493,7 +594,12 @@ impl MysqlSource {
             // table). A followed table created again after a DROP (which emptied it)
             // fills from its row events.
             Ddl::CreateTable(name) => {
+                let watermarks = self
+                    .watermarks
+                    .as_ref()
+                    .is_some_and(|(d, w)| name == format!("{d}.{w}"));
                 if !self.by_name.contains_key(&name)
+                    && !watermarks
                     && self
                         .opts
                         .tables
@@ -603,6 +709,7 @@ impl MysqlSource {
         if !done || open_window {
             self.position.tables.remove(&full);
             self.position.windows.retain(|w| w.table != full);
+            self.held[t] = None;
             let start = self.txn.as_ref().unwrap_or(&self.position.binlog);
             self.dropped[t] = Some(start.clone());
             self.read_again();

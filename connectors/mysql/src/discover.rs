@@ -80,6 +80,7 @@ pub async fn discover(
     conn: &mut Conn,
     patterns: &[String],
     filter: &lakeshore_api::ColumnFilter,
+    skip: Option<&str>,
 ) -> Result<Vec<MyTable>> {
     let all: Vec<(String, String)> = conn
         .query(
@@ -104,7 +105,8 @@ pub async fn discover(
         }
         for (db, t) in matched {
             let name = format!("{db}.{t}");
-            if tables.iter().any(|x: &MyTable| x.name == name) {
+            // The snapshot watermark table is never a table of the lake.
+            if skip == Some(name.as_str()) || tables.iter().any(|x: &MyTable| x.name == name) {
                 continue;
             }
             tables.push(describe(conn, db, t, filter).await?);

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 mod changes;
 mod ddl;
 pub mod discover;
+mod held;
 mod server;
 pub mod snapshot;
 mod stream;
@@ -46,7 +47,8 @@ use server::{check_server, my_error};
 
 use changes::{value_error, warn_zero_dates};
 use discover::MyTable;
-use snapshot::Key;
+use held::Held;
+use snapshot::{Key, Seen};
 use stream::Stream;
 use types::RowsBuilder;
 
@@ -117,6 +119,9 @@ pub struct MysqlOptions {
     /// The columns the pipeline reads (its transforms' `columns`/`exclude`); the others
     /// are never selected.
     pub columns: lakeshore_api::ColumnFilter,
+    /// `db.table` to write snapshot watermarks in: chunks are read between two of them
+    /// (any server) instead of in a snapshot that reports its binlog position (MariaDB).
+    pub snapshot_watermarks: Option<String>,
 }
 
 impl fmt::Debug for MysqlOptions {
@@ -127,6 +132,7 @@ impl fmt::Debug for MysqlOptions {
             .field("server_id", &self.server_id)
             .field("startup", &self.startup)
             .field("chunk_size", &self.chunk_size)
+            .field("snapshot_watermarks", &self.snapshot_watermarks)
             .finish()
     }
 }
@@ -254,10 +260,32 @@ pub struct MysqlSource {
     failed: std::collections::HashSet<usize>,
     /// Character set of each collation id (the table maps name a column's by id).
     charsets: HashMap<u16, String>,
+    /// How chunks are placed in the binlog.
+    placement: snapshot::Placement,
+    /// The watermark table as the binlog names it (`db`, `table`), when chunks are read
+    /// between watermarks.
+    watermarks: Option<(String, String)>,
+    /// Per table: its chunk read between watermarks, until the binlog reaches the high one.
+    held: Vec<Option<held::Held>>,
+    /// The low watermark of each chunk read ahead and not yet taken, and its table: the
+    /// binlog reaching it takes the chunk then.
+    expected: HashMap<String, usize>,
+    /// Chunk reads so far (numbers their watermarks).
+    reads: u64,
 }
 
 /// Our column index of each binlog column (`None`: not one of ours).
 type ColumnMap = Vec<Option<usize>>;
+
+/// This process's prefix of watermark marks: a restarted pipeline never mistakes the
+/// marks of an earlier run (still in the binlog after its checkpoint) for its own.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
 
 /// The server's current binlog position.
 async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
@@ -336,7 +364,12 @@ impl MysqlSource {
             check_server(&mut conn).await?;
             charsets = server::collation_charsets(&mut conn).await?;
         }
-        let tables = discover::discover(&mut conn, &opts.tables, &opts.columns).await?;
+        let skip = opts.snapshot_watermarks.as_deref();
+        let tables = discover::discover(&mut conn, &opts.tables, &opts.columns, skip).await?;
+        let watermarks = skip
+            .filter(|_| streaming)
+            .and_then(|w| w.split_once('.'))
+            .map(|(db, t)| (db.to_string(), t.to_string()));
         let position: Position = match position {
             Some(p) => p.decode("MySQL")?,
             None => first_position(&mut conn, &opts.startup, &tables).await?,
@@ -369,6 +402,18 @@ impl MysqlSource {
                 readers.push(connect(&opts.url).await?);
             }
         }
+        // Also when every table is read: a table may have to be read again.
+        let placement = match &watermarks {
+            Some((db, t)) => {
+                snapshot::create_watermarks(&mut conn, db, t).await?;
+                snapshot::Placement::Watermarks {
+                    table: format!("{}.{}", discover::quote_ident(db), discover::quote_ident(t)),
+                    reader: format!("server_id {}", opts.server_id),
+                    run: run_id(),
+                }
+            }
+            None => snapshot::Placement::SnapshotPosition,
+        };
         Ok(MysqlSource {
             ahead: ReadAhead::new(readers),
             bounded: bounded || !streaming,
@@ -395,6 +440,11 @@ impl MysqlSource {
             failed: Default::default(),
             charsets,
             transport,
+            placement,
+            watermarks,
+            held: (0..n).map(|_| None).collect(),
+            expected: HashMap::new(),
+            reads: 0,
             opts,
         })
     }
@@ -403,33 +453,55 @@ impl MysqlSource {
         self.position.tables.get(&self.tables[t].name)
     }
 
-    /// The next table with rows left to read; prefers one whose read-ahead is ready.
+    /// The next table with rows left to read and no chunk held; prefers one whose
+    /// read-ahead is ready.
     fn next_chunk_table(&self) -> Option<usize> {
         self.ahead.next_table(self.tables.len(), |t| {
-            self.progress_of(t) != Some(&Progress::Done) && !self.failed.contains(&t)
+            self.progress_of(t) != Some(&Progress::Done)
+                && !self.failed.contains(&t)
+                && self.held[t].is_none()
         })
+    }
+
+    /// The low and high watermarks of the next chunk read (none without watermarks).
+    fn next_marks(&mut self) -> Option<(String, String)> {
+        self.reads += 1;
+        self.placement.marks(self.reads)
     }
 
     /// Start reading ahead the next chunk of every unfinished table that has none in
     /// flight, while idle connections last.
     fn start_prefetches(&mut self) {
         let (tables, limit) = (&self.tables, self.opts.chunk_size);
-        let after = |t: usize| match self.position.tables.get(&tables[t].name) {
+        let after = |t: usize| match (self.position.tables.get(&tables[t].name), &self.held[t]) {
             _ if self.failed.contains(&t) => None,
-            Some(Progress::Done) => None,
-            Some(Progress::After(k)) => Some(Some(k.clone())),
-            None => Some(None),
+            // The chunk after the held one: its low watermark follows the held one's high.
+            (_, Some(h)) if h.read.complete => None,
+            (_, Some(h)) => Some(h.read.last.clone()),
+            (Some(Progress::Done), _) => None,
+            (Some(Progress::After(k)), _) => Some(Some(k.clone())),
+            (None, _) => Some(None),
         };
+        let (placement, reads, expected) = (&self.placement, &mut self.reads, &mut self.expected);
         self.ahead.start(tables.len(), after, |t, mut conn, key| {
             let table = tables[t].clone();
+            *reads += 1;
+            let marks = placement.marks(*reads);
+            if let Some((low, _)) = &marks {
+                expected.insert(low.clone(), t);
+            }
+            let placement = placement.clone();
             async move {
-                let read = snapshot::read_chunk(&mut conn, &table, key.as_ref(), limit).await;
+                let read =
+                    snapshot::read_chunk(&mut conn, &table, key.as_ref(), limit, &placement, marks)
+                        .await;
                 (conn, read)
             }
         });
     }
 
-    /// Read the next chunk of table `t` and queue its rows.
+    /// Read the next chunk of table `t` and queue its rows (or hold them until the binlog
+    /// reaches the chunk's high watermark).
     async fn read_chunk(&mut self, t: usize) -> Result<()> {
         let table = self.tables[t].clone();
         let after = match self.progress_of(t) {
@@ -449,18 +521,30 @@ impl MysqlSource {
                 read.rows.first().is_none_or(|r| r.len() == columns)
             })
             .await?;
+        self.expected.retain(|_, x| *x != t);
         let mut covering = Covering::default();
         let read = loop {
             let read = match ahead.take() {
                 Some(read) => read,
                 None => {
-                    let limit = self.opts.chunk_size;
-                    snapshot::read_chunk(&mut self.conn, &table, after.as_ref(), limit).await?
+                    let (limit, marks) = (self.opts.chunk_size, self.next_marks());
+                    let placement = &self.placement;
+                    snapshot::read_chunk(
+                        &mut self.conn,
+                        &table,
+                        after.as_ref(),
+                        limit,
+                        placement,
+                        marks,
+                    )
+                    .await?
                 }
             };
-            // Every transaction dropped as not-yet-read must be in this read.
-            if self.dropped[t].as_ref().is_none_or(|d| read.seen > *d) {
-                break read;
+            // Every transaction dropped as not-yet-read must be in this read (a read
+            // between watermarks comes after them all: its low watermark is newer).
+            match &read.seen {
+                Seen::At(seen) if self.dropped[t].as_ref().is_some_and(|d| seen <= d) => {}
+                _ => break read,
             }
             covering
                 .again(|| {
@@ -473,6 +557,17 @@ impl MysqlSource {
                 .await?;
         };
         self.dropped[t] = None;
+        let seen = match &read.seen {
+            Seen::At(seen) => seen.clone(),
+            Seen::Between { low, high, .. } => {
+                // The binlog has not reached its low watermark: the stream is read on
+                // this task, which was busy reading the chunk.
+                let (low, high) = (low.clone(), high.clone());
+                self.held[t] = Some(Held::new(after, read, low, high));
+                self.start_prefetches();
+                return Ok(());
+            }
+        };
         let to = if read.complete {
             None
         } else {
@@ -483,25 +578,38 @@ impl MysqlSource {
                 table: table.name.clone(),
                 from: after.clone(),
                 to,
-                seen: read.seen.clone(),
+                seen,
             });
         }
-        let progress = match (&read.last, read.complete) {
-            (Some(k), false) => Progress::After(k.clone()),
+        self.emit_chunk(t, read.rows, read.last, read.complete)
+    }
+
+    /// Queue the rows of table `t`'s chunk up to `last` (`complete`: to the table's end)
+    /// and record the progress.
+    fn emit_chunk(
+        &mut self,
+        t: usize,
+        rows: Vec<Vec<mysql_common::value::Value>>,
+        last: Option<Key>,
+        complete: bool,
+    ) -> Result<()> {
+        let table = &self.tables[t];
+        let progress = match (last, complete) {
+            (Some(k), false) => Progress::After(k),
             _ => Progress::Done,
         };
-        let n = read.rows.len();
+        let n = rows.len();
         self.snapshot_rows += n as u64;
         let kinds = table.kinds();
-        for chunk in read.rows.chunks(self.opts.batch_rows.max(1)) {
+        for chunk in rows.chunks(self.opts.batch_rows.max(1)) {
             let mut rows = RowsBuilder::new(table.schema.schema.clone(), &kinds, chunk.len());
             for row in chunk {
                 for (i, v) in row.iter().enumerate() {
-                    rows.push(i, v).map_err(|m| value_error(&table, i, m))?;
+                    rows.push(i, v).map_err(|m| value_error(table, i, m))?;
                 }
                 rows.end_row();
             }
-            warn_zero_dates(&table, &rows);
+            warn_zero_dates(table, &rows);
             self.out.push_back(SourceEvent::Batch(ChangeBatch::snapshot(
                 Arc::from(table.name.as_str()),
                 rows.finish()?,
@@ -509,15 +617,33 @@ impl MysqlSource {
         }
         metrics::counter!("lakeshore_mysql_snapshot_rows_total", "table" => table.name.clone())
             .increment(n as u64);
+        let name = table.name.clone();
         if progress == Progress::Done {
-            tracing::info!(table = %table.name, "snapshot complete");
-            self.out
-                .push_back(SourceEvent::SnapshotDone(table.name.clone()));
+            tracing::info!(table = %name, "snapshot complete");
+            self.out.push_back(SourceEvent::SnapshotDone(name.clone()));
         }
-        self.position.tables.insert(table.name.clone(), progress);
+        self.position.tables.insert(name, progress);
         // Read next chunks while this one is written (see `Prefetch`).
         self.start_prefetches();
         Ok(())
+    }
+
+    /// The binlog reached the high watermark of table `t`'s held chunk: queue its rows,
+    /// which are the table's as of here.
+    pub(crate) fn release(&mut self, t: usize) -> Result<()> {
+        let Some(held) = self.held[t].take() else {
+            return Ok(());
+        };
+        let (rows, read) = held.into_rows();
+        let columns = self.tables[t].columns.len();
+        if rows.iter().any(|r| r.len() != columns) {
+            // The table's columns changed while the chunk was held; nothing of it was
+            // emitted, so it is read again.
+            tracing::info!(table = %self.tables[t].name, "columns changed during a chunk read; reading it again");
+            return Ok(());
+        }
+        self.dropped[t] = None;
+        self.emit_chunk(t, rows, read.last, read.complete)
     }
 
     fn position_token(&self) -> SourcePosition {
@@ -525,7 +651,12 @@ impl MysqlSource {
     }
 
     fn maybe_barrier(&mut self) -> Result<bool> {
-        if self.txn.is_some() || self.dropped.iter().any(Option::is_some) {
+        // Not while a held chunk takes changes: a restart would read it again from its
+        // start, after the changes it took were committed.
+        if self.txn.is_some()
+            || self.dropped.iter().any(Option::is_some)
+            || self.held.iter().flatten().any(|h| h.open)
+        {
             return Ok(false);
         }
         if let Some(id) = self.barrier.take() {
@@ -577,7 +708,11 @@ impl Source for MysqlSource {
                         self.finished = true;
                         continue;
                     }
-                    if self.bounded && self.end_at.is_none() {
+                    // A held chunk waits for the binlog to reach its high watermark.
+                    if self.bounded
+                        && self.end_at.is_none()
+                        && self.held.iter().all(Option::is_none)
+                    {
                         let end = master_position(&mut self.conn).await?;
                         tracing::info!(binlog = ?end, "reading the binlog up to here");
                         if self.position.binlog >= end {
@@ -696,6 +831,7 @@ impl Source for MysqlSource {
         self.out.push_back(SourceEvent::Truncate(table.to_string()));
         self.position.tables.remove(table);
         self.position.windows.retain(|w| w.table != table);
+        self.held[t] = None;
         self.read_again();
         tracing::info!(table, "reading the table again (re-snapshot)");
         Ok(())

@@ -214,7 +214,107 @@ pub(crate) async fn binlog_problems(conn: &mut Conn) -> Result<Vec<String>> {
              'FULL' (and in the server's config)"
         ));
     }
+    // MySQL 8 only (MariaDB has neither).
+    if let Some(v) = variable(conn, "binlog_transaction_compression").await?
+        && v.eq_ignore_ascii_case("ON")
+    {
+        problems.push(
+            "binlog_transaction_compression=ON, which lakeshore does not decode yet: SET GLOBAL \
+             binlog_transaction_compression = OFF (and in the server's config)"
+                .into(),
+        );
+    }
+    if let Some(v) = variable(conn, "binlog_row_value_options").await?
+        && v.to_uppercase().contains("PARTIAL_JSON")
+    {
+        problems.push(
+            "binlog_row_value_options=PARTIAL_JSON (JSON partial updates), which lakeshore \
+             does not decode: SET GLOBAL binlog_row_value_options = '' (and in the server's \
+             config)"
+                .into(),
+        );
+    }
     Ok(problems)
+}
+
+/// `validate --connect`: the server's GTID settings, and what they allow.
+async fn gtid_line(conn: &mut Conn) -> Result<String> {
+    if let Some(mode) = variable(conn, "gtid_mode").await? {
+        let enforce = variable(conn, "enforce_gtid_consistency")
+            .await?
+            .unwrap_or_default();
+        let on = mode.eq_ignore_ascii_case("ON") && enforce.eq_ignore_ascii_case("ON");
+        return Ok(if on {
+            format!("GTIDs: gtid_mode={mode}, enforce_gtid_consistency={enforce}")
+        } else {
+            format!(
+                "GTIDs: gtid_mode={mode}, enforce_gtid_consistency={enforce}; positions are binlog \
+                 file and offset only, which mean nothing on another server after a failover \
+                 (set gtid_mode = ON and enforce_gtid_consistency = ON)"
+            )
+        });
+    }
+    let pos = variable(conn, "gtid_binlog_pos").await?.unwrap_or_default();
+    Ok(format!("GTIDs: MariaDB, gtid_binlog_pos={pos}"))
+}
+
+/// `validate --connect`: how snapshot chunks will be placed in the binlog, or why they
+/// cannot be.
+async fn snapshot_line(conn: &mut Conn, opts: &MysqlOptions, grants: &str) -> Result<String> {
+    if let Some(w) = &opts.snapshot_watermarks {
+        let (db, t) = w.split_once('.').unwrap_or((w, ""));
+        let exists: Option<String> = conn
+            .exec_first(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, t),
+            )
+            .await
+            .map_err(|e| my_error("looking for the watermark table", e))?;
+        let may = |what: &str| {
+            grants.contains("ALL PRIVILEGES ON *.*")
+                || grants.lines().any(|g| {
+                    (g.contains("ALL PRIVILEGES") || g.contains(what))
+                        && (g.contains(" ON *.*")
+                            || g.contains(&format!("ON `{}`.", db.to_uppercase())))
+                })
+        };
+        let mut missing: Vec<&str> = ["SELECT", "INSERT", "UPDATE"]
+            .into_iter()
+            .filter(|p| !may(p))
+            .collect();
+        if exists.is_none() && !may("CREATE") {
+            missing.push("CREATE");
+        }
+        if !missing.is_empty() {
+            return Err(Error::config(format!(
+                "[source] snapshot_watermarks = {w:?}: the user lacks {} on it: GRANT {} ON \
+                 `{db}`.`{t}` TO <user>",
+                missing.join(", "),
+                missing.join(", ")
+            )));
+        }
+        let state = if exists.is_some() {
+            "exists"
+        } else {
+            "created at the first snapshot"
+        };
+        return Ok(format!(
+            "snapshot: chunks read between watermarks written to {w} ({state})"
+        ));
+    }
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_file'")
+        .await
+        .map_err(|e| my_error("reading the snapshot status", e))?;
+    if status.is_empty() {
+        return Err(Error::config(
+            "this server does not report its snapshots' binlog position (MySQL; MariaDB and \
+             Percona Server do), which the default snapshot needs: set [source] \
+             snapshot_watermarks = \"<db>.lakeshore_watermarks\" (a table lakeshore may write; \
+             docs/sources/mysql.md)",
+        ));
+    }
+    Ok("snapshot: chunks read at the server's consistent-snapshot position (MariaDB)".into())
 }
 
 /// Bytes of binlog the server wrote since `position` (a checkpoint's), by the sizes of
@@ -371,8 +471,20 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
             }
         }
         lines.push("privileges: REPLICATION SLAVE, REPLICATION CLIENT".into());
+        lines.push(gtid_line(&mut conn).await?);
+        if opts.startup == crate::Startup::Snapshot {
+            let grants = grants.join("\n").to_uppercase();
+            lines.push(snapshot_line(&mut conn, opts, &grants).await?);
+        }
     }
-    for t in discover::discover(&mut conn, &opts.tables, &opts.columns).await? {
+    for t in discover::discover(
+        &mut conn,
+        &opts.tables,
+        &opts.columns,
+        opts.snapshot_watermarks.as_deref(),
+    )
+    .await?
+    {
         let key: Vec<&str> = t.key.iter().map(|&k| t.columns[k].name.as_str()).collect();
         lines.push(format!(
             "table {}: {} columns, key ({})",

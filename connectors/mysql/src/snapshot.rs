@@ -1,6 +1,8 @@
 //! Snapshot chunks: key values that order like the server orders them, and one chunk read
-//! in a consistent-snapshot transaction that also yields the exact binlog position the
-//! read saw (MariaDB's `binlog_snapshot_file` / `binlog_snapshot_position`).
+//! either in a consistent-snapshot transaction that also yields the exact binlog position
+//! the read saw (MariaDB's `binlog_snapshot_file` / `binlog_snapshot_position`), or
+//! between two watermark rows written to a table of the user's choosing (DBLog; any
+//! server, MySQL 8 included).
 
 use std::cmp::Ordering;
 
@@ -16,7 +18,7 @@ use crate::server::my_error;
 use crate::types::Kind;
 
 /// One key column's value, in a form that orders as the server orders it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyValue {
     /// Integers, and decimals scaled by their column's scale.
@@ -81,8 +83,102 @@ pub struct ChunkRead {
     pub last: Option<Key>,
     /// Fewer rows than the limit: the table is read to its end.
     pub complete: bool,
-    /// The binlog position the read's snapshot corresponds to exactly.
-    pub seen: BinlogPos,
+    /// Where the read lies in the binlog.
+    pub seen: Seen,
+}
+
+/// Where a chunk's read lies in the binlog.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// Exactly at this position: the read saw every transaction before it, none after.
+    At(BinlogPos),
+    /// Between two watermark rows: it saw every transaction before the `low` one, none
+    /// after the `high` one, and any of those between them. The `high` row is in the
+    /// binlog before `upper` (the server's position once it was written).
+    Between {
+        low: String,
+        high: String,
+        upper: BinlogPos,
+    },
+}
+
+/// How chunks are placed in the binlog.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// A consistent snapshot that reports its binlog position (MariaDB, Percona).
+    SnapshotPosition,
+    /// Between watermark rows written to `table` (quoted `db`.`t`) in the row of
+    /// `reader`; each read takes the next marks `{run}-L{n}` / `{run}-H{n}`.
+    Watermarks {
+        table: String,
+        reader: String,
+        run: String,
+    },
+}
+
+impl Placement {
+    /// The low and high marks of read number `n` (none for a snapshot position).
+    pub fn marks(&self, n: u64) -> Option<(String, String)> {
+        match self {
+            Placement::SnapshotPosition => None,
+            Placement::Watermarks { run, .. } => {
+                Some((format!("{run}-L{n}"), format!("{run}-H{n}")))
+            }
+        }
+    }
+}
+
+/// Write `mark` into the watermark table (its own transaction, so it lands in the binlog
+/// in commit order with the transactions around it).
+async fn watermark(conn: &mut Conn, table: &str, reader: &str, mark: &str) -> Result<()> {
+    conn.exec_drop(
+        format!(
+            "INSERT INTO {table} (reader, mark) VALUES (?, ?) ON DUPLICATE KEY UPDATE mark = ?"
+        ),
+        (reader, mark, mark),
+    )
+    .await
+    .map_err(|e| {
+        my_error(
+            &format!(
+                "writing a snapshot watermark into {table} (it needs the columns reader \
+                 VARCHAR(64) PRIMARY KEY and mark VARCHAR(64), and the user SELECT, INSERT and UPDATE on \
+                 it; [source] snapshot_watermarks)"
+            ),
+            e,
+        )
+    })
+}
+
+/// Create the watermark table `db`.`t` if it is absent (asked first: a `CREATE TABLE IF
+/// NOT EXISTS` is logged even when the table exists).
+pub async fn create_watermarks(conn: &mut Conn, db: &str, t: &str) -> Result<()> {
+    let exists: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, t),
+        )
+        .await
+        .map_err(|e| my_error("looking for the snapshot watermark table", e))?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    let table = format!("{}.{}", quote_ident(db), quote_ident(t));
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {table} (reader VARCHAR(64) NOT NULL PRIMARY KEY, \
+         mark VARCHAR(64) NOT NULL, written_at TIMESTAMP(6) NOT NULL DEFAULT \
+         CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) COMMENT 'lakeshore snapshot \
+         watermarks: safe to drop when no pipeline snapshots'"
+    );
+    conn.query_drop(sql).await.map_err(|e| {
+        my_error(
+            &format!(
+                "creating the snapshot watermark table {table} ([source] snapshot_watermarks: its \
+                 database must exist and the user needs CREATE, SELECT, INSERT and UPDATE on it)"
+            ),
+            e,
+        )
+    })
 }
 
 /// `SELECT` of the chunk after `after` (the whole table from the start when `None`).
@@ -140,49 +236,46 @@ fn params(table: &MyTable, after: Option<&Key>) -> Params {
     Params::Positional(out)
 }
 
-/// Read the chunk after `after` in a consistent-snapshot transaction.
+/// Read the chunk after `after`, placed in the binlog as `placement` says (`marks`: the
+/// low and high watermarks of this read, for [`Placement::Watermarks`]).
 pub async fn read_chunk(
     conn: &mut Conn,
     table: &MyTable,
     after: Option<&Key>,
     limit: usize,
+    placement: &Placement,
+    marks: Option<(String, String)>,
 ) -> Result<ChunkRead> {
-    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await
-        .map_err(|e| my_error("starting a snapshot chunk", e))?;
-    let status: Vec<(String, String)> = conn
-        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-        .await
-        .map_err(|e| my_error("reading the snapshot's binlog position", e))?;
-    let get = |name: &str| {
-        status
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+    let sql = chunk_sql(table, after, limit);
+    let select = |rows: mysql_async::Result<Vec<Row>>| {
+        rows.map_err(|e| my_error(&format!("reading a chunk of {}", table.name), e))
     };
-    let seen = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
-        (Some(file), Some(pos)) if !file.is_empty() => BinlogPos {
-            file,
-            pos: pos.parse().unwrap_or(4),
-        },
+    let (result, seen) = match (placement, marks) {
+        (
+            Placement::Watermarks {
+                table: wm, reader, ..
+            },
+            Some((low, high)),
+        ) => {
+            watermark(conn, wm, reader, &low).await?;
+            // One statement: its consistent read starts after the low mark committed.
+            let rows = select(conn.exec(sql.as_str(), params(table, after)).await)?;
+            watermark(conn, wm, reader, &high).await?;
+            let upper = crate::master_position(conn).await?;
+            (rows, Seen::Between { low, high, upper })
+        }
         _ => {
-            return Err(Error::unsupported(
-                "the server does not report binlog_snapshot_file / binlog_snapshot_position \
-                 (MariaDB and Percona Server do; MySQL does not), which lakeshore's lock-free \
-                 snapshot needs. With MySQL, copy the tables another way and follow the binlog \
-                 from where the copy was taken: startup = { gtid = \"<@@gtid_executed>\" } or \
-                 { file = ..., position = N }",
-            ));
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .map_err(|e| my_error("starting a snapshot chunk", e))?;
+            let seen = snapshot_position(conn).await?;
+            let rows = select(conn.exec(sql.as_str(), params(table, after)).await)?;
+            conn.query_drop("COMMIT")
+                .await
+                .map_err(|e| my_error("ending a snapshot chunk", e))?;
+            (rows, Seen::At(seen))
         }
     };
-    let sql = chunk_sql(table, after, limit);
-    let result: Vec<Row> = conn
-        .exec(sql.as_str(), params(table, after))
-        .await
-        .map_err(|e| my_error(&format!("reading a chunk of {}", table.name), e))?;
-    conn.query_drop("COMMIT")
-        .await
-        .map_err(|e| my_error("ending a snapshot chunk", e))?;
     let complete = result.len() < limit;
     let rows: Vec<Vec<Value>> = result.into_iter().map(|r| r.unwrap()).collect();
     let last = match rows.last() {
@@ -200,6 +293,33 @@ pub async fn read_chunk(
         complete,
         seen,
     })
+}
+
+/// The binlog position of the open consistent snapshot (MariaDB, Percona).
+async fn snapshot_position(conn: &mut Conn) -> Result<BinlogPos> {
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(|e| my_error("reading the snapshot's binlog position", e))?;
+    let get = |name: &str| {
+        status
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+        (Some(file), Some(pos)) if !file.is_empty() => Ok(BinlogPos {
+            file,
+            pos: pos.parse().unwrap_or(4),
+        }),
+        _ => Err(Error::unsupported(
+            "the server does not report binlog_snapshot_file / binlog_snapshot_position \
+             (MariaDB and Percona Server do; MySQL does not), which lakeshore's lock-free \
+             snapshot reads by default. On MySQL, give lakeshore a table to write its \
+             snapshot watermarks in: [source] snapshot_watermarks = \"<db>.lakeshore_watermarks\" \
+             (created if absent; docs/sources/mysql.md)",
+        )),
+    }
 }
 
 /// The key of a full row.

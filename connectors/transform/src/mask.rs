@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, StringArray, new_null_array};
 use arrow_schema::{DataType, Field};
@@ -50,23 +49,7 @@ pub(crate) fn mask(values: &ArrayRef, mask: &Mask) -> Result<ArrayRef, String> {
                 .map(|i| values.is_valid(i).then_some(c.as_str()))
                 .collect::<StringArray>(),
         ),
-        Mask::Hash { salt } => {
-            let mut out = StringBuilder::with_capacity(n, n * 64);
-            let mut hex = [0u8; 64];
-            let salted = Sha256::new().chain_update(salt.as_bytes());
-            each_bytes(values, |v| match v {
-                None => out.append_null(),
-                Some(bytes) => {
-                    let digest = salted.clone().chain_update(bytes).finalize();
-                    for (i, b) in digest.iter().enumerate() {
-                        hex[2 * i] = HEX[(b >> 4) as usize];
-                        hex[2 * i + 1] = HEX[(b & 15) as usize];
-                    }
-                    out.append_value(std::str::from_utf8(&hex).expect("hex digits"));
-                }
-            })?;
-            Arc::new(out.finish())
-        }
+        Mask::Hash { salt } => Arc::new(hashed(values, salt)?),
         Mask::Truncate(len) => match values.data_type() {
             DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
                 let mut out = arrow_array::builder::BinaryBuilder::new();
@@ -88,7 +71,44 @@ pub(crate) fn mask(values: &ArrayRef, mask: &Mask) -> Result<ArrayRef, String> {
     })
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        out[b] = [DIGITS[b >> 4], DIGITS[b & 15]];
+        b += 1;
+    }
+    out
+};
+
+/// SHA-256 of `salt` and each value, as 64 lowercase hex digits; nulls stay null. The
+/// digits go straight into the array's value buffer (one UTF-8 check for the whole
+/// buffer, not one per value).
+fn hashed(values: &ArrayRef, salt: &str) -> Result<StringArray, String> {
+    let n = values.len();
+    let mut digits: Vec<u8> = Vec::with_capacity(n * 64);
+    let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
+    offsets.push(0);
+    let mut valid = Vec::with_capacity(n);
+    let salted = Sha256::new().chain_update(salt.as_bytes());
+    each_bytes(values, |v| {
+        if let Some(bytes) = v {
+            let digest = salted.clone().chain_update(bytes).finalize();
+            digits.extend(digest.iter().flat_map(|b| HEX_PAIRS[*b as usize]));
+        }
+        valid.push(v.is_some());
+        offsets.push(i32::try_from(digits.len()).unwrap_or(i32::MAX));
+    })?;
+    let nulls = valid.contains(&false).then(|| valid.into());
+    StringArray::try_new(
+        arrow_buffer::OffsetBuffer::new(offsets.into()),
+        digits.into(),
+        nulls,
+    )
+    .map_err(|e| format!("hashing a column: {e}"))
+}
 
 /// Each value of `values` as bytes: binary values as they are, everything else as its
 /// text (UTF-8).
