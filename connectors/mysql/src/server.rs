@@ -263,13 +263,7 @@ async fn gtid_line(conn: &mut Conn) -> Result<String> {
 async fn snapshot_line(conn: &mut Conn, opts: &MysqlOptions, grants: &str) -> Result<String> {
     if let Some(w) = &opts.snapshot_watermarks {
         let (db, t) = w.split_once('.').unwrap_or((w, ""));
-        let exists: Option<String> = conn
-            .exec_first(
-                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (db, t),
-            )
-            .await
-            .map_err(|e| my_error("looking for the watermark table", e))?;
+        let exists = crate::snapshot::watermarks_exist(conn, db, t).await?;
         let may = |what: &str| {
             grants.contains("ALL PRIVILEGES ON *.*")
                 || grants.lines().any(|g| {
@@ -282,7 +276,7 @@ async fn snapshot_line(conn: &mut Conn, opts: &MysqlOptions, grants: &str) -> Re
             .into_iter()
             .filter(|p| !may(p))
             .collect();
-        if exists.is_none() && !may("CREATE") {
+        if !exists && !may("CREATE") {
             missing.push("CREATE");
         }
         if !missing.is_empty() {
@@ -293,7 +287,7 @@ async fn snapshot_line(conn: &mut Conn, opts: &MysqlOptions, grants: &str) -> Re
                 missing.join(", ")
             )));
         }
-        let state = if exists.is_some() {
+        let state = if exists {
             "exists"
         } else {
             "created at the first snapshot"

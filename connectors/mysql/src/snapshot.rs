@@ -150,9 +150,8 @@ async fn watermark(conn: &mut Conn, table: &str, reader: &str, mark: &str) -> Re
     })
 }
 
-/// Create the watermark table `db`.`t` if it is absent (asked first: a `CREATE TABLE IF
-/// NOT EXISTS` is logged even when the table exists).
-pub async fn create_watermarks(conn: &mut Conn, db: &str, t: &str) -> Result<()> {
+/// Whether the watermark table `db`.`t` exists.
+pub async fn watermarks_exist(conn: &mut Conn, db: &str, t: &str) -> Result<bool> {
     let exists: Option<u8> = conn
         .exec_first(
             "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -160,7 +159,13 @@ pub async fn create_watermarks(conn: &mut Conn, db: &str, t: &str) -> Result<()>
         )
         .await
         .map_err(|e| my_error("looking for the snapshot watermark table", e))?;
-    if exists.is_some() {
+    Ok(exists.is_some())
+}
+
+/// Create the watermark table `db`.`t` if it is absent (asked first: a `CREATE TABLE IF
+/// NOT EXISTS` is logged even when the table exists).
+pub async fn create_watermarks(conn: &mut Conn, db: &str, t: &str) -> Result<()> {
+    if watermarks_exist(conn, db, t).await? {
         return Ok(());
     }
     let table = format!("{}.{}", quote_ident(db), quote_ident(t));
