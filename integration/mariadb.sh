@@ -6,7 +6,9 @@
 #   integration/mariadb.sh restart DIR     stop then start again (same data)
 # The binlog settings are lakeshore's requirements; LAKESHORE_MY_BINLOG_FORMAT overrides
 # binlog_format (tests of a wrong setup); LAKESHORE_MY_TLS=1 at start makes a server that
-# accepts only TLS over TCP (test CA in DIR/tls/ca.pem; the socket stays plain).
+# accepts only TLS over TCP (test CA in DIR/tls/ca.pem; the socket stays plain);
+# LAKESHORE_MY_SERVER_ID sets server_id (default 1: a replica needs another). Replicated
+# transactions are written to the binlog too (a replica can be promoted to primary).
 set -euo pipefail
 
 my_start() {
@@ -19,8 +21,8 @@ my_start() {
   fi
   mariadbd --no-defaults --datadir="$dir/data" --user="$(id -un)" --port="$port" \
     --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
-    --log-error="$dir/error.log" --skip-name-resolve --server-id=1 \
-    --log-bin="$dir/data/mysql-bin" --binlog-format="${LAKESHORE_MY_BINLOG_FORMAT:-ROW}" \
+    --log-error="$dir/error.log" --skip-name-resolve --server-id="${LAKESHORE_MY_SERVER_ID:-1}" \
+    --log-bin="$dir/data/mysql-bin" --log-slave-updates --binlog-format="${LAKESHORE_MY_BINLOG_FORMAT:-ROW}" \
     --binlog-row-image=FULL --binlog-row-metadata=FULL --innodb-buffer-pool-size=128M \
     --innodb-flush-log-at-trx-commit=0 --sync-binlog=0 --max-connections=300 "${tls[@]}" \
     >/dev/null 2>&1 &

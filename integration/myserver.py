@@ -11,14 +11,15 @@ class MyServer:
 
     SCRIPT = str(ROOT / "integration" / "mariadb.sh")
 
-    def __init__(self, binlog_format="ROW", tls=False):
+    def __init__(self, binlog_format="ROW", tls=False, server_id=1):
         import socket
         import tempfile
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.dir = tempfile.mkdtemp(prefix="lakeshore-my-")
-        self.env = {**os.environ, "LAKESHORE_MY_BINLOG_FORMAT": binlog_format}
+        self.env = {**os.environ, "LAKESHORE_MY_BINLOG_FORMAT": binlog_format,
+                    "LAKESHORE_MY_SERVER_ID": str(server_id)}
         if tls:
             # TCP only over TLS, with a test CA at `self.ca` (see mariadb.sh).
             self.env["LAKESHORE_MY_TLS"] = "1"
@@ -47,6 +48,19 @@ class MyServer:
 
     def restart(self):
         subprocess.run([self.SCRIPT, "restart", self.dir], check=True, env=self.env)
+
+    def kill(self):
+        """kill -9: the server dies as a failed primary does (its data directory stays)."""
+        import signal
+        pid = int(Path(self.dir, "mysqld.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            import time
+            time.sleep(0.1)
 
     def stop(self):
         subprocess.run([self.SCRIPT, "stop", self.dir], check=False)

@@ -131,6 +131,15 @@ impl MysqlSource {
         Ok(())
     }
 
+    /// The open transaction ended; the next one starts at `next`.
+    fn committed(&mut self, next: BinlogPos) {
+        self.txn = None;
+        if let (Some(g), Some(at)) = (self.txn_gtid.take(), self.position.gtids.as_mut()) {
+            at.add(&g);
+        }
+        self.passed(next);
+    }
+
     /// The stream is at `pos` between transactions.
     pub(crate) fn passed(&mut self, pos: BinlogPos) {
         self.position.windows.retain(|w| w.seen > pos);
@@ -523,7 +532,8 @@ impl MysqlSource {
                 if self.txn.is_none() {
                     if self.record_origin {
                         let position = gtid
-                            .clone()
+                            .as_ref()
+                            .map(|g| g.to_string())
                             .unwrap_or_else(|| format!("{}:{}", at.file, at.pos));
                         self.txn_origin = Some((i64::from(ts) * 1_000_000, position));
                     }
@@ -545,11 +555,7 @@ impl MysqlSource {
                     .await?
             }
             Msg::Commit { next } => {
-                self.txn = None;
-                if let Some(g) = self.txn_gtid.take() {
-                    self.position.gtid = Some(g);
-                }
-                self.passed(next);
+                self.committed(next);
                 self.check_held()?;
             }
             Msg::Statement { db, sql, next } => {
@@ -560,14 +566,15 @@ impl MysqlSource {
                 for t in altered {
                     self.add_new_columns(t).await?;
                 }
-                self.txn = None;
-                if let Some(g) = self.txn_gtid.take() {
-                    self.position.gtid = Some(g);
-                }
-                self.passed(next);
+                self.committed(next);
             }
+            // Not before a GTID start's first transaction: the file named by the server's
+            // first rotation is where it found the GTID, not where the stream resumes.
             Msg::Advance { next } => {
-                if self.txn.is_none() && next > self.position.binlog {
+                if self.txn.is_none()
+                    && !self.position.binlog.file.is_empty()
+                    && next > self.position.binlog
+                {
                     self.passed(next);
                 }
             }

@@ -36,12 +36,14 @@ use serde::{Deserialize, Serialize};
 mod changes;
 mod ddl;
 pub mod discover;
+mod gtid;
 mod held;
 mod server;
 pub mod snapshot;
 mod stream;
 pub mod types;
 
+pub use gtid::Gtid;
 pub use server::{binlog_behind, check, connect, redact};
 use server::{check_server, my_error};
 
@@ -66,38 +68,6 @@ pub enum Startup {
     Gtid(String),
     /// Follow the binlog from this file and offset (a transaction boundary).
     File { file: String, position: u64 },
-}
-
-/// A GTID position to start from, in the form of one server flavour.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Gtid {
-    /// MariaDB: the last GTID per domain, `domain-server-seq[,...]`.
-    MariaDb(String),
-    /// MySQL: the set of transactions already applied, `uuid:1-100[:...][,...]`; the server
-    /// sends every transaction not in it.
-    MySql(Vec<mysql_common::packets::Sid<'static>>),
-}
-
-impl Gtid {
-    /// Parse either flavour; `None` when `s` is neither.
-    pub fn parse(s: &str) -> Option<Gtid> {
-        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        if s.trim().is_empty() {
-            return None;
-        }
-        let mariadb = parts.iter().all(|one| {
-            let nums: Vec<&str> = one.split('-').collect();
-            nums.len() == 3 && nums.iter().all(|n| n.parse::<u64>().is_ok())
-        });
-        if mariadb {
-            return Some(Gtid::MariaDb(parts.join(",")));
-        }
-        parts
-            .iter()
-            .map(|one| one.parse().ok())
-            .collect::<Option<Vec<_>>>()
-            .map(Gtid::MySql)
-    }
 }
 
 /// Validated `[source]` settings for `type = "mysql"`.
@@ -176,9 +146,17 @@ const SILENCE: Duration = Duration::from_secs(30);
 struct Position {
     /// Where the next transaction starts.
     binlog: BinlogPos,
-    /// GTID of the last transaction before the position (MariaDB), for operators.
+    /// The GTID position at `binlog` (MariaDB's last GTID per domain, MySQL's executed
+    /// set), when the server keeps GTIDs: resumes where `binlog` means nothing (another
+    /// server after a failover, purged or rewritten binlogs).
     #[serde(default)]
-    gtid: Option<String>,
+    gtids: Option<Gtid>,
+    /// MySQL: the `server_uuid` of the server whose binlog `binlog` is in.
+    #[serde(default)]
+    server: Option<String>,
+    /// Checkpoints written before `gtids`: a GTID start not yet passed (read only).
+    #[serde(default, rename = "gtid", skip_serializing)]
+    last_gtid: Option<String>,
     /// Snapshot progress per table; absent = not started.
     #[serde(default)]
     tables: BTreeMap<String, Progress>,
@@ -233,7 +211,7 @@ pub struct MysqlSource {
     stream: Option<Stream>,
     /// Start of the open transaction, if inside one.
     txn: Option<BinlogPos>,
-    txn_gtid: Option<String>,
+    txn_gtid: Option<gtid::TxnGtid>,
     /// Each row's commit time and position are recorded (`Source::record_origin`).
     record_origin: bool,
     /// The event time (µs) and position (GTID, else `file:pos`) of the transaction being
@@ -289,6 +267,11 @@ fn run_id() -> String {
 
 /// The server's current binlog position.
 async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
+    Ok(master_status(conn).await?.0)
+}
+
+/// The server's current binlog position, and MySQL's executed GTID set at it.
+async fn master_status(conn: &mut Conn) -> Result<(BinlogPos, Option<String>)> {
     let row: Option<mysql_async::Row> = conn
         .query_first("SHOW MASTER STATUS")
         .await
@@ -301,7 +284,9 @@ async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
     })?;
     let file: String = row.get(0).unwrap_or_default();
     let pos: u64 = row.get(1).unwrap_or(4);
-    Ok(BinlogPos { file, pos })
+    // MariaDB's row has four columns.
+    let executed: Option<String> = row.get_opt(4).and_then(|v| v.ok());
+    Ok((BinlogPos { file, pos }, executed))
 }
 
 /// Where a pipeline without a checkpoint starts: at `startup`'s binlog file and
@@ -312,7 +297,7 @@ async fn first_position(
     startup: &Startup,
     tables: &[MyTable],
 ) -> Result<Position> {
-    let (binlog, gtid) = match startup {
+    let (binlog, executed) = match startup {
         Startup::File { file, position } => (
             BinlogPos {
                 file: file.clone(),
@@ -321,30 +306,74 @@ async fn first_position(
             None,
         ),
         // Found by the server from the GTID; the first rotation names it.
-        Startup::Gtid(g) => (
-            BinlogPos {
+        Startup::Gtid(g) => {
+            let gtids = Gtid::parse(g).ok_or_else(|| {
+                Error::config(format!("[source] startup: {g:?} is not a GTID position"))
+            })?;
+            let mut p = Position::at(BinlogPos {
                 file: String::new(),
                 pos: 4,
-            },
-            Some(g.clone()),
-        ),
-        _ => (master_position(conn).await?, None),
+            });
+            p.gtids = Some(gtids);
+            return Ok(p.every_table_read(tables));
+        }
+        _ => master_status(conn).await?,
     };
-    let mut p = Position {
-        binlog,
-        gtid,
-        tables: BTreeMap::new(),
-        windows: Vec::new(),
-    };
-    if matches!(
-        startup,
-        Startup::Latest | Startup::Gtid(_) | Startup::File { .. }
-    ) {
-        for t in tables {
-            p.tables.insert(t.name.clone(), Progress::Done);
+    let mut p = Position::at(binlog);
+    (p.gtids, p.server) = gtid::at_start(conn, &p.binlog, executed).await?;
+    Ok(match startup {
+        Startup::File { file, position } => {
+            if p.gtids.is_none() && gtid::is_mariadb(conn).await? {
+                return Err(Error::config(format!(
+                    "[source] startup: {file}:{position} is not where a transaction starts in                      this server's binlog (SHOW BINLOG EVENTS IN '{file}' lists the events and                      their positions; SHOW BINARY LOGS the files)"
+                )));
+            }
+            p.every_table_read(tables)
+        }
+        Startup::Latest => p.every_table_read(tables),
+        _ => p,
+    })
+}
+
+impl Position {
+    /// At `binlog`, nothing read yet.
+    fn at(binlog: BinlogPos) -> Position {
+        Position {
+            binlog,
+            gtids: None,
+            server: None,
+            last_gtid: None,
+            tables: BTreeMap::new(),
+            windows: Vec::new(),
         }
     }
-    Ok(p)
+
+    /// With every table counted as read (no snapshot).
+    fn every_table_read(mut self, tables: &[MyTable]) -> Position {
+        for t in tables {
+            self.tables.insert(t.name.clone(), Progress::Done);
+        }
+        self
+    }
+}
+
+/// Start the binlog stream at `p`, by file and offset or by GTID ([`gtid::resume`]);
+/// with the tables that must be read again: chunks read ahead of a checkpoint know
+/// where they were read by the old server's binlog positions.
+async fn follow(
+    opts: &MysqlOptions,
+    conn: &mut Conn,
+    p: &mut Position,
+) -> Result<(Stream, Vec<String>)> {
+    let by_gtid = gtid::resume(conn, p).await?;
+    let stream = stream::start(&opts.url, opts.server_id, &p.binlog, by_gtid.as_ref()).await?;
+    let mut moved = Vec::new();
+    if by_gtid.is_some() {
+        moved = p.windows.iter().map(|w| w.table.clone()).collect();
+        moved.sort();
+        moved.dedup();
+    }
+    Ok((stream, moved))
 }
 
 impl MysqlSource {
@@ -370,21 +399,15 @@ impl MysqlSource {
             .filter(|_| streaming)
             .and_then(|w| w.split_once('.'))
             .map(|(db, t)| (db.to_string(), t.to_string()));
-        let position: Position = match position {
+        let mut position: Position = match position {
             Some(p) => p.decode("MySQL")?,
             None => first_position(&mut conn, &opts.startup, &tables).await?,
         };
-        let stream = if streaming {
-            // Before the first event names its file, a GTID start resumes by GTID.
-            let gtid = position
-                .binlog
-                .file
-                .is_empty()
-                .then(|| position.gtid.clone())
-                .flatten();
-            Some(stream::start(&opts.url, opts.server_id, &position.binlog, gtid.as_deref()).await?)
+        let (stream, moved) = if streaming {
+            let (stream, moved) = follow(&opts, &mut conn, &mut position).await?;
+            (Some(stream), moved)
         } else {
-            None
+            (None, Vec::new())
         };
         let by_name = tables
             .iter()
@@ -414,7 +437,7 @@ impl MysqlSource {
             }
             None => snapshot::Placement::SnapshotPosition,
         };
-        Ok(MysqlSource {
+        let mut source = MysqlSource {
             ahead: ReadAhead::new(readers),
             bounded: bounded || !streaming,
             conn,
@@ -446,7 +469,16 @@ impl MysqlSource {
             expected: HashMap::new(),
             reads: 0,
             opts,
-        })
+        };
+        for table in moved {
+            tracing::warn!(
+                table,
+                "the checkpoint was taken during the table's snapshot with chunks placed by \
+                 the old server's binlog positions; reading the table again"
+            );
+            lakeshore_api::Source::resnapshot(&mut source, &table)?;
+        }
+        Ok(source)
     }
 
     fn progress_of(&self, t: usize) -> Option<&Progress> {
@@ -841,34 +873,6 @@ impl Source for MysqlSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gtid_positions_of_both_flavours() {
-        assert_eq!(
-            Gtid::parse("0-1-100, 1-2-5"),
-            Some(Gtid::MariaDb("0-1-100,1-2-5".into()))
-        );
-        let Some(Gtid::MySql(sids)) = Gtid::parse(
-            "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5:7,4e11fa47-71ca-11e1-9e33-c80aa9429562:1",
-        ) else {
-            panic!("a MySQL GTID set")
-        };
-        assert_eq!(sids.len(), 2);
-        // Intervals are half-open on the wire: 1-5 is [1, 6).
-        let first: Vec<(u64, u64)> = sids[0]
-            .intervals()
-            .iter()
-            .map(|i| (i.start(), i.end()))
-            .collect();
-        assert_eq!(first, vec![(1, 6), (7, 8)]);
-        assert_eq!(
-            sids[0].to_string(),
-            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"
-        );
-        for bad in ["", "zero", "0-1", "0-1-x", "3e11fa47:1-5", "0-1-100,uuid:1"] {
-            assert_eq!(Gtid::parse(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn binlog_positions_order_by_file_number_then_offset() {

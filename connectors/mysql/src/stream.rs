@@ -13,8 +13,9 @@ use mysql_common::binlog::events::{EventData, RowsEventData};
 use mysql_common::value::Value;
 use tokio::sync::mpsc;
 
+use crate::BinlogPos;
+use crate::gtid::{Gtid, TxnGtid};
 use crate::server::{connect, redact};
-use crate::{BinlogPos, Gtid};
 
 /// MariaDB's GTID event.
 const MARIADB_GTID_EVENT: u8 = 162;
@@ -37,7 +38,7 @@ pub enum Msg {
     /// transaction ends with its [`Msg::Statement`].
     Begin {
         at: BinlogPos,
-        gtid: Option<String>,
+        gtid: Option<TxnGtid>,
         /// The event's timestamp (seconds since the epoch).
         ts: u32,
     },
@@ -197,26 +198,18 @@ impl Drop for Stream {
 async fn from_gtid<'a>(
     conn: &mut Conn,
     request: BinlogStreamRequest<'a>,
-    gtid: &str,
+    gtid: &Gtid,
 ) -> Result<BinlogStreamRequest<'a>> {
-    let text = gtid;
-    let gtid = Gtid::parse(gtid).ok_or_else(|| {
-        Error::config(format!("[source] startup: {text:?} is not a GTID position"))
-    })?;
-    let version: Option<String> = conn
-        .query_first("SELECT VERSION()")
-        .await
-        .map_err(|e| crate::server::my_error("reading the version", e))?;
-    let mariadb = version.unwrap_or_default().contains("MariaDB");
+    let mariadb = crate::gtid::is_mariadb(conn).await?;
     Ok(match (gtid, mariadb) {
-        (Gtid::MariaDb(g), true) => {
-            conn.exec_drop("SET @slave_connect_state = ?", (g,))
+        (Gtid::MariaDb(_), true) => {
+            conn.exec_drop("SET @slave_connect_state = ?", (gtid.to_string(),))
                 .await
                 .map_err(|e| crate::server::my_error("setting the GTID to start from", e))?;
             request
         }
         // MySQL: COM_BINLOG_DUMP_GTID with the executed set; the server skips those.
-        (Gtid::MySql(sids), false) => request.with_gtid().with_gtid_set(sids),
+        (Gtid::MySql(_), false) => request.with_gtid().with_gtid_set(gtid.sids()),
         (_, mariadb) => {
             let want = if mariadb {
                 "MariaDB's domain-server-seq, e.g. { gtid = \"0-1-100\" } (SELECT \
@@ -226,20 +219,20 @@ async fn from_gtid<'a>(
                  c80aa9429562:1-100\" } (SELECT @@gtid_executed)"
             };
             return Err(Error::config(format!(
-                "[source] startup: {text:?} is the other server flavour's GTID; this \
+                "[source] startup: {gtid} is the other server flavour's GTID; this \
                      server needs {want}"
             )));
         }
     })
 }
 
-/// Start reading the binlog at `from` (a transaction boundary), or after the MariaDB
-/// GTID position `gtid` when given.
+/// Start reading the binlog at `from` (a transaction boundary), or after the GTID
+/// position `gtid` when given.
 pub async fn start(
     url: &str,
     server_id: u32,
     from: &BinlogPos,
-    gtid: Option<&str>,
+    gtid: Option<&Gtid>,
 ) -> Result<Stream> {
     let mut conn = connect(url).await?;
     // MariaDB sends its GTID events only to replicas that say they understand them, and
@@ -266,6 +259,10 @@ pub async fn start(
         ))
     })?;
     let (tx, rx) = mpsc::channel(1024);
+    let resume = match gtid {
+        Some(g) => format!("after GTID position {g}"),
+        None => format!("{}:{}", from.file, from.pos),
+    };
     let mut decoder = Decoder {
         file: from.file.clone(),
         fde_seen: false,
@@ -278,7 +275,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         while let Some(ev) = stream.next().await {
             let msg = match ev {
-                Err(e) => Err(stream_error(e, &decoder.file)),
+                Err(e) => Err(stream_error(e, &resume)),
                 Ok(ev) => {
                     let end = ev.header().log_pos() as u64;
                     if let Some(seconds) = lag_of(&ev.header()) {
@@ -333,14 +330,17 @@ fn lag_of(header: &mysql_common::binlog::events::BinlogEventHeader) -> Option<f6
     }
 }
 
-fn stream_error(e: mysql_async::Error, file: &str) -> Error {
+/// A stream error; 1236 (the server cannot send from `resume`) needs a new snapshot.
+fn stream_error(e: mysql_async::Error, resume: &str) -> Error {
     if let mysql_async::Error::Server(s) = &e
         && s.code == 1236
     {
         return Error::config(format!(
-            "the server no longer has the binlog lakeshore must resume from ({file}): {}. \
-                 The changes since the last checkpoint are gone; take a new snapshot under a \
-                 new pipeline name (and keep binlogs longer: binlog_expire_logs_seconds)",
+            "the server no longer has the binlog lakeshore must resume from ({resume}), or \
+                 never had it (a replica promoted before it received every transaction the \
+                 lake has): {}. The changes since the last checkpoint are not on this server; \
+                 take a new snapshot under a new pipeline name (and keep binlogs longer: \
+                 binlog_expire_logs_seconds)",
             s.message
         ));
     }
@@ -376,13 +376,18 @@ impl Decoder {
                 let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
                 let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
                 let server = ev.header().server_id();
+                let gtid = TxnGtid::MariaDb {
+                    domain,
+                    server,
+                    seq,
+                };
                 let start = end.saturating_sub(ev.header().event_size() as u64);
                 Ok(Some(Msg::Begin {
                     at: BinlogPos {
                         file: file.clone(),
                         pos: start,
                     },
-                    gtid: Some(format!("{domain}-{server}-{seq}")),
+                    gtid: Some(gtid),
                     ts,
                 }))
             }
@@ -499,21 +504,11 @@ impl Decoder {
     }
 }
 
-/// A MySQL GTID as MySQL prints it: `source-uuid[:tag]:transaction-number`.
-fn mysql_gtid(g: &mysql_common::binlog::events::GtidEvent) -> String {
-    let sid = g.sid();
-    let hex: String = sid.iter().map(|b| format!("{b:02x}")).collect();
-    let uuid = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
-    match g.tag() {
-        Some(tag) => format!("{uuid}:{}:{}", tag.as_str(), g.gno()),
-        None => format!("{uuid}:{}", g.gno()),
+/// A MySQL transaction's GTID: its source (uuid and tag) and number.
+fn mysql_gtid(g: &mysql_common::binlog::events::GtidEvent) -> TxnGtid {
+    TxnGtid::MySql {
+        source: (g.sid(), g.tag().map(|t| t.as_str().to_string())),
+        gno: g.gno(),
     }
 }
 
@@ -634,6 +629,9 @@ mod tests {
             0x95, 0x62,
         ];
         let g = GtidEvent::new(sid, 23);
-        assert_eq!(mysql_gtid(&g), "3e11fa47-71ca-11e1-9e33-c80aa9429562:23");
+        assert_eq!(
+            mysql_gtid(&g).to_string(),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:23"
+        );
     }
 }
