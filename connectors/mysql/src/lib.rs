@@ -33,6 +33,8 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+mod binlog_tests;
 mod changes;
 mod ddl;
 pub mod discover;
@@ -52,6 +54,7 @@ use discover::MyTable;
 use held::Held;
 use snapshot::{Key, Seen};
 use stream::Stream;
+pub use stream::decode_file;
 use types::RowsBuilder;
 
 /// What to do first.

@@ -214,16 +214,7 @@ pub(crate) async fn binlog_problems(conn: &mut Conn) -> Result<Vec<String>> {
              'FULL' (and in the server's config)"
         ));
     }
-    // MySQL 8 only (MariaDB has neither).
-    if let Some(v) = variable(conn, "binlog_transaction_compression").await?
-        && v.eq_ignore_ascii_case("ON")
-    {
-        problems.push(
-            "binlog_transaction_compression=ON, which lakeshore does not decode yet: SET GLOBAL \
-             binlog_transaction_compression = OFF (and in the server's config)"
-                .into(),
-        );
-    }
+    // MySQL 8 only (MariaDB has none). Compressed transactions are decoded.
     if let Some(v) = variable(conn, "binlog_row_value_options").await?
         && v.to_uppercase().contains("PARTIAL_JSON")
     {
@@ -443,7 +434,16 @@ pub async fn check(opts: &MysqlOptions) -> Result<Vec<String>> {
         if let Some(p) = binlog_problems(&mut conn).await?.into_iter().next() {
             return Err(Error::config(p));
         }
-        lines.push("binlog: log_bin=ON, binlog_format=ROW, binlog_row_image=FULL".into());
+        let mut binlog = "binlog: log_bin=ON, binlog_format=ROW, binlog_row_image=FULL".to_string();
+        if let Some(v) = variable(&mut conn, "binlog_row_metadata").await? {
+            binlog.push_str(&format!(", binlog_row_metadata={v}"));
+        }
+        if let Some(v) = variable(&mut conn, "binlog_transaction_compression").await? {
+            binlog.push_str(&format!(
+                ", binlog_transaction_compression={v} (compressed transactions are decoded)"
+            ));
+        }
+        lines.push(binlog);
         let grants: Vec<String> = conn
             .query("SHOW GRANTS")
             .await

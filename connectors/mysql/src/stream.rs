@@ -2,6 +2,7 @@
 //! events into owned messages with their positions (MariaDB's GTID events, types 160–163,
 //! are not known to `mysql_common`; the GTID event is parsed here).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,7 +10,12 @@ use futures::StreamExt;
 use lakeshore_api::{Error, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn};
-use mysql_common::binlog::events::{EventData, RowsEventData};
+use mysql_common::binlog::EventStreamReader;
+use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion};
+use mysql_common::binlog::events::{
+    Event, EventData, RowsEventData, TableMapEvent, TransactionPayloadEvent,
+};
+use mysql_common::binlog::value::BinlogValue;
 use mysql_common::value::Value;
 use tokio::sync::mpsc;
 
@@ -263,41 +269,31 @@ pub async fn start(
         Some(g) => format!("after GTID position {g}"),
         None => format!("{}:{}", from.file, from.pos),
     };
-    let mut decoder = Decoder {
-        file: from.file.clone(),
-        fde_seen: false,
-        declared: DeclaredCache::default(),
-    };
+    let mut decoder = Decoder::new(&from.file);
     let lag =
         metrics::gauge!("lakeshore_mysql_binlog_lag_seconds", "server_id" => server_id.to_string());
     let lag_cell = Arc::new(AtomicU64::new(f64::NAN.to_bits()));
     let lag_seen = lag_cell.clone();
     let task = tokio::spawn(async move {
+        let mut msgs = Vec::new();
         while let Some(ev) = stream.next().await {
-            let msg = match ev {
+            let decoded = match ev {
                 Err(e) => Err(stream_error(e, &resume)),
                 Ok(ev) => {
-                    let end = ev.header().log_pos() as u64;
                     if let Some(seconds) = lag_of(&ev.header()) {
                         lag.set(seconds);
                         lag_seen.store(seconds.to_bits(), Ordering::Relaxed);
                     }
-                    decoder.decode(ev, &stream, end)
+                    decoder.decode(&ev, &mut msgs)
                 }
             };
-            let stop = msg.is_err();
-            match msg {
-                Ok(None) => continue,
-                Ok(Some(m)) => {
-                    if tx.send(Ok(m)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
+            for m in msgs.drain(..) {
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
                 }
             }
-            if stop {
+            if let Err(e) = decoded {
+                let _ = tx.send(Err(e)).await;
                 return;
             }
         }
@@ -353,78 +349,95 @@ struct Decoder {
     file: String,
     /// Whether the format description was seen (rotations before it carry a checksum).
     fde_seen: bool,
-    /// The declared column types of each table id's last table map.
-    declared: DeclaredCache,
+    /// Each table id's last table map, with its declared column types.
+    maps: TableMaps,
 }
 
 impl Decoder {
-    /// One binlog event as a message for the source (`None`: nothing to say), with the
-    /// file it is in; MariaDB's GTID events begin a transaction.
-    fn decode(
-        &mut self,
-        ev: mysql_common::binlog::events::Event,
-        stream: &mysql_async::BinlogStream,
-        end: u64,
-    ) -> Result<Option<Msg>> {
-        let file = &self.file;
-        let ts = ev.header().timestamp();
-        if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
-            let d = ev.data();
-            if d.len() < 13 {
-                Err(Error::internal("short MariaDB GTID event"))
-            } else {
-                let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
-                let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
-                let server = ev.header().server_id();
-                let gtid = TxnGtid::MariaDb {
-                    domain,
-                    server,
-                    seq,
-                };
-                let start = end.saturating_sub(ev.header().event_size() as u64);
-                Ok(Some(Msg::Begin {
-                    at: BinlogPos {
-                        file: file.clone(),
-                        pos: start,
-                    },
-                    gtid: Some(gtid),
-                    ts,
-                }))
-            }
-        } else {
-            match ev.read_data() {
-                Err(e) => Err(Error::internal(format!(
-                    "cannot decode a binlog event in {file} at {end}: {e}"
-                ))),
-                Ok(data) => {
-                    let out = self.message(data, stream, end, ts);
-                    out.map(|m| {
-                        m.or_else(|| {
-                            (end > 0).then(|| Msg::Advance {
-                                next: BinlogPos {
-                                    file: self.file.clone(),
-                                    pos: end,
-                                },
-                            })
-                        })
-                    })
-                }
-            }
+    fn new(file: &str) -> Decoder {
+        Decoder {
+            file: file.to_string(),
+            fde_seen: false,
+            maps: TableMaps::default(),
         }
     }
 
-    /// The message of one decoded event (`None`: only its position matters).
-    fn message(
+    /// The messages of one binlog event for the source, in order (none: nothing to say;
+    /// several: a compressed transaction); MariaDB's GTID events begin a transaction.
+    fn decode(&mut self, ev: &Event, out: &mut Vec<Msg>) -> Result<()> {
+        let end = u64::from(ev.header().log_pos());
+        let ts = ev.header().timestamp();
+        // mysql_async keeps the checksum the server sends (`@master_binlog_checksum`)
+        // without checking it.
+        if let (Some(sum), Ok(Some(alg))) = (ev.checksum(), ev.footer().get_checksum_alg())
+            && alg == BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_CRC32
+            && ev.calc_checksum(alg) != u32::from_le_bytes(sum)
+        {
+            return Err(Error::internal(format!(
+                "binlog {} at {end}: an event fails its CRC32 checksum (a corrupt binlog file \
+                 or connection)",
+                self.file
+            )));
+        }
+        if ev.header().event_type_raw() == MARIADB_GTID_EVENT {
+            out.push(mariadb_gtid(ev, &self.file, end)?);
+            return Ok(());
+        }
+        let data = ev.read_data().map_err(|e| {
+            Error::internal(format!(
+                "cannot decode a binlog event in {} at {end}: {e}",
+                self.file
+            ))
+        })?;
+        if let Some(EventData::TransactionPayloadEvent(payload)) = &data {
+            return self.payload(payload, end, ts, out);
+        }
+        match self.message(data, end, ts)? {
+            Some(m) => out.push(m),
+            None if end > 0 => out.push(Msg::Advance {
+                next: BinlogPos {
+                    file: self.file.clone(),
+                    pos: end,
+                },
+            }),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A compressed transaction (MySQL's `binlog_transaction_compression`): its events,
+    /// decompressed, each placed at the payload's end (the whole transaction lies
+    /// inside the payload event).
+    fn payload(
         &mut self,
-        data: Option<EventData<'_>>,
-        stream: &mysql_async::BinlogStream,
+        payload: &TransactionPayloadEvent<'_>,
         end: u64,
         ts: u32,
-    ) -> Result<Option<Msg>> {
+        out: &mut Vec<Msg>,
+    ) -> Result<()> {
+        let file = self.file.clone();
+        let bad = |e: std::io::Error| {
+            Error::internal(format!(
+                "cannot decode the compressed transaction in binlog {file} at {end}: {e}"
+            ))
+        };
+        let mut input = payload.decompressed().map_err(bad)?;
+        let mut reader = EventStreamReader::new(BinlogVersion::Version4);
+        while let Some(inner) = reader.read_decompressed(&mut input).map_err(bad)? {
+            let data = inner.read_data().map_err(bad)?;
+            if let Some(m) = self.message(data, end, ts)? {
+                out.push(m);
+            }
+        }
+        Ok(())
+    }
+
+    /// The message of one decoded event (`None`: only its position matters).
+    fn message(&mut self, data: Option<EventData<'_>>, end: u64, ts: u32) -> Result<Option<Msg>> {
         let Decoder {
             file,
             fde_seen,
-            declared,
+            maps,
         } = self;
         let here = |file: &str, pos: u64| BinlogPos {
             file: file.to_string(),
@@ -441,12 +454,18 @@ impl Decoder {
                 let name = String::from_utf8_lossy(&raw).into_owned();
                 tracing::debug!(file = %name, pos = r.position(), "binlog rotation");
                 *file = name;
+                // Table ids are the server's, per file; a table map precedes its rows.
+                maps.0.clear();
                 Some(Msg::Advance {
                     next: here(file, r.position()),
                 })
             }
             Some(EventData::FormatDescriptionEvent(_)) => {
                 *fde_seen = true;
+                None
+            }
+            Some(EventData::TableMapEvent(tme)) => {
+                maps.seen(&tme);
                 None
             }
             Some(EventData::QueryEvent(q)) => {
@@ -470,7 +489,8 @@ impl Decoder {
                     })
                 }
             }
-            // MySQL's GTID event starts a transaction (a `BEGIN` follows for DML).
+            // MySQL's GTID event starts a transaction (a `BEGIN` follows for DML); an
+            // anonymous one (gtid_mode OFF) says nothing its `BEGIN` does not.
             Some(EventData::GtidEvent(g)) => Some(Msg::Begin {
                 at: here(file, end.saturating_sub(1)),
                 gtid: Some(mysql_gtid(&g)),
@@ -488,20 +508,121 @@ impl Decoder {
                      tables again"
                 )));
             }
-            Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, stream, file, end, declared)?),
-            // Never skipped: its rows events are inside.
+            Some(EventData::RowsEvent(rows)) => Some(rows_msg(&rows, file, end, maps)?),
             Some(EventData::TransactionPayloadEvent(_)) => {
-                return Err(Error::config(format!(
-                    "binlog {file} at {end}: a compressed transaction (MySQL's \
-                     binlog_transaction_compression = ON), which lakeshore does not decode yet; \
-                     set binlog_transaction_compression = OFF on the server (SET GLOBAL and in \
-                     its configuration) and start the pipeline under a new name to read the \
-                     tables again"
+                return Err(Error::internal(format!(
+                    "binlog {file} at {end}: a compressed transaction inside another"
                 )));
             }
             _ => None,
         })
     }
+}
+
+/// A development aid (`examples/decode_binlog.rs`): a binlog file as the server writes it
+/// (magic, then events) decoded by the live reader's decoder — each message in one line,
+/// then the error that stopped it, if any.
+#[doc(hidden)]
+pub fn decode_file(name: &str, bytes: &[u8]) -> (Vec<String>, Option<String>) {
+    let (msgs, error) = decode_all(name, bytes);
+    (
+        msgs.iter().map(describe).collect(),
+        error.map(|e| e.to_string()),
+    )
+}
+
+/// Every message of a binlog file, in order, and the error that stopped decoding.
+pub(crate) fn decode_all(name: &str, bytes: &[u8]) -> (Vec<Msg>, Option<Error>) {
+    let mut out = Vec::new();
+    let mut file = match mysql_common::binlog::BinlogFile::new(BinlogVersion::Version4, bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                out,
+                Some(Error::internal(format!("not a binlog file: {e}"))),
+            );
+        }
+    };
+    let mut decoder = Decoder::new(name);
+    loop {
+        let ev = match file.next() {
+            None => return (out, None),
+            Some(Err(e)) => {
+                let e = Error::internal(format!("cannot read an event: {e}"));
+                return (out, Some(e));
+            }
+            Some(Ok(ev)) => ev,
+        };
+        if let Err(e) = decoder.decode(&ev, &mut out) {
+            return (out, Some(e));
+        }
+    }
+}
+
+/// One message in one line (rows by count and first image).
+fn describe(m: &Msg) -> String {
+    match m {
+        Msg::Begin { at, gtid, .. } => match gtid {
+            Some(g) => format!("begin {g} at {}", at.pos),
+            None => format!("begin at {}", at.pos),
+        },
+        Msg::Rows {
+            db,
+            table,
+            op,
+            columns,
+            rows,
+            ..
+        } => {
+            let first = rows.first().and_then(|(b, a)| a.as_ref().or(b.as_ref()));
+            let values: Vec<String> = first
+                .into_iter()
+                .flatten()
+                .zip(columns.iter())
+                .map(|(v, c)| {
+                    let text = format!("{c}={}", v.as_sql(false));
+                    text.chars().take(40).collect()
+                })
+                .collect();
+            format!(
+                "{op:?} {db}.{table}: {} row(s), first: {}",
+                rows.len(),
+                values.join(" ")
+            )
+        }
+        Msg::Commit { next } => format!("commit, next {}", next.pos),
+        Msg::Statement { sql, next, .. } => {
+            let sql: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("statement {:.60}, next {}", sql, next.pos)
+        }
+        Msg::Advance { next } => format!("advance {}:{}", next.file, next.pos),
+    }
+}
+
+/// MariaDB's GTID event (type 162, unknown to `mysql_common`): a transaction begins.
+fn mariadb_gtid(ev: &Event, file: &str, end: u64) -> Result<Msg> {
+    let d = ev.data();
+    if d.len() < 13 {
+        return Err(Error::internal(format!(
+            "binlog {file} at {end}: a short MariaDB GTID event"
+        )));
+    }
+    let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+    let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+    let server = ev.header().server_id();
+    let start = end.saturating_sub(u64::from(ev.header().event_size()));
+    Ok(Msg::Begin {
+        at: BinlogPos {
+            file: file.to_string(),
+            pos: start,
+        },
+        gtid: Some(TxnGtid::MariaDb {
+            domain,
+            server,
+            seq,
+        }),
+        ts: ev.header().timestamp(),
+    })
 }
 
 /// A MySQL transaction's GTID: its source (uuid and tag) and number.
@@ -512,41 +633,27 @@ fn mysql_gtid(g: &mysql_common::binlog::events::GtidEvent) -> TxnGtid {
     }
 }
 
-/// The declared types of the last table map of each table id: a table map repeats
-/// before every transaction's rows, unchanged until the table's definition changes.
+/// The last table map of each table id and its declared column types: a table map
+/// repeats before every transaction's rows, unchanged until the table's definition
+/// changes.
 #[derive(Default)]
-struct DeclaredCache(
-    std::collections::HashMap<
-        u64,
-        (
-            mysql_common::binlog::events::TableMapEvent<'static>,
-            Arc<[Declared]>,
-        ),
-    >,
-);
+struct TableMaps(HashMap<u64, (TableMapEvent<'static>, Arc<[Declared]>)>);
 
-impl DeclaredCache {
-    fn of(&mut self, tme: &mysql_common::binlog::events::TableMapEvent<'_>) -> Arc<[Declared]> {
-        match self.0.get(&tme.table_id()) {
-            Some((seen, d)) if seen == tme => d.clone(),
-            _ => {
-                let d: Arc<[Declared]> = declared(tme).into();
-                self.0
-                    .insert(tme.table_id(), (tme.clone().into_owned(), d.clone()));
-                d
-            }
+impl TableMaps {
+    fn seen(&mut self, tme: &TableMapEvent<'_>) {
+        if self
+            .0
+            .get(&tme.table_id())
+            .is_none_or(|(seen, _)| seen != tme)
+        {
+            let d: Arc<[Declared]> = declared(tme).into();
+            self.0.insert(tme.table_id(), (tme.clone().into_owned(), d));
         }
     }
 }
 
-fn rows_msg(
-    rows: &RowsEventData<'_>,
-    stream: &mysql_async::BinlogStream,
-    file: &str,
-    end: u64,
-    cache: &mut DeclaredCache,
-) -> Result<Msg> {
-    let tme = stream.get_tme(rows.table_id()).ok_or_else(|| {
+fn rows_msg(rows: &RowsEventData<'_>, file: &str, end: u64, maps: &TableMaps) -> Result<Msg> {
+    let (tme, declared) = maps.0.get(&rows.table_id()).ok_or_else(|| {
         Error::internal(format!(
             "binlog {file} at {end}: a row event without its table map"
         ))
@@ -600,7 +707,15 @@ fn rows_msg(
             r.map(|r| {
                 r.unwrap()
                     .into_iter()
-                    .map(|v| Value::try_from(v).map_err(|e| bad(e.to_string())))
+                    .map(|v| match v {
+                        // Through the DOM: values a JSON document took from SQL types
+                        // (dates, decimals: "opaque" in MySQL's binary JSON) print as text.
+                        BinlogValue::Jsonb(j) => j
+                            .parse()
+                            .map(|dom| Value::Bytes(crate::types::json_text(&dom).into_bytes()))
+                            .map_err(|e| bad(format!("a JSON value: {e}"))),
+                        v => Value::try_from(v).map_err(|e| bad(e.to_string())),
+                    })
                     .collect()
             })
             .transpose()
@@ -612,7 +727,7 @@ fn rows_msg(
         table: tme.table_name().into_owned(),
         op,
         columns: columns.unwrap_or_else(|| Arc::from(Vec::new())),
-        declared: cache.of(tme),
+        declared: declared.clone(),
         rows: out,
     })
 }

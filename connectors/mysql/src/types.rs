@@ -646,6 +646,63 @@ impl RowsBuilder {
 }
 
 /// The Arrow schema of a table: key columns are not nullable.
+/// A JSON document from MySQL's binary form, printed as MySQL prints it (what a
+/// snapshot's `SELECT` returns): `", "` and `": "` between items, object keys shortest
+/// first (the binary form's order), decimals as numbers, dates and times as strings,
+/// other SQL-typed ("opaque") values as `"base64:type<n>:<data>"`.
+pub fn json_text(dom: &mysql_common::binlog::jsonb::JsonDom) -> String {
+    let mut out = String::new();
+    write_json(dom, &mut out);
+    out
+}
+
+fn write_json(dom: &mysql_common::binlog::jsonb::JsonDom, out: &mut String) {
+    use mysql_common::binlog::jsonb::{JsonContainer, JsonDom, JsonNumber, JsonScalar};
+    use std::fmt::Write;
+    let quoted = |s: &str, out: &mut String| {
+        out.push_str(&serde_json::Value::String(s.to_string()).to_string());
+    };
+    match dom {
+        JsonDom::Container(JsonContainer::Array(items)) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json(item, out);
+            }
+            out.push(']');
+        }
+        JsonDom::Container(JsonContainer::Object(fields)) => {
+            let mut keys: Vec<&String> = fields.keys().collect();
+            keys.sort_by(|a, b| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                quoted(k, out);
+                out.push_str(": ");
+                write_json(&fields[k], out);
+            }
+            out.push('}');
+        }
+        JsonDom::Scalar(JsonScalar::Boolean(b)) => out.push_str(if *b { "true" } else { "false" }),
+        JsonDom::Scalar(JsonScalar::Null) => out.push_str("null"),
+        JsonDom::Scalar(JsonScalar::String(s)) => quoted(s, out),
+        JsonDom::Scalar(JsonScalar::DateTime(t)) => quoted(&format!("{t:.6}"), out),
+        JsonDom::Scalar(JsonScalar::Opaque(o)) => quoted(&o.to_string(), out),
+        JsonDom::Scalar(JsonScalar::Number(n)) => {
+            let _ = match n {
+                JsonNumber::Int(i) => write!(out, "{i}"),
+                JsonNumber::Uint(u) => write!(out, "{u}"),
+                JsonNumber::Double(d) => write!(out, "{d:?}"),
+                JsonNumber::Decimal(d) => write!(out, "{d}"),
+            };
+        }
+    }
+}
+
 pub fn arrow_schema(columns: &[(String, Kind)], key: &[String]) -> SchemaRef {
     Arc::new(Schema::new(
         columns
