@@ -583,3 +583,17 @@ def test_a_watermark_table_that_cannot_be_created_says_what_to_set(tmp_path, mys
     _, err = run.communicate(timeout=60)
     assert run.returncode != 0
     assert "snapshot_watermarks" in err and "no_such_db" in err, err
+
+
+def test_snapshot_only_reads_with_select_alone(tmp_path, mysql, duck):
+    """startup = "snapshot-only" places no chunk in a binlog: plain chunk reads, which any
+    server allows (MySQL needs neither binlog_snapshot_* nor snapshot_watermarks), by a
+    user that may only SELECT (no REPLICATION grant, no binlog access)."""
+    db = setup_acct(mysql, "sonly", 5000)
+    mysql.execute("CREATE USER IF NOT EXISTS 'selector'@'127.0.0.1' IDENTIFIED BY 'pw'")
+    mysql.execute(f"GRANT SELECT ON `{db}`.* TO 'selector'@'127.0.0.1'")
+    p = my_pipeline(tmp_path, "sonly", mysql, ["sonly.acct"], chunk_size=700, startup="snapshot-only",
+                    url=mysql.url(user="selector", password="pw"))
+    _, err = p.backfill()
+    assert "snapshot complete" in err, err[-3000:]
+    assert_same(duck, mysql, db, p, "acct", ACCT_COLUMNS)

@@ -275,10 +275,14 @@ async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
 
 /// The server's current binlog position, and MySQL's executed GTID set at it.
 async fn master_status(conn: &mut Conn) -> Result<(BinlogPos, Option<String>)> {
-    let row: Option<mysql_async::Row> = conn
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .map_err(|e| my_error("reading the binlog position", e))?;
+    let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
+        // MySQL 8.4 removed it for the name 8.2 introduced.
+        Err(mysql_async::Error::Server(e)) if e.code == 1064 => {
+            conn.query_first("SHOW BINARY LOG STATUS").await
+        }
+        other => other,
+    }
+    .map_err(|e| my_error("reading the binlog position", e))?;
     let row = row.ok_or_else(|| {
         Error::config(
             "the server has no binlog (SHOW MASTER STATUS is empty); start it with --log-bin \
@@ -319,6 +323,13 @@ async fn first_position(
             });
             p.gtids = Some(gtids);
             return Ok(p.every_table_read(tables));
+        }
+        // No binlog to follow: none needed.
+        Startup::SnapshotOnly => {
+            return Ok(Position::at(BinlogPos {
+                file: String::new(),
+                pos: 4,
+            }));
         }
         _ => master_status(conn).await?,
     };
@@ -438,7 +449,8 @@ impl MysqlSource {
                     run: run_id(),
                 }
             }
-            None => snapshot::Placement::SnapshotPosition,
+            None if streaming => snapshot::Placement::SnapshotPosition,
+            None => snapshot::Placement::Unplaced,
         };
         let mut source = MysqlSource {
             ahead: ReadAhead::new(readers),
@@ -593,7 +605,8 @@ impl MysqlSource {
         };
         self.dropped[t] = None;
         let seen = match &read.seen {
-            Seen::At(seen) => seen.clone(),
+            Seen::At(seen) => Some(seen.clone()),
+            Seen::Unplaced => None,
             Seen::Between { low, high, .. } => {
                 // The binlog has not reached its low watermark: the stream is read on
                 // this task, which was busy reading the chunk.
@@ -608,7 +621,7 @@ impl MysqlSource {
         } else {
             read.last.clone()
         };
-        if self.stream.is_some() {
+        if let Some(seen) = seen.filter(|_| self.stream.is_some()) {
             self.position.windows.push(Window {
                 table: table.name.clone(),
                 from: after.clone(),

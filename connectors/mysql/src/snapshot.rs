@@ -100,11 +100,16 @@ pub enum Seen {
         high: String,
         upper: BinlogPos,
     },
+    /// Nowhere: no binlog is followed.
+    Unplaced,
 }
 
 /// How chunks are placed in the binlog.
 #[derive(Debug, Clone)]
 pub enum Placement {
+    /// No binlog to place chunks in (`startup = "snapshot-only"`): each chunk is one
+    /// `SELECT` (a consistent read of its own), on any server, with `SELECT` alone.
+    Unplaced,
     /// A consistent snapshot that reports its binlog position (MariaDB, Percona).
     SnapshotPosition,
     /// Between watermark rows written to `table` (quoted `db`.`t`) in the row of
@@ -120,7 +125,7 @@ impl Placement {
     /// The low and high marks of read number `n` (none for a snapshot position).
     pub fn marks(&self, n: u64) -> Option<(String, String)> {
         match self {
-            Placement::SnapshotPosition => None,
+            Placement::Unplaced | Placement::SnapshotPosition => None,
             Placement::Watermarks { run, .. } => {
                 Some((format!("{run}-L{n}"), format!("{run}-H{n}")))
             }
@@ -269,6 +274,10 @@ pub async fn read_chunk(
             let upper = crate::master_position(conn).await?;
             (rows, Seen::Between { low, high, upper })
         }
+        (Placement::Unplaced, _) => (
+            select(conn.exec(sql.as_str(), params(table, after)).await)?,
+            Seen::Unplaced,
+        ),
         _ => {
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 .await

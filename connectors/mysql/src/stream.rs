@@ -246,6 +246,10 @@ pub async fn start(
     for sql in [
         "SET @mariadb_slave_capability = 4",
         "SET @master_heartbeat_period = 1000000000",
+        // MySQL 8.0.26+ names (8.4 may read only these); mysql_async sets the old
+        // checksum name itself.
+        "SET @source_heartbeat_period = 1000000000",
+        "SET @source_binlog_checksum = 'ALL'",
     ] {
         conn.query_drop(sql)
             .await
