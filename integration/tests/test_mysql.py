@@ -282,6 +282,21 @@ def test_validate_and_bad_setups_say_what_to_change(tmp_path, mysql):
         err = run_error(bad, "validate", "--connect")
         assert message in err, (message, err)
         assert "pw" not in err.replace("pwd", "")  # the password never shows
+    # How snapshots will be placed: between watermarks, and what a user needs for them.
+    mysql.execute("DROP USER IF EXISTS 'repl'@'%'")
+    mysql.execute("CREATE USER 'repl'@'%' IDENTIFIED BY 'pw'")
+    mysql.execute("GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'repl'@'%'")
+    for name, url, want, ok in [
+        ("wm_root", mysql.url(), "snapshot: chunks read between watermarks written to valid.marks "
+                                 "(created at the first snapshot)", True),
+        ("wm_weak", mysql.url(user="repl", password="pw"),
+         "the user lacks INSERT, UPDATE, CREATE on it: GRANT INSERT, UPDATE, CREATE ON `valid`.`marks`", False),
+    ]:
+        src = {"type": "mysql", "url": url, "tables": ["valid.t"], "snapshot_watermarks": "valid.marks"}
+        wm = Pipeline(tmp_path, name, src, {"namespace": "my"})
+        r = subprocess.run([BIN, "validate", "--connect", str(wm.file)], cwd=wm.dir, capture_output=True, text=True)
+        assert (r.returncode == 0) == ok and want in (r.stdout + r.stderr), (r.stdout, r.stderr)
+        assert "binlog_row_metadata=FULL" in r.stdout or not ok, r.stdout
 
 
 def test_tls_verify_identity_and_what_a_wrong_setup_says(duck):

@@ -512,8 +512,7 @@ impl MysqlSource {
 
     /// The low and high watermarks of the next chunk read (none without watermarks).
     fn next_marks(&mut self) -> Option<(String, String)> {
-        self.reads += 1;
-        self.placement.marks(self.reads)
+        self.placement.next_marks(&mut self.reads)
     }
 
     /// Start reading ahead the next chunk of every unfinished table that has none in
@@ -532,8 +531,7 @@ impl MysqlSource {
         let (placement, reads, expected) = (&self.placement, &mut self.reads, &mut self.expected);
         self.ahead.start(tables.len(), after, |t, mut conn, key| {
             let table = tables[t].clone();
-            *reads += 1;
-            let marks = placement.marks(*reads);
+            let marks = placement.next_marks(reads);
             if let Some((low, _)) = &marks {
                 expected.insert(low.clone(), t);
             }

@@ -122,8 +122,11 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// The low and high marks of read number `n` (none for a snapshot position).
-    pub fn marks(&self, n: u64) -> Option<(String, String)> {
+    /// The low and high marks of the next read, counting it in `reads` (none without
+    /// watermarks).
+    pub fn next_marks(&self, reads: &mut u64) -> Option<(String, String)> {
+        *reads += 1;
+        let n = *reads;
         match self {
             Placement::Unplaced | Placement::SnapshotPosition => None,
             Placement::Watermarks { run, .. } => {
