@@ -458,6 +458,17 @@ def test_start_from_a_gtid_or_a_binlog_position(tmp_path, mysql, duck):
         # Row 1 was never changed after the start point; row 2's update has no before row
         # in the lake (upsert), row 3 came and went.
         assert got == [(2, 20), (4, 4)], (name, got, err[-1500:])
+    # A GTID with nothing after it: the bounded run ends at the binlog's end (the server's
+    # heartbeat says everything was sent) instead of waiting for a transaction.
+    with mysql.connect(db) as c, c.cursor() as cur:
+        cur.execute("SELECT @@gtid_binlog_pos")
+        end = cur.fetchone()[0]
+    (tmp_path / "atend").mkdir()
+    p = my_pipeline(tmp_path / "atend", "atend", mysql, ["startat.t"])
+    p.file.write_text(p.file.read_text().replace('[source]\n', f'[source]\nstartup = {{ gtid = "{end}" }}\n'))
+    run = p.start()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-3000:]
 
 
 def test_a_bad_startup_says_what_to_write(tmp_path, mysql):
@@ -612,3 +623,52 @@ def test_snapshot_only_reads_with_select_alone(tmp_path, mysql, duck):
     _, err = p.backfill()
     assert "snapshot complete" in err, err[-3000:]
     assert_same(duck, mysql, db, p, "acct", ACCT_COLUMNS)
+
+
+def test_savepoints_xa_and_compressed_events(tmp_path, mysql, duck):
+    """A transaction with savepoints lands as one (its rolled-back part never logged); an XA
+    transaction and MariaDB's compressed binlog events (log_bin_compress) stop the
+    pipeline naming them instead of being skipped."""
+    db = mysql.create_db("spx")
+    mysql.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", db)
+    mysql.execute("INSERT INTO t VALUES (1, 'one')", db)
+    p = my_pipeline(tmp_path, "spx", mysql, ["spx.t"])
+    run = start_run(p)
+    time.sleep(3)
+    with mysql.connect(db, autocommit=False) as c, c.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (2, 'two')")
+        cur.execute("SAVEPOINT s1")
+        cur.execute("INSERT INTO t VALUES (3, 'rolled back')")
+        cur.execute("UPDATE t SET v = 'rolled back too' WHERE id = 1")
+        cur.execute("ROLLBACK TO SAVEPOINT s1")
+        cur.execute("SAVEPOINT s2")
+        cur.execute("UPDATE t SET v = 'kept' WHERE id = 2")
+        cur.execute("RELEASE SAVEPOINT s2")
+        c.commit()
+    time.sleep(3)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-3000:]
+    assert_same(duck, mysql, db, p, "t", ["id", "v"])
+    assert sorted(mysql.execute("SELECT id, v FROM t", db)) == [(1, "one"), (2, "kept")]
+
+    xa = my_pipeline(tmp_path, "spxa", mysql, ["spx.t"], startup="latest")
+    run = start_run(xa)
+    time.sleep(3)
+    with mysql.connect(db) as c, c.cursor() as cur:
+        for sql in ["XA START 'lk'", "INSERT INTO t VALUES (4, 'xa')", "XA END 'lk'", "XA PREPARE 'lk'",
+                    "XA COMMIT 'lk'"]:
+            cur.execute(sql)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode != 0 and "an XA transaction" in err, err[-3000:]
+
+    comp = my_pipeline(tmp_path, "spxc", mysql, ["spx.t"], startup="latest")
+    run = start_run(comp)
+    time.sleep(3)
+    try:
+        mysql.execute("SET GLOBAL log_bin_compress = ON")
+        mysql.execute("INSERT INTO t VALUES (5, REPEAT('z', 2000))", db)
+        _, err = run.communicate(timeout=60)
+    finally:
+        mysql.execute("SET GLOBAL log_bin_compress = OFF")
+    assert run.returncode != 0 and "log_bin_compress" in err, err[-3000:]

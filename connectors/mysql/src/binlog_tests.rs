@@ -450,3 +450,39 @@ fn a_corrupt_event_stops_with_its_checksum_error() {
     let error = error.expect("a flipped byte went unnoticed").to_string();
     assert!(error.contains("checksum"), "{error}");
 }
+
+#[test]
+fn savepoints_stay_inside_their_transaction() {
+    let mut log = Binlog::new();
+    log.push(GTID, &gtid(UUID, 1));
+    log.push(QUERY, &query("shop", "BEGIN"));
+    log.push(TABLE_MAP, &table_map());
+    log.push(WRITE_ROWS, &rows(WRITE_ROWS, &[image(1, None, None, None)]));
+    log.push(QUERY, &query("shop", "SAVEPOINT `s1`"));
+    log.push(TABLE_MAP, &table_map());
+    log.push(WRITE_ROWS, &rows(WRITE_ROWS, &[image(2, None, None, None)]));
+    log.push(QUERY, &query("shop", "ROLLBACK TO `s1`"));
+    log.push(QUERY, &query("shop", "RELEASE SAVEPOINT `s1`"));
+    let end = log.push(XID, &xid(7));
+    let (msgs, error) = decode_all("binlog.000004", &log.0);
+    assert!(error.is_none(), "{error:?}");
+    // One transaction: no statement or commit before its XID.
+    let ends: Vec<u64> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Commit { next } | Msg::Statement { next, .. } => Some(next.pos),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, vec![end]);
+}
+
+#[test]
+fn an_xa_transaction_stops_naming_it() {
+    let mut log = Binlog::new();
+    log.push(GTID, &gtid(UUID, 1));
+    log.push(QUERY, &query("shop", "XA START X'78',X'',1"));
+    let (_, error) = decode_all("binlog.000005", &log.0);
+    let error = error.expect("refused").to_string();
+    assert!(error.contains("XA transaction"), "{error}");
+}

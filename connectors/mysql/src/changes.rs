@@ -138,6 +138,14 @@ impl MysqlSource {
             at.add(&g);
         }
         self.passed(next);
+        if let Some((until, set)) = &self.position.settling
+            && self.position.binlog >= *until
+        {
+            if let Some(at) = self.position.gtids.as_mut() {
+                at.union(set);
+            }
+            self.position.settling = None;
+        }
     }
 
     /// The stream is at `pos` between transactions.
@@ -568,13 +576,18 @@ impl MysqlSource {
                 }
                 self.committed(next);
             }
-            // Not before a GTID start's first transaction: the file named by the server's
-            // first rotation is where it found the GTID, not where the stream resumes.
-            Msg::Advance { next } => {
-                if self.txn.is_none()
-                    && !self.position.binlog.file.is_empty()
-                    && next > self.position.binlog
-                {
+            // After a GTID start, before its first transaction, nothing is a position:
+            // the server's first rotation names where it began looking for the GTID, and
+            // MySQL's heartbeats while it skips what the lake has can fall inside a
+            // transaction. A heartbeat at or past a bounded run's end says everything
+            // was sent.
+            Msg::Advance { next, idle } if self.position.binlog.file.is_empty() => {
+                if idle && self.txn.is_none() && self.end_at.as_ref().is_some_and(|e| next >= *e) {
+                    self.finished = true;
+                }
+            }
+            Msg::Advance { next, .. } => {
+                if self.txn.is_none() && next > self.position.binlog {
                     self.passed(next);
                 }
             }

@@ -114,6 +114,28 @@ impl Gtid {
         }
     }
 
+    /// Every transaction of `other` too (of the same flavour).
+    pub fn union(&mut self, other: &Gtid) {
+        match (self, other) {
+            (Gtid::MariaDb(ours), Gtid::MariaDb(theirs)) => {
+                for (d, (server, seq)) in theirs {
+                    if ours.get(d).is_none_or(|(_, s)| s < seq) {
+                        ours.insert(*d, (*server, *seq));
+                    }
+                }
+            }
+            (Gtid::MySql(ours), Gtid::MySql(theirs)) => {
+                for (source, intervals) in theirs {
+                    let mine = ours.entry(source.clone()).or_default();
+                    for &(start, end) in intervals {
+                        insert(mine, start, end);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The executed set as `COM_BINLOG_DUMP_GTID` takes it (MySQL).
     pub fn sids(&self) -> Vec<Sid<'static>> {
         let Gtid::MySql(sources) = self else {
@@ -333,87 +355,113 @@ async fn mariadb_at(conn: &mut Conn, at: &BinlogPos) -> Result<Option<Gtid>> {
     Ok(pos.flatten().and_then(|p| Gtid::parse_as(&p, true)))
 }
 
-/// The GTID position and server identity to record with `at`, the server's current
-/// binlog position: MariaDB's from its binlog; MySQL's `executed` set (read in the same
-/// `SHOW MASTER STATUS` row as `at`) when `gtid_mode` is on, and its `server_uuid`.
+/// The GTID position and server identity to record with `p.binlog`, the server's
+/// current binlog position: MariaDB's from its binlog; MySQL's `executed` set (from the
+/// same `SHOW MASTER STATUS` row) when `gtid_mode` is on, and its `server_uuid`.
+///
+/// MySQL reads that set before the position, and adds a transaction's GTID to it only
+/// after writing the transaction to the binlog: one committing at that instant can be in
+/// the position and not in the set. So the set is read again, then the position: every
+/// GTID of the second set is either before `p.binlog` or delivered by the stream before
+/// that second position (`Position::settling`), where the set takes them all.
 pub(crate) async fn at_start(
     conn: &mut Conn,
-    at: &BinlogPos,
+    p: &mut Position,
     executed: Option<String>,
-) -> Result<(Option<Gtid>, Option<String>)> {
+) -> Result<()> {
     if is_mariadb(conn).await? {
-        return Ok((mariadb_at(conn, at).await?, None));
+        p.gtids = mariadb_at(conn, &p.binlog).await?;
+        return Ok(());
     }
     let mode: Option<String> = conn
         .query_first("SELECT @@GLOBAL.gtid_mode")
         .await
         .map_err(|e| my_error("reading gtid_mode", e))?;
-    let uuid: Option<String> = conn
-        .query_first("SELECT @@server_uuid")
+    p.server = server_uuid(conn).await?;
+    if !mode.is_some_and(|m| m.eq_ignore_ascii_case("ON")) {
+        return Ok(());
+    }
+    p.gtids = executed.and_then(|e| Gtid::parse_as(&e, false));
+    let again: Option<String> = conn
+        .query_first("SELECT @@GLOBAL.gtid_executed")
         .await
-        .map_err(|e| my_error("reading server_uuid", e))?;
-    let on = mode.is_some_and(|m| m.eq_ignore_ascii_case("ON"));
-    let gtids = executed
-        .filter(|_| on)
-        .and_then(|e| Gtid::parse_as(&e, false));
-    Ok((gtids, uuid))
+        .map_err(|e| my_error("reading gtid_executed", e))?;
+    let until = crate::master_position(conn).await?;
+    if let Some(again) = again.and_then(|e| Gtid::parse_as(&e, false))
+        && p.gtids.as_ref() != Some(&again)
+    {
+        p.settling = Some((until, again));
+    }
+    Ok(())
 }
 
 /// How a pipeline resumes at `p`: by its binlog file and offset when they are this
 /// server's and mean what they meant (`None`), else by its GTID position (returned;
-/// `p.binlog` is then emptied until the stream names its file). Stops where neither
-/// holds, naming the fix.
+/// `p.binlog` is then emptied until the stream's first transaction names a position).
+/// Stops where neither holds, naming the fix.
 pub(crate) async fn resume(conn: &mut Conn, p: &mut Position) -> Result<Option<Gtid>> {
     let Some(gtids) = p.gtids.clone() else {
         return resume_without_gtids(conn, p).await;
     };
+    let mariadb = is_mariadb(conn).await?;
+    if gtids.is_mariadb() != mariadb {
+        return Err(other_flavour(p));
+    }
+    let uuid = if mariadb {
+        None
+    } else {
+        server_uuid(conn).await?
+    };
     if p.binlog.file.is_empty() {
+        // A GTID start (or resumption) that has not passed a transaction yet.
+        p.server = uuid;
         return Ok(Some(gtids));
     }
-    let reason = if gtids.is_mariadb() {
-        if !is_mariadb(conn).await? {
-            return Err(other_flavour(p));
-        }
+    let reason = if mariadb {
         match mariadb_at(conn, &p.binlog).await? {
-            Some(here) if here == gtids => return Ok(None),
-            Some(here) => format!(
+            Some(here) if here == gtids => None,
+            Some(here) => Some(format!(
                 "this server's GTID position at {}:{} is {here}, the checkpoint's {gtids}",
                 p.binlog.file, p.binlog.pos
-            ),
-            None => format!(
-                "this server has no transaction boundary at {}:{}",
+            )),
+            None if !has_file(conn, &p.binlog.file).await? => {
+                Some(format!("this server has no {}", p.binlog.file))
+            }
+            None => Some(format!(
+                "no transaction starts at {}:{} on this server",
                 p.binlog.file, p.binlog.pos
-            ),
+            )),
         }
+    } else if uuid != p.server {
+        Some(format!(
+            "the checkpoint's binlog is server {}'s, this is server {}",
+            p.server.as_deref().unwrap_or("?"),
+            uuid.as_deref().unwrap_or("?")
+        ))
+    } else if !has_file(conn, &p.binlog.file).await? {
+        Some(format!("this server no longer has {}", p.binlog.file))
     } else {
-        if is_mariadb(conn).await? {
-            return Err(other_flavour(p));
-        }
-        let uuid: Option<String> = conn
-            .query_first("SELECT @@server_uuid")
-            .await
-            .map_err(|e| my_error("reading server_uuid", e))?;
-        if uuid != p.server {
-            format!(
-                "the checkpoint's binlog is server {}'s, this is server {}",
-                p.server.as_deref().unwrap_or("?"),
-                uuid.as_deref().unwrap_or("?")
-            )
-        } else if !has_file(conn, &p.binlog.file).await? {
-            format!("this server no longer has {}", p.binlog.file)
-        } else {
-            return Ok(None);
-        }
+        None
     };
+    // Also when file and offset are the server's: a server reset (RESET MASTER) can
+    // have written a file of the same name since.
     if let Some(missing) = missing_here(conn, &gtids).await? {
         return Err(Error::config(format!(
-            "the checkpoint's binlog file and offset are not this server's ({reason}), and \
-             resuming by GTID is not possible: this server lacks transactions the lake already \
-             has ({missing}) — a replica promoted before it received them, or another \
-             server's history. Point [source] url at a server that has them, or take a new \
-             snapshot under a new pipeline name"
+            "this server lacks transactions the lake already has ({missing}) — a replica \
+             promoted before it received them, a server whose binlog was reset, or another \
+             server's history{}. Point [source] url at a server that has them, or take a new \
+             snapshot under a new pipeline name",
+            reason
+                .as_deref()
+                .map(|r| format!(
+                    "; the checkpoint's binlog file and offset are not this server's ({r})"
+                ))
+                .unwrap_or_default()
         )));
     }
+    let Some(reason) = reason else {
+        return Ok(None);
+    };
     tracing::warn!(
         checkpoint = %format!("{}:{}", p.binlog.file, p.binlog.pos),
         gtid = %gtids,
@@ -424,7 +472,17 @@ pub(crate) async fn resume(conn: &mut Conn, p: &mut Position) -> Result<Option<G
         file: String::new(),
         pos: 4,
     };
+    p.server = uuid;
+    // Its position is the old server's; what it still waits for may be a transaction
+    // applied twice, never one lost.
+    p.settling = None;
     Ok(Some(gtids))
+}
+
+async fn server_uuid(conn: &mut Conn) -> Result<Option<String>> {
+    conn.query_first("SELECT @@server_uuid")
+        .await
+        .map_err(|e| my_error("reading server_uuid", e))
 }
 
 /// What of `gtids` the server has not executed (`None`: it has everything).
@@ -467,10 +525,17 @@ async fn missing_here(conn: &mut Conn, gtids: &Gtid) -> Result<Option<String>> {
 /// A checkpoint without a GTID position (written before lakeshore kept one, or MySQL
 /// without `gtid_mode`): by file and offset, on the same server only.
 async fn resume_without_gtids(conn: &mut Conn, p: &mut Position) -> Result<Option<Gtid>> {
-    if let Some(g) = p.last_gtid.as_deref().filter(|_| p.binlog.file.is_empty()) {
-        return Gtid::parse(g)
-            .map(Some)
-            .ok_or_else(|| Error::internal(format!("checkpoint GTID {g:?} does not parse")));
+    if p.binlog.file.is_empty() {
+        // A GTID start not passed yet, from before `gtids` (its GTID was kept as `gtid`).
+        let g = p
+            .last_gtid
+            .as_deref()
+            .and_then(Gtid::parse)
+            .ok_or_else(|| {
+                Error::internal("the checkpoint has neither a binlog position nor a GTID position")
+            })?;
+        p.gtids = Some(g.clone());
+        return Ok(Some(g));
     }
     if is_mariadb(conn).await? {
         // Checkpoints written before GTID positions were kept: this server's position
@@ -478,10 +543,7 @@ async fn resume_without_gtids(conn: &mut Conn, p: &mut Position) -> Result<Optio
         p.gtids = mariadb_at(conn, &p.binlog).await?;
         return Ok(None);
     }
-    let uuid: Option<String> = conn
-        .query_first("SELECT @@server_uuid")
-        .await
-        .map_err(|e| my_error("reading server_uuid", e))?;
+    let uuid = server_uuid(conn).await?;
     if p.server.is_some() && uuid != p.server {
         return Err(Error::config(format!(
             "the checkpoint's binlog position is server {}'s and this is server {} (a \
@@ -614,6 +676,16 @@ mod tests {
         // Overlapping ranges in the text merge.
         let merged = Gtid::parse(&format!("{A}:1-5:3-8:10-12:9")).unwrap();
         assert_eq!(merged.to_string(), format!("{A}:1-12"));
+    }
+
+    #[test]
+    fn sets_unite() {
+        let mut a = Gtid::parse(&format!("{A}:1-5:9")).unwrap();
+        a.union(&Gtid::parse(&format!("{A}:4-7,{B}:1-2")).unwrap());
+        assert_eq!(a.to_string(), format!("{A}:1-7:9,{B}:1-2"));
+        let mut m = Gtid::parse("0-1-5,1-1-9").unwrap();
+        m.union(&Gtid::parse("0-1-7,1-1-3,2-1-1").unwrap());
+        assert_eq!(m.to_string(), "0-1-7,1-1-9,2-1-1");
     }
 
     #[test]

@@ -157,6 +157,11 @@ struct Position {
     /// MySQL: the `server_uuid` of the server whose binlog `binlog` is in.
     #[serde(default)]
     server: Option<String>,
+    /// MySQL, from the start until the stream passes the position here: the executed set
+    /// read just after the start position, which `gtids` then takes whole (see
+    /// [`gtid::at_start`]).
+    #[serde(default)]
+    settling: Option<(BinlogPos, Gtid)>,
     /// Checkpoints written before `gtids`: a GTID start not yet passed (read only).
     #[serde(default, rename = "gtid", skip_serializing)]
     last_gtid: Option<String>,
@@ -317,6 +322,10 @@ async fn first_position(
             let gtids = Gtid::parse(g).ok_or_else(|| {
                 Error::config(format!("[source] startup: {g:?} is not a GTID position"))
             })?;
+            let mariadb = gtid::is_mariadb(conn).await?;
+            if gtids.is_mariadb() != mariadb {
+                return Err(stream::other_flavour(&gtids, mariadb));
+            }
             let mut p = Position::at(BinlogPos {
                 file: String::new(),
                 pos: 4,
@@ -334,12 +343,14 @@ async fn first_position(
         _ => master_status(conn).await?,
     };
     let mut p = Position::at(binlog);
-    (p.gtids, p.server) = gtid::at_start(conn, &p.binlog, executed).await?;
+    gtid::at_start(conn, &mut p, executed).await?;
     Ok(match startup {
         Startup::File { file, position } => {
             if p.gtids.is_none() && gtid::is_mariadb(conn).await? {
                 return Err(Error::config(format!(
-                    "[source] startup: {file}:{position} is not where a transaction starts in                      this server's binlog (SHOW BINLOG EVENTS IN '{file}' lists the events and                      their positions; SHOW BINARY LOGS the files)"
+                    "[source] startup: {file}:{position} is not where a transaction starts in \
+                     this server's binlog (SHOW BINLOG EVENTS IN '{file}' lists the events and \
+                     their positions; SHOW BINARY LOGS the files)"
                 )));
             }
             p.every_table_read(tables)
@@ -356,6 +367,7 @@ impl Position {
             binlog,
             gtids: None,
             server: None,
+            settling: None,
             last_gtid: None,
             tables: BTreeMap::new(),
             windows: Vec::new(),

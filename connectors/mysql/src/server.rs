@@ -214,6 +214,15 @@ pub(crate) async fn binlog_problems(conn: &mut Conn) -> Result<Vec<String>> {
              'FULL' (and in the server's config)"
         ));
     }
+    if let Some(v) = variable(conn, "log_bin_compress").await?
+        && v.eq_ignore_ascii_case("ON")
+    {
+        problems.push(
+            "log_bin_compress=ON (MariaDB's compressed binlog events), which lakeshore does \
+             not decode: SET GLOBAL log_bin_compress = OFF (and in the server's config)"
+                .into(),
+        );
+    }
     // MySQL 8 only (MariaDB has none). Compressed transactions are decoded.
     if let Some(v) = variable(conn, "binlog_row_value_options").await?
         && v.to_uppercase().contains("PARTIAL_JSON")

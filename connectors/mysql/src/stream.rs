@@ -25,6 +25,11 @@ use crate::server::{connect, redact};
 
 /// MariaDB's GTID event.
 const MARIADB_GTID_EVENT: u8 = 162;
+/// MariaDB's compressed events: query, then rows v1 and v2 (165–171).
+const MARIADB_COMPRESSED_FIRST: u8 = 165;
+const MARIADB_COMPRESSED_LAST: u8 = 171;
+/// The heartbeat the server sends when it has nothing more to send.
+const HEARTBEAT: u8 = 27;
 
 /// What a row event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +71,9 @@ pub enum Msg {
         sql: String,
         next: BinlogPos,
     },
-    /// Nothing to apply up to `next` (rotation, heartbeat, bookkeeping events).
-    Advance { next: BinlogPos },
+    /// Nothing to apply up to `next` (rotation, heartbeat, bookkeeping events). `idle`:
+    /// a heartbeat — the server has sent everything up to `next`.
+    Advance { next: BinlogPos, idle: bool },
 }
 
 /// A column's type as a row event's table map declares it: the truth at that point of
@@ -216,20 +222,22 @@ async fn from_gtid<'a>(
         }
         // MySQL: COM_BINLOG_DUMP_GTID with the executed set; the server skips those.
         (Gtid::MySql(_), false) => request.with_gtid().with_gtid_set(gtid.sids()),
-        (_, mariadb) => {
-            let want = if mariadb {
-                "MariaDB's domain-server-seq, e.g. { gtid = \"0-1-100\" } (SELECT \
-                 @@gtid_binlog_pos)"
-            } else {
-                "MySQL's executed set, e.g. { gtid = \"3e11fa47-71ca-11e1-9e33-\
-                 c80aa9429562:1-100\" } (SELECT @@gtid_executed)"
-            };
-            return Err(Error::config(format!(
-                "[source] startup: {gtid} is the other server flavour's GTID; this \
-                     server needs {want}"
-            )));
-        }
+        (_, mariadb) => return Err(other_flavour(gtid, mariadb)),
     })
+}
+
+/// `startup = { gtid = ... }` of the other server flavour, with an example of the right
+/// one (`mariadb`: this server's).
+pub(crate) fn other_flavour(gtid: &Gtid, mariadb: bool) -> Error {
+    let want = if mariadb {
+        "MariaDB's domain-server-seq, e.g. { gtid = \"0-1-100\" } (SELECT @@gtid_binlog_pos)"
+    } else {
+        "MySQL's executed set, e.g. { gtid = \"3e11fa47-71ca-11e1-9e33-c80aa9429562:1-100\" } \
+         (SELECT @@gtid_executed)"
+    };
+    Error::config(format!(
+        "[source] startup: {gtid} is the other server flavour's GTID; this server needs {want}"
+    ))
 }
 
 /// Start reading the binlog at `from` (a transaction boundary), or after the GTID
@@ -315,7 +323,6 @@ pub async fn start(
 /// Binlog lag in seconds: how old the transaction just read is (its GTID event's write
 /// time); 0 on a heartbeat, which the server sends only when nothing is left to read.
 fn lag_of(header: &mysql_common::binlog::events::BinlogEventHeader) -> Option<f64> {
-    const HEARTBEAT: u8 = 27;
     const MYSQL_GTID: u8 = 33;
     match header.event_type_raw() {
         HEARTBEAT => Some(0.0),
@@ -387,6 +394,19 @@ impl Decoder {
             out.push(mariadb_gtid(ev, &self.file, end)?);
             return Ok(());
         }
+        // MariaDB's compressed query and rows events (`log_bin_compress`), unknown to
+        // `mysql_common`: never skipped, rows are inside.
+        if (MARIADB_COMPRESSED_FIRST..=MARIADB_COMPRESSED_LAST)
+            .contains(&ev.header().event_type_raw())
+        {
+            return Err(Error::config(format!(
+                "binlog {} at {end}: a compressed event (MariaDB's log_bin_compress = ON), which \
+                 lakeshore does not decode; SET GLOBAL log_bin_compress = OFF on the server (and \
+                 in its configuration) and start the pipeline under a new name to read the \
+                 tables again",
+                self.file
+            )));
+        }
         let data = ev.read_data().map_err(|e| {
             Error::internal(format!(
                 "cannot decode a binlog event in {} at {end}: {e}",
@@ -403,6 +423,7 @@ impl Decoder {
                     file: self.file.clone(),
                     pos: end,
                 },
+                idle: ev.header().event_type_raw() == HEARTBEAT,
             }),
             None => {}
         }
@@ -462,6 +483,7 @@ impl Decoder {
                 maps.0.clear();
                 Some(Msg::Advance {
                     next: here(file, r.position()),
+                    idle: false,
                 })
             }
             Some(EventData::FormatDescriptionEvent(_)) => {
@@ -475,6 +497,23 @@ impl Decoder {
             Some(EventData::QueryEvent(q)) => {
                 let sql = q.query();
                 let trimmed = sql.trim();
+                let mut words = trimmed.split_whitespace().map(str::to_ascii_uppercase);
+                let (first, second) = (words.next().unwrap_or_default(), words.next());
+                if first == "XA" {
+                    return Err(Error::config(format!(
+                        "binlog {file} at {end}: an XA transaction ({trimmed:.40}); lakeshore \
+                         does not follow XA transactions (their rows are logged at XA PREPARE \
+                         and can still be rolled back after). Stop using XA on this server, or \
+                         follow it with a tool that applies XA COMMIT / XA ROLLBACK"
+                    )));
+                }
+                // Inside a transaction; the rows it undoes were never logged.
+                if first == "SAVEPOINT"
+                    || first == "RELEASE"
+                    || (first == "ROLLBACK" && second.as_deref() == Some("TO"))
+                {
+                    return Ok(None);
+                }
                 if trimmed.eq_ignore_ascii_case("BEGIN") {
                     Some(Msg::Begin {
                         at: here(file, end.saturating_sub(1)),
@@ -599,7 +638,7 @@ fn describe(m: &Msg) -> String {
             let sql: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
             format!("statement {:.60}, next {}", sql, next.pos)
         }
-        Msg::Advance { next } => format!("advance {}:{}", next.file, next.pos),
+        Msg::Advance { next, .. } => format!("advance {}:{}", next.file, next.pos),
     }
 }
 
