@@ -366,10 +366,11 @@ async fn mariadb_at(conn: &mut Conn, at: &BinlogPos) -> Result<Option<Gtid>> {
 /// that second position (`Position::settling`), where the set takes them all.
 pub(crate) async fn at_start(
     conn: &mut Conn,
+    mariadb: bool,
     p: &mut Position,
     executed: Option<String>,
 ) -> Result<()> {
-    if is_mariadb(conn).await? {
+    if mariadb {
         p.gtids = mariadb_at(conn, &p.binlog).await?;
         return Ok(());
     }
@@ -399,11 +400,14 @@ pub(crate) async fn at_start(
 /// server's and mean what they meant (`None`), else by its GTID position (returned;
 /// `p.binlog` is then emptied until the stream's first transaction names a position).
 /// Stops where neither holds, naming the fix.
-pub(crate) async fn resume(conn: &mut Conn, p: &mut Position) -> Result<Option<Gtid>> {
+pub(crate) async fn resume(
+    conn: &mut Conn,
+    mariadb: bool,
+    p: &mut Position,
+) -> Result<Option<Gtid>> {
     let Some(gtids) = p.gtids.clone() else {
-        return resume_without_gtids(conn, p).await;
+        return resume_without_gtids(conn, mariadb, p).await;
     };
-    let mariadb = is_mariadb(conn).await?;
     if gtids.is_mariadb() != mariadb {
         return Err(other_flavour(p));
     }
@@ -468,10 +472,7 @@ pub(crate) async fn resume(conn: &mut Conn, p: &mut Position) -> Result<Option<G
         "the checkpoint's binlog file and offset are not this server's ({reason}: another \
          server after a failover, or purged or rewritten binlogs); resuming by GTID"
     );
-    p.binlog = BinlogPos {
-        file: String::new(),
-        pos: 4,
-    };
+    p.binlog = BinlogPos::unnamed();
     p.server = uuid;
     // Its position is the old server's; what it still waits for may be a transaction
     // applied twice, never one lost.
@@ -479,7 +480,7 @@ pub(crate) async fn resume(conn: &mut Conn, p: &mut Position) -> Result<Option<G
     Ok(Some(gtids))
 }
 
-async fn server_uuid(conn: &mut Conn) -> Result<Option<String>> {
+pub(crate) async fn server_uuid(conn: &mut Conn) -> Result<Option<String>> {
     conn.query_first("SELECT @@server_uuid")
         .await
         .map_err(|e| my_error("reading server_uuid", e))
@@ -524,7 +525,11 @@ async fn missing_here(conn: &mut Conn, gtids: &Gtid) -> Result<Option<String>> {
 
 /// A checkpoint without a GTID position (written before lakeshore kept one, or MySQL
 /// without `gtid_mode`): by file and offset, on the same server only.
-async fn resume_without_gtids(conn: &mut Conn, p: &mut Position) -> Result<Option<Gtid>> {
+async fn resume_without_gtids(
+    conn: &mut Conn,
+    mariadb: bool,
+    p: &mut Position,
+) -> Result<Option<Gtid>> {
     if p.binlog.file.is_empty() {
         // A GTID start not passed yet, from before `gtids` (its GTID was kept as `gtid`).
         let g = p
@@ -537,7 +542,7 @@ async fn resume_without_gtids(conn: &mut Conn, p: &mut Position) -> Result<Optio
         p.gtids = Some(g.clone());
         return Ok(Some(g));
     }
-    if is_mariadb(conn).await? {
+    if mariadb {
         // Checkpoints written before GTID positions were kept: this server's position
         // there, from now on.
         p.gtids = mariadb_at(conn, &p.binlog).await?;

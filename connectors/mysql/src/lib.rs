@@ -118,6 +118,15 @@ pub struct BinlogPos {
 }
 
 impl BinlogPos {
+    /// No position yet: a GTID start or resumption before its first transaction (the
+    /// server finds where to send from), or no binlog followed at all.
+    pub(crate) fn unnamed() -> BinlogPos {
+        BinlogPos {
+            file: String::new(),
+            pos: 4,
+        }
+    }
+
     pub(crate) fn sequence(&self) -> u64 {
         self.file
             .rsplit('.')
@@ -306,6 +315,7 @@ async fn master_status(conn: &mut Conn) -> Result<(BinlogPos, Option<String>)> {
 /// unless the startup takes a snapshot.
 async fn first_position(
     conn: &mut Conn,
+    mariadb: bool,
     startup: &Startup,
     tables: &[MyTable],
 ) -> Result<Position> {
@@ -322,31 +332,25 @@ async fn first_position(
             let gtids = Gtid::parse(g).ok_or_else(|| {
                 Error::config(format!("[source] startup: {g:?} is not a GTID position"))
             })?;
-            let mariadb = gtid::is_mariadb(conn).await?;
             if gtids.is_mariadb() != mariadb {
                 return Err(stream::other_flavour(&gtids, mariadb));
             }
-            let mut p = Position::at(BinlogPos {
-                file: String::new(),
-                pos: 4,
-            });
+            let mut p = Position::at(BinlogPos::unnamed());
             p.gtids = Some(gtids);
+            if !mariadb {
+                p.server = gtid::server_uuid(conn).await?;
+            }
             return Ok(p.every_table_read(tables));
         }
         // No binlog to follow: none needed.
-        Startup::SnapshotOnly => {
-            return Ok(Position::at(BinlogPos {
-                file: String::new(),
-                pos: 4,
-            }));
-        }
+        Startup::SnapshotOnly => return Ok(Position::at(BinlogPos::unnamed())),
         _ => master_status(conn).await?,
     };
     let mut p = Position::at(binlog);
-    gtid::at_start(conn, &mut p, executed).await?;
+    gtid::at_start(conn, mariadb, &mut p, executed).await?;
     Ok(match startup {
         Startup::File { file, position } => {
-            if p.gtids.is_none() && gtid::is_mariadb(conn).await? {
+            if p.gtids.is_none() && mariadb {
                 return Err(Error::config(format!(
                     "[source] startup: {file}:{position} is not where a transaction starts in \
                      this server's binlog (SHOW BINLOG EVENTS IN '{file}' lists the events and \
@@ -383,16 +387,30 @@ impl Position {
     }
 }
 
-/// Start the binlog stream at `p`, by file and offset or by GTID ([`gtid::resume`]);
-/// with the tables that must be read again: chunks read ahead of a checkpoint know
-/// where they were read by the old server's binlog positions.
+/// Start the binlog stream at `p` — a checkpoint's (`resumed`), by file and offset or
+/// by GTID ([`gtid::resume`]), or a new pipeline's, by GTID only before its first
+/// transaction — with the tables that must be read again: chunks read ahead of a
+/// checkpoint know where they were read by the old server's binlog positions.
 async fn follow(
     opts: &MysqlOptions,
     conn: &mut Conn,
+    mariadb: bool,
     p: &mut Position,
+    resumed: bool,
 ) -> Result<(Stream, Vec<String>)> {
-    let by_gtid = gtid::resume(conn, p).await?;
-    let stream = stream::start(&opts.url, opts.server_id, &p.binlog, by_gtid.as_ref()).await?;
+    let by_gtid = if resumed {
+        gtid::resume(conn, mariadb, p).await?
+    } else {
+        p.gtids.clone().filter(|_| p.binlog.file.is_empty())
+    };
+    let stream = stream::start(
+        &opts.url,
+        opts.server_id,
+        mariadb,
+        &p.binlog,
+        by_gtid.as_ref(),
+    )
+    .await?;
     let mut moved = Vec::new();
     if by_gtid.is_some() {
         moved = p.windows.iter().map(|w| w.table.clone()).collect();
@@ -425,12 +443,14 @@ impl MysqlSource {
             .filter(|_| streaming)
             .and_then(|w| w.split_once('.'))
             .map(|(db, t)| (db.to_string(), t.to_string()));
+        let mariadb = gtid::is_mariadb(&mut conn).await?;
+        let resumed = position.is_some();
         let mut position: Position = match position {
             Some(p) => p.decode("MySQL")?,
-            None => first_position(&mut conn, &opts.startup, &tables).await?,
+            None => first_position(&mut conn, mariadb, &opts.startup, &tables).await?,
         };
         let (stream, moved) = if streaming {
-            let (stream, moved) = follow(&opts, &mut conn, &mut position).await?;
+            let (stream, moved) = follow(&opts, &mut conn, mariadb, &mut position, resumed).await?;
             (Some(stream), moved)
         } else {
             (None, Vec::new())

@@ -209,10 +209,10 @@ impl Drop for Stream {
 /// flavour's GTID is refused with an example of the right one.
 async fn from_gtid<'a>(
     conn: &mut Conn,
+    mariadb: bool,
     request: BinlogStreamRequest<'a>,
     gtid: &Gtid,
 ) -> Result<BinlogStreamRequest<'a>> {
-    let mariadb = crate::gtid::is_mariadb(conn).await?;
     Ok(match (gtid, mariadb) {
         (Gtid::MariaDb(_), true) => {
             conn.exec_drop("SET @slave_connect_state = ?", (gtid.to_string(),))
@@ -240,11 +240,12 @@ pub(crate) fn other_flavour(gtid: &Gtid, mariadb: bool) -> Error {
     ))
 }
 
-/// Start reading the binlog at `from` (a transaction boundary), or after the GTID
-/// position `gtid` when given.
+/// Start reading the binlog of a MariaDB (`mariadb`) or MySQL server at `from` (a
+/// transaction boundary), or after the GTID position `gtid` when given.
 pub async fn start(
     url: &str,
     server_id: u32,
+    mariadb: bool,
     from: &BinlogPos,
     gtid: Option<&Gtid>,
 ) -> Result<Stream> {
@@ -267,7 +268,7 @@ pub async fn start(
         .with_filename(from.file.as_bytes())
         .with_pos(from.pos);
     if let Some(gtid) = gtid {
-        request = from_gtid(&mut conn, request, gtid).await?;
+        request = from_gtid(&mut conn, mariadb, request, gtid).await?;
     }
     let mut stream = conn.get_binlog_stream(request).await.map_err(|e| {
         Error::transient(format!(
