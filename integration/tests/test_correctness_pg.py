@@ -265,11 +265,13 @@ def test_a_failed_pipeline_reports_the_wal_its_slot_holds(tmp_path, postgres):
     daemon = Daemon(d, [d])
     try:
         daemon.committing("held19")
-        with postgres.connect(db) as c:
+        # One transaction: the WAL the slot must keep (written after the pipeline's last
+        # confirmed position) is there before the change that fails the pipeline arrives,
+        # so the first measurement already sees it (the next one is a minute later).
+        with postgres.connect(db, autocommit=False) as c:
+            c.execute("CREATE TABLE filler AS SELECT g, repeat('x', 200) AS s FROM generate_series(1, 20000) g")
             c.execute("ALTER TABLE t ALTER COLUMN a TYPE text")
             c.execute("INSERT INTO t VALUES (1000, 'x')")
-            # WAL the slot must keep: written after the pipeline's last confirmed position.
-            c.execute("CREATE TABLE filler AS SELECT g, repeat('x', 200) AS s FROM generate_series(1, 20000) g")
         daemon.wait(lambda: daemon.status()[0]["held19"]["phase"] == "failed", 60, "held19 fails")
         daemon.wait(lambda: (daemon.status()[0]["held19"]["source_held_bytes"] or 0) > 1_000_000, 30,
                     "the WAL the slot holds is reported")
