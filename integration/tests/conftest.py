@@ -220,6 +220,22 @@ def start_run(pipeline, env=None):
                             env={**os.environ, **lakana, **(env or {})})
 
 
+def kill_during_snapshot_and_streaming(pipeline, kills=7, seed=7):
+    """`lakeshore run` killed -9 `kills` times, each 0.5–1.5 s after its start. Should
+    every kill land before the snapshot completed (a slow or busy machine), it goes on
+    with runs three times as long until one completes the snapshot and is killed while
+    streaming. Returns each run's log."""
+    rng = random.Random(seed)
+    logs = []
+    while len(logs) < kills or (all("snapshot complete" not in log for log in logs) and len(logs) < 2 * kills):
+        run = start_run(pipeline)
+        time.sleep(rng.uniform(0.5, 1.5) * (1 if len(logs) < kills else 3))
+        assert run.poll() is None, run.communicate()[1]
+        run.send_signal(signal.SIGKILL)
+        logs.append(run.communicate()[1])
+    return logs
+
+
 class Churn(threading.Thread):
     """Random multi-statement transactions against a source database until stopped;
     survives server restarts (it reconnects). Subclasses say how to connect, what a lost

@@ -176,14 +176,7 @@ def test_kill_9_during_snapshot_and_streaming(tmp_path, mysql, duck):
     churn = Churn(mysql, db, 300001, seed=2)
     churn.start()
     p = my_pipeline(tmp_path, "crash", mysql, ["crash.acct"], chunk_size=500)
-    rng = random.Random(7)
-    logs = []
-    for _ in range(7):
-        run = start_run(p)
-        time.sleep(rng.uniform(0.5, 1.5))
-        assert run.poll() is None, run.communicate()[1]
-        run.send_signal(signal.SIGKILL)
-        logs.append(run.communicate()[1])
+    logs = conftest.kill_during_snapshot_and_streaming(p)
     churn.stop()
     p.backfill()
     assert_same(duck, mysql, db, p, "acct", ACCT_COLUMNS)
