@@ -96,12 +96,16 @@ fi
 step "integration tests (DuckDB + pyiceberg against the source's own state)"
 export LAKESHORE_BIN="$CARGO_TARGET_DIR/release/lakeshore"
 cd "$ROOT/integration"
-"$VENV/bin/python" -m pytest -q -ra tests "$@"
+# Two workers (pytest-xdist), each with its own servers, a test file on one worker: the
+# tests mostly wait on servers and processes, and this halves the run on two cores.
+# LAKESHORE_TEST_WORKERS=0 runs them one after another.
+WORKERS=(-n "${LAKESHORE_TEST_WORKERS:-2}" --dist loadfile)
+"$VENV/bin/python" -m pytest -q -ra "${WORKERS[@]}" tests "$@"
 
 if [ $# -eq 0 ]; then
   step "the MariaDB suite again, every snapshot read between watermarks (the MySQL 8 path)"
   export LAKESHORE_TEST_WATERMARKS=1
-  "$VENV/bin/python" -m pytest -q -ra tests/test_mysql.py tests/test_correctness_mysql.py \
+  "$VENV/bin/python" -m pytest -q -ra "${WORKERS[@]}" tests/test_mysql.py tests/test_correctness_mysql.py \
     tests/test_differential.py tests/test_resnapshot.py tests/test_sink_modes.py \
     tests/test_transforms.py tests/test_whole_db.py tests/test_daemon.py -k "mysql or mariadb"
 fi
