@@ -44,6 +44,10 @@ async fn write_next_metadata(
     Ok(next.to_string())
 }
 
+/// How long the catalog database may take to accept a connection (a restart) before
+/// the catalog counts as unreachable.
+const CONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(8);
+
 impl SqlBackend {
     pub(super) async fn open(cfg: &CatalogConfig) -> Result<Self> {
         sqlx::any::install_default_drivers();
@@ -71,14 +75,17 @@ impl SqlBackend {
                 redact(&cfg.uri)
             ))
         };
+        // Our pool first: a catalog that cannot be reached is reported after
+        // CONNECT_FOR, not after the 30 s iceberg's own pool keeps trying.
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(CONNECT_FOR)
+            .connect(&uri)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let catalog = SqlCatalogBuilder::default()
             .with_storage_factory(factory)
             .load(cfg.name.clone(), props)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&uri)
             .await
             .map_err(|e| unreachable(&e))?;
         Ok(SqlBackend {
