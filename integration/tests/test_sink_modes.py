@@ -16,13 +16,29 @@ from test_correctness_mysql import wait_lake
 SEED = 2412
 
 
-def pipelines(tmp_path, kind, server, db):
+def source_db(request, kind, name):
+    """A new database on the kind's server: (server, db, its [source] table, run one
+    statement in it)."""
+    server = request.getfixturevalue("postgres" if kind == "postgres" else "mysql")
+    db = server.create_db(f"{name}_{kind[:2]}")
     if kind == "postgres":
         source = {"type": "postgres", "url": server.url(db), "tables": ["public.t"]}
-        ns = "pg"
     else:
         source = {"type": "mysql", "url": server.url(), "tables": [f"{db}.t"]}
-        ns = "my"
+    return server, db, source, lambda stmt: server.execute(stmt, db)
+
+
+def refused_until_replica_identity_full(pipeline, sql, *words):
+    """PostgreSQL sends only the key of an old row by default: the pipeline refuses the
+    table naming the fix; then the fix."""
+    p = pipeline.start()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "REPLICA IDENTITY FULL" in err and all(w in err for w in words), err[-2000:]
+    sql("ALTER TABLE t REPLICA IDENTITY FULL")
+
+
+def pipelines(tmp_path, kind, source, db):
+    ns = "pg" if kind == "postgres" else "my"
     log_dir, soft_dir = tmp_path / "log", tmp_path / "soft"
     log_dir.mkdir()
     soft_dir.mkdir()
@@ -46,11 +62,7 @@ def fold(duck, log):
 
 @pytest.mark.parametrize("kind", ["postgres", "mariadb"])
 def test_changelog_and_soft_delete_through_random_changes_and_crashes(tmp_path, kind, request, duck):
-    server = request.getfixturevalue("postgres" if kind == "postgres" else "mysql")
-    db = server.create_db(f"modes_{kind[:2]}")
-
-    def sql(stmt):
-        server.execute(stmt, db)
+    server, db, src, sql = source_db(request, kind, "modes")
 
     def source():
         return set(server.execute("select id, v from t", db))
@@ -58,15 +70,12 @@ def test_changelog_and_soft_delete_through_random_changes_and_crashes(tmp_path, 
     sql("CREATE TABLE t (id int PRIMARY KEY, v varchar(40) NOT NULL, n int)")
     model = {i: f"s{i}" for i in range(1, 51)}
     sql("INSERT INTO t (id, v, n) VALUES " + ", ".join(f"({i}, '{v}', {i})" for i, v in model.items()))
-    log, soft = pipelines(tmp_path, kind, server, db)
+    log, soft = pipelines(tmp_path, kind, src, db)
 
     if kind == "postgres":
         # Deletes carry only the key under the default replica identity: soft deletes
         # refuse the table, naming the fix.
-        p = soft.start()
-        _, err = p.communicate(timeout=120)
-        assert p.returncode != 0 and "REPLICA IDENTITY FULL" in err and "ALTER TABLE" in err, err[-2000:]
-        sql("ALTER TABLE t REPLICA IDENTITY FULL")
+        refused_until_replica_identity_full(soft, sql, "ALTER TABLE")
 
     log.backfill()
     soft.backfill()
@@ -159,7 +168,6 @@ def test_changelog_and_soft_delete_through_random_changes_and_crashes(tmp_path, 
         assert run.returncode == 0, f"{name}: {err[-3000:]}"
 
 
-
 def test_a_hive_changelog_folds_to_the_generator_state(tmp_path, duck):
     """`mode = "changelog"` on a Hive sink: the generator's inserts, updates and deletes
     each land as a row; folded by `_seq` they equal the generator's own final state
@@ -187,26 +195,14 @@ def test_before_images_precede_each_update(tmp_path, kind, request, duck):
     values (`update_before`) then the new, in the source's order, across a `kill -9`;
     a key change stays the delete of the old key. PostgreSQL needs REPLICA IDENTITY
     FULL, and says so."""
-    server = request.getfixturevalue("postgres" if kind == "postgres" else "mysql")
-    db = server.create_db(f"before_{kind[:2]}")
-
-    def sql(stmt):
-        server.execute(stmt, db)
-
+    server, db, source, sql = source_db(request, kind, "before")
     sql("CREATE TABLE t (id int PRIMARY KEY, v varchar(40) NOT NULL)")
     model = {i: f"s{i}" for i in range(1, 21)}
     sql("INSERT INTO t (id, v) VALUES " + ", ".join(f"({i}, '{v}')" for i, v in model.items()))
-    if kind == "postgres":
-        source = {"type": "postgres", "url": server.url(db), "tables": ["public.t"]}
-    else:
-        source = {"type": "mysql", "url": server.url(), "tables": [f"{db}.t"]}
     log = Pipeline(tmp_path, f"{db}_before", source,
                    {"namespace": "b", "mode": "changelog", "before_images": True}, interval="300ms")
     if kind == "postgres":
-        p = log.start()
-        _, err = p.communicate(timeout=120)
-        assert p.returncode != 0 and "before_images" in err and "REPLICA IDENTITY FULL" in err, err[-2000:]
-        sql("ALTER TABLE t REPLICA IDENTITY FULL")
+        refused_until_replica_identity_full(log, sql, "before_images")
     log.backfill()
     run = start_run(log)
     time.sleep(2)
